@@ -1,0 +1,100 @@
+-- Projection retry_counts: jobs.retry_count and jobs_variants.retry_count.
+--
+--   retry_count(target) = opening balance(target) + number of events in target's stream
+--
+-- retry_counts_delta is the one definition of what a range of log positions contributes.
+-- The same SQL serves every path, so they cannot drift apart:
+--   * inline    record_retry calls retry_counts_apply(seq, seq) in the append's transaction;
+--   * replay    retry_counts_rebuild() resets every count to its opening balance plus the
+--               delta of the whole log, in one statement per table;
+--   * verify    retry_counts_drift() lists every count that differs from that same sum.
+-- retrylog installs this file (CREATE OR REPLACE) on every migrate.
+
+CREATE OR REPLACE FUNCTION retry_counts_delta(from_seq bigint, to_seq bigint)
+RETURNS TABLE (job_id uuid, job_variants_id uuid, events bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT h.job_id, h.job_variants_id, count(*)
+      FROM retry_history h
+     WHERE h.seq BETWEEN from_seq AND to_seq
+     GROUP BY h.job_id, h.job_variants_id
+$$;
+
+-- Apply log positions from_seq..to_seq (inclusive) on top of the current counts.
+-- PL/pgSQL rather than SQL so the session caches its plan: it runs in every append.
+CREATE OR REPLACE FUNCTION retry_counts_apply(from_seq bigint, to_seq bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    WITH delta AS (
+        SELECT * FROM retry_counts_delta(from_seq, to_seq)
+    ), job_counts AS (
+        UPDATE jobs j
+           SET retry_count = j.retry_count + delta.events
+          FROM delta
+         WHERE delta.job_variants_id IS NULL AND j.job_id = delta.job_id
+    )
+    UPDATE jobs_variants v
+       SET retry_count = v.retry_count + delta.events
+      FROM delta
+     WHERE v.job_variants_id = delta.job_variants_id;
+END
+$$;
+
+-- Every existing target with its stored count and what the log says it should be:
+-- opening balance + all of its events.
+CREATE OR REPLACE FUNCTION retry_counts_expected()
+RETURNS TABLE (job_id uuid, job_variants_id uuid, retry_count integer,
+               opening_balance integer, events bigint)
+LANGUAGE sql STABLE AS $$
+    WITH log AS (
+        SELECT * FROM retry_counts_delta(1, 9223372036854775807)
+    )
+    SELECT j.job_id, NULL::uuid, j.retry_count,
+           coalesce(o.balance, 0), coalesce(log.events, 0)
+      FROM jobs j
+      LEFT JOIN retry_opening_balance o
+             ON o.job_id = j.job_id AND o.job_variants_id IS NULL
+      LEFT JOIN log
+             ON log.job_id = j.job_id AND log.job_variants_id IS NULL
+    UNION ALL
+    SELECT v.job_id, v.job_variants_id, v.retry_count,
+           coalesce(o.balance, 0), coalesce(log.events, 0)
+      FROM jobs_variants v
+      LEFT JOIN retry_opening_balance o ON o.job_variants_id = v.job_variants_id
+      LEFT JOIN log ON log.job_variants_id = v.job_variants_id
+$$;
+
+-- Every target whose stored count differs from what the log says.
+CREATE OR REPLACE FUNCTION retry_counts_drift()
+RETURNS TABLE (job_id uuid, job_variants_id uuid, retry_count integer,
+               expected bigint, opening_balance integer, events bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT e.job_id, e.job_variants_id, e.retry_count,
+           e.opening_balance + e.events, e.opening_balance, e.events
+      FROM retry_counts_expected() e
+     WHERE e.retry_count <> e.opening_balance + e.events
+$$;
+
+-- Reset every count to opening balance + the whole log. Rows that are already right are not
+-- written (a write of an indexed column is never cheap, and pipeline triggers may watch them).
+-- Returns the number of rows changed.
+CREATE OR REPLACE FUNCTION retry_counts_rebuild()
+RETURNS bigint
+LANGUAGE sql AS $$
+    WITH drift AS (
+        SELECT * FROM retry_counts_drift()
+    ), job_counts AS (
+        UPDATE jobs j
+           SET retry_count = drift.expected
+          FROM drift
+         WHERE drift.job_variants_id IS NULL AND j.job_id = drift.job_id
+        RETURNING 1
+    ), variant_counts AS (
+        UPDATE jobs_variants v
+           SET retry_count = drift.expected
+          FROM drift
+         WHERE v.job_variants_id = drift.job_variants_id
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM job_counts) + (SELECT count(*) FROM variant_counts)
+$$;

@@ -1,0 +1,153 @@
+//! The command line: every command and flag, documented where it is declared (that text is
+//! what `retrylog --help` shows).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::event::RetryReason;
+use crate::output::Format;
+
+/// Event-sourced retry history for job pipelines on PostgreSQL.
+///
+/// Every retry of a job or variant is an immutable event in `retry_history`; the
+/// `retry_count` columns of `jobs` and `jobs_variants` are kept in step with it and can be
+/// rebuilt (`replay`) and audited (`verify`) at any time. Migrations run automatically before
+/// every command.
+///
+/// The database: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
+/// PGUSER, PGDATABASE, ...) and the local socket, else a private PostgreSQL cluster that
+/// retrylog starts from the installed binaries. Without a database name it uses `retrylog`,
+/// created if missing.
+///
+/// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
+/// unknown reason or target, invalid JSON, a refused retry); 69 no database reachable;
+/// 70 any other failure.
+#[derive(Debug, Parser)]
+#[command(name = "retrylog", version, max_term_width = 100)]
+pub struct Cli {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db. Never falls back when set.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the private cluster lives when no server is reachable
+    /// [default: $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
+    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the migrations and install the projections (every command does this first).
+    Migrate,
+    /// Record one retry and print the stored event.
+    Record(RecordArgs),
+    /// Show a target's retry events in order; a job's history includes its variants'.
+    History(HistoryArgs),
+    /// Rebuild every projection from the log (the retry_count columns).
+    Replay(ReplayArgs),
+    /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
+    Verify(VerifyArgs),
+    /// Create a small sample pipeline, record retries through every door, show the result.
+    Demo(FormatArg),
+    /// Measure appends and replay against hand-written baselines, in a scratch database.
+    Bench(crate::cmd::bench::BenchArgs),
+}
+
+/// `--format`, for every command that prints data.
+#[derive(Debug, Args)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `retrylog record`.
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The job retried, or the job the retried variant belongs to.
+    #[arg(long, value_name = "UUID")]
+    pub job_id: Uuid,
+
+    /// The variant retried; omit for a job-level retry.
+    #[arg(long, value_name = "UUID")]
+    pub variant_id: Option<Uuid>,
+
+    /// Why: stuck, failed or manual_recovery.
+    #[arg(long, value_parser = RetryReason::parse)]
+    pub reason: RetryReason,
+
+    /// The step retried [default: the target's current_step].
+    #[arg(long)]
+    pub step: Option<String>,
+
+    /// Who retried [default: cli:$USER].
+    #[arg(long)]
+    pub actor: Option<String>,
+
+    /// A JSON object with anything worth keeping (scenario, error text, ticket, ...).
+    #[arg(long, value_name = "JSON", value_parser = parse_detail)]
+    pub detail: Option<serde_json::Value>,
+
+    /// Idempotency key: recording the same event id again prints the original event.
+    #[arg(long, value_name = "UUID")]
+    pub event_id: Option<Uuid>,
+
+    /// Refuse the retry when the target's retry_count has already reached this number.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_retries: Option<i32>,
+
+    /// Refuse unless this is the target's next attempt (optimistic concurrency).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub expected_attempt: Option<i32>,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// A job: its own events and all of its variants' events.
+    #[arg(long, value_name = "UUID", required_unless_present = "variant_id")]
+    pub job_id: Option<Uuid>,
+
+    /// A variant: its events.
+    #[arg(long, value_name = "UUID", conflicts_with = "job_id")]
+    pub variant_id: Option<Uuid>,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Print what would change and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// Parses `--detail`: it must be a JSON object.
+fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err("detail must be a JSON object, e.g. '{\"error\": \"timeout\"}'".into()),
+        Err(error) => Err(format!("not valid JSON: {error}")),
+    }
+}

@@ -1,0 +1,368 @@
+//! The retry event and its vocabulary — pure types and the hash chain, no I/O.
+//!
+//! A *target* is a job or one of its variants; each target's events form one stream whose
+//! attempts run 1..n and whose hashes chain each event to the one before it.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Why a target was retried. Stored as the PostgreSQL enum `retry_reason`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::AsRefStr,
+    strum::VariantNames,
+    strum::EnumIter,
+    sqlx::Type,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+#[sqlx(type_name = "retry_reason", rename_all = "snake_case")]
+pub enum RetryReason {
+    /// The target stopped making progress (lagging or stale).
+    Stuck,
+    /// The target failed and is re-run.
+    Failed,
+    /// An operator, or the final-step recovery, moved the target on by hand.
+    ManualRecovery,
+}
+
+impl RetryReason {
+    /// Parses a reason, naming the bad value and the accepted ones on failure.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        text.parse().map_err(|_| {
+            format!("unknown retry reason \"{text}\" (expected stuck, failed or manual_recovery)")
+        })
+    }
+}
+
+/// A job or a variant: the owner of one event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// A job-level stream (`job_variants_id` is NULL in the log).
+    Job { job_id: Uuid },
+    /// A variant's stream; a variant always names the job it belongs to.
+    Variant { job_id: Uuid, job_variants_id: Uuid },
+}
+
+impl Target {
+    /// Builds the target from the log's two columns.
+    pub fn from_columns(job_id: Uuid, job_variants_id: Option<Uuid>) -> Self {
+        match job_variants_id {
+            None => Target::Job { job_id },
+            Some(job_variants_id) => Target::Variant {
+                job_id,
+                job_variants_id,
+            },
+        }
+    }
+
+    /// The job this target belongs to (itself for a job).
+    pub fn job_id(&self) -> Uuid {
+        match *self {
+            Target::Job { job_id } | Target::Variant { job_id, .. } => job_id,
+        }
+    }
+
+    /// The variant id, `None` for a job-level target.
+    pub fn job_variants_id(&self) -> Option<Uuid> {
+        match *self {
+            Target::Job { .. } => None,
+            Target::Variant {
+                job_variants_id, ..
+            } => Some(job_variants_id),
+        }
+    }
+
+    /// `job` or `variant`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Job { .. } => "job",
+            Target::Variant { .. } => "variant",
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Job { job_id } => write!(f, "job {job_id}"),
+            Target::Variant {
+                job_variants_id, ..
+            } => write!(f, "variant {job_variants_id}"),
+        }
+    }
+}
+
+/// A retry to append. Build it with [`NewRetry::new`] and the `with_*` methods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRetry {
+    /// The stream the event joins.
+    pub target: Target,
+    /// Why the target was retried.
+    pub reason: RetryReason,
+    /// Who retried: a service instance, an operator, an API client.
+    pub actor: String,
+    /// The step retried; defaults to the target's `current_step` at append time.
+    pub step: Option<String>,
+    /// Scenario, error text, anything else; a JSON object of at most 16 KiB.
+    pub detail: serde_json::Value,
+    /// Idempotency key; a fresh one is generated when absent.
+    pub event_id: Option<Uuid>,
+    /// When the retry happened; defaults to the transaction's start.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Status before the retry; defaults to the target's status at append time.
+    pub from_status: Option<String>,
+    /// Status the retry sets, when it sets one.
+    pub to_status: Option<String>,
+    /// Optimistic concurrency: refuse unless this is the stream's next attempt.
+    pub expected_attempt: Option<i32>,
+    /// Refuse when the target's retry_count has already reached this limit.
+    pub max_retries: Option<i32>,
+}
+
+impl NewRetry {
+    /// A retry of `target` for `reason` by `actor`, with every optional field unset.
+    pub fn new(target: Target, reason: RetryReason, actor: impl Into<String>) -> Self {
+        NewRetry {
+            target,
+            reason,
+            actor: actor.into(),
+            step: None,
+            detail: serde_json::Value::Object(Default::default()),
+            event_id: None,
+            occurred_at: None,
+            from_status: None,
+            to_status: None,
+            expected_attempt: None,
+            max_retries: None,
+        }
+    }
+
+    /// Sets the step retried.
+    pub fn with_step(mut self, step: impl Into<String>) -> Self {
+        self.step = Some(step.into());
+        self
+    }
+
+    /// Sets the detail object.
+    pub fn with_detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn with_event_id(mut self, event_id: Uuid) -> Self {
+        self.event_id = Some(event_id);
+        self
+    }
+
+    /// Sets when the retry happened.
+    pub fn with_occurred_at(mut self, occurred_at: DateTime<Utc>) -> Self {
+        self.occurred_at = Some(occurred_at);
+        self
+    }
+
+    /// Records the state change the retry makes.
+    pub fn with_status_change(
+        mut self,
+        from_status: impl Into<String>,
+        to_status: impl Into<String>,
+    ) -> Self {
+        self.from_status = Some(from_status.into());
+        self.to_status = Some(to_status.into());
+        self
+    }
+
+    /// Appends only if this is the stream's next attempt.
+    pub fn with_expected_attempt(mut self, attempt: i32) -> Self {
+        self.expected_attempt = Some(attempt);
+        self
+    }
+
+    /// Appends only while the target's retry_count is below `limit`.
+    pub fn with_max_retries(mut self, limit: i32) -> Self {
+        self.max_retries = Some(limit);
+        self
+    }
+}
+
+/// One stored event: a row of `retry_history`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct RetryEvent {
+    /// Global position in the log.
+    pub seq: i64,
+    /// Idempotency key.
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    /// `None` for a job-level retry.
+    pub job_variants_id: Option<Uuid>,
+    pub reason: RetryReason,
+    pub step: Option<String>,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    /// 1-based number of the retry within its target's stream.
+    pub attempt: i32,
+    pub actor: String,
+    pub detail: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    /// sha256 of the previous event's hash and this event's canonical bytes.
+    #[serde(serialize_with = "serialize_hex")]
+    pub hash: Vec<u8>,
+}
+
+impl RetryEvent {
+    /// The stream this event belongs to.
+    pub fn target(&self) -> Target {
+        Target::from_columns(self.job_id, self.job_variants_id)
+    }
+
+    /// The hash as lowercase hex.
+    pub fn hash_hex(&self) -> String {
+        hex::encode(&self.hash)
+    }
+}
+
+fn serialize_hex<S: serde::Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(bytes))
+}
+
+/// The hash that precedes attempt 1 of every stream.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// The fields an event's hash covers, borrowed from wherever they were read.
+///
+/// `detail_text` is PostgreSQL's text form of the stored `jsonb` (`detail::text`): jsonb
+/// normalises key order and spacing, so that text is the canonical form of the detail.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalEvent<'a> {
+    pub event_id: Uuid,
+    pub job_id: Uuid,
+    pub job_variants_id: Option<Uuid>,
+    pub reason: RetryReason,
+    pub step: Option<&'a str>,
+    pub from_status: Option<&'a str>,
+    pub to_status: Option<&'a str>,
+    pub attempt: i32,
+    pub actor: &'a str,
+    pub occurred_at: DateTime<Utc>,
+    pub detail_text: &'a str,
+}
+
+impl CanonicalEvent<'_> {
+    /// The exact bytes the hash covers; the SQL function `retry_event_canonical` builds the
+    /// same text. Fields are joined by `\n`; absent ones are empty; `occurred_at` is
+    /// microseconds since the Unix epoch.
+    pub fn bytes(&self) -> Vec<u8> {
+        let variant = self
+            .job_variants_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        [
+            "retrylog-event-v1",
+            &self.event_id.to_string(),
+            &self.job_id.to_string(),
+            &variant,
+            self.reason.as_ref(),
+            self.step.unwrap_or(""),
+            self.from_status.unwrap_or(""),
+            self.to_status.unwrap_or(""),
+            &self.attempt.to_string(),
+            self.actor,
+            &self.occurred_at.timestamp_micros().to_string(),
+            self.detail_text,
+        ]
+        .join("\n")
+        .into_bytes()
+    }
+
+    /// This event's hash given the previous hash of its stream.
+    pub fn hash(&self, previous: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(previous);
+        hasher.update(self.bytes());
+        hasher.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_through_their_names() {
+        for (text, reason) in [
+            ("stuck", RetryReason::Stuck),
+            ("failed", RetryReason::Failed),
+            ("manual_recovery", RetryReason::ManualRecovery),
+        ] {
+            assert_eq!(RetryReason::parse(text), Ok(reason));
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn an_unknown_reason_is_named_in_the_error() {
+        let err = RetryReason::parse("flaky").unwrap_err();
+        assert!(err.contains("\"flaky\""), "{err}");
+        assert!(err.contains("manual_recovery"), "{err}");
+    }
+
+    #[test]
+    fn canonical_bytes_leave_absent_fields_empty() {
+        let event_id = Uuid::nil();
+        let job_id = Uuid::from_u128(1);
+        let event = CanonicalEvent {
+            event_id,
+            job_id,
+            job_variants_id: None,
+            reason: RetryReason::ManualRecovery,
+            step: Some("iou_eval"),
+            from_status: Some("running"),
+            to_status: None,
+            attempt: 2,
+            actor: "ops",
+            occurred_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            detail_text: "{}",
+        };
+        let text = String::from_utf8(event.bytes()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "retrylog-event-v1\n{event_id}\n{job_id}\n\nmanual_recovery\niou_eval\nrunning\n\n2\nops\n1700000000123456\n{{}}"
+            )
+        );
+    }
+
+    #[test]
+    fn a_hash_depends_on_the_previous_hash() {
+        let event = CanonicalEvent {
+            event_id: Uuid::nil(),
+            job_id: Uuid::nil(),
+            job_variants_id: None,
+            reason: RetryReason::Stuck,
+            step: None,
+            from_status: None,
+            to_status: None,
+            attempt: 1,
+            actor: "a",
+            occurred_at: DateTime::from_timestamp_micros(0).unwrap(),
+            detail_text: "{}",
+        };
+        assert_ne!(event.hash(&GENESIS_HASH), event.hash(&[1; 32]));
+    }
+}

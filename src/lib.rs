@@ -1,0 +1,29 @@
+//! retrylog — an event-sourced retry history for job pipelines on PostgreSQL.
+//!
+//! Every retry of a job or of a variant is one immutable row of `retry_history`. The append
+//! (`store::append`, or the SQL function `record_retry` it calls) validates the retry, locks
+//! the target, numbers the attempt, chains the event's hash to its stream, and applies the
+//! `retry_count` projection — all in the caller's transaction, so the event commits with the
+//! state change it records. Everything derived from the log can be rebuilt (`replay`) and
+//! audited (`verify`).
+//!
+//! # Layout
+//!
+//! - [`event`]: the retry event, its reason and target, the hash chain — pure types.
+//! - [`store`]: the one write path into the log (`append`) and the reads of streams.
+//! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
+//! - [`replay`]: rebuild every projection; verify chains and counts.
+//! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
+//! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster).
+//! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
+//!   [`output`]: tables, JSON and CSV.
+
+pub mod cli;
+pub mod cmd;
+pub mod connect;
+pub mod event;
+pub mod migrate;
+pub mod output;
+pub mod projection;
+pub mod replay;
+pub mod store;
