@@ -14,13 +14,14 @@
 -- The exact bytes an event's hash covers (docs/architecture.md spells them out). Fields are
 -- joined by a newline; none of them can contain one (record_retry refuses control characters
 -- and jsonb's text form escapes them), and empty text is stored as NULL, so the encoding is
--- unambiguous.
+-- unambiguous. Declared STABLE, not IMMUTABLE, because the text casts it uses are only stable;
+-- that lets the planner inline it into record_retry's INSERT instead of calling it.
 CREATE FUNCTION retry_event_canonical(
     event_id uuid, job_id uuid, job_variants_id uuid, reason retry_reason, step text,
     from_status text, to_status text, attempt integer, actor text, detail jsonb,
     occurred_at timestamptz
 ) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT concat_ws(E'\n',
         'retrylog-event-v1',
         event_id::text,
@@ -37,8 +38,9 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The hash of an event given the previous hash of its stream (32 zero bytes for attempt 1).
+-- STABLE (convert_to is) so that it inlines too.
 CREATE FUNCTION retry_event_hash(previous bytea, canonical text) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT sha256(previous || convert_to(canonical, 'UTF8'))
 $$;
 
@@ -56,7 +58,12 @@ CREATE FUNCTION record_retry(
     expected_attempt integer     DEFAULT NULL,
     max_retries      integer     DEFAULT NULL
 ) RETURNS retry_history
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Every statement below looks up one row by key: the generic plan is always right, and
+-- re-planning each call (the default for the first calls of every session, and whenever the
+-- planner's estimates tempt it) costs more than executing.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     detail_limit constant integer := 16384;

@@ -20,10 +20,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Apply log positions from_seq..to_seq (inclusive) on top of the current counts.
--- PL/pgSQL rather than SQL so the session caches its plan: it runs in every append.
+-- It runs in every append, so it is PL/pgSQL (the session caches the plan) with a generic
+-- plan (planning a custom one for each one-event range costs more than executing it).
 CREATE OR REPLACE FUNCTION retry_counts_apply(from_seq bigint, to_seq bigint)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
 BEGIN
     WITH delta AS (
         SELECT * FROM retry_counts_delta(from_seq, to_seq)

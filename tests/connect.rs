@@ -1,0 +1,225 @@
+//! Integration tests for how retrylog finds its database. They need the PostgreSQL
+//! server of the development machine (trust authentication on 127.0.0.1:5432 for the
+//! current OS user) and its server binaries for the private-cluster test. They set no
+//! PG* variables (the environment is process-global and the tests run in parallel) and
+//! leave no database, directory or server behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context};
+use retrylog::connect::{
+    connect, start_private_cluster, stop_private_cluster, ConnectError, ConnectSettings,
+};
+use sqlx::{Connection, Executor, PgConnection};
+
+/// The machine's server over TCP, as the current OS user.
+const SERVER: &str = "postgres://127.0.0.1:5432";
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn settings(url: &str) -> ConnectSettings {
+    ConnectSettings {
+        database_url: Some(url.to_owned()),
+        max_connections: 2,
+        data_dir: None,
+    }
+}
+
+async fn drop_database(name: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+    conn.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> {
+    let name = unique("retrylog_conn");
+    // Trust authentication ignores the password; it is only there to prove it is never shown.
+    let url = format!("postgres://{}:not-shown@127.0.0.1:5432/{name}", whoami());
+
+    let outcome = async {
+        // Two at once: both race to CREATE DATABASE and both must succeed.
+        let s = settings(&url);
+        let (first, second) = tokio::join!(connect(&s), connect(&s));
+        let (first, second) = (first?, second?);
+
+        let current: String = sqlx::query_scalar("SELECT current_database()")
+            .fetch_one(&first.pool)
+            .await?;
+        ensure!(current == name, "connected to {current}, wanted {name}");
+        ensure!(first.options.get_database() == Some(name.as_str()));
+        ensure!(
+            first.description
+                == format!(
+                    "database {name} on 127.0.0.1:5432 as {} (DATABASE_URL)",
+                    whoami()
+                ),
+            "description: {}",
+            first.description
+        );
+        ensure!(!first.description.contains("not-shown"));
+        ensure!(!format!("{first:?}").contains("not-shown"));
+        first.pool.close().await;
+        second.pool.close().await;
+
+        // The database exists now: a plain reconnect.
+        let again = connect(&settings(&url)).await?;
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&again.pool)
+            .await?;
+        ensure!(one == 1);
+        again.pool.close().await;
+        Ok(())
+    }
+    .await;
+
+    drop_database(&name)
+        .await
+        .context("dropping the test database")?;
+    outcome
+}
+
+#[tokio::test]
+async fn explicit_url_to_nothing_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(unique("retrylog_nofallback"));
+    let s = ConnectSettings {
+        data_dir: Some(data_dir.clone()),
+        ..settings("postgres://127.0.0.1:1/retrylog")
+    };
+
+    let error = connect(&s)
+        .await
+        .err()
+        .context("connecting to port 1 succeeded")?;
+    let message = error.to_string();
+    ensure!(
+        matches!(error, ConnectError::Unreachable { .. }),
+        "unexpected error: {message}"
+    );
+    ensure!(
+        message.starts_with("cannot reach PostgreSQL at 127.0.0.1:1: "),
+        "message: {message}"
+    );
+    ensure!(
+        !data_dir.exists(),
+        "a private cluster directory was created"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_url_is_named() -> anyhow::Result<()> {
+    let error = connect(&settings("mysql://root@127.0.0.1/retrylog"))
+        .await
+        .err()
+        .context("a mysql:// URL was accepted")?;
+    ensure!(
+        error
+            .to_string()
+            .starts_with("DATABASE_URL is not a valid PostgreSQL URL: "),
+        "message: {error}"
+    );
+    Ok(())
+}
+
+/// initdb, start, reuse, connect through the socket, stop. Not ignored: it takes a few
+/// seconds and CI has the PostgreSQL server binaries.
+#[tokio::test]
+async fn private_cluster_starts_once_and_is_reused() -> anyhow::Result<()> {
+    // A 0700 parent: when the test runs as root, the cluster runs as `postgres`, which
+    // must be granted passage, as under /root in real use. Short, for the socket path.
+    let base = std::env::temp_dir().join(unique("rlpc"));
+    std::fs::create_dir(&base)?;
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let data_dir = base.join("d");
+
+    let outcome = exercise_private_cluster(&data_dir).await;
+
+    let stopped = stop_private_cluster(&data_dir);
+    std::fs::remove_dir_all(&base)?;
+    outcome?;
+    stopped?;
+    Ok(())
+}
+
+async fn exercise_private_cluster(data_dir: &Path) -> anyhow::Result<()> {
+    // Two callers at once: the start lock lets only one run initdb and pg_ctl.
+    let (first, second) = tokio::join!(
+        start_private_cluster(data_dir),
+        start_private_cluster(data_dir)
+    );
+    let (options, _) = (first?, second?);
+    ensure!(options.get_socket() == Some(&data_dir.to_path_buf()));
+    ensure!(options.get_username() == "postgres");
+
+    let mut conn = PgConnection::connect_with(&options).await?;
+    let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await?;
+    ensure!(one == 1);
+    conn.close().await?;
+
+    let pid = postmaster_pid(data_dir)?;
+    start_private_cluster(data_dir).await?;
+    ensure!(postmaster_pid(data_dir)? == pid, "the server was restarted");
+
+    // The same cluster through an explicit socket URL: connect creates the database.
+    let url = format!(
+        "postgres:///retrylog_private?host={}&user=postgres",
+        data_dir.display()
+    );
+    let connected = connect(&settings(&url)).await?;
+    let current: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&connected.pool)
+        .await?;
+    ensure!(current == "retrylog_private");
+    ensure!(
+        connected.description
+            == format!(
+                "database retrylog_private on {}:5432 as postgres (DATABASE_URL)",
+                data_dir.display()
+            ),
+        "description: {}",
+        connected.description
+    );
+    connected.pool.close().await;
+
+    // No TCP listener: the private cluster never competes for a port.
+    let config = std::fs::read_to_string(data_dir.join("pgdata").join("postmaster.pid"))?;
+    ensure!(
+        config.lines().nth(5).map(str::trim) == Some(""),
+        "listen address in postmaster.pid: {config}"
+    );
+
+    stop_private_cluster(data_dir)?;
+    ensure!(!data_dir.join("pgdata").join("postmaster.pid").exists());
+    // Stopping a stopped cluster is fine.
+    stop_private_cluster(data_dir)?;
+    Ok(())
+}
+
+fn postmaster_pid(data_dir: &Path) -> anyhow::Result<String> {
+    let file: PathBuf = data_dir.join("pgdata").join("postmaster.pid");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .next()
+        .map(str::to_owned)
+        .context("empty postmaster.pid")
+}
+
+/// The OS user name, which is also the role the machine's server trusts.
+fn whoami() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| {
+            std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+                .unwrap_or_default()
+        })
+}
