@@ -32,7 +32,7 @@ pub struct Cli {
     pub database_url: Option<String>,
 
     /// Where the private cluster lives when no server is reachable
-    /// [default: $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
+    /// [default: /var/lib/retrylog for root, else $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
     #[arg(long, env = "RETRYLOG_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
 
@@ -49,10 +49,18 @@ pub enum Command {
     Record(RecordArgs),
     /// Show a target's retry events in order; a job's history includes its variants'.
     History(HistoryArgs),
-    /// Rebuild every projection from the log (the retry_count columns).
+    /// Audit and trend reports: top-jobs, top-variants, stats, alerts, trend.
+    Report(crate::cmd::report::ReportArgs),
+    /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
     /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
     Verify(VerifyArgs),
+    /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
+    Project(ProjectArgs),
+    /// Show each projection's checkpoint, lag and runner.
+    Status(FormatArg),
+    /// Run the service: the asynchronous projector, until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Create a small sample pipeline, record retries through every door, show the result.
     Demo(FormatArg),
     /// Measure appends and replay against hand-written baselines, in a scratch database.
@@ -132,6 +140,10 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Rebuild only this projection: retry_counts or retry_rollup [default: all].
+    #[arg(long, value_name = "NAME", value_parser = parse_projection)]
+    pub projection: Option<&'static crate::projection::Projection>,
+
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -141,6 +153,44 @@ pub struct ReplayArgs {
 pub struct VerifyArgs {
     #[command(flatten)]
     pub format: FormatArg,
+}
+
+/// `retrylog project`.
+#[derive(Debug, Args)]
+pub struct ProjectArgs {
+    /// Roughly how many events one projector transaction applies.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub batch: i64,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Roughly how many events one projector transaction applies.
+    #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", default_value_t = 10_000,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub projector_batch: i64,
+
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How `serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses `--projection`.
+fn parse_projection(name: &str) -> Result<&'static crate::projection::Projection, String> {
+    crate::projection::find(name)
 }
 
 /// Parses `--detail`: it must be a JSON object.

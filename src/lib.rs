@@ -25,5 +25,6 @@ pub mod event;
 pub mod migrate;
 pub mod output;
 pub mod projection;
+pub mod projector;
 pub mod replay;
 pub mod store;

@@ -5,18 +5,26 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use retrylog::cli::Cli;
+use retrylog::cli::{Cli, Command, LogFormat};
 use retrylog::cmd;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("RETRYLOG_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The service logs what it does; one-shot commands only warn. RETRYLOG_LOG overrides.
+    let (default_level, log_format) = match &cli.command {
+        Command::Serve(args) => ("info", args.log_format),
+        _ => ("warn", LogFormat::Text),
+    };
+    let filter = EnvFilter::try_from_env("RETRYLOG_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("retrylog={default_level},warn")));
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        LogFormat::Text => logger.init(),
+        LogFormat::Json => logger.json().init(),
+    }
     match cmd::run(cli).await {
         Ok(code) => code,
         Err(error) => {

@@ -1,8 +1,9 @@
 //! Runs the projections in `projections/*.sql`: state derived from the log.
 //!
 //! Each file defines plain SQL functions (see the file's header). retrylog installs them on
-//! every migrate, record_retry applies `retry_counts` inline, replay rebuilds and verify
-//! compares — all through the same SQL.
+//! every migrate; record_retry applies `retry_counts` inline, the projector (`projector.rs`)
+//! applies `retry_rollup` asynchronously, replay rebuilds and verify compares — all through
+//! the same SQL.
 
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -20,10 +21,27 @@ pub struct Projection {
 }
 
 /// Every projection, in the order they are installed and rebuilt.
-pub const PROJECTIONS: &[Projection] = &[Projection {
-    name: "retry_counts",
-    sql: include_str!("../projections/retry_counts.sql"),
-}];
+pub const PROJECTIONS: &[Projection] = &[
+    Projection {
+        name: "retry_counts",
+        sql: include_str!("../projections/retry_counts.sql"),
+    },
+    Projection {
+        name: "retry_rollup",
+        sql: include_str!("../projections/retry_rollup.sql"),
+    },
+];
+
+/// Looks a projection up by name, naming the known ones when there is no such projection.
+pub fn find(name: &str) -> Result<&'static Projection, String> {
+    PROJECTIONS
+        .iter()
+        .find(|projection| projection.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = PROJECTIONS.iter().map(|p| p.name).collect();
+            format!("unknown projection \"{name}\" (expected {})", known.join(" or "))
+        })
+}
 
 /// (Re)installs every projection's functions. Idempotent; part of `migrate`.
 pub async fn install(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
@@ -95,4 +113,131 @@ pub async fn rebuild_retry_counts(tx: &mut Transaction<'_, Postgres>) -> Result<
     sqlx::query_scalar("SELECT retry_counts_rebuild()")
         .fetch_one(&mut **tx)
         .await
+}
+
+/// The asynchronous rollup projection: its name and its row in `projection_checkpoint`.
+pub const ROLLUP: &str = "retry_rollup";
+
+/// A rollup row that differs from what the log says below the checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RollupDrift {
+    /// The UTC hour of the row.
+    pub hour: chrono::DateTime<chrono::Utc>,
+    /// `job` or `variant`.
+    pub kind: String,
+    /// `None` for a row of targets created.
+    pub reason: Option<String>,
+    pub step: Option<String>,
+    pub scenario: Option<String>,
+    /// What the rollup holds (`None`: no row).
+    pub stored: Option<i64>,
+    /// What the log says (`None`: there should be no row).
+    pub expected: Option<i64>,
+    /// `missing from the rollup`, `not in the log`, `counts differ`, `targets created differ`.
+    pub problem: String,
+}
+
+impl std::fmt::Display for RollupDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |value: Option<i64>| value.map_or("no row".to_string(), |n| n.to_string());
+        write!(
+            f,
+            "retry_rollup {} {} reason={} step={} scenario={}: {} (stored {}, the log says {})",
+            self.hour.format("%Y-%m-%d %H:00Z"),
+            self.kind,
+            self.reason.as_deref().unwrap_or("-"),
+            self.step.as_deref().unwrap_or("-"),
+            self.scenario.as_deref().unwrap_or("-"),
+            self.problem,
+            show(self.stored),
+            show(self.expected),
+        )
+    }
+}
+
+/// The rollup's checkpoint: every event with `txid` below it is applied.
+pub async fn rollup_position(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT position::text::bigint FROM projection_checkpoint WHERE projection = $1",
+    )
+    .bind(ROLLUP)
+    .fetch_one(conn)
+    .await
+}
+
+/// Every rollup row that differs from the log below `up_to`.
+pub async fn rollup_drift(
+    conn: &mut PgConnection,
+    up_to: i64,
+) -> Result<Vec<RollupDrift>, sqlx::Error> {
+    type Row = (
+        chrono::DateTime<chrono::Utc>,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT hour, kind, reason::text, step, scenario, stored_retries, expected_retries,
+                problem
+           FROM retry_rollup_drift($1::bigint::text::xid8)
+          ORDER BY 1, 2, 3, 4, 5",
+    )
+    .bind(up_to)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(hour, kind, reason, step, scenario, stored, expected, problem)| RollupDrift {
+                hour,
+                kind,
+                reason,
+                step,
+                scenario,
+                stored,
+                expected,
+                problem,
+            },
+        )
+        .collect())
+}
+
+/// Empties the rollup and applies everything below the current horizon, moving the
+/// checkpoint there; returns the number of events applied.
+///
+/// Locks the checkpoint row first, so a running projector waits instead of applying a batch
+/// on top of the rebuild.
+pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT 1 FROM projection_checkpoint WHERE projection = $1 FOR UPDATE")
+        .bind(ROLLUP)
+        .execute(&mut **tx)
+        .await?;
+    let horizon: i64 =
+        sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
+            .fetch_one(&mut **tx)
+            .await?;
+    sqlx::query("SELECT retry_rollup_reset()")
+        .execute(&mut **tx)
+        .await?;
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT retry_rollup_apply('1', $1::bigint::text::xid8)",
+    )
+    .bind(horizon)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE projection_checkpoint
+            SET position = $2::bigint::text::xid8, events_applied = $3, updated_at = now()
+          WHERE projection = $1",
+    )
+    .bind(ROLLUP)
+    .bind(horizon)
+    .bind(applied)
+    .execute(&mut **tx)
+    .await?;
+    Ok(applied)
 }

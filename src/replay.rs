@@ -7,15 +7,19 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::event::{CanonicalEvent, RetryReason, Target, GENESIS_HASH};
-use crate::projection::{self, CountDrift};
+use crate::projection::{self, CountDrift, RollupDrift, Projection, PROJECTIONS};
 
 /// What a replay changed (or, in a dry run, would change).
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayReport {
     /// Events in the log when the replay ran.
     pub events: i64,
-    /// Every count that differed from the log before the replay.
+    /// The projections rebuilt.
+    pub projections: Vec<&'static str>,
+    /// Every count that differed from the log before the replay (retry_counts).
     pub changes: Vec<CountDrift>,
+    /// Every rollup row that differed from the log below its checkpoint (retry_rollup).
+    pub rollup_changes: Vec<RollupDrift>,
     /// False for `--dry-run`: nothing was written.
     pub applied: bool,
 }
@@ -23,6 +27,15 @@ pub struct ReplayReport {
 /// Rebuilds every projection from the log in one transaction. With `dry_run` it only reports
 /// what would change and writes nothing.
 pub async fn replay(pool: &PgPool, dry_run: bool) -> Result<ReplayReport, sqlx::Error> {
+    replay_projections(pool, PROJECTIONS, dry_run).await
+}
+
+/// Rebuilds the given projections from the log in one transaction (see [`replay`]).
+pub async fn replay_projections(
+    pool: &PgPool,
+    projections: &[Projection],
+    dry_run: bool,
+) -> Result<ReplayReport, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // 1. Block appends for the length of the transaction (see rebuild_retry_counts), before
     //    anything is read, so the drift listed is exactly what the rebuild then changes.
@@ -32,24 +45,38 @@ pub async fn replay(pool: &PgPool, dry_run: bool) -> Result<ReplayReport, sqlx::
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
         .fetch_one(&mut *tx)
         .await?;
-    let changes = projection::count_drift(&mut tx).await?;
+    let mut report = ReplayReport {
+        events,
+        projections: projections.iter().map(|p| p.name).collect(),
+        changes: Vec::new(),
+        rollup_changes: Vec::new(),
+        applied: !dry_run,
+    };
+    for projection in projections {
+        match projection.name {
+            "retry_counts" => {
+                report.changes = projection::count_drift(&mut tx).await?;
+                if !dry_run {
+                    // Only rows that drifted are written.
+                    projection::rebuild_retry_counts(&mut tx).await?;
+                }
+            }
+            projection::ROLLUP => {
+                let position = projection::rollup_position(&mut tx).await?;
+                report.rollup_changes = projection::rollup_drift(&mut tx, position).await?;
+                if !dry_run {
+                    projection::rebuild_rollup(&mut tx).await?;
+                }
+            }
+            other => unreachable!("projection {other} has no replay"),
+        }
+    }
     if dry_run {
         tx.rollback().await?;
-        return Ok(ReplayReport {
-            events,
-            changes,
-            applied: false,
-        });
+    } else {
+        tx.commit().await?;
     }
-    // 2. Only rows that drifted are written; the count returned must match the list above.
-    let changed = projection::rebuild_retry_counts(&mut tx).await?;
-    debug_assert_eq!(changed, changes.len() as i64);
-    tx.commit().await?;
-    Ok(ReplayReport {
-        events,
-        changes,
-        applied: true,
-    })
+    Ok(report)
 }
 
 /// One thing `verify` found wrong.
@@ -67,6 +94,8 @@ pub enum Mismatch {
         expected_hash: String,
         stored_hash: String,
     },
+    /// A rollup row differs from the log below the projector's checkpoint.
+    Rollup(RollupDrift),
     /// The stream's attempts are not 1..n: events are missing.
     AttemptGap {
         target: Target,
@@ -78,11 +107,14 @@ pub enum Mismatch {
 }
 
 impl Mismatch {
-    /// The target the mismatch is about.
-    pub fn target(&self) -> Target {
+    /// The target the mismatch is about; `None` for a rollup row, which spans targets.
+    pub fn target(&self) -> Option<Target> {
         match self {
-            Mismatch::Count(drift) => drift.target,
-            Mismatch::BrokenLink { target, .. } | Mismatch::AttemptGap { target, .. } => *target,
+            Mismatch::Count(drift) => Some(drift.target),
+            Mismatch::BrokenLink { target, .. } | Mismatch::AttemptGap { target, .. } => {
+                Some(*target)
+            }
+            Mismatch::Rollup(_) => None,
         }
     }
 }
@@ -91,6 +123,7 @@ impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Mismatch::Count(drift) => write!(f, "{drift}"),
+            Mismatch::Rollup(drift) => write!(f, "{drift}"),
             Mismatch::BrokenLink {
                 target,
                 seq,
@@ -209,7 +242,7 @@ pub async fn verify(
             previous_hash = stored_hash;
             next_attempt = attempt + 1;
             events += 1;
-            if events % 10_000 == 0 {
+            if events.is_multiple_of(10_000) {
                 progress(events);
             }
         }
@@ -220,6 +253,15 @@ pub async fn verify(
             .await?
             .into_iter()
             .map(Mismatch::Count),
+    );
+    // The rollup is asynchronous: it is checked up to its checkpoint, which this snapshot
+    // reads together with the rows written in the same transaction.
+    let position = projection::rollup_position(&mut tx).await?;
+    mismatches.extend(
+        projection::rollup_drift(&mut tx, position)
+            .await?
+            .into_iter()
+            .map(Mismatch::Rollup),
     );
     tx.rollback().await?;
     Ok(VerifyReport {

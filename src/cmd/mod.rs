@@ -4,8 +4,12 @@
 pub mod bench;
 pub mod demo;
 mod history;
+mod project;
 mod record;
 mod replay;
+pub mod report;
+mod serve;
+mod status;
 mod verify;
 
 use std::process::ExitCode;
@@ -46,8 +50,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Record(args) => record::run(pool, args).await,
         Command::History(args) => history::run(pool, args).await,
+        Command::Report(args) => report::run(pool, args).await,
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
+        Command::Project(args) => project::run(pool, args).await,
+        Command::Status(args) => status::run(pool, args).await,
+        Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(pool, args.format).await,
         Command::Bench(args) => bench::run(&connected, args).await,
     }

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use super::stderr_is_terminal;
 use crate::cli::ReplayArgs;
 use crate::output::Rows;
+use crate::projection::PROJECTIONS;
 use crate::replay;
 
 pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -18,26 +19,32 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
                 .expect("the template is valid"),
         );
-        bar.set_message("replaying the log into retry_counts");
+        bar.set_message("replaying the log into the projections");
         bar.enable_steady_tick(Duration::from_millis(100));
         bar
     } else {
         ProgressBar::hidden()
     };
-    let report = replay::replay(pool, args.dry_run).await?;
+    let projections = match args.projection {
+        Some(projection) => std::slice::from_ref(projection),
+        None => PROJECTIONS,
+    };
+    let report = replay::replay_projections(pool, projections, args.dry_run).await?;
     progress.finish_and_clear();
 
     let mut rows = Rows::new(&[
+        "projection",
         "target",
         "job_id",
         "job_variants_id",
-        "retry_count",
+        "stored",
         "replayed",
         "opening_balance",
         "events",
     ]);
     for change in &report.changes {
         rows.push(vec![
+            Value::from("retry_counts"),
             Value::from(change.target.to_string()),
             Value::from(change.target.job_id().to_string()),
             change
@@ -50,6 +57,25 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Value::from(change.events),
         ]);
     }
+    for change in &report.rollup_changes {
+        rows.push(vec![
+            Value::from("retry_rollup"),
+            Value::from(format!(
+                "{} {} {} step={} scenario={}",
+                change.hour.format("%Y-%m-%d %H:00Z"),
+                change.kind,
+                change.reason.as_deref().unwrap_or("created"),
+                change.step.as_deref().unwrap_or("-"),
+                change.scenario.as_deref().unwrap_or("-"),
+            )),
+            Value::Null,
+            Value::Null,
+            change.stored.map_or(Value::Null, Value::from),
+            change.expected.map_or(Value::Null, Value::from),
+            Value::Null,
+            Value::Null,
+        ]);
+    }
     rows.print(args.format.format)?;
     let verb = if report.applied {
         "changed"
@@ -57,10 +83,11 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         "would change"
     };
     eprintln!(
-        "retrylog: replayed {} events; {} {} count(s){}",
+        "retrylog: replayed {} events into {}; {} {} row(s){}",
         report.events,
+        report.projections.join(" and "),
         verb,
-        report.changes.len(),
+        report.changes.len() + report.rollup_changes.len(),
         if report.applied {
             ""
         } else {

@@ -33,12 +33,13 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::Count(_) => "count",
             Mismatch::BrokenLink { .. } => "broken_link",
             Mismatch::AttemptGap { .. } => "attempt_gap",
+            Mismatch::Rollup(_) => "rollup",
         };
         rows.push(vec![
-            Value::from(target.to_string()),
-            Value::from(target.job_id().to_string()),
+            target.map_or(Value::from("retry_rollup"), |t| Value::from(t.to_string())),
+            target.map_or(Value::Null, |t| Value::from(t.job_id().to_string())),
             target
-                .job_variants_id()
+                .and_then(|t| t.job_variants_id())
                 .map_or(Value::Null, |id| Value::from(id.to_string())),
             Value::from(problem),
             Value::from(mismatch.to_string()),

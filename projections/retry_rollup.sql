@@ -1,0 +1,190 @@
+-- Projection retry_rollup: retries per UTC hour x kind x reason x step x scenario, and the
+-- targets created per hour, for `retrylog report trend`.
+--
+-- Kept asynchronously by the projector (src/projector.rs), which tails the log by
+-- transaction id: a range is [from_txid, to_txid), and to_txid never passes the oldest
+-- running transaction, so no event that commits late is skipped.
+--
+-- retry_rollup_delta is the one definition of what a range contributes:
+--   * catch-up  retry_rollup_apply(from, to) adds the delta and is called by the projector in
+--               the same transaction that moves its checkpoint;
+--   * replay    retry_rollup_reset() empties the rollup, then apply('1', horizon);
+--   * verify    retry_rollup_drift(checkpoint) compares the table with delta('1', checkpoint).
+--
+-- An event is "first" in a bucket and group when no earlier attempt of the same target falls
+-- in the same bucket with the same group value. Earlier attempts always commit before later
+-- ones (record_retry locks the target), so they are visible whenever the event is, and the
+-- flag does not depend on how the log is cut into ranges.
+
+CREATE OR REPLACE FUNCTION retry_rollup_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (
+    hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+    retries bigint,
+    first_hour_kind bigint, first_hour_reason bigint, first_hour_step bigint,
+    first_hour_scenario bigint,
+    first_day_kind bigint, first_day_reason bigint, first_day_step bigint,
+    first_day_scenario bigint,
+    first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
+    first_week_scenario bigint)
+LANGUAGE sql STABLE AS $$
+    WITH batch AS (
+        SELECT h.job_id, h.job_variants_id, h.attempt, h.reason,
+               coalesce(h.step, '') AS step,
+               coalesce(h.detail ->> 'scenario', '') AS scenario,
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
+               date_trunc('day', h.occurred_at, 'UTC') AS day,
+               date_trunc('week', h.occurred_at, 'UTC') AS week
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+    ), flagged AS (
+        SELECT b.*, e.*
+          FROM batch b
+          CROSS JOIN LATERAL (
+              -- The target's earlier attempts, through the stream index (two spellings so
+              -- both job-level and variant streams use it).
+              SELECT coalesce(bool_or(p.hour = b.hour), false) AS seen_hour,
+                     coalesce(bool_or(p.hour = b.hour AND p.reason = b.reason), false) AS seen_hour_reason,
+                     coalesce(bool_or(p.hour = b.hour AND p.step = b.step), false) AS seen_hour_step,
+                     coalesce(bool_or(p.hour = b.hour AND p.scenario = b.scenario), false) AS seen_hour_scenario,
+                     coalesce(bool_or(p.day = b.day), false) AS seen_day,
+                     coalesce(bool_or(p.day = b.day AND p.reason = b.reason), false) AS seen_day_reason,
+                     coalesce(bool_or(p.day = b.day AND p.step = b.step), false) AS seen_day_step,
+                     coalesce(bool_or(p.day = b.day AND p.scenario = b.scenario), false) AS seen_day_scenario,
+                     coalesce(bool_or(p.week = b.week), false) AS seen_week,
+                     coalesce(bool_or(p.week = b.week AND p.reason = b.reason), false) AS seen_week_reason,
+                     coalesce(bool_or(p.week = b.week AND p.step = b.step), false) AS seen_week_step,
+                     coalesce(bool_or(p.week = b.week AND p.scenario = b.scenario), false) AS seen_week_scenario
+                FROM (
+                    SELECT date_trunc('hour', x.occurred_at, 'UTC') AS hour,
+                           date_trunc('day', x.occurred_at, 'UTC') AS day,
+                           date_trunc('week', x.occurred_at, 'UTC') AS week,
+                           x.reason, coalesce(x.step, '') AS step,
+                           coalesce(x.detail ->> 'scenario', '') AS scenario
+                      FROM retry_history x
+                     WHERE b.job_variants_id IS NULL
+                       AND x.job_id = b.job_id AND x.job_variants_id IS NULL
+                       AND x.attempt < b.attempt
+                    UNION ALL
+                    SELECT date_trunc('hour', x.occurred_at, 'UTC'),
+                           date_trunc('day', x.occurred_at, 'UTC'),
+                           date_trunc('week', x.occurred_at, 'UTC'),
+                           x.reason, coalesce(x.step, ''),
+                           coalesce(x.detail ->> 'scenario', '')
+                      FROM retry_history x
+                     WHERE b.job_variants_id IS NOT NULL
+                       AND x.job_id = b.job_id AND x.job_variants_id = b.job_variants_id
+                       AND x.attempt < b.attempt
+                ) p
+          ) e
+    )
+    SELECT f.hour,
+           CASE WHEN f.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+           f.reason, f.step, f.scenario,
+           count(*),
+           count(*) FILTER (WHERE NOT f.seen_hour),
+           count(*) FILTER (WHERE NOT f.seen_hour_reason),
+           count(*) FILTER (WHERE NOT f.seen_hour_step),
+           count(*) FILTER (WHERE NOT f.seen_hour_scenario),
+           count(*) FILTER (WHERE NOT f.seen_day),
+           count(*) FILTER (WHERE NOT f.seen_day_reason),
+           count(*) FILTER (WHERE NOT f.seen_day_step),
+           count(*) FILTER (WHERE NOT f.seen_day_scenario),
+           count(*) FILTER (WHERE NOT f.seen_week),
+           count(*) FILTER (WHERE NOT f.seen_week_reason),
+           count(*) FILTER (WHERE NOT f.seen_week_step),
+           count(*) FILTER (WHERE NOT f.seen_week_scenario)
+      FROM flagged f
+     GROUP BY 1, 2, 3, 4, 5
+$$;
+
+-- Targets created in a range: the insert-only retry_target_created, summed per hour and kind.
+CREATE OR REPLACE FUNCTION retry_rollup_created_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (hour timestamptz, kind text, created bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.hour, c.kind, sum(c.created)::bigint
+      FROM retry_target_created c
+     WHERE c.txid >= from_txid AND c.txid < to_txid
+     GROUP BY 1, 2
+$$;
+
+-- Add a range's events and creations to the rollup; returns the number of events applied.
+CREATE OR REPLACE FUNCTION retry_rollup_apply(from_txid xid8, to_txid xid8)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    applied bigint;
+BEGIN
+    WITH delta AS (
+        SELECT * FROM retry_rollup_delta(from_txid, to_txid)
+    ), upserted AS (
+        INSERT INTO retry_rollup AS r
+        SELECT * FROM delta
+        ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+            retries             = r.retries             + excluded.retries,
+            first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+            first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+            first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+            first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+            first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+            first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+            first_day_step      = r.first_day_step      + excluded.first_day_step,
+            first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+            first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+            first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+            first_week_step     = r.first_week_step     + excluded.first_week_step,
+            first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+    )
+    SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+
+    INSERT INTO retry_rollup_created AS r
+    SELECT * FROM retry_rollup_created_delta(from_txid, to_txid)
+    ON CONFLICT (hour, kind) DO UPDATE SET created = r.created + excluded.created;
+
+    RETURN applied;
+END
+$$;
+
+-- Empty the rollup (replay then applies everything below its horizon).
+CREATE OR REPLACE FUNCTION retry_rollup_reset()
+RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM retry_rollup;
+    DELETE FROM retry_rollup_created;
+$$;
+
+-- Rollup rows that differ from what the log (and the creations) say below `up_to`.
+CREATE OR REPLACE FUNCTION retry_rollup_drift(up_to xid8)
+RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+               stored_retries bigint, expected_retries bigint, problem text)
+LANGUAGE sql STABLE AS $$
+    WITH expected AS (
+        SELECT * FROM retry_rollup_delta('1', up_to)
+    )
+    SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),
+           coalesce(s.step, e.step), coalesce(s.scenario, e.scenario),
+           s.retries, e.retries,
+           CASE WHEN s.hour IS NULL THEN 'missing from the rollup'
+                WHEN e.hour IS NULL THEN 'not in the log'
+                ELSE 'counts differ' END
+      FROM retry_rollup s
+      FULL JOIN expected e
+        ON (s.hour, s.kind, s.reason, s.step, s.scenario)
+         = (e.hour, e.kind, e.reason, e.step, e.scenario)
+     WHERE (s.retries, s.first_hour_kind, s.first_hour_reason, s.first_hour_step,
+            s.first_hour_scenario, s.first_day_kind, s.first_day_reason, s.first_day_step,
+            s.first_day_scenario, s.first_week_kind, s.first_week_reason, s.first_week_step,
+            s.first_week_scenario)
+           IS DISTINCT FROM
+           (e.retries, e.first_hour_kind, e.first_hour_reason, e.first_hour_step,
+            e.first_hour_scenario, e.first_day_kind, e.first_day_reason, e.first_day_step,
+            e.first_day_scenario, e.first_week_kind, e.first_week_reason, e.first_week_step,
+            e.first_week_scenario)
+    UNION ALL
+    SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), NULL, NULL, NULL,
+           s.created, e.created,
+           'targets created differ'
+      FROM retry_rollup_created s
+      FULL JOIN retry_rollup_created_delta('1', up_to) e
+        ON (s.hour, s.kind) = (e.hour, e.kind)
+     WHERE s.created IS DISTINCT FROM e.created
+$$;
