@@ -22,8 +22,8 @@ use crate::output::Format;
 /// created if missing.
 ///
 /// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
-/// unknown reason or target, invalid JSON, a refused retry); 69 no database reachable;
-/// 70 any other failure.
+/// unknown reason or target, invalid JSON, a refused retry); 3 `report alerts` listed
+/// something; 69 no database reachable; 70 any other failure.
 #[derive(Debug, Parser)]
 #[command(name = "retrylog", version, max_term_width = 100)]
 pub struct Cli {
@@ -129,6 +129,32 @@ pub struct HistoryArgs {
     #[arg(long, value_name = "UUID", conflicts_with = "job_id")]
     pub variant_id: Option<Uuid>,
 
+    /// Only events of this reason: stuck, failed or manual_recovery.
+    #[arg(long, value_parser = RetryReason::parse)]
+    pub reason: Option<RetryReason>,
+
+    /// Only events of this step (exact match).
+    #[arg(long)]
+    pub step: Option<String>,
+
+    /// Only events by this actor (exact match, e.g. cli:alice).
+    #[arg(long)]
+    pub actor: Option<String>,
+
+    /// Only events that occurred at or after this time: a duration back (7d, 12h, 30m, 2w) or
+    /// a timestamp (2026-11-01, 2026-11-01T12:00:00Z; UTC unless it has an offset).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+
+    /// Only events that occurred at or before this time (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+
+    /// The history as it stood then: only events recorded at or before this time (same forms
+    /// as --since; durations in --since and --until then count back from it).
+    #[arg(long, value_name = "WHEN")]
+    pub as_of: Option<String>,
+
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -196,6 +222,9 @@ fn parse_projection(name: &str) -> Result<&'static crate::projection::Projection
 /// Parses `--detail`: it must be a JSON object.
 fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) if crate::event::contains_nul(&value) => {
+            Err("detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into())
+        }
         Ok(value @ serde_json::Value::Object(_)) => Ok(value),
         Ok(_) => Err("detail must be a JSON object, e.g. '{\"error\": \"timeout\"}'".into()),
         Err(error) => Err(format!("not valid JSON: {error}")),

@@ -200,6 +200,18 @@ impl NewRetry {
     }
 }
 
+/// Whether any key or string in `value` holds U+0000, which PostgreSQL's jsonb cannot store.
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
+}
+
 /// One stored event: a row of `retry_history`.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RetryEvent {

@@ -5,14 +5,18 @@
 //! the target, numbers the attempt, chains the event's hash to its stream, and applies the
 //! `retry_count` projection — all in the caller's transaction, so the event commits with the
 //! state change it records. Everything derived from the log can be rebuilt (`replay`) and
-//! audited (`verify`).
+//! audited (`verify`). Reports read the counts, the log, and a rollup that an asynchronous
+//! projector keeps from the log without ever skipping a late-committing event.
 //!
 //! # Layout
 //!
 //! - [`event`]: the retry event, its reason and target, the hash chain — pure types.
 //! - [`store`]: the one write path into the log (`append`) and the reads of streams.
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
+//! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
+//! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
+//!   trend from the rollup) and their `--as-of` reconstructions from the log.
 //! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
 //! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster).
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
@@ -27,4 +31,5 @@ pub mod output;
 pub mod projection;
 pub mod projector;
 pub mod replay;
+pub mod report;
 pub mod store;

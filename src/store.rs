@@ -9,7 +9,9 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::event::{NewRetry, RetryEvent, Target};
+use chrono::{DateTime, Utc};
+
+use crate::event::{contains_nul, NewRetry, RetryEvent, RetryReason, Target};
 
 /// The columns of `retry_history` that [`RetryEvent`] reads (everything but `txid`).
 pub const EVENT_COLUMNS: &str = "seq, event_id, job_id, job_variants_id, reason, step, \
@@ -39,7 +41,7 @@ pub enum AppendError {
     #[error("{0}")]
     Conflict(String),
     /// Anything else: the database failed, not the input.
-    #[error("database error while appending a retry: {0}")]
+    #[error("database error while appending a retry")]
     Database(#[source] sqlx::Error),
 }
 
@@ -59,7 +61,8 @@ impl From<sqlx::Error> for AppendError {
         match db.code().as_deref() {
             // invalid_parameter_value, raised by record_retry's validation; and
             // invalid_text_representation / character_not_in_repertoire from binding.
-            Some("22023" | "22P02" | "22021") => AppendError::InvalidInput(message),
+            // untranslatable_character (a NUL in jsonb) too.
+            Some("22023" | "22P02" | "22021" | "22P05") => AppendError::InvalidInput(message),
             Some("RL001") => AppendError::UnknownTarget(message),
             Some("RL002") => AppendError::WrongJob(message),
             Some("RL004") => AppendError::LimitReached(message),
@@ -91,6 +94,13 @@ pub async fn append(
     tx: &mut Transaction<'_, Postgres>,
     retry: &NewRetry,
 ) -> Result<RetryEvent, AppendError> {
+    // jsonb cannot hold U+0000; say which field rather than let the server's encoding
+    // error speak for it.
+    if contains_nul(&retry.detail) {
+        return Err(AppendError::InvalidInput(
+            "detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into(),
+        ));
+    }
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM record_retry(
              job_id => $1, job_variants_id => $2, reason => $3, step => $4, actor => $5,
@@ -122,7 +132,7 @@ pub enum ReadError {
     /// Neither the pipeline tables nor the log know the id.
     #[error("unknown {kind} {id}: no such row and no retries recorded for it")]
     UnknownTarget { kind: &'static str, id: Uuid },
-    #[error("database error while reading the retry log: {0}")]
+    #[error("database error while reading the retry log")]
     Database(#[from] sqlx::Error),
 }
 
@@ -144,23 +154,87 @@ pub async fn load_stream(
         .await
 }
 
+/// Which events of a history to show. Every field set narrows the list; the default keeps
+/// every event. Times are inclusive at both ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// Only events of this reason.
+    pub reason: Option<RetryReason>,
+    /// Only events of this step (exact match).
+    pub step: Option<String>,
+    /// Only events by this actor (exact match).
+    pub actor: Option<String>,
+    /// Only events that occurred at or after this instant.
+    pub occurred_since: Option<DateTime<Utc>>,
+    /// Only events that occurred at or before this instant.
+    pub occurred_until: Option<DateTime<Utc>>,
+    /// Only events recorded at or before this instant: the history as it stood then.
+    pub recorded_until: Option<DateTime<Utc>>,
+}
+
+/// The filter as SQL over `$3`..`$8` (`$1` and `$2` are the stream): each condition holds
+/// when its parameter is NULL, so one statement serves every combination and the stream
+/// index still drives the scan.
+const HISTORY_FILTER: &str = "AND ($3::text IS NULL OR reason::text = $3)
+     AND ($4::text IS NULL OR step = $4)
+     AND ($5::text IS NULL OR actor = $5)
+     AND ($6::timestamptz IS NULL OR occurred_at >= $6)
+     AND ($7::timestamptz IS NULL OR occurred_at <= $7)
+     AND ($8::timestamptz IS NULL OR recorded_at <= $8)";
+
+/// Reads the events of `stream` (a WHERE condition over `$1` job and `$2` variant) that pass
+/// `filter`, in `order`.
+async fn load_filtered(
+    conn: &mut PgConnection,
+    stream: &str,
+    order: &str,
+    job_id: Option<Uuid>,
+    job_variants_id: Option<Uuid>,
+    filter: &HistoryFilter,
+) -> Result<Vec<RetryEvent>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM retry_history
+          WHERE {stream} {HISTORY_FILTER}
+          ORDER BY {order}"
+    );
+    sqlx::query_as(&sql)
+        .bind(job_id)
+        .bind(job_variants_id)
+        .bind(filter.reason.map(|reason| reason.as_ref().to_string()))
+        .bind(filter.step.as_deref())
+        .bind(filter.actor.as_deref())
+        .bind(filter.occurred_since)
+        .bind(filter.occurred_until)
+        .bind(filter.recorded_until)
+        .fetch_all(conn)
+        .await
+}
+
 /// A job's own events and all of its variants' events, in log order.
 pub async fn load_job_history(
     conn: &mut PgConnection,
     job_id: Uuid,
 ) -> Result<Vec<RetryEvent>, ReadError> {
-    let sql = format!("SELECT {EVENT_COLUMNS} FROM retry_history WHERE job_id = $1 ORDER BY seq");
-    let events: Vec<RetryEvent> = sqlx::query_as(&sql)
-        .bind(job_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    load_job_history_filtered(conn, job_id, &HistoryFilter::default()).await
+}
+
+/// The events of a job and its variants that pass `filter`, in log order. A job that exists
+/// (as a row, or in the log) with no matching event is an empty list, not an error.
+pub async fn load_job_history_filtered(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    filter: &HistoryFilter,
+) -> Result<Vec<RetryEvent>, ReadError> {
+    let events = load_filtered(conn, "job_id = $1", "seq", Some(job_id), None, filter).await?;
     if events.is_empty() {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)")
-                .bind(job_id)
-                .fetch_one(&mut *conn)
-                .await?;
-        if !exists {
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
+                 OR EXISTS (SELECT 1 FROM retry_history WHERE job_id = $1)",
+        )
+        .bind(job_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !known {
             return Err(ReadError::UnknownTarget {
                 kind: "job",
                 id: job_id,
@@ -176,35 +250,49 @@ pub async fn load_variant_history(
     conn: &mut PgConnection,
     job_variants_id: Uuid,
 ) -> Result<Vec<RetryEvent>, ReadError> {
+    load_variant_history_filtered(conn, job_variants_id, &HistoryFilter::default()).await
+}
+
+/// A variant's events that pass `filter`, attempt 1 first. A variant that exists (as a row,
+/// or in the log) with no matching event is an empty list, not an error.
+pub async fn load_variant_history_filtered(
+    conn: &mut PgConnection,
+    job_variants_id: Uuid,
+    filter: &HistoryFilter,
+) -> Result<Vec<RetryEvent>, ReadError> {
     let job_id: Option<Uuid> =
         sqlx::query_scalar("SELECT job_id FROM jobs_variants WHERE job_variants_id = $1")
             .bind(job_variants_id)
             .fetch_optional(&mut *conn)
             .await?;
-    let events: Vec<RetryEvent> = match job_id {
-        Some(job_id) => {
-            let target = Target::Variant {
-                job_id,
-                job_variants_id,
-            };
-            load_stream(conn, target).await?
-        }
-        None => {
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM retry_history
-                  WHERE job_variants_id = $1 ORDER BY attempt"
-            );
-            sqlx::query_as(&sql)
-                .bind(job_variants_id)
-                .fetch_all(&mut *conn)
-                .await?
-        }
+    // With the job known, both columns name the stream and its index serves the read; a
+    // variant whose row is gone is looked up by its id alone.
+    let stream = match job_id {
+        Some(_) => "job_id = $1 AND job_variants_id = $2",
+        None => "job_variants_id = $2",
     };
+    let events = load_filtered(
+        conn,
+        stream,
+        "attempt",
+        job_id,
+        Some(job_variants_id),
+        filter,
+    )
+    .await?;
     if events.is_empty() && job_id.is_none() {
-        return Err(ReadError::UnknownTarget {
-            kind: "variant",
-            id: job_variants_id,
-        });
+        let logged: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM retry_history WHERE job_variants_id = $1)",
+        )
+        .bind(job_variants_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !logged {
+            return Err(ReadError::UnknownTarget {
+                kind: "variant",
+                id: job_variants_id,
+            });
+        }
     }
     Ok(events)
 }

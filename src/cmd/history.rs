@@ -1,4 +1,5 @@
-//! `retrylog history`: a target's events in order, each labelled with its target.
+//! `retrylog history`: a target's events in order, each labelled with its target, narrowed by
+//! the audit filters (reason, step, actor, when it occurred, what was recorded by when).
 
 use std::process::ExitCode;
 
@@ -6,13 +7,46 @@ use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
 use crate::output::event_rows;
-use crate::store;
+use crate::report::{Moment, ReportError, TimeSpec};
+use crate::store::{self, HistoryFilter};
+
+/// The filter the flags ask for; the times are resolved here and bound as parameters.
+fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
+    let moment = Moment::from_flag(args.as_of.as_deref())?;
+    let resolve = |flag: &'static str, text: &Option<String>| {
+        text.as_deref()
+            .map(|text| TimeSpec::parse(flag, text).map(|spec| spec.resolve(moment.time())))
+            .transpose()
+    };
+    let occurred_since = resolve("--since", &args.since)?;
+    let occurred_until = resolve("--until", &args.until)?;
+    if let (Some(since), Some(until)) = (occurred_since, occurred_until) {
+        if since > until {
+            return Err(ReportError::EmptyRange(format!(
+                "--since {} is after --until {}: no event can match",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )));
+        }
+    }
+    Ok(HistoryFilter {
+        reason: args.reason,
+        step: args.step.clone(),
+        actor: args.actor.clone(),
+        occurred_since,
+        occurred_until,
+        recorded_until: moment.as_of(),
+    })
+}
 
 pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let filter = filter(&args)?;
     let mut conn = pool.acquire().await?;
     let events = match (args.job_id, args.variant_id) {
-        (_, Some(variant)) => store::load_variant_history(&mut conn, variant).await?,
-        (Some(job), None) => store::load_job_history(&mut conn, job).await?,
+        (_, Some(variant)) => {
+            store::load_variant_history_filtered(&mut conn, variant, &filter).await?
+        }
+        (Some(job), None) => store::load_job_history_filtered(&mut conn, job, &filter).await?,
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };
     event_rows(&events, args.format.format).print(args.format.format)?;

@@ -75,11 +75,35 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(ReadError::UnknownTarget { .. }) = cause.downcast_ref::<ReadError>() {
             return EXIT_USAGE;
         }
+        if let Some(report) = cause.downcast_ref::<crate::report::ReportError>() {
+            return if report.is_user_mistake() {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            };
+        }
         if cause.downcast_ref::<ConnectError>().is_some() {
             return EXIT_UNAVAILABLE;
         }
     }
     EXIT_FAILURE
+}
+
+/// The error as one line: each cause in the chain once. sqlx's errors repeat their source's
+/// text in their own, so a cause already said is left out.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Whether stderr is a terminal: progress bars are drawn only there.

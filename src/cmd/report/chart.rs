@@ -1,0 +1,437 @@
+//! `report trend --format svg`: the trend as a hand-written SVG line chart — retries per
+//! bucket on top, the retry rate below, one coloured line per group, a shared time axis and a
+//! legend with each group's total.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Utc};
+
+use crate::report::{Bucket, Moment, Trend, TrendSource};
+
+const WIDTH: f64 = 1000.0;
+const HEIGHT: f64 = 640.0;
+const LEFT: f64 = 80.0;
+const RIGHT: f64 = 230.0;
+/// The retries panel.
+const TOP_Y: f64 = 90.0;
+const TOP_H: f64 = 270.0;
+/// The rate panel.
+const RATE_Y: f64 = 410.0;
+const RATE_H: f64 = 150.0;
+
+/// Tableau 10: distinct for the usual handful of groups, readable for colour-blind eyes.
+const PALETTE: [&str; 10] = [
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+    "#9c755f", "#bab0ac",
+];
+
+/// One group's line.
+struct Series {
+    name: String,
+    retries: Vec<i64>,
+    rates: Vec<Option<f64>>,
+}
+
+/// The SVG document for `trend` (read at `moment`).
+pub fn render(trend: &Trend, moment: Moment) -> String {
+    // 1. Columns: buckets in order, one series per group.
+    let mut buckets: Vec<DateTime<Utc>> = trend.rows.iter().map(|row| row.bucket).collect();
+    buckets.dedup();
+    let mut series: Vec<Series> = Vec::new();
+    for row in &trend.rows {
+        let index = match series.iter().position(|s| s.name == row.group) {
+            Some(index) => index,
+            None => {
+                series.push(Series {
+                    name: row.group.clone(),
+                    retries: vec![0; buckets.len()],
+                    rates: vec![None; buckets.len()],
+                });
+                series.len() - 1
+            }
+        };
+        let column = buckets
+            .binary_search(&row.bucket)
+            .expect("every row's bucket is a column");
+        series[index].retries[column] = row.retries;
+        series[index].rates[column] = row.retry_rate;
+    }
+
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let x = |column: usize| {
+        if buckets.len() <= 1 {
+            LEFT + plot_w / 2.0
+        } else {
+            LEFT + plot_w * column as f64 / (buckets.len() - 1) as f64
+        }
+    };
+
+    let mut svg = String::new();
+    let bucket = trend.query.bucket;
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+    );
+
+    // 2. Title and what the chart was read from.
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="32" font-size="20" font-weight="bold" fill="#222">Retries per {bucket} by {by}</text>"##,
+        by = trend.query.by,
+    );
+    let source = match (trend.source, moment) {
+        (TrendSource::Log, Moment::AsOf(at)) => format!(
+            "as of {} · counted from retry_history",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        _ => "from the retry_rollup projection".to_string(),
+    };
+    let filling = if trend.to == bucket.start_of(moment.time()) {
+        format!(" · the last {bucket} is still filling")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="54" fill="#555">{} to {} (buckets in UTC) · {}{}</text>"##,
+        label(trend.from, bucket, true),
+        label(trend.to, bucket, true),
+        escape(&source),
+        filling,
+    );
+
+    if buckets.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" text-anchor="middle" font-size="16" fill="#777">no buckets in this window</text></svg>"##,
+            WIDTH / 2.0,
+            HEIGHT / 2.0
+        );
+        return svg;
+    }
+
+    // 3. The retries panel.
+    let max_retries = series
+        .iter()
+        .flat_map(|s| s.retries.iter().copied())
+        .max()
+        .unwrap_or(0);
+    let (retry_top, retry_step) = nice_scale(max_retries as f64, true);
+    panel(
+        &mut svg,
+        TOP_Y,
+        TOP_H,
+        retry_top,
+        retry_step,
+        "retries",
+        |value| format!("{value:.0}"),
+    );
+    let y_retries = |value: f64| TOP_Y + TOP_H - TOP_H * value / retry_top;
+    for (index, s) in series.iter().enumerate() {
+        let points: Vec<Option<(f64, f64)>> = s
+            .retries
+            .iter()
+            .enumerate()
+            .map(|(column, &n)| Some((x(column), y_retries(n as f64))))
+            .collect();
+        line(
+            &mut svg,
+            &points,
+            PALETTE[index % PALETTE.len()],
+            2.2,
+            buckets.len() <= 62,
+        );
+    }
+
+    // 4. The rate panel: targets retried ÷ targets created; gaps where nothing was created.
+    let max_rate = series
+        .iter()
+        .flat_map(|s| s.rates.iter().flatten().copied())
+        .fold(0.0, f64::max);
+    let (rate_top, rate_step) = nice_scale(max_rate.max(0.05), false);
+    panel(
+        &mut svg,
+        RATE_Y,
+        RATE_H,
+        rate_top,
+        rate_step,
+        "retry rate",
+        |value| format!("{:.0}%", value * 100.0),
+    );
+    let y_rate = |value: f64| RATE_Y + RATE_H - RATE_H * value / rate_top;
+    for (index, s) in series.iter().enumerate() {
+        let points: Vec<Option<(f64, f64)>> = s
+            .rates
+            .iter()
+            .enumerate()
+            .map(|(column, rate)| rate.map(|rate| (x(column), y_rate(rate))))
+            .collect();
+        line(
+            &mut svg,
+            &points,
+            PALETTE[index % PALETTE.len()],
+            1.6,
+            buckets.len() <= 62,
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#777">rate = targets retried ÷ targets created in the bucket{}; gaps: nothing created</text>"##,
+        RATE_Y - 8.0,
+        if trend.query.by == crate::report::GroupBy::Kind {
+            " of that kind"
+        } else {
+            ""
+        },
+    );
+
+    // 5. The time axis, under both panels: a tick per bucket (when they fit), a label on
+    //    round ones.
+    let step = label_step(&buckets, bucket);
+    for (column, start) in buckets.iter().enumerate() {
+        let cx = x(column);
+        let labelled = is_labelled(*start, column, step, bucket);
+        if labelled || buckets.len() <= 120 {
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{cx:.1}" y1="{}" x2="{cx:.1}" y2="{}" stroke="#999"/>"##,
+                RATE_Y + RATE_H,
+                RATE_Y + RATE_H + if labelled { 6.0 } else { 3.0 }
+            );
+        }
+        if labelled {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{cx:.1}" y="{}" text-anchor="middle" fill="#333">{}</text>"##,
+                RATE_Y + RATE_H + 20.0,
+                label(*start, bucket, false)
+            );
+        }
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">{} (UTC)</text>"##,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 22.0,
+        match bucket {
+            Bucket::Hour => "hour",
+            Bucket::Day => "day",
+            Bucket::Week => "ISO week (starting Monday)",
+        }
+    );
+
+    // 6. The legend: each group with its total retries in the window.
+    let legend_x = WIDTH - RIGHT + 24.0;
+    let _ = writeln!(
+        svg,
+        r##"<text x="{legend_x}" y="{TOP_Y}" font-weight="bold" fill="#222">{} (retries)</text>"##,
+        trend.query.by
+    );
+    for (index, s) in series.iter().enumerate().take(24) {
+        let y = TOP_Y + 22.0 + 20.0 * index as f64;
+        let total: i64 = s.retries.iter().sum();
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}" fill="#222">{} ({total})</text>"##,
+            legend_x + 22.0,
+            PALETTE[index % PALETTE.len()],
+            legend_x + 30.0,
+            y + 4.0,
+            escape(&truncate(&s.name, 24)),
+        );
+    }
+    if series.len() > 24 {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{legend_x}" y="{}" fill="#777">… and {} more</text>"##,
+            TOP_Y + 22.0 + 20.0 * 24.0,
+            series.len() - 24
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// A panel's frame: horizontal grid lines with their values, and the axis title.
+fn panel(
+    svg: &mut String,
+    y: f64,
+    height: f64,
+    top: f64,
+    step: f64,
+    title: &str,
+    value_label: impl Fn(f64) -> String,
+) {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let ticks = (top / step).round() as usize;
+    for tick in 0..=ticks {
+        let value = step * tick as f64;
+        let ty = y + height - height * value / top;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{}" y2="{ty:.1}" stroke="{}"/><text x="{}" y="{:.1}" text-anchor="end" fill="#333">{}</text>"##,
+            LEFT + plot_w,
+            if tick == 0 { "#999" } else { "#e5e5e5" },
+            LEFT - 8.0,
+            ty + 4.0,
+            value_label(value),
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<text transform="translate({}, {}) rotate(-90)" text-anchor="middle" fill="#555">{title}</text>"##,
+        LEFT - 52.0,
+        y + height / 2.0
+    );
+}
+
+/// A polyline through the points; `None` breaks it. Dots mark the points when there are few.
+fn line(svg: &mut String, points: &[Option<(f64, f64)>], colour: &str, width: f64, dots: bool) {
+    let mut path = String::new();
+    let mut pen_down = false;
+    for point in points {
+        match point {
+            Some((px, py)) => {
+                let _ = write!(path, "{}{px:.1},{py:.1} ", if pen_down { "L" } else { "M" });
+                pen_down = true;
+            }
+            None => pen_down = false,
+        }
+    }
+    if !path.is_empty() {
+        let _ = writeln!(
+            svg,
+            r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>"#,
+            path.trim_end()
+        );
+    }
+    // A point with no neighbour draws no line: it always gets its dot.
+    for (index, point) in points.iter().enumerate() {
+        let Some((px, py)) = point else { continue };
+        let alone = (index == 0 || points[index - 1].is_none())
+            && points.get(index + 1).is_none_or(Option::is_none);
+        if alone && !dots {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="{colour}"/>"#
+            );
+        }
+    }
+    if dots {
+        for (px, py) in points.iter().flatten() {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="{colour}"/>"#
+            );
+        }
+    }
+}
+
+/// A top of the axis at or above `max` and a step giving four to six round ticks; whole
+/// numbers when `integer`.
+fn nice_scale(max: f64, integer: bool) -> (f64, f64) {
+    if max <= 0.0 {
+        return (
+            if integer { 5.0 } else { 1.0 },
+            if integer { 1.0 } else { 0.2 },
+        );
+    }
+    let rough = max / 5.0;
+    let magnitude = 10f64.powf(rough.log10().floor());
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .find(|step| *step >= rough)
+        .unwrap_or(10.0 * magnitude);
+    let step = if integer { step.ceil().max(1.0) } else { step };
+    ((max / step).ceil() * step, step)
+}
+
+/// At most this many labels fit under the axis.
+const MAX_LABELS: usize = 9;
+
+/// How many buckets apart the axis labels are: a round number of hours (1, 2, 3, 6, 12 or
+/// whole days), days (1, 2, 3, 7, 14, ...) or weeks (1, 2, 4, ...), so at most [`MAX_LABELS`] fit.
+fn label_step(buckets: &[DateTime<Utc>], bucket: Bucket) -> usize {
+    let candidates: &[usize] = match bucket {
+        Bucket::Hour => &[1, 2, 3, 6, 12, 24, 48, 168, 336, 672],
+        Bucket::Day => &[1, 2, 3, 7, 14, 28, 56, 112, 364],
+        Bucket::Week => &[1, 2, 4, 8, 13, 26, 52],
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|step| buckets.len().div_ceil(*step) <= MAX_LABELS)
+        .unwrap_or_else(|| buckets.len().div_ceil(MAX_LABELS))
+}
+
+/// Whether the bucket at `column` carries a label: hours on multiples of the step (midnight
+/// for whole days), days and weeks every `step` from the first.
+fn is_labelled(start: DateTime<Utc>, column: usize, step: usize, bucket: Bucket) -> bool {
+    use chrono::Timelike;
+    match bucket {
+        Bucket::Hour if step < 24 => (start.hour() as usize).is_multiple_of(step),
+        Bucket::Hour => {
+            start.hour() == 0 && ((start.timestamp() / 86_400) as usize).is_multiple_of(step / 24)
+        }
+        Bucket::Day | Bucket::Week => column.is_multiple_of(step),
+    }
+}
+
+/// A bucket's label: short under the axis (an hour shows its date at midnight), whole in the
+/// subtitle.
+fn label(start: DateTime<Utc>, bucket: Bucket, long: bool) -> String {
+    use chrono::Timelike;
+    let format = match (bucket, long) {
+        (Bucket::Hour, false) if start.hour() == 0 => "%m-%d",
+        (Bucket::Hour, false) => "%H:00",
+        (Bucket::Hour, true) => "%Y-%m-%d %H:00",
+        (Bucket::Day, false) => "%m-%d",
+        (Bucket::Day, true) => "%Y-%m-%d",
+        (Bucket::Week, false) => "W%V",
+        (Bucket::Week, true) => "%G-W%V (%Y-%m-%d)",
+    };
+    start.format(format).to_string()
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    if text.chars().count() <= chars {
+        text.to_string()
+    } else {
+        let mut short: String = text.chars().take(chars - 1).collect();
+        short.push('…');
+        short
+    }
+}
+
+/// Text as XML character data.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_are_round_and_cover_the_maximum() {
+        assert_eq!(nice_scale(0.0, true), (5.0, 1.0));
+        assert_eq!(nice_scale(7.0, true), (8.0, 2.0));
+        assert_eq!(nice_scale(3.0, true), (3.0, 1.0));
+        assert_eq!(nice_scale(42.0, true), (50.0, 10.0));
+        let (top, step) = nice_scale(0.37, false);
+        assert!(top >= 0.37 && (top / step).round() <= 6.0, "{top} {step}");
+    }
+
+    #[test]
+    fn group_names_are_escaped() {
+        assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+    }
+}

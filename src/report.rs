@@ -1,0 +1,987 @@
+//! Read-only audit and trend queries: what `retrylog report` shows, as typed rows (printing is
+//! the command's job, `cmd/report.rs`).
+//!
+//! Where each report reads, at the end of the flow (retry → log + `retry_count` → rollup →
+//! here):
+//!
+//! - `top_jobs`, `top_variants`, `stats`, `alerts` read the `retry_count` columns, the inline
+//!   projection that is never behind the log, through the indexes the original change defined.
+//! - `trend` reads the asynchronous rollup (`retry_rollup`, `retry_rollup_created`); the
+//!   command first brings it up to date with [`bring_rollup_up_to_date`].
+//! - With [`Moment::AsOf`] every report is reconstructed from the log instead: a target's count
+//!   as of T is its opening balance plus its events recorded at or before T, targets created
+//!   after T are left out, and status, step and `updated_at` are today's (the pipeline tables
+//!   keep no history of them).
+//!
+//! Every time a user gives is parsed here ([`TimeSpec`]), resolved in Rust and bound as a
+//! parameter. Windows include their start (`>=`) and an as-of instant includes itself (`<=`).
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::projector;
+
+/// Why a report could not answer.
+#[derive(Debug, Error)]
+pub enum ReportError {
+    /// A time flag is neither a duration nor a timestamp (exit code 2).
+    #[error(
+        "invalid {flag} \"{value}\": expected a duration like 7d, 12h, 30m or a timestamp like \
+         2026-11-01T00:00:00Z"
+    )]
+    InvalidTime { flag: &'static str, value: String },
+    /// A time flag parses but lies outside what PostgreSQL stores (exit code 2).
+    #[error("invalid {flag} \"{value}\": {problem}")]
+    TimeOutOfRange {
+        flag: &'static str,
+        value: String,
+        problem: &'static str,
+    },
+    /// Two time flags contradict each other, e.g. --since after --until (exit code 2).
+    #[error("{0}")]
+    EmptyRange(String),
+    /// The trend window holds more buckets than a report shows (exit code 2).
+    #[error(
+        "the window from {from} holds {buckets} {bucket} buckets, more than {MAX_BUCKETS}: \
+         use a wider --bucket or a shorter --since"
+    )]
+    TooManyBuckets {
+        from: DateTime<Utc>,
+        buckets: i64,
+        bucket: Bucket,
+    },
+    /// Anything else: the database failed, not the input.
+    #[error("database error while reading a report")]
+    Database(#[from] sqlx::Error),
+}
+
+impl ReportError {
+    /// True when the error is the user's mistake rather than a fault.
+    pub fn is_user_mistake(&self) -> bool {
+        !matches!(self, ReportError::Database(_))
+    }
+}
+
+/// A time as a user writes it on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// That long before the report's moment: `30m`, `12h`, `7d`, `2w`.
+    Ago(Duration),
+    /// This instant: `2026-11-01` (midnight UTC), `2026-11-01T12:00:00Z`, any RFC 3339 time;
+    /// a date and time without an offset is UTC.
+    At(DateTime<Utc>),
+}
+
+/// The longest duration a time flag accepts; far enough back for any log, near enough that
+/// the instant stays inside PostgreSQL's range.
+const LONGEST_AGO_DAYS: i64 = 100 * 366;
+
+impl TimeSpec {
+    /// Parses the value of `flag` (named in the error, e.g. `--since`).
+    pub fn parse(flag: &'static str, text: &str) -> Result<Self, ReportError> {
+        let invalid = || ReportError::InvalidTime {
+            flag,
+            value: text.to_string(),
+        };
+        let trimmed = text.trim();
+        if let Some(unit) = trimmed.chars().last().filter(|c| c.is_ascii_alphabetic()) {
+            let digits = &trimmed[..trimmed.len() - 1];
+            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                let amount: i64 = digits.parse().map_err(|_| invalid())?;
+                let minutes_per_unit = match unit {
+                    'm' => 1,
+                    'h' => 60,
+                    'd' => 24 * 60,
+                    'w' => 7 * 24 * 60,
+                    _ => return Err(invalid()),
+                };
+                return match amount.checked_mul(minutes_per_unit) {
+                    Some(minutes) if minutes <= LONGEST_AGO_DAYS * 24 * 60 => {
+                        Ok(TimeSpec::Ago(Duration::minutes(minutes)))
+                    }
+                    _ => Err(ReportError::TimeOutOfRange {
+                        flag,
+                        value: text.to_string(),
+                        problem: "at most 100 years back",
+                    }),
+                };
+            }
+        }
+        let at = parse_timestamp(trimmed).ok_or_else(invalid)?;
+        if !(1..=9999).contains(&at.year()) {
+            return Err(ReportError::TimeOutOfRange {
+                flag,
+                value: text.to_string(),
+                problem: "the year must be between 1 and 9999",
+            });
+        }
+        Ok(TimeSpec::At(at))
+    }
+
+    /// The instant this names, durations counted back from `moment`.
+    pub fn resolve(self, moment: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            TimeSpec::Ago(duration) => moment - duration,
+            TimeSpec::At(at) => at,
+        }
+    }
+}
+
+/// RFC 3339 (`T` or a space between date and time), a date and time without an offset (UTC),
+/// or a bare date (midnight UTC).
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    let with_t = text.replacen(' ', "T", 1);
+    if let Ok(at) = DateTime::parse_from_rfc3339(&with_t) {
+        return Some(at.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(&with_t, format) {
+            return Some(Utc.from_utc_datetime(&naive));
+        }
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0)?))
+}
+
+/// The moment a report describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Moment {
+    /// Today's state, read now; the instant anchors relative windows (`--since 7d`).
+    Now(DateTime<Utc>),
+    /// The state reconstructed from the log as of this instant (`--as-of`).
+    AsOf(DateTime<Utc>),
+}
+
+impl Moment {
+    /// Today, or the instant `--as-of` names (a duration counts back from now).
+    pub fn from_flag(as_of: Option<&str>) -> Result<Self, ReportError> {
+        let now = Utc::now();
+        Ok(match as_of {
+            None => Moment::Now(now),
+            Some(text) => Moment::AsOf(TimeSpec::parse("--as-of", text)?.resolve(now)),
+        })
+    }
+
+    /// The instant relative windows count back from.
+    pub fn time(self) -> DateTime<Utc> {
+        match self {
+            Moment::Now(at) | Moment::AsOf(at) => at,
+        }
+    }
+
+    /// The as-of instant, `None` for today.
+    pub fn as_of(self) -> Option<DateTime<Utc>> {
+        match self {
+            Moment::Now(_) => None,
+            Moment::AsOf(at) => Some(at),
+        }
+    }
+}
+
+// The two pipeline tables as a report sees them. Every report query binds the as-of instant
+// as $1 (NULL for today) and selects from one of these, so a report is written once and the
+// live form still plans onto the retry_count indexes (the subquery is flattened).
+
+/// `jobs` today.
+const JOBS_NOW: &str = "SELECT job_id, status, current_step, retry_count, created_at, updated_at
+       FROM jobs";
+
+/// `jobs` as of $1: opening balance + job-level events recorded at or before $1, and only
+/// jobs created by then. Reads the log up to $1 (it has no index on recorded_at).
+const JOBS_AS_OF: &str = "SELECT j.job_id, j.status, j.current_step,
+            (coalesce(o.balance, 0) + coalesce(e.events, 0))::integer AS retry_count,
+            j.created_at, j.updated_at
+       FROM jobs j
+       LEFT JOIN retry_opening_balance o
+              ON o.job_id = j.job_id AND o.job_variants_id IS NULL
+       LEFT JOIN (SELECT job_id, count(*) AS events FROM retry_history
+                   WHERE job_variants_id IS NULL AND recorded_at <= $1
+                   GROUP BY job_id) e ON e.job_id = j.job_id
+      WHERE j.created_at <= $1";
+
+/// `jobs_variants` today.
+const VARIANTS_NOW: &str = "SELECT job_variants_id, job_id, creation_order, status, current_step,
+            retry_count, created_at, updated_at
+       FROM jobs_variants";
+
+/// `jobs_variants` as of $1 (see [`JOBS_AS_OF`]).
+const VARIANTS_AS_OF: &str = "SELECT v.job_variants_id, v.job_id, v.creation_order, v.status,
+            v.current_step,
+            (coalesce(o.balance, 0) + coalesce(e.events, 0))::integer AS retry_count,
+            v.created_at, v.updated_at
+       FROM jobs_variants v
+       LEFT JOIN retry_opening_balance o ON o.job_variants_id = v.job_variants_id
+       LEFT JOIN (SELECT job_variants_id, count(*) AS events FROM retry_history
+                   WHERE job_variants_id IS NOT NULL AND recorded_at <= $1
+                   GROUP BY job_variants_id) e ON e.job_variants_id = v.job_variants_id
+      WHERE v.created_at <= $1";
+
+fn jobs_source(moment: Moment) -> &'static str {
+    match moment {
+        Moment::Now(_) => JOBS_NOW,
+        Moment::AsOf(_) => JOBS_AS_OF,
+    }
+}
+
+fn variants_source(moment: Moment) -> &'static str {
+    match moment {
+        Moment::Now(_) => VARIANTS_NOW,
+        Moment::AsOf(_) => VARIANTS_AS_OF,
+    }
+}
+
+/// A row of `report top-jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TopJob {
+    pub job_id: Uuid,
+    pub status: String,
+    pub current_step: Option<String>,
+    /// Today's count, or the count as of the report's moment.
+    pub retry_count: i32,
+    pub created_at: DateTime<Utc>,
+    /// Breaks ties: the most recently updated job first.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Jobs with retry_count > 0, most retried first; ties go to the most recently updated.
+pub async fn top_jobs(
+    conn: &mut PgConnection,
+    limit: i64,
+    moment: Moment,
+) -> Result<Vec<TopJob>, ReportError> {
+    let sql = format!(
+        "SELECT job_id, status, current_step, retry_count, created_at, updated_at
+           FROM ({source}) j
+          WHERE retry_count > 0
+          ORDER BY retry_count DESC, updated_at DESC, job_id
+          LIMIT $2",
+        source = jobs_source(moment)
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(moment.as_of())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// A row of `report top-variants`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct TopVariant {
+    pub job_variants_id: Uuid,
+    pub job_id: Uuid,
+    pub creation_order: i32,
+    pub status: String,
+    pub current_step: Option<String>,
+    /// Today's count, or the count as of the report's moment.
+    pub retry_count: i32,
+    /// The variant's job, today (`None` if its row is gone).
+    pub job_status: Option<String>,
+    pub job_current_step: Option<String>,
+    /// Breaks ties: the most recently updated variant first.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Variants with retry_count > 0 with their job's status and step, most retried first; ties
+/// go to the most recently updated.
+pub async fn top_variants(
+    conn: &mut PgConnection,
+    limit: i64,
+    moment: Moment,
+) -> Result<Vec<TopVariant>, ReportError> {
+    let sql = format!(
+        "SELECT v.job_variants_id, v.job_id, v.creation_order, v.status, v.current_step,
+                v.retry_count, j.status AS job_status, j.current_step AS job_current_step,
+                v.updated_at
+           FROM ({source}) v
+           LEFT JOIN jobs j ON j.job_id = v.job_id
+          WHERE v.retry_count > 0
+          ORDER BY v.retry_count DESC, v.updated_at DESC, v.job_variants_id
+          LIMIT $2",
+        source = variants_source(moment)
+    );
+    Ok(sqlx::query_as(&sql)
+        .bind(moment.as_of())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// A row of `report stats`: the targets of one kind created in the window.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct KindStats {
+    /// `job` or `variant`.
+    pub kind: String,
+    pub total: i64,
+    /// retry_count 0 (or below, which only a hand-edited count can be).
+    pub no_retry: i64,
+    pub has_retry: i64,
+    /// retry_count ≥ the `high` threshold.
+    pub high_retry: i64,
+    /// 0, not NULL, when the window holds no target, like every other column.
+    pub avg_retry_count: f64,
+    /// 0 when the window holds no target.
+    pub max_retry_count: i32,
+}
+
+/// Jobs and variants created at or after `since` (and, as of T, at or before T): always one
+/// row for each kind, jobs first.
+pub async fn stats(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    high: i32,
+    moment: Moment,
+) -> Result<Vec<KindStats>, ReportError> {
+    let aggregates = "count(*) AS total,
+            count(*) FILTER (WHERE retry_count <= 0) AS no_retry,
+            count(*) FILTER (WHERE retry_count > 0) AS has_retry,
+            count(*) FILTER (WHERE retry_count >= $3) AS high_retry,
+            coalesce(avg(retry_count), 0)::float8 AS avg_retry_count,
+            coalesce(max(retry_count), 0) AS max_retry_count";
+    let sql = format!(
+        "SELECT 'job' AS kind, {aggregates} FROM ({jobs}) t WHERE created_at >= $2
+         UNION ALL
+         SELECT 'variant', {aggregates} FROM ({variants}) t WHERE created_at >= $2",
+        jobs = jobs_source(moment),
+        variants = variants_source(moment),
+    );
+    let mut rows: Vec<KindStats> = sqlx::query_as(&sql)
+        .bind(moment.as_of())
+        .bind(since)
+        .bind(high)
+        .fetch_all(conn)
+        .await?;
+    rows.sort_by(|a, b| a.kind.cmp(&b.kind));
+    Ok(rows)
+}
+
+/// Why a target is on the alert list.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::Display, strum::AsRefStr, strum::EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum AlertWhy {
+    /// Running or failed with retry_count ≥ `--min`, updated within the window.
+    HighRetry,
+    // NeedsIntervention belongs here: a target that reached the max-retry limit, so the
+    // watchdog stopped retrying it. It arrives with the limit's issue, together with its
+    // condition in `alerts` (see ALERT_CONDITIONS there); nothing reports it before that.
+}
+
+/// A row of `report alerts`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// `job` or `variant`.
+    pub kind: String,
+    /// The job id or the variant id.
+    pub id: Uuid,
+    /// The job (itself for a job).
+    pub job_id: Uuid,
+    pub status: String,
+    pub current_step: Option<String>,
+    pub retry_count: i32,
+    pub updated_at: DateTime<Utc>,
+    pub why: AlertWhy,
+}
+
+/// Jobs and variants that are `running` or `failed` with retry_count ≥ `min` and updated at
+/// or after `updated_since`; most retried first, then most recently updated.
+///
+/// As of T the count is T's, but status and `updated_at` are today's: a target listed at T is
+/// listed again unless it has since left running/failed (`updated_at` only grows, so the
+/// window's lower bound keeps it, and there is no upper bound).
+pub async fn alerts(
+    conn: &mut PgConnection,
+    min: i32,
+    updated_since: DateTime<Utc>,
+    moment: Moment,
+) -> Result<Vec<Alert>, ReportError> {
+    // ALERT_CONDITIONS: one branch per kind, each with the high_retry condition; the
+    // needs_intervention condition (limit reached) joins here with its issue. On today's
+    // counts `status IN (...) AND retry_count >= $2` is a range of the (status, retry_count)
+    // indexes.
+    let conditions = "status IN ('running', 'failed') AND retry_count >= $2
+                      AND updated_at >= $3";
+    let sql = format!(
+        "SELECT 'job' AS kind, job_id AS id, job_id, status, current_step, retry_count,
+                updated_at
+           FROM ({jobs}) t WHERE {conditions}
+         UNION ALL
+         SELECT 'variant', job_variants_id, job_id, status, current_step, retry_count,
+                updated_at
+           FROM ({variants}) t WHERE {conditions}
+         ORDER BY retry_count DESC, updated_at DESC, kind, id",
+        jobs = jobs_source(moment),
+        variants = variants_source(moment),
+    );
+    type Row = (
+        String,
+        Uuid,
+        Uuid,
+        String,
+        Option<String>,
+        i32,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(&sql)
+        .bind(moment.as_of())
+        .bind(min)
+        .bind(updated_since)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(kind, id, job_id, status, current_step, retry_count, updated_at)| Alert {
+                kind,
+                id,
+                job_id,
+                status,
+                current_step,
+                retry_count,
+                updated_at,
+                why: AlertWhy::HighRetry,
+            },
+        )
+        .collect())
+}
+
+/// The width of a trend bucket; all buckets are UTC.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    strum::Display,
+    strum::AsRefStr,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Bucket {
+    /// One UTC hour.
+    Hour,
+    /// One UTC day.
+    Day,
+    /// One ISO week, Monday 00:00 UTC to the next Monday.
+    Week,
+}
+
+impl Bucket {
+    /// The start of the bucket holding `at` (what `date_trunc(unit, at, 'UTC')` returns).
+    pub fn start_of(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let hour = at
+            .with_nanosecond(0)
+            .and_then(|at| at.with_second(0))
+            .and_then(|at| at.with_minute(0))
+            .expect("every UTC hour has a minute 0");
+        match self {
+            Bucket::Hour => hour,
+            Bucket::Day => hour - Duration::hours(i64::from(hour.hour())),
+            Bucket::Week => {
+                let day = hour - Duration::hours(i64::from(hour.hour()));
+                day - Duration::days(i64::from(day.weekday().num_days_from_monday()))
+            }
+        }
+    }
+
+    /// The start of the bucket after the one starting at `start` (UTC has no DST).
+    pub fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        start
+            + match self {
+                Bucket::Hour => Duration::hours(1),
+                Bucket::Day => Duration::days(1),
+                Bucket::Week => Duration::weeks(1),
+            }
+    }
+}
+
+/// What a trend splits each bucket by.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    strum::Display,
+    strum::AsRefStr,
+    strum::EnumIter,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum GroupBy {
+    /// Job-level or variant retries; the rate divides by targets of that kind created.
+    Kind,
+    /// stuck, failed, manual_recovery.
+    Reason,
+    /// The step retried ("(none)" when the event names none).
+    Step,
+    /// The detail's "scenario" ("(none)" when it has none).
+    Scenario,
+}
+
+impl GroupBy {
+    /// The group as a column of `retry_rollup`.
+    fn rollup_column(self) -> &'static str {
+        match self {
+            GroupBy::Kind => "kind",
+            GroupBy::Reason => "reason::text",
+            GroupBy::Step => "step",
+            GroupBy::Scenario => "scenario",
+        }
+    }
+
+    /// The group as an expression over `retry_history` (the rollup's definition of it).
+    fn log_expression(self) -> &'static str {
+        match self {
+            GroupBy::Kind => "CASE WHEN job_variants_id IS NULL THEN 'job' ELSE 'variant' END",
+            GroupBy::Reason => "reason::text",
+            GroupBy::Step => "coalesce(step, '')",
+            GroupBy::Scenario => "coalesce(detail ->> 'scenario', '')",
+        }
+    }
+}
+
+/// The rollup column that counts, per row, the events that are their target's first in this
+/// bucket and group: summed over a bucket's hours, the targets retried in it.
+fn first_column(bucket: Bucket, by: GroupBy) -> &'static str {
+    match (bucket, by) {
+        (Bucket::Hour, GroupBy::Kind) => "first_hour_kind",
+        (Bucket::Hour, GroupBy::Reason) => "first_hour_reason",
+        (Bucket::Hour, GroupBy::Step) => "first_hour_step",
+        (Bucket::Hour, GroupBy::Scenario) => "first_hour_scenario",
+        (Bucket::Day, GroupBy::Kind) => "first_day_kind",
+        (Bucket::Day, GroupBy::Reason) => "first_day_reason",
+        (Bucket::Day, GroupBy::Step) => "first_day_step",
+        (Bucket::Day, GroupBy::Scenario) => "first_day_scenario",
+        (Bucket::Week, GroupBy::Kind) => "first_week_kind",
+        (Bucket::Week, GroupBy::Reason) => "first_week_reason",
+        (Bucket::Week, GroupBy::Step) => "first_week_step",
+        (Bucket::Week, GroupBy::Scenario) => "first_week_scenario",
+    }
+}
+
+/// The most buckets one trend shows (a bit over a year of hours).
+pub const MAX_BUCKETS: i64 = 10_000;
+
+/// The group shown for an event without a step or scenario.
+pub const NO_VALUE: &str = "(none)";
+/// The one group of a window without any retry (so its buckets still show their creations).
+pub const NO_RETRIES: &str = "(no retries)";
+
+/// Grouped counts as a trend query returns them: (bucket, group, retries, targets retried).
+type RetriedCounts = (DateTime<Utc>, String, i64, i64);
+/// Targets created as a trend query returns them: (bucket, kind, created).
+type CreatedCounts = (DateTime<Utc>, String, i64);
+
+/// What `report trend` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrendQuery {
+    pub bucket: Bucket,
+    pub by: GroupBy,
+    /// The window starts at the start of the bucket holding this instant.
+    pub since: DateTime<Utc>,
+}
+
+/// A row of `report trend`: one bucket and group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrendRow {
+    /// The bucket's start (UTC).
+    pub bucket: DateTime<Utc>,
+    /// The kind, reason, step or scenario; "(none)" for an empty step or scenario.
+    pub group: String,
+    /// Events in the bucket and group.
+    pub retries: i64,
+    /// Distinct targets with an event in the bucket and group.
+    pub targets_retried: i64,
+    /// Targets created in the bucket: of the group's kind for `--by kind`, all otherwise.
+    pub targets_created: i64,
+    /// targets_retried ÷ targets_created; `None` when nothing was created in the bucket. Not a
+    /// cohort rate: targets retried may have been created in earlier buckets, so it can pass 1.
+    pub retry_rate: Option<f64>,
+}
+
+/// Where a trend was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrendSource {
+    /// The rollup (today).
+    Rollup,
+    /// The raw log, events recorded at or before the as-of instant.
+    Log,
+}
+
+/// A trend: every bucket of the window × every group, in bucket then group order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trend {
+    pub query: TrendQuery,
+    /// The first bucket's start: the start of the bucket holding `since`.
+    pub from: DateTime<Utc>,
+    /// The last bucket's start.
+    pub to: DateTime<Utc>,
+    pub source: TrendSource,
+    pub rows: Vec<TrendRow>,
+}
+
+/// Retries per bucket and group with the retry rate, read from the rollup (today) or from the
+/// log (as of T).
+///
+/// Every bucket from the window's start to the moment's bucket appears with every group: with
+/// `--by kind` both kinds, otherwise each group seen in the window, so a bucket with creations
+/// and no retries shows rate 0. A window without any retry has the one group "(no retries)".
+/// The rollup is read as it stands: bring it up to date first ([`bring_rollup_up_to_date`]).
+pub async fn trend(
+    conn: &mut PgConnection,
+    query: TrendQuery,
+    moment: Moment,
+) -> Result<Trend, ReportError> {
+    let from = query.bucket.start_of(query.since);
+    let width = query.bucket.next(from) - from;
+    let buckets = (moment.time() - from).num_seconds() / width.num_seconds().max(1) + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(ReportError::TooManyBuckets {
+            from,
+            buckets,
+            bucket: query.bucket,
+        });
+    }
+    let unit = query.bucket.as_ref();
+    let (retried, created, source): (Vec<RetriedCounts>, Vec<CreatedCounts>, _) = match moment {
+        Moment::Now(_) => {
+            // The rollup's primary key starts with the hour: both reads are index ranges.
+            let retried = sqlx::query_as(&format!(
+                "SELECT date_trunc($1, hour, 'UTC'), {group}, sum(retries)::bigint,
+                            sum({first})::bigint
+                       FROM retry_rollup
+                      WHERE hour >= $2
+                      GROUP BY 1, 2",
+                group = query.by.rollup_column(),
+                first = first_column(query.bucket, query.by),
+            ))
+            .bind(unit)
+            .bind(from)
+            .fetch_all(&mut *conn)
+            .await?;
+            let created: Vec<CreatedCounts> = sqlx::query_as(
+                "SELECT date_trunc($1, hour, 'UTC'), kind, sum(created)::bigint
+                       FROM retry_rollup_created
+                      WHERE hour >= $2
+                      GROUP BY 1, 2",
+            )
+            .bind(unit)
+            .bind(from)
+            .fetch_all(&mut *conn)
+            .await?;
+            (retried, created, TrendSource::Rollup)
+        }
+        Moment::AsOf(as_of) => {
+            // The rollup cannot forget events, so the past is read from the log: a scan
+            // of the window's events, and of the targets created in it.
+            let retried = sqlx::query_as(&format!(
+                "SELECT date_trunc($1, occurred_at, 'UTC'), {group}, count(*),
+                            count(DISTINCT (job_id, job_variants_id))
+                       FROM retry_history
+                      WHERE occurred_at >= $2 AND recorded_at <= $3
+                      GROUP BY 1, 2",
+                group = query.by.log_expression(),
+            ))
+            .bind(unit)
+            .bind(from)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await?;
+            let created: Vec<CreatedCounts> = sqlx::query_as(
+                "SELECT date_trunc($1, created_at, 'UTC'), 'job', count(*)
+                       FROM jobs WHERE created_at >= $2 AND created_at <= $3 GROUP BY 1
+                     UNION ALL
+                     SELECT date_trunc($1, created_at, 'UTC'), 'variant', count(*)
+                       FROM jobs_variants WHERE created_at >= $2 AND created_at <= $3
+                      GROUP BY 1",
+            )
+            .bind(unit)
+            .bind(from)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await?;
+            (retried, created, TrendSource::Log)
+        }
+    };
+    Ok(assemble_trend(
+        query,
+        from,
+        moment.time(),
+        source,
+        retried,
+        created,
+    ))
+}
+
+/// Lays the grouped counts out as the full grid of buckets × groups (see [`trend`]).
+fn assemble_trend(
+    query: TrendQuery,
+    from: DateTime<Utc>,
+    moment: DateTime<Utc>,
+    source: TrendSource,
+    retried: Vec<RetriedCounts>,
+    created: Vec<CreatedCounts>,
+) -> Trend {
+    let show = |group: String| {
+        if group.is_empty() {
+            NO_VALUE.to_string()
+        } else {
+            group
+        }
+    };
+    let retried: HashMap<(DateTime<Utc>, String), (i64, i64)> = retried
+        .into_iter()
+        .map(|(bucket, group, retries, targets)| ((bucket, show(group)), (retries, targets)))
+        .collect();
+    let mut created_by_kind: HashMap<(DateTime<Utc>, String), i64> = HashMap::new();
+    let mut created_all: HashMap<DateTime<Utc>, i64> = HashMap::new();
+    for (bucket, kind, count) in created {
+        *created_by_kind.entry((bucket, kind)).or_default() += count;
+        *created_all.entry(bucket).or_default() += count;
+    }
+
+    let groups: Vec<String> = match query.by {
+        GroupBy::Kind => vec!["job".into(), "variant".into()],
+        _ => {
+            let seen: BTreeSet<&String> = retried.keys().map(|(_, group)| group).collect();
+            if seen.is_empty() {
+                vec![NO_RETRIES.into()]
+            } else {
+                seen.into_iter().cloned().collect()
+            }
+        }
+    };
+    // The last bucket is the moment's, or a later one when an event's occurred_at lies a few
+    // minutes ahead (record_retry allows 5) or a creation is dated in the future.
+    let to = retried
+        .keys()
+        .map(|(bucket, _)| *bucket)
+        .chain(created_all.keys().copied())
+        .chain([query.bucket.start_of(moment)])
+        .max()
+        .expect("the chain holds the moment's bucket");
+
+    let mut buckets = Vec::new();
+    let mut bucket = from;
+    while bucket <= to {
+        buckets.push(bucket);
+        bucket = query.bucket.next(bucket);
+    }
+    let mut rows = Vec::with_capacity(buckets.len() * groups.len());
+    for bucket in buckets {
+        for group in &groups {
+            let (retries, targets_retried) = retried
+                .get(&(bucket, group.clone()))
+                .copied()
+                .unwrap_or((0, 0));
+            let targets_created = match query.by {
+                GroupBy::Kind => created_by_kind
+                    .get(&(bucket, group.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                _ => created_all.get(&bucket).copied().unwrap_or(0),
+            };
+            rows.push(TrendRow {
+                bucket,
+                group: group.clone(),
+                retries,
+                targets_retried,
+                targets_created,
+                retry_rate: (targets_created > 0)
+                    .then(|| targets_retried as f64 / targets_created as f64),
+            });
+        }
+    }
+    Trend {
+        query,
+        from,
+        to,
+        source,
+        rows,
+    }
+}
+
+/// How fresh the rollup was when a trend read it.
+#[derive(Debug, Clone)]
+pub enum RollupFreshness {
+    /// This process led the projector and applied everything visible.
+    CaughtUp { applied: i64 },
+    /// Another instance leads the projector; the rollup was read as it stood.
+    Behind(projector::Lag),
+}
+
+/// Events one catch-up transaction applies when a report brings the rollup up to date.
+const CATCH_UP_BATCH: i64 = 10_000;
+
+/// Brings the rollup up to date before a trend reads it: applies what the log holds beyond the
+/// checkpoint if this process can take the projector's lead, otherwise measures the lag.
+///
+/// The only write a report makes, and the projector's own (same batches, same checkpoint).
+/// It runs on a connection of its own, detached from the pool: the lead is a session advisory
+/// lock, and closing the session releases it even if the catch-up fails half-way.
+pub async fn bring_rollup_up_to_date(pool: &PgPool) -> Result<RollupFreshness, ReportError> {
+    let mut conn = pool.acquire().await?.detach();
+    let freshness = if projector::try_lead(&mut conn).await? {
+        let applied = projector::catch_up(&mut conn, CATCH_UP_BATCH).await;
+        let resigned = projector::resign(&mut conn).await;
+        let applied = applied?;
+        resigned?;
+        RollupFreshness::CaughtUp { applied }
+    } else {
+        RollupFreshness::Behind(projector::lag(&mut conn).await?)
+    };
+    conn.close().await?;
+    Ok(freshness)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn durations_count_back_from_the_moment() {
+        let moment = at("2026-11-08T12:00:00Z");
+        for (text, expected) in [
+            ("30m", "2026-11-08T11:30:00Z"),
+            ("12h", "2026-11-08T00:00:00Z"),
+            ("7d", "2026-11-01T12:00:00Z"),
+            ("2w", "2026-10-25T12:00:00Z"),
+            ("0d", "2026-11-08T12:00:00Z"),
+        ] {
+            let spec = TimeSpec::parse("--since", text).unwrap();
+            assert_eq!(spec.resolve(moment), at(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc_unless_they_say_otherwise() {
+        let moment = at("2030-01-01T00:00:00Z");
+        for (text, expected) in [
+            ("2026-11-01", "2026-11-01T00:00:00Z"),
+            ("2026-11-01T12:00:00Z", "2026-11-01T12:00:00Z"),
+            ("2026-11-01 12:00:00Z", "2026-11-01T12:00:00Z"),
+            ("2026-11-01T12:00:00+02:00", "2026-11-01T10:00:00Z"),
+            ("2026-11-01T12:00:00.250Z", "2026-11-01T12:00:00.250Z"),
+            ("2026-11-01T12:00:00", "2026-11-01T12:00:00Z"),
+            ("2026-11-01 12:00", "2026-11-01T12:00:00Z"),
+        ] {
+            let spec = TimeSpec::parse("--as-of", text).unwrap();
+            assert_eq!(spec.resolve(moment), at(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_bad_time_names_the_flag_and_the_value() {
+        for text in ["7x", "d", "7", "-7d", "yesterday", "2026-13-01", "7 d", ""] {
+            let error = TimeSpec::parse("--since", text).unwrap_err();
+            assert!(error.is_user_mistake());
+            let message = error.to_string();
+            assert!(
+                message.starts_with(&format!("invalid --since \"{text}\"")),
+                "{message}"
+            );
+        }
+        assert_eq!(
+            TimeSpec::parse("--since", "7x").unwrap_err().to_string(),
+            "invalid --since \"7x\": expected a duration like 7d, 12h, 30m or a timestamp like \
+             2026-11-01T00:00:00Z"
+        );
+        let huge = TimeSpec::parse("--within", "99999999999w").unwrap_err();
+        assert!(huge.to_string().contains("100 years"), "{huge}");
+    }
+
+    #[test]
+    fn buckets_start_on_the_utc_hour_day_and_monday() {
+        let t = at("2026-11-05T13:47:12.5Z"); // a Thursday
+        assert_eq!(Bucket::Hour.start_of(t), at("2026-11-05T13:00:00Z"));
+        assert_eq!(Bucket::Day.start_of(t), at("2026-11-05T00:00:00Z"));
+        assert_eq!(Bucket::Week.start_of(t), at("2026-11-02T00:00:00Z"));
+        let monday = at("2026-11-02T00:00:00Z");
+        assert_eq!(Bucket::Week.start_of(monday), monday);
+        assert_eq!(Bucket::Week.next(monday), at("2026-11-09T00:00:00Z"));
+    }
+
+    #[test]
+    fn every_bucket_and_group_of_the_window_is_a_row() {
+        let query = TrendQuery {
+            bucket: Bucket::Day,
+            by: GroupBy::Step,
+            since: at("2026-11-01T15:00:00Z"),
+        };
+        let day = |d: u32| at(&format!("2026-11-0{d}T00:00:00Z"));
+        let trend = assemble_trend(
+            query,
+            day(1),
+            at("2026-11-03T09:00:00Z"),
+            TrendSource::Rollup,
+            vec![(day(1), "".into(), 3, 2), (day(3), "segment".into(), 1, 1)],
+            vec![(day(2), "job".into(), 2), (day(2), "variant".into(), 3)],
+        );
+        type Row<'a> = (u32, &'a str, i64, i64, i64, Option<f64>);
+        let got: Vec<Row> = trend
+            .rows
+            .iter()
+            .map(|row| {
+                (
+                    row.bucket.day(),
+                    row.group.as_str(),
+                    row.retries,
+                    row.targets_retried,
+                    row.targets_created,
+                    row.retry_rate,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (1, "(none)", 3, 2, 0, None),
+                (1, "segment", 0, 0, 0, None),
+                (2, "(none)", 0, 0, 5, Some(0.0)),
+                (2, "segment", 0, 0, 5, Some(0.0)),
+                (3, "(none)", 0, 0, 0, None),
+                (3, "segment", 1, 1, 0, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_window_without_retries_still_shows_its_creations() {
+        let query = TrendQuery {
+            bucket: Bucket::Hour,
+            by: GroupBy::Reason,
+            since: at("2026-11-01T10:30:00Z"),
+        };
+        let trend = assemble_trend(
+            query,
+            at("2026-11-01T10:00:00Z"),
+            at("2026-11-01T11:10:00Z"),
+            TrendSource::Log,
+            vec![],
+            vec![(at("2026-11-01T11:00:00Z"), "job".into(), 4)],
+        );
+        assert_eq!(trend.rows.len(), 2);
+        assert_eq!(trend.rows[1].group, NO_RETRIES);
+        assert_eq!(trend.rows[1].targets_created, 4);
+        assert_eq!(trend.rows[1].retry_rate, Some(0.0));
+    }
+}
