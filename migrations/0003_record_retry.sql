@@ -113,6 +113,10 @@ BEGIN
             octet_length(detail::text), detail_limit USING ERRCODE = '22023';
     END IF;
     occurred_at := coalesce(record_retry.occurred_at, now());
+    IF NOT isfinite(occurred_at) THEN
+        RAISE EXCEPTION 'occurred_at must be a finite time, got %', occurred_at
+            USING ERRCODE = '22023';
+    END IF;
     IF occurred_at > now() + interval '5 minutes' THEN
         RAISE EXCEPTION 'occurred_at % is in the future', occurred_at USING ERRCODE = '22023';
     END IF;

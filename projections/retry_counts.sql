@@ -78,9 +78,13 @@ LANGUAGE sql STABLE AS $$
      WHERE e.retry_count <> e.opening_balance + e.events
 $$;
 
--- Reset every count to opening balance + the whole log. Rows that are already right are not
--- written (a write of an indexed column is never cheap, and pipeline triggers may watch them).
--- Returns the number of rows changed.
+-- Reset every count to opening balance + the whole log; returns the number of rows changed.
+--
+-- Rows that are already right are not written (a write of an indexed column is never cheap,
+-- and pipeline triggers may watch them). No lock keeps appends out: a row is written only if
+-- its count is still the one this statement read. An append that commits meanwhile changes
+-- the count, so the row is skipped rather than overwritten with a total that misses the new
+-- event; the caller runs another pass for what is still drifted.
 CREATE OR REPLACE FUNCTION retry_counts_rebuild()
 RETURNS bigint
 LANGUAGE sql AS $$
@@ -91,12 +95,14 @@ LANGUAGE sql AS $$
            SET retry_count = drift.expected
           FROM drift
          WHERE drift.job_variants_id IS NULL AND j.job_id = drift.job_id
+           AND j.retry_count = drift.retry_count
         RETURNING 1
     ), variant_counts AS (
         UPDATE jobs_variants v
            SET retry_count = drift.expected
           FROM drift
          WHERE v.job_variants_id = drift.job_variants_id
+           AND v.retry_count = drift.retry_count
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM job_counts) + (SELECT count(*) FROM variant_counts)

@@ -28,8 +28,7 @@ async fn main() -> ExitCode {
     match cmd::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            // One line naming the problem: `{:#}` joins the context chain with ": ".
-            eprintln!("retrylog: {error:#}");
+            eprintln!("retrylog: {}", cmd::one_line(&error));
             ExitCode::from(cmd::exit_code(&error))
         }
     }

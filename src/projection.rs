@@ -39,7 +39,10 @@ pub fn find(name: &str) -> Result<&'static Projection, String> {
         .find(|projection| projection.name == name)
         .ok_or_else(|| {
             let known: Vec<&str> = PROJECTIONS.iter().map(|p| p.name).collect();
-            format!("unknown projection \"{name}\" (expected {})", known.join(" or "))
+            format!(
+                "unknown projection \"{name}\" (expected {})",
+                known.join(" or ")
+            )
         })
 }
 
@@ -103,13 +106,9 @@ pub async fn count_drift(conn: &mut PgConnection) -> Result<Vec<CountDrift>, sql
 
 /// Resets every `retry_count` to opening balance + the whole log; returns the rows changed.
 ///
-/// Takes a SHARE lock on `retry_history` first: appends wait until the transaction ends, so
-/// none can commit between the read of the log and the write of the counts (a concurrent +1
-/// would otherwise be overwritten by the stale total).
+/// Optimistic: a row whose count changed after the statement read it (an append committed
+/// meanwhile) is skipped, not overwritten; [`crate::replay`] runs passes until nothing drifts.
 pub async fn rebuild_retry_counts(tx: &mut Transaction<'_, Postgres>) -> Result<i64, sqlx::Error> {
-    sqlx::query("LOCK TABLE retry_history IN SHARE MODE")
-        .execute(&mut **tx)
-        .await?;
     sqlx::query_scalar("SELECT retry_counts_rebuild()")
         .fetch_one(&mut **tx)
         .await
@@ -216,19 +215,16 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
         .bind(ROLLUP)
         .execute(&mut **tx)
         .await?;
-    let horizon: i64 =
-        sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
-            .fetch_one(&mut **tx)
-            .await?;
+    let horizon: i64 = sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
+        .fetch_one(&mut **tx)
+        .await?;
     sqlx::query("SELECT retry_rollup_reset()")
         .execute(&mut **tx)
         .await?;
-    let applied: i64 = sqlx::query_scalar(
-        "SELECT retry_rollup_apply('1', $1::bigint::text::xid8)",
-    )
-    .bind(horizon)
-    .fetch_one(&mut **tx)
-    .await?;
+    let applied: i64 = sqlx::query_scalar("SELECT retry_rollup_apply('1', $1::bigint::text::xid8)")
+        .bind(horizon)
+        .fetch_one(&mut **tx)
+        .await?;
     sqlx::query(
         "UPDATE projection_checkpoint
             SET position = $2::bigint::text::xid8, events_applied = $3, updated_at = now()

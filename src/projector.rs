@@ -73,10 +73,9 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     // 2. The horizon: every transaction of this database below it has ended, so every event
     //    with a smaller txid is visible to the statements that follow (each takes a newer
     //    snapshot) and no new one can appear.
-    let horizon: i64 =
-        sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
-            .fetch_one(&mut *tx)
-            .await?;
+    let horizon: i64 = sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
+        .fetch_one(&mut *tx)
+        .await?;
     if horizon <= from {
         tx.rollback().await?;
         return Ok(Batch {

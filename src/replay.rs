@@ -1,13 +1,15 @@
 //! Rebuild (`replay`) and audit (`verify`): everything derived from the log is recomputed
 //! from the log and compared with what is stored.
 
+use std::time::Duration;
+
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::event::{CanonicalEvent, RetryReason, Target, GENESIS_HASH};
-use crate::projection::{self, CountDrift, RollupDrift, Projection, PROJECTIONS};
+use crate::projection::{self, CountDrift, Projection, RollupDrift, PROJECTIONS};
 
 /// What a replay changed (or, in a dry run, would change).
 #[derive(Debug, Clone, Serialize)]
@@ -20,63 +22,108 @@ pub struct ReplayReport {
     pub changes: Vec<CountDrift>,
     /// Every rollup row that differed from the log below its checkpoint (retry_rollup).
     pub rollup_changes: Vec<RollupDrift>,
+    /// Counts still drifting after the last pass: something keeps writing them by hand.
+    pub unsettled: Vec<CountDrift>,
     /// False for `--dry-run`: nothing was written.
     pub applied: bool,
 }
 
-/// Rebuilds every projection from the log in one transaction. With `dry_run` it only reports
-/// what would change and writes nothing.
+/// Rebuilds every projection from the log. With `dry_run` it only reports what would change
+/// and writes nothing.
 pub async fn replay(pool: &PgPool, dry_run: bool) -> Result<ReplayReport, sqlx::Error> {
     replay_projections(pool, PROJECTIONS, dry_run).await
 }
 
-/// Rebuilds the given projections from the log in one transaction (see [`replay`]).
+/// Rebuilds the given projections from the log (see [`replay`]). Appends keep running
+/// meanwhile: neither rebuild locks the log.
 pub async fn replay_projections(
     pool: &PgPool,
     projections: &[Projection],
     dry_run: bool,
 ) -> Result<ReplayReport, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    // 1. Block appends for the length of the transaction (see rebuild_retry_counts), before
-    //    anything is read, so the drift listed is exactly what the rebuild then changes.
-    sqlx::query("LOCK TABLE retry_history IN SHARE MODE")
-        .execute(&mut *tx)
-        .await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
-        .fetch_one(&mut *tx)
+        .fetch_one(pool)
         .await?;
     let mut report = ReplayReport {
         events,
         projections: projections.iter().map(|p| p.name).collect(),
         changes: Vec::new(),
         rollup_changes: Vec::new(),
+        unsettled: Vec::new(),
         applied: !dry_run,
     };
     for projection in projections {
         match projection.name {
             "retry_counts" => {
-                report.changes = projection::count_drift(&mut tx).await?;
-                if !dry_run {
-                    // Only rows that drifted are written.
-                    projection::rebuild_retry_counts(&mut tx).await?;
+                let mut conn = pool.acquire().await?;
+                report.changes = projection::count_drift(&mut conn).await?;
+                drop(conn);
+                if !dry_run && !report.changes.is_empty() {
+                    report.unsettled = rebuild_counts_until_settled(pool).await?;
                 }
             }
             projection::ROLLUP => {
+                // One transaction: the checkpoint row it locks keeps the projector out.
+                let mut tx = pool.begin().await?;
                 let position = projection::rollup_position(&mut tx).await?;
                 report.rollup_changes = projection::rollup_drift(&mut tx, position).await?;
-                if !dry_run {
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
                     projection::rebuild_rollup(&mut tx).await?;
+                    tx.commit().await?;
                 }
             }
             other => unreachable!("projection {other} has no replay"),
         }
     }
-    if dry_run {
-        tx.rollback().await?;
-    } else {
-        tx.commit().await?;
-    }
     Ok(report)
+}
+
+/// How many rebuild passes replay makes before it reports what still drifts.
+const REBUILD_PASSES: u32 = 50;
+
+/// Runs `retry_counts_rebuild` passes until no count drifts; returns what still drifts after
+/// the last pass (empty when replay settled).
+///
+/// 1. Each pass writes only rows whose count is still the one it read, so a concurrent append
+///    is never overwritten (it is fixed by the next pass instead).
+/// 2. Each pass waits at most `lock_timeout` for a row an appender holds, then gives way and
+///    tries again: an appender that holds one row and waits for another that this pass
+///    already wrote must never deadlock with replay.
+async fn rebuild_counts_until_settled(pool: &PgPool) -> Result<Vec<CountDrift>, sqlx::Error> {
+    let mut pause = Duration::from_millis(10);
+    let mut drift = Vec::new();
+    for _ in 0..REBUILD_PASSES {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '200ms'")
+            .execute(&mut *tx)
+            .await?;
+        match projection::rebuild_retry_counts(&mut tx).await {
+            Ok(_) => tx.commit().await?,
+            Err(error) if gave_way(&error) => {
+                tx.rollback().await?;
+                tracing::debug!(%error, "replay gave way to appenders; trying again");
+            }
+            Err(error) => return Err(error),
+        }
+        let mut conn = pool.acquire().await?;
+        drift = projection::count_drift(&mut conn).await?;
+        if drift.is_empty() {
+            return Ok(drift);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+    Ok(drift)
+}
+
+/// lock_not_available (our lock_timeout) or deadlock_detected: contention, not a fault.
+fn gave_way(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "55P03" || code == "40P01")
 }
 
 /// One thing `verify` found wrong.

@@ -15,7 +15,8 @@ pub async fn run(pool: &PgPool, args: ProjectArgs) -> anyhow::Result<ExitCode> {
         let lag = projector::lag(&mut conn).await?;
         eprintln!(
             "retrylog: another instance runs the projector (backend pid {}); nothing to do",
-            lag.runner_pid.map_or("?".to_string(), |pid| pid.to_string())
+            lag.runner_pid
+                .map_or("?".to_string(), |pid| pid.to_string())
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -23,7 +24,13 @@ pub async fn run(pool: &PgPool, args: ProjectArgs) -> anyhow::Result<ExitCode> {
     projector::resign(&mut conn).await?;
     let applied = applied?;
     let lag = projector::lag(&mut conn).await?;
-    let mut rows = Rows::new(&["projection", "applied", "position", "events_behind", "seconds_behind"]);
+    let mut rows = Rows::new(&[
+        "projection",
+        "applied",
+        "position",
+        "events_behind",
+        "seconds_behind",
+    ]);
     rows.push(vec![
         Value::from(lag.projection),
         Value::from(applied),

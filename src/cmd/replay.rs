@@ -77,6 +77,9 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     rows.print(args.format.format)?;
+    for drift in &report.unsettled {
+        eprintln!("retrylog: still drifting after replay (written by hand meanwhile?): {drift}");
+    }
     let verb = if report.applied {
         "changed"
     } else {

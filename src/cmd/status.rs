@@ -43,7 +43,10 @@ pub async fn run(pool: &PgPool, args: FormatArg) -> anyhow::Result<ExitCode> {
         Value::from(lag.events_applied),
         Value::from(lag.events_behind),
         Value::from((lag.seconds_behind * 10.0).round() / 10.0),
-        Value::from(lag.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        Value::from(
+            lag.updated_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
         match (lag.runner_pid, lag.runner) {
             (Some(pid), name) => Value::from(format!(
                 "{} (backend pid {pid})",

@@ -1,0 +1,305 @@
+//! What the tests start from and look with: migrated databases, the ids the SQL fixtures
+//! use, the two append doors (Rust and SQL), and snapshots that prove nothing was written.
+
+use retrylog::event::{NewRetry, RetryEvent, RetryReason, Target};
+use retrylog::replay::{self, VerifyReport};
+use retrylog::store::{self, AppendError};
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use uuid::{uuid, Uuid};
+
+/// `tests/fixtures/pipeline.sql`: job A (three variants) and job B (one), on retrylog's schema.
+pub const PIPELINE: &str = include_str!("../fixtures/pipeline.sql");
+/// `tests/fixtures/counter_era.sql`: the pipeline's own tables with nullable counters.
+pub const COUNTER_ERA: &str = include_str!("../fixtures/counter_era.sql");
+/// `tests/fixtures/before_counters.sql`: the pipeline's tables without any counter.
+pub const BEFORE_COUNTERS: &str = include_str!("../fixtures/before_counters.sql");
+
+/// Job A of `pipeline.sql`: running at `segment`.
+pub const JOB_A: Uuid = uuid!("0a000000-0000-4000-8000-000000000000");
+/// Variant of job A: done, lagging at `generate`.
+pub const VARIANT_A1: Uuid = uuid!("0a000000-0000-4000-8000-000000000001");
+/// Variant of job A: failed at `segment`.
+pub const VARIANT_A2: Uuid = uuid!("0a000000-0000-4000-8000-000000000002");
+/// Variant of job A: running at `segment`.
+pub const VARIANT_A3: Uuid = uuid!("0a000000-0000-4000-8000-000000000003");
+/// Job B of `pipeline.sql`: running at `generate`.
+pub const JOB_B: Uuid = uuid!("0b000000-0000-4000-8000-000000000000");
+/// Job B's only variant.
+pub const VARIANT_B1: Uuid = uuid!("0b000000-0000-4000-8000-000000000001");
+
+/// Counter-era job retried 3 times before retrylog.
+pub const OLD_JOB_1: Uuid = uuid!("0c000000-0000-4000-8000-000000000000");
+/// Counter-era job whose count is NULL.
+pub const OLD_JOB_2: Uuid = uuid!("0d000000-0000-4000-8000-000000000000");
+/// Counter-era job never retried.
+pub const OLD_JOB_3: Uuid = uuid!("0e000000-0000-4000-8000-000000000000");
+/// Variant of old job 1 retried twice (also the variant of `before_counters.sql`).
+pub const OLD_VARIANT_1_1: Uuid = uuid!("0c000000-0000-4000-8000-000000000001");
+/// Variant of old job 1 whose count is NULL.
+pub const OLD_VARIANT_1_2: Uuid = uuid!("0c000000-0000-4000-8000-000000000002");
+/// Variant of old job 1 with count 0.
+pub const OLD_VARIANT_1_3: Uuid = uuid!("0c000000-0000-4000-8000-000000000003");
+/// Variant of old job 2 retried 5 times.
+pub const OLD_VARIANT_2_1: Uuid = uuid!("0d000000-0000-4000-8000-000000000001");
+
+/// A job-level stream.
+pub fn job(job_id: Uuid) -> Target {
+    Target::Job { job_id }
+}
+
+/// A variant's stream.
+pub fn variant(job_id: Uuid, job_variants_id: Uuid) -> Target {
+    Target::Variant {
+        job_id,
+        job_variants_id,
+    }
+}
+
+/// Applies retrylog's schema, as every command does first.
+pub async fn migrated(pool: &PgPool) {
+    retrylog::migrate::run(pool)
+        .await
+        .expect("retrylog::migrate::run succeeds");
+}
+
+/// Runs a SQL fixture (several statements) as it is.
+pub async fn load(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(pool)
+        .await
+        .expect("the SQL fixture loads");
+}
+
+/// retrylog's schema with `pipeline.sql` loaded.
+pub async fn pipeline(pool: &PgPool) {
+    migrated(pool).await;
+    load(pool, PIPELINE).await;
+}
+
+/// A retry of `target` for `stuck` by the test.
+pub fn retry(target: Target) -> NewRetry {
+    NewRetry::new(target, RetryReason::Stuck, "test")
+}
+
+/// Appends through the Rust door in a transaction of its own: committed when the append
+/// succeeds, rolled back when it is refused.
+pub async fn append(pool: &PgPool, retry: &NewRetry) -> Result<RetryEvent, AppendError> {
+    let mut tx = pool.begin().await.expect("a transaction begins");
+    match store::append(&mut tx, retry).await {
+        Ok(event) => {
+            tx.commit().await.expect("the append commits");
+            Ok(event)
+        }
+        Err(error) => {
+            tx.rollback().await.expect("the refused append rolls back");
+            Err(error)
+        }
+    }
+}
+
+/// [`append`] that must succeed.
+pub async fn append_ok(pool: &PgPool, retry: &NewRetry) -> RetryEvent {
+    append(pool, retry)
+        .await
+        .unwrap_or_else(|error| panic!("append of {} failed: {error}", retry.target))
+}
+
+/// Appends `n` retries of `target`, one transaction each.
+pub async fn append_n(pool: &PgPool, target: Target, n: usize) -> Vec<RetryEvent> {
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        events.push(append_ok(pool, &retry(target)).await);
+    }
+    events
+}
+
+/// The SQL door as a psql or asyncpg client uses it: `SELECT attempt FROM record_retry(...)`
+/// with named arguments, on the caller's connection (and so in its transaction, if any).
+pub async fn record_via_sql(
+    conn: &mut PgConnection,
+    target: Target,
+    reason: &str,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT attempt FROM record_retry(job_id => $1, job_variants_id => $2,
+                reason => $3, actor => 'sql-door', detail => '{\"door\": \"sql\"}')",
+    )
+    .bind(target.job_id())
+    .bind(target.job_variants_id())
+    .bind(reason)
+    .fetch_one(conn)
+    .await
+}
+
+/// The SQLSTATE and message of a database error; panics on any other error.
+pub fn database_error(error: &sqlx::Error) -> (String, String) {
+    let db = error
+        .as_database_error()
+        .unwrap_or_else(|| panic!("expected a database error, got {error:?}"));
+    (
+        db.code().map(|code| code.into_owned()).unwrap_or_default(),
+        db.message().to_string(),
+    )
+}
+
+/// A target's `retry_count` as the pipeline's queries read it.
+pub async fn retry_count(pool: &PgPool, target: Target) -> i32 {
+    let query = match target {
+        Target::Job { job_id } => {
+            sqlx::query_scalar("SELECT retry_count FROM jobs WHERE job_id = $1").bind(job_id)
+        }
+        Target::Variant {
+            job_variants_id, ..
+        } => sqlx::query_scalar("SELECT retry_count FROM jobs_variants WHERE job_variants_id = $1")
+            .bind(job_variants_id),
+    };
+    query
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("reading the retry_count of {target}: {error}"))
+}
+
+/// A target's attempts in log order (`seq`): gapless means exactly `1..=n`.
+pub async fn attempts(pool: &PgPool, target: Target) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT attempt FROM retry_history
+          WHERE job_id = $1 AND job_variants_id IS NOT DISTINCT FROM $2
+          ORDER BY seq",
+    )
+    .bind(target.job_id())
+    .bind(target.job_variants_id())
+    .fetch_all(pool)
+    .await
+    .expect("reading the attempts")
+}
+
+/// Asserts a target's attempts are exactly 1..=n in log order.
+pub async fn assert_gapless(pool: &PgPool, target: Target, n: i32) {
+    let attempts = attempts(pool, target).await;
+    let expected: Vec<i32> = (1..=n).collect();
+    assert!(
+        attempts == expected,
+        "{target}: attempts are not exactly 1..={n}: {} stored, first differences: {:?}",
+        attempts.len(),
+        attempts
+            .iter()
+            .zip(expected.iter())
+            .filter(|(found, wanted)| found != wanted)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Number of events in the log.
+pub async fn event_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM retry_history")
+        .fetch_one(pool)
+        .await
+        .expect("counting events")
+}
+
+/// Every row an append (or a refused one) could have touched, as JSON: the log, both
+/// pipeline tables with their counts, statuses and `updated_at`, and the opening balances.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub retry_history: Value,
+    pub jobs: Value,
+    pub jobs_variants: Value,
+    pub retry_opening_balance: Value,
+}
+
+/// Takes a [`Snapshot`].
+pub async fn snapshot(pool: &PgPool) -> Snapshot {
+    async fn table(pool: &PgPool, name: &str, order: &str) -> Value {
+        sqlx::query_scalar(&format!(
+            "SELECT coalesce(jsonb_agg(to_jsonb(t) ORDER BY {order}), '[]') FROM {name} t"
+        ))
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|error| panic!("snapshot of {name}: {error}"))
+    }
+    Snapshot {
+        retry_history: table(pool, "retry_history", "seq").await,
+        jobs: table(pool, "jobs", "job_id").await,
+        jobs_variants: table(pool, "jobs_variants", "job_variants_id").await,
+        retry_opening_balance: table(
+            pool,
+            "retry_opening_balance",
+            "job_id, job_variants_id NULLS FIRST",
+        )
+        .await,
+    }
+}
+
+/// Runs `verify` and returns its report.
+pub async fn verify(pool: &PgPool) -> VerifyReport {
+    replay::verify(pool, |_| {}).await.expect("verify runs")
+}
+
+/// Asserts `verify` finds nothing wrong.
+pub async fn assert_verify_clean(pool: &PgPool) {
+    let report = verify(pool).await;
+    assert!(
+        report.is_clean(),
+        "verify found {} mismatch(es):\n{}",
+        report.mismatches.len(),
+        report
+            .mismatches
+            .iter()
+            .map(|mismatch| format!("  {mismatch}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Tests that open dozens of connections take turns, so that the suite stays under the
+/// server's `max_connections` however many test threads run. The test pools of
+/// `#[sqlx::test]` share 20 connections between them; this adds at most one big pool.
+static MANY_CLIENTS: Semaphore = Semaphore::const_new(1);
+
+/// A pool of real, separate client connections to the test's database.
+pub struct Clients {
+    pub pool: PgPool,
+    _turn: SemaphorePermit<'static>,
+}
+
+impl Clients {
+    /// Closes every connection, so that the test database can be dropped.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+/// Opens a pool of up to `connections` connections to the same database as `pool`.
+pub async fn clients(pool: &PgPool, connections: u32) -> Clients {
+    let turn = MANY_CLIENTS.acquire().await.expect("the semaphore is open");
+    let options = (*pool.connect_options()).clone();
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(60))
+        .connect_with(options)
+        .await
+        .expect("the clients connect");
+    Clients { pool, _turn: turn }
+}
+
+/// A URL for the `retrylog` binary naming the test's database on the same server as `pool`.
+pub async fn database_url(pool: &PgPool) -> String {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("reading current_database()");
+    let options = pool.connect_options();
+    let user = options.get_username();
+    let port = options.get_port();
+    match options.get_socket() {
+        Some(socket) => format!(
+            "postgres://{user}@localhost:{port}/{database}?host={}",
+            socket.display()
+        ),
+        None => format!("postgres://{user}@{}:{port}/{database}", options.get_host()),
+    }
+}

@@ -1,0 +1,40 @@
+//! The integration suite: every invariant of the design, tested against a real PostgreSQL.
+//!
+//! Each test gets a database of its own from `#[sqlx::test(migrations = false)]`, created on
+//! the server `DATABASE_URL` names and dropped when the test passes (a failing test keeps
+//! its database for inspection; the next run drops it). The tests call
+//! `retrylog::migrate::run` themselves, because the product's migrate also installs the
+//! projections' functions, and some of them load a pre-retrylog pipeline schema first.
+//!
+//! ```text
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test
+//! ```
+//!
+//! The role must be a superuser (or own the test databases and be allowed to `CREATE
+//! DATABASE`): the tamper tests disable the append-only guard the way an attacker with
+//! those rights could.
+//!
+//! # Layout
+//!
+//! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
+//!   append through, and snapshots that prove a refused append wrote nothing.
+//! - `migrations`: an empty database, the counter-only era, running migrate again.
+//! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
+//! - `concurrency`: many writers at once, through the Rust and the SQL doors.
+//! - `integrity`: the append-only guard, tampering, `verify`.
+//! - `projector`: the asynchronous rollup projector: late commits, exactly-once, one runner.
+//! - `replay`: rebuilding the counts, dry runs, replay while appends run.
+//! - `cli`: the `retrylog` binary, its output and its exit codes.
+//! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
+//! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
+
+mod append;
+mod cli;
+mod concurrency;
+mod fixtures;
+mod history;
+mod integrity;
+mod migrations;
+mod projector;
+mod replay;
+mod reports;

@@ -1,0 +1,290 @@
+//! The asynchronous projector: no gaps when transactions commit out of order, exactly-once
+//! effect across a killed projector, one runner at a time, and rebuilding the rollup.
+
+use std::time::Duration;
+
+use retrylog::event::RetryReason;
+use retrylog::projector::{self, ProjectorSettings};
+use retrylog::replay::{self, Mismatch};
+use retrylog::store;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::fixtures::*;
+
+/// Total retries the rollup holds.
+async fn rollup_retries(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce(sum(retries), 0)::bigint FROM retry_rollup")
+        .fetch_one(pool)
+        .await
+        .expect("summing the rollup")
+}
+
+/// A connection of its own to the test's database, outside the pool.
+async fn own_connection(pool: &PgPool) -> PgConnection {
+    PgConnection::connect_with(&pool.connect_options())
+        .await
+        .expect("a separate connection opens")
+}
+
+/// The rollup holds exactly the log below the checkpoint, and the checkpoint is past
+/// every event.
+async fn assert_rollup_exact(pool: &PgPool) {
+    let events = event_count(pool).await;
+    assert_eq!(rollup_retries(pool).await, events, "rollup total vs log");
+    let mut conn = pool.acquire().await.unwrap();
+    let lag = projector::lag(&mut conn).await.unwrap();
+    assert_eq!(lag.events_behind, 0, "nothing left behind the checkpoint");
+    assert_verify_clean(pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_event_committed_after_a_later_one_is_applied_once_not_skipped(pool: PgPool) {
+    pipeline(&pool).await;
+    let mut projector_conn = own_connection(&pool).await;
+
+    // 1. Transaction A appends first (lower seq, lower txid) and stays open.
+    let mut a = pool.begin().await.unwrap();
+    store::append(&mut a, &retry(variant(JOB_A, VARIANT_A1)))
+        .await
+        .unwrap();
+    // 2. Transaction B appends after it and commits.
+    append_ok(&pool, &retry(variant(JOB_B, VARIANT_B1))).await;
+    // 3. The projector runs: A is in flight, so the horizon stops below it. B's event has a
+    //    higher txid than A, so it waits too — nothing is applied out of order.
+    let applied = projector::catch_up(&mut projector_conn, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied, 0,
+        "nothing may pass the oldest running transaction"
+    );
+    // 4. A commits; the projector runs again and applies both, once each.
+    a.commit().await.unwrap();
+    let applied = projector::catch_up(&mut projector_conn, 1000)
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+    assert_eq!(
+        projector::catch_up(&mut projector_conn, 1000)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_rollup_exact(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_projector_killed_between_batches_resumes_from_its_checkpoint(pool: PgPool) {
+    pipeline(&pool).await;
+    for target in [
+        variant(JOB_A, VARIANT_A1),
+        variant(JOB_A, VARIANT_A2),
+        job(JOB_B),
+    ] {
+        append_n(&pool, target, 4).await;
+    }
+
+    // Two small batches (one event per transaction here), then the connection is killed.
+    let mut doomed = own_connection(&pool).await;
+    let first = projector::run_batch(&mut doomed, 1).await.unwrap();
+    let second = projector::run_batch(&mut doomed, 1).await.unwrap();
+    assert_eq!((first.events, second.events), (1, 1));
+    assert_eq!(
+        second.from, first.to,
+        "batches continue from the checkpoint"
+    );
+
+    // A third batch is applied but not committed when its connection is terminated.
+    let mut tx = doomed.begin().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("SELECT retry_rollup_apply('1', pg_snapshot_xmin(pg_current_snapshot()))")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(killed);
+    assert!(
+        tx.commit().await.is_err(),
+        "the killed session cannot commit"
+    );
+    assert_eq!(
+        rollup_retries(&pool).await,
+        2,
+        "only the committed batches count"
+    );
+
+    // A new projector resumes where the checkpoint says and counts everything once.
+    let mut successor = own_connection(&pool).await;
+    let applied = projector::catch_up(&mut successor, 1).await.unwrap();
+    assert_eq!(applied, 10);
+    assert_rollup_exact(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_instance_leads_the_others_stand_by_and_take_over_when_it_dies(pool: PgPool) {
+    migrated(&pool).await;
+    let mut leader = own_connection(&pool).await;
+    let mut standby = own_connection(&pool).await;
+    assert!(projector::try_lead(&mut leader).await.unwrap());
+    assert!(!projector::try_lead(&mut standby).await.unwrap());
+
+    let mut observer = pool.acquire().await.unwrap();
+    let lag = projector::lag(&mut observer).await.unwrap();
+    let leader_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut leader)
+        .await
+        .unwrap();
+    assert_eq!(lag.runner_pid, Some(leader_pid), "status names the runner");
+
+    // The leader's session ends without resigning: its lock goes with it.
+    drop(leader);
+    let mut took_over = false;
+    for _ in 0..50 {
+        if projector::try_lead(&mut standby).await.unwrap() {
+            took_over = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(took_over, "the standby takes over once the leader is gone");
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_projectors_at_once_under_live_appends_keep_the_rollup_exact(pool: PgPool) {
+    pipeline(&pool).await;
+    let clients = clients(&pool, 6).await;
+    let (stop, stopped) = watch::channel(false);
+    let settings = ProjectorSettings {
+        batch_events: 7,
+        poll: Duration::from_millis(20),
+        standby_poll: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+    };
+    let first = tokio::spawn(projector::run(
+        clients.pool.clone(),
+        settings.clone(),
+        stopped.clone(),
+    ));
+    let second = tokio::spawn(projector::run(clients.pool.clone(), settings, stopped));
+
+    // Writers append while both projectors run; half of them directly race the batches.
+    let mut writers = Vec::new();
+    for target in [
+        variant(JOB_A, VARIANT_A1),
+        variant(JOB_A, VARIANT_A2),
+        variant(JOB_B, VARIANT_B1),
+        job(JOB_A),
+    ] {
+        let pool = clients.pool.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let reason = if i % 2 == 0 {
+                    RetryReason::Failed
+                } else {
+                    RetryReason::Stuck
+                };
+                let mut next = retry(target);
+                next.reason = reason;
+                append_ok(&pool, &next).await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Wait until the projector (whichever leads) has caught up, then stop both.
+    let mut observer = pool.acquire().await.unwrap();
+    for _ in 0..200 {
+        if projector::lag(&mut observer).await.unwrap().events_behind == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(observer);
+    stop.send_replace(true);
+    first.await.unwrap();
+    second.await.unwrap();
+    clients.close().await;
+
+    assert_eq!(event_count(&pool).await, 160);
+    assert_rollup_exact(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_wiped_rollup_is_reported_by_verify_and_rebuilt_by_replay(pool: PgPool) {
+    pipeline(&pool).await;
+    append_n(&pool, variant(JOB_A, VARIANT_A2), 3).await;
+    append_n(&pool, job(JOB_B), 2).await;
+    let mut conn = own_connection(&pool).await;
+    projector::catch_up(&mut conn, 100).await.unwrap();
+    assert_rollup_exact(&pool).await;
+
+    sqlx::query("DELETE FROM retry_rollup")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = verify(&pool).await;
+    assert!(!report.is_clean());
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .all(|mismatch| matches!(mismatch, Mismatch::Rollup(drift) if drift.problem == "missing from the rollup")),
+        "{:?}",
+        report.mismatches
+    );
+
+    let dry = replay::replay(&pool, true).await.unwrap();
+    assert!(!dry.rollup_changes.is_empty());
+    assert_eq!(rollup_retries(&pool).await, 0, "a dry run writes nothing");
+
+    let done = replay::replay(&pool, false).await.unwrap();
+    assert_eq!(done.rollup_changes.len(), dry.rollup_changes.len());
+    assert_rollup_exact(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) {
+    pipeline(&pool).await;
+    let url = database_url(&pool).await;
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args(["serve", "--database-url", &url])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("retrylog serve starts");
+
+    append_n(&pool, variant(JOB_A, VARIANT_A2), 3).await;
+    let mut observer = pool.acquire().await.unwrap();
+    let mut caught_up = false;
+    for _ in 0..100 {
+        let lag = projector::lag(&mut observer).await.unwrap();
+        if lag.events_behind == 0 && lag.events_applied == 3 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(observer);
+    assert!(caught_up, "serve applied the new events within 10 s");
+
+    let pid = serve.id().expect("serve is running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), serve.wait())
+        .await
+        .expect("serve exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
+    assert_rollup_exact(&pool).await;
+}
