@@ -1,71 +1,11 @@
 //! The `retrylog` binary as an operator runs it: what it prints, its exit codes, and how it
 //! turns a mistake into one line on stderr without writing anything.
 
-use std::process::Stdio;
-
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::fixtures::*;
-
-/// What one run of the binary did.
-#[derive(Debug)]
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// stdout parsed as JSON (`--format json`).
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:#?}"))
-    }
-
-    /// The lines of stderr that say something about the outcome: without the line naming
-    /// the database, clap's pointer to --help, and blank lines.
-    fn problem_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .map(str::trim)
-            .filter(|line| {
-                !line.is_empty()
-                    && !line.starts_with("retrylog: using ")
-                    && !line.starts_with("For more information, try")
-            })
-            .collect()
-    }
-}
-
-/// Runs `retrylog --database-url <the test's database> <args>` to completion.
-async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
-    let url = database_url(pool).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(&url)
-        .args(args)
-        // Only the URL above may choose the database.
-        .env_remove("DATABASE_URL")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGDATABASE")
-        .env_remove("PGUSER")
-        // A panic would print its backtrace: the assertions below look for it.
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("RETRYLOG_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("the retrylog binary runs");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
-    }
-}
 
 /// Runs a command that must fail because of the user's input: exit code 2, nothing on
 /// stdout, exactly one line on stderr containing every `names`, no panic, nothing written.

@@ -1,5 +1,8 @@
 //! What the tests start from and look with: migrated databases, the ids the SQL fixtures
-//! use, the two append doors (Rust and SQL), and snapshots that prove nothing was written.
+//! use, the two append doors (Rust and SQL), snapshots that prove nothing was written, and
+//! the `retrylog` binary run against the test's database.
+
+use std::process::Stdio;
 
 use retrylog::event::{NewRetry, RetryEvent, RetryReason, Target};
 use retrylog::replay::{self, VerifyReport};
@@ -7,6 +10,7 @@ use retrylog::store::{self, AppendError};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
+use tokio::process::Command;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use uuid::{uuid, Uuid};
 
@@ -301,5 +305,62 @@ pub async fn database_url(pool: &PgPool) -> String {
             socket.display()
         ),
         None => format!("postgres://{user}@{}:{port}/{database}", options.get_host()),
+    }
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// stdout parsed as JSON (`--format json`).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:#?}"))
+    }
+
+    /// The lines of stderr that say something about the outcome: without the line naming
+    /// the database, clap's pointer to --help, and blank lines.
+    pub fn problem_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .map(str::trim)
+            .filter(|line| {
+                !line.is_empty()
+                    && !line.starts_with("retrylog: using ")
+                    && !line.starts_with("For more information, try")
+            })
+            .collect()
+    }
+}
+
+/// Runs `retrylog --database-url <the test's database> <args>` to completion.
+pub async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
+    let url = database_url(pool).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .arg("--database-url")
+        .arg(&url)
+        .args(args)
+        // Only the URL above may choose the database.
+        .env_remove("DATABASE_URL")
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .env_remove("PGDATABASE")
+        .env_remove("PGUSER")
+        // A panic would print its backtrace: the assertions below look for it.
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RETRYLOG_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("the retrylog binary runs");
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
+        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
     }
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::fixtures::*;
-use crate::reports::{at, retrylog};
+use crate::reports::at;
 
 /// Five events of job A's streams, each with a distinct reason, step, actor and occurred_at:
 /// `(seq, reason, step, actor, occurred_at)` in log order.

@@ -3,7 +3,6 @@
 //! the reports showed at that moment, and the binary's exit codes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::Stdio;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
@@ -15,62 +14,12 @@ use retrylog::report::{
     self, Alert, AlertWhy, Bucket, GroupBy, KindStats, Moment, TopJob, TopVariant, Trend,
     TrendQuery,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use strum::IntoEnumIterator;
-use tokio::process::Command;
 use uuid::Uuid;
 
 use crate::fixtures::*;
-
-/// What one run of the binary did.
-#[derive(Debug)]
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Run {
-    /// stdout parsed as JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:#?}"))
-    }
-
-    /// stderr without the line naming the database and blank lines.
-    pub fn problem_lines(&self) -> Vec<&str> {
-        self.stderr
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with("retrylog: using "))
-            .collect()
-    }
-}
-
-/// Runs `retrylog --database-url <the test's database> <args>` to completion.
-pub async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
-    let url = database_url(pool).await;
-    let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(&url)
-        .args(args)
-        .env_remove("DATABASE_URL")
-        .env_remove("PGHOST")
-        .env_remove("PGPORT")
-        .env_remove("PGDATABASE")
-        .env_remove("PGUSER")
-        .env_remove("RETRYLOG_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("the retrylog binary runs");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8(output.stdout).expect("stdout is UTF-8"),
-        stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
-    }
-}
 
 /// A fixed instant, whole seconds, well in the past.
 pub fn at(text: &str) -> DateTime<Utc> {
