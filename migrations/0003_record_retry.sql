@@ -58,12 +58,7 @@ CREATE FUNCTION record_retry(
     expected_attempt integer     DEFAULT NULL,
     max_retries      integer     DEFAULT NULL
 ) RETURNS retry_history
-LANGUAGE plpgsql
--- Every statement below looks up one row by key: the generic plan is always right, and
--- re-planning each call (the default for the first calls of every session, and whenever the
--- planner's estimates tempt it) costs more than executing.
-SET plan_cache_mode = force_generic_plan
-AS $$
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     detail_limit constant integer := 16384;
