@@ -5,8 +5,8 @@
 -- retry_counts_delta is the one definition of what a range of log positions contributes.
 -- The same SQL serves every path, so they cannot drift apart:
 --   * inline    record_retry calls retry_counts_apply(seq, seq) in the append's transaction;
---   * replay    retry_counts_rebuild() resets every count to its opening balance plus the
---               delta of the whole log, in one statement per table;
+--   * replay    retry_counts_rebuild() resets every drifted count to its opening balance
+--               plus the delta of the whole log, in one statement;
 --   * verify    retry_counts_drift() lists every count that differs from that same sum.
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate.
 
@@ -78,15 +78,17 @@ LANGUAGE sql STABLE AS $$
      WHERE e.retry_count <> e.opening_balance + e.events
 $$;
 
--- Reset every count to opening balance + the whole log; returns the number of rows changed.
+-- Reset every count to opening balance + the whole log. Returns every row that drifted, as
+-- retry_counts_drift() lists it, with whether this statement wrote it.
 --
 -- Rows that are already right are not written (a write of an indexed column is never cheap,
 -- and pipeline triggers may watch them). No lock keeps appends out: a row is written only if
 -- its count is still the one this statement read. An append that commits meanwhile changes
--- the count, so the row is skipped rather than overwritten with a total that misses the new
--- event; the caller runs another pass for what is still drifted.
+-- the count, so the row is skipped (written = false) rather than overwritten with a total
+-- that misses the new event; the caller runs another pass for it.
 CREATE OR REPLACE FUNCTION retry_counts_rebuild()
-RETURNS bigint
+RETURNS TABLE (job_id uuid, job_variants_id uuid, retry_count integer,
+               expected bigint, opening_balance integer, events bigint, written boolean)
 LANGUAGE sql AS $$
     WITH drift AS (
         SELECT * FROM retry_counts_drift()
@@ -96,14 +98,21 @@ LANGUAGE sql AS $$
           FROM drift
          WHERE drift.job_variants_id IS NULL AND j.job_id = drift.job_id
            AND j.retry_count = drift.retry_count
-        RETURNING 1
+        RETURNING j.job_id
     ), variant_counts AS (
         UPDATE jobs_variants v
            SET retry_count = drift.expected
           FROM drift
          WHERE v.job_variants_id = drift.job_variants_id
            AND v.retry_count = drift.retry_count
-        RETURNING 1
+        RETURNING v.job_variants_id
     )
-    SELECT (SELECT count(*) FROM job_counts) + (SELECT count(*) FROM variant_counts)
+    SELECT d.job_id, d.job_variants_id, d.retry_count, d.expected, d.opening_balance,
+           d.events,
+           CASE WHEN d.job_variants_id IS NULL
+                THEN EXISTS (SELECT 1 FROM job_counts c WHERE c.job_id = d.job_id)
+                ELSE EXISTS (SELECT 1 FROM variant_counts c
+                              WHERE c.job_variants_id = d.job_variants_id)
+           END
+      FROM drift d
 $$;

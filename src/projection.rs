@@ -81,37 +81,64 @@ impl std::fmt::Display for CountDrift {
 
 /// Every target whose `retry_count` differs from opening balance + events.
 pub async fn count_drift(conn: &mut PgConnection) -> Result<Vec<CountDrift>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<Uuid>, i32, i64, i32, i64)> = sqlx::query_as(
+    let rows: Vec<DriftRow> = sqlx::query_as(
         "SELECT job_id, job_variants_id, retry_count, expected, opening_balance, events
            FROM retry_counts_drift()
           ORDER BY job_id, job_variants_id NULLS FIRST",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(job_id, job_variants_id, retry_count, expected, opening_balance, events)| {
-                CountDrift {
-                    target: Target::from_columns(job_id, job_variants_id),
-                    retry_count,
-                    expected,
-                    opening_balance,
-                    events,
-                }
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(CountDrift::from).collect())
 }
 
-/// Resets every `retry_count` to opening balance + the whole log; returns the rows changed.
+/// Resets every drifted `retry_count` to opening balance + the whole log. Returns every
+/// count that drifted, each with whether this pass wrote it.
 ///
 /// Optimistic: a row whose count changed after the statement read it (an append committed
 /// meanwhile) is skipped, not overwritten; [`crate::replay`] runs passes until nothing drifts.
-pub async fn rebuild_retry_counts(tx: &mut Transaction<'_, Postgres>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT retry_counts_rebuild()")
-        .fetch_one(&mut **tx)
-        .await
+pub async fn rebuild_retry_counts(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<Vec<(CountDrift, bool)>, sqlx::Error> {
+    let rows: Vec<DriftRow> = sqlx::query_as(
+        "SELECT job_id, job_variants_id, retry_count, expected, opening_balance, events, written
+           FROM retry_counts_rebuild()
+          ORDER BY job_id, job_variants_id NULLS FIRST",
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let written = row.written.unwrap_or(false);
+            (row.into(), written)
+        })
+        .collect())
+}
+
+/// A row of `retry_counts_drift()` or `retry_counts_rebuild()`.
+#[derive(sqlx::FromRow)]
+struct DriftRow {
+    job_id: Uuid,
+    job_variants_id: Option<Uuid>,
+    retry_count: i32,
+    expected: i64,
+    opening_balance: i32,
+    events: i64,
+    /// Only from `retry_counts_rebuild()`.
+    #[sqlx(default)]
+    written: Option<bool>,
+}
+
+impl From<DriftRow> for CountDrift {
+    fn from(row: DriftRow) -> Self {
+        CountDrift {
+            target: Target::from_columns(row.job_id, row.job_variants_id),
+            retry_count: row.retry_count,
+            expected: row.expected,
+            opening_balance: row.opening_balance,
+            events: row.events,
+        }
+    }
 }
 
 /// The asynchronous rollup projection: its name and its row in `projection_checkpoint`.

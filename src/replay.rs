@@ -54,13 +54,12 @@ pub async fn replay_projections(
     };
     for projection in projections {
         match projection.name {
-            "retry_counts" => {
+            "retry_counts" if dry_run => {
                 let mut conn = pool.acquire().await?;
                 report.changes = projection::count_drift(&mut conn).await?;
-                drop(conn);
-                if !dry_run && !report.changes.is_empty() {
-                    report.unsettled = rebuild_counts_until_settled(pool).await?;
-                }
+            }
+            "retry_counts" => {
+                (report.changes, report.unsettled) = rebuild_counts_until_settled(pool).await?;
             }
             projection::ROLLUP => {
                 // One transaction: the checkpoint row it locks keeps the projector out.
@@ -83,39 +82,58 @@ pub async fn replay_projections(
 /// How many rebuild passes replay makes before it reports what still drifts.
 const REBUILD_PASSES: u32 = 50;
 
-/// Runs `retry_counts_rebuild` passes until no count drifts; returns what still drifts after
-/// the last pass (empty when replay settled).
+/// Runs `retry_counts_rebuild` passes until no count drifts. Returns what drifted before the
+/// first pass (what replay changed) and what still drifts after the last one (empty when
+/// replay settled).
 ///
 /// 1. Each pass writes only rows whose count is still the one it read, so a concurrent append
-///    is never overwritten (it is fixed by the next pass instead).
+///    is never overwritten; the next pass fixes that row instead.
 /// 2. Each pass waits at most `lock_timeout` for a row an appender holds, then gives way and
 ///    tries again: an appender that holds one row and waits for another that this pass
 ///    already wrote must never deadlock with replay.
-async fn rebuild_counts_until_settled(pool: &PgPool) -> Result<Vec<CountDrift>, sqlx::Error> {
+/// 3. A pass that wrote every row it found drifted is the last one.
+async fn rebuild_counts_until_settled(
+    pool: &PgPool,
+) -> Result<(Vec<CountDrift>, Vec<CountDrift>), sqlx::Error> {
     let mut pause = Duration::from_millis(10);
-    let mut drift = Vec::new();
+    let mut first: Option<Vec<CountDrift>> = None;
+    let mut unsettled = Vec::new();
     for _ in 0..REBUILD_PASSES {
         let mut tx = pool.begin().await?;
         sqlx::query("SET LOCAL lock_timeout = '200ms'")
             .execute(&mut *tx)
             .await?;
         match projection::rebuild_retry_counts(&mut tx).await {
-            Ok(_) => tx.commit().await?,
+            Ok(rows) => {
+                tx.commit().await?;
+                unsettled = rows
+                    .iter()
+                    .filter(|(_, written)| !written)
+                    .map(|(drift, _)| drift.clone())
+                    .collect();
+                first.get_or_insert_with(|| rows.into_iter().map(|(drift, _)| drift).collect());
+                if unsettled.is_empty() {
+                    break;
+                }
+            }
             Err(error) if gave_way(&error) => {
                 tx.rollback().await?;
                 tracing::debug!(%error, "replay gave way to appenders; trying again");
             }
             Err(error) => return Err(error),
         }
-        let mut conn = pool.acquire().await?;
-        drift = projection::count_drift(&mut conn).await?;
-        if drift.is_empty() {
-            return Ok(drift);
-        }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
-    Ok(drift)
+    match first {
+        Some(first) => Ok((first, unsettled)),
+        // Every pass gave way: nothing was written, everything still drifts.
+        None => {
+            let mut conn = pool.acquire().await?;
+            let drift = projection::count_drift(&mut conn).await?;
+            Ok((drift.clone(), drift))
+        }
+    }
 }
 
 /// lock_not_available (our lock_timeout) or deadlock_detected: contention, not a fault.
