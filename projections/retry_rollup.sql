@@ -27,73 +27,61 @@ RETURNS TABLE (
     first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
     first_week_scenario bigint)
 LANGUAGE sql STABLE AS $$
-    WITH batch AS (
-        SELECT h.job_id, h.job_variants_id, h.attempt, h.reason,
+    -- 1. The streams the range touches, whole: an event's earlier attempts may lie outside
+    --    the range. (The nil uuid stands for "job-level", so one join covers both kinds and
+    --    still uses the stream index's leading job_id.)
+    WITH touched AS (
+        SELECT DISTINCT h.job_id,
+               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+    ), events AS (
+        SELECT h.txid, h.job_id, t.stream, h.job_variants_id, h.attempt, h.reason,
                coalesce(h.step, '') AS step,
                coalesce(h.detail ->> 'scenario', '') AS scenario,
                date_trunc('hour', h.occurred_at, 'UTC') AS hour,
                date_trunc('day', h.occurred_at, 'UTC') AS day,
                date_trunc('week', h.occurred_at, 'UTC') AS week
-          FROM retry_history h
-         WHERE h.txid >= from_txid AND h.txid < to_txid
+          FROM touched t
+          JOIN retry_history h
+            ON h.job_id = t.job_id
+           AND coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') = t.stream
+    -- 2. First in a bucket and group = the lowest attempt of its stream there.
     ), flagged AS (
-        SELECT b.*, e.*
-          FROM batch b
-          CROSS JOIN LATERAL (
-              -- The target's earlier attempts, through the stream index (two spellings so
-              -- both job-level and variant streams use it).
-              SELECT coalesce(bool_or(p.hour = b.hour), false) AS seen_hour,
-                     coalesce(bool_or(p.hour = b.hour AND p.reason = b.reason), false) AS seen_hour_reason,
-                     coalesce(bool_or(p.hour = b.hour AND p.step = b.step), false) AS seen_hour_step,
-                     coalesce(bool_or(p.hour = b.hour AND p.scenario = b.scenario), false) AS seen_hour_scenario,
-                     coalesce(bool_or(p.day = b.day), false) AS seen_day,
-                     coalesce(bool_or(p.day = b.day AND p.reason = b.reason), false) AS seen_day_reason,
-                     coalesce(bool_or(p.day = b.day AND p.step = b.step), false) AS seen_day_step,
-                     coalesce(bool_or(p.day = b.day AND p.scenario = b.scenario), false) AS seen_day_scenario,
-                     coalesce(bool_or(p.week = b.week), false) AS seen_week,
-                     coalesce(bool_or(p.week = b.week AND p.reason = b.reason), false) AS seen_week_reason,
-                     coalesce(bool_or(p.week = b.week AND p.step = b.step), false) AS seen_week_step,
-                     coalesce(bool_or(p.week = b.week AND p.scenario = b.scenario), false) AS seen_week_scenario
-                FROM (
-                    SELECT date_trunc('hour', x.occurred_at, 'UTC') AS hour,
-                           date_trunc('day', x.occurred_at, 'UTC') AS day,
-                           date_trunc('week', x.occurred_at, 'UTC') AS week,
-                           x.reason, coalesce(x.step, '') AS step,
-                           coalesce(x.detail ->> 'scenario', '') AS scenario
-                      FROM retry_history x
-                     WHERE b.job_variants_id IS NULL
-                       AND x.job_id = b.job_id AND x.job_variants_id IS NULL
-                       AND x.attempt < b.attempt
-                    UNION ALL
-                    SELECT date_trunc('hour', x.occurred_at, 'UTC'),
-                           date_trunc('day', x.occurred_at, 'UTC'),
-                           date_trunc('week', x.occurred_at, 'UTC'),
-                           x.reason, coalesce(x.step, ''),
-                           coalesce(x.detail ->> 'scenario', '')
-                      FROM retry_history x
-                     WHERE b.job_variants_id IS NOT NULL
-                       AND x.job_id = b.job_id AND x.job_variants_id = b.job_variants_id
-                       AND x.attempt < b.attempt
-                ) p
-          ) e
+        SELECT e.*,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour) AS f_hour,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.reason) AS f_hour_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.step) AS f_hour_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.scenario) AS f_hour_scenario,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day) AS f_day,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.reason) AS f_day_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.step) AS f_day_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.scenario) AS f_day_scenario,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week) AS f_week,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.reason) AS f_week_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.step) AS f_week_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.scenario) AS f_week_scenario
+          FROM events e
     )
+    -- 3. Only the range's own events are counted.
     SELECT f.hour,
            CASE WHEN f.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
            f.reason, f.step, f.scenario,
            count(*),
-           count(*) FILTER (WHERE NOT f.seen_hour),
-           count(*) FILTER (WHERE NOT f.seen_hour_reason),
-           count(*) FILTER (WHERE NOT f.seen_hour_step),
-           count(*) FILTER (WHERE NOT f.seen_hour_scenario),
-           count(*) FILTER (WHERE NOT f.seen_day),
-           count(*) FILTER (WHERE NOT f.seen_day_reason),
-           count(*) FILTER (WHERE NOT f.seen_day_step),
-           count(*) FILTER (WHERE NOT f.seen_day_scenario),
-           count(*) FILTER (WHERE NOT f.seen_week),
-           count(*) FILTER (WHERE NOT f.seen_week_reason),
-           count(*) FILTER (WHERE NOT f.seen_week_step),
-           count(*) FILTER (WHERE NOT f.seen_week_scenario)
+           count(*) FILTER (WHERE f.f_hour),
+           count(*) FILTER (WHERE f.f_hour_reason),
+           count(*) FILTER (WHERE f.f_hour_step),
+           count(*) FILTER (WHERE f.f_hour_scenario),
+           count(*) FILTER (WHERE f.f_day),
+           count(*) FILTER (WHERE f.f_day_reason),
+           count(*) FILTER (WHERE f.f_day_step),
+           count(*) FILTER (WHERE f.f_day_scenario),
+           count(*) FILTER (WHERE f.f_week),
+           count(*) FILTER (WHERE f.f_week_reason),
+           count(*) FILTER (WHERE f.f_week_step),
+           count(*) FILTER (WHERE f.f_week_scenario)
       FROM flagged f
+     WHERE f.txid >= from_txid AND f.txid < to_txid
      GROUP BY 1, 2, 3, 4, 5
 $$;
 
