@@ -63,7 +63,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Create a small sample pipeline, record retries through every door, show the result.
     Demo(FormatArg),
-    /// Measure appends and replay against hand-written baselines, in a scratch database.
+    /// Measure appends and replay (or, with `reports`, the reports) against hand-written
+    /// baselines, in a scratch database.
     Bench(crate::cmd::bench::BenchArgs),
 }
 

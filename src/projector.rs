@@ -87,9 +87,11 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     }
     // 3. Cut the range after about batch_events events, between two transactions.
     let cut: Option<i64> = sqlx::query_scalar(
-        "SELECT txid::text::bigint FROM retry_history
-          WHERE txid >= $1::bigint::text::xid8 AND txid < $2::bigint::text::xid8
-          ORDER BY txid OFFSET $3 LIMIT 1",
+        // `h.txid`, not `txid`: ORDER BY would take the bigint output column of that name
+        // and sort the whole backlog instead of walking the txid index.
+        "SELECT h.txid::text::bigint FROM retry_history h
+          WHERE h.txid >= $1::bigint::text::xid8 AND h.txid < $2::bigint::text::xid8
+          ORDER BY h.txid OFFSET $3 LIMIT 1",
     )
     .bind(from)
     .bind(horizon)
