@@ -16,6 +16,13 @@
 //!    against a hand-written set-based recount, from two starting states: counts wiped, and
 //!    counts already correct; then the replay of every projection, for scale. Median of three
 //!    each. Then `verify`.
+//!
+//! `retrylog bench reports` (`bench/reports.rs`) measures the reports over a realistic log of
+//! millions of events instead: the trend from the rollup against a GROUP BY over the log, a
+//! variant's history, and the projector's catch-up. Both share the scratch database, the
+//! COPY loader of hash-chained events (`load_log`) and the figure table (`Line`).
+
+mod reports;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::Args;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -45,8 +52,15 @@ use crate::{migrate, projection, replay, store};
 /// Runs in its own database, `retrylog_bench`, created (dropped first if it exists) on the same
 /// server as the configured database and dropped at the end; the configured database is never
 /// touched. Prints every figure beside its baseline, the ratio and the goal.
+///
+/// Without a subcommand: the retry log itself (appends and replay); `reports`: the reports.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    /// What to measure instead of appends and replay (their flags then do not apply).
+    #[command(subcommand)]
+    pub kind: Option<BenchKind>,
+
     /// Seconds each append measurement counts transactions, per approach and connection count
     /// (after the warm-up).
     #[arg(long, default_value_t = 5, value_name = "N",
@@ -89,6 +103,14 @@ pub struct BenchArgs {
 
     #[command(flatten)]
     pub format: FormatArg,
+}
+
+/// The other benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchKind {
+    /// The reports over a realistic log of millions of events: trend from the rollup against
+    /// a GROUP BY over the log, a variant's history, the projector's catch-up.
+    Reports(reports::ReportsArgs),
 }
 
 /// The scratch database every measurement runs in.
@@ -211,24 +233,12 @@ struct ReplayFigure {
 }
 
 pub async fn run(connected: &Connected, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if connected.options.get_database() == Some(BENCH_DATABASE) {
-        anyhow::bail!(
-            "the configured database is {BENCH_DATABASE}, the name bench drops and recreates; \
-             point retrylog at another database"
-        );
+    if let Some(BenchKind::Reports(reports_args)) = args.kind {
+        return reports::run(connected, reports_args).await;
     }
-    let options = connected
-        .options
-        .clone()
-        .database(BENCH_DATABASE)
-        .application_name("retrylog bench")
-        .disable_statement_logging();
+    let options = scratch_options(connected, "retrylog bench")?;
     let outcome = run_phases(connected, &options, &args).await;
-    if args.keep {
-        eprintln!("retrylog bench: kept database {BENCH_DATABASE}");
-    } else if let Err(error) = drop_database(connected).await {
-        eprintln!("retrylog bench: could not drop database {BENCH_DATABASE}: {error:#}");
-    }
+    release_scratch(connected, args.keep).await;
     let (appends, append_verify, replays, replay_verify) = outcome?;
 
     let rows = figure_rows(
@@ -290,6 +300,35 @@ async fn run_phases(
 // ---------------------------------------------------------------------------------------------
 // The scratch database
 
+/// The options of the scratch database: the configured server and settings, database
+/// `BENCH_DATABASE`. Refuses when the configured database is the scratch one.
+fn scratch_options(
+    connected: &Connected,
+    application_name: &str,
+) -> anyhow::Result<PgConnectOptions> {
+    if connected.options.get_database() == Some(BENCH_DATABASE) {
+        anyhow::bail!(
+            "the configured database is {BENCH_DATABASE}, the name bench drops and recreates; \
+             point retrylog at another database"
+        );
+    }
+    Ok(connected
+        .options
+        .clone()
+        .database(BENCH_DATABASE)
+        .application_name(application_name)
+        .disable_statement_logging())
+}
+
+/// At the end of a run, successful or not: drops the scratch database, or says it was kept.
+async fn release_scratch(connected: &Connected, keep: bool) {
+    if keep {
+        eprintln!("retrylog bench: kept database {BENCH_DATABASE}");
+    } else if let Err(error) = drop_database(connected).await {
+        eprintln!("retrylog bench: could not drop database {BENCH_DATABASE}: {error:#}");
+    }
+}
+
 /// A connection to the server's maintenance database (`postgres`, else `template1`), with the
 /// configured options.
 async fn maintenance_connection(connected: &Connected) -> anyhow::Result<PgConnection> {
@@ -350,19 +389,7 @@ async fn drop_database(connected: &Connected) -> anyhow::Result<()> {
 
 /// One line on stderr saying what the figures were measured on.
 async fn print_context(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
-    let (version, shared_buffers, synchronous_commit, fsync): (String, String, String, String) =
-        sqlx::query_as(
-            "SELECT current_setting('server_version'), current_setting('shared_buffers'),
-                    current_setting('synchronous_commit'), current_setting('fsync')",
-        )
-        .fetch_one(pool)
-        .await?;
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    eprintln!(
-        "retrylog bench: PostgreSQL {version} (shared_buffers {shared_buffers}, \
-         synchronous_commit {synchronous_commit}, fsync {fsync}), {cpus} CPU(s) for client and \
-         server; database {BENCH_DATABASE}"
-    );
+    print_server(pool).await?;
     if !args.skip_appends {
         eprintln!(
             "retrylog bench: appends: {} s per approach and connection count in {} interleaved \
@@ -378,6 +405,24 @@ async fn print_context(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line on stderr saying which server, configured how, on how many CPUs.
+async fn print_server(pool: &PgPool) -> anyhow::Result<()> {
+    let (version, shared_buffers, synchronous_commit, fsync): (String, String, String, String) =
+        sqlx::query_as(
+            "SELECT current_setting('server_version'), current_setting('shared_buffers'),
+                    current_setting('synchronous_commit'), current_setting('fsync')",
+        )
+        .fetch_one(pool)
+        .await?;
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    eprintln!(
+        "retrylog bench: PostgreSQL {version} (shared_buffers {shared_buffers}, \
+         synchronous_commit {synchronous_commit}, fsync {fsync}), {cpus} CPU(s) for client and \
+         server; database {BENCH_DATABASE}"
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Appends
 
@@ -386,50 +431,86 @@ type Targets = Arc<Vec<(Uuid, Uuid)>>;
 
 /// Creates `APPEND_VARIANTS` variants (in jobs of `VARIANTS_PER_JOB`) and returns them.
 async fn create_targets(pool: &PgPool) -> anyhow::Result<Targets> {
-    let jobs: Vec<Uuid> = (0..APPEND_VARIANTS.div_ceil(VARIANTS_PER_JOB))
-        .map(|_| Uuid::new_v4())
-        .collect();
-    let mut variant_ids = Vec::with_capacity(APPEND_VARIANTS);
-    let mut owners = Vec::with_capacity(APPEND_VARIANTS);
-    let mut orders = Vec::with_capacity(APPEND_VARIANTS);
+    let mut rows = PipelineRows {
+        jobs: (0..APPEND_VARIANTS.div_ceil(VARIANTS_PER_JOB))
+            .map(|_| Uuid::new_v4())
+            .collect(),
+        ..PipelineRows::default()
+    };
     for index in 0..APPEND_VARIANTS {
-        variant_ids.push(Uuid::new_v4());
-        owners.push(jobs[index / VARIANTS_PER_JOB]);
-        orders.push((index % VARIANTS_PER_JOB) as i32);
+        rows.variants.push(Uuid::new_v4());
+        rows.owners.push(rows.jobs[index / VARIANTS_PER_JOB]);
+        rows.orders.push((index % VARIANTS_PER_JOB) as i32);
     }
-    insert_pipeline_rows(pool, &jobs, &variant_ids, &owners, &orders).await?;
-    Ok(Arc::new(owners.into_iter().zip(variant_ids).collect()))
+    insert_pipeline_rows(pool, &rows).await?;
+    Ok(Arc::new(
+        rows.owners.into_iter().zip(rows.variants).collect(),
+    ))
 }
 
-/// Inserts running jobs and done variants at `STEP`, set-based.
-async fn insert_pipeline_rows(
-    pool: &PgPool,
-    jobs: &[Uuid],
-    variant_ids: &[Uuid],
-    owners: &[Uuid],
-    orders: &[i32],
-) -> anyhow::Result<()> {
+/// Jobs and their variants to create.
+#[derive(Debug, Default)]
+struct PipelineRows {
+    jobs: Vec<Uuid>,
+    /// Each job's `created_at`; empty: now().
+    job_created: Vec<DateTime<Utc>>,
+    variants: Vec<Uuid>,
+    /// Each variant's job.
+    owners: Vec<Uuid>,
+    /// Each variant's `creation_order`.
+    orders: Vec<i32>,
+    /// Each variant's `created_at`; empty: now().
+    variant_created: Vec<DateTime<Utc>>,
+}
+
+/// Rows one INSERT statement creates at most.
+const PIPELINE_CHUNK: usize = 100_000;
+
+/// Inserts running jobs and done variants at `STEP`, set-based, in one transaction. The
+/// `retry_target_created` trigger counts them per statement and hour, as it does for the
+/// pipeline's own inserts.
+async fn insert_pipeline_rows(pool: &PgPool, rows: &PipelineRows) -> anyhow::Result<()> {
+    // The part of an optional column (empty: every row gets the default) for rows `range`.
+    fn part<T>(column: &[T], range: std::ops::Range<usize>) -> &[T] {
+        if column.is_empty() {
+            &[]
+        } else {
+            &column[range]
+        }
+    }
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO jobs (job_id, status, current_step)
-         SELECT id, 'running', $2 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(jobs)
-    .bind(STEP)
-    .execute(&mut *tx)
-    .await
-    .context("creating the bench jobs")?;
-    sqlx::query(
-        "INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, current_step)
-         SELECT v, j, o, 'done', $4 FROM unnest($1::uuid[], $2::uuid[], $3::int4[]) AS t(v, j, o)",
-    )
-    .bind(variant_ids)
-    .bind(owners)
-    .bind(orders)
-    .bind(STEP)
-    .execute(&mut *tx)
-    .await
-    .context("creating the bench variants")?;
+    for start in (0..rows.jobs.len()).step_by(PIPELINE_CHUNK) {
+        let range = start..(start + PIPELINE_CHUNK).min(rows.jobs.len());
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step, created_at)
+             SELECT id, 'running', $2, coalesce(created, now())
+               FROM unnest($1::uuid[], $3::timestamptz[]) AS t(id, created)",
+        )
+        .bind(&rows.jobs[range.clone()])
+        .bind(STEP)
+        .bind(part(&rows.job_created, range))
+        .execute(&mut *tx)
+        .await
+        .context("creating the bench jobs")?;
+    }
+    for start in (0..rows.variants.len()).step_by(PIPELINE_CHUNK) {
+        let range = start..(start + PIPELINE_CHUNK).min(rows.variants.len());
+        sqlx::query(
+            "INSERT INTO jobs_variants
+                    (job_variants_id, job_id, creation_order, status, current_step, created_at)
+             SELECT v, j, o, 'done', $4, coalesce(created, now())
+               FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $5::timestamptz[])
+                    AS t(v, j, o, created)",
+        )
+        .bind(&rows.variants[range.clone()])
+        .bind(&rows.owners[range.clone()])
+        .bind(&rows.orders[range.clone()])
+        .bind(STEP)
+        .bind(part(&rows.variant_created, range))
+        .execute(&mut *tx)
+        .await
+        .context("creating the bench variants")?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -596,16 +677,8 @@ async fn worker(
 // ---------------------------------------------------------------------------------------------
 // Replay
 
-/// One event stream of the generated log.
-struct Stream {
-    job_id: Uuid,
-    job_variants_id: Option<Uuid>,
-    events: i32,
-    previous_hash: [u8; 32],
-}
-
 async fn bench_replay(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Vec<ReplayFigure>> {
-    load_log(pool, args.replay_events).await?;
+    load_log(pool, uniform_log(args.replay_events)?, None).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
         .fetch_one(pool)
         .await?;
@@ -730,40 +803,164 @@ async fn hand_recount(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Generates `total` events with valid hash chains over jobs of `VARIANTS_PER_JOB` variants,
-/// COPYs them into `retry_history`, sets the counts, and vacuums.
-///
-/// Streams are filled round-robin (attempt 1 of every stream, then attempt 2, ...), so the
-/// log interleaves streams the way a running pipeline does.
-async fn load_log(pool: &PgPool, total: u64) -> anyhow::Result<()> {
-    let per_job = (VARIANTS_PER_JOB as i32 * EVENTS_PER_VARIANT + EVENTS_PER_JOB) as u64;
-    let job_count = total.div_ceil(per_job) as usize;
-    let jobs: Vec<Uuid> = (0..job_count).map(|_| Uuid::new_v4()).collect();
-    let mut variant_ids = Vec::with_capacity(job_count * VARIANTS_PER_JOB);
-    let mut owners = Vec::with_capacity(job_count * VARIANTS_PER_JOB);
-    let mut orders = Vec::with_capacity(job_count * VARIANTS_PER_JOB);
-    let mut streams = Vec::with_capacity(job_count * (VARIANTS_PER_JOB + 1));
-    for &job_id in &jobs {
-        streams.push(Stream {
+// ---------------------------------------------------------------------------------------------
+// The generated log
+
+/// One event stream of a generated log.
+#[derive(Debug)]
+struct Stream {
+    job_id: Uuid,
+    job_variants_id: Option<Uuid>,
+    /// Events written so far: the last attempt.
+    events: i32,
+    previous_hash: [u8; 32],
+}
+
+impl Stream {
+    fn new(job_id: Uuid, job_variants_id: Option<Uuid>) -> Self {
+        Stream {
             job_id,
-            job_variants_id: None,
+            job_variants_id,
             events: 0,
             previous_hash: GENESIS_HASH,
-        });
+        }
+    }
+}
+
+/// What an event says besides its target, attempt and time.
+#[derive(Debug, Clone, Copy)]
+struct EventKind {
+    reason: RetryReason,
+    step: Option<&'static str>,
+    from_status: &'static str,
+    to_status: &'static str,
+    /// The detail as PostgreSQL prints the stored jsonb (`detail::text`, keys sorted, `": "`
+    /// and `", "` between them): the canonical text the hash covers.
+    detail: &'static str,
+}
+
+/// One event of a generated log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PlannedEvent {
+    /// `occurred_at`, in microseconds since the Unix epoch (what timestamptz stores, so the
+    /// hash Rust computes is the one verify recomputes).
+    occurred_micros: i64,
+    /// Index into [`GeneratedLog::streams`].
+    stream: u32,
+    /// Checked against the stream: each stream's events come in attempt order.
+    attempt: u16,
+    /// Index into [`GeneratedLog::kinds`].
+    kind: u16,
+}
+
+/// A log to load: the pipeline rows of its targets, its streams, and its events in log order.
+#[derive(Debug)]
+struct GeneratedLog {
+    rows: PipelineRows,
+    streams: Vec<Stream>,
+    kinds: Vec<EventKind>,
+    events: Vec<PlannedEvent>,
+}
+
+/// The replay benchmark's log: `total` events over jobs of `VARIANTS_PER_JOB` variants, every
+/// variant with up to `EVENTS_PER_VARIANT` events and every job with up to `EVENTS_PER_JOB`,
+/// all at `STEP` with detail `{}`, the reasons taking turns.
+///
+/// Streams are filled round-robin (attempt 1 of every stream, then attempt 2, ...), so the
+/// log interleaves streams the way a running pipeline does; `occurred_at` spreads evenly over
+/// the last `LOG_SPAN_DAYS`, ending a minute ago.
+fn uniform_log(total: u64) -> anyhow::Result<GeneratedLog> {
+    let per_job = (VARIANTS_PER_JOB as i32 * EVENTS_PER_VARIANT + EVENTS_PER_JOB) as u64;
+    let job_count = total.div_ceil(per_job) as usize;
+    let mut rows = PipelineRows::default();
+    let mut streams = Vec::with_capacity(job_count * (VARIANTS_PER_JOB + 1));
+    for _ in 0..job_count {
+        let job_id = Uuid::new_v4();
+        rows.jobs.push(job_id);
+        streams.push(Stream::new(job_id, None));
         for order in 0..VARIANTS_PER_JOB {
             let variant = Uuid::new_v4();
-            variant_ids.push(variant);
-            owners.push(job_id);
-            orders.push(order as i32);
-            streams.push(Stream {
-                job_id,
-                job_variants_id: Some(variant),
-                events: 0,
-                previous_hash: GENESIS_HASH,
+            rows.variants.push(variant);
+            rows.owners.push(job_id);
+            rows.orders.push(order as i32);
+            streams.push(Stream::new(job_id, Some(variant)));
+        }
+    }
+    let kinds = [
+        RetryReason::Stuck,
+        RetryReason::Failed,
+        RetryReason::ManualRecovery,
+    ]
+    .map(|reason| EventKind {
+        reason,
+        step: Some(STEP),
+        from_status: if reason == RetryReason::Failed {
+            "failed"
+        } else {
+            "done"
+        },
+        to_status: "done",
+        detail: "{}",
+    })
+    .to_vec();
+
+    let span_micros = i128::from(LOG_SPAN_DAYS) * 86_400_000_000;
+    let first_micros = Utc::now().timestamp_micros() - 60_000_000 - span_micros as i64;
+    let mut events = Vec::with_capacity(total as usize);
+    'rounds: for attempt in 1..=EVENTS_PER_VARIANT.max(EVENTS_PER_JOB) {
+        for (index, stream) in streams.iter().enumerate() {
+            let written = events.len() as u64;
+            if written == total {
+                break 'rounds;
+            }
+            let limit = if stream.job_variants_id.is_some() {
+                EVENTS_PER_VARIANT
+            } else {
+                EVENTS_PER_JOB
+            };
+            if attempt > limit {
+                continue;
+            }
+            events.push(PlannedEvent {
+                occurred_micros: first_micros
+                    + (i128::from(written) * span_micros / i128::from(total)) as i64,
+                stream: u32::try_from(index).context("too many streams")?,
+                attempt: attempt as u16,
+                kind: (written % 3) as u16,
             });
         }
     }
-    insert_pipeline_rows(pool, &jobs, &variant_ids, &owners, &orders).await?;
+    Ok(GeneratedLog {
+        rows,
+        streams,
+        kinds,
+        events,
+    })
+}
+
+/// Where a load's time went.
+#[derive(Debug, Clone, Copy)]
+struct LoadTimes {
+    /// Inserting the jobs and variants.
+    rows: Duration,
+    /// Hashing and COPYing the events.
+    copy: Duration,
+    /// `retry_counts_rebuild()` and `VACUUM ANALYZE`.
+    settle: Duration,
+}
+
+/// Loads a generated log: creates its pipeline rows, computes every event's hash along its
+/// stream, COPYs the events into `retry_history` — in transactions of `per_transaction`
+/// events, or all in one — then sets the counts and vacuums.
+async fn load_log(
+    pool: &PgPool,
+    mut log: GeneratedLog,
+    per_transaction: Option<usize>,
+) -> anyhow::Result<LoadTimes> {
+    let total = log.events.len() as u64;
+    let started = Instant::now();
+    insert_pipeline_rows(pool, &log.rows).await?;
+    let rows = started.elapsed();
     // Quiet tables: autovacuum would otherwise wake up in the middle of a timed run. Every
     // timed run is preceded by an explicit VACUUM instead.
     sqlx::raw_sql(
@@ -784,73 +981,71 @@ async fn load_log(pool: &PgPool, total: u64) -> anyhow::Result<()> {
     } else {
         ProgressBar::hidden()
     };
+    // The detail as a CSV field: quoted, with its quotes doubled, when it holds any.
+    let details: Vec<String> = log
+        .kinds
+        .iter()
+        .map(|kind| {
+            if kind.detail.contains(['"', ',']) {
+                format!("\"{}\"", kind.detail.replace('"', "\"\""))
+            } else {
+                kind.detail.to_string()
+            }
+        })
+        .collect();
+    let started = Instant::now();
     let mut conn = pool.acquire().await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY retry_history (event_id, job_id, job_variants_id, reason, step, from_status,
-                                 to_status, attempt, actor, detail, occurred_at, hash)
-             FROM STDIN (FORMAT csv)",
-        )
-        .await?;
-    // Spread evenly over the last LOG_SPAN_DAYS, ending a minute ago, at microsecond
-    // precision (what timestamptz stores, so the hash Rust computes is the one verify
-    // recomputes).
-    let span_micros = i128::from(LOG_SPAN_DAYS) * 86_400_000_000;
-    let first_micros = Utc::now().timestamp_micros() - 60_000_000 - span_micros as i64;
-    let reasons = [
-        RetryReason::Stuck,
-        RetryReason::Failed,
-        RetryReason::ManualRecovery,
-    ];
     let mut buffer = Vec::with_capacity(1 << 20);
     let mut written = 0u64;
-    'rounds: for attempt in 1..=EVENTS_PER_VARIANT.max(EVENTS_PER_JOB) {
-        for stream in &mut streams {
-            if written == total {
-                break 'rounds;
-            }
-            let limit = if stream.job_variants_id.is_some() {
-                EVENTS_PER_VARIANT
-            } else {
-                EVENTS_PER_JOB
-            };
-            if attempt > limit {
-                continue;
-            }
-            let occurred_at = DateTime::<Utc>::from_timestamp_micros(
-                first_micros + (i128::from(written) * span_micros / i128::from(total)) as i64,
+    let mut copied = 0u64;
+    let per_transaction = per_transaction.unwrap_or(log.events.len()).max(1);
+    for transaction in log.events.chunks(per_transaction) {
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY retry_history (event_id, job_id, job_variants_id, reason, step,
+                                     from_status, to_status, attempt, actor, detail,
+                                     occurred_at, hash)
+                 FROM STDIN (FORMAT csv)",
             )
-            .context("event timestamp out of range")?;
-            let reason = reasons[(written % 3) as usize];
-            let from_status = if reason == RetryReason::Failed {
-                "failed"
-            } else {
-                "done"
-            };
+            .await?;
+        for planned in transaction {
+            let stream = &mut log.streams[planned.stream as usize];
+            let attempt = stream.events + 1;
+            anyhow::ensure!(
+                i32::from(planned.attempt) == attempt,
+                "generated events out of attempt order"
+            );
+            let kind = log.kinds[usize::from(planned.kind)];
+            let occurred_at = DateTime::<Utc>::from_timestamp_micros(planned.occurred_micros)
+                .context("event timestamp out of range")?;
             let event = CanonicalEvent {
                 event_id: Uuid::new_v4(),
                 job_id: stream.job_id,
                 job_variants_id: stream.job_variants_id,
-                reason,
-                step: Some(STEP),
-                from_status: Some(from_status),
-                to_status: Some("done"),
+                reason: kind.reason,
+                step: kind.step,
+                from_status: Some(kind.from_status),
+                to_status: Some(kind.to_status),
                 attempt,
                 actor: ACTOR,
                 occurred_at,
-                detail_text: "{}",
+                detail_text: kind.detail,
             };
             let hash = event.hash(&stream.previous_hash);
             writeln!(
                 buffer,
-                "{},{},{},{},{STEP},{from_status},done,{attempt},{ACTOR},{{}},{},\\x{}",
+                "{},{},{},{},{},{},{},{attempt},{ACTOR},{},{},\\x{}",
                 event.event_id,
                 event.job_id,
                 event
                     .job_variants_id
                     .map(|id| id.to_string())
                     .unwrap_or_default(),
-                reason.as_ref(),
+                kind.reason.as_ref(),
+                kind.step.unwrap_or_default(),
+                kind.from_status,
+                kind.to_status,
+                details[usize::from(planned.kind)],
                 occurred_at.format("%Y-%m-%d %H:%M:%S%.6f+00"),
                 hex::encode(hash),
             )?;
@@ -863,21 +1058,28 @@ async fn load_log(pool: &PgPool, total: u64) -> anyhow::Result<()> {
                 progress.set_position(written);
             }
         }
+        if !buffer.is_empty() {
+            copy.send(std::mem::take(&mut buffer)).await?;
+            buffer.reserve(1 << 20);
+        }
+        copied += copy
+            .finish()
+            .await
+            .context("loading the generated events")?;
+        progress.set_position(written);
     }
-    if !buffer.is_empty() {
-        copy.send(buffer).await?;
-    }
-    let copied = copy
-        .finish()
-        .await
-        .context("loading the generated events")?;
-    progress.set_position(written);
     drop(conn);
     anyhow::ensure!(copied == total, "COPY stored {copied} of {total} events");
-    debug_assert_eq!(streams.iter().map(|s| s.events as u64).sum::<u64>(), total);
+    debug_assert_eq!(
+        log.streams.iter().map(|s| s.events as u64).sum::<u64>(),
+        total
+    );
+
+    let copy = started.elapsed();
 
     progress.set_message("");
     progress.finish_and_clear();
+    let started = Instant::now();
     let settle = spinner();
     settle.set_message("setting the counts and vacuuming the loaded log");
     sqlx::query("SELECT retry_counts_rebuild()")
@@ -885,7 +1087,11 @@ async fn load_log(pool: &PgPool, total: u64) -> anyhow::Result<()> {
         .await?;
     sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
     settle.finish_and_clear();
-    Ok(())
+    Ok(LoadTimes {
+        rows,
+        copy,
+        settle: started.elapsed(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -939,25 +1145,173 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
+/// How a figure is counted: both ways, a higher ratio is better for retrylog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Something per second; the ratio is retrylog ÷ baseline.
+    PerSecond,
+    /// A time in milliseconds; the ratio is baseline ÷ retrylog ("times as fast").
+    Millis,
+}
+
+/// What a line has to show to meet its goal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Goal {
+    /// The ratio is at least this.
+    AtLeast(f64),
+    /// retrylog's figure is below this, in the line's unit.
+    Under(f64),
+    /// A check holds (the line's `clean`): verify is clean, two answers are equal.
+    Holds(&'static str),
+}
+
 /// One line of the output, before it is formatted.
+#[derive(Debug, Clone)]
 struct Line {
     figure: &'static str,
     /// What was measured, for people (the table's only description of the line).
     condition: String,
     connections: Option<u32>,
     events: Option<u64>,
-    /// retrylog's figure, per second.
-    ours: f64,
-    /// The baseline's name and figure, per second.
-    baseline: Option<(&'static str, f64)>,
-    /// The least ratio that meets the goal, where there is one.
-    goal: Option<f64>,
-    /// For verify: whether it was clean (its goal).
+    unit: Unit,
+    /// retrylog's figure (`None` for a line that only checks something).
+    ours: Option<f64>,
+    /// The baseline's name and figure.
+    baseline: Option<(String, f64)>,
+    goal: Option<Goal>,
+    /// For a check (verify, equal answers): whether it held.
     clean: Option<bool>,
 }
 
-/// The figures as rows: formatted for people in a table; plain numbers, and the connection
-/// count and event count as columns of their own, in JSON and CSV.
+impl Line {
+    /// A line with a figure, no baseline and no goal yet.
+    fn new(figure: &'static str, condition: String, unit: Unit, ours: f64) -> Self {
+        Line {
+            figure,
+            condition,
+            connections: None,
+            events: None,
+            unit,
+            ours: Some(ours),
+            baseline: None,
+            goal: None,
+            clean: None,
+        }
+    }
+
+    fn baseline(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.baseline = Some((name.into(), value));
+        self
+    }
+
+    fn goal(mut self, goal: Goal) -> Self {
+        self.goal = Some(goal);
+        self
+    }
+
+    fn events(mut self, events: u64) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// How many times better than the baseline retrylog is.
+    fn ratio(&self) -> Option<f64> {
+        let ours = self.ours?;
+        let (_, baseline) = self.baseline.as_ref()?;
+        Some(match self.unit {
+            Unit::PerSecond => ours / baseline,
+            Unit::Millis => baseline / ours,
+        })
+    }
+
+    fn met(&self) -> Option<bool> {
+        match (self.goal?, self.ratio(), self.ours) {
+            (Goal::AtLeast(minimum), Some(ratio), _) => Some(ratio >= minimum),
+            (Goal::Under(limit), _, Some(ours)) => Some(ours < limit),
+            (Goal::Holds(_), _, _) => self.clean,
+            _ => None,
+        }
+    }
+}
+
+/// The figures as rows: formatted for people in a table; plain numbers in JSON and CSV, with
+/// `machine_columns` (connections, events, unit) as columns of their own after the condition.
+fn figure_table(lines: &[Line], format: Format, machine_columns: &[&'static str]) -> Rows {
+    let table = format == Format::Table;
+    let mut columns = vec!["figure", "condition"];
+    if !table {
+        columns.extend_from_slice(machine_columns);
+    }
+    columns.extend_from_slice(&[
+        "retrylog",
+        "baseline",
+        "baseline_value",
+        "ratio",
+        "goal",
+        "met",
+    ]);
+    let value = |unit: Unit, value: f64| match (unit, table) {
+        (Unit::PerSecond, true) => Value::from(format!("{}/s", thousands(value))),
+        (Unit::PerSecond, false) => Value::from((value * 10.0).round() / 10.0),
+        (Unit::Millis, true) => Value::from(millis(value)),
+        (Unit::Millis, false) => Value::from((value * 1000.0).round() / 1000.0),
+    };
+    let mut rows = Rows::new(&columns);
+    for line in lines {
+        let ratio = line.ratio();
+        let met = line.met();
+        let cells = columns
+            .iter()
+            .map(|column| match *column {
+                "figure" => Value::from(line.figure),
+                "condition" => Value::from(line.condition.clone()),
+                "connections" => line.connections.map_or(Value::Null, Value::from),
+                "events" => line.events.map_or(Value::Null, Value::from),
+                "unit" => match (line.ours, line.unit) {
+                    (None, _) => Value::Null,
+                    (Some(_), Unit::PerSecond) => Value::from("per second"),
+                    (Some(_), Unit::Millis) => Value::from("ms"),
+                },
+                "retrylog" => line.ours.map_or(Value::Null, |ours| value(line.unit, ours)),
+                "baseline" => line
+                    .baseline
+                    .as_ref()
+                    .map_or(Value::Null, |(name, _)| Value::from(name.clone())),
+                "baseline_value" => line
+                    .baseline
+                    .as_ref()
+                    .map_or(Value::Null, |&(_, baseline)| value(line.unit, baseline)),
+                "ratio" => match ratio {
+                    Some(ratio) if table => Value::from(format!("{ratio:.2}×")),
+                    Some(ratio) => Value::from((ratio * 1000.0).round() / 1000.0),
+                    None => Value::Null,
+                },
+                "goal" => match line.goal {
+                    Some(Goal::AtLeast(minimum)) if table => {
+                        Value::from(format!("≥ {}×", short(minimum)))
+                    }
+                    Some(Goal::AtLeast(minimum)) => Value::from(minimum),
+                    Some(Goal::Under(limit)) => match line.unit {
+                        Unit::Millis => Value::from(format!("< {} ms", short(limit))),
+                        Unit::PerSecond => Value::from(format!("< {}/s", short(limit))),
+                    },
+                    Some(Goal::Holds(what)) => Value::from(what),
+                    None => Value::Null,
+                },
+                "met" => match met {
+                    Some(yes) if table => Value::from(if yes { "yes" } else { "NO" }),
+                    Some(yes) => Value::from(yes),
+                    None => Value::Null,
+                },
+                _ => Value::Null,
+            })
+            .collect();
+        rows.push(cells);
+    }
+    rows
+}
+
+/// The figures of `retrylog bench` as lines.
 fn figure_rows(
     args: &BenchArgs,
     appends: &[AppendFigures],
@@ -976,139 +1330,87 @@ fn figure_rows(
             (Approach::BareUpdate, figure.bare_update, 0.5),
             (Approach::NaiveEvent, figure.naive_event, 1.0),
         ] {
-            lines.push(Line {
-                figure: "appends/s",
-                condition: condition.clone(),
-                connections: Some(figure.connections),
-                events: None,
-                ours: figure.ours,
-                baseline: Some((baseline.label(), value)),
-                goal: (figure.connections == GOAL_CONNECTIONS).then_some(minimum),
-                clean: None,
-            });
+            let mut line = Line::new("appends/s", condition.clone(), Unit::PerSecond, figure.ours)
+                .baseline(baseline.label(), value);
+            line.connections = Some(figure.connections);
+            if figure.connections == GOAL_CONNECTIONS {
+                line = line.goal(Goal::AtLeast(minimum));
+            }
+            lines.push(line);
         }
     }
-    let verify_line = |condition: &str, verify: &VerifyFigure| Line {
-        figure: "verify events/s",
-        condition: format!(
-            "{condition}: {} events in {} streams, {}",
-            thousands(verify.events as f64),
-            thousands(verify.streams as f64),
-            if verify.mismatches == 0 {
-                "clean".to_string()
-            } else {
-                format!("{} mismatch(es)", verify.mismatches)
-            }
-        ),
-        connections: None,
-        events: Some(verify.events),
-        ours: verify.events as f64 / verify.seconds,
-        baseline: None,
-        goal: None,
-        clean: Some(verify.mismatches == 0),
+    let verify_line = |condition: &str, verify: &VerifyFigure| {
+        let mut line = Line::new(
+            "verify events/s",
+            format!(
+                "{condition}: {} events in {} streams, {}",
+                thousands(verify.events as f64),
+                thousands(verify.streams as f64),
+                if verify.mismatches == 0 {
+                    "clean".to_string()
+                } else {
+                    format!("{} mismatch(es)", verify.mismatches)
+                }
+            ),
+            Unit::PerSecond,
+            verify.events as f64 / verify.seconds,
+        )
+        .events(verify.events)
+        .goal(Goal::Holds("clean"));
+        line.clean = Some(verify.mismatches == 0);
+        line
     };
     if let Some(verify) = append_verify {
         lines.push(verify_line("after the appends", verify));
     }
     for figure in replays {
-        lines.push(Line {
-            figure: "replay events/s",
-            condition: format!(
+        let mut line = Line::new(
+            "replay events/s",
+            format!(
                 "{}: {} events, {}, median of {REPEATS}",
                 figure.projections,
                 thousands(figure.events as f64),
                 figure.condition
             ),
-            connections: None,
-            events: Some(figure.events as u64),
-            ours: figure.events as f64 / figure.ours.as_secs_f64(),
-            baseline: Some((
-                "hand-written recount",
-                figure.events as f64 / figure.hand.as_secs_f64(),
-            )),
-            goal: figure.goal.then_some(1.0),
-            clean: None,
-        });
+            Unit::PerSecond,
+            figure.events as f64 / figure.ours.as_secs_f64(),
+        )
+        .events(figure.events as u64)
+        .baseline(
+            "hand-written recount",
+            figure.events as f64 / figure.hand.as_secs_f64(),
+        );
+        if figure.goal {
+            line = line.goal(Goal::AtLeast(1.0));
+        }
+        lines.push(line);
     }
     if let Some(verify) = replay_verify {
         lines.push(verify_line("after the replays", verify));
     }
+    figure_table(&lines, args.format.format, &["connections", "events"])
+}
 
-    let table = args.format.format == Format::Table;
-    let columns: &[&'static str] = if table {
-        &[
-            "figure",
-            "condition",
-            "retrylog",
-            "baseline",
-            "baseline_value",
-            "ratio",
-            "goal",
-            "met",
-        ]
-    } else {
-        &[
-            "figure",
-            "condition",
-            "connections",
-            "events",
-            "retrylog",
-            "baseline",
-            "baseline_value",
-            "ratio",
-            "goal",
-            "met",
-        ]
-    };
-    let rate = |value: f64| {
-        if table {
-            Value::from(format!("{}/s", thousands(value)))
-        } else {
-            Value::from((value * 10.0).round() / 10.0)
-        }
-    };
-    let mut rows = Rows::new(columns);
-    for line in lines {
-        let ratio = line.baseline.map(|(_, value)| line.ours / value);
-        let met = match (line.goal, ratio, line.clean) {
-            (Some(minimum), Some(ratio), _) => Some(ratio >= minimum),
-            (_, _, Some(clean)) => Some(clean),
-            _ => None,
-        };
-        let cells = columns
-            .iter()
-            .map(|column| match *column {
-                "figure" => Value::from(line.figure),
-                "condition" => Value::from(line.condition.clone()),
-                "connections" => line.connections.map_or(Value::Null, Value::from),
-                "events" => line.events.map_or(Value::Null, Value::from),
-                "retrylog" => rate(line.ours),
-                "baseline" => line
-                    .baseline
-                    .map_or(Value::Null, |(name, _)| Value::from(name)),
-                "baseline_value" => line.baseline.map_or(Value::Null, |(_, value)| rate(value)),
-                "ratio" => match ratio {
-                    Some(ratio) if table => Value::from(format!("{ratio:.2}×")),
-                    Some(ratio) => Value::from((ratio * 1000.0).round() / 1000.0),
-                    None => Value::Null,
-                },
-                "goal" => match (line.goal, line.clean) {
-                    (Some(minimum), _) if table => Value::from(format!("≥ {minimum:.1}×")),
-                    (Some(minimum), _) => Value::from(minimum),
-                    (None, Some(_)) => Value::from("clean"),
-                    (None, None) => Value::Null,
-                },
-                "met" => match met {
-                    Some(yes) if table => Value::from(if yes { "yes" } else { "NO" }),
-                    Some(yes) => Value::from(yes),
-                    None => Value::Null,
-                },
-                _ => Value::Null,
-            })
-            .collect();
-        rows.push(cells);
+/// 2.0 → "2.0", 0.67 → "0.67", 100.0 → "100.0": at least one decimal, at most two.
+fn short(value: f64) -> String {
+    let text = format!("{value:.2}");
+    match text.strip_suffix('0') {
+        Some(shorter) => shorter.to_string(),
+        None => text,
     }
-    rows
+}
+
+/// A time for people: "0.253 ms", "4.21 ms", "42.1 ms", "4,512 ms".
+fn millis(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{} ms", thousands(value))
+    } else if value >= 10.0 {
+        format!("{value:.1} ms")
+    } else if value >= 1.0 {
+        format!("{value:.2} ms")
+    } else {
+        format!("{value:.3} ms")
+    }
 }
 
 /// 1234567.8 → "1,234,568".
@@ -1140,5 +1442,62 @@ mod tests {
     fn median_takes_the_middle_sample() {
         let samples = [3, 1, 2].map(Duration::from_secs).to_vec();
         assert_eq!(median(samples), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn goals_and_times_print_short() {
+        assert_eq!(short(1.0), "1.0");
+        assert_eq!(short(0.5), "0.5");
+        assert_eq!(short(0.67), "0.67");
+        assert_eq!(short(100.0), "100.0");
+        assert_eq!(millis(0.2534), "0.253 ms");
+        assert_eq!(millis(4.214), "4.21 ms");
+        assert_eq!(millis(42.14), "42.1 ms");
+        assert_eq!(millis(4512.3), "4,512 ms");
+    }
+
+    #[test]
+    fn ratios_favour_retrylog_in_both_units() {
+        let rate = Line::new("x", String::new(), Unit::PerSecond, 300.0).baseline("b", 100.0);
+        assert_eq!(rate.ratio(), Some(3.0));
+        let time = Line::new("x", String::new(), Unit::Millis, 2.0)
+            .baseline("b", 200.0)
+            .goal(Goal::AtLeast(100.0));
+        assert_eq!(time.ratio(), Some(100.0));
+        assert_eq!(time.met(), Some(true));
+        let slow = Line::new("x", String::new(), Unit::Millis, 2.5).goal(Goal::Under(2.0));
+        assert_eq!(slow.met(), Some(false));
+    }
+
+    #[test]
+    fn the_uniform_log_fills_streams_round_robin() {
+        let log = uniform_log(100).unwrap();
+        let per_job = VARIANTS_PER_JOB * EVENTS_PER_VARIANT as usize + EVENTS_PER_JOB as usize;
+        assert_eq!(log.events.len(), 100);
+        assert_eq!(log.rows.jobs.len(), 100usize.div_ceil(per_job));
+        assert_eq!(
+            log.streams.len(),
+            log.rows.jobs.len() * (VARIANTS_PER_JOB + 1)
+        );
+        // Attempt 1 of every stream first, in stream order, then attempt 2, ...; job streams
+        // stop after EVENTS_PER_JOB. The reasons take turns; times never go back.
+        let mut expected = Vec::new();
+        for attempt in 1..=EVENTS_PER_VARIANT {
+            for (index, stream) in log.streams.iter().enumerate() {
+                if stream.job_variants_id.is_some() || attempt <= EVENTS_PER_JOB {
+                    expected.push((index as u32, attempt as u16));
+                }
+            }
+        }
+        expected.truncate(100);
+        let got: Vec<(u32, u16)> = log.events.iter().map(|e| (e.stream, e.attempt)).collect();
+        assert_eq!(got, expected);
+        for (index, event) in log.events.iter().enumerate() {
+            assert_eq!(usize::from(event.kind), index % 3);
+        }
+        assert!(log
+            .events
+            .windows(2)
+            .all(|pair| pair[0].occurred_micros <= pair[1].occurred_micros));
     }
 }
