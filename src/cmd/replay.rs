@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 use super::stderr_is_terminal;
 use crate::cli::ReplayArgs;
-use crate::output::Rows;
+use crate::output::{Format, Rows};
 use crate::projection::PROJECTIONS;
 use crate::replay;
 
@@ -76,7 +76,10 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Value::Null,
         ]);
     }
-    rows.print(args.format.format)?;
+    // An empty table says nothing the summary line below does not; machines get `[]`.
+    if !rows.rows.is_empty() || args.format.format != Format::Table {
+        rows.print(args.format.format)?;
+    }
     for drift in &report.unsettled {
         eprintln!("retrylog: still drifting after replay (written by hand meanwhile?): {drift}");
     }
