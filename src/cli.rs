@@ -186,7 +186,8 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct ProjectArgs {
     /// Roughly how many events one projector transaction applies.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, default_value_t = crate::projector::DEFAULT_BATCH_EVENTS,
+          value_parser = clap::value_parser!(i64).range(1..))]
     pub batch: i64,
 
     #[command(flatten)]
@@ -197,7 +198,7 @@ pub struct ProjectArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Roughly how many events one projector transaction applies.
-    #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", default_value_t = 10_000,
+    #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", default_value_t = crate::projector::DEFAULT_BATCH_EVENTS,
           value_parser = clap::value_parser!(i64).range(1..))]
     pub projector_batch: i64,
 

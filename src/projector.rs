@@ -22,6 +22,9 @@ use crate::projection::ROLLUP;
 /// The advisory lock key that elects the rollup's runner ("rollup" in ASCII).
 pub const ROLLUP_LOCK: i64 = 0x726f_6c6c_7570;
 
+/// Events one batch applies unless told otherwise: `serve`, `project` and `report trend`.
+pub const DEFAULT_BATCH_EVENTS: i64 = 10_000;
+
 /// How the projector paces itself.
 #[derive(Debug, Clone)]
 pub struct ProjectorSettings {
@@ -38,7 +41,7 @@ pub struct ProjectorSettings {
 impl Default for ProjectorSettings {
     fn default() -> Self {
         ProjectorSettings {
-            batch_events: 10_000,
+            batch_events: DEFAULT_BATCH_EVENTS,
             poll: Duration::from_secs(1),
             standby_poll: Duration::from_secs(2),
             max_backoff: Duration::from_secs(30),
@@ -151,6 +154,35 @@ pub async fn catch_up(conn: &mut PgConnection, batch_events: i64) -> Result<i64,
             return Ok(applied);
         }
     }
+}
+
+/// What a one-off [`catch_up_once`] found.
+#[derive(Debug, Clone)]
+pub enum Freshness {
+    /// This process took the lead and applied everything visible: `applied` events.
+    CaughtUp { applied: i64 },
+    /// Another instance leads the projector; nothing was applied here.
+    Behind(Lag),
+}
+
+/// Brings the rollup up to date once, if no other instance leads the projector: take the
+/// lead, catch up, give the lead back. Used by `retrylog project` and before a trend is read.
+///
+/// Runs on a connection of its own, detached from the pool: the lead is a session advisory
+/// lock, and closing the session releases it even if the catch-up fails half-way.
+pub async fn catch_up_once(pool: &PgPool, batch_events: i64) -> Result<Freshness, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    let freshness = if try_lead(&mut conn).await? {
+        let applied = catch_up(&mut conn, batch_events).await;
+        let resigned = resign(&mut conn).await;
+        let applied = applied?;
+        resigned?;
+        Freshness::CaughtUp { applied }
+    } else {
+        Freshness::Behind(lag(&mut conn).await?)
+    };
+    conn.close().await?;
+    Ok(freshness)
 }
 
 /// Tries to become the runner on this connection's session; false when another holds it.

@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -814,37 +814,11 @@ fn assemble_trend(
     }
 }
 
-/// How fresh the rollup was when a trend read it.
-#[derive(Debug, Clone)]
-pub enum RollupFreshness {
-    /// This process led the projector and applied everything visible.
-    CaughtUp { applied: i64 },
-    /// Another instance leads the projector; the rollup was read as it stood.
-    Behind(projector::Lag),
-}
-
-/// Events one catch-up transaction applies when a report brings the rollup up to date.
-const CATCH_UP_BATCH: i64 = 10_000;
-
 /// Brings the rollup up to date before a trend reads it: applies what the log holds beyond the
-/// checkpoint if this process can take the projector's lead, otherwise measures the lag.
-///
-/// The only write a report makes, and the projector's own (same batches, same checkpoint).
-/// It runs on a connection of its own, detached from the pool: the lead is a session advisory
-/// lock, and closing the session releases it even if the catch-up fails half-way.
-pub async fn bring_rollup_up_to_date(pool: &PgPool) -> Result<RollupFreshness, ReportError> {
-    let mut conn = pool.acquire().await?.detach();
-    let freshness = if projector::try_lead(&mut conn).await? {
-        let applied = projector::catch_up(&mut conn, CATCH_UP_BATCH).await;
-        let resigned = projector::resign(&mut conn).await;
-        let applied = applied?;
-        resigned?;
-        RollupFreshness::CaughtUp { applied }
-    } else {
-        RollupFreshness::Behind(projector::lag(&mut conn).await?)
-    };
-    conn.close().await?;
-    Ok(freshness)
+/// checkpoint if this process can take the projector's lead, otherwise measures the lag. The
+/// only write a report makes, and the projector's own (same batches, same checkpoint).
+pub async fn bring_rollup_up_to_date(pool: &PgPool) -> Result<projector::Freshness, ReportError> {
+    Ok(projector::catch_up_once(pool, projector::DEFAULT_BATCH_EVENTS).await?)
 }
 
 #[cfg(test)]

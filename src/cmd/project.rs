@@ -7,23 +7,21 @@ use sqlx::PgPool;
 
 use crate::cli::ProjectArgs;
 use crate::output::Rows;
-use crate::projector;
+use crate::projector::{self, Freshness};
 
 pub async fn run(pool: &PgPool, args: ProjectArgs) -> anyhow::Result<ExitCode> {
-    let mut conn = pool.acquire().await?;
-    if !projector::try_lead(&mut conn).await? {
-        let lag = projector::lag(&mut conn).await?;
-        eprintln!(
-            "retrylog: another instance runs the projector (backend pid {}); nothing to do",
-            lag.runner_pid
-                .map_or("?".to_string(), |pid| pid.to_string())
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    let applied = projector::catch_up(&mut conn, args.batch).await;
-    projector::resign(&mut conn).await?;
-    let applied = applied?;
-    let lag = projector::lag(&mut conn).await?;
+    let applied = match projector::catch_up_once(pool, args.batch).await? {
+        Freshness::CaughtUp { applied } => applied,
+        Freshness::Behind(lag) => {
+            eprintln!(
+                "retrylog: another instance runs the projector (backend pid {}); nothing to do",
+                lag.runner_pid
+                    .map_or("?".to_string(), |pid| pid.to_string())
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let lag = projector::lag(&mut *pool.acquire().await?).await?;
     let mut rows = Rows::new(&[
         "projection",
         "applied",

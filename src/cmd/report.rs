@@ -14,7 +14,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::output::{Format, Rows};
-use crate::report::{self, Bucket, GroupBy, Moment, RollupFreshness, TimeSpec, Trend, TrendQuery};
+use crate::projector::Freshness;
+use crate::report::{self, Bucket, GroupBy, Moment, TimeSpec, Trend, TrendQuery};
 
 /// Exit status of `report alerts` when it lists anything (0 when the list is empty).
 pub const EXIT_ALERTS: u8 = 3;
@@ -291,7 +292,7 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
     // 1. Today's trend reads the rollup, which lags the log: catch it up first if no other
     //    instance is doing so, otherwise say how stale it is. The past is read from the log.
     if moment.as_of().is_none() {
-        if let RollupFreshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
+        if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
             if lag.events_behind > 0 {
                 eprintln!(
                     "retrylog: the trend rollup is {} event(s), {:.1} s behind the log; another \

@@ -12,10 +12,11 @@ use crate::output::Rows;
 use crate::replay::{self, Mismatch};
 
 pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
-        .fetch_one(pool)
-        .await?;
+    // The bar's length costs a count of the whole log: only worth it when someone watches.
     let progress = if stderr_is_terminal() {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
+            .fetch_one(pool)
+            .await?;
         ProgressBar::new(total.max(0) as u64).with_style(
             ProgressStyle::with_template("verifying {bar:40} {pos}/{len} events [{elapsed}]")
                 .expect("the template is valid"),
