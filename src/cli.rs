@@ -59,7 +59,8 @@ pub enum Command {
     Project(ProjectArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
-    /// Run the service: the asynchronous projector, until SIGINT or SIGTERM.
+    /// Run the service: the recovery watchdog and the asynchronous projector, until SIGINT or
+    /// SIGTERM.
     Serve(ServeArgs),
     /// Create a small sample pipeline, record retries through every door, show the result.
     Demo(FormatArg),
@@ -107,9 +108,15 @@ pub struct RecordArgs {
     #[arg(long, value_name = "UUID")]
     pub event_id: Option<Uuid>,
 
-    /// Refuse the retry when the target's retry_count has already reached this number.
+    /// Refuse the retry when the target's retry_count has already reached this number (the
+    /// database's own limit, set by `serve --max-retries`, applies too; the lower one wins).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     pub max_retries: Option<i32>,
+
+    /// Record an operator's recovery of a target past the retry limit. Only with
+    /// --reason manual_recovery; the event's detail keeps the limit it passed.
+    #[arg(long, conflicts_with = "max_retries")]
+    pub force: bool,
 
     /// Refuse unless this is the target's next attempt (optimistic concurrency).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
@@ -197,6 +204,13 @@ pub struct ProjectArgs {
 /// `retrylog serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub watchdog: crate::config::WatchdogSettings,
+
+    /// Run only the projector, no watchdog (for an instance that must not retry anything).
+    #[arg(long)]
+    pub no_watchdog: bool,
+
     /// Roughly how many events one projector transaction applies.
     #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", default_value_t = crate::projector::DEFAULT_BATCH_EVENTS,
           value_parser = clap::value_parser!(i64).range(1..))]

@@ -130,8 +130,12 @@ pub struct NewRetry {
     pub to_status: Option<String>,
     /// Optimistic concurrency: refuse unless this is the stream's next attempt.
     pub expected_attempt: Option<i32>,
-    /// Refuse when the target's retry_count has already reached this limit.
+    /// Refuse when the target's retry_count has already reached this limit (the shared
+    /// limit in `retrylog_settings` applies too; the lower one wins).
     pub max_retries: Option<i32>,
+    /// An operator's `manual_recovery` past the limit: recorded, with the limit it passed in
+    /// `detail.forced_past_limit`. Refused for any other reason.
+    pub force: bool,
 }
 
 impl NewRetry {
@@ -149,6 +153,7 @@ impl NewRetry {
             to_status: None,
             expected_attempt: None,
             max_retries: None,
+            force: false,
         }
     }
 
@@ -196,6 +201,12 @@ impl NewRetry {
     /// Appends only while the target's retry_count is below `limit`.
     pub fn with_max_retries(mut self, limit: i32) -> Self {
         self.max_retries = Some(limit);
+        self
+    }
+
+    /// Lets an operator's `manual_recovery` past the retry limit.
+    pub fn forced(mut self) -> Self {
+        self.force = true;
         self
     }
 }

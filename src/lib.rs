@@ -6,7 +6,9 @@
 //! `retry_count` projection — all in the caller's transaction, so the event commits with the
 //! state change it records. Everything derived from the log can be rebuilt (`replay`) and
 //! audited (`verify`). Reports read the counts, the log, and a rollup that an asynchronous
-//! projector keeps from the log without ever skipping a late-committing event.
+//! projector keeps from the log without ever skipping a late-committing event. The recovery
+//! watchdog inside `serve` is what produces retries in a running pipeline: it finds stuck and
+//! failed work, changes its state and appends the event in one transaction.
 //!
 //! # Layout
 //!
@@ -15,6 +17,8 @@
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
+//! - [`recovery`]: the watchdog's four scenarios, the retry limit, its sweep and listen loop;
+//!   [`config`]: its settings, each a flag and an environment variable.
 //! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
 //!   trend from the rollup) and their `--as-of` reconstructions from the log.
 //! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
@@ -24,12 +28,14 @@
 
 pub mod cli;
 pub mod cmd;
+pub mod config;
 pub mod connect;
 pub mod event;
 pub mod migrate;
 pub mod output;
 pub mod projection;
 pub mod projector;
+pub mod recovery;
 pub mod replay;
 pub mod report;
 pub mod store;

@@ -30,7 +30,7 @@ pub enum AppendError {
     /// The variant belongs to another job than the one named.
     #[error("{0}")]
     WrongJob(String),
-    /// The target's retry_count already reached the caller's limit.
+    /// The target's retry_count already reached the retry limit (shared or the caller's).
     #[error("{0}")]
     LimitReached(String),
     /// The event_id is already recorded for another target.
@@ -65,7 +65,15 @@ impl From<sqlx::Error> for AppendError {
             Some("22023" | "22P02" | "22021" | "22P05") => AppendError::InvalidInput(message),
             Some("RL001") => AppendError::UnknownTarget(message),
             Some("RL002") => AppendError::WrongJob(message),
-            Some("RL004") => AppendError::LimitReached(message),
+            // The limit's hint tells an operator how to recover the target anyway.
+            Some("RL004") => {
+                let hint = db
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .and_then(|pg| pg.hint())
+                    .map(|hint| format!("; {hint}"))
+                    .unwrap_or_default();
+                AppendError::LimitReached(format!("{message}{hint}"))
+            }
             Some("RL005") => AppendError::EventIdReused(message),
             Some("RL009") => AppendError::Conflict(message),
             // The unique (stream, attempt) index is the backstop of the target lock.
@@ -105,7 +113,8 @@ pub async fn append(
         "SELECT {EVENT_COLUMNS} FROM record_retry(
              job_id => $1, job_variants_id => $2, reason => $3, step => $4, actor => $5,
              detail => $6, event_id => $7, occurred_at => $8, from_status => $9,
-             to_status => $10, expected_attempt => $11, max_retries => $12)"
+             to_status => $10, expected_attempt => $11, max_retries => $12,
+             force => $13)"
     );
     let event = sqlx::query_as::<_, RetryEvent>(&sql)
         .bind(retry.target.job_id())
@@ -120,6 +129,7 @@ pub async fn append(
         .bind(retry.to_status.as_deref())
         .bind(retry.expected_attempt)
         .bind(retry.max_retries)
+        .bind(retry.force)
         .persistent(true)
         .fetch_one(&mut **tx)
         .await?;

@@ -34,6 +34,7 @@ pub async fn run(pool: &PgPool, args: RecordArgs) -> anyhow::Result<ExitCode> {
     retry.event_id = args.event_id;
     retry.max_retries = args.max_retries;
     retry.expected_attempt = args.expected_attempt;
+    retry.force = args.force;
     if let Some(detail) = args.detail {
         retry.detail = detail;
     }

@@ -555,9 +555,16 @@ async fn a_retry_past_the_limit_is_refused_naming_the_target_and_limit(pool: PgP
     let error = refused(&pool, &retry(target).with_max_retries(2)).await;
 
     assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
-    assert_eq!(
-        error.to_string(),
-        format!("retry limit reached: variant {VARIANT_A2} has 2 retries (limit 2)")
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!(
+            "retry limit reached: variant {VARIANT_A2} has 2 retries (limit 2); "
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("--reason manual_recovery --force"),
+        "{message}"
     );
     assert_eq!(retry_count(&pool, target).await, 2);
 

@@ -62,11 +62,23 @@ pub fn variant(job_id: Uuid, job_variants_id: Uuid) -> Target {
     }
 }
 
-/// Applies retrylog's schema, as every command does first.
+/// Applies retrylog's schema, as every command does first, and lifts the shared retry limit:
+/// the log's own tests append far past any limit. The limit's tests set one with
+/// [`set_retry_limit`].
 pub async fn migrated(pool: &PgPool) {
     retrylog::migrate::run(pool)
         .await
         .expect("retrylog::migrate::run succeeds");
+    set_retry_limit(pool, None).await;
+}
+
+/// Sets the limit every door enforces (`retrylog_settings.max_retries`); `None` lifts it.
+pub async fn set_retry_limit(pool: &PgPool, limit: Option<i32>) {
+    sqlx::query("UPDATE retrylog_settings SET max_retries = $1")
+        .bind(limit)
+        .execute(pool)
+        .await
+        .expect("the retry limit is set");
 }
 
 /// Runs a SQL fixture (several statements) as it is.

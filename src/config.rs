@@ -1,0 +1,225 @@
+//! The watchdog's settings: each one a flag and an environment variable, with its default and
+//! its validation here and nowhere else. `serve --help` shows them as they are declared.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// The steps a pipeline runs, in order, when `RETRYLOG_STEPS` is not set.
+pub const DEFAULT_STEPS: &str = "prepare,generate,segment,iou_eval";
+/// Automatic retries per target before it needs a human.
+pub const DEFAULT_MAX_RETRIES: i32 = 3;
+/// How long a done variant (or a finished job) may sit still before it counts as stuck.
+pub const DEFAULT_STUCK_AFTER: &str = "5m";
+/// How often the watchdog sweeps for what no notification reveals.
+pub const DEFAULT_SWEEP_EVERY: &str = "30s";
+/// The channel the change trigger notifies (migration 0005 installs it with this name).
+pub const DEFAULT_CHANNEL: &str = "retrylog_pipeline";
+
+/// What the recovery watchdog manages and how eagerly it retries.
+#[derive(Debug, Clone, Args)]
+pub struct WatchdogSettings {
+    /// The ordered, comma-separated steps the watchdog manages; the last is the final,
+    /// job-wide step. Rows at any other step are never touched.
+    #[arg(long, env = "RETRYLOG_STEPS", value_name = "STEP,...", default_value = DEFAULT_STEPS)]
+    pub steps: Steps,
+
+    /// Automatic retries per target; at this count the target is marked as needing manual
+    /// intervention instead. Also the limit every door enforces (written to the database).
+    #[arg(long, env = "RETRYLOG_MAX_RETRIES", value_name = "N", default_value_t = DEFAULT_MAX_RETRIES,
+          value_parser = clap::value_parser!(i32).range(0..))]
+    pub max_retries: i32,
+
+    /// How long a done variant, or a job whose variants all finished, may sit without an
+    /// update before it counts as stuck (30s, 5m, 1h).
+    #[arg(long, env = "RETRYLOG_STUCK_AFTER", value_name = "DURATION",
+          default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
+    pub stuck_after: Duration,
+
+    /// How often to sweep every managed job, besides reacting to notifications (30s, 5m, 1h).
+    #[arg(long, env = "RETRYLOG_SWEEP_EVERY", value_name = "DURATION",
+          default_value = DEFAULT_SWEEP_EVERY, value_parser = parse_duration)]
+    pub sweep_every: Duration,
+
+    /// This instance's name: the actor of every retry it records [default: host:pid].
+    #[arg(long, env = "RETRYLOG_INSTANCE", value_name = "NAME", default_value_t = default_instance(),
+          hide_default_value = true, value_parser = parse_instance)]
+    pub instance: String,
+
+    /// The channel the change trigger on jobs/jobs_variants notifies and the watchdog listens
+    /// on; set it when the pipeline already uses the default name (written to the database).
+    #[arg(long, env = "RETRYLOG_CHANNEL", value_name = "NAME", default_value = DEFAULT_CHANNEL,
+          value_parser = parse_channel)]
+    pub channel: String,
+}
+
+impl Default for WatchdogSettings {
+    fn default() -> Self {
+        WatchdogSettings {
+            steps: DEFAULT_STEPS.parse().expect("the default steps are valid"),
+            max_retries: DEFAULT_MAX_RETRIES,
+            stuck_after: parse_duration(DEFAULT_STUCK_AFTER).expect("a valid default"),
+            sweep_every: parse_duration(DEFAULT_SWEEP_EVERY).expect("a valid default"),
+            instance: default_instance(),
+            channel: DEFAULT_CHANNEL.to_string(),
+        }
+    }
+}
+
+/// The managed steps, in pipeline order: non-empty, each named once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steps(Vec<String>);
+
+impl Steps {
+    /// The names in order, as the detection queries bind them.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The final, job-wide step.
+    pub fn last(&self) -> &str {
+        self.0.last().expect("Steps is never empty")
+    }
+}
+
+impl FromStr for Steps {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in text.split(',').map(str::trim) {
+            if name.is_empty() {
+                return Err(format!("empty step name in \"{text}\""));
+            }
+            if name.len() > 200 || name.chars().any(char::is_control) {
+                return Err(format!(
+                    "invalid step \"{}\": at most 200 characters, no control characters",
+                    name.escape_debug()
+                ));
+            }
+            if names.iter().any(|known| known == name) {
+                return Err(format!("step \"{name}\" is listed twice"));
+            }
+            names.push(name.to_string());
+        }
+        Ok(Steps(names))
+    }
+}
+
+impl fmt::Display for Steps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms`: a positive duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(duration) if duration.is_zero() => {
+            Err(format!("\"{text}\" is zero; give a positive duration"))
+        }
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(format!(
+            "invalid duration \"{text}\" ({error}); write it as 30s, 5m or 1h"
+        )),
+    }
+}
+
+/// `host:pid`, so two instances on one host still tell their retries apart.
+pub fn default_instance() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}:{}", std::process::id())
+}
+
+/// The instance name is stored as the actor: the log's rules for actors apply.
+fn parse_instance(text: &str) -> Result<String, String> {
+    let name = text.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid instance name \"{}\": 1 to 200 characters, no control characters",
+            text.escape_debug()
+        ));
+    }
+    Ok(name.to_string())
+}
+
+/// A channel name LISTEN and the trigger agree on without quoting: lowercase letters, digits
+/// and underscores, at most 63 characters, not starting with a digit.
+pub fn parse_channel(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !text.as_bytes()[0].is_ascii_digit();
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "invalid channel \"{}\": lowercase letters, digits and _, at most 63, not starting \
+             with a digit",
+            text.escape_debug()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_keep_their_order_and_the_last_is_final() {
+        let steps: Steps = " prepare, generate ,iou_eval".parse().unwrap();
+        assert_eq!(steps.names(), ["prepare", "generate", "iou_eval"]);
+        assert_eq!(steps.last(), "iou_eval");
+        assert_eq!(steps.to_string(), "prepare,generate,iou_eval");
+    }
+
+    #[test]
+    fn steps_refuse_blanks_and_repeats_naming_them() {
+        assert_eq!(
+            "a,,b".parse::<Steps>().unwrap_err(),
+            "empty step name in \"a,,b\""
+        );
+        assert_eq!(
+            "a,b,a".parse::<Steps>().unwrap_err(),
+            "step \"a\" is listed twice"
+        );
+        assert!("".parse::<Steps>().is_err());
+    }
+
+    #[test]
+    fn durations_read_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("0s").unwrap_err().contains("zero"));
+        assert!(parse_duration("5 parsecs")
+            .unwrap_err()
+            .contains("\"5 parsecs\""));
+    }
+
+    #[test]
+    fn channels_are_plain_lowercase_identifiers() {
+        assert!(parse_channel("retrylog_pipeline").is_ok());
+        assert!(parse_channel("Jobs").is_err());
+        assert!(parse_channel("9jobs").is_err());
+        assert!(parse_channel("jobs changed").is_err());
+        assert!(parse_channel(&"x".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_the_documented_ones() {
+        let settings = WatchdogSettings::default();
+        assert_eq!(settings.steps.to_string(), DEFAULT_STEPS);
+        assert_eq!(settings.max_retries, 3);
+        assert_eq!(settings.stuck_after, Duration::from_secs(300));
+        assert_eq!(settings.sweep_every, Duration::from_secs(30));
+        assert!(settings
+            .instance
+            .ends_with(&format!(":{}", std::process::id())));
+    }
+}
