@@ -37,15 +37,15 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{stderr_is_terminal, EXIT_MISMATCH};
+use super::{scratch, stderr_is_terminal, EXIT_MISMATCH};
 use crate::cli::FormatArg;
 use crate::connect::Connected;
 use crate::event::{CanonicalEvent, NewRetry, RetryReason, Target, GENESIS_HASH};
 use crate::output::{Format, Rows};
-use crate::{migrate, projection, replay, store};
+use crate::{projection, replay, store};
 
 /// `retrylog bench`.
 ///
@@ -236,9 +236,9 @@ pub async fn run(connected: &Connected, args: BenchArgs) -> anyhow::Result<ExitC
     if let Some(BenchKind::Reports(reports_args)) = args.kind {
         return reports::run(connected, reports_args).await;
     }
-    let options = scratch_options(connected, "retrylog bench")?;
+    let options = scratch::options(connected, BENCH_DATABASE, "retrylog bench")?;
     let outcome = run_phases(connected, &options, &args).await;
-    release_scratch(connected, args.keep).await;
+    scratch::release(connected, BENCH_DATABASE, args.keep).await;
     let (appends, append_verify, replays, replay_verify) = outcome?;
 
     let rows = figure_rows(
@@ -297,94 +297,18 @@ async fn run_phases(
     Ok((appends, append_verify, replays, replay_verify))
 }
 
-// ---------------------------------------------------------------------------------------------
-// The scratch database
-
-/// The options of the scratch database: the configured server and settings, database
-/// `BENCH_DATABASE`. Refuses when the configured database is the scratch one.
-fn scratch_options(
-    connected: &Connected,
-    application_name: &str,
-) -> anyhow::Result<PgConnectOptions> {
-    if connected.options.get_database() == Some(BENCH_DATABASE) {
-        anyhow::bail!(
-            "the configured database is {BENCH_DATABASE}, the name bench drops and recreates; \
-             point retrylog at another database"
-        );
-    }
-    Ok(connected
-        .options
-        .clone()
-        .database(BENCH_DATABASE)
-        .application_name(application_name)
-        .disable_statement_logging())
-}
-
-/// At the end of a run, successful or not: drops the scratch database, or says it was kept.
-async fn release_scratch(connected: &Connected, keep: bool) {
-    if keep {
-        eprintln!("retrylog bench: kept database {BENCH_DATABASE}");
-    } else if let Err(error) = drop_database(connected).await {
-        eprintln!("retrylog bench: could not drop database {BENCH_DATABASE}: {error:#}");
-    }
-}
-
-/// A connection to the server's maintenance database (`postgres`, else `template1`), with the
-/// configured options.
-async fn maintenance_connection(connected: &Connected) -> anyhow::Result<PgConnection> {
-    let mut last_error = None;
-    for database in ["postgres", "template1"] {
-        let options = connected
-            .options
-            .clone()
-            .database(database)
-            .disable_statement_logging();
-        match PgConnection::connect_with(&options).await {
-            Ok(conn) => return Ok(conn),
-            Err(error) => last_error = Some(error),
-        }
-    }
-    Err(last_error.expect("tried at least one database"))
-        .context("connecting to the maintenance database to create retrylog_bench")
-}
-
-/// Drops and recreates the bench database, migrates it, and returns a small pool on it.
+/// Drops and recreates the bench database, migrates it, and lifts the retry limit: the
+/// benchmarks append far past it.
 async fn fresh_database(
     connected: &Connected,
     options: &PgConnectOptions,
 ) -> anyhow::Result<PgPool> {
-    let mut admin = maintenance_connection(connected).await?;
-    sqlx::raw_sql(&format!(
-        "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
-    ))
-    .execute(&mut admin)
-    .await
-    .context("dropping the previous bench database")?;
-    sqlx::raw_sql(&format!("CREATE DATABASE {BENCH_DATABASE}"))
-        .execute(&mut admin)
+    let pool = scratch::create(connected, BENCH_DATABASE, options, 4).await?;
+    sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
+        .execute(&pool)
         .await
-        .context("creating the bench database")?;
-    admin.close().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options.clone())
-        .await
-        .context("connecting to the bench database")?;
-    migrate::run(&pool)
-        .await
-        .context("migrating the bench database")?;
+        .context("lifting the retry limit in the bench database")?;
     Ok(pool)
-}
-
-async fn drop_database(connected: &Connected) -> anyhow::Result<()> {
-    let mut admin = maintenance_connection(connected).await?;
-    sqlx::raw_sql(&format!(
-        "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
-    ))
-    .execute(&mut admin)
-    .await?;
-    admin.close().await?;
-    Ok(())
 }
 
 /// One line on stderr saying what the figures were measured on.

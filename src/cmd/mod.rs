@@ -8,6 +8,7 @@ mod project;
 mod record;
 mod replay;
 pub mod report;
+mod scratch;
 mod serve;
 mod status;
 mod verify;

@@ -38,9 +38,8 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    figure_table, fresh_database, load_log, median, print_server, release_scratch, scratch_options,
-    spinner, thousands, EventKind, GeneratedLog, Goal, Line, PipelineRows, PlannedEvent, Stream,
-    Unit,
+    figure_table, fresh_database, load_log, median, print_server, scratch, spinner, thousands,
+    EventKind, GeneratedLog, Goal, Line, PipelineRows, PlannedEvent, Stream, Unit, BENCH_DATABASE,
 };
 use crate::cli::FormatArg;
 use crate::cmd::EXIT_MISMATCH;
@@ -214,9 +213,9 @@ struct Stage {
 }
 
 pub async fn run(connected: &Connected, args: ReportsArgs) -> anyhow::Result<ExitCode> {
-    let options = scratch_options(connected, "retrylog bench reports")?;
+    let options = scratch::options(connected, BENCH_DATABASE, "retrylog bench reports")?;
     let outcome = measure(connected, &options, &args).await;
-    release_scratch(connected, args.keep).await;
+    scratch::release(connected, BENCH_DATABASE, args.keep).await;
     let stages = outcome?;
 
     let lines = figure_lines(&args, &stages);
