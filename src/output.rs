@@ -7,6 +7,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use serde_json::{Map, Value};
 
 use crate::event::RetryEvent;
+use crate::recovery::Intervention;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -162,6 +163,54 @@ pub fn event_rows(events: &[RetryEvent], format: Format) -> Rows {
         rows.push(cells);
     }
     rows
+}
+
+/// A history: the events, with each note of a target the retry limit stopped placed where it
+/// happened, under an extra first column `entry` (`retry` or `needs_intervention`). A note has
+/// no seq, attempt, event id or hash; its `from_status` is the status the target kept, its
+/// `reason` the one the retry would have had, its times when it was noted.
+pub fn history_rows(events: &[RetryEvent], notes: &[Intervention], format: Format) -> Rows {
+    let listed = event_rows(events, format);
+    let mut columns = vec!["entry"];
+    columns.extend(listed.columns.iter().copied());
+    let mut rows = Rows::new(&columns);
+    let mut notes = notes.iter().peekable();
+    for (event, cells) in events.iter().zip(listed.rows) {
+        while let Some(note) = notes.next_if(|note| note.noted_at < event.recorded_at) {
+            rows.push(note_cells(note, &columns, format));
+        }
+        let mut row = vec![Value::from("retry")];
+        row.extend(cells);
+        rows.push(row);
+    }
+    for note in notes {
+        rows.push(note_cells(note, &columns, format));
+    }
+    rows
+}
+
+/// One note as a history row under `columns`.
+fn note_cells(note: &Intervention, columns: &[&'static str], format: Format) -> Vec<Value> {
+    let table = format == Format::Table;
+    columns
+        .iter()
+        .map(|column| match *column {
+            "entry" => Value::from("needs_intervention"),
+            "target" => Value::from(note.target().to_string()),
+            "job_id" => Value::from(note.job_id.to_string()),
+            "job_variants_id" => note
+                .job_variants_id
+                .map_or(Value::Null, |id| Value::from(id.to_string())),
+            "reason" => Value::from(note.reason.to_string()),
+            "step" => note.step.clone().map_or(Value::Null, Value::from),
+            "from_status" => note.status.clone().map_or(Value::Null, Value::from),
+            "actor" => Value::from(note.actor.clone()),
+            "occurred_at" | "recorded_at" => Value::from(timestamp(note.noted_at, table)),
+            "detail" if table => Value::from(note.detail.to_string()),
+            "detail" => note.detail.clone(),
+            _ => Value::Null,
+        })
+        .collect()
 }
 
 /// RFC 3339 for machines; seconds precision, UTC, for people.

@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgNotification};
@@ -30,7 +31,7 @@ use uuid::Uuid;
 
 use crate::config::WatchdogSettings;
 use crate::event::{NewRetry, RetryEvent, RetryReason, Target};
-use crate::store::{self, AppendError};
+use crate::store::{self, AppendError, HistoryFilter};
 
 /// Why the watchdog retries a target. Stored as `detail.scenario` of the event.
 #[derive(
@@ -522,10 +523,91 @@ async fn note_intervention(
     .bind(candidate.step.as_deref())
     .bind(&candidate.status)
     .bind(&settings.instance)
-    .bind(candidate.detail(scenario, settings))
+    .bind(intervention_detail(candidate, scenario, settings, limit))
     .fetch_optional(&mut **tx)
     .await?;
     Ok(seq.is_some())
+}
+
+/// A note's `detail`: the facts of the retry it did not make, the count and the limit.
+fn intervention_detail(
+    candidate: &Candidate,
+    scenario: Scenario,
+    settings: &WatchdogSettings,
+    limit: i32,
+) -> serde_json::Value {
+    let mut detail = candidate.detail(scenario, settings);
+    let fields = detail.as_object_mut().expect("a JSON object");
+    fields.insert("retry_count".into(), json!(candidate.retry_count));
+    fields.insert("max_retries".into(), json!(limit));
+    detail
+}
+
+/// A target the limit stopped: a row of `retry_intervention`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Intervention {
+    /// Position among the notes.
+    pub seq: i64,
+    pub job_id: Uuid,
+    /// `None` for a job.
+    pub job_variants_id: Option<Uuid>,
+    /// The count that reached the limit; the note is open while the target still has it.
+    pub retry_count: i32,
+    /// The limit in force then.
+    pub max_retries: i32,
+    /// The scenario the target was in, and the reason its retry would have had.
+    pub scenario: String,
+    pub reason: RetryReason,
+    pub step: Option<String>,
+    /// The target's status then (unchanged: the limit makes no state change).
+    pub status: Option<String>,
+    /// The watchdog instance that noted it.
+    pub actor: String,
+    /// The scenario's facts, with `retry_count` and `max_retries`.
+    pub detail: serde_json::Value,
+    pub noted_at: DateTime<Utc>,
+}
+
+impl Intervention {
+    /// The target the note is about.
+    pub fn target(&self) -> Target {
+        Target::from_columns(self.job_id, self.job_variants_id)
+    }
+}
+
+/// The notes about a job and its variants (`job_variants_id` None) or about one variant,
+/// oldest first, narrowed like a history: reason, step, actor, noted within the occurred
+/// window, and noted by the recorded bound.
+pub async fn load_interventions(
+    conn: &mut PgConnection,
+    job_id: Option<Uuid>,
+    job_variants_id: Option<Uuid>,
+    filter: &HistoryFilter,
+) -> Result<Vec<Intervention>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, job_id, job_variants_id, retry_count, max_retries, scenario, reason, step,
+                status, actor, detail, noted_at
+           FROM retry_intervention
+          WHERE ($1::uuid IS NULL OR job_id = $1)
+            AND ($2::uuid IS NULL OR job_variants_id = $2)
+            AND ($3::text IS NULL OR reason::text = $3)
+            AND ($4::text IS NULL OR step = $4)
+            AND ($5::text IS NULL OR actor = $5)
+            AND ($6::timestamptz IS NULL OR noted_at >= $6)
+            AND ($7::timestamptz IS NULL OR noted_at <= $7)
+            AND ($8::timestamptz IS NULL OR noted_at <= $8)
+          ORDER BY seq",
+    )
+    .bind(job_id)
+    .bind(job_variants_id)
+    .bind(filter.reason.map(|reason| reason.as_ref().to_string()))
+    .bind(filter.step.as_deref())
+    .bind(filter.actor.as_deref())
+    .bind(filter.occurred_since)
+    .bind(filter.occurred_until)
+    .bind(filter.recorded_until)
+    .fetch_all(conn)
+    .await
 }
 
 /// What one sweep did, per scenario.

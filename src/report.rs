@@ -364,16 +364,26 @@ pub async fn stats(
 
 /// Why a target is on the alert list.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Serialize, strum::Display, strum::AsRefStr, strum::EnumString,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    strum::Display,
+    strum::AsRefStr,
+    strum::EnumString,
 )]
 #[serde(rename_all = "snake_case")]
 #[strum(serialize_all = "snake_case")]
 pub enum AlertWhy {
+    /// The watchdog stopped at the retry limit and noted it (`retry_intervention`), and no
+    /// retry has changed its count since: a human has to look. Listed whatever its age.
+    NeedsIntervention,
     /// Running or failed with retry_count ≥ `--min`, updated within the window.
     HighRetry,
-    // NeedsIntervention belongs here: a target that reached the max-retry limit, so the
-    // watchdog stopped retrying it. It arrives with the limit's issue, together with its
-    // condition in `alerts` (see ALERT_CONDITIONS there); nothing reports it before that.
 }
 
 /// A row of `report alerts`.
@@ -392,33 +402,45 @@ pub struct Alert {
     pub why: AlertWhy,
 }
 
-/// Jobs and variants that are `running` or `failed` with retry_count ≥ `min` and updated at
-/// or after `updated_since`; most retried first, then most recently updated.
+/// Targets that need a human (an open intervention note), then jobs and variants that are
+/// `running` or `failed` with retry_count ≥ `min` and updated at or after `updated_since`;
+/// most retried first, then most recently updated. A target that is both is listed once, as
+/// needing intervention.
 ///
 /// As of T the count is T's, but status and `updated_at` are today's: a target listed at T is
 /// listed again unless it has since left running/failed (`updated_at` only grows, so the
-/// window's lower bound keeps it, and there is no upper bound).
+/// window's lower bound keeps it, and there is no upper bound). A note counts as of T when it
+/// was noted by T and the target's count at T is still the one it was noted at.
 pub async fn alerts(
     conn: &mut PgConnection,
     min: i32,
     updated_since: DateTime<Utc>,
     moment: Moment,
 ) -> Result<Vec<Alert>, ReportError> {
-    // ALERT_CONDITIONS: one branch per kind, each with the high_retry condition; the
-    // needs_intervention condition (limit reached) joins here with its issue. On today's
-    // counts `status IN (...) AND retry_count >= $2` is a range of the (status, retry_count)
-    // indexes.
-    let conditions = "status IN ('running', 'failed') AND retry_count >= $2
-                      AND updated_at >= $3";
+    // One branch per kind and reason. On today's counts `status IN (...) AND retry_count >= $2`
+    // is a range of the (status, retry_count) indexes; the notes drive their branches (a few
+    // rows, each joined to its target by primary key).
+    let high_retry = "t.status IN ('running', 'failed') AND t.retry_count >= $2
+                      AND t.updated_at >= $3";
+    let noted = "JOIN retry_intervention i
+                   ON i.retry_count = t.retry_count AND ($1::timestamptz IS NULL OR i.noted_at <= $1)";
     let sql = format!(
-        "SELECT 'job' AS kind, job_id AS id, job_id, status, current_step, retry_count,
-                updated_at
-           FROM ({jobs}) t WHERE {conditions}
+        "SELECT 'job' AS kind, t.job_id AS id, t.job_id, t.status, t.current_step,
+                t.retry_count, t.updated_at, 'needs_intervention' AS why
+           FROM ({jobs}) t {noted} AND i.job_id = t.job_id AND i.job_variants_id IS NULL
          UNION ALL
-         SELECT 'variant', job_variants_id, job_id, status, current_step, retry_count,
-                updated_at
-           FROM ({variants}) t WHERE {conditions}
-         ORDER BY retry_count DESC, updated_at DESC, kind, id",
+         SELECT 'variant', t.job_variants_id, t.job_id, t.status, t.current_step,
+                t.retry_count, t.updated_at, 'needs_intervention'
+           FROM ({variants}) t {noted} AND i.job_id = t.job_id
+                                       AND i.job_variants_id = t.job_variants_id
+         UNION ALL
+         SELECT 'job', t.job_id, t.job_id, t.status, t.current_step, t.retry_count,
+                t.updated_at, 'high_retry'
+           FROM ({jobs}) t WHERE {high_retry}
+         UNION ALL
+         SELECT 'variant', t.job_variants_id, t.job_id, t.status, t.current_step,
+                t.retry_count, t.updated_at, 'high_retry'
+           FROM ({variants}) t WHERE {high_retry}",
         jobs = jobs_source(moment),
         variants = variants_source(moment),
     );
@@ -430,6 +452,7 @@ pub async fn alerts(
         Option<String>,
         i32,
         DateTime<Utc>,
+        String,
     );
     let rows: Vec<Row> = sqlx::query_as(&sql)
         .bind(moment.as_of())
@@ -437,21 +460,43 @@ pub async fn alerts(
         .bind(updated_since)
         .fetch_all(conn)
         .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(kind, id, job_id, status, current_step, retry_count, updated_at)| Alert {
-                kind,
-                id,
-                job_id,
-                status,
-                current_step,
-                retry_count,
-                updated_at,
-                why: AlertWhy::HighRetry,
-            },
+    let mut alerts: Vec<Alert> = Vec::with_capacity(rows.len());
+    for (kind, id, job_id, status, current_step, retry_count, updated_at, why) in rows {
+        // A target needing intervention is not listed again for its high count.
+        if alerts
+            .iter()
+            .any(|listed| listed.kind == kind && listed.id == id)
+        {
+            continue;
+        }
+        alerts.push(Alert {
+            kind,
+            id,
+            job_id,
+            status,
+            current_step,
+            retry_count,
+            updated_at,
+            why: why.parse().expect("the query names an AlertWhy"),
+        });
+    }
+    alerts.sort_by(|a, b| {
+        (
+            a.why,
+            std::cmp::Reverse(a.retry_count),
+            std::cmp::Reverse(a.updated_at),
+            &a.kind,
+            a.id,
         )
-        .collect())
+            .cmp(&(
+                b.why,
+                std::cmp::Reverse(b.retry_count),
+                std::cmp::Reverse(b.updated_at),
+                &b.kind,
+                b.id,
+            ))
+    });
+    Ok(alerts)
 }
 
 /// The width of a trend bucket; all buckets are UTC.

@@ -1,12 +1,14 @@
 //! `retrylog history`: a target's events in order, each labelled with its target, narrowed by
-//! the audit filters (reason, step, actor, when it occurred, what was recorded by when).
+//! the audit filters (reason, step, actor, when it occurred, what was recorded by when), with
+//! the watchdog's notes of where the retry limit stopped it.
 
 use std::process::ExitCode;
 
 use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
-use crate::output::event_rows;
+use crate::output::history_rows;
+use crate::recovery;
 use crate::report::{Moment, ReportError, TimeSpec};
 use crate::store::{self, HistoryFilter};
 
@@ -42,13 +44,17 @@ fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
 pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let filter = filter(&args)?;
     let mut conn = pool.acquire().await?;
-    let events = match (args.job_id, args.variant_id) {
-        (_, Some(variant)) => {
-            store::load_variant_history_filtered(&mut conn, variant, &filter).await?
-        }
-        (Some(job), None) => store::load_job_history_filtered(&mut conn, job, &filter).await?,
+    let (events, notes) = match (args.job_id, args.variant_id) {
+        (_, Some(variant)) => (
+            store::load_variant_history_filtered(&mut conn, variant, &filter).await?,
+            recovery::load_interventions(&mut conn, None, Some(variant), &filter).await?,
+        ),
+        (Some(job), None) => (
+            store::load_job_history_filtered(&mut conn, job, &filter).await?,
+            recovery::load_interventions(&mut conn, Some(job), None, &filter).await?,
+        ),
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };
-    event_rows(&events, args.format.format).print(args.format.format)?;
+    history_rows(&events, &notes, args.format.format).print(args.format.format)?;
     Ok(ExitCode::SUCCESS)
 }

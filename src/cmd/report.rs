@@ -97,12 +97,13 @@ pub struct StatsArgs {
 /// `retrylog report alerts`.
 #[derive(Debug, Args)]
 pub struct AlertsArgs {
-    /// List targets with at least this many retries.
+    /// List running or failed targets with at least this many retries (targets needing
+    /// manual intervention are listed whatever their count and age).
     #[arg(long, value_name = "N", default_value_t = 3,
           value_parser = clap::value_parser!(i32).range(1..))]
     pub min: i32,
 
-    /// Only targets updated within this long (or since this timestamp).
+    /// Only high-retry targets updated within this long (or since this timestamp).
     #[arg(long, value_name = "WHEN", default_value = "1h")]
     pub within: String,
 

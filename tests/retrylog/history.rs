@@ -366,3 +366,103 @@ async fn history_with_a_bad_time_or_an_empty_range_is_one_line_and_exit_two(pool
         "{lines:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn history_shows_where_the_retry_limit_stopped_the_watchdog_once(pool: PgPool) {
+    pipeline(&pool).await;
+    let settings = retrylog::config::WatchdogSettings {
+        max_retries: 1,
+        instance: "test-watchdog".into(),
+        ..Default::default()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let sweep = || {
+        retrylog::recovery::sweep(
+            &pool,
+            &settings,
+            &retrylog::recovery::Scope::Everything,
+            &stopped,
+        )
+    };
+    // Variant A2 is failed at segment: retried once, then failed again and stopped.
+    assert_eq!(sweep().await.unwrap().retried.len(), 1);
+    sqlx::query("UPDATE jobs_variants SET status = 'failed' WHERE job_variants_id = $1")
+        .bind(VARIANT_A2)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        sweep().await.unwrap();
+    }
+
+    let run = retrylog(
+        &pool,
+        &[
+            "history",
+            "--variant-id",
+            &VARIANT_A2.to_string(),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let entries = run.json();
+    let entries = entries.as_array().unwrap();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| e["entry"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["retry", "needs_intervention"],
+        "one note after many sweeps"
+    );
+    let note = &entries[1];
+    assert_eq!(note["target"], format!("variant {VARIANT_A2}"));
+    assert_eq!(note["reason"], "failed");
+    assert_eq!(note["from_status"], "failed");
+    assert_eq!(note["actor"], "test-watchdog");
+    assert_eq!(note["seq"], Value::Null);
+    assert_eq!(note["detail"]["scenario"], "failed");
+    assert_eq!(note["detail"]["retry_count"], 1);
+    assert_eq!(note["detail"]["max_retries"], 1);
+
+    // The job's history carries the note too; a reason filter that excludes it drops it.
+    let job_history = retrylog(
+        &pool,
+        &[
+            "history",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--format",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert!(job_history
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["entry"] == "needs_intervention"));
+    let stuck_only = retrylog(
+        &pool,
+        &[
+            "history",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--reason",
+            "stuck",
+            "--format",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert!(stuck_only
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["entry"] == "retry"));
+}

@@ -1181,3 +1181,91 @@ async fn as_of_counts_an_event_recorded_exactly_then(pool: PgPool) {
     .unwrap();
     assert_eq!(before_rows, vec![]);
 }
+
+/// Lets the watchdog (limit 3, the fixture's steps) sweep every job once.
+async fn sweep_at_limit_three(pool: &PgPool) -> retrylog::recovery::SweepSummary {
+    let settings = retrylog::config::WatchdogSettings {
+        steps: "prepare,generate,segment,iou_eval".parse().unwrap(),
+        max_retries: 3,
+        instance: "test-watchdog".into(),
+        ..Default::default()
+    };
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    retrylog::recovery::sweep(
+        pool,
+        &settings,
+        &retrylog::recovery::Scope::Everything,
+        &stopped,
+    )
+    .await
+    .expect("the sweep runs")
+}
+
+#[sqlx::test(migrations = false)]
+async fn alerts_list_a_target_the_limit_stopped_until_a_retry_changes_its_count(pool: PgPool) {
+    // Job 2 of the fixture is failed at segment with 5 retries; variant 11 of job 1 (running
+    // at segment) is failed at generate with 4: both are past the watchdog's limit of 3.
+    let boundary = alerts_fixture(&pool).await;
+    let summary = sweep_at_limit_three(&pool).await;
+    assert_eq!(summary.noted, 1, "{summary:#?}");
+    assert!(summary.retried.is_empty(), "{summary:#?}");
+
+    let mut conn = conn(&pool).await;
+    let listed = |alerts: &[Alert]| -> Vec<(String, Uuid, i32, AlertWhy)> {
+        alerts
+            .iter()
+            .map(|a| (a.kind.clone(), a.id, a.retry_count, a.why))
+            .collect()
+    };
+    // Listed first, once, and whatever --min and the window say.
+    let alerts = report::alerts(&mut conn, 3, boundary, now()).await.unwrap();
+    assert_eq!(
+        listed(&alerts),
+        vec![
+            ("variant".into(), id(11), 4, AlertWhy::NeedsIntervention),
+            ("job".into(), id(2), 5, AlertWhy::HighRetry),
+            ("job".into(), id(1), 3, AlertWhy::HighRetry),
+        ]
+    );
+    let far_window = report::alerts(&mut conn, 100, Utc::now(), now())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&far_window),
+        vec![("variant".into(), id(11), 4, AlertWhy::NeedsIntervention)]
+    );
+    // As of a moment before the note, it is not listed.
+    let before = report::alerts(
+        &mut conn,
+        100,
+        boundary,
+        Moment::AsOf(boundary + Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    assert!(before.is_empty(), "{before:#?}");
+
+    // An operator's forced recovery changes the count: the note is closed.
+    append_ok(
+        &pool,
+        &NewRetry::new(
+            variant(id(1), id(11)),
+            RetryReason::ManualRecovery,
+            "cli:operator",
+        )
+        .forced(),
+    )
+    .await;
+    let after = report::alerts(&mut conn, 100, Utc::now(), now())
+        .await
+        .unwrap();
+    assert!(after.is_empty(), "{after:#?}");
+
+    // Through the binary: listed with exit 3 while open (a second note, at count 5, since the
+    // variant is still failed and the limit stops the watchdog again).
+    assert_eq!(sweep_at_limit_three(&pool).await.noted, 1);
+    let run = retrylog(&pool, &["report", "alerts", "--format", "json"]).await;
+    assert_eq!(run.code, Some(3), "{run:#?}");
+    assert_eq!(run.json()[0]["why"], json!("needs_intervention"));
+    assert_eq!(run.json()[0]["retry_count"], json!(5));
+}
