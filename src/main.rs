@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         .unwrap_or_else(|_| EnvFilter::new(format!("retrylog={default_level},warn")));
     let logger = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(cmd::stderr_is_terminal())
         .with_writer(std::io::stderr);
     match log_format {
         LogFormat::Text => logger.init(),
