@@ -65,6 +65,8 @@ const STALE_VARIANT: Uuid = uuid!("30010000-0000-4000-8000-000000000001");
 const STALE_AHEAD: Uuid = uuid!("30010000-0000-4000-8000-000000000002");
 /// Running at `iou_eval`, both its variants done there, everything idle 10 minutes.
 const FINAL_JOB: Uuid = uuid!("40010000-0000-4000-8000-000000000000");
+/// The first of [`FINAL_JOB`]'s two variants.
+const FINAL_VARIANT: Uuid = uuid!("40010000-0000-4000-8000-000000000001");
 
 /// retrylog's schema with `recovery.sql` loaded (the retry limit lifted, as `migrated` does).
 async fn recovery_fixture(pool: &PgPool) {
@@ -1266,5 +1268,100 @@ async fn the_effective_limit_is_the_lower_of_the_shared_and_the_instances(pool: 
             (Some(5), 3),
             (Some(0), 0)
         ]
+    );
+}
+
+// PRODUCT BUG (src/recovery.rs, `run` and `listen`): shutdown is only checked between
+// sweeps and between listener connections. While the database is unreachable, the sweep's
+// `pool.acquire()` and the listener's `PgListener::connect_with` wait out the pool's
+// acquire_timeout (30 s in serve) before `run` looks at shutdown again, so SIGTERM takes up
+// to 30 s. This test fails until those waits are raced against shutdown.
+#[sqlx::test(migrations = false)]
+async fn a_watchdog_whose_database_is_down_still_stops_promptly(pool: PgPool) {
+    // Nothing listens on port 1: every connection attempt is refused, and the pool keeps
+    // trying for as long as serve's pool does (src/connect.rs, ACQUIRE_TIMEOUT = 30 s).
+    let options = (*pool.connect_options()).clone().port(1);
+    let down = PgPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy_with(options);
+    let (stop, shutdown) = watch::channel(false);
+    let task = tokio::spawn(recovery::run(down.clone(), settings(INSTANCE), shutdown));
+    // Long enough for its first sweep and its listener to be waiting for a connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    stop.send_replace(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(2), task).await;
+
+    assert!(
+        stopped.is_ok(),
+        "run did not return within 2 s of shutdown while the database is down"
+    );
+    down.close().await;
+}
+
+// PRODUCT BUG (src/recovery.rs, `Scenario::claim_sql` for FinalStep): the claim locks only
+// the job row (`FOR NO KEY UPDATE OF j`) and reads the variants without a lock. A variant the
+// pipeline is failing in a transaction not yet committed still reads as done, so the watchdog
+// sets the job done; once the pipeline commits, a done job holds a failed variant, which no
+// scenario looks at again (the failed scenario needs a running or failed job): the failure is
+// lost. This test fails until the claim also locks the job's variants (e.g. `SELECT 1 FROM
+// jobs_variants WHERE job_id = $1 FOR SHARE` before re-checking, or skipping the job when one
+// of them is locked).
+#[sqlx::test(migrations = false)]
+async fn a_variant_failing_while_the_watchdog_finishes_its_job_is_not_lost(pool: PgPool) {
+    recovery_fixture(&pool).await;
+    let own = watchdog_pool(&pool, "watchdog-finishing").await;
+    // The pipeline fails a variant of the finished job and has not committed yet.
+    let mut pipeline = pool.begin().await.unwrap();
+    sqlx::query(
+        "UPDATE jobs_variants SET status = 'failed', updated_at = now()
+          WHERE job_variants_id = $1",
+    )
+    .bind(FINAL_VARIANT)
+    .execute(&mut *pipeline)
+    .await
+    .unwrap();
+
+    let sweeping = tokio::spawn(async move {
+        let summary = sweep(&own, &settings(INSTANCE)).await;
+        own.close().await;
+        summary
+    });
+    // Let the sweep go as far as it can: to its end, or to waiting for the pipeline's lock.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE application_name = 'watchdog-finishing'
+                               AND wait_event_type = 'Lock')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting || sweeping.is_finished() {
+            break;
+        }
+        assert!(Instant::now() < until, "the sweep neither ended nor waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pipeline.commit().await.unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(5), sweeping)
+        .await
+        .expect("the sweep ends once the pipeline committed")
+        .expect("the sweep does not panic");
+
+    let (job_state, variant_state) = (
+        state(&pool, FINAL_JOB).await,
+        state(&pool, FINAL_VARIANT).await,
+    );
+    assert_eq!(
+        variant_state.status, "failed",
+        "the pipeline's change stands"
+    );
+    assert_ne!(
+        job_state.status, "done",
+        "the job was set done while its variant failed: {:#?}",
+        summary.retried
     );
 }
