@@ -20,6 +20,12 @@ pub const PIPELINE: &str = include_str!("../fixtures/pipeline.sql");
 pub const COUNTER_ERA: &str = include_str!("../fixtures/counter_era.sql");
 /// `tests/fixtures/before_counters.sql`: the pipeline's tables without any counter.
 pub const BEFORE_COUNTERS: &str = include_str!("../fixtures/before_counters.sql");
+/// `tests/fixtures/recovery.sql`: each watchdog scenario's cases and near misses, every row
+/// named in its table `recovery_case`.
+pub const RECOVERY: &str = include_str!("../fixtures/recovery.sql");
+/// `tests/fixtures/recovery_crowd.sql`: 200 conditions over the four scenarios and 20 failed
+/// variants with three retries each.
+pub const RECOVERY_CROWD: &str = include_str!("../fixtures/recovery_crowd.sql");
 
 /// Job A of `pipeline.sql`: running at `segment`.
 pub const JOB_A: Uuid = uuid!("0a000000-0000-4000-8000-000000000000");
@@ -48,6 +54,13 @@ pub const OLD_VARIANT_1_2: Uuid = uuid!("0c000000-0000-4000-8000-000000000002");
 pub const OLD_VARIANT_1_3: Uuid = uuid!("0c000000-0000-4000-8000-000000000003");
 /// Variant of old job 2 retried 5 times.
 pub const OLD_VARIANT_2_1: Uuid = uuid!("0d000000-0000-4000-8000-000000000001");
+
+/// A job or variant of `recovery_crowd.sql`: `kind` 1..=5, case `n`, variant `k` (0 for the job).
+pub fn crowd_id(kind: u32, n: u32, k: u32) -> Uuid {
+    format!("{kind}{n:07}-0000-4000-8000-{k:012}")
+        .parse()
+        .unwrap_or_else(|error| panic!("crowd id of kind {kind}, case {n}, variant {k}: {error}"))
+}
 
 /// A job-level stream.
 pub fn job(job_id: Uuid) -> Target {

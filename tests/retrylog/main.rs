@@ -27,6 +27,8 @@
 //! - `cli`: the `retrylog` binary, its output and its exit codes.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
+//! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
+//!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 
 mod append;
 mod cli;
@@ -36,5 +38,6 @@ mod history;
 mod integrity;
 mod migrations;
 mod projector;
+mod recovery;
 mod replay;
 mod reports;
