@@ -18,7 +18,8 @@
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
 //! - [`recovery`]: the watchdog's four scenarios, the retry limit, its sweep and listen loop;
-//!   [`config`]: its settings, each a flag and an environment variable.
+//!   [`config`]: its settings, each a flag and an environment variable; [`shutdown`]: how
+//!   the service's loops stop.
 //! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
 //!   trend from the rollup) and their `--as-of` reconstructions from the log.
 //! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
@@ -38,4 +39,5 @@ pub mod projector;
 pub mod recovery;
 pub mod replay;
 pub mod report;
+pub mod shutdown;
 pub mod store;

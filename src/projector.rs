@@ -18,6 +18,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 
 use crate::projection::ROLLUP;
+use crate::shutdown;
 
 /// The advisory lock key that elects the rollup's runner ("rollup" in ASCII).
 pub const ROLLUP_LOCK: i64 = 0x726f_6c6c_7570;
@@ -273,7 +274,7 @@ pub async fn run(pool: PgPool, settings: ProjectorSettings, mut shutdown: watch:
             Ok(()) => backoff = Duration::from_millis(250),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "projector lost its connection");
-                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                if shutdown::sleep(backoff, &mut shutdown).await {
                     return;
                 }
                 backoff = (backoff * 2).min(settings.max_backoff);
@@ -290,13 +291,16 @@ async fn lead_while_possible(
 ) -> Result<(), sqlx::Error> {
     // A dedicated connection, detached from the pool: the advisory lock lives as long as
     // this session, and must not be handed to anyone else.
-    let mut conn = pool.acquire().await?.detach();
+    let Some(conn) = shutdown::unless_requested(pool.acquire(), shutdown).await else {
+        return Ok(());
+    };
+    let mut conn = conn?.detach();
     sqlx::query("SET application_name = 'retrylog projector'")
         .execute(&mut conn)
         .await?;
     while !try_lead(&mut conn).await? {
         tracing::debug!("another instance runs the projector; standing by");
-        if sleep_or_shutdown(settings.standby_poll, shutdown).await {
+        if shutdown::sleep(settings.standby_poll, shutdown).await {
             return Ok(());
         }
     }
@@ -319,17 +323,9 @@ async fn lead_while_possible(
             resign(&mut conn).await?;
             return Ok(());
         }
-        if batch.caught_up && sleep_or_shutdown(settings.poll, shutdown).await {
+        if batch.caught_up && shutdown::sleep(settings.poll, shutdown).await {
             resign(&mut conn).await?;
             return Ok(());
         }
-    }
-}
-
-/// Sleeps for `pause`; true when shutdown was requested meanwhile.
-async fn sleep_or_shutdown(pause: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(pause) => *shutdown.borrow(),
-        _ = shutdown.changed() => true,
     }
 }

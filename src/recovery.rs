@@ -24,13 +24,14 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgNotification};
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::config::WatchdogSettings;
 use crate::event::{NewRetry, RetryEvent, RetryReason, Target};
+use crate::shutdown;
 use crate::store::{self, AppendError, HistoryFilter};
 
 /// Why the watchdog retries a target. Stored as `detail.scenario` of the event.
@@ -392,9 +393,10 @@ pub fn connection_lost(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Handles one candidate in a transaction of its own; see the module's numbered steps.
+/// Handles one candidate in a transaction of its own on `conn`; see the module's numbered
+/// steps.
 pub async fn recover(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     scenario: Scenario,
     candidate: &Candidate,
     settings: &WatchdogSettings,
@@ -402,10 +404,20 @@ pub async fn recover(
 ) -> Result<Outcome, RecoveryError> {
     let target = candidate.target();
     let fail = |error| RecoveryError::for_target(target, error);
-    let mut tx = pool.begin().await.map_err(fail)?;
+    let mut tx = conn.begin().await.map_err(fail)?;
 
-    // 1. Claim, re-checking the condition on the row as it is now.
+    // 1. Claim, re-checking the condition on the row as it is now. For a job, first wait for
+    //    its variants: a pipeline transaction still setting one to `failed` reads as `done`
+    //    until it commits, and the job must not be closed over it. The claim is the next
+    //    statement, so it sees what that transaction committed.
     let id = candidate.job_variants_id.unwrap_or(candidate.job_id);
+    if scenario == Scenario::FinalStep {
+        sqlx::query("SELECT 1 FROM jobs_variants WHERE job_id = $1 FOR SHARE")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+    }
     let claimed: Option<Candidate> = sqlx::query_as(&scenario.claim_sql())
         .bind(settings.steps.names())
         .bind(settings.stuck_after.as_secs_f64())
@@ -646,25 +658,30 @@ pub async fn sweep(
 ) -> Result<SweepSummary, RecoveryError> {
     let lost = RecoveryError::ConnectionLost;
     let mut summary = SweepSummary::default();
-    let limit = {
-        let mut conn = pool.acquire().await.map_err(lost)?;
-        effective_limit(&mut conn, settings).await.map_err(lost)?
+    // Waiting for a connection while the database is down ends when stopping is requested.
+    let mut stop = shutdown.clone();
+    let Some(conn) = shutdown::unless_requested(pool.acquire(), &mut stop).await else {
+        return Ok(summary);
     };
+    let mut conn = conn.map_err(lost)?;
+    let limit = effective_limit(&mut conn, settings).await.map_err(lost)?;
+    drop(conn);
     for scenario in Scenario::ALL {
         loop {
-            let candidates = {
-                let mut conn = pool.acquire().await.map_err(lost)?;
-                detect(&mut conn, scenario, settings, scope, DETECT_BATCH)
-                    .await
-                    .map_err(lost)?
+            let Some(conn) = shutdown::unless_requested(pool.acquire(), &mut stop).await else {
+                return Ok(summary);
             };
+            let mut conn = conn.map_err(lost)?;
+            let candidates = detect(&mut conn, scenario, settings, scope, DETECT_BATCH)
+                .await
+                .map_err(lost)?;
             summary.detected += candidates.len();
             let mut progressed = false;
             for candidate in &candidates {
                 if *shutdown.borrow() {
                     return Ok(summary);
                 }
-                match recover(pool, scenario, candidate, settings, limit).await {
+                match recover(&mut conn, scenario, candidate, settings, limit).await {
                     Ok(Outcome::Retried(event)) => {
                         progressed = true;
                         summary.retried.push((scenario, *event));
@@ -763,7 +780,7 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
     loop {
         let scope = tokio::select! {
             biased;
-            _ = shutdown.changed() => break,
+            _ = shutdown::requested(&mut shutdown) => break,
             _ = tokio::time::sleep_until(next_sweep) => Scope::Everything,
             Some(wake) = wake_rx.recv() => gather(wake, &mut wake_rx),
         };
@@ -849,20 +866,21 @@ async fn listen(
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
     while !*shutdown.borrow() {
-        let connected = async {
+        let connecting = async {
             let mut listener = PgListener::connect_with(&pool).await?;
             listener.listen(&channel).await?;
             Ok::<_, sqlx::Error>(listener)
-        }
-        .await;
+        };
+        let Some(connected) = shutdown::unless_requested(connecting, &mut shutdown).await else {
+            return;
+        };
         let mut listener = match connected {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, channel = %channel,
                                "could not listen for pipeline changes");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
+                if shutdown::sleep(backoff, &mut shutdown).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
@@ -875,9 +893,10 @@ async fn listen(
         }
         first = false;
         loop {
-            let received = tokio::select! {
-                _ = shutdown.changed() => return,
-                received = listener.try_recv() => received,
+            let Some(received) =
+                shutdown::unless_requested(listener.try_recv(), &mut shutdown).await
+            else {
+                return;
             };
             match received {
                 Ok(Some(notification)) => {

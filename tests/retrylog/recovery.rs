@@ -1271,11 +1271,8 @@ async fn the_effective_limit_is_the_lower_of_the_shared_and_the_instances(pool: 
     );
 }
 
-// PRODUCT BUG (src/recovery.rs, `run` and `listen`): shutdown is only checked between
-// sweeps and between listener connections. While the database is unreachable, the sweep's
-// `pool.acquire()` and the listener's `PgListener::connect_with` wait out the pool's
-// acquire_timeout (30 s in serve) before `run` looks at shutdown again, so SIGTERM takes up
-// to 30 s. This test fails until those waits are raced against shutdown.
+// While the database is unreachable, waiting for a connection (the sweep's acquire, the
+// listener's connect) must not hold up a stop: serve's pool would wait 30 s.
 #[sqlx::test(migrations = false)]
 async fn a_watchdog_whose_database_is_down_still_stops_promptly(pool: PgPool) {
     // Nothing listens on port 1: every connection attempt is refused, and the pool keeps
@@ -1300,14 +1297,9 @@ async fn a_watchdog_whose_database_is_down_still_stops_promptly(pool: PgPool) {
     down.close().await;
 }
 
-// PRODUCT BUG (src/recovery.rs, `Scenario::claim_sql` for FinalStep): the claim locks only
-// the job row (`FOR NO KEY UPDATE OF j`) and reads the variants without a lock. A variant the
-// pipeline is failing in a transaction not yet committed still reads as done, so the watchdog
-// sets the job done; once the pipeline commits, a done job holds a failed variant, which no
-// scenario looks at again (the failed scenario needs a running or failed job): the failure is
-// lost. This test fails until the claim also locks the job's variants (e.g. `SELECT 1 FROM
-// jobs_variants WHERE job_id = $1 FOR SHARE` before re-checking, or skipping the job when one
-// of them is locked).
+// A variant the pipeline is failing in a transaction not yet committed still reads as done.
+// Closing the job over it would lose the failure: a done job's variants are in no scenario.
+// The final-step claim waits for the job's variants (FOR SHARE) and then sees the failure.
 #[sqlx::test(migrations = false)]
 async fn a_variant_failing_while_the_watchdog_finishes_its_job_is_not_lost(pool: PgPool) {
     recovery_fixture(&pool).await;
