@@ -5,22 +5,27 @@
 //! 1. **Seed** the pipeline tables set-based (`INSERT … SELECT … generate_series`, the notify
 //!    triggers disabled meanwhile): most jobs done and old, some running with healthy
 //!    variants, a few pending or failed at an unmanaged step, and about 1% of the targets in
-//!    one of the four scenarios, as two disjoint sets of the same shape: one for the
-//!    watchdog, one for the baseline. Some of the watchdog's targets are at the retry limit
-//!    (3 retries appended through `record_retry`), so the intervention path is measured too.
-//!    Then `VACUUM ANALYZE`.
-//! 2. **Baseline**: each condition of its set fixed the way the counter-only listener did
-//!    it, one transaction with one plain `UPDATE … retry_count = retry_count + 1` each, no
-//!    log; then the counts are set back so that verify checks only what the log says.
-//! 3. **Detection plans**: `EXPLAIN (ANALYZE, FORMAT JSON)` of each scenario's detection
+//!    one of the four scenarios, as disjoint sets of the same shape: one for the watchdog,
+//!    two halves for the baseline, whose jobs are parked as `pending` (in no scenario) until
+//!    their turn. Some of the watchdog's targets are at the retry limit (3 retries appended
+//!    through `record_retry`), so the intervention path is measured too. Then `VACUUM
+//!    ANALYZE`.
+//! 2. **Detection plans**: `EXPLAIN (ANALYZE, FORMAT JSON)` of each scenario's detection
 //!    query with the watchdog's parameters, as a custom plan (what a connection's first five
 //!    runs get) and as a generic plan (what the plan cache may switch to after that): which
 //!    index reads which table, and the execution time.
-//! 4. **Sweeps**: one `recovery::sweep` of everything on a fresh connection (the start of
-//!    `serve`): time, retries per scenario and per second, interventions noted; every seeded
-//!    condition must have been retried exactly once and every target at the limit noted,
-//!    not retried. Then sweeps with nothing left to do: what a periodic sweep costs.
-//! 5. **Verify**: `replay::verify` over the bench database must be clean.
+//! 3. **Baseline, first half**: each condition of the half fixed the way the counter-only
+//!    listener did it, one transaction with one plain `UPDATE … retry_count = retry_count +
+//!    1` each, no log.
+//! 4. **The first sweep**: one `recovery::sweep` of everything on a fresh connection (the
+//!    start of `serve`): time, retries per scenario and per second, interventions noted;
+//!    every seeded condition must have been retried exactly once and every target at the
+//!    limit noted, not retried.
+//! 5. **Baseline, second half**, right after: the two halves bracket the sweep, so that
+//!    background load on the machine weighs on both sides of the ratio.
+//! 6. **Steady sweeps** with nothing left to do: what a periodic sweep costs.
+//! 7. **Verify**: the baseline's counts are set back (they have no events), then
+//!    `replay::verify` over the bench database must be clean.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -88,9 +93,9 @@ const UNMANAGED_STEP: &str = "publish";
 /// The actor of the retries seeded before the run (the watchdog's own are `ACTOR`).
 const SEED_ACTOR: &str = "retrylog-bench-seed";
 
-/// The two disjoint sets of seeded conditions.
+/// The disjoint sets of seeded conditions: the watchdog's, and the baseline's two halves.
 const WATCHDOG_SET: &str = "watchdog";
-const BASELINE_SET: &str = "baseline";
+const BASELINE_SETS: [&str; 2] = ["baseline_before", "baseline_after"];
 
 /// The seeded targets that need a retry (or reached the limit), one row each: what the
 /// checks after the sweep compare the log with.
@@ -99,6 +104,9 @@ const SEEDED_DDL: &str = "CREATE TABLE bench_recovery_seeded (
     scenario        text NOT NULL,
     job_id          uuid NOT NULL,
     job_variants_id uuid,
+    -- The status the target's job has in its condition (a baseline job is parked as
+    -- pending until its turn).
+    job_status      text NOT NULL,
     -- Retries appended before the run (record_retry), so the target's retry_count.
     prior           integer NOT NULL,
     at_limit        boolean NOT NULL)";
@@ -118,8 +126,9 @@ const SEEDED_DDL: &str = "CREATE TABLE bench_recovery_seeded (
 /// | 980–989 | 1% | pending, no step |
 /// | 990–999 | 1% | failed at an unmanaged step (`publish`), one variant failed there |
 ///
-/// Slots below 500 are the watchdog's set, 500–527 the baseline's. Condition jobs were
-/// created 5–9 hours ago and last updated 20–80 minutes ago. Healthy rows never enter a
+/// Slots below 500 are the watchdog's set, 500–527 the baseline's: even jobs its first half,
+/// odd ones its second (every scenario and step in both). Condition jobs were created 5–9
+/// hours ago and last updated 20–80 minutes ago. Healthy rows never enter a
 /// condition however long the run takes: no running job has a done variant behind it or
 /// one ahead of another, or all its variants done at the last step.
 ///
@@ -142,7 +151,8 @@ WITH slots AS (
                 WHEN slot % 500 < 28 THEN 4
                 WHEN slot IN (28, 29) THEN 1 + variety % 4 END AS scenario_no,
            slot IN (28, 29) AS at_limit,
-           CASE WHEN slot % 500 < 28 AND slot >= 500 THEN 'baseline'
+           CASE WHEN slot % 500 < 28 AND slot >= 500
+                THEN CASE WHEN i % 2 = 0 THEN 'baseline_before' ELSE 'baseline_after' END
                 WHEN slot % 500 < 28 OR slot IN (28, 29) THEN 'watchdog' END AS set_name
       FROM slots
 )
@@ -201,9 +211,11 @@ SELECT gen_random_uuid() AS job_variants_id, t.job_id, t.k, t.target,
                    AND (k = 0 OR (k = 1 AND NOT j.at_limit)) AS target
           FROM recovery_job_plan j CROSS JOIN generate_series(0, 3) AS k) t";
 
-/// `$1` the managed steps.
+/// `$1` the managed steps. The baseline's jobs are parked as pending: no scenario looks at a
+/// pending job, so neither a detection nor a sweep sees them before `arm` sets their status.
 const INSERT_JOBS: &str = "INSERT INTO jobs (job_id, status, current_step, created_at, updated_at)
-SELECT job_id, job_status, coalesce(other_step, ($1::text[])[pos]),
+SELECT job_id, CASE WHEN set_name LIKE 'baseline%' THEN 'pending' ELSE job_status END,
+       coalesce(other_step, ($1::text[])[pos]),
        now() - make_interval(secs => created_age),
        now() - make_interval(secs => CASE WHEN updated_age < 0 THEN created_age - 3600
                                           ELSE updated_age END)
@@ -218,12 +230,12 @@ SELECT job_variants_id, job_id, k, status, coalesce(other_step, ($1::text[])[pos
 
 /// `$1` the limit: the prior retries of a target at the limit.
 const INSERT_SEEDED: &str = "INSERT INTO bench_recovery_seeded
-SELECT j.set_name, j.scenario, j.job_id, v.job_variants_id,
+SELECT j.set_name, j.scenario, j.job_id, v.job_variants_id, j.job_status,
        CASE WHEN j.at_limit THEN $1 ELSE (j.variety + v.k) % 3 END, j.at_limit
   FROM recovery_variant_plan v JOIN recovery_job_plan j USING (job_id)
  WHERE v.target
 UNION ALL
-SELECT j.set_name, j.scenario, j.job_id, NULL,
+SELECT j.set_name, j.scenario, j.job_id, NULL, j.job_status,
        CASE WHEN j.at_limit THEN $1 ELSE j.variety % 3 END, j.at_limit
   FROM recovery_job_plan j
  WHERE j.kind = 'condition' AND j.scenario_no = 4";
@@ -279,7 +291,7 @@ fn watchdog_settings() -> WatchdogSettings {
 /// How many targets of one scenario were seeded, per set.
 #[derive(Debug, Clone, Default)]
 struct Seeded {
-    /// Needing a retry: the watchdog's set and the baseline's.
+    /// Needing a retry: the watchdog's set, and the baseline's two halves together.
     watchdog: i64,
     baseline: i64,
     /// The watchdog's targets at the limit.
@@ -346,7 +358,7 @@ struct Figures {
     jobs: i64,
     variants: i64,
     seeded: BTreeMap<Scenario, Seeded>,
-    /// The baseline's time per scenario.
+    /// The baseline's time per scenario, both halves together.
     baseline: BTreeMap<Scenario, Duration>,
     detections: Vec<Detection>,
     first: FirstSweep,
@@ -426,8 +438,6 @@ async fn measure(
             .await?;
     // What `serve` does first: the limit every door enforces is the watchdog's.
     recovery::publish_settings(&pool, &settings).await?;
-
-    let baseline = counter_only_baseline(options, &pool).await?;
     let detections = explain_detections(&pool, &settings, args.explain_repeats).await?;
 
     // The watchdog's own connection, fresh: nothing prepared, nothing cached. One
@@ -440,12 +450,32 @@ async fn measure(
         .connect_with(options.clone())
         .await
         .context("opening the watchdog's connection")?;
+    // The baseline's halves right before and right after the sweep, each armed just before
+    // its turn, outside the timing.
+    let mut baseline = BTreeMap::new();
+    let mut halves = Vec::new();
+    let [before, after] = BASELINE_SETS;
+    arm(&pool, before).await?;
+    halves.push(counter_only_baseline(options, &pool, before, &mut baseline).await?);
     let first = first_sweep(&watchdog, &settings).await?;
+    arm(&pool, after).await?;
+    halves.push(counter_only_baseline(options, &pool, after, &mut baseline).await?);
+    eprintln!(
+        "retrylog bench: counter-only baseline: {} conditions before the sweep in {:.2} s \
+         ({}/s), {} after it in {:.2} s ({}/s)",
+        thousands(halves[0].0 as f64),
+        halves[0].1.as_secs_f64(),
+        thousands(halves[0].0 as f64 / halves[0].1.as_secs_f64()),
+        thousands(halves[1].0 as f64),
+        halves[1].1.as_secs_f64(),
+        thousands(halves[1].0 as f64 / halves[1].1.as_secs_f64()),
+    );
     let (checks, strays) = check_sweep(&pool, &first).await?;
     let steady = steady_sweeps(&watchdog, &settings, args.steady_sweeps).await?;
     let plan_cache = plan_cache(&watchdog).await?;
     watchdog.close().await;
 
+    restore_baseline_counts(&pool).await?;
     let verify = timed_verify(&pool, "verifying the bench log").await?;
     pool.close().await;
     Ok(Figures {
@@ -574,7 +604,7 @@ async fn seed(
         match (set.as_str(), at_limit) {
             (WATCHDOG_SET, false) => entry.watchdog = count,
             (WATCHDOG_SET, true) => entry.at_limit = count,
-            (BASELINE_SET, _) => entry.baseline = count,
+            (set, _) if BASELINE_SETS.contains(&set) => entry.baseline += count,
             _ => anyhow::bail!("unknown seeded set {set}"),
         }
     }
@@ -596,8 +626,8 @@ async fn seed(
         vacuumed.as_secs_f64(),
     );
     eprintln!(
-        "retrylog bench: targets needing a retry, per set (watchdog, baseline): {}; at the \
-         limit (retry_count {MAX_RETRIES}, watchdog's set only): {}",
+        "retrylog bench: targets needing a retry, per set (watchdog, baseline's two halves \
+         together): {}; at the limit (retry_count {MAX_RETRIES}, watchdog's set only): {}",
         seeded
             .iter()
             .map(|(s, n)| format!(
@@ -619,14 +649,32 @@ async fn seed(
 // ---------------------------------------------------------------------------------------------
 // Baseline
 
-/// Fixes every condition of the baseline's set the way the counter-only listener did, one
+/// Unparks the jobs of one baseline set: gives them the status of their condition.
+async fn arm(pool: &PgPool, set: &str) -> anyhow::Result<()> {
+    let armed = sqlx::query(
+        "UPDATE jobs j SET status = s.job_status
+           FROM (SELECT DISTINCT job_id, job_status FROM bench_recovery_seeded
+                  WHERE set_name = $1) s
+          WHERE j.job_id = s.job_id AND j.status = 'pending'",
+    )
+    .bind(set)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    anyhow::ensure!(armed > 0, "no parked job of the set {set} to arm");
+    Ok(())
+}
+
+/// Fixes every condition of one baseline set the way the counter-only listener did, one
 /// transaction each, on a fresh connection of its own, in the order detection would find
-/// them (scenario by scenario, longest idle first). Then puts the counts back, outside the
-/// timing: those bumps have no event, and verify must check only what the log says.
+/// them (scenario by scenario, longest idle first). Adds each scenario's time to `times`;
+/// returns the conditions fixed and the time it took.
 async fn counter_only_baseline(
     options: &PgConnectOptions,
     pool: &PgPool,
-) -> anyhow::Result<BTreeMap<Scenario, Duration>> {
+    set: &str,
+    times: &mut BTreeMap<Scenario, Duration>,
+) -> anyhow::Result<(usize, Duration)> {
     let targets: Vec<(String, Uuid)> = sqlx::query_as(
         "SELECT s.scenario, coalesce(s.job_variants_id, s.job_id)
            FROM bench_recovery_seeded s
@@ -635,7 +683,7 @@ async fn counter_only_baseline(
           WHERE s.set_name = $1
           ORDER BY coalesce(v.updated_at, j.updated_at)",
     )
-    .bind(BASELINE_SET)
+    .bind(set)
     .fetch_all(pool)
     .await?;
     let listener = PgPoolOptions::new()
@@ -645,9 +693,9 @@ async fn counter_only_baseline(
         .await
         .context("opening the baseline's connection")?;
     let progress = spinner();
-    let mut times = BTreeMap::new();
+    let mut total = Duration::ZERO;
     for scenario in Scenario::ALL {
-        progress.set_message(format!("baseline: counter-only {scenario}"));
+        progress.set_message(format!("baseline ({set}): counter-only {scenario}"));
         let ids: Vec<Uuid> = targets
             .iter()
             .filter(|(name, _)| name == scenario.as_ref())
@@ -664,22 +712,30 @@ async fn counter_only_baseline(
             anyhow::ensure!(updated == 1, "the baseline found no row {id} to update");
             tx.commit().await?;
         }
-        times.insert(scenario, started.elapsed());
+        let took = started.elapsed();
+        *times.entry(scenario).or_default() += took;
+        total += took;
     }
     progress.finish_and_clear();
     listener.close().await;
-    sqlx::raw_sql(&format!(
+    Ok((targets.len(), total))
+}
+
+/// Takes the baseline's bumps back out of the counts (they have no events), so that verify
+/// checks exactly what the log says.
+async fn restore_baseline_counts(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
         "UPDATE jobs_variants v SET retry_count = v.retry_count - 1
            FROM bench_recovery_seeded s
-          WHERE s.set_name = '{BASELINE_SET}' AND v.job_variants_id = s.job_variants_id;
+          WHERE s.set_name LIKE 'baseline%' AND v.job_variants_id = s.job_variants_id;
          UPDATE jobs j SET retry_count = j.retry_count - 1
            FROM bench_recovery_seeded s
-          WHERE s.set_name = '{BASELINE_SET}' AND s.job_variants_id IS NULL
-            AND j.job_id = s.job_id;"
-    ))
+          WHERE s.set_name LIKE 'baseline%' AND s.job_variants_id IS NULL
+            AND j.job_id = s.job_id;",
+    )
     .execute(pool)
     .await?;
-    Ok(times)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
