@@ -309,6 +309,8 @@ struct Detection {
 /// The first sweep, and what the log says about it.
 #[derive(Debug, Clone)]
 struct FirstSweep {
+    /// When it started, on the server's clock.
+    began: DateTime<Utc>,
     took: Duration,
     summary: SweepSummary,
     /// Per scenario: retries, notes, and the sweep's time spent on it (from the server's
@@ -329,7 +331,8 @@ struct Check {
     /// Retries of this scenario in the sweep's summary.
     summarized: usize,
     /// Notes of this scenario in retry_intervention, and seeded targets at the limit that
-    /// are noted and have no event of the watchdog.
+    /// are noted, have no event of the watchdog and still the state they were seeded with
+    /// (not updated since before the sweep).
     noted: i64,
     noted_only: i64,
 }
@@ -1043,6 +1046,7 @@ async fn first_sweep(watchdog: &PgPool, settings: &WatchdogSettings) -> anyhow::
         summary.failed,
     );
     Ok(FirstSweep {
+        began,
         took,
         summary,
         scenarios,
@@ -1118,22 +1122,28 @@ async fn check_sweep(
                     EXISTS (SELECT 1 FROM retry_intervention i
                              WHERE i.job_id = s.job_id
                                AND i.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
-                               AND i.scenario = s.scenario) AS noted
+                               AND i.scenario = s.scenario) AS noted,
+                    coalesce((SELECT v.updated_at < $3 FROM jobs_variants v
+                               WHERE v.job_variants_id = s.job_variants_id),
+                             (SELECT j.updated_at < $3 AND j.status = s.job_status FROM jobs j
+                               WHERE j.job_id = s.job_id AND s.job_variants_id IS NULL))
+                        AS untouched
                FROM bench_recovery_seeded s
                LEFT JOIN events e ON e.job_id = s.job_id
                     AND e.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
               WHERE s.set_name = $2
-              GROUP BY s.scenario, s.at_limit, s.job_id, s.job_variants_id
+              GROUP BY s.scenario, s.at_limit, s.job_id, s.job_variants_id, s.job_status
          )
          SELECT scenario,
                 count(*) FILTER (WHERE NOT at_limit),
                 count(*) FILTER (WHERE NOT at_limit AND events = 1 AND matching = 1),
                 count(*) FILTER (WHERE at_limit),
-                count(*) FILTER (WHERE at_limit AND events = 0 AND noted)
+                count(*) FILTER (WHERE at_limit AND events = 0 AND noted AND untouched)
            FROM targets GROUP BY scenario",
     )
     .bind(ACTOR)
     .bind(WATCHDOG_SET)
+    .bind(first.began)
     .fetch_all(pool)
     .await?;
     for (scenario, seeded, once, at_limit, noted_only) in per_target {
@@ -1183,7 +1193,8 @@ async fn check_sweep(
     for (scenario, check) in &checks {
         eprintln!(
             "retrylog bench: {scenario}: seeded {}, events {} on {} target(s) each retried \
-             once, sweep summary {}; at the limit {}, noted {} ({} with no event){}",
+             once, sweep summary {}; at the limit {}, noted {} ({} with no event and \
+             untouched){}",
             thousands(check.seeded as f64),
             thousands(check.events as f64),
             thousands(check.once as f64),
