@@ -21,7 +21,12 @@
 //! millions of events instead: the trend from the rollup against a GROUP BY over the log, a
 //! variant's history, and the projector's catch-up. Both share the scratch database, the
 //! COPY loader of hash-chained events (`load_log`) and the figure table (`Line`).
+//!
+//! `retrylog bench recovery` (`bench/recovery.rs`) measures the recovery watchdog over a
+//! seeded pipeline of 100,000 jobs: its detection plans, a sweep of every seeded condition
+//! against the counter-only listener's plain UPDATEs, and the steady-state sweep.
 
+mod recovery;
 mod reports;
 
 use std::io::Write;
@@ -53,7 +58,8 @@ use crate::{projection, replay, store};
 /// server as the configured database and dropped at the end; the configured database is never
 /// touched. Prints every figure beside its baseline, the ratio and the goal.
 ///
-/// Without a subcommand: the retry log itself (appends and replay); `reports`: the reports.
+/// Without a subcommand: the retry log itself (appends and replay); `reports`: the reports;
+/// `recovery`: the recovery watchdog.
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
@@ -111,6 +117,9 @@ pub enum BenchKind {
     /// The reports over a realistic log of millions of events: trend from the rollup against
     /// a GROUP BY over the log, a variant's history, the projector's catch-up.
     Reports(reports::ReportsArgs),
+    /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
+    /// every seeded condition against the counter-only listener, the steady-state sweep.
+    Recovery(recovery::RecoveryArgs),
 }
 
 /// The scratch database every measurement runs in.
@@ -233,8 +242,14 @@ struct ReplayFigure {
 }
 
 pub async fn run(connected: &Connected, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    if let Some(BenchKind::Reports(reports_args)) = args.kind {
-        return reports::run(connected, reports_args).await;
+    match args.kind {
+        Some(BenchKind::Reports(reports_args)) => {
+            return reports::run(connected, reports_args).await
+        }
+        Some(BenchKind::Recovery(recovery_args)) => {
+            return recovery::run(connected, recovery_args).await
+        }
+        None => {}
     }
     let options = scratch::options(connected, BENCH_DATABASE, "retrylog bench")?;
     let outcome = run_phases(connected, &options, &args).await;
