@@ -150,6 +150,9 @@ impl Scenario {
                   WHERE j.status = 'running'
                     AND j.current_step = ($1::text[])[cardinality($1::text[])]
                     AND agg.variants > 0 AND agg.finished = agg.variants
+                    -- implied by the next condition; lets the plan drop jobs before their
+                    -- variants are aggregated
+                    AND j.updated_at <= now() - make_interval(secs => $2::float8)
                     AND greatest(j.updated_at, agg.last_update)
                         <= now() - make_interval(secs => $2::float8)
                     AND NOT EXISTS (
