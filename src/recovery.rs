@@ -599,30 +599,20 @@ pub async fn load_interventions(
     job_variants_id: Option<Uuid>,
     filter: &HistoryFilter,
 ) -> Result<Vec<Intervention>, sqlx::Error> {
-    sqlx::query_as(
+    // A note happens and is recorded at once: noted_at stands for both times.
+    let sql = format!(
         "SELECT seq, job_id, job_variants_id, retry_count, max_retries, scenario, reason, step,
                 status, actor, detail, noted_at
            FROM retry_intervention
-          WHERE ($1::uuid IS NULL OR job_id = $1)
-            AND ($2::uuid IS NULL OR job_variants_id = $2)
-            AND ($3::text IS NULL OR reason::text = $3)
-            AND ($4::text IS NULL OR step = $4)
-            AND ($5::text IS NULL OR actor = $5)
-            AND ($6::timestamptz IS NULL OR noted_at >= $6)
-            AND ($7::timestamptz IS NULL OR noted_at <= $7)
-            AND ($8::timestamptz IS NULL OR noted_at <= $8)
+          WHERE ($1::uuid IS NULL OR job_id = $1) AND ($2::uuid IS NULL OR job_variants_id = $2)
+                {filter}
           ORDER BY seq",
-    )
-    .bind(job_id)
-    .bind(job_variants_id)
-    .bind(filter.reason.map(|reason| reason.as_ref().to_string()))
-    .bind(filter.step.as_deref())
-    .bind(filter.actor.as_deref())
-    .bind(filter.occurred_since)
-    .bind(filter.occurred_until)
-    .bind(filter.recorded_until)
-    .fetch_all(conn)
-    .await
+        filter = HistoryFilter::sql("noted_at", "noted_at"),
+    );
+    filter
+        .bind(sqlx::query_as(&sql), job_id, job_variants_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// What one sweep did, per scenario.

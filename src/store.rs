@@ -5,6 +5,8 @@
 //! target lock, idempotency, gapless attempt, limit, hash chain, inline projection); the CLI,
 //! the HTTP API and clients in other languages all go through it too.
 
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 use sqlx::{PgConnection, Postgres, Transaction};
 use thiserror::Error;
 use uuid::Uuid;
@@ -182,15 +184,40 @@ pub struct HistoryFilter {
     pub recorded_until: Option<DateTime<Utc>>,
 }
 
-/// The filter as SQL over `$3`..`$8` (`$1` and `$2` are the stream): each condition holds
-/// when its parameter is NULL, so one statement serves every combination and the stream
-/// index still drives the scan.
-const HISTORY_FILTER: &str = "AND ($3::text IS NULL OR reason::text = $3)
-     AND ($4::text IS NULL OR step = $4)
-     AND ($5::text IS NULL OR actor = $5)
-     AND ($6::timestamptz IS NULL OR occurred_at >= $6)
-     AND ($7::timestamptz IS NULL OR occurred_at <= $7)
-     AND ($8::timestamptz IS NULL OR recorded_at <= $8)";
+impl HistoryFilter {
+    /// The filter as SQL over `$3`..`$8` (`$1` and `$2` are the stream), for a table whose
+    /// occurrence and recording times are the columns `occurred` and `recorded`: each
+    /// condition holds when its parameter is NULL, so one statement serves every combination
+    /// and the stream index still drives the scan.
+    pub(crate) fn sql(occurred: &str, recorded: &str) -> String {
+        format!(
+            "AND ($3::text IS NULL OR reason::text = $3)
+             AND ($4::text IS NULL OR step = $4)
+             AND ($5::text IS NULL OR actor = $5)
+             AND ($6::timestamptz IS NULL OR {occurred} >= $6)
+             AND ($7::timestamptz IS NULL OR {occurred} <= $7)
+             AND ($8::timestamptz IS NULL OR {recorded} <= $8)"
+        )
+    }
+
+    /// Binds the stream (`$1`, `$2`) and this filter (`$3`..`$8`) to `query`.
+    pub(crate) fn bind<'q, O>(
+        &'q self,
+        query: QueryAs<'q, Postgres, O, PgArguments>,
+        job_id: Option<Uuid>,
+        job_variants_id: Option<Uuid>,
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
+        query
+            .bind(job_id)
+            .bind(job_variants_id)
+            .bind(self.reason.map(|reason| reason.as_ref().to_string()))
+            .bind(self.step.as_deref())
+            .bind(self.actor.as_deref())
+            .bind(self.occurred_since)
+            .bind(self.occurred_until)
+            .bind(self.recorded_until)
+    }
+}
 
 /// Reads the events of `stream` (a WHERE condition over `$1` job and `$2` variant) that pass
 /// `filter`, in `order`.
@@ -204,18 +231,12 @@ async fn load_filtered(
 ) -> Result<Vec<RetryEvent>, sqlx::Error> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM retry_history
-          WHERE {stream} {HISTORY_FILTER}
-          ORDER BY {order}"
+          WHERE {stream} {filter}
+          ORDER BY {order}",
+        filter = HistoryFilter::sql("occurred_at", "recorded_at"),
     );
-    sqlx::query_as(&sql)
-        .bind(job_id)
-        .bind(job_variants_id)
-        .bind(filter.reason.map(|reason| reason.as_ref().to_string()))
-        .bind(filter.step.as_deref())
-        .bind(filter.actor.as_deref())
-        .bind(filter.occurred_since)
-        .bind(filter.occurred_until)
-        .bind(filter.recorded_until)
+    filter
+        .bind(sqlx::query_as(&sql), job_id, job_variants_id)
         .fetch_all(conn)
         .await
 }
