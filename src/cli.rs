@@ -62,8 +62,10 @@ pub enum Command {
     /// Run the service: the recovery watchdog and the asynchronous projector, until SIGINT or
     /// SIGTERM.
     Serve(ServeArgs),
-    /// Create a small sample pipeline, record retries through every door, show the result.
-    Demo(FormatArg),
+    /// Run a live sample pipeline that goes wrong on purpose, with the recovery watchdog
+    /// recovering it, in a scratch database; then the retries, the targets at the limit and a
+    /// verify.
+    Demo(crate::cmd::demo::DemoArgs),
     /// Measure appends and replay (or, with `reports`, the reports) against hand-written
     /// baselines, in a scratch database.
     Bench(crate::cmd::bench::BenchArgs),
