@@ -262,26 +262,26 @@ async fn run_in_scratch(
 fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArgs) {
     let steps = settings.steps.names().join(" → ");
     eprintln!(
-        "retrylog demo: in database {DEMO_DATABASE}, seed {seed} (repeat this run with --seed {seed})"
+        "retrylog demo: seed {seed} (repeat with --seed {seed}), in database {DEMO_DATABASE}, \
+         for {}",
+        humantime::format_duration(args.duration)
     );
     eprintln!(
-        "  pipeline: {} jobs × {} variants over {steps} for {};",
+        "  pipeline: {} jobs × {} variants over {steps}",
         plan.jobs.len(),
         args.variants,
-        humantime::format_duration(args.duration),
     );
     eprintln!(
-        "            it misses 1 in {} done notifications and 1 in {} job completions on \
-         purpose,",
+        "            misses 1 in {} done notifications and 1 in {} job completions;",
         (1.0 / pipeline::MISS_DONE_CHANCE).round(),
         (1.0 / pipeline::MISS_COMPLETION_CHANCE).round(),
     );
     eprintln!(
-        "            and {} flaky variant(s) fail most of their runs",
+        "            {} flaky variant(s) fail most of their runs",
         plan.flaky()
     );
     eprintln!(
-        "  watchdog: {}, stuck after {}, sweeps every {}, at most {} retries per target:",
+        "  watchdog: {}; stuck after {}, sweeps every {}, limit {} retries",
         settings.instance,
         humantime::format_duration(settings.stuck_after),
         humantime::format_duration(settings.sweep_every),
@@ -293,16 +293,62 @@ fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArg
     eprintln!("    final_step  a job whose variants all finished the last step is set done");
 }
 
-/// A URL for the demo database that the other commands accept, without the password.
+/// A URL for the demo database that the other commands and psql accept, without the
+/// password. A unix socket goes in the `host` parameter (the URL's host cannot be a path).
 fn database_url(options: &PgConnectOptions) -> String {
-    let user = options.get_username();
-    let host = options.get_host();
+    let user = url_encode(options.get_username());
     let port = options.get_port();
-    if host.starts_with('/') {
-        format!("postgres://{user}@/{DEMO_DATABASE}?host={host}&port={port}")
-    } else if host.contains(':') {
-        format!("postgres://{user}@[{host}]:{port}/{DEMO_DATABASE}")
-    } else {
-        format!("postgres://{user}@{host}:{port}/{DEMO_DATABASE}")
+    let host = options.get_host();
+    let socket = match options.get_socket() {
+        Some(dir) => Some(dir.display().to_string()),
+        None => host.starts_with('/').then(|| host.to_string()),
+    };
+    match socket {
+        Some(dir) => format!(
+            "postgres://{user}@localhost:{port}/{DEMO_DATABASE}?host={}",
+            url_encode(&dir)
+        ),
+        None if host.contains(':') => format!("postgres://{user}@[{host}]:{port}/{DEMO_DATABASE}"),
+        None => format!("postgres://{user}@{host}:{port}/{DEMO_DATABASE}"),
+    }
+}
+
+/// Percent-encodes all but letters, digits, `-._~` and `/`.
+fn url_encode(text: &str) -> String {
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_database_url_names_the_server_and_never_the_password() {
+        let tcp = PgConnectOptions::new()
+            .host("db.example")
+            .port(5433)
+            .username("alice")
+            .password("secret")
+            .database("retrylog");
+        assert_eq!(
+            database_url(&tcp),
+            "postgres://alice@db.example:5433/retrylog_demo"
+        );
+        let socket = PgConnectOptions::new()
+            .socket("/run/my pg")
+            .port(5432)
+            .username("bob");
+        assert_eq!(
+            database_url(&socket),
+            "postgres://bob@localhost:5432/retrylog_demo?host=/run/my%20pg"
+        );
     }
 }

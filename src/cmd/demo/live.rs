@@ -107,31 +107,33 @@ impl Status {
         .map(Option::unwrap_or_default)
     }
 
-    /// The first status line: the pipeline.
-    fn pipeline_line(&self, jobs: usize) -> String {
-        let mut line = format!(
-            "jobs {} of {jobs} started, {} done · variants {} running, {} failed, {} stuck",
-            self.jobs_started, self.jobs_done, self.running, self.failed, self.stuck
+    /// The status in three parts, each short enough for an 80-column terminal: the jobs,
+    /// the variants, the watchdog.
+    fn parts(&self, jobs: usize) -> [String; 3] {
+        let mut job_part = format!(
+            "jobs: {}/{jobs} started, {} done",
+            self.jobs_started, self.jobs_done
         );
         if self.awaiting_completion > 0 {
-            line.push_str(&format!(
-                " · {} job(s) awaiting completion",
+            job_part.push_str(&format!(
+                ", {} awaiting completion",
                 self.awaiting_completion
             ));
         }
-        line
-    }
-
-    /// The second status line: the watchdog.
-    fn watchdog_line(&self) -> String {
-        format!(
-            "retries: failed {} · lagging {} · stale {} · final_step {} · needing intervention: {}",
-            self.retries_failed,
-            self.retries_lagging,
-            self.retries_stale,
-            self.retries_final_step,
-            self.interventions
-        )
+        [
+            job_part,
+            format!(
+                "variants: {} running, {} failed, {} stuck · needing intervention: {}",
+                self.running, self.failed, self.stuck, self.interventions
+            ),
+            format!(
+                "retries: failed {} · lagging {} · stale {} · final_step {}",
+                self.retries_failed,
+                self.retries_lagging,
+                self.retries_stale,
+                self.retries_final_step
+            ),
+        ]
     }
 }
 
@@ -165,9 +167,9 @@ impl LiveView {
         if !terminal {
             return ProgressBar::hidden();
         }
-        // Two lines: the pipeline (msg) and the watchdog (prefix).
+        // The clock (prefix) beside the bar; the status (msg) starts there and runs on below.
         ProgressBar::new(duration.as_millis() as u64).with_style(
-            ProgressStyle::with_template("{bar:20.cyan/blue} {msg}\n{prefix}")
+            ProgressStyle::with_template("{bar:16.cyan/blue} {prefix}  {msg}")
                 .expect("the template is valid"),
         )
     }
@@ -203,24 +205,16 @@ impl LiveView {
             }
             let status = Status::read(&self.pool, &self.last_step).await?;
             let elapsed = self.started.elapsed().min(self.duration);
+            let clock = format!("{:>2}s/{}s", elapsed.as_secs(), self.duration.as_secs());
             if self.terminal {
+                let [jobs, variants, retries] = status.parts(self.jobs);
                 self.bar.set_position(elapsed.as_millis() as u64);
-                self.bar.set_message(format!(
-                    "{:>2}s/{}s  {}",
-                    elapsed.as_secs(),
-                    self.duration.as_secs(),
-                    status.pipeline_line(self.jobs)
-                ));
-                self.bar.set_prefix(status.watchdog_line());
+                self.bar.set_prefix(clock);
+                self.bar
+                    .set_message(format!("{jobs}\n{variants}\n{retries}"));
             } else if stopping || last_plain.elapsed() >= PLAIN_EVERY {
                 last_plain = Instant::now();
-                eprintln!(
-                    "{:>2}s/{}s  {} · {}",
-                    elapsed.as_secs(),
-                    self.duration.as_secs(),
-                    status.pipeline_line(self.jobs),
-                    status.watchdog_line()
-                );
+                eprintln!("{clock} · {}", status.parts(self.jobs).join(" · "));
             }
             if stopping {
                 self.bar.finish();

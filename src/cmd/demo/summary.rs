@@ -301,7 +301,7 @@ impl Summary {
             "step",
             "status",
             "retry_count",
-            "noted after",
+            "noted_after",
         ]);
         for note in &self.interventions {
             rows.push(vec![
@@ -412,7 +412,7 @@ async fn top_targets(pool: &PgPool, labels: &Labels) -> anyhow::Result<(Rows, Op
         "target",
         "id",
         "retry_count",
-        "retries by scenario",
+        "by_scenario",
         "status",
         "step",
     ]);
