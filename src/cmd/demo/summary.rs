@@ -271,7 +271,7 @@ impl Summary {
             "reason",
             "retries",
             "targets",
-            "highest attempt",
+            "highest_attempt",
         ]);
         for retry in &self.retries {
             rows.push(vec![
