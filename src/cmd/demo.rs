@@ -272,9 +272,9 @@ fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArg
         args.variants,
     );
     eprintln!(
-        "            misses 1 in {} done notifications and 1 in {} job completions;",
-        (1.0 / pipeline::MISS_DONE_CHANCE).round(),
-        (1.0 / pipeline::MISS_COMPLETION_CHANCE).round(),
+        "            misses {:.0}% of the done notifications and {:.0}% of job completions;",
+        pipeline::MISS_DONE_CHANCE * 100.0,
+        pipeline::MISS_COMPLETION_CHANCE * 100.0,
     );
     eprintln!(
         "            {} flaky variant(s) fail most of their runs",
