@@ -36,15 +36,8 @@ use live::{AboveTheBar, Labels, LiveView};
 use pipeline::{Pipeline, PipelineCounts, Plan};
 use summary::{RunFacts, Summary};
 
-/// `retrylog demo`.
-///
-/// Runs a simulated pipeline for --duration in its own database, `retrylog_demo` (created on
-/// the configured server, dropped at the end unless --keep; the configured database is never
-/// touched), with the recovery watchdog of `serve` recovering it: variants fail, the pipeline
-/// misses notifications and job completions on purpose, a few flaky variants fail until they
-/// reach the retry limit. Shows each retry as it happens, then the retries by scenario, the
-/// most retried targets, the targets needing a human, and a verify of the log (exit 1 if it is
-/// not clean). Ctrl-C ends the run early and still prints the summary.
+/// `retrylog demo`: the flags. What the command does is told by its help text, the doc of
+/// `Command::Demo` in cli.rs.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Jobs the pipeline runs; they start one after another during the first half of the run.
@@ -267,9 +260,9 @@ fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArg
         humantime::format_duration(args.duration)
     );
     eprintln!(
-        "  pipeline: {} jobs × {} variants over {steps}",
-        plan.jobs.len(),
-        args.variants,
+        "  pipeline: {} × {} over {steps}",
+        plural(plan.jobs.len(), "job"),
+        plural(args.variants as usize, "variant"),
     );
     eprintln!(
         "            misses {:.0}% of the done notifications and {:.0}% of job completions;",
@@ -277,8 +270,8 @@ fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArg
         pipeline::MISS_COMPLETION_CHANCE * 100.0,
     );
     eprintln!(
-        "            {} flaky variant(s) fail most of their runs",
-        plan.flaky()
+        "            {}, failing most of the time",
+        plural(plan.flaky(), "flaky variant")
     );
     eprintln!(
         "  watchdog: {}; stuck after {}, sweeps every {}, limit {} retries",
@@ -291,6 +284,12 @@ fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArg
     eprintln!("    lagging     a done variant left behind its job is touched, so it moves on");
     eprintln!("    stale       a done variant that others overtook is touched, so it moves on");
     eprintln!("    final_step  a job whose variants all finished the last step is set done");
+}
+
+/// `1 job`, `2 jobs`.
+fn plural(count: usize, noun: &str) -> String {
+    let ending = if count == 1 { "" } else { "s" };
+    format!("{count} {noun}{ending}")
 }
 
 /// A URL for the demo database that the other commands and psql accept, without the

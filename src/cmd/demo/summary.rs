@@ -178,10 +178,10 @@ impl Summary {
         let counts = &self.pipeline;
         println!();
         println!(
-            "retrylog demo, seed {} ({} jobs × {} variants, {} flaky, {} s{}):",
+            "retrylog demo, seed {} ({} × {}, {} flaky, {} s{}):",
             facts.seed,
-            facts.jobs,
-            facts.variants,
+            super::plural(facts.jobs, "job"),
+            super::plural(facts.variants, "variant"),
             facts.flaky,
             facts.ran.as_secs(),
             if facts.interrupted {
