@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
+use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -93,7 +94,10 @@ const VIEW_CONNECTIONS: u32 = 2;
 pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let began = Instant::now();
     let options = scratch::options(connected, DEMO_DATABASE, "retrylog demo")?;
-    let seed = args.seed.unwrap_or_else(rand::random);
+    // A short default seed: it is printed to be typed again.
+    let seed = args
+        .seed
+        .unwrap_or_else(|| rand::thread_rng().gen_range(0..1_000_000));
     let outcome = run_in_scratch(connected, &options, &args, seed).await;
     scratch::release(connected, DEMO_DATABASE, args.keep).await;
     let (summary, timings) = outcome?;
