@@ -62,8 +62,18 @@ pub enum Command {
     /// Run the service: the recovery watchdog and the asynchronous projector, until SIGINT or
     /// SIGTERM.
     Serve(ServeArgs),
-    /// Create a small sample pipeline, record retries through every door, show the result.
-    Demo(FormatArg),
+    /// Run a live sample pipeline that goes wrong on purpose, with the recovery watchdog
+    /// recovering it, in a scratch database; then the retries, the targets at the limit and a
+    /// verify.
+    ///
+    /// Runs in its own database, retrylog_demo, created on the configured server and dropped
+    /// at the end unless --keep; the configured database is never touched. Variants fail, the
+    /// pipeline misses notifications and job completions on purpose, and a few flaky variants
+    /// fail until they reach the retry limit; the watchdog of `serve` (stuck after 2s, sweeps
+    /// every 1s, limit 3) recovers what it can. Each miss, retry and limit is shown as it
+    /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
+    /// summary.
+    Demo(crate::cmd::demo::DemoArgs),
     /// Measure appends and replay (or, with `reports`, the reports) against hand-written
     /// baselines, in a scratch database.
     Bench(crate::cmd::bench::BenchArgs),

@@ -1,196 +1,357 @@
-//! `retrylog demo`: a small sample pipeline, retries of every reason through the Rust and SQL
-//! doors, then the history, the counts and a clean verify.
+//! `retrylog demo`: a live pipeline that goes wrong in every way the watchdog knows, the real
+//! watchdog recovering it, and what the log holds afterwards.
+//!
+//! 1. A scratch database, `retrylog_demo`, created fresh on the configured server (the
+//!    configured database is never touched) and dropped at the end unless `--keep`.
+//! 2. The watchdog's settings, scaled to seconds, published to `retrylog_settings` as `serve`
+//!    does, so the change trigger notifies the channel both sides listen on.
+//! 3. Three tasks until `--duration` is over (or Ctrl-C): the simulated pipeline
+//!    (`demo/pipeline.rs`), [`recovery::run`] — the watchdog `serve` runs — and the live view
+//!    (`demo/live.rs`).
+//! 4. Stop all three with one signal; each finishes the transaction in flight.
+//! 5. The summary (`demo/summary.rs`) and a `verify`; exit 1 if verify is not clean.
+
+mod live;
+mod pipeline;
+mod summary;
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
-use sqlx::PgPool;
-use uuid::Uuid;
+use chrono::{DateTime, Utc};
+use clap::{Args, ValueEnum};
+use rand::Rng;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::EnvFilter;
 
-use crate::event::{NewRetry, RetryReason, Target};
-use crate::output::{event_rows, Format, Rows};
-use crate::{replay, store};
+use super::{scratch, stderr_is_terminal, EXIT_MISMATCH};
+use crate::config::{parse_duration, WatchdogSettings, DEFAULT_CHANNEL};
+use crate::connect::Connected;
+use crate::recovery;
+use live::{AboveTheBar, Labels, LiveView};
+use pipeline::{Pipeline, PipelineCounts, Plan};
+use summary::{RunFacts, Summary};
 
-const STEPS: [&str; 4] = ["prepare", "generate", "segment", "iou_eval"];
+/// `retrylog demo`: the flags. What the command does is told by its help text, the doc of
+/// `Command::Demo` in cli.rs.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Jobs the pipeline runs; they start one after another during the first half of the run.
+    #[arg(long, default_value_t = 40, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub jobs: u32,
 
-pub async fn run(pool: &PgPool, format: Format) -> anyhow::Result<ExitCode> {
-    // 1. A job running at `segment` with four variants: one done but lagging at `generate`,
-    //    one failed at `segment`, two healthy. A second job waits at the final step.
-    let job = Uuid::now_v7();
-    let final_job = Uuid::now_v7();
-    let variants: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
-    let final_variants: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'segment'),
-                ($2, 'running', 'iou_eval')",
-    )
-    .bind(job)
-    .bind(final_job)
-    .execute(&mut *tx)
-    .await
-    .context("creating the sample jobs")?;
-    let layout = [
-        (variants[0], job, 0, "done", STEPS[1]),
-        (variants[1], job, 1, "failed", STEPS[2]),
-        (variants[2], job, 2, "running", STEPS[2]),
-        (variants[3], job, 3, "running", STEPS[2]),
-        (final_variants[0], final_job, 0, "done", STEPS[3]),
-        (final_variants[1], final_job, 1, "done", STEPS[3]),
-    ];
-    for (variant, owner, order, status, step) in layout {
-        sqlx::query(
-            "INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, current_step)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(variant)
-        .bind(owner)
-        .bind(order)
-        .bind(status)
-        .bind(step)
-        .execute(&mut *tx)
-        .await
-        .context("creating the sample variants")?;
-    }
-    tx.commit().await?;
-    eprintln!("demo: created job {job} (4 variants, at segment) and job {final_job} (at iou_eval)");
+    /// Variants per job; the first (v0, creation_order 0) leads: the job's step follows it.
+    #[arg(long, default_value_t = 4, value_name = "M",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub variants: u32,
 
-    // 2. Rust door: the lagging variant is touched so the pipeline advances it — the touch
-    //    and the event commit together.
-    let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE jobs_variants SET updated_at = now() WHERE job_variants_id = $1")
-        .bind(variants[0])
-        .execute(&mut *tx)
-        .await?;
-    let retry = NewRetry::new(
-        Target::Variant {
-            job_id: job,
-            job_variants_id: variants[0],
-        },
-        RetryReason::Stuck,
-        "demo:watchdog",
-    )
-    .with_step(STEPS[1])
-    .with_status_change("done", "done")
-    .with_detail(json!({"scenario": "lagging", "job_step": "segment", "variant_step": "generate"}));
-    store::append(&mut tx, &retry).await?;
-    tx.commit().await?;
+    /// How long the pipeline runs before the summary (20s, 1m).
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
 
-    // 3. SQL door, as a Python/asyncpg listener would call it: the failed variant is set back
-    //    to done at its step so the step re-runs, twice (it failed again after the first).
-    for error in ["CUDA out of memory", "segmentation timed out"] {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "UPDATE jobs_variants SET status = 'done', updated_at = now()
-              WHERE job_variants_id = $1",
-        )
-        .bind(variants[1])
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "SELECT attempt FROM record_retry(
-                 job_id => $1, job_variants_id => $2, reason => 'failed',
-                 from_status => 'failed', to_status => 'done', actor => 'demo:python-listener',
-                 detail => jsonb_build_object('scenario', 'failed', 'error', $3::text))",
-        )
-        .bind(job)
-        .bind(variants[1])
-        .bind(error)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE jobs_variants SET status = 'failed' WHERE job_variants_id = $1")
-            .bind(variants[1])
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-    }
+    /// Seed of every random choice [default: a random one, printed, so the run can be repeated].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
 
-    // 4. Rust door again: the final-step job whose variants are all done is set done.
-    let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE jobs SET status = 'done', updated_at = now() WHERE job_id = $1")
-        .bind(final_job)
-        .execute(&mut *tx)
-        .await?;
-    let retry = NewRetry::new(
-        Target::Job { job_id: final_job },
-        RetryReason::ManualRecovery,
-        "demo:watchdog",
-    )
-    .with_status_change("running", "done")
-    .with_detail(json!({"scenario": "final_step", "variants_done": 2}));
-    store::append(&mut tx, &retry).await?;
-    tx.commit().await?;
+    /// Keep the retrylog_demo database at the end, to explore with the other commands.
+    #[arg(long)]
+    pub keep: bool,
 
-    // 5. A retry that must be refused: the failed variant already has 2 retries, limit 2.
-    let mut tx = pool.begin().await?;
-    let refused = store::append(
-        &mut tx,
-        &NewRetry::new(
-            Target::Variant {
-                job_id: job,
-                job_variants_id: variants[1],
-            },
-            RetryReason::Failed,
-            "demo:watchdog",
-        )
-        .with_max_retries(2),
-    )
-    .await;
-    tx.rollback().await?;
-    match refused {
-        Err(error) if error.is_caller_error() => eprintln!("demo: refused as expected: {error}"),
-        Err(error) => return Err(error.into()),
-        Ok(event) => anyhow::bail!(
-            "the limit did not hold: attempt {} was stored",
-            event.attempt
-        ),
-    }
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = DemoFormat::Table)]
+    pub format: DemoFormat,
+}
 
-    // 6. What an operator sees.
-    let mut conn = pool.acquire().await?;
-    println!("\nHistory of job {job}:");
-    let history = store::load_job_history(&mut conn, job).await?;
-    event_rows(&history, format).print(format)?;
-    println!("\nHistory of job {final_job}:");
-    let history = store::load_job_history(&mut conn, final_job).await?;
-    event_rows(&history, format).print(format)?;
+/// How the summary is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoFormat {
+    /// Sentences and tables for people.
+    Table,
+    /// One JSON object, for scripts.
+    Json,
+}
 
-    println!("\nretry_count now:");
-    let counts: Vec<(String, Uuid, String, Option<String>, i32)> = sqlx::query_as(
-        "SELECT 'job', job_id, status, current_step, retry_count FROM jobs WHERE job_id IN ($1, $2)
-         UNION ALL
-         SELECT 'variant', job_variants_id, status, current_step, retry_count
-           FROM jobs_variants WHERE job_id IN ($1, $2)
-         ORDER BY 1, 5 DESC",
-    )
-    .bind(job)
-    .bind(final_job)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut rows = Rows::new(&["kind", "id", "status", "current_step", "retry_count"]);
-    for (kind, id, status, step, count) in counts {
-        rows.push(vec![
-            Value::from(kind),
-            Value::from(id.to_string()),
-            Value::from(status),
-            step.map_or(Value::Null, Value::from),
-            Value::from(count),
-        ]);
-    }
-    rows.print(format)?;
-    drop(conn);
+/// The scratch database the demo runs in.
+pub const DEMO_DATABASE: &str = "retrylog_demo";
 
-    let report = replay::verify(pool, |_| {}).await?;
-    if !report.is_clean() {
-        for mismatch in &report.mismatches {
-            eprintln!("demo: verify: {mismatch}");
-        }
-        anyhow::bail!("verify found {} mismatch(es)", report.mismatches.len());
-    }
-    println!(
-        "\nverify: clean — {} events in {} streams, every hash link and retry_count matches the log",
-        report.events, report.streams
+/// The watchdog's thresholds, scaled from minutes to seconds so the demo shows them at work.
+const STUCK_AFTER: Duration = Duration::from_secs(2);
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const MAX_RETRIES: i32 = 3;
+const INSTANCE: &str = "demo-watchdog";
+
+/// Connections of the pipeline (listener, step runs), the watchdog and the live view.
+const PIPELINE_CONNECTIONS: u32 = 8;
+const WATCHDOG_CONNECTIONS: u32 = 4;
+const VIEW_CONNECTIONS: u32 = 2;
+
+pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let began = Instant::now();
+    let options = scratch::options(connected, DEMO_DATABASE, "retrylog demo")?;
+    // A short default seed: it is printed to be typed again.
+    let seed = args
+        .seed
+        .unwrap_or_else(|| rand::thread_rng().gen_range(0..1_000_000));
+    let outcome = run_in_scratch(connected, &options, &args, seed).await;
+    scratch::release(connected, DEMO_DATABASE, args.keep).await;
+    let (summary, timings) = outcome?;
+
+    let explore = args.keep.then(|| database_url(&options));
+    summary.print(args.format, explore.as_deref())?;
+    eprintln!(
+        "retrylog demo: {:.1} s in all: setup {:.1} s, run {:.1} s, summary and verify {:.1} s",
+        began.elapsed().as_secs_f64(),
+        timings.setup.as_secs_f64(),
+        timings.run.as_secs_f64(),
+        timings.summary.as_secs_f64()
     );
+    if !summary.verify.is_clean() {
+        eprintln!("retrylog demo: verify found mismatches in the demo database");
+        return Ok(ExitCode::from(EXIT_MISMATCH));
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long each part took.
+struct Timings {
+    setup: Duration,
+    run: Duration,
+    summary: Duration,
+}
+
+/// Steps 1 to 5 of the module docs but the drop. On an error the pools are dropped and the
+/// final `DROP DATABASE ... WITH (FORCE)` ends whatever they left open.
+async fn run_in_scratch(
+    connected: &Connected,
+    options: &PgConnectOptions,
+    args: &DemoArgs,
+    seed: u64,
+) -> anyhow::Result<(Summary, Timings)> {
+    let began = Instant::now();
+    // 1. The database, and pools of its own for each side so neither starves the other.
+    let pool = scratch::create(connected, DEMO_DATABASE, options, PIPELINE_CONNECTIONS).await?;
+    let connect = |connections| {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .connect_with(options.clone())
+    };
+    let watchdog_pool = connect(WATCHDOG_CONNECTIONS)
+        .await
+        .context("connecting the watchdog to the demo database")?;
+    let view_pool = connect(VIEW_CONNECTIONS)
+        .await
+        .context("connecting the live view to the demo database")?;
+
+    // 2. The watchdog's settings where the trigger and every door read them.
+    let settings = WatchdogSettings {
+        max_retries: MAX_RETRIES,
+        stuck_after: STUCK_AFTER,
+        sweep_every: SWEEP_EVERY,
+        instance: INSTANCE.to_string(),
+        channel: DEFAULT_CHANNEL.to_string(),
+        ..WatchdogSettings::default()
+    };
+    recovery::publish_settings(&pool, &settings)
+        .await
+        .context("writing the demo watchdog's settings to retrylog_settings")?;
+    let channel: String = sqlx::query_scalar("SELECT notify_channel FROM retrylog_settings")
+        .fetch_one(&pool)
+        .await
+        .context("reading the notification channel")?;
+
+    let plan = Plan::new(
+        seed,
+        args.jobs as usize,
+        args.variants as usize,
+        settings.steps.names(),
+        args.duration,
+    );
+    let labels = Labels::new(&plan);
+    introduce(&plan, &settings, seed, args);
+    let setup = began.elapsed();
+
+    // 3. The three tasks, started together.
+    let terminal = stderr_is_terminal();
+    let bar = LiveView::bar(args.duration, terminal);
+    let (stop, stopped) = watch::channel(false);
+    let started_db: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
+    let started = Instant::now();
+    // The watchdog logs only errors here (RETRYLOG_LOG overrides): the live view shows its
+    // retries and limits from the log, and a log line must not cut through the status line.
+    let watchdog_log = tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("RETRYLOG_LOG").unwrap_or_else(|_| EnvFilter::new("error")),
+        )
+        .with_writer(AboveTheBar(bar.clone()))
+        .finish();
+    let watchdog = tokio::spawn(
+        recovery::run(watchdog_pool.clone(), settings.clone(), stopped.clone())
+            .with_subscriber(watchdog_log),
+    );
+    let (misses_tx, misses_rx) = mpsc::unbounded_channel();
+    let view = tokio::spawn(
+        LiveView {
+            pool: view_pool.clone(),
+            labels: labels.clone(),
+            last_step: settings.steps.last().to_string(),
+            jobs: plan.jobs.len(),
+            duration: args.duration,
+            started,
+            started_db,
+            bar,
+            terminal,
+        }
+        .run(misses_rx, stopped.clone()),
+    );
+    let counts = Arc::new(PipelineCounts::default());
+    let pipeline = Pipeline::new(pool.clone(), &plan, Arc::clone(&counts), misses_tx, stopped);
+    let pipeline_run = pipeline.run(&plan, &channel);
+    tokio::pin!(pipeline_run);
+    let (ended_early, interrupted) = tokio::select! {
+        result = &mut pipeline_run => (Some(result), false),
+        _ = tokio::time::sleep(args.duration) => (None, false),
+        _ = tokio::signal::ctrl_c() => (None, true),
+    };
+
+    // 4. One signal stops all three; wait for each.
+    stop.send_replace(true);
+    let pipeline_result = match ended_early {
+        Some(result) => result,
+        None => pipeline_run.await,
+    };
+    let ran = started.elapsed();
+    watchdog.await.context("the watchdog panicked")?;
+    let view_result = view.await.context("the live view panicked")?;
+    pipeline_result.context("running the demo pipeline")?;
+    view_result.context("showing the run")?;
+    watchdog_pool.close().await;
+    view_pool.close().await;
+
+    // 5. The summary, verify included.
+    let summarizing = Instant::now();
+    let facts = RunFacts {
+        seed,
+        jobs: plan.jobs.len(),
+        variants: args.variants as usize,
+        flaky: plan.flaky(),
+        duration: args.duration,
+        ran,
+        interrupted,
+        started_db,
+    };
+    let summary = Summary::read(&pool, facts, settings, &counts, labels).await?;
+    pool.close().await;
+    let timings = Timings {
+        setup,
+        run: ran,
+        summary: summarizing.elapsed(),
+    };
+    Ok((summary, timings))
+}
+
+/// Says on stderr what is about to happen and how to repeat it.
+fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArgs) {
+    let steps = settings.steps.names().join(" → ");
+    eprintln!(
+        "retrylog demo: seed {seed} (repeat with --seed {seed}), in database {DEMO_DATABASE}, \
+         for {}",
+        humantime::format_duration(args.duration)
+    );
+    eprintln!(
+        "  pipeline: {} × {} over {steps}",
+        plural(plan.jobs.len(), "job"),
+        plural(args.variants as usize, "variant"),
+    );
+    eprintln!(
+        "            misses {:.0}% of the done notifications and {:.0}% of job completions;",
+        pipeline::MISS_DONE_CHANCE * 100.0,
+        pipeline::MISS_COMPLETION_CHANCE * 100.0,
+    );
+    eprintln!(
+        "            {}, failing most of the time",
+        plural(plan.flaky(), "flaky variant")
+    );
+    eprintln!(
+        "  watchdog: {}; stuck after {}, sweeps every {}, limit {} retries",
+        settings.instance,
+        humantime::format_duration(settings.stuck_after),
+        humantime::format_duration(settings.sweep_every),
+        settings.max_retries
+    );
+    eprintln!("    failed      a failed variant is set back to done, so its step re-runs");
+    eprintln!("    lagging     a done variant left behind its job is touched, so it moves on");
+    eprintln!("    stale       a done variant that others overtook is touched, so it moves on");
+    eprintln!("    final_step  a job whose variants all finished the last step is set done");
+}
+
+/// `1 job`, `2 jobs`.
+fn plural(count: usize, noun: &str) -> String {
+    let ending = if count == 1 { "" } else { "s" };
+    format!("{count} {noun}{ending}")
+}
+
+/// A URL for the demo database that the other commands and psql accept, without the
+/// password. A unix socket goes in the `host` parameter (the URL's host cannot be a path).
+fn database_url(options: &PgConnectOptions) -> String {
+    let user = url_encode(options.get_username());
+    let port = options.get_port();
+    let host = options.get_host();
+    let socket = match options.get_socket() {
+        Some(dir) => Some(dir.display().to_string()),
+        None => host.starts_with('/').then(|| host.to_string()),
+    };
+    match socket {
+        Some(dir) => format!(
+            "postgres://{user}@localhost:{port}/{DEMO_DATABASE}?host={}",
+            url_encode(&dir)
+        ),
+        None if host.contains(':') => format!("postgres://{user}@[{host}]:{port}/{DEMO_DATABASE}"),
+        None => format!("postgres://{user}@{host}:{port}/{DEMO_DATABASE}"),
+    }
+}
+
+/// Percent-encodes all but letters, digits, `-._~` and `/`.
+fn url_encode(text: &str) -> String {
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~/".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kept_database_url_names_the_server_and_never_the_password() {
+        let tcp = PgConnectOptions::new()
+            .host("db.example")
+            .port(5433)
+            .username("alice")
+            .password("secret")
+            .database("retrylog");
+        assert_eq!(
+            database_url(&tcp),
+            "postgres://alice@db.example:5433/retrylog_demo"
+        );
+        let socket = PgConnectOptions::new()
+            .socket("/run/my pg")
+            .port(5432)
+            .username("bob");
+        assert_eq!(
+            database_url(&socket),
+            "postgres://bob@localhost:5432/retrylog_demo?host=/run/my%20pg"
+        );
+    }
 }

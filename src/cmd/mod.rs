@@ -57,7 +57,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(args) => project::run(pool, args).await,
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
-        Command::Demo(args) => demo::run(pool, args.format).await,
+        Command::Demo(args) => demo::run(&connected, args).await,
         Command::Bench(args) => bench::run(&connected, args).await,
     }
 }
