@@ -27,6 +27,7 @@ use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::{Connection, PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::instrument::WithSubscriber;
 use uuid::Uuid;
 
 use crate::config::WatchdogSettings;
@@ -753,12 +754,16 @@ const MOST_JOBS_PER_WAKE: usize = 1000;
 /// database goes away. Errors are logged, never returned.
 pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::Receiver<bool>) {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
-    let listener = tokio::spawn(listen(
-        pool.clone(),
-        settings.channel.clone(),
-        wake_tx,
-        shutdown.clone(),
-    ));
+    // The listener logs through whatever subscriber the caller runs `run` under.
+    let listener = tokio::spawn(
+        listen(
+            pool.clone(),
+            settings.channel.clone(),
+            wake_tx,
+            shutdown.clone(),
+        )
+        .with_current_subscriber(),
+    );
     tracing::info!(
         instance = %settings.instance,
         steps = %settings.steps,
