@@ -47,7 +47,8 @@ pub enum Command {
     Migrate,
     /// Record one retry and print the stored event.
     Record(RecordArgs),
-    /// Show a target's retry events in order; a job's history includes its variants'.
+    /// Show a target's retry events in order, with the watchdog's notes where the retry limit
+    /// stopped it; a job's history includes its variants'.
     History(HistoryArgs),
     /// Audit and trend reports: top-jobs, top-variants, stats, alerts, trend.
     Report(crate::cmd::report::ReportArgs),
@@ -74,8 +75,8 @@ pub enum Command {
     /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
     /// summary.
     Demo(crate::cmd::demo::DemoArgs),
-    /// Measure appends and replay (or, with `reports`, the reports) against hand-written
-    /// baselines, in a scratch database.
+    /// Measure appends and replay (or, with `reports`, the reports; with `recovery`, a
+    /// watchdog sweep) against hand-written baselines, in a scratch database.
     Bench(crate::cmd::bench::BenchArgs),
 }
 
