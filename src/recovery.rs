@@ -97,6 +97,7 @@ impl Scenario {
                     AND j.status IN ('running', 'failed')
                     AND array_position($1::text[], j.current_step) IS NOT NULL
                     AND array_position($1::text[], v.current_step) IS NOT NULL
+                    -- failed needs no idle time; this only gives $2 its type
                     AND $2::float8 IS NOT NULL
                     {NOT_NOTED_VARIANT} {scope}",
                 variant_columns(false)
