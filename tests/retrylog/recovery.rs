@@ -1357,3 +1357,83 @@ async fn a_variant_failing_while_the_watchdog_finishes_its_job_is_not_lost(pool:
         summary.retried
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool: PgPool) {
+    recovery_fixture(&pool).await;
+    let url = database_url(&pool).await;
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args([
+            "serve",
+            "--database-url",
+            &url,
+            "--log-format",
+            "json",
+            "--sweep-every",
+            "1h",
+        ])
+        .env("RETRYLOG_INSTANCE", "serve-under-test")
+        .env("RETRYLOG_MAX_RETRIES", "2")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("retrylog serve starts");
+
+    // Its first sweep retries the fixture's failed variant; then a notification wakes it for
+    // a variant the pipeline fails afterwards (the next sweep is an hour away).
+    wait_until(
+        &pool,
+        &has_events(FAILED_VARIANT, 1),
+        Duration::from_secs(10),
+        "serve's first sweep retried the failed variant",
+    )
+    .await;
+    wait_until(&pool, LISTENING, Duration::from_secs(5), "serve listens").await;
+    fail(&pool, FAILED_VARIANT).await;
+    wait_until(
+        &pool,
+        &has_events(FAILED_VARIANT, 2),
+        Duration::from_secs(5),
+        "serve retried the variant failed again on its notification",
+    )
+    .await;
+
+    let pid = serve.id().expect("serve is running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let output = tokio::time::timeout(Duration::from_secs(10), serve.wait_with_output())
+        .await
+        .expect("serve exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "serve exits 0 on SIGTERM, got {}",
+        output.status
+    );
+
+    // Its settings reached the database, its retries carry its name, and its log says what it
+    // did, one JSON object per line.
+    let limit: Option<i32> = sqlx::query_scalar("SELECT max_retries FROM retrylog_settings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(limit, Some(2));
+    let events = events_of(&pool, FAILED_VARIANT).await;
+    assert!(events.iter().all(|event| event.actor == "serve-under-test"));
+    let log = String::from_utf8(output.stderr).unwrap();
+    let retried: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["target"] == format!("variant {FAILED_VARIANT}"))
+        .collect();
+    assert_eq!(retried.len(), 2, "{log}");
+    let first = &retried[0]["fields"];
+    assert_eq!(first["scenario"], "failed");
+    assert_eq!(first["reason"], "failed");
+    assert_eq!(first["attempt"], 1);
+    assert_eq!(retried[1]["fields"]["attempt"], 2);
+    assert_verify_clean(&pool).await;
+}
