@@ -16,7 +16,7 @@
 //! Every time a user gives is parsed here ([`TimeSpec`]), resolved in Rust and bound as a
 //! parameter. Windows include their start (`>=`) and an as-of instant includes itself (`<=`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use serde::Serialize;
@@ -460,26 +460,21 @@ pub async fn alerts(
         .bind(updated_since)
         .fetch_all(conn)
         .await?;
-    let mut alerts: Vec<Alert> = Vec::with_capacity(rows.len());
-    for (kind, id, job_id, status, current_step, retry_count, updated_at, why) in rows {
-        // A target needing intervention is not listed again for its high count.
-        if alerts
-            .iter()
-            .any(|listed| listed.kind == kind && listed.id == id)
-        {
-            continue;
-        }
-        alerts.push(Alert {
-            kind,
-            id,
-            job_id,
-            status,
-            current_step,
-            retry_count,
-            updated_at,
-            why: why.parse().expect("the query names an AlertWhy"),
-        });
-    }
+    let mut alerts: Vec<Alert> = rows
+        .into_iter()
+        .map(
+            |(kind, id, job_id, status, current_step, retry_count, updated_at, why)| Alert {
+                kind,
+                id,
+                job_id,
+                status,
+                current_step,
+                retry_count,
+                updated_at,
+                why: why.parse().expect("the query names an AlertWhy"),
+            },
+        )
+        .collect();
     alerts.sort_by(|a, b| {
         (
             a.why,
@@ -496,6 +491,10 @@ pub async fn alerts(
                 b.id,
             ))
     });
+    // A target needing intervention is not listed again for its high count: the sort put
+    // its needs_intervention row before its high_retry row, whatever order the query gave.
+    let mut listed = HashSet::new();
+    alerts.retain(|alert| listed.insert((alert.kind.clone(), alert.id)));
     Ok(alerts)
 }
 
