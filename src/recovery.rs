@@ -658,15 +658,11 @@ pub async fn sweep(
     let Some(conn) = shutdown::unless_requested(pool.acquire(), &mut stop).await else {
         return Ok(summary);
     };
+    // One connection serves the whole sweep: it handles one candidate at a time.
     let mut conn = conn.map_err(lost)?;
     let limit = effective_limit(&mut conn, settings).await.map_err(lost)?;
-    drop(conn);
     for scenario in Scenario::ALL {
         loop {
-            let Some(conn) = shutdown::unless_requested(pool.acquire(), &mut stop).await else {
-                return Ok(summary);
-            };
-            let mut conn = conn.map_err(lost)?;
             let candidates = detect(&mut conn, scenario, settings, scope, DETECT_BATCH)
                 .await
                 .map_err(lost)?;
