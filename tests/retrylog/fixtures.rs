@@ -389,3 +389,24 @@ pub async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
         stderr: String::from_utf8(output.stderr).expect("stderr is UTF-8"),
     }
 }
+
+/// Sends SIGTERM to a running `retrylog serve` and waits for it: it must exit 0 within 10 s.
+/// Returns what it printed (whatever the test piped).
+pub async fn stop_serve(serve: tokio::process::Child) -> std::process::Output {
+    let pid = serve.id().expect("serve is running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), serve.wait_with_output())
+        .await
+        .expect("serve exits within 10 s of SIGTERM")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "serve exits 0 on SIGTERM, got {}",
+        output.status
+    );
+    output
+}

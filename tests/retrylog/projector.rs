@@ -256,7 +256,7 @@ async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) 
     pipeline(&pool).await;
     let url = database_url(&pool).await;
     // The projector alone: a watchdog would retry failed variant A2 itself, racing the appends.
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .args(["serve", "--no-watchdog", "--database-url", &url])
         .kill_on_drop(true)
         .spawn()
@@ -276,16 +276,6 @@ async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) 
     drop(observer);
     assert!(caught_up, "serve applied the new events within 10 s");
 
-    let pid = serve.id().expect("serve is running").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), serve.wait())
-        .await
-        .expect("serve exits within 10 s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "serve exits 0 on SIGTERM, got {status}");
+    stop_serve(serve).await;
     assert_rollup_exact(&pool).await;
 }

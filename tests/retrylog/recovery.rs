@@ -1398,21 +1398,7 @@ async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool:
     )
     .await;
 
-    let pid = serve.id().expect("serve is running").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
-    let output = tokio::time::timeout(Duration::from_secs(10), serve.wait_with_output())
-        .await
-        .expect("serve exits within 10 s of SIGTERM")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "serve exits 0 on SIGTERM, got {}",
-        output.status
-    );
+    let output = stop_serve(serve).await;
 
     // Its settings reached the database, its retries carry its name, and its log says what it
     // did, one JSON object per line.
