@@ -576,6 +576,55 @@ async fn a_retry_past_the_limit_is_refused_naming_the_target_and_limit(pool: PgP
 }
 
 #[sqlx::test(migrations = false)]
+async fn the_default_limit_of_three_refuses_a_fourth_retry_through_every_door(pool: PgPool) {
+    pipeline(&pool).await;
+    let limit: Option<i32> = sqlx::query_scalar("SELECT max_retries FROM retrylog_settings")
+        .fetch_one(&pool)
+        .await
+        .expect("the settings row exists");
+    assert_eq!(limit, Some(3), "a fresh database's shared limit");
+    let target = variant(JOB_A, VARIANT_A2);
+    append_n(&pool, target, 3).await;
+
+    let error = refused(&pool, &retry(target)).await;
+    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(error.to_string().contains("(limit 3)"), "{error}");
+    let (code, message, _) = refused_via_sql(
+        &pool,
+        "SELECT record_retry(job_id => $1::uuid, job_variants_id => $2::uuid, reason => 'failed')",
+        &[Some(&JOB_A.to_string()), Some(&VARIANT_A2.to_string())],
+    )
+    .await;
+    assert_eq!(code, "RL004", "{message}");
+    assert_eq!(retry_count(&pool, target).await, 3);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_shared_limit_wins_over_a_callers_higher_max_retries(pool: PgPool) {
+    pipeline(&pool).await;
+    set_retry_limit(&pool, Some(2)).await;
+    let target = job(JOB_B);
+    append_n(&pool, target, 2).await;
+
+    let error = refused(&pool, &retry(target).with_max_retries(10)).await;
+    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(error.to_string().contains("(limit 2)"), "{error}");
+    let (code, message, _) = refused_via_sql(
+        &pool,
+        "SELECT record_retry(job_id => $1::uuid, reason => 'stuck', max_retries => 10)",
+        &[Some(&JOB_B.to_string())],
+    )
+    .await;
+    assert_eq!(code, "RL004", "{message}");
+
+    // A caller's lower limit still wins over the shared one.
+    set_retry_limit(&pool, Some(5)).await;
+    let error = refused(&pool, &retry(target).with_max_retries(2)).await;
+    assert!(error.to_string().contains("(limit 2)"), "{error}");
+    assert_eq!(retry_count(&pool, target).await, 2);
+}
+
+#[sqlx::test(migrations = false)]
 async fn append_with_stale_expected_attempt_is_a_conflict(pool: PgPool) {
     pipeline(&pool).await;
     let target = variant(JOB_A, VARIANT_A1);

@@ -546,6 +546,7 @@ async fn record_with_a_stale_expected_attempt_says_so_on_one_line(pool: PgPool) 
 #[sqlx::test(migrations = false)]
 async fn concurrent_record_commands_number_attempts_without_gaps(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let (job_id, variant_id) = (JOB_A.to_string(), VARIANT_A3.to_string());
     let args = [
         "record",

@@ -56,6 +56,7 @@ async fn thirty_two_writers_appending_a_hundred_retries_each_to_one_variant_numb
     pool: PgPool,
 ) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let target = variant(JOB_A, VARIANT_A1);
     let clients = clients(&pool, 32).await;
 
@@ -92,6 +93,7 @@ async fn thirty_two_writers_appending_a_hundred_retries_each_to_one_variant_numb
 #[sqlx::test(migrations = false)]
 async fn the_rust_and_sql_doors_appending_at_once_keep_counts_and_attempts_exact(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let targets = [job(JOB_A), variant(JOB_A, VARIANT_A1)];
     let clients = clients(&pool, 16).await;
 
@@ -224,6 +226,7 @@ async fn concurrent_appends_of_one_event_id_to_different_targets_store_one_and_r
     pool: PgPool,
 ) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let targets = [
         job(JOB_A),
         variant(JOB_A, VARIANT_A1),
@@ -278,6 +281,7 @@ async fn concurrent_appends_of_one_event_id_to_different_targets_store_one_and_r
 #[sqlx::test(migrations = false)]
 async fn writers_using_expected_attempt_retry_their_conflicts_and_never_double_count(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let target = variant(JOB_A, VARIANT_A2);
     let clients = clients(&pool, 8).await;
 
@@ -309,6 +313,7 @@ async fn writers_using_expected_attempt_retry_their_conflicts_and_never_double_c
 #[sqlx::test(migrations = false)]
 async fn appends_in_serializable_transactions_either_commit_or_report_a_conflict(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let target = job(JOB_A);
     let clients = clients(&pool, 8).await;
 
@@ -351,6 +356,7 @@ async fn appends_in_serializable_transactions_either_commit_or_report_a_conflict
 #[sqlx::test(migrations = false)]
 async fn verify_while_writers_append_reports_nothing(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let clients = clients(&pool, 8).await;
     let targets = [
         job(JOB_A),
@@ -396,6 +402,7 @@ async fn migrate_while_writers_append_is_harmless(pool: PgPool) {
     // Every `retrylog` command migrates first, so a CLI run while the service appends
     // reinstalls the projection functions under the writers' feet.
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let clients = clients(&pool, 10).await;
     let target = variant(JOB_A, VARIANT_A3);
 

@@ -230,6 +230,7 @@ async fn migrate_captures_non_zero_counter_era_counts_as_opening_balances(pool: 
 async fn appends_after_the_counter_era_add_to_the_opening_balance(pool: PgPool) {
     load(&pool, COUNTER_ERA).await;
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
 
     let events = append_n(&pool, job(OLD_JOB_1), 2).await;
     assert_eq!(
@@ -270,6 +271,7 @@ async fn appends_after_the_counter_era_add_to_the_opening_balance(pool: PgPool) 
 async fn replay_after_counts_are_wiped_restores_opening_balances_plus_events(pool: PgPool) {
     load(&pool, COUNTER_ERA).await;
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
     append_n(&pool, job(OLD_JOB_1), 2).await;
     append_n(&pool, variant(OLD_JOB_1, OLD_VARIANT_1_1), 1).await;
     append_n(&pool, variant(OLD_JOB_1, OLD_VARIANT_1_3), 4).await;
@@ -338,6 +340,7 @@ async fn running_migrate_twice_is_harmless(pool: PgPool) {
 async fn running_migrate_twice_on_the_counter_era_captures_opening_balances_once(pool: PgPool) {
     load(&pool, COUNTER_ERA).await;
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
     append_n(&pool, job(OLD_JOB_1), 1).await;
     let balances = opening_balances(&pool).await;
 

@@ -77,6 +77,7 @@ async fn an_event_committed_after_a_later_one_is_applied_once_not_skipped(pool: 
 #[sqlx::test(migrations = false)]
 async fn a_projector_killed_between_batches_resumes_from_its_checkpoint(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     for target in [
         variant(JOB_A, VARIANT_A1),
         variant(JOB_A, VARIANT_A2),
@@ -160,6 +161,7 @@ async fn one_instance_leads_the_others_stand_by_and_take_over_when_it_dies(pool:
 #[sqlx::test(migrations = false)]
 async fn two_projectors_at_once_under_live_appends_keep_the_rollup_exact(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let clients = clients(&pool, 6).await;
     let (stop, stopped) = watch::channel(false);
     let settings = ProjectorSettings {

@@ -150,6 +150,7 @@ async fn replay_on_a_consistent_log_writes_no_row(pool: PgPool) {
     // The counter-era tables bump updated_at on every write: a row replay rewrote would show.
     load(&pool, COUNTER_ERA).await;
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
     append_n(&pool, job(OLD_JOB_1), 2).await;
     append_n(&pool, variant(OLD_JOB_2, OLD_VARIANT_2_1), 1).await;
     let before = snapshot(&pool).await;
@@ -183,6 +184,7 @@ async fn touch_and_append(pool: &PgPool, target: Target) -> Result<(), AppendErr
 #[sqlx::test(migrations = false)]
 async fn replay_while_writers_append_leaves_every_count_exact(pool: PgPool) {
     pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
     let clients = clients(&pool, 10).await;
     let targets = [
         job(JOB_A),

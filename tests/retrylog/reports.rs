@@ -265,6 +265,8 @@ async fn top_reports_print_exactly_their_columns_as_json(pool: PgPool) {
 /// tests: one of each exactly at it, one of each a microsecond before.
 async fn stats_fixture(pool: &PgPool) -> DateTime<Utc> {
     migrated(pool).await;
+    // Its targets carry counts of 5 and 9, past the default limit.
+    lift_retry_limit(pool).await;
     let start = at("2026-03-01T00:00:00Z");
     let before = start - Duration::microseconds(1);
     let later = start + Duration::hours(5);
@@ -395,6 +397,8 @@ async fn stats_through_the_binary_round_the_average_and_take_a_timestamp_window(
 /// Targets around the alert window `updated_at >= 2026-04-01T12:00:00Z`, min 3.
 async fn alerts_fixture(pool: &PgPool) -> DateTime<Utc> {
     migrated(pool).await;
+    // Its targets carry counts of 5 and 9, past the default limit.
+    lift_retry_limit(pool).await;
     let created = at("2026-04-01T00:00:00Z");
     let boundary = at("2026-04-01T12:00:00Z");
     let inside = boundary + Duration::minutes(30);
@@ -781,6 +785,7 @@ async fn trend_from_the_rollup_equals_a_group_by_over_the_log_for_every_bucket_a
     pool: PgPool,
 ) {
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
     let now = Utc::now();
     random_history(&pool, 20_261_101, now).await;
     let events = event_count(&pool).await;
@@ -1039,6 +1044,7 @@ async fn observe(pool: &PgPool, since: DateTime<Utc>) -> Observed {
 #[sqlx::test(migrations = false)]
 async fn as_of_a_moment_every_report_equals_what_it_showed_at_that_moment(pool: PgPool) {
     migrated(&pool).await;
+    lift_retry_limit(&pool).await;
     let since = Utc::now() - Duration::minutes(1);
     let t0 = Utc::now();
     // Job 1 with two variants; job 2 from the counter era with an opening balance of 2.
