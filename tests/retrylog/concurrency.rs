@@ -284,30 +284,85 @@ async fn writers_using_expected_attempt_retry_their_conflicts_and_never_double_c
     lift_retry_limit(&pool).await;
     let target = variant(JOB_A, VARIANT_A2);
     let clients = clients(&pool, 8).await;
+    let read = Arc::new(Barrier::new(8));
 
-    let conflicts: Vec<usize> = together(&clients.pool, 8, move |pool, _| async move {
-        let mut conflicts = 0;
-        let mut stored = 0;
-        while stored < 25 {
+    let conflicts: Vec<usize> = together(&clients.pool, 8, move |pool, _| {
+        let read = Arc::clone(&read);
+        async move {
+            let mut conflicts = 0;
+            let mut stored = 0;
+            // 1. A forced round: every writer reads the same next attempt before any appends,
+            //    so exactly one append can match it and seven must be conflicts.
             let expected = next_attempt(&pool, target).await;
+            read.wait().await;
             match append(&pool, &retry(target).with_expected_attempt(expected)).await {
-                Ok(event) => {
-                    assert_eq!(event.attempt, expected);
-                    stored += 1;
-                }
+                Ok(_) => stored += 1,
                 Err(AppendError::Conflict(_)) => conflicts += 1,
                 Err(error) => panic!("only conflicts are expected: {error:?}"),
             }
+            // 2. Then free-running: read, append, retry the conflicts.
+            while stored < 25 {
+                let expected = next_attempt(&pool, target).await;
+                match append(&pool, &retry(target).with_expected_attempt(expected)).await {
+                    Ok(event) => {
+                        assert_eq!(event.attempt, expected);
+                        stored += 1;
+                    }
+                    Err(AppendError::Conflict(_)) => conflicts += 1,
+                    Err(error) => panic!("only conflicts are expected: {error:?}"),
+                }
+            }
+            conflicts
         }
-        conflicts
     })
     .await;
     clients.close().await;
 
-    eprintln!("conflicts per writer: {conflicts:?}");
+    let total: usize = conflicts.iter().sum();
+    assert!(
+        total >= 7,
+        "the forced round must conflict for seven of eight writers; conflicts per writer: {conflicts:?}"
+    );
     assert_eq!(retry_count(&pool, target).await, 200);
     assert_gapless(&pool, target, 200).await;
     assert_verify_clean(&pool).await;
+}
+
+/// Begins a serializable transaction and takes its snapshot by reading job A's status, as a
+/// caller that decides on what it read.
+async fn serializable_read(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let _status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1")
+        .bind(JOB_A)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_append_in_a_serializable_transaction_that_read_before_a_concurrent_append_is_a_conflict(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let target = job(JOB_A);
+    let mut first = serializable_read(&pool).await;
+    let mut second = serializable_read(&pool).await;
+
+    store::append(&mut first, &retry(target)).await.unwrap();
+    first.commit().await.unwrap();
+    let error = store::append(&mut second, &retry(target))
+        .await
+        .expect_err("the second snapshot predates the first append");
+    assert!(matches!(error, AppendError::Conflict(_)), "{error:?}");
+    second.rollback().await.unwrap();
+
+    assert_eq!(retry_count(&pool, target).await, 1);
+    assert_gapless(&pool, target, 1).await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -317,37 +372,35 @@ async fn appends_in_serializable_transactions_either_commit_or_report_a_conflict
     let target = job(JOB_A);
     let clients = clients(&pool, 8).await;
 
-    together(&clients.pool, 8, move |pool, _| async move {
+    let conflicts: Vec<usize> = together(&clients.pool, 8, move |pool, _| async move {
         let mut stored = 0;
+        let mut conflicts = 0;
         while stored < 25 {
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
-                .execute(&mut *tx)
-                .await
-                .unwrap();
-            // The caller decides on what it read: the snapshot starts here.
-            let _status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE job_id = $1")
-                .bind(JOB_A)
-                .fetch_one(&mut *tx)
-                .await
-                .unwrap();
+            let mut tx = serializable_read(&pool).await;
             let retry = retry(target).with_status_change("running", "running");
             match store::append(&mut tx, &retry).await {
                 Ok(_) => match tx.commit().await {
                     Ok(()) => stored += 1,
                     Err(error) => match AppendError::from(error) {
-                        AppendError::Conflict(_) => {}
+                        AppendError::Conflict(_) => conflicts += 1,
                         other => panic!("commit failed with more than a conflict: {other:?}"),
                     },
                 },
-                Err(AppendError::Conflict(_)) => {}
+                Err(AppendError::Conflict(_)) => conflicts += 1,
                 Err(error) => panic!("only conflicts are expected: {error:?}"),
             }
         }
+        conflicts
     })
     .await;
     clients.close().await;
 
+    // Eight writers on one target whose snapshots start before they lock it: a run
+    // without a single serialization conflict would mean the conflict path never ran.
+    assert!(
+        conflicts.iter().sum::<usize>() > 0,
+        "no writer met a conflict: {conflicts:?}"
+    );
     assert_eq!(retry_count(&pool, target).await, 200);
     assert_gapless(&pool, target, 200).await;
     assert_verify_clean(&pool).await;
