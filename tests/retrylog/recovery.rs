@@ -1284,16 +1284,22 @@ async fn a_watchdog_whose_database_is_down_still_stops_promptly(pool: PgPool) {
         .connect_lazy_with(options);
     let (stop, shutdown) = watch::channel(false);
     let task = tokio::spawn(recovery::run(down.clone(), settings(INSTANCE), shutdown));
-    // Long enough for its first sweep and its listener to be waiting for a connection.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until its first sweep and its listener are both waiting for a connection.
+    let until = Instant::now() + Duration::from_secs(10);
+    while down.size() < 2 {
+        assert!(!task.is_finished(), "run returned before shutdown was sent");
+        assert!(
+            Instant::now() < until,
+            "the sweep and the listener never asked for a connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     stop.send_replace(true);
-    let stopped = tokio::time::timeout(Duration::from_secs(2), task).await;
-
-    assert!(
-        stopped.is_ok(),
-        "run did not return within 2 s of shutdown while the database is down"
-    );
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("run returns within 2 s of shutdown while the database is down")
+        .expect("run does not panic");
     down.close().await;
 }
 
