@@ -280,7 +280,12 @@ async fn verify_exits_one_and_prints_the_target_of_a_tampered_event(pool: PgPool
         table.stdout.contains(&VARIANT_A1.to_string()),
         "the tampered variant is named: {table:#?}"
     );
-    assert!(table.stderr.contains("1 mismatch"), "{table:#?}");
+    assert!(
+        table
+            .stderr
+            .contains("retrylog: verify found 1 mismatch(es) in "),
+        "{table:#?}"
+    );
 
     let json = retrylog(&pool, &["verify", "--format", "json"]).await;
     assert_eq!(json.code, Some(1), "{json:#?}");
@@ -308,6 +313,11 @@ async fn verify_exits_one_when_a_count_was_changed_by_hand(pool: PgPool) {
 
     assert_eq!(run.code, Some(1), "{run:#?}");
     let mismatches = run.json();
+    assert_eq!(
+        mismatches.as_array().map(Vec::len),
+        Some(1),
+        "{mismatches:#?}"
+    );
     assert_eq!(mismatches[0]["problem"], "count");
     assert_eq!(string(&mismatches[0]["job_id"]), JOB_B.to_string());
 }

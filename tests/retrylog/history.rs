@@ -460,9 +460,7 @@ async fn history_shows_where_the_retry_limit_stopped_the_watchdog_once(pool: PgP
     )
     .await
     .json();
-    assert!(stuck_only
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["entry"] == "retry"));
+    let stuck_only = stuck_only.as_array().unwrap();
+    assert!(!stuck_only.is_empty(), "the stuck retries are listed");
+    assert!(stuck_only.iter().all(|e| e["entry"] == "retry"));
 }

@@ -185,6 +185,7 @@ async fn deleting_an_event_in_the_middle_behind_the_guard_is_named_by_verify(poo
 
     let report = verify(&pool).await;
     assert_eq!(report.events, 6);
+    assert!(!report.mismatches.is_empty(), "the tampering is found");
     assert!(
         report
             .mismatches
@@ -261,6 +262,7 @@ async fn an_event_inserted_around_record_retry_is_found_by_verify(pool: PgPool) 
     .unwrap();
 
     let report = verify(&pool).await;
+    assert!(!report.mismatches.is_empty(), "the tampering is found");
     assert!(
         report
             .mismatches

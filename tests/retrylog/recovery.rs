@@ -1414,6 +1414,7 @@ async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool:
         .unwrap();
     assert_eq!(limit, Some(2));
     let events = events_of(&pool, FAILED_VARIANT).await;
+    assert!(!events.is_empty(), "serve retried the failed variant");
     assert!(events.iter().all(|event| event.actor == "serve-under-test"));
     let log = String::from_utf8(output.stderr).unwrap();
     let retried: Vec<Value> = log
