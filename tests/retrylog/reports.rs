@@ -3,7 +3,6 @@
 //! the reports showed at that moment, and the binary's exit codes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::rngs::StdRng;
@@ -1019,11 +1018,19 @@ struct Observed {
 
 const AS_OF_TREND: (Bucket, GroupBy) = (Bucket::Hour, GroupBy::Kind);
 
+/// The server's clock, the one `recorded_at` and `created_at` are compared with: the tests
+/// never compare the client's clock with the server's.
+async fn server_clock(pool: &PgPool) -> DateTime<Utc> {
+    sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 async fn observe(pool: &PgPool, since: DateTime<Utc>) -> Observed {
-    // Every append so far committed before `at`, and the next one starts after it.
-    tokio::time::sleep(StdDuration::from_millis(5)).await;
-    let at = Utc::now();
-    tokio::time::sleep(StdDuration::from_millis(5)).await;
+    // Every append so far committed before the server read `at`, and the next one starts
+    // after it.
+    let at = server_clock(pool).await;
     let mut conn = conn(pool).await;
     projector::catch_up(&mut conn, 1000).await.unwrap();
     let moment = Moment::Now(at);
@@ -1046,8 +1053,8 @@ async fn observe(pool: &PgPool, since: DateTime<Utc>) -> Observed {
 async fn as_of_a_moment_every_report_equals_what_it_showed_at_that_moment(pool: PgPool) {
     migrated(&pool).await;
     lift_retry_limit(&pool).await;
-    let since = Utc::now() - Duration::minutes(1);
-    let t0 = Utc::now();
+    let t0 = server_clock(&pool).await;
+    let since = t0 - Duration::minutes(1);
     // Job 1 with two variants; job 2 from the counter era with an opening balance of 2.
     insert_job(&pool, id(1), "running", Some("segment"), t0, t0).await;
     insert_variant(&pool, id(11), id(1), 0, "failed", Some("segment"), t0, t0).await;
@@ -1071,7 +1078,7 @@ async fn as_of_a_moment_every_report_equals_what_it_showed_at_that_moment(pool: 
     append_n(&pool, variant(id(1), id(11)), 2).await;
     observed.push(observe(&pool, since).await);
     // A job created between two moments: absent from the earlier ones.
-    let t = Utc::now();
+    let t = server_clock(&pool).await;
     insert_job(&pool, id(3), "running", Some("prepare"), t, t).await;
     insert_variant(&pool, id(31), id(3), 0, "running", Some("prepare"), t, t).await;
     append_n(&pool, variant(id(3), id(31)), 1).await;
@@ -1081,7 +1088,7 @@ async fn as_of_a_moment_every_report_equals_what_it_showed_at_that_moment(pool: 
     append_n(&pool, job(id(1)), 3).await;
     append_n(&pool, variant(id(1), id(12)), 1).await;
     observed.push(observe(&pool, since).await);
-    let t = Utc::now();
+    let t = server_clock(&pool).await;
     insert_job(&pool, id(4), "failed", None, t, t).await;
     append_n(&pool, job(id(4)), 4).await;
     observed.push(observe(&pool, since).await);
