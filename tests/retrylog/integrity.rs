@@ -110,6 +110,44 @@ async fn opening_balances_are_append_only_too(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn intervention_notes_are_append_only_too(pool: PgPool) {
+    pipeline(&pool).await;
+    sqlx::query(
+        "INSERT INTO retry_intervention (job_id, job_variants_id, retry_count, max_retries,
+                                         scenario, reason, step, status, actor, detail)
+         VALUES ($1, $2, 3, 3, 'failed', 'failed', 'segment', 'failed', 'test', '{}')",
+    )
+    .bind(JOB_A)
+    .bind(VARIANT_A2)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let notes = || async {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT jsonb_agg(to_jsonb(n) ORDER BY seq) FROM retry_intervention n",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = notes().await;
+
+    for sql in [
+        "UPDATE retry_intervention SET retry_count = 0",
+        "DELETE FROM retry_intervention",
+        "TRUNCATE retry_intervention",
+    ] {
+        let (code, message) = refusal(&pool, sql).await;
+        assert_eq!(code, "RL010", "{sql}: {message}");
+        assert!(
+            message.starts_with("retry_intervention is append-only"),
+            "{message}"
+        );
+    }
+    assert_eq!(notes().await, before);
+}
+
+#[sqlx::test(migrations = false)]
 async fn changing_an_events_reason_behind_the_disabled_guard_is_a_broken_link_naming_its_target(
     pool: PgPool,
 ) {
@@ -326,4 +364,113 @@ async fn a_deleted_variant_keeps_its_history_and_verify_stays_clean(pool: PgPool
         5,
         "job A's history still lists the variant's events"
     );
+}
+
+// Every field the hash covers, changed one at a time behind the guard: a field left out of
+// either implementation of the canonical bytes (Rust's `CanonicalEvent`, SQL's
+// `retry_event_canonical`) would let its change through unnoticed.
+#[sqlx::test(migrations = false)]
+async fn changing_any_one_of_the_twelve_hashed_fields_is_found_by_verify(pool: PgPool) {
+    pipeline(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    for n in 1..=3 {
+        append_ok(
+            &pool,
+            &retry(target)
+                .with_step("generate")
+                .with_status_change("done", "done")
+                .with_detail(serde_json::json!({ "n": n })),
+        )
+        .await;
+    }
+    assert_verify_clean(&pool).await;
+    let seq = seq_of(&pool, target, 2).await;
+    let original: serde_json::Value =
+        sqlx::query_scalar("SELECT to_jsonb(r) FROM retry_history r WHERE seq = $1")
+            .bind(seq)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    // (field, change, whether the change moves the event out of its place in the stream)
+    let changes = [
+        ("event_id", "gen_random_uuid()", false),
+        ("job_id", &format!("'{JOB_B}'::uuid") as &str, true),
+        ("job_variants_id", &format!("'{VARIANT_A2}'::uuid"), true),
+        ("reason", "'failed'", false),
+        ("step", "'segment'", false),
+        ("from_status", "'failed'", false),
+        ("to_status", "'failed'", false),
+        ("attempt", "7", true),
+        ("actor", "'mallory'", false),
+        (
+            "occurred_at",
+            "occurred_at - interval '1 microsecond'",
+            false,
+        ),
+        ("detail", "detail || '{\"n\": 20}'", false),
+        ("hash", "sha256('forged')", false),
+    ];
+    for (field, change, moves) in changes {
+        behind_the_guard(
+            &pool,
+            &format!("UPDATE retry_history SET {field} = {change} WHERE seq = {seq}"),
+        )
+        .await;
+
+        let report = verify(&pool).await;
+        if moves {
+            // The stream it left has a gap at attempt 2.
+            assert!(
+                report.mismatches.iter().any(|mismatch| matches!(
+                    mismatch,
+                    Mismatch::AttemptGap { target: found, expected_attempt: 2, .. }
+                        if *found == target
+                )),
+                "{field}: {:#?}",
+                report.mismatches
+            );
+        } else {
+            // A changed hash also breaks the next link, which chains from it.
+            let expected = if field == "hash" { 2 } else { 1 };
+            assert_eq!(
+                report.mismatches.len(),
+                expected,
+                "{field}: {:#?}",
+                report.mismatches
+            );
+            assert!(
+                matches!(
+                    &report.mismatches[0],
+                    Mismatch::BrokenLink { target: found, seq: found_seq, attempt: 2, .. }
+                        if *found == target && *found_seq == seq
+                ),
+                "{field}: {:?}",
+                report.mismatches[0]
+            );
+        }
+
+        // Put the row back as it was, and the log is clean again.
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE retry_history r
+                SET event_id = o.event_id, job_id = o.job_id,
+                    job_variants_id = o.job_variants_id, reason = o.reason, step = o.step,
+                    from_status = o.from_status, to_status = o.to_status,
+                    attempt = o.attempt, actor = o.actor, occurred_at = o.occurred_at,
+                    detail = o.detail, hash = o.hash
+               FROM jsonb_populate_record(NULL::retry_history, $1) o
+              WHERE r.seq = o.seq",
+        )
+        .bind(&original)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_verify_clean(&pool).await;
+    }
 }
