@@ -370,10 +370,14 @@ impl Run {
 
 /// Runs `retrylog --database-url <the test's database> <args>` to completion.
 pub async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
-    let url = database_url(pool).await;
+    retrylog_at(&database_url(pool).await, args).await
+}
+
+/// Runs `retrylog --database-url <url> <args>` to completion.
+pub async fn retrylog_at(url: &str, args: &[&str]) -> Run {
     let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .arg("--database-url")
-        .arg(&url)
+        .arg(url)
         .args(args)
         // Only the URL above may choose the database.
         .env_remove("DATABASE_URL")

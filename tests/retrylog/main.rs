@@ -25,6 +25,8 @@
 //! - `projector`: the asynchronous rollup projector: late commits, exactly-once, one runner.
 //! - `replay`: rebuilding the counts, dry runs, replay while appends run.
 //! - `cli`: the `retrylog` binary, its output and its exit codes.
+//! - `commands`: exit 69, the line naming the database, `status`, `project`, `replay
+//!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
@@ -32,6 +34,7 @@
 
 mod append;
 mod cli;
+mod commands;
 mod concurrency;
 mod fixtures;
 mod history;
