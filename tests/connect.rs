@@ -1,19 +1,36 @@
-//! Integration tests for how retrylog finds its database. They need the PostgreSQL
-//! server of the development machine (trust authentication on 127.0.0.1:5432 for the
-//! current OS user) and its server binaries for the private-cluster test. They set no
-//! PG* variables (the environment is process-global and the tests run in parallel) and
-//! leave no database, directory or server behind.
+//! Integration tests for how retrylog finds its database. They need the PostgreSQL server
+//! `DATABASE_URL` names (the README's test command sets it) and the machine's server
+//! binaries for the private-cluster tests. They set no PG* variables in this process (the
+//! environment is process-global and the tests run in parallel) and leave no database,
+//! directory or server behind.
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use anyhow::{ensure, Context};
 use retrylog::connect::{
     connect, start_private_cluster, stop_private_cluster, ConnectError, ConnectSettings,
 };
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
-/// The machine's server over TCP, as the current OS user.
-const SERVER: &str = "postgres://127.0.0.1:5432";
+/// The test server, from `DATABASE_URL`: where the suite's other tests run too.
+fn server() -> PgConnectOptions {
+    let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+    url.parse()
+        .unwrap_or_else(|error| panic!("DATABASE_URL is not a PostgreSQL URL: {error}"))
+}
+
+/// `postgres://user@host:port/name` on the test server.
+fn url_of(name: &str) -> String {
+    let server = server();
+    format!(
+        "postgres://{}@{}:{}/{name}",
+        server.get_username(),
+        server.get_host(),
+        server.get_port()
+    )
+}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
@@ -28,7 +45,7 @@ fn settings(url: &str) -> ConnectSettings {
 }
 
 async fn drop_database(name: &str) -> anyhow::Result<()> {
-    let mut conn = PgConnection::connect(&format!("{SERVER}/postgres")).await?;
+    let mut conn = PgConnection::connect_with(&server().database("postgres")).await?;
     conn.execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
         .await?;
     conn.close().await?;
@@ -39,7 +56,9 @@ async fn drop_database(name: &str) -> anyhow::Result<()> {
 async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> {
     let name = unique("retrylog_conn");
     // Trust authentication ignores the password; it is only there to prove it is never shown.
-    let url = format!("postgres://{}:not-shown@127.0.0.1:5432/{name}", whoami());
+    let server = server();
+    let (user, host, port) = (server.get_username(), server.get_host(), server.get_port());
+    let url = format!("postgres://{user}:not-shown@{host}:{port}/{name}");
 
     let outcome = async {
         // Two at once: both race to CREATE DATABASE and both must succeed.
@@ -54,10 +73,7 @@ async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> 
         ensure!(first.options.get_database() == Some(name.as_str()));
         ensure!(
             first.description
-                == format!(
-                    "database {name} on 127.0.0.1:5432 as {} (DATABASE_URL)",
-                    whoami()
-                ),
+                == format!("database {name} on {host}:{port} as {user} (DATABASE_URL)"),
             "description: {}",
             first.description
         );
@@ -210,16 +226,90 @@ fn postmaster_pid(data_dir: &Path) -> anyhow::Result<String> {
         .context("empty postmaster.pid")
 }
 
-/// The OS user name, which is also the role the machine's server trusts.
-fn whoami() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|user| !user.is_empty())
-        .unwrap_or_else(|| {
-            std::process::Command::new("id")
-                .arg("-un")
-                .output()
-                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-                .unwrap_or_default()
-        })
+/// Whether this process runs as root (then the private cluster runs as `postgres`).
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// With nothing configured (no URL, no PG* variable) and no server at the libpq default,
+/// a command starts the private cluster and uses it. The binary runs in mount and network
+/// namespaces of its own, where the machine's server cannot be seen: an empty
+/// /var/run/postgresql and /tmp (where libpq looks for sockets), and a loopback with
+/// nothing listening on 5432.
+#[tokio::test]
+async fn with_nothing_configured_and_no_server_answering_a_command_uses_the_private_cluster(
+) -> anyhow::Result<()> {
+    // Short, for the socket path; 0700 like a home directory the cluster must be let through.
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&unique("fb")[..11]);
+    std::fs::create_dir_all(&base)?;
+    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    let data_dir = base.join("d");
+
+    let outcome = fall_back(&data_dir).await;
+
+    let stopped = stop_private_cluster(&data_dir);
+    std::fs::remove_dir_all(&base)?;
+    outcome?;
+    stopped?;
+    Ok(())
+}
+
+async fn fall_back(data_dir: &Path) -> anyhow::Result<()> {
+    // Root may make namespaces as it is (and must stay root: it runs the cluster as
+    // postgres); anyone else gets them inside a user namespace that maps only themselves.
+    let isolate: &[&str] = if running_as_root() {
+        &["--mount", "--net"]
+    } else {
+        &["--user", "--map-current-user", "--mount", "--net"]
+    };
+    let hide_the_server = "for dir in /var/run/postgresql /tmp; do \
+                               [ -d \"$dir\" ] && mount -t tmpfs tmpfs \"$dir\"; done; \
+                           ip link set lo up && exec \"$0\" \"$@\"";
+    let mut command = tokio::process::Command::new("unshare");
+    command
+        .args(isolate)
+        .args(["--", "sh", "-c", hide_the_server])
+        .arg(env!("CARGO_BIN_EXE_retrylog"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["status", "--format", "json"])
+        .stdin(Stdio::null());
+    for name in [
+        "DATABASE_URL",
+        "RETRYLOG_DATA_DIR",
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGDATABASE",
+        "PGUSER",
+        "PGSERVICE",
+    ] {
+        command.env_remove(name);
+    }
+    let output = command.output().await.context("running unshare")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "retrylog status exited with {}: {stderr}",
+        output.status
+    );
+    let pgdata = data_dir.join("pgdata");
+    ensure!(
+        stderr.lines().any(|line| line.starts_with(&format!(
+            "retrylog: using database retrylog on private cluster {} (started from ",
+            pgdata.display()
+        ))),
+        "stderr: {stderr}"
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(rows[0]["projection"] == "retry_counts", "status: {rows}");
+    ensure!(
+        pgdata.join("postmaster.pid").exists(),
+        "the cluster keeps running for the next command"
+    );
+    Ok(())
 }
