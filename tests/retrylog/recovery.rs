@@ -68,7 +68,7 @@ const FINAL_JOB: Uuid = uuid!("40010000-0000-4000-8000-000000000000");
 /// The first of [`FINAL_JOB`]'s two variants.
 const FINAL_VARIANT: Uuid = uuid!("40010000-0000-4000-8000-000000000001");
 
-/// retrylog's schema with `recovery.sql` loaded (the retry limit lifted, as `migrated` does).
+/// retrylog's schema with `recovery.sql` loaded, under the default retry limit (3).
 async fn recovery_fixture(pool: &PgPool) {
     migrated(pool).await;
     load(pool, RECOVERY).await;
@@ -595,6 +595,58 @@ async fn a_failed_variant_is_retried_up_to_the_limit_then_noted_once_however_man
         }]
     );
     assert_verify_clean(&pool).await;
+}
+
+// docs/operations.md, "What no scenario covers": a job at the final step whose variant is
+// held at the limit is neither closed nor retried; only the variant is noted for a human.
+#[sqlx::test(migrations = false)]
+async fn a_final_step_job_held_up_by_a_variant_at_the_limit_is_left_running_and_the_variant_noted(
+    pool: PgPool,
+) {
+    recovery_fixture(&pool).await;
+    let held = variant(FINAL_JOB, FINAL_VARIANT);
+    append_n(&pool, held, 3).await;
+    fail(&pool, FINAL_VARIANT).await;
+    let job_before = state(&pool, FINAL_JOB).await;
+
+    for round in 1..=3 {
+        let summary = sweep(&pool, &settings(INSTANCE)).await;
+        assert!(
+            !retried(&summary)
+                .iter()
+                .any(|(_, target)| target.job_id() == FINAL_JOB),
+            "round {round}: {summary:#?}"
+        );
+    }
+
+    assert_eq!(
+        state(&pool, FINAL_JOB).await,
+        job_before,
+        "the job is untouched"
+    );
+    assert!(events_of(&pool, FINAL_JOB).await.is_empty());
+    assert_eq!(state(&pool, FINAL_VARIANT).await.status, "failed");
+    assert_eq!(attempts(&pool, held).await, [1, 2, 3]);
+    let notes: Vec<Intervention> = interventions(&pool)
+        .await
+        .into_iter()
+        .filter(|note| note.job_id == FINAL_JOB)
+        .collect();
+    assert_eq!(
+        notes,
+        [Intervention {
+            job_id: FINAL_JOB,
+            job_variants_id: Some(FINAL_VARIANT),
+            retry_count: 3,
+            max_retries: 3,
+            scenario: "failed".into(),
+            reason: "failed".into(),
+            step: Some("iou_eval".into()),
+            status: Some("failed".into()),
+            actor: INSTANCE.into(),
+        }],
+        "noted once, the variant only"
+    );
 }
 
 #[sqlx::test(migrations = false)]
