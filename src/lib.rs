@@ -22,7 +22,8 @@
 //!   the service's loops stop.
 //! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
 //!   trend from the rollup) and their `--as-of` reconstructions from the log.
-//! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
+//! - [`migrate`]: the schema (`migrations/`), then the live SQL functions (`sql/`:
+//!   `record_retry` and the hash chain) and the projections' functions.
 //! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster).
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.

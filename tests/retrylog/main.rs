@@ -18,7 +18,8 @@
 //!
 //! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
 //!   append through, and snapshots that prove a refused append wrote nothing.
-//! - `migrations`: an empty database, the counter-only era, running migrate again.
+//! - `migrations`: an empty database, the counter-only era, running migrate again, a
+//!   database an earlier release migrated.
 //! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
 //! - `concurrency`: many writers at once, through the Rust and the SQL doors.
 //! - `integrity`: the append-only guard, tampering, `verify`.

@@ -369,3 +369,218 @@ async fn migrate_from_several_clients_at_once_succeeds(pool: PgPool) {
     assert_eq!(opening_balances(&pool).await.len(), 3);
     assert_verify_clean(&pool).await;
 }
+
+/// What the release before record_retry moved to `sql/` (07bfa3e) recorded in
+/// `_sqlx_migrations` for the two migrations that carried its body: the SHA-384 of those
+/// files as they were then. Pinned here, apart from `migrate::LEGACY_CHECKSUMS`, so that a
+/// wrong value there fails a test.
+const PREVIOUS_RELEASE_CHECKSUMS: [(i64, &str); 2] = [
+    (
+        3,
+        "d39489615082299a43e7cad43561bdb496567214e399a7fed1247f85c2a8345621e9d69e4e9bacc001e0213cae98a185",
+    ),
+    (
+        5,
+        "fdabf24bc5c9836acafcdb5a7eb8eafda613f5ea92316f44e5c29d49753d2813e587eac6f8053605699c35f85676070c",
+    ),
+];
+
+/// Records `checksum` (hex) for an applied migration, as the release that applied it did.
+async fn record_checksum(pool: &PgPool, version: i64, checksum: &str) {
+    let updated =
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = decode($2, 'hex') WHERE version = $1")
+            .bind(version)
+            .bind(checksum)
+            .execute(pool)
+            .await
+            .expect("recording a checksum")
+            .rows_affected();
+    assert_eq!(updated, 1, "version {version} is applied");
+}
+
+/// The checksums `_sqlx_migrations` holds, by version.
+async fn recorded_checksums(pool: &PgPool) -> Vec<(i64, Vec<u8>)> {
+    sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .expect("reading _sqlx_migrations")
+}
+
+/// The checksums of the migrations this binary embeds, by version.
+fn embedded_checksums() -> Vec<(i64, Vec<u8>)> {
+    retrylog::migrate::MIGRATOR
+        .iter()
+        .map(|migration| (migration.version, migration.checksum.to_vec()))
+        .collect()
+}
+
+/// Replaces record_retry, keeping its signature, with a body that only refuses, and the
+/// hash link with a wrong one: stand-ins for the functions an earlier release left, which
+/// `migrate` must replace (a copy of the old text would only be one more duplicate).
+async fn leave_stand_ins_for_old_function_bodies(pool: &PgPool) {
+    load(
+        pool,
+        "DO $do$ BEGIN
+             EXECUTE format($f$
+                 CREATE OR REPLACE FUNCTION record_retry(%s) RETURNS retry_history
+                 LANGUAGE plpgsql AS $b$ BEGIN
+                     RAISE EXCEPTION 'the record_retry of an earlier release';
+                 END $b$$f$, pg_get_function_arguments('record_retry'::regproc));
+         END $do$;
+         CREATE OR REPLACE FUNCTION retry_event_hash(previous bytea, canonical text)
+         RETURNS bytea LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT previous $$;",
+    )
+    .await;
+}
+
+/// record_retry's owner and access privileges, as `pg_proc` has them.
+async fn record_retry_owner_and_grants(pool: &PgPool) -> (String, Option<String>) {
+    sqlx::query_as(
+        "SELECT proowner::regrole::text, proacl::text FROM pg_proc WHERE proname = 'record_retry'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("record_retry exists once")
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_database_the_previous_release_migrated_migrates_onward_with_its_data_intact(
+    pool: PgPool,
+) {
+    // 1. The state the previous release leaves: its schema and checksums, old function
+    //    bodies, a grant changed by an operator, and data — counter-era balances and events.
+    load(&pool, COUNTER_ERA).await;
+    migrated(&pool).await;
+    // Counter-era balances are above the default limit; step 4 sets one of its own.
+    set_retry_limit(&pool, None).await;
+    append_n(&pool, job(OLD_JOB_1), 2).await;
+    append_n(&pool, variant(OLD_JOB_1, OLD_VARIANT_1_1), 1).await;
+    let mut conn = pool.acquire().await.unwrap();
+    record_via_sql(&mut conn, variant(OLD_JOB_1, OLD_VARIANT_1_3), "failed")
+        .await
+        .expect("the SQL door appends");
+    drop(conn);
+    for (version, checksum) in PREVIOUS_RELEASE_CHECKSUMS {
+        record_checksum(&pool, version, checksum).await;
+    }
+    leave_stand_ins_for_old_function_bodies(&pool).await;
+    load(&pool, "REVOKE ALL ON FUNCTION record_retry FROM PUBLIC").await;
+    let owner_and_grants = record_retry_owner_and_grants(&pool).await;
+    let before = snapshot(&pool).await;
+
+    // 2. This release's migrate.
+    retrylog::migrate::run(&pool)
+        .await
+        .expect("a database of the previous release migrates onward");
+
+    // 3. Nothing recorded changed, the checksums are this release's, the grants survived.
+    assert_eq!(snapshot(&pool).await, before);
+    assert_eq!(retry_count(&pool, job(OLD_JOB_1)).await, 3 + 2);
+    assert_eq!(
+        retry_count(&pool, variant(OLD_JOB_1, OLD_VARIANT_1_1)).await,
+        2 + 1
+    );
+    assert_eq!(
+        retry_count(&pool, variant(OLD_JOB_1, OLD_VARIANT_1_3)).await,
+        1
+    );
+    assert_verify_clean(&pool).await;
+    assert_eq!(recorded_checksums(&pool).await, embedded_checksums());
+    assert_eq!(record_retry_owner_and_grants(&pool).await, owner_and_grants);
+
+    // 4. record_retry is this release's: the next attempt follows the stream, the hash
+    //    links (verify), and the shared limit refuses with RL004, opening balance included.
+    let event = append_ok(&pool, &retry(job(OLD_JOB_1))).await;
+    assert_eq!(event.attempt, 3);
+    assert_eq!(retry_count(&pool, job(OLD_JOB_1)).await, 3 + 3);
+    assert_verify_clean(&pool).await;
+    set_retry_limit(&pool, Some(5)).await;
+    let before = snapshot(&pool).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let error = record_via_sql(&mut conn, variant(OLD_JOB_2, OLD_VARIANT_2_1), "stuck")
+        .await
+        .expect_err("the shared limit of 5 is reached by the opening balance");
+    drop(conn);
+    let (code, message) = database_error(&error);
+    assert_eq!(code, "RL004", "{message}");
+    assert_eq!(snapshot(&pool).await, before);
+
+    // 5. And migrate again finds nothing to repair.
+    retrylog::migrate::run(&pool).await.expect("migrate again");
+    assert_eq!(recorded_checksums(&pool).await, embedded_checksums());
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_database_migrated_before_version_5_ends_with_one_record_retry_that_takes_force(
+    pool: PgPool,
+) {
+    use sqlx::migrate::Migrate;
+
+    // 1. Versions 1 to 4 applied, with version 3's checksum of the time and the
+    //    record_retry it created: the signature without `force`.
+    let mut conn = pool.acquire().await.unwrap();
+    conn.ensure_migrations_table().await.unwrap();
+    for migration in retrylog::migrate::MIGRATOR.iter() {
+        if migration.version <= 4 {
+            conn.apply(migration).await.unwrap();
+        }
+    }
+    drop(conn);
+    record_checksum(&pool, 3, PREVIOUS_RELEASE_CHECKSUMS[0].1).await;
+    load(
+        &pool,
+        "CREATE FUNCTION record_retry(
+             job_id uuid, reason text, job_variants_id uuid DEFAULT NULL,
+             step text DEFAULT NULL, actor text DEFAULT NULL, detail jsonb DEFAULT NULL,
+             event_id uuid DEFAULT NULL, occurred_at timestamptz DEFAULT NULL,
+             from_status text DEFAULT NULL, to_status text DEFAULT NULL,
+             expected_attempt integer DEFAULT NULL, max_retries integer DEFAULT NULL
+         ) RETURNS retry_history LANGUAGE plpgsql AS $$ BEGIN
+             RAISE EXCEPTION 'the record_retry of a release before version 5';
+         END $$",
+    )
+    .await;
+
+    // 2. This release's migrate applies version 5, which drops that signature.
+    migrated(&pool).await;
+
+    let signatures: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc
+          WHERE proname = 'record_retry'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(signatures.len(), 1, "{signatures:#?}");
+    assert!(signatures[0].ends_with("force boolean"), "{signatures:#?}");
+    assert_eq!(recorded_checksums(&pool).await, embedded_checksums());
+    // A call that leaves `force` out is not ambiguous.
+    load(&pool, PIPELINE).await;
+    let mut conn = pool.acquire().await.unwrap();
+    let attempt = record_via_sql(&mut conn, variant(JOB_A, VARIANT_A1), "stuck")
+        .await
+        .expect("the SQL door appends");
+    assert_eq!(attempt, 1);
+    drop(conn);
+    assert_verify_clean(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_migration_changed_in_any_other_way_is_still_refused(pool: PgPool) {
+    migrated(&pool).await;
+    // Neither the checksum of this release nor one an earlier release recorded.
+    record_checksum(&pool, 3, &"ab".repeat(48)).await;
+
+    let error = retrylog::migrate::run(&pool)
+        .await
+        .expect_err("an unknown checksum fails sqlx's check");
+
+    assert!(
+        matches!(
+            &error,
+            sqlx::Error::Migrate(inner)
+                if matches!(**inner, sqlx::migrate::MigrateError::VersionMismatch(3))
+        ),
+        "{error:?}"
+    );
+}

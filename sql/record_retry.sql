@@ -1,0 +1,214 @@
+-- record_retry: the one implementation of the append rules. The Rust `store::append`, the
+-- CLI and any other client (psql, Python/asyncpg) all call it inside their own transaction,
+-- so the event commits together with the state change it records, or not at all.
+--
+-- Errors carry their own SQLSTATE so every door can tell the caller's mistake from a fault
+-- (docs/architecture.md has the table, with the Rust error and CLI exit of each):
+--   22023  invalid input (reason, step, actor, status, detail, occurred_at, force, ...)
+--   RL001  unknown target (no such job or variant)
+--   RL002  the variant belongs to another job
+--   RL004  the target reached the retry limit (the shared one or the caller's)
+--   RL005  event_id already recorded for another target
+--   RL009  conflict: expected_attempt is not the stream's next attempt
+--   RL010  retry_history is append-only (the guard trigger of migrations/0002)
+--
+-- This file is the function's only definition. retrylog installs it on every migrate, after
+-- the migrations, in the advisory-locked transaction that installs projections/ too
+-- (src/migrate.rs). CREATE OR REPLACE keeps the function's owner and its grants, but:
+--   * it cannot change the argument names or types or the return type: such a change needs
+--     a migration that drops the old signature first (as 0005 dropped the one without
+--     `force`), and then the new definition here;
+--   * it resets every attribute to what is written here (SECURITY DEFINER, SET ...): one set
+--     with ALTER FUNCTION would not survive the next migrate, so it belongs in this file.
+
+CREATE OR REPLACE FUNCTION record_retry(
+    job_id           uuid,
+    reason           text,
+    job_variants_id  uuid        DEFAULT NULL,
+    step             text        DEFAULT NULL,
+    actor            text        DEFAULT NULL,
+    detail           jsonb       DEFAULT NULL,
+    event_id         uuid        DEFAULT NULL,
+    occurred_at      timestamptz DEFAULT NULL,
+    from_status      text        DEFAULT NULL,
+    to_status        text        DEFAULT NULL,
+    expected_attempt integer     DEFAULT NULL,
+    max_retries      integer     DEFAULT NULL,
+    force            boolean     DEFAULT false
+) RETURNS retry_history
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    detail_limit constant integer := 16384;
+    target       text;
+    owner_job    uuid;
+    cur_status   text;
+    cur_step     text;
+    cur_count    integer;
+    prev_hash    bytea;
+    next_attempt integer;
+    ev           retry_history;
+    retry_limit  integer;
+BEGIN
+    -- 1. Validate everything before touching anything: bad input writes nothing.
+    IF record_retry.job_id IS NULL THEN
+        RAISE EXCEPTION 'job_id is required' USING ERRCODE = '22023';
+    END IF;
+    IF record_retry.reason IS NULL
+       OR record_retry.reason NOT IN ('stuck', 'failed', 'manual_recovery') THEN
+        RAISE EXCEPTION 'unknown retry reason "%" (expected stuck, failed or manual_recovery)',
+            coalesce(record_retry.reason, 'NULL') USING ERRCODE = '22023';
+    END IF;
+    step        := nullif(btrim(record_retry.step), '');
+    from_status := nullif(btrim(record_retry.from_status), '');
+    to_status   := nullif(btrim(record_retry.to_status), '');
+    actor       := coalesce(nullif(btrim(record_retry.actor), ''), session_user::text);
+    IF step ~ '[[:cntrl:]]' OR length(step) > 200 THEN
+        RAISE EXCEPTION 'invalid step "%": at most 200 characters, no control characters', step
+            USING ERRCODE = '22023';
+    END IF;
+    IF actor ~ '[[:cntrl:]]' OR length(actor) > 200 THEN
+        RAISE EXCEPTION 'invalid actor "%": at most 200 characters, no control characters', actor
+            USING ERRCODE = '22023';
+    END IF;
+    IF from_status ~ '[[:cntrl:]]' OR length(from_status) > 64 THEN
+        RAISE EXCEPTION 'invalid from_status "%"', from_status USING ERRCODE = '22023';
+    END IF;
+    IF to_status ~ '[[:cntrl:]]' OR length(to_status) > 64 THEN
+        RAISE EXCEPTION 'invalid to_status "%"', to_status USING ERRCODE = '22023';
+    END IF;
+    detail := coalesce(record_retry.detail, '{}'::jsonb);
+    IF jsonb_typeof(detail) <> 'object' THEN
+        RAISE EXCEPTION 'detail must be a JSON object, got a JSON %', jsonb_typeof(detail)
+            USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(detail::text) > detail_limit THEN
+        RAISE EXCEPTION 'detail is % bytes, over the limit of % bytes',
+            octet_length(detail::text), detail_limit USING ERRCODE = '22023';
+    END IF;
+    occurred_at := coalesce(record_retry.occurred_at, now());
+    IF NOT isfinite(occurred_at) THEN
+        RAISE EXCEPTION 'occurred_at must be a finite time, got %', occurred_at
+            USING ERRCODE = '22023';
+    END IF;
+    IF occurred_at > now() + interval '5 minutes' THEN
+        RAISE EXCEPTION 'occurred_at % is in the future', occurred_at USING ERRCODE = '22023';
+    END IF;
+    IF expected_attempt < 1 THEN
+        RAISE EXCEPTION 'expected_attempt must be 1 or more, got %', expected_attempt
+            USING ERRCODE = '22023';
+    END IF;
+    IF max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must be 0 or more, got %', max_retries
+            USING ERRCODE = '22023';
+    END IF;
+    IF coalesce(force, false) AND record_retry.reason <> 'manual_recovery' THEN
+        RAISE EXCEPTION 'force is only for an operator''s manual_recovery, not for reason %',
+            record_retry.reason USING ERRCODE = '22023',
+            HINT = 'automatic retries stop at the limit; record the recovery as manual_recovery';
+    END IF;
+
+    -- 2. Lock the target's row. Every writer of a stream queues here, so attempts are gapless
+    --    without retries on conflict; the lock also proves the target exists.
+    IF record_retry.job_variants_id IS NULL THEN
+        target := 'job ' || record_retry.job_id;
+        SELECT j.status, j.current_step, j.retry_count
+          INTO cur_status, cur_step, cur_count
+          FROM jobs j WHERE j.job_id = record_retry.job_id
+           FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown job %', record_retry.job_id USING ERRCODE = 'RL001';
+        END IF;
+    ELSE
+        target := 'variant ' || record_retry.job_variants_id;
+        SELECT v.job_id, v.status, v.current_step, v.retry_count
+          INTO owner_job, cur_status, cur_step, cur_count
+          FROM jobs_variants v WHERE v.job_variants_id = record_retry.job_variants_id
+           FOR NO KEY UPDATE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'unknown variant %', record_retry.job_variants_id
+                USING ERRCODE = 'RL001';
+        END IF;
+        IF owner_job <> record_retry.job_id THEN
+            RAISE EXCEPTION 'variant % belongs to job %, not to job %',
+                record_retry.job_variants_id, owner_job, record_retry.job_id
+                USING ERRCODE = 'RL002';
+        END IF;
+    END IF;
+
+    -- 3. Idempotency: a known event_id returns the stored event. Checked under the target
+    --    lock, so two concurrent appends of one event_id cannot both pass.
+    IF record_retry.event_id IS NOT NULL THEN
+        SELECT * INTO ev FROM retry_history h WHERE h.event_id = record_retry.event_id;
+        IF FOUND THEN
+            IF ev.job_id = record_retry.job_id
+               AND ev.job_variants_id IS NOT DISTINCT FROM record_retry.job_variants_id THEN
+                RETURN ev;
+            END IF;
+            RAISE EXCEPTION 'event_id % is already recorded for %', record_retry.event_id,
+                CASE WHEN ev.job_variants_id IS NULL THEN 'job ' || ev.job_id
+                     ELSE 'variant ' || ev.job_variants_id END
+                USING ERRCODE = 'RL005';
+        END IF;
+    END IF;
+
+    -- 4. The stream's head: its last attempt and hash (one probe of the stream index).
+    IF record_retry.job_variants_id IS NULL THEN
+        SELECT h.attempt, h.hash INTO next_attempt, prev_hash
+          FROM retry_history h
+         WHERE h.job_id = record_retry.job_id AND h.job_variants_id IS NULL
+         ORDER BY h.attempt DESC LIMIT 1;
+    ELSE
+        SELECT h.attempt, h.hash INTO next_attempt, prev_hash
+          FROM retry_history h
+         WHERE h.job_id = record_retry.job_id
+           AND h.job_variants_id = record_retry.job_variants_id
+         ORDER BY h.attempt DESC LIMIT 1;
+    END IF;
+    next_attempt := coalesce(next_attempt, 0) + 1;
+    prev_hash := coalesce(prev_hash, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea);
+
+    -- 5. Optimistic concurrency for callers that decided to retry on what they read earlier.
+    IF expected_attempt IS NOT NULL AND expected_attempt <> next_attempt THEN
+        RAISE EXCEPTION 'conflict on %: expected attempt %, but the next attempt is %',
+            target, expected_attempt, next_attempt USING ERRCODE = 'RL009';
+    END IF;
+
+    -- 6. The retry limit, on the count the operators see (opening balance included): the
+    --    shared limit in retrylog_settings, or the caller's if that is lower. `force` lets an
+    --    operator's manual_recovery past it, and the event says so.
+    SELECT s.max_retries INTO retry_limit FROM retrylog_settings s;
+    retry_limit := least(retry_limit, record_retry.max_retries);
+    IF retry_limit IS NOT NULL AND cur_count >= retry_limit THEN
+        IF NOT coalesce(force, false) THEN
+            RAISE EXCEPTION 'retry limit reached: % has % retries (limit %)',
+                target, cur_count, retry_limit USING ERRCODE = 'RL004',
+                HINT = 'an operator can still recover it: retrylog record --reason '
+                       'manual_recovery --force, or record_retry(..., reason => '
+                       '''manual_recovery'', force => true)';
+        END IF;
+        detail := detail || jsonb_build_object('forced_past_limit', retry_limit);
+    END IF;
+
+    -- 7. Append, its hash chained to the stream's previous event.
+    event_id    := coalesce(record_retry.event_id, gen_random_uuid());
+    step        := coalesce(step, cur_step);
+    from_status := coalesce(from_status, cur_status);
+    INSERT INTO retry_history (
+        event_id, job_id, job_variants_id, reason, step, from_status, to_status, attempt,
+        actor, detail, occurred_at, hash)
+    VALUES (
+        event_id, record_retry.job_id, record_retry.job_variants_id,
+        record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
+        actor, detail, occurred_at,
+        retry_event_hash(prev_hash, retry_event_canonical(
+            event_id, record_retry.job_id, record_retry.job_variants_id,
+            record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
+            actor, detail, occurred_at)))
+    RETURNING * INTO ev;
+
+    -- 8. The retry_count projection, inline: the count changes in the event's transaction.
+    PERFORM retry_counts_apply(ev.seq, ev.seq);
+    RETURN ev;
+END
+$$;
