@@ -41,3 +41,4 @@ pub mod replay;
 pub mod report;
 pub mod shutdown;
 pub mod store;
+pub mod window;

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use crate::cli::HistoryArgs;
 use crate::output::history_rows;
 use crate::recovery;
-use crate::report::{Moment, ReportError, TimeSpec};
 use crate::store::{self, HistoryFilter};
+use crate::window::{Moment, TimeSpec, WindowError};
 
 /// The filter the flags ask for; the times are resolved here and bound as parameters.
-fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
+fn filter(args: &HistoryArgs) -> Result<HistoryFilter, WindowError> {
     let moment = Moment::from_flag(args.as_of.as_deref())?;
     let resolve = |flag: &'static str, text: &Option<String>| {
         text.as_deref()
@@ -24,7 +24,7 @@ fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
     let occurred_until = resolve("--until", &args.until)?;
     if let (Some(since), Some(until)) = (occurred_since, occurred_until) {
         if since > until {
-            return Err(ReportError::EmptyRange(format!(
+            return Err(WindowError::EmptyRange(format!(
                 "--since {} is after --until {}: no event can match",
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
