@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod config;
 pub mod connect;
 pub mod event;
+pub mod intervention;
 pub mod migrate;
 pub mod output;
 pub mod projection;

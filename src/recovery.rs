@@ -20,7 +20,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::{PgListener, PgNotification};
@@ -32,8 +31,9 @@ use uuid::Uuid;
 
 use crate::config::WatchdogSettings;
 use crate::event::{NewRetry, RetryEvent, RetryReason, Target};
+use crate::intervention::{self, NewIntervention};
 use crate::shutdown;
-use crate::store::{self, AppendError, HistoryFilter};
+use crate::store::{self, AppendError};
 
 /// Why the watchdog retries a target. Stored as `detail.scenario` of the event.
 #[derive(
@@ -524,26 +524,21 @@ async fn note_intervention(
     settings: &WatchdogSettings,
     limit: i32,
 ) -> Result<bool, sqlx::Error> {
-    let seq: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO retry_intervention (job_id, job_variants_id, retry_count, max_retries,
-                                         scenario, reason, step, status, actor, detail)
-         VALUES ($1, $2, $3, $4, $5, $6::retry_reason, $7, $8, $9, $10)
-         ON CONFLICT ON CONSTRAINT retry_intervention_target_count_key DO NOTHING
-         RETURNING seq",
+    intervention::note(
+        tx,
+        &NewIntervention {
+            target: candidate.target(),
+            retry_count: candidate.retry_count,
+            max_retries: limit,
+            scenario: scenario.as_ref(),
+            reason: scenario.reason(),
+            step: candidate.step.as_deref(),
+            status: &candidate.status,
+            actor: &settings.instance,
+            detail: intervention_detail(candidate, scenario, settings, limit),
+        },
     )
-    .bind(candidate.job_id)
-    .bind(candidate.job_variants_id)
-    .bind(candidate.retry_count)
-    .bind(limit)
-    .bind(scenario.as_ref())
-    .bind(scenario.reason().as_ref())
-    .bind(candidate.step.as_deref())
-    .bind(&candidate.status)
-    .bind(&settings.instance)
-    .bind(intervention_detail(candidate, scenario, settings, limit))
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(seq.is_some())
+    .await
 }
 
 /// A note's `detail`: the facts of the retry it did not make, the count and the limit.
@@ -558,63 +553,6 @@ fn intervention_detail(
     fields.insert("retry_count".into(), json!(candidate.retry_count));
     fields.insert("max_retries".into(), json!(limit));
     detail
-}
-
-/// A target the limit stopped: a row of `retry_intervention`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct Intervention {
-    /// Position among the notes.
-    pub seq: i64,
-    pub job_id: Uuid,
-    /// `None` for a job.
-    pub job_variants_id: Option<Uuid>,
-    /// The count that reached the limit; the note is open while the target still has it.
-    pub retry_count: i32,
-    /// The limit in force then.
-    pub max_retries: i32,
-    /// The scenario the target was in, and the reason its retry would have had.
-    pub scenario: String,
-    pub reason: RetryReason,
-    pub step: Option<String>,
-    /// The target's status then (unchanged: the limit makes no state change).
-    pub status: Option<String>,
-    /// The watchdog instance that noted it.
-    pub actor: String,
-    /// The scenario's facts, with `retry_count` and `max_retries`.
-    pub detail: serde_json::Value,
-    pub noted_at: DateTime<Utc>,
-}
-
-impl Intervention {
-    /// The target the note is about.
-    pub fn target(&self) -> Target {
-        Target::from_columns(self.job_id, self.job_variants_id)
-    }
-}
-
-/// The notes about a job and its variants (`job_variants_id` None) or about one variant,
-/// oldest first, narrowed like a history: reason, step, actor, noted within the occurred
-/// window, and noted by the recorded bound.
-pub async fn load_interventions(
-    conn: &mut PgConnection,
-    job_id: Option<Uuid>,
-    job_variants_id: Option<Uuid>,
-    filter: &HistoryFilter,
-) -> Result<Vec<Intervention>, sqlx::Error> {
-    // A note happens and is recorded at once: noted_at stands for both times.
-    let sql = format!(
-        "SELECT seq, job_id, job_variants_id, retry_count, max_retries, scenario, reason, step,
-                status, actor, detail, noted_at
-           FROM retry_intervention
-          WHERE ($1::uuid IS NULL OR job_id = $1) AND ($2::uuid IS NULL OR job_variants_id = $2)
-                {filter}
-          ORDER BY seq",
-        filter = HistoryFilter::sql("noted_at", "noted_at"),
-    );
-    filter
-        .bind(sqlx::query_as(&sql), job_id, job_variants_id)
-        .fetch_all(conn)
-        .await
 }
 
 /// What one sweep did, per scenario.

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
+use crate::intervention;
 use crate::output::history_rows;
-use crate::recovery;
 use crate::store::{self, HistoryFilter};
 use crate::window::{Moment, TimeSpec, WindowError};
 
@@ -47,11 +47,11 @@ pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let (events, notes) = match (args.job_id, args.variant_id) {
         (_, Some(variant)) => (
             store::load_variant_history_filtered(&mut conn, variant, &filter).await?,
-            recovery::load_interventions(&mut conn, None, Some(variant), &filter).await?,
+            intervention::load_interventions(&mut conn, None, Some(variant), &filter).await?,
         ),
         (Some(job), None) => (
             store::load_job_history_filtered(&mut conn, job, &filter).await?,
-            recovery::load_interventions(&mut conn, Some(job), None, &filter).await?,
+            intervention::load_interventions(&mut conn, Some(job), None, &filter).await?,
         ),
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };
