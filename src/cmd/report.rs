@@ -1,4 +1,4 @@
-//! `retrylog report`: the audit and trend reports of `report.rs`, printed as a table, JSON,
+//! `retrylog report`: the audit and trend reports of `report/`, printed as a table, JSON,
 //! CSV or (trend) an SVG chart.
 
 mod chart;
