@@ -382,12 +382,7 @@ pub async fn bring_rollup_up_to_date(pool: &PgPool) -> Result<projector::Freshne
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text)
-            .unwrap()
-            .with_timezone(&Utc)
-    }
+    use crate::window::tests::at;
 
     #[test]
     fn buckets_start_on_the_utc_hour_day_and_monday() {
