@@ -60,7 +60,8 @@ pub fn default_data_dir() -> Option<PathBuf> {
 /// pg_ctl when nothing answers; a server that already answers is reused (the cluster
 /// stays running between commands). Concurrent callers, in this or other processes,
 /// serialise on `data_dir/start.lock`, so only one of them runs initdb/pg_ctl.
-/// Used by [`connect`] for rule 3; public so tests can exercise it without PG* variables.
+/// Used by [`connect`](super::connect) for rule 3; public so tests can exercise it without
+/// PG* variables.
 pub async fn start_private_cluster(data_dir: &Path) -> Result<PgConnectOptions, ConnectError> {
     Ok(ensure_private_cluster(data_dir).await?.options)
 }
