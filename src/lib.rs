@@ -10,29 +10,38 @@
 //! watchdog inside `serve` is what produces retries in a running pipeline: it finds stuck and
 //! failed work, changes its state and appends the event in one transaction.
 //!
-//! # Layout
+//! # Layout, in the order a retry flows
 //!
+//! - [`recovery`]: the watchdog that produces retries — its four scenarios and detection
+//!   (`recovery/scenario.rs`), the claim → limit → state change → append transaction
+//!   (`recovery/claim.rs`), its sweep and listen loop (`recovery/sweep.rs`); [`config`]: its
+//!   settings, each a flag and an environment variable; [`shutdown`]: how the service's loops
+//!   stop. Retries made by hand come in through `retrylog record` ([`cmd`]) instead.
+//! - [`intervention`]: where the limit stops the watchdog, the note it writes instead of a
+//!   retry, and reads of the notes for `history` and `report alerts`.
 //! - [`event`]: the retry event, its reason and target, the hash chain — pure types.
 //! - [`store`]: the one write path into the log (`append`) and the reads of streams.
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
-//! - [`recovery`]: the watchdog's four scenarios, the retry limit, its sweep and listen loop;
-//!   [`config`]: its settings, each a flag and an environment variable; [`shutdown`]: how
-//!   the service's loops stop.
-//! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
-//!   trend from the rollup) and their `--as-of` reconstructions from the log.
-//! - [`migrate`]: the schema (`migrations/`), then the live SQL functions (`sql/`:
-//!   `record_retry` and the hash chain) and the projections' functions.
-//! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster).
+//! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`).
+//! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
+//!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
+//!   from the log.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
+//!
+//! Around the flow: [`connect`] finds the database (DATABASE_URL, libpq defaults, a private
+//! cluster: `connect/cluster.rs`), and [`migrate`] installs the schema (`migrations/`), then the
+//! live SQL functions (`sql/`: `record_retry` and the hash chain) and the projections'
+//! functions, before any retry is made.
 
 pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod connect;
 pub mod event;
+pub mod intervention;
 pub mod migrate;
 pub mod output;
 pub mod projection;
@@ -42,3 +51,4 @@ pub mod replay;
 pub mod report;
 pub mod shutdown;
 pub mod store;
+pub mod window;

@@ -7,7 +7,7 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use serde_json::{Map, Value};
 
 use crate::event::RetryEvent;
-use crate::recovery::Intervention;
+use crate::intervention::Intervention;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

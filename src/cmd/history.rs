@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
+use crate::intervention;
 use crate::output::history_rows;
-use crate::recovery;
-use crate::report::{Moment, ReportError, TimeSpec};
 use crate::store::{self, HistoryFilter};
+use crate::window::{Moment, TimeSpec, WindowError};
 
 /// The filter the flags ask for; the times are resolved here and bound as parameters.
-fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
+fn filter(args: &HistoryArgs) -> Result<HistoryFilter, WindowError> {
     let moment = Moment::from_flag(args.as_of.as_deref())?;
     let resolve = |flag: &'static str, text: &Option<String>| {
         text.as_deref()
@@ -24,7 +24,7 @@ fn filter(args: &HistoryArgs) -> Result<HistoryFilter, ReportError> {
     let occurred_until = resolve("--until", &args.until)?;
     if let (Some(since), Some(until)) = (occurred_since, occurred_until) {
         if since > until {
-            return Err(ReportError::EmptyRange(format!(
+            return Err(WindowError::EmptyRange(format!(
                 "--since {} is after --until {}: no event can match",
                 since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -47,11 +47,11 @@ pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let (events, notes) = match (args.job_id, args.variant_id) {
         (_, Some(variant)) => (
             store::load_variant_history_filtered(&mut conn, variant, &filter).await?,
-            recovery::load_interventions(&mut conn, None, Some(variant), &filter).await?,
+            intervention::load_interventions(&mut conn, None, Some(variant), &filter).await?,
         ),
         (Some(job), None) => (
             store::load_job_history_filtered(&mut conn, job, &filter).await?,
-            recovery::load_interventions(&mut conn, Some(job), None, &filter).await?,
+            intervention::load_interventions(&mut conn, Some(job), None, &filter).await?,
         ),
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };

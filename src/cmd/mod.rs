@@ -83,6 +83,10 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
                 EXIT_FAILURE
             };
         }
+        // A time flag `report` or `history` could not use; report wraps it, history does not.
+        if cause.downcast_ref::<crate::window::WindowError>().is_some() {
+            return EXIT_USAGE;
+        }
         if cause.downcast_ref::<ConnectError>().is_some() {
             return EXIT_UNAVAILABLE;
         }

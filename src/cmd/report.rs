@@ -1,4 +1,4 @@
-//! `retrylog report`: the audit and trend reports of `report.rs`, printed as a table, JSON,
+//! `retrylog report`: the audit and trend reports of `report/`, printed as a table, JSON,
 //! CSV or (trend) an SVG chart.
 
 mod chart;
@@ -15,7 +15,8 @@ use sqlx::PgPool;
 
 use crate::output::{Format, Rows};
 use crate::projector::Freshness;
-use crate::report::{self, Bucket, GroupBy, Moment, TimeSpec, Trend, TrendQuery};
+use crate::report::{self, Bucket, GroupBy, Trend, TrendQuery};
+use crate::window::{Moment, TimeSpec};
 
 /// Exit status of `report alerts` when it lists anything (0 when the list is empty).
 pub const EXIT_ALERTS: u8 = 3;

@@ -1328,7 +1328,7 @@ async fn the_effective_limit_is_the_lower_of_the_shared_and_the_instances(pool: 
 #[sqlx::test(migrations = false)]
 async fn a_watchdog_whose_database_is_down_still_stops_promptly(pool: PgPool) {
     // Nothing listens on port 1: every connection attempt is refused, and the pool keeps
-    // trying for as long as serve's pool does (src/connect.rs, ACQUIRE_TIMEOUT = 30 s).
+    // trying for as long as serve's pool does (src/connect/mod.rs, ACQUIRE_TIMEOUT = 30 s).
     let options = (*pool.connect_options()).clone().port(1);
     let down = PgPoolOptions::new()
         .max_connections(3)

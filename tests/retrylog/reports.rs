@@ -10,9 +10,9 @@ use rand::{Rng, SeedableRng};
 use retrylog::event::{NewRetry, RetryReason, Target};
 use retrylog::projector;
 use retrylog::report::{
-    self, Alert, AlertWhy, Bucket, GroupBy, KindStats, Moment, TopJob, TopVariant, Trend,
-    TrendQuery,
+    self, Alert, AlertWhy, Bucket, GroupBy, KindStats, TopJob, TopVariant, Trend, TrendQuery,
 };
+use retrylog::window::Moment;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use strum::IntoEnumIterator;

@@ -47,8 +47,9 @@ use crate::connect::Connected;
 use crate::event::{RetryReason, Target};
 use crate::projection;
 use crate::projector::{self, ProjectorSettings};
-use crate::report::{self, Bucket, GroupBy, Moment, Trend, TrendQuery, NO_VALUE};
+use crate::report::{self, Bucket, GroupBy, Trend, TrendQuery, NO_VALUE};
 use crate::store::{self, HistoryFilter};
+use crate::window::Moment;
 
 /// `retrylog bench reports`.
 ///

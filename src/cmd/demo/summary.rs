@@ -18,7 +18,8 @@ use crate::config::WatchdogSettings;
 use crate::output::{Format, Rows};
 use crate::recovery::Scenario;
 use crate::replay::{self, VerifyReport};
-use crate::report::{self, Moment};
+use crate::report;
+use crate::window::Moment;
 
 /// Most retried variants and jobs listed.
 const TOP_VARIANTS: i64 = 5;

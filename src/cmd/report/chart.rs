@@ -6,7 +6,8 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
 
-use crate::report::{Bucket, Moment, Trend, TrendSource};
+use crate::report::{Bucket, Trend, TrendSource};
+use crate::window::Moment;
 
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 640.0;

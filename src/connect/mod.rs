@@ -1,0 +1,511 @@
+//! How retrylog finds its database, before any retry can flow (retry → store (log + inline
+//! projection) → projector → report/http all run on the pool opened here): an explicit
+//! `DATABASE_URL`, else the libpq environment and defaults, else a private PostgreSQL cluster
+//! that retrylog starts itself; then it makes sure the target database exists and opens the
+//! pool.
+//!
+//! The rules, in order (see [`connect`]):
+//!
+//! 1. `database_url` set: use it exactly (database `retrylog` when it names none).
+//!    Failing to reach it is an error: explicit configuration never silently falls back.
+//! 2. The libpq conventions (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+//!    `PGSSLMODE`, ...; the local socket by default). When `PGHOST`/`PGHOSTADDR`/`PGPORT`
+//!    is set, failing to reach that server is an error too.
+//! 3. Nothing configured and nothing answering: a private cluster under the data
+//!    directory, listening on a unix socket only, created and started on first use
+//!    and left running between commands.
+//! 4. Whatever server answered: create the database if it is missing, then build the pool.
+//!
+//! Rules 1 and 2 and the description of where the pool points live here; probing a server and
+//! rule 4 in `probe.rs`; rule 3, the private cluster, in `cluster.rs`, which runs PostgreSQL's
+//! programs through `runner.rs`.
+
+mod cluster;
+mod probe;
+mod runner;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::ConnectOptions;
+
+use cluster::ensure_private_cluster;
+pub use cluster::{
+    default_data_dir, start_private_cluster, stop_private_cluster, PRIVATE_CLUSTER_USER,
+};
+use probe::{ensure_database, failure, probe, Probe};
+
+/// Database name used when the configuration names none.
+pub const DEFAULT_DATABASE: &str = "retrylog";
+
+/// Environment variable that overrides the private cluster's data directory.
+pub const DATA_DIR_ENV: &str = "RETRYLOG_DATA_DIR";
+
+/// Maintenance database used to issue `CREATE DATABASE`.
+const MAINTENANCE_DATABASE: &str = "postgres";
+
+/// How long a caller waits for a pooled connection before giving up.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `sun_path` is 108 bytes on Linux, including the terminating NUL.
+const UNIX_SOCKET_PATH_MAX: usize = 107;
+
+/// A ready connection pool, and where it came from.
+pub struct Connected {
+    /// The pool, sized by [`ConnectSettings::max_connections`].
+    pub pool: sqlx::PgPool,
+    /// Human description: database name, host/socket, and which rule chose it, for the
+    /// one line on stderr ("retrylog: using database retrylog on /var/run/postgresql:5432
+    /// as root (libpq defaults)"). Never contains a password.
+    pub description: String,
+    /// The connect options used (so callers can derive options for other databases,
+    /// e.g. the bench database, with `options.clone().database("...")`).
+    pub options: PgConnectOptions,
+}
+
+// Hand-written because `PgConnectOptions`'s derived Debug prints the password.
+impl fmt::Debug for Connected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connected")
+            .field("pool", &self.pool)
+            .field("description", &self.description)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the caller knows about where the database should be.
+#[derive(Clone)]
+pub struct ConnectSettings {
+    /// --database-url / DATABASE_URL (explicit: no fallback when set). An empty or
+    /// blank string counts as unset, as an empty `DATABASE_URL=` usually means "unset".
+    pub database_url: Option<String>,
+    /// Pool size (at least one connection is always allowed).
+    pub max_connections: u32,
+    /// Data directory of the private cluster; default: $RETRYLOG_DATA_DIR, else
+    /// $XDG_DATA_HOME/retrylog, else $HOME/.local/share/retrylog (see [`default_data_dir`]).
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for ConnectSettings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            max_connections: 5,
+            data_dir: None,
+        }
+    }
+}
+
+// Hand-written so that a URL with a password never reaches a log line.
+impl fmt::Debug for ConnectSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectSettings")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("max_connections", &self.max_connections)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+/// Why retrylog could not get a database. Each message names the problem in one line
+/// and already includes the underlying cause, so print it with `{}`; the causes are
+/// deliberately not exposed as `source()` so that `{:#}` does not repeat them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The explicit URL does not parse, or is not a `postgres://`/`postgresql://` URL.
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it (never the URL itself: it may hold a password).
+        reason: String,
+    },
+
+    /// Nothing answered at the configured address, or the connection broke down
+    /// before PostgreSQL said anything (refused, missing socket, timeout, DNS, TLS).
+    #[error("cannot reach PostgreSQL at {target}: {error}")]
+    Unreachable {
+        /// `host:port` or `socket-directory:port`.
+        target: String,
+        /// The underlying connection error.
+        error: sqlx::Error,
+    },
+
+    /// A server answered but refused us (authentication, unknown role, ...).
+    #[error("PostgreSQL at {target} refused the connection: {error}")]
+    Refused {
+        /// `host:port` or `socket-directory:port`.
+        target: String,
+        /// The server's error.
+        error: sqlx::Error,
+    },
+
+    /// The target database is missing and could not be created.
+    #[error("cannot create database {database} on {target}: {error}")]
+    CreateDatabase {
+        /// The database we tried to create.
+        database: String,
+        /// `host:port` or `socket-directory:port`.
+        target: String,
+        /// The server's error.
+        error: sqlx::Error,
+    },
+
+    /// Fallback to a private cluster was needed but this machine has no PostgreSQL server.
+    #[error(
+        "no PostgreSQL server is reachable and no PostgreSQL binaries (initdb, pg_ctl) were found to start a private one"
+    )]
+    NoServerBinaries,
+
+    /// No data directory was given and none of the variables that name one is set.
+    #[error(
+        "cannot choose a data directory for the private PostgreSQL cluster: none of {DATA_DIR_ENV}, XDG_DATA_HOME, HOME is set"
+    )]
+    NoDataDir,
+
+    /// The private cluster's directory could not be created, locked or prepared.
+    #[error("cannot prepare the private PostgreSQL cluster in {path}: {error}")]
+    DataDir {
+        /// The directory or file concerned.
+        path: PathBuf,
+        /// The underlying I/O error.
+        error: io::Error,
+    },
+
+    /// The private cluster's socket would live at a path longer than a unix socket allows.
+    #[error(
+        "the private PostgreSQL cluster's socket path {path} is longer than {UNIX_SOCKET_PATH_MAX} bytes; choose a shorter data directory ({DATA_DIR_ENV})"
+    )]
+    SocketPathTooLong {
+        /// The socket file's path.
+        path: PathBuf,
+    },
+
+    /// A helper program (initdb, pg_ctl, chown, runuser, ...) failed.
+    #[error("{what} failed: {detail}")]
+    Command {
+        /// What we were running, e.g. "pg_ctl start".
+        what: String,
+        /// Its last words (last line of stderr, or of the server log).
+        detail: String,
+    },
+}
+
+/// Which rule chose the server; rendered at the end of [`Connected::description`].
+enum Rule {
+    DatabaseUrl,
+    /// libpq defaults, or the list of libpq variables that were set.
+    Libpq(Vec<&'static str>),
+    PrivateCluster {
+        pgdata: PathBuf,
+        started_from: Option<PathBuf>,
+    },
+}
+
+/// Connects following the resolution order in the module docs and returns the pool
+/// with a one-line description of where it points.
+pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectError> {
+    let explicit_url = settings
+        .database_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty());
+
+    let (options, rule) = match explicit_url {
+        Some(url) => {
+            let options = options_from_url(url)?;
+            tracing::debug!(server = %location(&options), "using DATABASE_URL");
+            ensure_database(&options, probe(&options).await).await?;
+            (options, Rule::DatabaseUrl)
+        }
+        None => {
+            let set = libpq_variables_set();
+            let options = libpq_options();
+            tracing::debug!(server = %location(&options), ?set, "trying the libpq conventions");
+            match probe(&options).await {
+                Probe::NothingListening(error) if !names_server(&set) => {
+                    tracing::info!(
+                        server = %location(&options),
+                        %error,
+                        "no PostgreSQL server answers at the libpq default; using a private cluster"
+                    );
+                    let data_dir = match &settings.data_dir {
+                        Some(dir) => dir.clone(),
+                        None => default_data_dir().ok_or(ConnectError::NoDataDir)?,
+                    };
+                    let cluster = ensure_private_cluster(&data_dir).await?;
+                    // The database name still follows PGDATABASE, so a user who picked a
+                    // database name keeps it when the private cluster takes over.
+                    let options = cluster.options.database(&database_name(&options));
+                    ensure_database(&options, probe(&options).await).await?;
+                    let rule = Rule::PrivateCluster {
+                        pgdata: cluster.pgdata,
+                        started_from: cluster.started_from,
+                    };
+                    (options, rule)
+                }
+                first => {
+                    ensure_database(&options, first).await?;
+                    (options, Rule::Libpq(set))
+                }
+            }
+        }
+    };
+
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options.clone())
+        .await
+        .map_err(|error| failure(&options, error))?;
+
+    let description = describe(&options, &rule);
+    tracing::info!(%description, "connected");
+    Ok(Connected {
+        pool,
+        description,
+        options,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Rules 1 and 2: options from a URL or the libpq environment.
+
+/// Parses an explicit URL; defaults the database to `retrylog` when the URL names none.
+fn options_from_url(url: &str) -> Result<PgConnectOptions, ConnectError> {
+    let invalid = |reason: String| ConnectError::InvalidUrl { reason };
+    let parsed = parse_url(url, PgConnectOptions::from_url).map_err(invalid)?;
+    // sqlx parses any scheme; a mysql:// URL would otherwise be tried as PostgreSQL.
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(format!(
+            "the scheme is {:?}, expected \"postgres\" or \"postgresql\"",
+            parsed.scheme()
+        )));
+    }
+    let options = PgConnectOptions::from_url(&parsed).map_err(|e| invalid(e.to_string()))?;
+    // Decide from the URL itself: sqlx starts from the environment, so a URL without a
+    // database would otherwise pick up PGDATABASE, or the server would default to the
+    // user name.
+    let names_database = !parsed.path().trim_start_matches('/').is_empty()
+        || parsed
+            .query_pairs()
+            .any(|(key, value)| key == "dbname" && !value.is_empty());
+    Ok(if names_database {
+        options
+    } else {
+        options.database(DEFAULT_DATABASE)
+    })
+}
+
+/// Parses `url` into the URL type sqlx's `from_url` takes. sqlx does not re-export the
+/// `url` crate and we add no dependency for it: passing `from_url` pins down `U`, which
+/// lets us read the URL's parts exactly as sqlx sees them.
+fn parse_url<U>(
+    url: &str,
+    _from_url: fn(&U) -> Result<PgConnectOptions, sqlx::Error>,
+) -> Result<U, String>
+where
+    U: std::str::FromStr,
+    U::Err: fmt::Display,
+{
+    // The parse error never repeats the input, which may hold a password.
+    url.parse::<U>().map_err(|error| error.to_string())
+}
+
+/// Options from the libpq environment (sqlx reads PGHOST, PGPORT, PGUSER, PGPASSWORD,
+/// PGDATABASE, PGSSLMODE, ~/.pgpass, and defaults to the local socket), with the
+/// database defaulting to `retrylog` instead of the user name.
+fn libpq_options() -> PgConnectOptions {
+    let options = PgConnectOptions::new();
+    let database = database_name(&options);
+    options.database(&database)
+}
+
+/// The libpq variables that shape where we connect, in a fixed order, for the description.
+fn libpq_variables_set() -> Vec<&'static str> {
+    ["PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE"]
+        .into_iter()
+        .filter(|name| non_empty_var(name).is_some())
+        .collect()
+}
+
+/// Whether the user pointed libpq at a particular server: then an unreachable server
+/// is their problem to hear about, not a reason to start our own.
+fn names_server(set: &[&str]) -> bool {
+    set.iter()
+        .any(|name| matches!(*name, "PGHOST" | "PGHOSTADDR" | "PGPORT"))
+}
+
+/// The database the options name, or `retrylog` when they name none (or an empty one).
+fn database_name(options: &PgConnectOptions) -> String {
+    options
+        .get_database()
+        .filter(|name| !name.is_empty())
+        .unwrap_or(DEFAULT_DATABASE)
+        .to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Where the options point: for the errors and the one line on stderr.
+
+/// Where the options point: `socket-directory:port` or `host:port`.
+fn location(options: &PgConnectOptions) -> String {
+    let port = options.get_port();
+    match options.get_socket() {
+        Some(dir) => format!("{}:{port}", dir.display()),
+        None => {
+            let host = options.get_host();
+            if host.contains(':') && !host.starts_with('/') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            }
+        }
+    }
+}
+
+fn describe(options: &PgConnectOptions, rule: &Rule) -> String {
+    let database = database_name(options);
+    match rule {
+        Rule::DatabaseUrl => format!(
+            "database {database} on {} as {} (DATABASE_URL)",
+            location(options),
+            options.get_username()
+        ),
+        Rule::Libpq(set) => {
+            let source = if set.is_empty() {
+                "libpq defaults".to_owned()
+            } else {
+                format!("libpq environment: {}", set.join(", "))
+            };
+            format!(
+                "database {database} on {} as {} ({source})",
+                location(options),
+                options.get_username()
+            )
+        }
+        Rule::PrivateCluster {
+            pgdata,
+            started_from,
+        } => {
+            let how = match started_from {
+                Some(bindir) => format!("started from {}", bindir.display()),
+                None => "already running".to_owned(),
+            };
+            format!(
+                "database {database} on private cluster {} ({how})",
+                pgdata.display()
+            )
+        }
+    }
+}
+
+fn non_empty_var(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|value| !value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_without_database_uses_retrylog() {
+        let options = options_from_url("postgres://someone@db.example:6543").unwrap();
+        assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
+        assert_eq!(options.get_host(), "db.example");
+        assert_eq!(options.get_port(), 6543);
+        assert_eq!(options.get_username(), "someone");
+
+        let options = options_from_url("postgresql://someone@db.example/").unwrap();
+        assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
+    }
+
+    #[test]
+    fn url_database_is_used_exactly() {
+        let options = options_from_url("postgres://u@h/foo").unwrap();
+        assert_eq!(options.get_database(), Some("foo"));
+        let options = options_from_url("postgres://u@h?dbname=bar").unwrap();
+        assert_eq!(options.get_database(), Some("bar"));
+        let options = options_from_url("postgres:///baz?host=/run/pg").unwrap();
+        assert_eq!(options.get_database(), Some("baz"));
+        assert_eq!(options.get_socket(), Some(&PathBuf::from("/run/pg")));
+    }
+
+    #[test]
+    fn invalid_urls_are_named_without_echoing_them() {
+        for url in [
+            "mysql://u:hunter2@h/db",
+            "not a url hunter2",
+            "postgres://u:hunter2@h:notaport/db",
+        ] {
+            let error = options_from_url(url).unwrap_err();
+            assert!(matches!(error, ConnectError::InvalidUrl { .. }), "{url}");
+            let message = error.to_string();
+            assert!(
+                message.starts_with("DATABASE_URL is not a valid PostgreSQL URL: "),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn locations_name_socket_or_host_and_port() {
+        let socket = PgConnectOptions::new_without_pgpass()
+            .socket("/var/run/postgresql")
+            .port(5432);
+        assert_eq!(location(&socket), "/var/run/postgresql:5432");
+        let tcp = PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(1);
+        assert_eq!(location(&tcp), "127.0.0.1:1");
+        let v6 = PgConnectOptions::new_without_pgpass()
+            .host("::1")
+            .port(5432);
+        assert_eq!(location(&v6), "[::1]:5432");
+    }
+
+    #[test]
+    fn descriptions_follow_the_rule_and_hide_passwords() {
+        let options = options_from_url("postgres://postgres:hunter2@127.0.0.1:5432/foo").unwrap();
+        assert_eq!(
+            describe(&options, &Rule::DatabaseUrl),
+            "database foo on 127.0.0.1:5432 as postgres (DATABASE_URL)"
+        );
+
+        let options = PgConnectOptions::new_without_pgpass()
+            .host("/var/run/postgresql")
+            .port(5432)
+            .username("root")
+            .password("hunter2")
+            .database("retrylog");
+        assert_eq!(
+            describe(&options, &Rule::Libpq(vec![])),
+            "database retrylog on /var/run/postgresql:5432 as root (libpq defaults)"
+        );
+        assert_eq!(
+            describe(&options, &Rule::Libpq(vec!["PGHOST", "PGDATABASE"])),
+            "database retrylog on /var/run/postgresql:5432 as root (libpq environment: PGHOST, PGDATABASE)"
+        );
+
+        let rule = Rule::PrivateCluster {
+            pgdata: PathBuf::from("/root/.local/share/retrylog/pgdata"),
+            started_from: Some(PathBuf::from("/usr/lib/postgresql/15/bin")),
+        };
+        assert_eq!(
+            describe(&options, &rule),
+            "database retrylog on private cluster /root/.local/share/retrylog/pgdata (started from /usr/lib/postgresql/15/bin)"
+        );
+    }
+
+    #[test]
+    fn only_host_or_port_name_a_server() {
+        assert!(!names_server(&[]));
+        assert!(!names_server(&["PGUSER", "PGDATABASE"]));
+        assert!(names_server(&["PGPORT"]));
+        assert!(names_server(&["PGHOST", "PGUSER"]));
+        assert!(names_server(&["PGHOSTADDR"]));
+    }
+}

@@ -1,0 +1,35 @@
+//! The recovery watchdog: where a running pipeline's retries come from. It finds stuck and
+//! failed work in the pipeline tables, retries it, and records each retry through
+//! `store::append` in the transaction that makes the state change; from there the retry flows
+//! on like any other (store (log + inline projection) → projector → report/http).
+//!
+//! Four scenarios (docs/operations.md), each one SQL condition used twice: unlocked, to
+//! detect candidates, and again for one target under `FOR NO KEY UPDATE SKIP LOCKED`, to
+//! claim it. A retry is then:
+//!
+//! 1. claim: re-check the condition and lock the target's row, skipping a row another
+//!    instance holds; a target no longer in the condition is left alone;
+//! 2. limit: at the limit, note the target as needing intervention (once per retry_count)
+//!    and change nothing;
+//! 3. state change: touch the variant, set it back to done, or set the job done;
+//! 4. append, with `expected_attempt` from what detection read, so a retry another instance
+//!    recorded in between is a conflict, not a second retry;
+//! 5. commit: the state change and its event land together or not at all.
+//!
+//! `run` drives it: a sweep of every managed job at start and every `sweep_every`, and a
+//! sweep of the jobs a notification names as soon as it arrives.
+//!
+//! # Layout, in the order a retry is made
+//!
+//! - `sweep`: [`run`], the loop that listens and sweeps, and [`sweep`] itself;
+//! - `scenario`: the four [`Scenario`]s, their SQL, and [`detect`];
+//! - `claim`: [`recover`], the five steps above for one [`Candidate`]; a target at the limit
+//!   is noted through [`crate::intervention`].
+
+mod claim;
+mod scenario;
+mod sweep;
+
+pub use claim::{connection_lost, recover, Outcome, RecoveryError};
+pub use scenario::{detect, Candidate, Scenario, Scope, DETECT_BATCH};
+pub use sweep::{effective_limit, publish_settings, run, sweep, SweepSummary};
