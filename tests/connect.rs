@@ -21,17 +21,6 @@ fn server() -> PgConnectOptions {
         .unwrap_or_else(|error| panic!("DATABASE_URL is not a PostgreSQL URL: {error}"))
 }
 
-/// `postgres://user@host:port/name` on the test server.
-fn url_of(name: &str) -> String {
-    let server = server();
-    format!(
-        "postgres://{}@{}:{}/{name}",
-        server.get_username(),
-        server.get_host(),
-        server.get_port()
-    )
-}
-
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
