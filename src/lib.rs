@@ -23,7 +23,8 @@
 //! - [`report`]: the read-only audit and trend queries (top targets, stats, alerts, the
 //!   trend from the rollup) and their `--as-of` reconstructions from the log.
 //! - [`migrate`]: the schema (`migrations/`) and the projections' functions.
-//! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster).
+//! - [`connect`]: finds the database (DATABASE_URL, libpq defaults, a private cluster);
+//!   [`scratch`]: throwaway databases on the same server, for `demo` and the benchmark.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
 
@@ -39,5 +40,6 @@ pub mod projector;
 pub mod recovery;
 pub mod replay;
 pub mod report;
+pub mod scratch;
 pub mod shutdown;
 pub mod store;

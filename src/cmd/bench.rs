@@ -45,12 +45,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{scratch, stderr_is_terminal, EXIT_MISMATCH};
+use super::{stderr_is_terminal, EXIT_MISMATCH};
 use crate::cli::FormatArg;
 use crate::connect::Connected;
 use crate::event::{CanonicalEvent, NewRetry, RetryReason, Target, GENESIS_HASH};
 use crate::output::{Format, Rows};
-use crate::{projection, replay, store};
+use crate::{projection, replay, scratch, store};
 
 /// `retrylog bench`.
 ///

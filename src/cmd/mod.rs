@@ -8,7 +8,6 @@ mod project;
 mod record;
 mod replay;
 pub mod report;
-mod scratch;
 mod serve;
 mod status;
 mod verify;

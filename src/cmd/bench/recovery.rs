@@ -41,14 +41,15 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    figure_table, fresh_database, median, print_server, scratch, spinner, thousands, timed_verify,
-    Goal, Line, Unit, VerifyFigure, ACTOR, BENCH_DATABASE,
+    figure_table, fresh_database, median, print_server, spinner, thousands, timed_verify, Goal,
+    Line, Unit, VerifyFigure, ACTOR, BENCH_DATABASE,
 };
 use crate::cli::FormatArg;
 use crate::cmd::EXIT_MISMATCH;
 use crate::config::WatchdogSettings;
 use crate::connect::Connected;
 use crate::recovery::{self, Scenario, Scope, SweepSummary, DETECT_BATCH};
+use crate::scratch;
 
 /// `retrylog bench recovery`.
 ///

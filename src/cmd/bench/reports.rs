@@ -38,17 +38,17 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    figure_table, fresh_database, load_log, median, print_server, scratch, spinner, thousands,
-    EventKind, GeneratedLog, Goal, Line, PipelineRows, PlannedEvent, Stream, Unit, BENCH_DATABASE,
+    figure_table, fresh_database, load_log, median, print_server, spinner, thousands, EventKind,
+    GeneratedLog, Goal, Line, PipelineRows, PlannedEvent, Stream, Unit, BENCH_DATABASE,
 };
 use crate::cli::FormatArg;
 use crate::cmd::EXIT_MISMATCH;
 use crate::connect::Connected;
 use crate::event::{RetryReason, Target};
-use crate::projection;
 use crate::projector::{self, ProjectorSettings};
 use crate::report::{self, Bucket, GroupBy, Moment, Trend, TrendQuery, NO_VALUE};
 use crate::store::{self, HistoryFilter};
+use crate::{projection, scratch};
 
 /// `retrylog bench reports`.
 ///
