@@ -166,8 +166,11 @@ impl Scenario {
         }
     }
 
-    /// Detection: the candidates among every managed job, or among `jobs`.
-    fn detect_sql(self, scoped: bool) -> String {
+    /// Detection: the candidates among every managed job, or (`scoped`) among the jobs `$3`.
+    /// This is the exact query [`detect`] runs, so EXPLAIN can read it: `$1` the managed
+    /// steps (`text[]`), `$2` the idle threshold in seconds (`float8`), `$3` the jobs
+    /// (`uuid[]`, unused unless `scoped`), `$4` the limit (`bigint`).
+    pub fn detect_sql(self, scoped: bool) -> String {
         let scope = if scoped { "AND j.job_id = ANY($3)" } else { "" };
         let order = match self {
             Scenario::FinalStep => "j.updated_at",
@@ -325,11 +328,6 @@ pub async fn detect(
         .bind(limit)
         .fetch_all(conn)
         .await
-}
-
-/// The plain text of a scenario's detection query over every job, for EXPLAIN.
-pub fn detection_query(scenario: Scenario) -> String {
-    scenario.detect_sql(false)
 }
 
 /// What became of one candidate.

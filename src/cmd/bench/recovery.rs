@@ -759,7 +759,7 @@ async fn explain_detections(
     let progress = spinner();
     let mut detections = Vec::new();
     for scenario in Scenario::ALL {
-        let sql = recovery::detection_query(scenario);
+        let sql = scenario.detect_sql(false);
         progress.set_message(format!(
             "EXPLAIN ANALYZE detection of {scenario}, custom plan"
         ));
@@ -1267,7 +1267,7 @@ async fn plan_cache(watchdog: &PgPool) -> anyhow::Result<BTreeMap<Scenario, Plan
             .await?;
     let mut caches = BTreeMap::new();
     for scenario in Scenario::ALL {
-        let sql = recovery::detection_query(scenario);
+        let sql = scenario.detect_sql(false);
         if let Some(&(_, generic, custom)) = statements.iter().find(|(text, ..)| *text == sql) {
             caches.insert(scenario, PlanCache { generic, custom });
         }
