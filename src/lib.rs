@@ -27,6 +27,9 @@
 //!   [`scratch`]: throwaway databases on the same server, for `demo` and the benchmark.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
+//!
+//! The benchmark is a crate of its own in the workspace (`bench/`, the `retrylog-bench`
+//! binary) that uses only this library's public API.
 
 pub mod cli;
 pub mod cmd;
