@@ -75,9 +75,6 @@ pub enum Command {
     /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
     /// summary.
     Demo(crate::cmd::demo::DemoArgs),
-    /// Measure appends and replay (or, with `reports`, the reports; with `recovery`, a
-    /// watchdog sweep) against hand-written baselines, in a scratch database.
-    Bench(crate::cmd::bench::BenchArgs),
 }
 
 /// `--format`, for every command that prints data.

@@ -32,9 +32,13 @@
 //!   [`output`]: tables, JSON and CSV.
 //!
 //! Around the flow: [`connect`] finds the database (DATABASE_URL, libpq defaults, a private
-//! cluster: `connect/cluster.rs`), and [`migrate`] installs the schema (`migrations/`), then the
+//! cluster: `connect/cluster.rs`); [`scratch`] makes throwaway databases on the same server,
+//! for `demo` and the benchmark; and [`migrate`] installs the schema (`migrations/`), then the
 //! live SQL functions (`sql/`: `record_retry` and the hash chain) and the projections'
 //! functions, before any retry is made.
+//!
+//! The benchmark is a crate of its own in the workspace (`bench/`, the `retrylog-bench`
+//! binary) that uses only this library's public API.
 
 pub mod cli;
 pub mod cmd;
@@ -49,6 +53,7 @@ pub mod projector;
 pub mod recovery;
 pub mod replay;
 pub mod report;
+pub mod scratch;
 pub mod shutdown;
 pub mod store;
 pub mod window;

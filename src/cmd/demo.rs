@@ -29,10 +29,10 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::EnvFilter;
 
-use super::{scratch, stderr_is_terminal, EXIT_MISMATCH};
+use super::{stderr_is_terminal, EXIT_MISMATCH};
 use crate::config::{parse_duration, WatchdogSettings, DEFAULT_CHANNEL};
 use crate::connect::Connected;
-use crate::recovery;
+use crate::{recovery, scratch};
 use live::{AboveTheBar, Labels, LiveView};
 use pipeline::{Pipeline, PipelineCounts, Plan};
 use summary::{RunFacts, Summary};

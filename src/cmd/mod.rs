@@ -1,14 +1,12 @@
 //! The commands of the `retrylog` binary, one file each. `run` connects, migrates and
 //! dispatches; errors come back as `anyhow` and [`exit_code`] turns them into exit codes.
 
-pub mod bench;
 pub mod demo;
 mod history;
 mod project;
 mod record;
 mod replay;
 pub mod report;
-mod scratch;
 mod serve;
 mod status;
 mod verify;
@@ -58,7 +56,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
-        Command::Bench(args) => bench::run(&connected, args).await,
     }
 }
 

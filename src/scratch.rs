@@ -1,6 +1,7 @@
 //! Scratch databases: created fresh on the configured server, migrated, and dropped at the
-//! end. `bench` measures in one and `demo` runs its live pipeline in another, so neither ever
-//! touches the data of the database retrylog is pointed at.
+//! end. `demo` runs its live pipeline in one and the benchmark (the `retrylog-bench` binary)
+//! measures in another, so neither ever touches the data of the database retrylog is pointed
+//! at.
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

@@ -1,0 +1,462 @@
+//! `retrylog-bench appends`: appends and replay against hand-written baselines, measured in
+//! one run in a scratch database.
+//!
+//! Every figure is printed beside a baseline measured in the same run, on the same machine,
+//! with the same transaction shape, so the ratio is what matters, not the absolute number.
+//! docs/performance.md explains each figure and records a run.
+//!
+//! 1. **Appends** — transactions per second at each `--connections` count, for
+//!    `store::append` and two baselines: (a) the counter-only change, a bare `UPDATE ...
+//!    SET retry_count = retry_count + 1`; (b) a naive hand-written event append, `INSERT ...
+//!    SELECT ... FOR UPDATE` into a plain log table plus that UPDATE. Each approach has its own
+//!    pool of variants (same size, same table), each worker picks random targets from it, and
+//!    the three take turns slice by slice per connection count. Then `verify` must be clean.
+//! 2. **Replay** (`replay.rs`) — the retry_counts replay (`retrylog replay --projection
+//!    retry_counts`) over `--replay-events` events (generated in Rust with valid hash chains,
+//!    loaded with COPY) against a hand-written set-based recount, from two starting states:
+//!    counts wiped, and counts already correct; then the replay of every projection, for
+//!    scale. Median of three each. Then `verify`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use retrylog::cli::FormatArg;
+use retrylog::connect::Connected;
+use retrylog::event::{NewRetry, RetryReason, Target};
+use retrylog::store;
+
+use crate::database::{fresh_database, in_bench_database, print_server, timed_verify};
+use crate::figures::{figure_table, Goal, Line, Unit, VerifyFigure};
+use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
+use crate::replay::{self, ReplayFigure};
+use crate::{progress, ACTOR, EXIT_MISMATCH};
+/// `retrylog-bench appends`.
+///
+/// Runs in its own database, `retrylog_bench`, created (dropped first if it exists) on the same
+/// server as the configured database and dropped at the end; the configured database is never
+/// touched. Prints every figure beside its baseline, the ratio and the goal.
+#[derive(Debug, Args)]
+pub struct AppendsArgs {
+    /// Seconds each append measurement counts transactions, per approach and connection count
+    /// (after the warm-up).
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub seconds: u64,
+
+    /// Seconds of warm-up before an approach's first slice at each connection count (not
+    /// counted).
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub warmup: u64,
+
+    /// Cut each append measurement into this many slices and interleave the approaches slice
+    /// by slice (rotating their order), so a burst of machine noise hits all three alike.
+    #[arg(long, default_value_t = 5, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub slices: u32,
+
+    /// Connection counts to measure appends at, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,N,...",
+          value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub connections: Vec<u32>,
+
+    /// Events in the log for the replay measurement.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub replay_events: u64,
+
+    /// Keep the retrylog_bench database at the end, for inspection.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Skip the append measurements.
+    #[arg(long)]
+    pub skip_appends: bool,
+
+    /// Skip the replay measurements.
+    #[arg(long, conflicts_with = "skip_appends")]
+    pub skip_replay: bool,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+impl AppendsArgs {
+    /// `--smoke`: one second at 2 connections, no warm-up, a replay of 2,000 events.
+    pub fn smoke(&mut self) {
+        self.seconds = 1;
+        self.warmup = 0;
+        self.slices = 1;
+        self.connections = vec![2];
+        self.replay_events = 2_000;
+    }
+}
+
+/// Variants each approach picks its targets from (in jobs of `VARIANTS_PER_JOB`).
+const APPEND_VARIANTS: usize = 10_000;
+
+/// The connection count the append goals are set at.
+const GOAL_CONNECTIONS: u32 = 16;
+
+/// The uncounted pause before every slice but an approach's first.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Baseline (a), the original change: bump the counter in place.
+const BARE_UPDATE: &str = "UPDATE jobs_variants SET retry_count = retry_count + 1, \
+     updated_at = now() WHERE job_variants_id = $1";
+
+/// The plain log table of baseline (b): what a hand-written event log would start as.
+const NAIVE_LOG_DDL: &str = "CREATE TABLE bench_naive_log (
+    seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id          uuid NOT NULL,
+    job_variants_id uuid NOT NULL,
+    attempt         integer NOT NULL,
+    reason          text NOT NULL,
+    actor           text NOT NULL,
+    detail          jsonb NOT NULL,
+    occurred_at     timestamptz NOT NULL)";
+
+/// Baseline (b), first statement: the event, numbered from the locked row's counter.
+const NAIVE_INSERT: &str = "INSERT INTO bench_naive_log
+        (job_id, job_variants_id, attempt, reason, actor, detail, occurred_at)
+    SELECT job_id, job_variants_id, retry_count + 1, $2, $3, $4, now()
+      FROM jobs_variants WHERE job_variants_id = $1 FOR UPDATE";
+
+/// One way of recording a retry, measured against the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Approach {
+    /// `store::append`: record_retry with its projection, in the caller's transaction.
+    Append,
+    /// (a) the counter-only change.
+    BareUpdate,
+    /// (b) a naive hand-written event append.
+    NaiveEvent,
+}
+
+impl Approach {
+    const ALL: [Approach; 3] = [Approach::Append, Approach::BareUpdate, Approach::NaiveEvent];
+
+    fn label(self) -> &'static str {
+        match self {
+            Approach::Append => "store::append",
+            Approach::BareUpdate => "(a) bare UPDATE",
+            Approach::NaiveEvent => "(b) naive event append",
+        }
+    }
+}
+
+/// Appends per second of the three approaches at one connection count.
+#[derive(Debug, Clone, Copy)]
+struct AppendFigures {
+    connections: u32,
+    ours: f64,
+    bare_update: f64,
+    naive_event: f64,
+}
+
+pub async fn run(connected: &Connected, args: AppendsArgs) -> anyhow::Result<ExitCode> {
+    let (appends, append_verify, replays, replay_verify) = in_bench_database(
+        connected,
+        "retrylog-bench appends",
+        args.keep,
+        async |options| run_phases(connected, options, &args).await,
+    )
+    .await?;
+
+    let mut lines = append_lines(&appends);
+    if let Some(verify) = &append_verify {
+        lines.push(Line::verify("after the appends", verify));
+    }
+    lines.extend(replay::lines(&replays));
+    if let Some(verify) = &replay_verify {
+        lines.push(Line::verify("after the replays", verify));
+    }
+    let format = args.format.format;
+    figure_table(&lines, format, &["connections", "events"]).print(format)?;
+    let dirty = [append_verify, replay_verify]
+        .iter()
+        .flatten()
+        .any(|verify| verify.mismatches > 0);
+    if dirty {
+        eprintln!("retrylog-bench: verify found mismatches in the bench database");
+        return Ok(ExitCode::from(EXIT_MISMATCH));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+type Outcome = (
+    Vec<AppendFigures>,
+    Option<VerifyFigure>,
+    Vec<ReplayFigure>,
+    Option<VerifyFigure>,
+);
+
+/// Both phases, each in a freshly created bench database. On an error the pool is simply
+/// dropped: the final `DROP DATABASE ... WITH (FORCE)` ends whatever it left open.
+async fn run_phases(
+    connected: &Connected,
+    options: &PgConnectOptions,
+    args: &AppendsArgs,
+) -> anyhow::Result<Outcome> {
+    let mut appends = Vec::new();
+    let mut append_verify = None;
+    let mut replays = Vec::new();
+    let mut replay_verify = None;
+    if !args.skip_appends {
+        let pool = fresh_database(connected, options).await?;
+        print_context(&pool, args).await?;
+        appends = bench_appends(&pool, options, args).await?;
+        append_verify = Some(timed_verify(&pool, "verifying the appended log").await?);
+        pool.close().await;
+    }
+    if !args.skip_replay {
+        let pool = fresh_database(connected, options).await?;
+        if args.skip_appends {
+            print_context(&pool, args).await?;
+        }
+        replays = replay::measure(&pool, args.replay_events).await?;
+        replay_verify = Some(timed_verify(&pool, "verifying the replayed log").await?);
+        pool.close().await;
+    }
+    Ok((appends, append_verify, replays, replay_verify))
+}
+
+/// One line on stderr saying what the figures were measured on.
+async fn print_context(pool: &PgPool, args: &AppendsArgs) -> anyhow::Result<()> {
+    print_server(pool).await?;
+    if !args.skip_appends {
+        eprintln!(
+            "retrylog-bench: appends: {} s per approach and connection count in {} interleaved \
+             slice(s), after {} s warm-up; {APPEND_VARIANTS} variants of {} jobs per approach; \
+             connections {:?}",
+            args.seconds,
+            args.slices,
+            args.warmup,
+            APPEND_VARIANTS / VARIANTS_PER_JOB,
+            args.connections
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appends
+
+/// The targets of one approach: (job_id, job_variants_id).
+type Targets = Arc<Vec<(Uuid, Uuid)>>;
+
+/// Creates `APPEND_VARIANTS` variants (in jobs of `VARIANTS_PER_JOB`) and returns them.
+async fn create_targets(pool: &PgPool) -> anyhow::Result<Targets> {
+    let mut rows = PipelineRows {
+        jobs: (0..APPEND_VARIANTS.div_ceil(VARIANTS_PER_JOB))
+            .map(|_| Uuid::new_v4())
+            .collect(),
+        ..PipelineRows::default()
+    };
+    for index in 0..APPEND_VARIANTS {
+        rows.variants.push(Uuid::new_v4());
+        rows.owners.push(rows.jobs[index / VARIANTS_PER_JOB]);
+        rows.orders.push((index % VARIANTS_PER_JOB) as i32);
+    }
+    insert_pipeline_rows(pool, &rows).await?;
+    Ok(Arc::new(
+        rows.owners.into_iter().zip(rows.variants).collect(),
+    ))
+}
+
+async fn bench_appends(
+    pool: &PgPool,
+    options: &PgConnectOptions,
+    args: &AppendsArgs,
+) -> anyhow::Result<Vec<AppendFigures>> {
+    // Each approach gets its own variants: the baselines change retry_count without events,
+    // which must not touch the rows whose counts verify checks afterwards.
+    let mut targets = Vec::new();
+    for _ in Approach::ALL {
+        targets.push(create_targets(pool).await?);
+    }
+    sqlx::raw_sql(NAIVE_LOG_DDL).execute(pool).await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+
+    let progress = progress::spinner();
+    let warmup = Duration::from_secs(args.warmup);
+    let seconds = Duration::from_secs(args.seconds);
+    let mut figures = Vec::new();
+    for &connections in &args.connections {
+        // The pool is sized to the connection count and shared by the three approaches, so no
+        // worker ever waits for a connection and every connection is equally warm.
+        let workers = PgPoolOptions::new()
+            .max_connections(connections)
+            .min_connections(connections)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await
+            .context("opening the benchmark pool")?;
+        let mut counted = [0u64; 3];
+        let slice = seconds / args.slices;
+        for round in 0..args.slices as usize {
+            for offset in 0..Approach::ALL.len() {
+                let index = (round + offset) % Approach::ALL.len();
+                let approach = Approach::ALL[index];
+                progress.set_message(format!(
+                    "appends: {}, {connections} connection(s), slice {}/{}",
+                    approach.label(),
+                    round + 1,
+                    args.slices
+                ));
+                // A full warm-up before an approach's first slice; before the others only a
+                // moment for the previous approach's last transactions to clear.
+                let settle = if round == 0 {
+                    warmup
+                } else {
+                    warmup.min(SETTLE)
+                };
+                counted[index] += measure(
+                    &workers,
+                    approach,
+                    &targets[index],
+                    connections,
+                    settle,
+                    slice,
+                )
+                .await
+                .with_context(|| format!("measuring {}", approach.label()))?;
+            }
+        }
+        workers.close().await;
+        let total_seconds = (slice * args.slices).as_secs_f64();
+        figures.push(AppendFigures {
+            connections,
+            ours: counted[0] as f64 / total_seconds,
+            bare_update: counted[1] as f64 / total_seconds,
+            naive_event: counted[2] as f64 / total_seconds,
+        });
+    }
+    progress.finish_and_clear();
+
+    // The baselines' counters moved without events; put them back so verify checks exactly
+    // the rows store::append wrote.
+    for baseline in &targets[1..] {
+        let variants: Vec<Uuid> = baseline.iter().map(|&(_, variant)| variant).collect();
+        sqlx::query("UPDATE jobs_variants SET retry_count = 0 WHERE job_variants_id = ANY($1)")
+            .bind(&variants)
+            .execute(pool)
+            .await?;
+    }
+    Ok(figures)
+}
+
+/// Runs `connections` workers for `warmup` + `seconds`; returns the transactions that
+/// committed inside the counted `seconds`.
+async fn measure(
+    pool: &PgPool,
+    approach: Approach,
+    targets: &Targets,
+    connections: u32,
+    warmup: Duration,
+    seconds: Duration,
+) -> anyhow::Result<u64> {
+    let start = Instant::now() + warmup;
+    let end = start + seconds;
+    let workers: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(worker(pool.clone(), approach, targets.clone(), start, end)))
+        .collect();
+    let mut total = 0;
+    for worker in workers {
+        total += worker.await??;
+    }
+    Ok(total)
+}
+
+/// One connection's loop: a random target, BEGIN, the approach's statements, COMMIT.
+async fn worker(
+    pool: PgPool,
+    approach: Approach,
+    targets: Targets,
+    start: Instant,
+    end: Instant,
+) -> anyhow::Result<u64> {
+    let mut rng = StdRng::from_entropy();
+    let detail = Value::Object(Default::default());
+    let mut counted = 0;
+    while Instant::now() < end {
+        let (job_id, job_variants_id) = targets[rng.gen_range(0..targets.len())];
+        let mut tx = pool.begin().await?;
+        match approach {
+            Approach::Append => {
+                let retry = NewRetry::new(
+                    Target::Variant {
+                        job_id,
+                        job_variants_id,
+                    },
+                    RetryReason::Stuck,
+                    ACTOR,
+                );
+                store::append(&mut tx, &retry).await?;
+            }
+            Approach::BareUpdate => {
+                sqlx::query(BARE_UPDATE)
+                    .bind(job_variants_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Approach::NaiveEvent => {
+                sqlx::query(NAIVE_INSERT)
+                    .bind(job_variants_id)
+                    .bind(RetryReason::Stuck.as_ref())
+                    .bind(ACTOR)
+                    .bind(&detail)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(BARE_UPDATE)
+                    .bind(job_variants_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        let committed = Instant::now();
+        if committed >= start && committed <= end {
+            counted += 1;
+        }
+    }
+    Ok(counted)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+/// The append figures as lines of the table: each connection count against each baseline.
+fn append_lines(appends: &[AppendFigures]) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for figure in appends {
+        let condition = format!(
+            "{} connection{}",
+            figure.connections,
+            if figure.connections == 1 { "" } else { "s" }
+        );
+        for (baseline, value, minimum) in [
+            (Approach::BareUpdate, figure.bare_update, 0.5),
+            (Approach::NaiveEvent, figure.naive_event, 1.0),
+        ] {
+            let mut line = Line::new("appends/s", condition.clone(), Unit::PerSecond, figure.ours)
+                .baseline(baseline.label(), value)
+                .connections(figure.connections);
+            if figure.connections == GOAL_CONNECTIONS {
+                line = line.goal(Goal::AtLeast(minimum));
+            }
+            lines.push(line);
+        }
+    }
+    lines
+}

@@ -1,0 +1,153 @@
+//! The `retrylog-bench` binary: parse the command line, find the server the way `retrylog`
+//! does, run one benchmark in a scratch database, map errors to exit codes.
+//!
+//! The benchmark is not part of the product: it uses only retrylog's public library API, and
+//! docs/performance.md explains every figure it prints.
+//!
+//! # Layout
+//!
+//! - `appends`: `retrylog-bench appends`, appends against two baselines; then `replay`, the
+//!   replay against a hand-written recount.
+//! - `reports`: `retrylog-bench reports`, the reports over a log of millions of events.
+//! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
+//! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
+//!   retry; `log`: generated hash-chained logs, loaded by COPY.
+//! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
+
+mod appends;
+mod database;
+mod figures;
+mod log;
+mod pipeline;
+mod progress;
+mod recovery;
+mod replay;
+mod reports;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use retrylog::cmd::one_line;
+use retrylog::connect::{self, ConnectError, ConnectSettings};
+
+/// A check failed: verify found a mismatch, two answers differ, the watchdog did not retry
+/// every seeded condition exactly once.
+pub const EXIT_MISMATCH: u8 = 1;
+/// No database could be reached or started (sysexits EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// Anything else (sysexits EX_SOFTWARE).
+pub const EXIT_FAILURE: u8 = 70;
+
+/// The actor of every event the benchmarks append, and the watchdog's instance name.
+pub const ACTOR: &str = "retrylog-bench";
+
+/// Measure retrylog against hand-written baselines, in a scratch database.
+///
+/// Every figure is printed beside a baseline measured in the same run, with the ratio and the
+/// goal (docs/performance.md explains each one). Each benchmark runs in its own database,
+/// retrylog_bench, created (dropped first if it exists) on the configured server and dropped
+/// at the end; the configured database is never touched.
+///
+/// The server: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
+/// PGUSER, PGDATABASE, ...) and the local socket, else retrylog's private PostgreSQL cluster,
+/// as for `retrylog`.
+///
+/// Exit codes: 0 success (a goal not met does not change it); 1 a check failed (verify,
+/// equal answers, every condition retried once); 2 a mistake on the command line; 69 no
+/// database reachable; 70 any other failure.
+#[derive(Debug, Parser)]
+#[command(name = "retrylog-bench", version, max_term_width = 100)]
+struct Cli {
+    /// PostgreSQL URL, e.g. postgres://user@host:5432/db. Never falls back when set.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Where the private cluster lives when no server is reachable
+    /// [default: /var/lib/retrylog for root, else $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
+    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+
+    /// Run at tiny sizes, in seconds, to prove the benchmark still runs end to end (for CI):
+    /// overrides the size flags; every check still counts, the figures mean nothing.
+    #[arg(long, global = true)]
+    smoke: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The retry log itself: appends against the counter-only UPDATE and a naive event
+    /// append, then replay against a hand-written recount.
+    Appends(appends::AppendsArgs),
+    /// The reports over a realistic log of millions of events: trend from the rollup against
+    /// a GROUP BY over the log, a variant's history, the projector's catch-up.
+    Reports(reports::ReportsArgs),
+    /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
+    /// every seeded condition against the counter-only listener, the steady-state sweep.
+    Recovery(recovery::RecoveryArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("retrylog-bench: {}", one_line(&error));
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+/// Finds the server (saying on stderr which), then runs the benchmark; its scratch database
+/// is derived from the configured one.
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = ConnectSettings {
+        database_url: cli.database_url,
+        // The configured database is only where the server is found, never queried.
+        max_connections: 1,
+        data_dir: cli.data_dir,
+    };
+    let connected = connect::connect(&settings).await?;
+    eprintln!("retrylog-bench: using {}", connected.description);
+    if cli.smoke {
+        eprintln!("retrylog-bench: smoke run: tiny sizes, the figures mean nothing");
+    }
+    match cli.command {
+        Command::Appends(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            appends::run(&connected, args).await
+        }
+        Command::Reports(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            reports::run(&connected, args).await
+        }
+        Command::Recovery(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            recovery::run(&connected, args).await
+        }
+    }
+}
+
+/// An unreachable database and everything else are told apart, as `retrylog` does.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    if error
+        .chain()
+        .any(|cause| cause.downcast_ref::<ConnectError>().is_some())
+    {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_FAILURE
+    }
+}
