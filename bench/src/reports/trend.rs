@@ -7,7 +7,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use retrylog::report::{self, Bucket, GroupBy, Moment, Trend, TrendQuery, NO_VALUE};
+use retrylog::report::{self, Bucket, GroupBy, Trend, TrendQuery, NO_VALUE};
+use retrylog::window::Moment;
 
 use super::WINDOW_DAYS;
 use crate::figures::median;
