@@ -1,13 +1,18 @@
 //! The command line: every command and flag, documented where it is declared (that text is
-//! what `retrylog --help` shows).
+//! what `retrylog --help` shows). Every clap `*Args` of the binary lives here; the commands in
+//! `cmd/` take them. The watchdog's settings are `config::WatchdogSettings`, flattened into
+//! `serve`'s flags, because the library's watchdog takes them too.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
+use crate::config::parse_duration;
 use crate::event::RetryReason;
 use crate::output::Format;
+use crate::report::{Bucket, GroupBy};
 
 /// Event-sourced retry history for job pipelines on PostgreSQL.
 ///
@@ -51,7 +56,7 @@ pub enum Command {
     /// stopped it; a job's history includes its variants'.
     History(HistoryArgs),
     /// Audit and trend reports: top-jobs, top-variants, stats, alerts, trend.
-    Report(crate::cmd::report::ReportArgs),
+    Report(ReportArgs),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
     /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
@@ -74,7 +79,7 @@ pub enum Command {
     /// every 1s, limit 3) recovers what it can. Each miss, retry and limit is shown as it
     /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
     /// summary.
-    Demo(crate::cmd::demo::DemoArgs),
+    Demo(DemoArgs),
 }
 
 /// `--format`, for every command that prints data.
@@ -229,8 +234,182 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
+/// `retrylog report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    pub report: Report,
+}
+
+/// The reports.
+#[derive(Debug, Subcommand)]
+pub enum Report {
+    /// Jobs with retries, most retried first (ties: most recently updated first).
+    TopJobs(TopJobsArgs),
+    /// Variants with retries and their job's status and step, most retried first.
+    TopVariants(TopVariantsArgs),
+    /// Jobs and variants created in a window: how many were retried, how often.
+    Stats(StatsArgs),
+    /// Running or failed targets retried often and updated recently; exit 3 when any.
+    Alerts(AlertsArgs),
+    /// Retries and the retry rate per hour, day or week, read from the rollup.
+    Trend(TrendArgs),
+}
+
+/// The flags every table report has.
+#[derive(Debug, Args)]
+pub struct ReportOptions {
+    /// The counts as they were then, rebuilt from the log: a duration back (2h, 1d) or a
+    /// timestamp (2026-11-01T12:00:00Z); status and step stay today's.
+    #[arg(long, value_name = "WHEN")]
+    pub as_of: Option<String>,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `retrylog report top-jobs`.
+#[derive(Debug, Args)]
+pub struct TopJobsArgs {
+    /// How many jobs to list.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: i64,
+
+    #[command(flatten)]
+    pub options: ReportOptions,
+}
+
+/// `retrylog report top-variants`.
+#[derive(Debug, Args)]
+pub struct TopVariantsArgs {
+    /// How many variants to list.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..))]
+    pub limit: i64,
+
+    #[command(flatten)]
+    pub options: ReportOptions,
+}
+
+/// `retrylog report stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The window: targets created at or after this time, a duration back (7d, 12h, 30m, 2w)
+    /// or a timestamp (2026-11-01, 2026-11-01T12:00:00Z).
+    #[arg(long, value_name = "WHEN", default_value = "7d")]
+    pub since: String,
+
+    /// A target with at least this many retries counts as high_retry.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub high: i32,
+
+    #[command(flatten)]
+    pub options: ReportOptions,
+}
+
+/// `retrylog report alerts`.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// List running or failed targets with at least this many retries (targets needing
+    /// manual intervention are listed whatever their count and age).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(1..))]
+    pub min: i32,
+
+    /// Only high-retry targets updated within this long (or since this timestamp).
+    #[arg(long, value_name = "WHEN", default_value = "1h")]
+    pub within: String,
+
+    #[command(flatten)]
+    pub options: ReportOptions,
+}
+
+/// `retrylog report trend`.
+#[derive(Debug, Args)]
+pub struct TrendArgs {
+    /// The width of a bucket (UTC; a week starts on Monday).
+    #[arg(long, value_enum, default_value_t = Bucket::Day)]
+    pub bucket: Bucket,
+
+    /// The window: from the start of the bucket holding this time, a duration back (30d, 2w)
+    /// or a timestamp (2026-11-01).
+    #[arg(long, value_name = "WHEN", default_value = "30d")]
+    pub since: String,
+
+    /// What each bucket is split by.
+    #[arg(long, value_enum, default_value_t = GroupBy::Kind)]
+    pub by: GroupBy,
+
+    /// The trend as it was then, counted from the log (events recorded by then) instead of
+    /// the rollup: a duration back (1d) or a timestamp.
+    #[arg(long, value_name = "WHEN")]
+    pub as_of: Option<String>,
+
+    /// Output format; svg draws one line per group.
+    #[arg(long, value_enum, default_value_t = TrendFormat::Table)]
+    pub format: TrendFormat,
+
+    /// Write to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// How `report trend` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TrendFormat {
+    /// Aligned columns for people.
+    Table,
+    /// An array of row objects keyed by column name.
+    Json,
+    /// A header line, then one line per row.
+    Csv,
+    /// A line chart: retries and retry rate per bucket, one line per group.
+    Svg,
+}
+
+/// `retrylog demo`: the flags. What the command does is told by its help text, the doc of
+/// [`Command::Demo`].
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Jobs the pipeline runs; they start one after another during the first half of the run.
+    #[arg(long, default_value_t = 40, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub jobs: u32,
+
+    /// Variants per job; the first (v0, creation_order 0) leads: the job's step follows it.
+    #[arg(long, default_value_t = 4, value_name = "M",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub variants: u32,
+
+    /// How long the pipeline runs before the summary (20s, 1m).
+    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Seed of every random choice [default: a random one, printed, so the run can be repeated].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// Keep the retrylog_demo database at the end, to explore with the other commands.
+    #[arg(long)]
+    pub keep: bool,
+
+    /// Output format of the summary.
+    #[arg(long, value_enum, default_value_t = DemoFormat::Table)]
+    pub format: DemoFormat,
+}
+
+/// How the summary is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoFormat {
+    /// Sentences and tables for people.
+    Table,
+    /// One JSON object, for scripts.
+    Json,
+}
+
 /// How `serve` writes its log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,

@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("retrylog: {}", cmd::one_line(&error));
-            ExitCode::from(cmd::exit_code(&error))
+            ExitCode::from(cmd::exit::code(&error))
         }
     }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::event::{CanonicalEvent, RetryReason, Target, GENESIS_HASH};
 use crate::projection::{self, CountDrift, Projection, RollupDrift, PROJECTIONS};
+use crate::sqlstate;
 
 /// What a replay changed (or, in a dry run, would change).
 #[derive(Debug, Clone, Serialize)]
@@ -141,7 +142,9 @@ fn gave_way(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|db| db.code())
-        .is_some_and(|code| code == "55P03" || code == "40P01")
+        .is_some_and(|code| {
+            code == sqlstate::LOCK_NOT_AVAILABLE || code == sqlstate::DEADLOCK_DETECTED
+        })
 }
 
 /// One thing `verify` found wrong.

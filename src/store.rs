@@ -13,7 +13,9 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::error::CallerMistake;
 use crate::event::{contains_nul, NewRetry, RetryEvent, RetryReason, Target};
+use crate::sqlstate;
 
 /// The columns of `retry_history` that [`RetryEvent`] reads (everything but `txid`).
 pub const EVENT_COLUMNS: &str = "seq, event_id, job_id, job_variants_id, reason, step, \
@@ -47,9 +49,9 @@ pub enum AppendError {
     Database(#[source] sqlx::Error),
 }
 
-impl AppendError {
-    /// True when the error is about the input or the target's state rather than a fault.
-    pub fn is_caller_error(&self) -> bool {
+impl CallerMistake for AppendError {
+    /// Every refusal but `Database` is about the input or the target's state.
+    fn is_caller_mistake(&self) -> bool {
         !matches!(self, AppendError::Database(_))
     }
 }
@@ -61,34 +63,42 @@ impl From<sqlx::Error> for AppendError {
         };
         let message = db.message().to_string();
         match db.code().as_deref() {
-            // invalid_parameter_value, raised by record_retry's validation; and
-            // invalid_text_representation / character_not_in_repertoire from binding.
-            // untranslatable_character (a NUL in jsonb) too.
-            Some("22023" | "22P02" | "22021" | "22P05") => AppendError::InvalidInput(message),
-            Some("RL001") => AppendError::UnknownTarget(message),
-            Some("RL002") => AppendError::WrongJob(message),
+            // Raised by record_retry's validation; and the binding's own refusals of a
+            // malformed value, bytes outside the encoding, or a NUL in jsonb.
+            Some(
+                sqlstate::INVALID_PARAMETER_VALUE
+                | sqlstate::INVALID_TEXT_REPRESENTATION
+                | sqlstate::CHARACTER_NOT_IN_REPERTOIRE
+                | sqlstate::UNTRANSLATABLE_CHARACTER,
+            ) => AppendError::InvalidInput(message),
+            Some(sqlstate::UNKNOWN_TARGET) => AppendError::UnknownTarget(message),
+            Some(sqlstate::WRONG_JOB) => AppendError::WrongJob(message),
             // The limit's hint tells an operator how to recover the target anyway.
-            Some("RL004") => {
-                let hint = db
-                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-                    .and_then(|pg| pg.hint())
+            Some(sqlstate::LIMIT_REACHED) => {
+                let hint = sqlstate::hint(&error)
                     .map(|hint| format!("; {hint}"))
                     .unwrap_or_default();
                 AppendError::LimitReached(format!("{message}{hint}"))
             }
-            Some("RL005") => AppendError::EventIdReused(message),
-            Some("RL009") => AppendError::Conflict(message),
+            Some(sqlstate::EVENT_ID_REUSED) => AppendError::EventIdReused(message),
+            Some(sqlstate::ATTEMPT_CONFLICT) => AppendError::Conflict(message),
             // The unique (stream, attempt) index is the backstop of the target lock.
-            Some("23505") if db.constraint() == Some("retry_history_stream_attempt_key") => {
+            Some(sqlstate::UNIQUE_VIOLATION)
+                if db.constraint() == Some("retry_history_stream_attempt_key") =>
+            {
                 AppendError::Conflict(format!("conflict: {message}"))
             }
-            Some("23505") if db.constraint() == Some("retry_history_event_id_key") => {
+            Some(sqlstate::UNIQUE_VIOLATION)
+                if db.constraint() == Some("retry_history_event_id_key") =>
+            {
                 AppendError::EventIdReused(message)
             }
-            // serialization_failure, deadlock_detected: the caller's transaction lost a race.
-            Some("40001" | "40P01") => AppendError::Conflict(format!(
-                "conflict: a concurrent transaction changed the target ({message}); retry"
-            )),
+            // The caller's transaction lost a race.
+            Some(sqlstate::SERIALIZATION_FAILURE | sqlstate::DEADLOCK_DETECTED) => {
+                AppendError::Conflict(format!(
+                    "conflict: a concurrent transaction changed the target ({message}); retry"
+                ))
+            }
             _ => AppendError::Database(error),
         }
     }
@@ -146,6 +156,12 @@ pub enum ReadError {
     UnknownTarget { kind: &'static str, id: Uuid },
     #[error("database error while reading the retry log")]
     Database(#[from] sqlx::Error),
+}
+
+impl CallerMistake for ReadError {
+    fn is_caller_mistake(&self) -> bool {
+        matches!(self, ReadError::UnknownTarget { .. })
+    }
 }
 
 /// One target's events, attempt 1 first.

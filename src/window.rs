@@ -8,6 +8,8 @@
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use thiserror::Error;
 
+use crate::error::CallerMistake;
+
 /// Why a time flag cannot be used: always the user's mistake (exit code 2).
 #[derive(Debug, Error)]
 pub enum WindowError {
@@ -27,6 +29,13 @@ pub enum WindowError {
     /// Two time flags contradict each other, e.g. --since after --until (exit code 2).
     #[error("{0}")]
     EmptyRange(String),
+}
+
+impl CallerMistake for WindowError {
+    /// Every variant is about the flags the caller gave.
+    fn is_caller_mistake(&self) -> bool {
+        true
+    }
 }
 
 /// A time as a user writes it on the command line.
@@ -197,7 +206,10 @@ pub(crate) mod tests {
             let error = TimeSpec::parse("--since", text).unwrap_err();
             let message = error.to_string();
             // The user's mistake: exit code 2, as ReportError::is_user_mistake said before.
-            assert_eq!(crate::cmd::exit_code(&error.into()), crate::cmd::EXIT_USAGE);
+            assert_eq!(
+                crate::cmd::exit::code(&error.into()),
+                crate::cmd::exit::USAGE
+            );
             assert!(
                 message.starts_with(&format!("invalid --since \"{text}\"")),
                 "{message}"

@@ -31,6 +31,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use retrylog::cli::FormatArg;
+use retrylog::cmd::exit;
 use retrylog::connect::Connected;
 use retrylog::event::{NewRetry, RetryReason, Target};
 use retrylog::store;
@@ -39,7 +40,7 @@ use crate::database::{fresh_database, in_bench_database, print_server, timed_ver
 use crate::figures::{figure_table, Goal, Line, Unit, VerifyFigure};
 use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
 use crate::replay::{self, ReplayFigure};
-use crate::{progress, ACTOR, EXIT_MISMATCH};
+use crate::{progress, ACTOR};
 /// `retrylog-bench appends`.
 ///
 /// Runs in its own database, `retrylog_bench`, created (dropped first if it exists) on the same
@@ -189,7 +190,7 @@ pub async fn run(connected: &Connected, args: AppendsArgs) -> anyhow::Result<Exi
         .any(|verify| verify.mismatches > 0);
     if dirty {
         eprintln!("retrylog-bench: verify found mismatches in the bench database");
-        return Ok(ExitCode::from(EXIT_MISMATCH));
+        return Ok(ExitCode::from(exit::MISMATCH));
     }
     Ok(ExitCode::SUCCESS)
 }

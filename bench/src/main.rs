@@ -29,16 +29,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use retrylog::cmd::one_line;
-use retrylog::connect::{self, ConnectError, ConnectSettings};
-
-/// A check failed: verify found a mismatch, two answers differ, the watchdog did not retry
-/// every seeded condition exactly once.
-pub const EXIT_MISMATCH: u8 = 1;
-/// No database could be reached or started (sysexits EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
-/// Anything else (sysexits EX_SOFTWARE).
-pub const EXIT_FAILURE: u8 = 70;
+use retrylog::cmd::{exit, one_line};
+use retrylog::connect::{self, ConnectSettings};
 
 /// The actor of every event the benchmarks append, and the watchdog's instance name.
 pub const ACTOR: &str = "retrylog-bench";
@@ -99,7 +91,7 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("retrylog-bench: {}", one_line(&error));
-            ExitCode::from(exit_code(&error))
+            ExitCode::from(exit::code(&error))
         }
     }
 }
@@ -137,17 +129,5 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             recovery::run(&connected, args).await
         }
-    }
-}
-
-/// An unreachable database and everything else are told apart, as `retrylog` does.
-fn exit_code(error: &anyhow::Error) -> u8 {
-    if error
-        .chain()
-        .any(|cause| cause.downcast_ref::<ConnectError>().is_some())
-    {
-        EXIT_UNAVAILABLE
-    } else {
-        EXIT_FAILURE
     }
 }

@@ -36,13 +36,14 @@ use clap::Args;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use retrylog::cli::FormatArg;
+use retrylog::cmd::exit;
 use retrylog::config::WatchdogSettings;
 use retrylog::connect::Connected;
 use retrylog::recovery::{self, Scenario};
 
 use crate::database::{fresh_database, in_bench_database, print_server, timed_verify};
 use crate::figures::{figure_table, thousands, VerifyFigure};
-use crate::{ACTOR, EXIT_MISMATCH};
+use crate::ACTOR;
 
 mod baseline;
 mod lines;
@@ -162,7 +163,7 @@ pub async fn run(connected: &Connected, args: RecoveryArgs) -> anyhow::Result<Ex
             "retrylog-bench: the watchdog did not retry every seeded condition exactly once, \
              or verify is not clean (see the table)"
         );
-        return Ok(ExitCode::from(EXIT_MISMATCH));
+        return Ok(ExitCode::from(exit::MISMATCH));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -36,6 +36,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 
 use retrylog::cli::FormatArg;
+use retrylog::cmd::exit;
 use retrylog::connect::Connected;
 use retrylog::projection;
 use retrylog::projector::{self, ProjectorSettings};
@@ -44,7 +45,7 @@ use retrylog::report::GroupBy;
 use crate::database::{fresh_database, in_bench_database, print_server};
 use crate::figures::{figure_table, ms, thousands, Goal, Line, Unit};
 use crate::log::load_log;
-use crate::{progress, EXIT_MISMATCH};
+use crate::progress;
 
 mod history;
 mod realistic_log;
@@ -172,7 +173,7 @@ pub async fn run(connected: &Connected, args: ReportsArgs) -> anyhow::Result<Exi
             eprintln!("retrylog-bench: trend: {mismatch}");
         }
         eprintln!("retrylog-bench: the trend from the rollup differs from the log's");
-        return Ok(ExitCode::from(EXIT_MISMATCH));
+        return Ok(ExitCode::from(exit::MISMATCH));
     }
     Ok(ExitCode::SUCCESS)
 }

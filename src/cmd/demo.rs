@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Args, ValueEnum};
 use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{mpsc, watch};
@@ -29,53 +28,14 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber;
 use tracing_subscriber::EnvFilter;
 
-use super::{stderr_is_terminal, EXIT_MISMATCH};
-use crate::config::{parse_duration, WatchdogSettings, DEFAULT_CHANNEL};
+use super::{exit, stderr_is_terminal};
+use crate::cli::{DemoArgs, DemoFormat};
+use crate::config::{WatchdogSettings, DEFAULT_CHANNEL};
 use crate::connect::Connected;
 use crate::{recovery, scratch};
 use live::{AboveTheBar, Labels, LiveView};
 use pipeline::{Pipeline, PipelineCounts, Plan};
 use summary::{RunFacts, Summary};
-
-/// `retrylog demo`: the flags. What the command does is told by its help text, the doc of
-/// `Command::Demo` in cli.rs.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Jobs the pipeline runs; they start one after another during the first half of the run.
-    #[arg(long, default_value_t = 40, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub jobs: u32,
-
-    /// Variants per job; the first (v0, creation_order 0) leads: the job's step follows it.
-    #[arg(long, default_value_t = 4, value_name = "M",
-          value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub variants: u32,
-
-    /// How long the pipeline runs before the summary (20s, 1m).
-    #[arg(long, default_value = "20s", value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Duration,
-
-    /// Seed of every random choice [default: a random one, printed, so the run can be repeated].
-    #[arg(long, value_name = "S")]
-    pub seed: Option<u64>,
-
-    /// Keep the retrylog_demo database at the end, to explore with the other commands.
-    #[arg(long)]
-    pub keep: bool,
-
-    /// Output format of the summary.
-    #[arg(long, value_enum, default_value_t = DemoFormat::Table)]
-    pub format: DemoFormat,
-}
-
-/// How the summary is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DemoFormat {
-    /// Sentences and tables for people.
-    Table,
-    /// One JSON object, for scripts.
-    Json,
-}
 
 /// The scratch database the demo runs in.
 pub const DEMO_DATABASE: &str = "retrylog_demo";
@@ -113,7 +73,7 @@ pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCo
     );
     if !summary.verify.is_clean() {
         eprintln!("retrylog demo: verify found mismatches in the demo database");
-        return Ok(ExitCode::from(EXIT_MISMATCH));
+        return Ok(ExitCode::from(exit::MISMATCH));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,8 @@
 //! The commands of the `retrylog` binary, one file each. `run` connects, migrates and
-//! dispatches; errors come back as `anyhow` and [`exit_code`] turns them into exit codes.
+//! dispatches; errors come back as `anyhow` and [`exit::code`] turns them into exit codes.
 
 pub mod demo;
+pub mod exit;
 mod history;
 mod project;
 mod record;
@@ -16,18 +17,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command};
-use crate::connect::{self, ConnectError, ConnectSettings, Connected};
+use crate::connect::{self, ConnectSettings, Connected};
 use crate::migrate;
-use crate::store::{AppendError, ReadError};
-
-/// Verify found a mismatch.
-pub const EXIT_MISMATCH: u8 = 1;
-/// A mistake in the input, or a retry the rules refuse.
-pub const EXIT_USAGE: u8 = 2;
-/// No database could be reached or started (sysexits EX_UNAVAILABLE).
-pub const EXIT_UNAVAILABLE: u8 = 69;
-/// Anything else (sysexits EX_SOFTWARE).
-pub const EXIT_FAILURE: u8 = 70;
 
 /// Connects (saying on stderr which database), migrates, and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -57,38 +48,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
     }
-}
-
-/// The exit code for an error: the caller's mistakes, an unreachable database and
-/// everything else are told apart so scripts can react.
-pub fn exit_code(error: &anyhow::Error) -> u8 {
-    for cause in error.chain() {
-        if let Some(append) = cause.downcast_ref::<AppendError>() {
-            return if append.is_caller_error() {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILURE
-            };
-        }
-        if let Some(ReadError::UnknownTarget { .. }) = cause.downcast_ref::<ReadError>() {
-            return EXIT_USAGE;
-        }
-        if let Some(report) = cause.downcast_ref::<crate::report::ReportError>() {
-            return if report.is_user_mistake() {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILURE
-            };
-        }
-        // A time flag `report` or `history` could not use; report wraps it, history does not.
-        if cause.downcast_ref::<crate::window::WindowError>().is_some() {
-            return EXIT_USAGE;
-        }
-        if cause.downcast_ref::<ConnectError>().is_some() {
-            return EXIT_UNAVAILABLE;
-        }
-    }
-    EXIT_FAILURE
 }
 
 /// The error as one line: each cause in the chain once. sqlx's errors repeat their source's

@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::{stderr_is_terminal, EXIT_MISMATCH};
+use super::{exit, stderr_is_terminal};
 use crate::cli::VerifyArgs;
 use crate::output::Rows;
 use crate::replay::{self, Mismatch};
@@ -61,6 +61,6 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             report.mismatches.len(),
             report.events
         );
-        Ok(ExitCode::from(EXIT_MISMATCH))
+        Ok(ExitCode::from(exit::MISMATCH))
     }
 }

@@ -9,6 +9,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
 use super::{database_name, location, ConnectError, MAINTENANCE_DATABASE};
+use crate::sqlstate;
 
 /// Fallback maintenance database when `postgres` was dropped (it always exists).
 const TEMPLATE_DATABASE: &str = "template1";
@@ -17,9 +18,6 @@ const TEMPLATE_DATABASE: &str = "template1";
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // SQLSTATEs we act on.
-const INVALID_CATALOG_NAME: &str = "3D000"; // database does not exist
-const DUPLICATE_DATABASE: &str = "42P04";
-const UNIQUE_VIOLATION: &str = "23505"; // concurrent CREATE DATABASE can surface as this
 
 /// What one connection attempt told us about the server.
 pub(super) enum Probe {
@@ -42,7 +40,9 @@ pub(super) async fn probe(options: &PgConnectOptions) -> Probe {
             }
             Probe::Ready
         }
-        Ok(Err(error)) if sqlstate(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
+        Ok(Err(error))
+            if sqlstate::of(&error).as_deref() == Some(sqlstate::INVALID_CATALOG_NAME) =>
+        {
             Probe::MissingDatabase
         }
         Ok(Err(error)) if nothing_listening(&error) => Probe::NothingListening(error),
@@ -69,13 +69,6 @@ fn nothing_listening(error: &sqlx::Error) -> bool {
                 | io::ErrorKind::HostUnreachable
         ),
         _ => false,
-    }
-}
-
-fn sqlstate(error: &sqlx::Error) -> Option<String> {
-    match error {
-        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
-        _ => None,
     }
 }
 
@@ -110,17 +103,18 @@ async fn create_database(options: &PgConnectOptions) -> Result<(), ConnectError>
         error,
     };
 
-    let mut conn =
-        match PgConnection::connect_with(&options.clone().database(MAINTENANCE_DATABASE)).await {
-            Ok(conn) => conn,
-            // Someone dropped `postgres`; template1 cannot be dropped.
-            Err(error) if sqlstate(&error).as_deref() == Some(INVALID_CATALOG_NAME) => {
-                PgConnection::connect_with(&options.clone().database(TEMPLATE_DATABASE))
-                    .await
-                    .map_err(create_error)?
-            }
-            Err(error) => return Err(create_error(error)),
-        };
+    let mut conn = match PgConnection::connect_with(&options.clone().database(MAINTENANCE_DATABASE))
+        .await
+    {
+        Ok(conn) => conn,
+        // Someone dropped `postgres`; template1 cannot be dropped.
+        Err(error) if sqlstate::of(&error).as_deref() == Some(sqlstate::INVALID_CATALOG_NAME) => {
+            PgConnection::connect_with(&options.clone().database(TEMPLATE_DATABASE))
+                .await
+                .map_err(create_error)?
+        }
+        Err(error) => return Err(create_error(error)),
+    };
 
     tracing::info!(%database, server = %target, "creating database");
     let result = conn
@@ -136,8 +130,9 @@ async fn create_database(options: &PgConnectOptions) -> Result<(), ConnectError>
         // on pg_database's name index.
         Err(error)
             if matches!(
-                sqlstate(&error).as_deref(),
-                Some(DUPLICATE_DATABASE | UNIQUE_VIOLATION)
+                sqlstate::of(&error).as_deref(),
+                // A concurrent CREATE DATABASE can surface as a unique violation.
+                Some(sqlstate::DUPLICATE_DATABASE | sqlstate::UNIQUE_VIOLATION)
             ) =>
         {
             tracing::debug!(%database, "database was created concurrently");

@@ -9,6 +9,7 @@ use super::scenario::{Candidate, Scenario};
 use crate::config::WatchdogSettings;
 use crate::event::{NewRetry, RetryEvent, Target};
 use crate::intervention::{self, NewIntervention};
+use crate::sqlstate;
 use crate::store::{self, AppendError};
 
 /// What became of one candidate.
@@ -70,9 +71,10 @@ pub fn connection_lost(error: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_) => true,
         // Class 08: connection exception; class 57: the server shuts down or an administrator
         // terminated the backend (pg_terminate_backend raises 57P01).
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with(sqlstate::CLASS_CONNECTION_EXCEPTION)
+                || code.starts_with(sqlstate::CLASS_OPERATOR_INTERVENTION)
+        }),
         _ => false,
     }
 }

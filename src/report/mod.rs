@@ -23,6 +23,7 @@ mod trend;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
+use crate::error::CallerMistake;
 use crate::window::WindowError;
 
 pub use audit::{
@@ -54,9 +55,8 @@ pub enum ReportError {
     Database(#[from] sqlx::Error),
 }
 
-impl ReportError {
-    /// True when the error is the user's mistake rather than a fault.
-    pub fn is_user_mistake(&self) -> bool {
+impl CallerMistake for ReportError {
+    fn is_caller_mistake(&self) -> bool {
         !matches!(self, ReportError::Database(_))
     }
 }

@@ -2,6 +2,7 @@
 //! key, and every input the rules refuse — each refusal names the problem and writes nothing.
 
 use chrono::{Duration, Utc};
+use retrylog::error::CallerMistake;
 use retrylog::event::{CanonicalEvent, NewRetry, RetryEvent, RetryReason, GENESIS_HASH};
 use retrylog::store::{self, AppendError};
 use serde_json::json;
@@ -18,7 +19,7 @@ async fn refused(pool: &PgPool, retry: &NewRetry) -> AppendError {
         .await
         .expect_err("the append must be refused");
     assert!(
-        error.is_caller_error(),
+        error.is_caller_mistake(),
         "a refusal must be the caller's error, not a fault: {error:?}"
     );
     assert_eq!(

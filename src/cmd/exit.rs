@@ -1,0 +1,53 @@
+//! Every exit code of the `retrylog` binary, in one place (the benchmark's binary uses them
+//! too), and the rule that picks one for an error.
+
+use std::error::Error;
+
+use crate::connect::ConnectError;
+use crate::error::CallerMistake;
+use crate::report::ReportError;
+use crate::store::{AppendError, ReadError};
+use crate::window::WindowError;
+
+/// `verify` (or a benchmark's check) found a mismatch.
+pub const MISMATCH: u8 = 1;
+/// A mistake in the input, or a retry the rules refuse.
+pub const USAGE: u8 = 2;
+/// `report alerts` listed something.
+pub const ALERTS: u8 = 3;
+/// No database could be reached or started (sysexits EX_UNAVAILABLE).
+pub const UNAVAILABLE: u8 = 69;
+/// Anything else (sysexits EX_SOFTWARE).
+pub const FAILURE: u8 = 70;
+
+/// The exit code for an error: the caller's mistakes, an unreachable database and everything
+/// else are told apart so scripts can react. The first cause in the chain that knows wins.
+pub fn code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if cause.is::<ConnectError>() {
+            return UNAVAILABLE;
+        }
+        if let Some(mistake) = as_caller_mistake(cause) {
+            return if mistake.is_caller_mistake() {
+                USAGE
+            } else {
+                FAILURE
+            };
+        }
+    }
+    FAILURE
+}
+
+/// The library's error types that can tell a mistake from a fault.
+fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
+    fn as_dyn<T: CallerMistake>(error: &T) -> &dyn CallerMistake {
+        error
+    }
+    cause
+        .downcast_ref::<AppendError>()
+        .map(as_dyn)
+        .or_else(|| cause.downcast_ref::<ReadError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<ReportError>().map(as_dyn))
+        // A time flag `history` could not use (`report` wraps it in ReportError).
+        .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
+}
