@@ -366,6 +366,14 @@ impl Run {
             })
             .collect()
     }
+
+    /// The one line of stderr that says what went wrong; fails unless there is exactly one.
+    pub fn only_problem_line(&self) -> &str {
+        match self.problem_lines()[..] {
+            [line] => line,
+            _ => panic!("expected one problem line on stderr: {self:#?}"),
+        }
+    }
 }
 
 /// Runs `retrylog --database-url <the test's database> <args>` to completion.

@@ -359,11 +359,10 @@ async fn history_with_a_bad_time_or_an_empty_range_is_one_line_and_exit_two(pool
     )
     .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
-    let lines = run.problem_lines();
-    assert_eq!(lines.len(), 1, "{run:#?}");
     assert!(
-        lines[0].contains("--since 2026-05-02T00:00:00Z is after --until 2026-05-01T00:00:00Z"),
-        "{lines:?}"
+        run.only_problem_line()
+            .contains("--since 2026-05-02T00:00:00Z is after --until 2026-05-01T00:00:00Z"),
+        "{run:#?}"
     );
 }
 
