@@ -205,7 +205,7 @@ pub(crate) mod tests {
         for text in ["7x", "d", "7", "-7d", "yesterday", "2026-13-01", "7 d", ""] {
             let error = TimeSpec::parse("--since", text).unwrap_err();
             let message = error.to_string();
-            // The user's mistake: exit code 2, as ReportError::is_user_mistake said before.
+            // The caller's mistake: exit code 2.
             assert_eq!(
                 crate::cmd::exit::code(&error.into()),
                 crate::cmd::exit::USAGE
