@@ -30,7 +30,7 @@ pub use audit::{
     alerts, stats, top_jobs, top_variants, Alert, AlertWhy, KindStats, TopJob, TopVariant,
 };
 pub use trend::{
-    bring_rollup_up_to_date, trend, Bucket, GroupBy, Trend, TrendQuery, TrendRow, TrendSource,
+    bring_rollup_up_to_date, check_window, trend, Bucket, GroupBy, Trend, TrendQuery, TrendRow, TrendSource,
     MAX_BUCKETS, NO_RETRIES, NO_VALUE,
 };
 
