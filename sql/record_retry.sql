@@ -62,6 +62,9 @@ DECLARE
     next_attempt integer;
     ev           retry_history;
     retry_limit  integer;
+    -- Whether the caller gave these, before the defaults fill them in (an error says which).
+    step_given   constant boolean := record_retry.step IS NOT NULL;
+    from_given   constant boolean := record_retry.from_status IS NOT NULL;
 BEGIN
     -- 1. Validate everything before touching anything: bad input writes nothing.
     IF record_retry.job_id IS NULL THEN
@@ -213,11 +216,11 @@ BEGIN
     from_status := coalesce(from_status, cur_status);
     -- The defaults come from the target's row: checked by the same rule as a given value.
     PERFORM retrylog_check_text(
-        CASE WHEN record_retry.step IS NULL THEN 'step (the target''s current_step)'
-             ELSE 'step' END, step, 200);
+        CASE WHEN step_given THEN 'step' ELSE 'step (the target''s current_step)' END,
+        step, 200);
     PERFORM retrylog_check_text(
-        CASE WHEN record_retry.from_status IS NULL THEN 'from_status (the target''s status)'
-             ELSE 'from_status' END, from_status, 64);
+        CASE WHEN from_given THEN 'from_status' ELSE 'from_status (the target''s status)' END,
+        from_status, 64);
     INSERT INTO retry_history (
         event_id, job_id, job_variants_id, reason, step, from_status, to_status, attempt,
         actor, detail, occurred_at, db_role, hash)

@@ -44,8 +44,8 @@ BEGIN
         RETURN NULL;
     END IF;
     IF length(value) > max_chars THEN
-        RAISE EXCEPTION 'invalid %: % is % characters long, over the limit of %',
-            field, retrylog_excerpt(value), length(value), max_chars USING ERRCODE = '22023';
+        RAISE EXCEPTION 'invalid %: % is over the limit of % characters',
+            field, retrylog_excerpt(value), max_chars USING ERRCODE = '22023';
     END IF;
     IF value ~ '[\x01-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]' THEN
         RAISE EXCEPTION 'invalid %: % holds a control character, a line separator or a '

@@ -31,7 +31,8 @@ enum Schema {
     /// `status`: shows where the schema stands, current or not.
     Report,
     /// Everything else, run by any capability: refuse (exit 2, naming `retrylog migrate`)
-    /// unless the schema is current. Reads nothing but the version; writes nothing.
+    /// unless the schema is current. Reads nothing but the version; writes nothing. (On the
+    /// private cluster retrylog started itself, these migrate when behind too.)
     RequireCurrent,
 }
 
@@ -54,7 +55,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let connected = connect::connect(&settings).await?;
     eprintln!("retrylog: using {}", connected.description);
-    match schema_rule(&cli.command) {
+    let rule = match schema_rule(&cli.command) {
+        Schema::RequireCurrent | Schema::Report if connected.private_cluster => {
+            Schema::MigrateIfBehind
+        }
+        rule => rule,
+    };
+    match rule {
         Schema::Migrate => migrate::run(&connected.pool)
             .await
             .context("applying the migrations")?,
