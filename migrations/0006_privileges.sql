@@ -87,6 +87,10 @@ CREATE TABLE retrylog_install (
 --    their owner, so the pipeline's role needs no right on retrylog's tables.
 ALTER FUNCTION retrylog_count_created() SECURITY DEFINER;
 ALTER FUNCTION retrylog_notify_change() SECURITY DEFINER;
+-- The projector's horizon sees other roles' transactions only with pg_read_all_stats; as its
+-- owner's, an operator's projector gets this database's horizon (when the owner has that
+-- right) instead of the cluster-wide fallback. It returns a transaction id, nothing else.
+ALTER FUNCTION retrylog_horizon() SECURITY DEFINER;
 
 -- 6. Table rights. Nobody but the owner writes the log, the counts or the settings; the
 --    operator may write the derived, rebuildable rollup and its checkpoint and lease.
