@@ -101,10 +101,11 @@ pub async fn grant(
     role: &str,
 ) -> Result<Vec<String>, GrantError> {
     let shown = || crate::text::escape(role, 64);
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-        .bind(role)
-        .fetch_one(&mut *conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
     if !exists {
         return Err(GrantError::UnknownRole(format!("\"{}\"", shown())));
     }
@@ -154,7 +155,10 @@ mod tests {
         assert_eq!(Capability::parse("operator"), Ok(Capability::Operator));
         assert_eq!(Capability::parse("reader"), Ok(Capability::Reader));
         let error = Capability::parse("admin\u{1b}[31m").unwrap_err();
-        assert!(error.contains("expected writer, operator or reader"), "{error}");
+        assert!(
+            error.contains("expected writer, operator or reader"),
+            "{error}"
+        );
         assert!(!error.contains('\u{1b}'), "{error}");
     }
 }

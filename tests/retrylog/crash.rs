@@ -106,15 +106,30 @@ async fn writer(
 async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers_by_itself() {
     // A short 0700 base: the socket path must fit, and the cluster's user must get in.
     let scratch = Scratch {
-        base: std::env::temp_dir().join(format!("rlcr_{}", &Uuid::new_v4().simple().to_string()[..8])),
+        base: std::env::temp_dir().join(format!(
+            "rlcr_{}",
+            &Uuid::new_v4().simple().to_string()[..8]
+        )),
     };
     std::fs::create_dir(&scratch.base).unwrap();
-    std::fs::set_permissions(&scratch.base, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .unwrap();
+    std::fs::set_permissions(
+        &scratch.base,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let data_dir = scratch.data_dir();
-    let server = start_private_cluster(&data_dir).await.expect("the private cluster starts");
-    let admin = PgPoolOptions::new().max_connections(1).connect_with(server.clone()).await.unwrap();
-    sqlx::query("CREATE DATABASE retrylog_crash").execute(&admin).await.unwrap();
+    let server = start_private_cluster(&data_dir)
+        .await
+        .expect("the private cluster starts");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(server.clone())
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE retrylog_crash")
+        .execute(&admin)
+        .await
+        .unwrap();
     admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(12)
@@ -126,11 +141,13 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
     lift_retry_limit(&pool).await;
     let jobs: Vec<Uuid> = (0..8).map(|_| Uuid::new_v4()).collect();
     for job_id in &jobs {
-        sqlx::query("INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'segment')")
-            .bind(job_id)
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'segment')",
+        )
+        .bind(job_id)
+        .execute(&pool)
+        .await
+        .unwrap();
     }
 
     // 1. serve (its projector) and 8 writers, for a moment.
@@ -149,7 +166,12 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
     let writers: Vec<_> = jobs
         .iter()
         .map(|job_id| {
-            tokio::spawn(writer(pool.clone(), *job_id, acknowledged.clone(), stopped.clone()))
+            tokio::spawn(writer(
+                pool.clone(),
+                *job_id,
+                acknowledged.clone(),
+                stopped.clone(),
+            ))
         })
         .collect();
     let until = Instant::now() + Duration::from_secs(30);
@@ -160,12 +182,19 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
 
     // 2. Kill the server mid-load, start it again (crash recovery), let the writers go on.
     let crash_data_dir = data_dir.clone();
-    tokio::task::spawn_blocking(move || crash(&crash_data_dir)).await.unwrap();
+    tokio::task::spawn_blocking(move || crash(&crash_data_dir))
+        .await
+        .unwrap();
     let before_restart = acknowledged.lock().unwrap().len();
-    start_private_cluster(&data_dir).await.expect("the cluster restarts");
+    start_private_cluster(&data_dir)
+        .await
+        .expect("the cluster restarts");
     let until = Instant::now() + Duration::from_secs(60);
     while acknowledged.lock().unwrap().len() < before_restart + 300 {
-        assert!(Instant::now() < until, "the writers never came back after the restart");
+        assert!(
+            Instant::now() < until,
+            "the writers never came back after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send_replace(true);
@@ -180,8 +209,16 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
         .await
         .unwrap();
     let stored: std::collections::HashSet<Uuid> = stored.into_iter().collect();
-    let lost: Vec<&Uuid> = acknowledged.iter().filter(|id| !stored.contains(id)).collect();
-    assert!(lost.is_empty(), "{} of {} acknowledged retries lost", lost.len(), acknowledged.len());
+    let lost: Vec<&Uuid> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged retries lost",
+        lost.len(),
+        acknowledged.len()
+    );
 
     // 4. serve recovers by itself: its projector catches the rollup up with the log.
     let until = Instant::now() + Duration::from_secs(90);
@@ -190,14 +227,23 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
         if projector::lag(&mut conn).await.unwrap().events_behind == 0 {
             break;
         }
-        assert!(serve.try_wait().unwrap().is_none(), "serve exited after the crash");
-        assert!(Instant::now() < until, "serve never caught up after the restart");
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "serve exited after the crash"
+        );
+        assert!(
+            Instant::now() < until,
+            "serve never caught up after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_verify_clean(&pool).await;
     let output = stop_serve(serve).await;
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("lost its connection"), "serve saw the crash: {log}");
+    assert!(
+        log.contains("lost its connection"),
+        "serve saw the crash: {log}"
+    );
     pool.close().await;
     drop(scratch);
 }

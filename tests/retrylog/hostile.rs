@@ -71,7 +71,8 @@ fn nasty_json() -> impl Strategy<Value = String> {
     ];
     let nested = leaf.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
-            proptest::collection::vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(","))),
+            proptest::collection::vec(inner.clone(), 0..4)
+                .prop_map(|items| format!("[{}]", items.join(","))),
             proptest::collection::vec((nasty_text(), inner), 0..4).prop_map(|fields| {
                 let fields: Vec<String> = fields
                     .into_iter()
@@ -135,21 +136,29 @@ fn case() -> impl Strategy<Value = Case> {
         nasty_detail(),
         nasty_time(),
     )
-        .prop_map(|(target, step, actor, from_status, to_status, detail, occurred_at)| Case {
-            target,
-            step,
-            actor,
-            from_status,
-            to_status,
-            detail,
-            occurred_at,
-        })
+        .prop_map(
+            |(target, step, actor, from_status, to_status, detail, occurred_at)| Case {
+                target,
+                step,
+                actor,
+                from_status,
+                to_status,
+                detail,
+                occurred_at,
+            },
+        )
 }
 
 const TARGETS: [Target; 3] = [
     Target::Job { job_id: JOB_A },
-    Target::Variant { job_id: JOB_A, job_variants_id: VARIANT_A1 },
-    Target::Variant { job_id: JOB_B, job_variants_id: VARIANT_B1 },
+    Target::Variant {
+        job_id: JOB_A,
+        job_variants_id: VARIANT_A1,
+    },
+    Target::Variant {
+        job_id: JOB_B,
+        job_variants_id: VARIANT_B1,
+    },
 ];
 
 /// `n` cases from a fixed seed.
@@ -176,7 +185,11 @@ async fn reads_still_work(pool: &PgPool, case: &Case) {
         .unwrap_or_else(|error| panic!("project after {case:?}: {error}"));
     for by in [GroupBy::Scenario, GroupBy::Step] {
         let moment = Moment::Now(Utc::now());
-        let query = TrendQuery { bucket: Bucket::Day, by, since: Utc::now() - Duration::days(2) };
+        let query = TrendQuery {
+            bucket: Bucket::Day,
+            by,
+            since: Utc::now() - Duration::days(2),
+        };
         report::trend(&mut conn, query, moment)
             .await
             .unwrap_or_else(|error| panic!("trend after {case:?}: {error}"));
@@ -235,7 +248,10 @@ async fn generated_appends_through_the_sql_door_are_refused_cleanly_or_leave_eve
         }
     }
     log_still_verifies(&pool).await;
-    assert!(accepted > 100 && refused > 100, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -269,7 +285,10 @@ async fn generated_appends_through_the_rust_door_are_refused_cleanly_or_leave_ev
             }
             Err(error) => {
                 refused += 1;
-                assert!(error.is_caller_mistake(), "{case:?} was refused as a fault: {error:?}");
+                assert!(
+                    error.is_caller_mistake(),
+                    "{case:?} was refused as a fault: {error:?}"
+                );
                 let message = error.to_string();
                 assert!(
                     !message.chars().any(retrylog::text::is_refused) && message.len() < 1_000,
@@ -283,7 +302,10 @@ async fn generated_appends_through_the_rust_door_are_refused_cleanly_or_leave_ev
         }
     }
     log_still_verifies(&pool).await;
-    assert!(accepted > 100 && refused > 100, "{accepted} accepted, {refused} refused");
+    assert!(
+        accepted > 100 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -337,7 +359,9 @@ async fn generated_arguments_to_retrylog_record_including_non_utf8_exit_0_or_2_a
             Some(2) => {
                 assert_eq!(before, event_count(&pool).await, "{case:?} wrote something");
                 assert!(
-                    !stderr.chars().any(|c| c != '\n' && retrylog::text::is_refused(c)),
+                    !stderr
+                        .chars()
+                        .any(|c| c != '\n' && retrylog::text::is_refused(c)),
                     "stderr carries a raw control or bidi character: {stderr:?}"
                 );
             }
@@ -345,8 +369,20 @@ async fn generated_arguments_to_retrylog_record_including_non_utf8_exit_0_or_2_a
         }
     }
     for args in [
-        vec!["history", "--job-id", "0a000000-0000-4000-8000-000000000000", "--format", "json"],
-        vec!["history", "--job-id", "0b000000-0000-4000-8000-000000000000", "--format", "json"],
+        vec![
+            "history",
+            "--job-id",
+            "0a000000-0000-4000-8000-000000000000",
+            "--format",
+            "json",
+        ],
+        vec![
+            "history",
+            "--job-id",
+            "0b000000-0000-4000-8000-000000000000",
+            "--format",
+            "json",
+        ],
         vec!["project"],
         vec!["report", "trend", "--since", "1d", "--by", "scenario"],
         vec!["verify"],

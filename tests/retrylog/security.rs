@@ -72,10 +72,12 @@ impl Drop for TestRole {
                 .expect("a runtime for the role's cleanup");
             runtime.block_on(async move {
                 let mut conn = PgConnection::connect_with(&admin).await?;
-                sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
-                    .bind(&name)
-                    .execute(&mut conn)
-                    .await?;
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                )
+                .bind(&name)
+                .execute(&mut conn)
+                .await?;
                 sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
                     .execute(&mut conn)
                     .await?;
@@ -117,7 +119,17 @@ async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role
     assert_eq!(retry_count(&pool, job(JOB_A)).await, 1);
     assert_verify_clean(&pool).await;
 
-    let history = retrylog(&pool, &["history", "--job-id", &JOB_A.to_string(), "--format", "json"]).await;
+    let history = retrylog(
+        &pool,
+        &[
+            "history",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(history.code, Some(0), "{history:#?}");
     assert_eq!(history.json()[0]["db_role"], json!(writer.name));
 }
@@ -264,7 +276,14 @@ async fn force_is_refused_to_a_writer_and_recorded_for_an_operator(pool: PgPool)
     // Through the binary: exit 2, the same reason.
     let run = retrylog_at(
         &writer.url(&pool).await,
-        &["record", "--job-id", &JOB_A.to_string(), "--reason", "manual_recovery", "--force"],
+        &[
+            "record",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--reason",
+            "manual_recovery",
+            "--force",
+        ],
     )
     .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
@@ -321,7 +340,11 @@ async fn checkpoint(pool: &PgPool) -> (String, Option<i32>) {
 async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
     pipeline(&pool).await;
     append_n(&pool, variant(JOB_A, VARIANT_A2), 2).await;
-    append_ok(&pool, &retry(job(JOB_B)).with_detail(json!({"scenario": "failed_variant"}))).await;
+    append_ok(
+        &pool,
+        &retry(job(JOB_B)).with_detail(json!({"scenario": "failed_variant"})),
+    )
+    .await;
     let reader = TestRole::create(&pool, &[Reader]).await;
     let url = reader.url(&pool).await;
     let before = snapshot(&pool).await;
@@ -337,15 +360,25 @@ async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
         (vec!["report", "top-variants"], 0),
         (vec!["report", "stats"], 0),
         (vec!["report", "alerts"], 0),
-        (vec!["report", "trend", "--since", "1h", "--bucket", "hour"], 0),
+        (
+            vec!["report", "trend", "--since", "1h", "--bucket", "hour"],
+            0,
+        ),
         (vec!["report", "trend", "--since", "1h", "--as-of", "1m"], 0),
     ] {
         let run = retrylog_at(&url, &args).await;
         assert_eq!(run.code, Some(code), "{args:?} as a reader: {run:#?}");
-        assert!(!run.stderr.contains("permission denied"), "{args:?}: {run:#?}");
+        assert!(
+            !run.stderr.contains("permission denied"),
+            "{args:?}: {run:#?}"
+        );
     }
     assert_eq!(before, snapshot(&pool).await);
-    assert_eq!(checkpoint, self::checkpoint(&pool).await, "a reader's trend ran no batch");
+    assert_eq!(
+        checkpoint,
+        self::checkpoint(&pool).await,
+        "a reader's trend ran no batch"
+    );
 
     // And the reader can write nothing itself.
     for dml in [
@@ -357,17 +390,19 @@ async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
         let error = sqlx::query(dml).execute(&reader.pool).await.expect_err(dml);
         assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
     }
-    let error = record_via_sql(&mut *reader.pool.acquire().await.unwrap(), job(JOB_A), "stuck")
-        .await
-        .expect_err("a reader may not append");
+    let error = record_via_sql(
+        &mut reader.pool.acquire().await.unwrap(),
+        job(JOB_A),
+        "stuck",
+    )
+    .await
+    .expect_err("a reader may not append");
     assert_eq!(code_of(&error), DENIED, "{error}");
     assert_eq!(before, snapshot(&pool).await);
 }
 
 #[sqlx::test(migrations = false)]
-async fn only_the_operator_can_take_the_projectors_lease_and_status_names_its_holder(
-    pool: PgPool,
-) {
+async fn only_the_operator_can_take_the_projectors_lease_and_status_names_its_holder(pool: PgPool) {
     pipeline(&pool).await;
     let reader = TestRole::create(&pool, &[Reader]).await;
     let writer = TestRole::create(&pool, &[Writer]).await;
@@ -395,9 +430,15 @@ async fn only_the_operator_can_take_the_projectors_lease_and_status_names_its_ho
     assert_eq!(run.code, Some(0), "{run:#?}");
     let rollup = &run.json()[1];
     assert_eq!(rollup["runner_role"], json!(operator.name), "{run:#?}");
-    assert!(rollup["runner"].as_str().unwrap().contains("ops projector"), "{run:#?}");
+    assert!(
+        rollup["runner"].as_str().unwrap().contains("ops projector"),
+        "{run:#?}"
+    );
     assert_eq!(rollup["state"], json!("ok"));
-    assert!(run.stderr.contains("schema at migration 6 of 6: current"), "{run:#?}");
+    assert!(
+        run.stderr.contains("schema at migration 6 of 6: current"),
+        "{run:#?}"
+    );
 
     // The operator's own `project` runs no batch while another session leads; once it
     // resigns, an operator's project catches the rollup up.
@@ -413,15 +454,28 @@ async fn read_commands_on_a_database_that_is_behind_name_retrylog_migrate_and_cr
     pool: PgPool,
 ) {
     for args in [
-        vec!["history", "--job-id", "0a000000-0000-4000-8000-000000000000"],
+        vec![
+            "history",
+            "--job-id",
+            "0a000000-0000-4000-8000-000000000000",
+        ],
         vec!["verify"],
         vec!["report", "stats"],
-        vec!["record", "--job-id", "0a000000-0000-4000-8000-000000000000", "--reason", "stuck"],
+        vec![
+            "record",
+            "--job-id",
+            "0a000000-0000-4000-8000-000000000000",
+            "--reason",
+            "stuck",
+        ],
         vec!["status"],
     ] {
         let run = retrylog(&pool, &args).await;
         assert_eq!(run.code, Some(2), "{args:?}: {run:#?}");
-        assert!(run.stderr.contains("retrylog migrate"), "{args:?}: {run:#?}");
+        assert!(
+            run.stderr.contains("retrylog migrate"),
+            "{args:?}: {run:#?}"
+        );
     }
     let tables: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_class WHERE relnamespace = current_schema()::regnamespace",
@@ -457,10 +511,17 @@ async fn grant_is_idempotent_prints_its_grant_and_refuses_unknown_roles_and_capa
     assert!(run.stderr.contains("unknown role"), "{run:#?}");
     let run = retrylog(&pool, &["grant", "admin", &role.name]).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
-    assert!(run.stderr.contains("expected writer, operator or reader"), "{run:#?}");
+    assert!(
+        run.stderr.contains("expected writer, operator or reader"),
+        "{run:#?}"
+    );
     // A writer may not hand out capabilities.
     let writer = TestRole::create(&pool, &[Writer]).await;
-    let run = retrylog_at(&writer.url(&pool).await, &["grant", "operator", &writer.name]).await;
+    let run = retrylog_at(
+        &writer.url(&pool).await,
+        &["grant", "operator", &writer.name],
+    )
+    .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(run.stderr.contains("not permitted"), "{run:#?}");
 }
@@ -485,8 +546,14 @@ async fn a_long_scenario_or_a_defaulted_step_is_bounded_at_the_door(pool: PgPool
         .await
         .expect_err("the defaulted step follows the same rule");
     let message = error.to_string();
-    assert!(message.contains("step (the target's current_step)"), "{message}");
-    assert!(!message.contains('\n') && !message.contains('\u{1b}'), "{message}");
+    assert!(
+        message.contains("step (the target's current_step)"),
+        "{message}"
+    );
+    assert!(
+        !message.contains('\n') && !message.contains('\u{1b}'),
+        "{message}"
+    );
     assert_eq!(before, snapshot(&pool).await);
 }
 
@@ -496,7 +563,8 @@ async fn an_oversized_key_stored_before_the_bound_does_not_jam_the_rollup(pool: 
     // An event as an earlier release accepted it: a 2.7 KB scenario, hashed under v1.
     let event_id = Uuid::new_v4();
     let detail = json!({"scenario": "x".repeat(2700)});
-    let occurred_at = chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap();
+    let occurred_at =
+        chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros()).unwrap();
     let detail_text: String = sqlx::query_scalar("SELECT $1::jsonb::text")
         .bind(&detail)
         .fetch_one(&pool)
@@ -556,7 +624,11 @@ async fn a_projection_that_cannot_advance_is_reported_by_verify_and_status(pool:
     .execute(&pool)
     .await
     .unwrap();
-    let event = append_ok(&pool, &retry(job(JOB_A)).with_detail(json!({"scenario": "jam"}))).await;
+    let event = append_ok(
+        &pool,
+        &retry(job(JOB_A)).with_detail(json!({"scenario": "jam"})),
+    )
+    .await;
     let run = retrylog(&pool, &["project"]).await;
     assert_eq!(run.code, Some(70), "{run:#?}");
     assert!(run.stderr.contains("jammed"), "the real cause: {run:#?}");
@@ -571,12 +643,21 @@ async fn a_projection_that_cannot_advance_is_reported_by_verify_and_status(pool:
         .find(|row| row["problem"] == json!("projection_stuck"))
         .unwrap_or_else(|| panic!("verify names the stuck projection: {run:#?}"));
     let message = stuck["message"].as_str().unwrap();
-    assert!(message.starts_with("retry_rollup cannot advance: checkpoint txid "), "{message}");
-    assert!(message.contains(&format!("stops at event seq {}", event.seq)), "{message}");
+    assert!(
+        message.starts_with("retry_rollup cannot advance: checkpoint txid "),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("stops at event seq {}", event.seq)),
+        "{message}"
+    );
 
     let run = retrylog(&pool, &["status", "--format", "json"]).await;
     assert!(
-        run.json()[1]["state"].as_str().unwrap().starts_with("cannot advance"),
+        run.json()[1]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot advance"),
         "{run:#?}"
     );
     // Once the fault is gone, the next batch succeeds and clears it.
@@ -607,8 +688,20 @@ async fn detail_is_read_back_exactly_as_stored_whatever_its_numbers(pool: PgPool
         .unwrap();
     drop(conn);
     for args in [
-        vec!["history", "--variant-id", &VARIANT_A2.to_string(), "--format", "json"],
-        vec!["history", "--job-id", &JOB_A.to_string(), "--format", "json"],
+        vec![
+            "history",
+            "--variant-id",
+            &VARIANT_A2.to_string(),
+            "--format",
+            "json",
+        ],
+        vec![
+            "history",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--format",
+            "json",
+        ],
     ] {
         let run = retrylog(&pool, &args).await;
         assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
@@ -629,19 +722,53 @@ async fn refusals_quote_a_bounded_escaped_excerpt_and_bidi_or_ancient_times_are_
     let huge = format!("\u{1b}[2J\u{1b}[31mred{}", "y".repeat(100_000));
     let run = retrylog(
         &pool,
-        &["record", "--job-id", &JOB_A.to_string(), "--reason", "stuck", "--actor", &huge],
+        &[
+            "record",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--reason",
+            "stuck",
+            "--actor",
+            &huge,
+        ],
     )
     .await;
-    assert_eq!(run.code, Some(2), "{}", &run.stderr[..run.stderr.len().min(500)]);
-    assert!(!run.stderr.contains('\u{1b}'), "no raw escape reaches the terminal");
-    assert!(run.stderr.len() < 2_000, "{} bytes of stderr", run.stderr.len());
+    assert_eq!(
+        run.code,
+        Some(2),
+        "{}",
+        &run.stderr[..run.stderr.len().min(500)]
+    );
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "no raw escape reaches the terminal"
+    );
+    assert!(
+        run.stderr.len() < 2_000,
+        "{} bytes of stderr",
+        run.stderr.len()
+    );
     assert!(run.stderr.contains("100012 characters"), "{}", run.stderr);
 
-    let run = retrylog(&pool, &["record", "--job-id", "\u{1b}[31mnot-a-uuid", "--reason", "stuck"]).await;
+    let run = retrylog(
+        &pool,
+        &[
+            "record",
+            "--job-id",
+            "\u{1b}[31mnot-a-uuid",
+            "--reason",
+            "stuck",
+        ],
+    )
+    .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(!run.stderr.contains('\u{1b}'), "{run:#?}");
 
-    for (field, value) in [("step", "seg\u{202e}tnem"), ("actor", "ops\u{2066}x"), ("to_status", "do\u{7f}ne")] {
+    for (field, value) in [
+        ("step", "seg\u{202e}tnem"),
+        ("actor", "ops\u{2066}x"),
+        ("to_status", "do\u{7f}ne"),
+    ] {
         let sql = format!("SELECT record_retry(job_id => $1, reason => 'stuck', {field} => $2)");
         let error = sqlx::query(&sql)
             .bind(JOB_A)
@@ -660,13 +787,19 @@ async fn refusals_quote_a_bounded_escaped_excerpt_and_bidi_or_ancient_times_are_
     .execute(&pool)
     .await
     .expect_err("4713 BC is outside the window");
-    assert!(database_error(&error).1.contains("outside the accepted window"));
+    assert!(database_error(&error)
+        .1
+        .contains("outside the accepted window"));
     assert_eq!(before, snapshot(&pool).await);
 
     // A trend the report refuses writes nothing, though the rollup is behind.
     append_ok(&pool, &retry(job(JOB_A))).await;
     let checkpoint = checkpoint(&pool).await;
-    let run = retrylog(&pool, &["report", "trend", "--since", "3000d", "--bucket", "hour"]).await;
+    let run = retrylog(
+        &pool,
+        &["report", "trend", "--since", "3000d", "--bucket", "hour"],
+    )
+    .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert_eq!(checkpoint, self::checkpoint(&pool).await);
 }
