@@ -438,8 +438,8 @@ async fn lead_while_possible(
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), sqlx::Error> {
-    // A dedicated connection, detached from the pool: the advisory lock lives as long as
-    // this session, and must not be handed to anyone else.
+    // A dedicated connection, detached from the pool: the lease names this session's
+    // backend, and must not be handed to anyone else.
     let Some(conn) = shutdown::unless_requested(pool.acquire(), shutdown).await else {
         return Ok(());
     };
