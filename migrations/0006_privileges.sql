@@ -109,5 +109,16 @@ GRANT SELECT ON retry_history, retry_opening_balance, retry_intervention, retryl
                 retry_target_created, retrylog_install, jobs, jobs_variants
     TO retrylog_reader;
 GRANT SELECT ON _sqlx_migrations, retrylog_install TO retrylog_writer, retrylog_reader;
+
+-- 7. A writer reads its own rows: the events its database role appended. Row-level security
+--    on the log, with a policy per capability; the owner (and so record_retry, which runs as
+--    the owner) is not subject to it, a reader sees every row. A role given SELECT on the log
+--    directly, outside the capabilities, sees no row: grant it `reader` instead.
+ALTER TABLE retry_history ENABLE ROW LEVEL SECURITY;
+CREATE POLICY retry_history_reader ON retry_history FOR SELECT TO retrylog_reader
+    USING (true);
+CREATE POLICY retry_history_writer_own ON retry_history FOR SELECT TO retrylog_writer
+    USING (db_role = session_user);
+GRANT SELECT ON retry_history TO retrylog_writer;
 GRANT SELECT, INSERT, UPDATE, DELETE ON retry_rollup, retry_rollup_created TO retrylog_operator;
 GRANT SELECT, UPDATE ON projection_checkpoint, projector_lease TO retrylog_operator;

@@ -119,6 +119,14 @@ async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role
     assert_eq!(retry_count(&pool, job(JOB_A)).await, 1);
     assert_verify_clean(&pool).await;
 
+    // It reads its own rows, and only those.
+    append_ok(&pool, &retry(job(JOB_B))).await;
+    let visible: Vec<String> = sqlx::query_scalar("SELECT db_role FROM retry_history")
+        .fetch_all(&writer.pool)
+        .await
+        .expect("a writer reads its own rows");
+    assert_eq!(visible, [writer.name.clone()]);
+
     let history = retrylog(
         &pool,
         &[
@@ -435,6 +443,19 @@ async fn only_the_operator_can_take_the_projectors_lease_and_status_names_its_ho
         "{run:#?}"
     );
     assert_eq!(rollup["state"], json!("ok"));
+    // A runner that stops renewing its lease shows as stalled.
+    sqlx::query("UPDATE projector_lease SET renewed_at = now() - interval '5 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = retrylog(&pool, &["status", "--format", "json"]).await;
+    assert!(
+        run.json()[1]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("stalled"),
+        "{run:#?}"
+    );
     assert!(
         run.stderr.contains("schema at migration 6 of 6: current"),
         "{run:#?}"
