@@ -78,6 +78,11 @@ impl Drop for TestRole {
                 .bind(&name)
                 .execute(&mut conn)
                 .await?;
+                // Its direct grants in the test's database go first (a role that holds a
+                // privilege cannot be dropped); memberships go with the role.
+                sqlx::query(&format!("DROP OWNED BY {name}"))
+                    .execute(&mut conn)
+                    .await?;
                 sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
                     .execute(&mut conn)
                     .await?;
