@@ -89,7 +89,9 @@ $$;
 CREATE OR REPLACE FUNCTION retry_counts_rebuild()
 RETURNS TABLE (job_id uuid, job_variants_id uuid, retry_count integer,
                expected bigint, opening_balance integer, events bigint, written boolean)
-LANGUAGE sql AS $$
+-- Runs as its owner: the operator capability rebuilds the counts through it and has no
+-- right to write a count by hand (sql/privileges.sql grants it and pins its search_path).
+LANGUAGE sql SECURITY DEFINER AS $$
     WITH drift AS (
         SELECT * FROM retry_counts_drift()
     ), job_counts AS (

@@ -37,8 +37,10 @@ LANGUAGE sql STABLE AS $$
          WHERE h.txid >= from_txid AND h.txid < to_txid
     ), events AS (
         SELECT h.txid, h.job_id, t.stream, h.job_variants_id, h.attempt, h.reason,
-               coalesce(h.step, '') AS step,
-               coalesce(h.detail ->> 'scenario', '') AS scenario,
+               -- Bounded key parts: record_retry refuses longer ones since migration 0006;
+               -- an event stored before is cut here rather than jam the rollup's index.
+               left(coalesce(h.step, ''), 200) AS step,
+               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
                date_trunc('hour', h.occurred_at, 'UTC') AS hour,
                date_trunc('day', h.occurred_at, 'UTC') AS day,
                date_trunc('week', h.occurred_at, 'UTC') AS week

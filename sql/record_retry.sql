@@ -5,6 +5,7 @@
 -- Errors carry their own SQLSTATE so every door can tell the caller's mistake from a fault
 -- (docs/architecture.md has the table, with the Rust error and CLI exit of each):
 --   22023  invalid input (reason, step, actor, status, detail, occurred_at, force, ...)
+--   42501  force by a role without the operator capability
 --   RL001  unknown target (no such job or variant)
 --   RL002  the variant belongs to another job
 --   RL004  the target reached the retry limit (the shared one or the caller's)
@@ -21,6 +22,18 @@
 --   * it resets every attribute to what is written here (SECURITY DEFINER, SET ...): one set
 --     with ALTER FUNCTION would not survive the next migrate, so it belongs in this file.
 
+-- It runs as its owner (SECURITY DEFINER): a caller needs EXECUTE on it (the writer
+-- capability), never a right on the log or the counts, so the only way to append is through
+-- these rules. sql/privileges.sql pins its search_path to (pg_catalog, retrylog's schema,
+-- pg_temp last) after every install, so no object of the caller's (a temporary
+-- retrylog_settings, say) can stand in for one of ours. `force` is for the operator
+-- capability only (42501 otherwise). The event records session_user, the database role that
+-- made the append, in db_role, covered by the hash (retrylog-event-v2).
+--
+-- Text fields follow the one rule of sql/retrylog_text.sql, checked after the defaults are
+-- filled in (a defaulted step is checked like a given one), and so is detail.scenario, a key
+-- of the trend rollup. occurred_at lies between 2000-01-01 UTC and five minutes from now.
+
 CREATE OR REPLACE FUNCTION record_retry(
     job_id           uuid,
     reason           text,
@@ -36,7 +49,7 @@ CREATE OR REPLACE FUNCTION record_retry(
     max_retries      integer     DEFAULT NULL,
     force            boolean     DEFAULT false
 ) RETURNS retry_history
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER AS $$
 #variable_conflict use_column
 DECLARE
     detail_limit constant integer := 16384;
@@ -49,6 +62,9 @@ DECLARE
     next_attempt integer;
     ev           retry_history;
     retry_limit  integer;
+    -- Whether the caller gave these, before the defaults fill them in (an error says which).
+    step_given   constant boolean := record_retry.step IS NOT NULL;
+    from_given   constant boolean := record_retry.from_status IS NOT NULL;
 BEGIN
     -- 1. Validate everything before touching anything: bad input writes nothing.
     IF record_retry.job_id IS NULL THEN
@@ -56,27 +72,15 @@ BEGIN
     END IF;
     IF record_retry.reason IS NULL
        OR record_retry.reason NOT IN ('stuck', 'failed', 'manual_recovery') THEN
-        RAISE EXCEPTION 'unknown retry reason "%" (expected stuck, failed or manual_recovery)',
-            coalesce(record_retry.reason, 'NULL') USING ERRCODE = '22023';
+        RAISE EXCEPTION 'unknown retry reason % (expected stuck, failed or manual_recovery)',
+            retrylog_excerpt(record_retry.reason) USING ERRCODE = '22023';
     END IF;
     step        := nullif(btrim(record_retry.step), '');
     from_status := nullif(btrim(record_retry.from_status), '');
     to_status   := nullif(btrim(record_retry.to_status), '');
     actor       := coalesce(nullif(btrim(record_retry.actor), ''), session_user::text);
-    IF step ~ '[[:cntrl:]]' OR length(step) > 200 THEN
-        RAISE EXCEPTION 'invalid step "%": at most 200 characters, no control characters', step
-            USING ERRCODE = '22023';
-    END IF;
-    IF actor ~ '[[:cntrl:]]' OR length(actor) > 200 THEN
-        RAISE EXCEPTION 'invalid actor "%": at most 200 characters, no control characters', actor
-            USING ERRCODE = '22023';
-    END IF;
-    IF from_status ~ '[[:cntrl:]]' OR length(from_status) > 64 THEN
-        RAISE EXCEPTION 'invalid from_status "%"', from_status USING ERRCODE = '22023';
-    END IF;
-    IF to_status ~ '[[:cntrl:]]' OR length(to_status) > 64 THEN
-        RAISE EXCEPTION 'invalid to_status "%"', to_status USING ERRCODE = '22023';
-    END IF;
+    PERFORM retrylog_check_text('actor', actor, 200);
+    PERFORM retrylog_check_text('to_status', to_status, 64);
     detail := coalesce(record_retry.detail, '{}'::jsonb);
     IF jsonb_typeof(detail) <> 'object' THEN
         RAISE EXCEPTION 'detail must be a JSON object, got a JSON %', jsonb_typeof(detail)
@@ -86,10 +90,17 @@ BEGIN
         RAISE EXCEPTION 'detail is % bytes, over the limit of % bytes',
             octet_length(detail::text), detail_limit USING ERRCODE = '22023';
     END IF;
+    -- Every reader decodes detail with a nesting limit (serde_json's is 128): bound it well
+    -- below, so what is accepted can always be read back.
+    IF jsonb_path_exists(detail, 'strict $.**{64}') THEN
+        RAISE EXCEPTION 'detail nests deeper than 63 levels' USING ERRCODE = '22023';
+    END IF;
+    -- The trend rollup keys on the scenario: bounded like any text field.
+    PERFORM retrylog_check_text('detail.scenario', detail ->> 'scenario', 200);
     occurred_at := coalesce(record_retry.occurred_at, now());
-    IF NOT isfinite(occurred_at) THEN
-        RAISE EXCEPTION 'occurred_at must be a finite time, got %', occurred_at
-            USING ERRCODE = '22023';
+    IF NOT isfinite(occurred_at) OR occurred_at < timestamptz '2000-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'occurred_at % is outside the accepted window (2000-01-01 UTC to five '
+                        'minutes from now)', occurred_at USING ERRCODE = '22023';
     END IF;
     IF occurred_at > now() + interval '5 minutes' THEN
         RAISE EXCEPTION 'occurred_at % is in the future', occurred_at USING ERRCODE = '22023';
@@ -106,6 +117,15 @@ BEGIN
         RAISE EXCEPTION 'force is only for an operator''s manual_recovery, not for reason %',
             record_retry.reason USING ERRCODE = '22023',
             HINT = 'automatic retries stop at the limit; record the recovery as manual_recovery';
+    END IF;
+    -- The operator capability, or the function's owner (current_user here), may force; the
+    -- role is the session's, not the free-text actor.
+    IF coalesce(force, false)
+       AND NOT pg_has_role(session_user, 'retrylog_operator', 'MEMBER')
+       AND NOT pg_has_role(session_user, current_user, 'MEMBER') THEN
+        RAISE EXCEPTION 'force is for the operator capability: role % is not a member of '
+                        'retrylog_operator', session_user USING ERRCODE = '42501',
+            HINT = 'retrylog grant operator ROLE, run as the schema owner';
     END IF;
 
     -- 2. Lock the target's row. Every writer of a stream queues here, so attempts are gapless
@@ -194,17 +214,24 @@ BEGIN
     event_id    := coalesce(record_retry.event_id, gen_random_uuid());
     step        := coalesce(step, cur_step);
     from_status := coalesce(from_status, cur_status);
+    -- The defaults come from the target's row: checked by the same rule as a given value.
+    PERFORM retrylog_check_text(
+        CASE WHEN step_given THEN 'step' ELSE 'step (the target''s current_step)' END,
+        step, 200);
+    PERFORM retrylog_check_text(
+        CASE WHEN from_given THEN 'from_status' ELSE 'from_status (the target''s status)' END,
+        from_status, 64);
     INSERT INTO retry_history (
         event_id, job_id, job_variants_id, reason, step, from_status, to_status, attempt,
-        actor, detail, occurred_at, hash)
+        actor, detail, occurred_at, db_role, hash)
     VALUES (
         event_id, record_retry.job_id, record_retry.job_variants_id,
         record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
-        actor, detail, occurred_at,
-        retry_event_hash(prev_hash, retry_event_canonical(
+        actor, detail, occurred_at, session_user,
+        retry_event_hash(prev_hash, retry_event_canonical_v2(
             event_id, record_retry.job_id, record_retry.job_variants_id,
             record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
-            actor, detail, occurred_at)))
+            actor, detail, occurred_at, session_user)))
     RETURNING * INTO ev;
 
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.

@@ -18,8 +18,9 @@ use crate::report::{Bucket, GroupBy};
 ///
 /// Every retry of a job or variant is an immutable event in `retry_history`; the
 /// `retry_count` columns of `jobs` and `jobs_variants` are kept in step with it and can be
-/// rebuilt (`replay`) and audited (`verify`) at any time. Migrations run automatically before
-/// every command.
+/// rebuilt (`replay`) and audited (`verify`) at any time. `migrate` (and `serve`, `grant`,
+/// `demo`, on a database that is behind) applies the migrations; every other command only
+/// checks that the schema is current and needs no right to change it.
 ///
 /// The database: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
 /// PGUSER, PGDATABASE, ...) and the local socket, else a private PostgreSQL cluster that
@@ -48,7 +49,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply the migrations and install the projections (every command does this first).
+    /// Apply the migrations, install the functions and projections, set the privileges.
     Migrate,
     /// Record one retry and print the stored event.
     Record(RecordArgs),
@@ -80,6 +81,10 @@ pub enum Command {
     /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
     /// summary.
     Demo(DemoArgs),
+    /// Give an existing database role one capability in this cluster: writer (append through
+    /// record_retry), operator (writer + force, replay, the projector) or reader (every read
+    /// command). Idempotent; prints the GRANT it ran. Run as the schema owner.
+    Grant(GrantArgs),
 }
 
 /// `--format`, for every command that prints data.
@@ -432,4 +437,15 @@ fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
         Ok(_) => Err("detail must be a JSON object, e.g. '{\"error\": \"timeout\"}'".into()),
         Err(error) => Err(format!("not valid JSON: {error}")),
     }
+}
+
+/// `retrylog grant`.
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// writer, operator or reader.
+    #[arg(value_parser = crate::grant::Capability::parse)]
+    pub capability: crate::grant::Capability,
+
+    /// The existing role (usually a LOGIN role) that receives the capability.
+    pub role: String,
 }

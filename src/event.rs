@@ -240,6 +240,11 @@ pub struct RetryEvent {
     /// 1-based number of the retry within its target's stream.
     pub attempt: i32,
     pub actor: String,
+    /// The database role that made the append (`session_user`); `None` for events recorded
+    /// before migration 0006, which the hash's format v1 did not cover.
+    pub db_role: Option<String>,
+    /// Read back exactly as stored: serde_json keeps any number's digits
+    /// (`arbitrary_precision`), so `1e400` is shown, not refused.
     pub detail: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
     pub recorded_at: DateTime<Utc>,
@@ -284,33 +289,40 @@ pub struct CanonicalEvent<'a> {
     pub actor: &'a str,
     pub occurred_at: DateTime<Utc>,
     pub detail_text: &'a str,
+    /// The appending role: `Some` selects format v2 (which covers it), `None` format v1.
+    pub db_role: Option<&'a str>,
 }
 
 impl CanonicalEvent<'_> {
-    /// The exact bytes the hash covers; the SQL function `retry_event_canonical` builds the
-    /// same text. Fields are joined by `\n`; absent ones are empty; `occurred_at` is
-    /// microseconds since the Unix epoch.
+    /// The exact bytes the hash covers; the SQL functions `retry_event_canonical` (v1) and
+    /// `retry_event_canonical_v2` build the same text. Fields are joined by `\n`; absent ones
+    /// are empty; `occurred_at` is microseconds since the Unix epoch. v2 (an event with a
+    /// `db_role`) has its own tag and the role last; v1's bytes never change.
     pub fn bytes(&self) -> Vec<u8> {
         let variant = self
             .job_variants_id
             .map(|id| id.to_string())
             .unwrap_or_default();
-        [
-            "retrylog-event-v1",
-            &self.event_id.to_string(),
-            &self.job_id.to_string(),
-            &variant,
-            self.reason.as_ref(),
-            self.step.unwrap_or(""),
-            self.from_status.unwrap_or(""),
-            self.to_status.unwrap_or(""),
-            &self.attempt.to_string(),
-            self.actor,
-            &self.occurred_at.timestamp_micros().to_string(),
-            self.detail_text,
-        ]
-        .join("\n")
-        .into_bytes()
+        let tag = match self.db_role {
+            None => "retrylog-event-v1",
+            Some(_) => "retrylog-event-v2",
+        };
+        let mut fields = vec![
+            tag.to_string(),
+            self.event_id.to_string(),
+            self.job_id.to_string(),
+            variant,
+            self.reason.as_ref().to_string(),
+            self.step.unwrap_or("").to_string(),
+            self.from_status.unwrap_or("").to_string(),
+            self.to_status.unwrap_or("").to_string(),
+            self.attempt.to_string(),
+            self.actor.to_string(),
+            self.occurred_at.timestamp_micros().to_string(),
+            self.detail_text.to_string(),
+        ];
+        fields.extend(self.db_role.map(str::to_string));
+        fields.join("\n").into_bytes()
     }
 
     /// This event's hash given the previous hash of its stream.
@@ -361,6 +373,7 @@ mod tests {
             actor: "ops",
             occurred_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
             detail_text: "{}",
+            db_role: None,
         };
         let text = String::from_utf8(event.bytes()).unwrap();
         assert_eq!(
@@ -369,6 +382,37 @@ mod tests {
                 "retrylog-event-v1\n{event_id}\n{job_id}\n\nmanual_recovery\niou_eval\nrunning\n\n2\nops\n1700000000123456\n{{}}"
             )
         );
+    }
+
+    #[test]
+    fn format_v2_tags_itself_and_covers_the_appending_role() {
+        let v1 = CanonicalEvent {
+            event_id: Uuid::nil(),
+            job_id: Uuid::nil(),
+            job_variants_id: None,
+            reason: RetryReason::Stuck,
+            step: None,
+            from_status: None,
+            to_status: None,
+            attempt: 1,
+            actor: "a",
+            occurred_at: DateTime::from_timestamp_micros(0).unwrap(),
+            detail_text: "{}",
+            db_role: None,
+        };
+        let v2 = CanonicalEvent {
+            db_role: Some("pipeline"),
+            ..v1
+        };
+        let text = String::from_utf8(v2.bytes()).unwrap();
+        assert!(text.starts_with("retrylog-event-v2\n"), "{text}");
+        assert!(text.ends_with("\n{}\npipeline"), "{text}");
+        let other = CanonicalEvent {
+            db_role: Some("intruder"),
+            ..v1
+        };
+        assert_ne!(v2.hash(&GENESIS_HASH), other.hash(&GENESIS_HASH));
+        assert_ne!(v1.hash(&GENESIS_HASH), v2.hash(&GENESIS_HASH));
     }
 
     #[test]
@@ -385,6 +429,7 @@ mod tests {
             actor: "a",
             occurred_at: DateTime::from_timestamp_micros(0).unwrap(),
             detail_text: "{}",
+            db_role: None,
         };
         assert_ne!(event.hash(&GENESIS_HASH), event.hash(&[1; 32]));
     }

@@ -37,6 +37,9 @@
 //! live SQL functions (`sql/`: `record_retry` and the hash chain) and the projections'
 //! functions, before any retry is made.
 //!
+//! Who may do what: [`grant`] gives a database role one capability (writer, operator,
+//! reader; docs/security.md); [`text`] escapes what the binary prints about refused values.
+//!
 //! The benchmark is a crate of its own in the workspace (`bench/`, the `retrylog-bench`
 //! binary) that uses only this library's public API.
 
@@ -46,6 +49,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod event;
+pub mod grant;
 pub mod intervention;
 pub mod migrate;
 pub mod output;
@@ -58,4 +62,5 @@ pub mod scratch;
 pub mod shutdown;
 pub mod sqlstate;
 pub mod store;
+pub mod text;
 pub mod window;

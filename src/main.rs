@@ -10,7 +10,19 @@ use retrylog::cmd;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own errors quote the bad value: escaped like every other error (a value may
+    // hold a terminal escape), with clap's exit code (2 for a usage error).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let text = error.render().to_string();
+            for line in text.lines() {
+                eprintln!("{}", retrylog::text::for_terminal(line));
+            }
+            return ExitCode::from(error.exit_code() as u8);
+        }
+    };
     // The service logs what it does; one-shot commands only warn. RETRYLOG_LOG overrides.
     let (default_level, log_format) = match &cli.command {
         Command::Serve(args) => ("info", args.log_format),
@@ -29,7 +41,8 @@ async fn main() -> ExitCode {
     match cmd::run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("retrylog: {}", cmd::one_line(&error));
+            let line = cmd::one_line(&error);
+            eprintln!("retrylog: {}", retrylog::text::for_terminal(&line));
             ExitCode::from(cmd::exit::code(&error))
         }
     }

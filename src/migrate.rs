@@ -1,11 +1,15 @@
 //! Brings a database to the schema this binary expects: the sqlx migrations in
 //! `migrations/` (pipeline tables, the log, settings), then the live SQL functions of `sql/`
-//! (record_retry and the hash chain) and the projections' SQL.
+//! (record_retry and the hash chain) and the projections' SQL, then the privileges. Read
+//! commands never migrate: [`ensure_current`] only checks that a database is current.
 
+use sha2::{Digest, Sha256};
 use sqlx::migrate::Migrator;
 use sqlx::{Connection, PgConnection, PgPool};
+use thiserror::Error;
 
-use crate::projection;
+use crate::error::CallerMistake;
+use crate::projection::{self, PROJECTIONS};
 
 /// The versioned migrations, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -13,10 +17,29 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// The live SQL functions of `sql/`, embedded at build time and installed (`CREATE OR
 /// REPLACE`) on every migrate, in this order: the hash chain's functions, then the append.
 /// Each is defined there and nowhere else; a migration only drops an old signature.
-const FUNCTIONS: [&str; 2] = [
+const FUNCTIONS: [&str; 3] = [
     include_str!("../sql/retry_event_hash.sql"),
+    include_str!("../sql/retrylog_text.sql"),
     include_str!("../sql/record_retry.sql"),
 ];
+
+/// Installed last, after the projections: pins search_path and sets EXECUTE per capability
+/// on everything installed before it (CREATE OR REPLACE resets both).
+const PRIVILEGES: &str = include_str!("../sql/privileges.sql");
+
+/// The checksum of everything migrate installs after the migrations, recorded in
+/// `retrylog_install`: a read command compares it to know the functions are this binary's.
+pub fn install_checksum() -> String {
+    let mut hasher = Sha256::new();
+    for sql in FUNCTIONS
+        .iter()
+        .chain(PROJECTIONS.iter().map(|p| &p.sql))
+        .chain([&PRIVILEGES])
+    {
+        hasher.update(sql.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
 
 /// Migrations rewritten after release, each with the checksum (SHA-384 of the file, hex)
 /// that earlier releases recorded in `_sqlx_migrations` when they applied it. sqlx refuses a
@@ -71,7 +94,129 @@ pub async fn run(pool: &PgPool) -> Result<(), sqlx::Error> {
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
     }
     projection::install(&mut tx).await?;
+    sqlx::raw_sql(PRIVILEGES).execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO retrylog_install (sql_checksum) VALUES ($1)
+         ON CONFLICT (singleton) DO UPDATE
+            SET sql_checksum = excluded.sql_checksum, installed_at = now(),
+                installed_by = session_user",
+    )
+    .bind(install_checksum())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
+}
+
+/// Why a command that does not migrate cannot run on this database.
+#[derive(Debug, Error)]
+pub enum SchemaError {
+    /// Migrations or installed functions are missing or older than this binary's.
+    #[error(
+        "the database schema is behind this retrylog ({0}); run `retrylog migrate` as the \
+         schema's owner first"
+    )]
+    Behind(String),
+    /// The database was migrated by a newer retrylog.
+    #[error("the database schema is ahead of this retrylog ({0}); use the newer retrylog")]
+    Ahead(String),
+    #[error("database error while checking the schema version")]
+    Database(#[from] sqlx::Error),
+}
+
+impl CallerMistake for SchemaError {
+    /// Behind or ahead: the operator runs the other command or binary; nothing is broken.
+    fn is_caller_mistake(&self) -> bool {
+        !matches!(self, SchemaError::Database(_))
+    }
+}
+
+/// Where a database stands against this binary: what `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SchemaVersion {
+    /// The highest migration applied (0: none).
+    pub applied: i64,
+    /// The highest migration this binary embeds.
+    pub expected: i64,
+    /// None when current, else what is missing or newer.
+    pub problem: Option<String>,
+    /// True when the database is newer than this binary.
+    pub ahead: bool,
+}
+
+/// Reads the schema version without writing anything: needs only SELECT on
+/// `_sqlx_migrations` and `retrylog_install` (every capability has it).
+pub async fn schema_version(conn: &mut PgConnection) -> Result<SchemaVersion, sqlx::Error> {
+    let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let mut version = SchemaVersion {
+        applied: 0,
+        expected,
+        problem: None,
+        ahead: false,
+    };
+    let tracked: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !tracked {
+        version.problem = Some("no migration applied".into());
+        return Ok(version);
+    }
+    let applied: Vec<(i64, Vec<u8>, bool)> =
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await?;
+    version.applied = applied.iter().map(|(v, _, _)| *v).max().unwrap_or(0);
+    let mut missing = Vec::new();
+    for migration in MIGRATOR.iter() {
+        let legacy = LEGACY_CHECKSUMS
+            .iter()
+            .find(|(v, _)| *v == migration.version)
+            .and_then(|(_, hex)| hex::decode(hex).ok());
+        let found = applied.iter().find(|(v, checksum, success)| {
+            *v == migration.version
+                && *success
+                && (checksum[..] == migration.checksum[..] || Some(checksum) == legacy.as_ref())
+        });
+        if found.is_none() {
+            missing.push(migration.version.to_string());
+        }
+    }
+    let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    let newer: Vec<String> = applied
+        .iter()
+        .filter(|(v, _, _)| !known.contains(v))
+        .map(|(v, _, _)| v.to_string())
+        .collect();
+    if !newer.is_empty() {
+        version.ahead = true;
+        version.problem = Some(format!("migrations {} unknown here", newer.join(", ")));
+    } else if !missing.is_empty() {
+        version.problem = Some(format!(
+            "migration(s) {} not applied, or applied from another text",
+            missing.join(", ")
+        ));
+    } else {
+        // Every migration is applied, so retrylog_install (0006) exists.
+        let installed: Option<String> =
+            sqlx::query_scalar("SELECT sql_checksum FROM retrylog_install")
+                .fetch_optional(&mut *conn)
+                .await?;
+        if installed.as_deref() != Some(install_checksum().as_str()) {
+            version.problem = Some("the functions of sql/ and projections/ differ".into());
+        }
+    }
+    Ok(version)
+}
+
+/// Refuses (exit 2, naming `retrylog migrate`) unless the database is exactly what this binary
+/// migrates to. What a command that must not migrate calls instead of [`run`].
+pub async fn ensure_current(pool: &PgPool) -> Result<SchemaVersion, SchemaError> {
+    let mut conn = pool.acquire().await?;
+    let version = schema_version(&mut conn).await?;
+    match (&version.problem, version.ahead) {
+        (None, _) => Ok(version),
+        (Some(problem), false) => Err(SchemaError::Behind(problem.clone())),
+        (Some(problem), true) => Err(SchemaError::Ahead(problem.clone())),
+    }
 }
 
 /// Takes the install lock until the transaction ends. CREATE OR REPLACE FUNCTION from two

@@ -7,9 +7,15 @@
 //! 2. **Exactly-once effect.** Each batch applies its range and moves the checkpoint in one
 //!    transaction; a projector killed mid-batch leaves neither, and its successor resumes
 //!    from the checkpoint.
-//! 3. **One at a time.** A session-level advisory lock elects the runner; other instances
-//!    stand by and take over when its session ends. The checkpoint row is also locked per
-//!    batch, so even two runners could not apply one range twice.
+//! 3. **One at a time.** A lease row (`projector_lease`) elects the runner; other instances
+//!    stand by and take over when its session ends or it stops renewing the lease for its
+//!    ttl. Only a role that may update the lease (the owner, the operator capability) can
+//!    take it: unlike an advisory lock, a reader or a writer cannot stall the projector. The
+//!    checkpoint row is also locked per batch (which needs UPDATE on it too), so even two
+//!    runners could not apply one range twice.
+//! 4. **Failures are said.** A batch that fails for any reason but a lost connection is
+//!    recorded on the lease (`failure`, cleared by the next batch that succeeds): `status`
+//!    and `verify` show a projection that cannot advance, and `serve` logs the real cause.
 
 use std::time::Duration;
 
@@ -19,9 +25,6 @@ use tokio::sync::watch;
 
 use crate::projection::ROLLUP;
 use crate::shutdown;
-
-/// The advisory lock key that elects the rollup's runner ("rollup" in ASCII).
-pub const ROLLUP_LOCK: i64 = 0x726f_6c6c_7570;
 
 /// Events one batch applies unless told otherwise: `serve`, `project` and `report trend`.
 pub const DEFAULT_BATCH_EVENTS: i64 = 10_000;
@@ -66,7 +69,15 @@ pub struct Batch {
 /// is at most the horizon and cuts after about `batch_events` events.
 pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Batch, sqlx::Error> {
     let mut tx = conn.begin().await?;
-    // 1. Lock the checkpoint: a replay or a second runner waits here.
+    // 1. Lock the checkpoint: a replay or a second runner waits here. Renew the lease if this
+    //    session holds it (its row lock also keeps a takeover out until this batch ends).
+    sqlx::query(
+        "UPDATE projector_lease SET renewed_at = now()
+          WHERE projection = $1 AND holder_pid = pg_backend_pid()",
+    )
+    .bind(ROLLUP)
+    .execute(&mut *tx)
+    .await?;
     let from: i64 = sqlx::query_scalar(
         "SELECT position::text::bigint FROM projection_checkpoint
           WHERE projection = $1 FOR UPDATE",
@@ -136,6 +147,13 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     .bind(events)
     .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "UPDATE projector_lease SET failed_at = NULL, failure = NULL
+          WHERE projection = $1 AND failure IS NOT NULL",
+    )
+    .bind(ROLLUP)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Batch {
         events,
@@ -145,11 +163,19 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     })
 }
 
-/// Runs batches until the checkpoint reaches the horizon; returns the events applied.
+/// Runs batches until the checkpoint reaches the horizon; returns the events applied. A
+/// batch that fails is recorded on the lease (see [`record_failure`]) before the error is
+/// returned.
 pub async fn catch_up(conn: &mut PgConnection, batch_events: i64) -> Result<i64, sqlx::Error> {
     let mut applied = 0;
     loop {
-        let batch = run_batch(conn, batch_events).await?;
+        let batch = match run_batch(conn, batch_events).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                record_failure(conn, &error).await;
+                return Err(error);
+            }
+        };
         applied += batch.events;
         if batch.caught_up {
             return Ok(applied);
@@ -166,14 +192,66 @@ pub enum Freshness {
     Behind(Lag),
 }
 
-/// Brings the rollup up to date once, if no other instance leads the projector: take the
-/// lead, catch up, give the lead back. Used by `retrylog project` and before a trend is read.
+/// Whether a failed batch is a lost session (the server went away, the backend was
+/// terminated) rather than something the projector will meet again on its next try.
+pub fn is_lost_connection(error: &sqlx::Error) -> bool {
+    match crate::sqlstate::of(error) {
+        Some(code) => {
+            code.starts_with(crate::sqlstate::CLASS_CONNECTION_EXCEPTION)
+                || code.starts_with(crate::sqlstate::CLASS_OPERATOR_INTERVENTION)
+        }
+        None => matches!(
+            error,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
+        ),
+    }
+}
+
+/// Records why a batch failed on the lease row, for `status` and `verify`; best effort, on
+/// the same session (its transaction has rolled back). Nothing to record for a lost
+/// connection, which says nothing about the projection.
+pub async fn record_failure(conn: &mut PgConnection, error: &sqlx::Error) {
+    if is_lost_connection(error) {
+        return;
+    }
+    let cause = error
+        .as_database_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| error.to_string());
+    let recorded = sqlx::query(
+        "UPDATE projector_lease SET failed_at = now(), failure = left($2, 2000)
+          WHERE projection = $1",
+    )
+    .bind(ROLLUP)
+    .bind(&cause)
+    .execute(conn)
+    .await;
+    if let Err(error) = recorded {
+        tracing::debug!(%error, "could not record the projector's failure");
+    }
+}
+
+/// Whether this session's role may run the projector (UPDATE on its lease and checkpoint):
+/// the owner and the operator capability. A reader's `report trend` reads the rollup as it
+/// stands instead.
+pub async fn may_run(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT has_table_privilege('projector_lease', 'UPDATE')
+            AND has_table_privilege('projection_checkpoint', 'UPDATE')",
+    )
+    .fetch_one(conn)
+    .await
+}
+
+/// Brings the rollup up to date once, if this role may run the projector and no other
+/// instance leads it: take the lead, catch up, give the lead back. Used by `retrylog project`
+/// and before a trend is read.
 ///
-/// Runs on a connection of its own, detached from the pool: the lead is a session advisory
-/// lock, and closing the session releases it even if the catch-up fails half-way.
+/// Runs on a connection of its own, detached from the pool: the lease names this session,
+/// and a session that ends frees it even if the catch-up fails half-way.
 pub async fn catch_up_once(pool: &PgPool, batch_events: i64) -> Result<Freshness, sqlx::Error> {
     let mut conn = pool.acquire().await?.detach();
-    let freshness = if try_lead(&mut conn).await? {
+    let freshness = if may_run(&mut conn).await? && try_lead(&mut conn).await? {
         let applied = catch_up(&mut conn, batch_events).await;
         let resigned = resign(&mut conn).await;
         let applied = applied?;
@@ -186,21 +264,49 @@ pub async fn catch_up_once(pool: &PgPool, batch_events: i64) -> Result<Freshness
     Ok(freshness)
 }
 
-/// Tries to become the runner on this connection's session; false when another holds it.
+/// Tries to become (or stay) the runner on this connection's session; false when another
+/// live session holds a lease it renewed within its ttl. A role without UPDATE on the lease
+/// gets permission denied.
+///
+/// The lease is free when nobody holds it, when its holder's backend is gone (a pid no
+/// longer in pg_stat_activity, or one that a new backend reuses: the start times differ
+/// where this role may see them), or when the holder stopped renewing it for `ttl`.
 pub async fn try_lead(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(ROLLUP_LOCK)
-        .fetch_one(conn)
-        .await
+    let taken: Option<bool> = sqlx::query_scalar(
+        "UPDATE projector_lease l
+            SET holder_pid = pg_backend_pid(), holder_role = session_user,
+                holder_name = current_setting('application_name'),
+                taken_at = CASE WHEN l.holder_pid = pg_backend_pid() THEN l.taken_at
+                                ELSE now() END,
+                renewed_at = now()
+          WHERE l.projection = $1
+            AND (l.holder_pid IS NULL
+                 OR l.holder_pid = pg_backend_pid()
+                 OR l.renewed_at < now() - l.ttl
+                 OR NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                                 WHERE a.pid = l.holder_pid
+                                   AND (a.backend_start IS NULL
+                                        OR a.backend_start <= l.taken_at)))
+         RETURNING true",
+    )
+    .bind(ROLLUP)
+    .fetch_optional(conn)
+    .await?;
+    Ok(taken.unwrap_or(false))
 }
 
-/// Gives the runner's lock back (it also goes when the session ends).
+/// Gives the lease back (a lease whose session ended is free too).
 pub async fn resign(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(ROLLUP_LOCK)
-        .execute(conn)
-        .await
-        .map(|_| ())
+    sqlx::query(
+        "UPDATE projector_lease
+            SET holder_pid = NULL, holder_role = NULL, holder_name = NULL, taken_at = NULL,
+                renewed_at = NULL
+          WHERE projection = $1 AND holder_pid = pg_backend_pid()",
+    )
+    .bind(ROLLUP)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// How far the rollup is behind the log.
@@ -218,10 +324,20 @@ pub struct Lag {
     pub seconds_behind: f64,
     /// When the checkpoint last moved.
     pub updated_at: chrono::DateTime<chrono::Utc>,
-    /// The backend pid of the instance holding the runner's lock, if one runs.
+    /// The backend pid of the instance holding the runner's lease, if one runs.
     pub runner_pid: Option<i32>,
     /// That session's application_name.
     pub runner: Option<String>,
+    /// The database role holding the lease.
+    pub runner_role: Option<String>,
+    /// True when a lease is held but was not renewed for its ttl: the runner is stuck or
+    /// gone, and another instance may take over.
+    pub stalled: bool,
+    /// Why the last batch failed, while no batch has succeeded since: the projection cannot
+    /// advance (see `verify`).
+    pub failure: Option<String>,
+    /// The first event the projection stops at (its seq), when it has failed.
+    pub failed_at_seq: Option<i64>,
 }
 
 /// Measures the rollup's lag and who runs it.
@@ -241,17 +357,33 @@ pub async fn lag(conn: &mut PgConnection) -> Result<Lag, sqlx::Error> {
     .bind(position)
     .fetch_one(&mut *conn)
     .await?;
-    // An advisory lock on a bigint key shows its high and low halves as classid and objid.
-    let runner: Option<(i32, Option<String>)> = sqlx::query_as(
-        "SELECT l.pid, a.application_name
-           FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
-          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-            AND l.classid::bigint = ($1 >> 32) AND l.objid::bigint = ($1 & 4294967295)",
+    // The lease, as the holder last wrote it.
+    type LeaseRow = (
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        bool,
+        Option<String>,
+    );
+    let (runner_pid, runner, runner_role, stalled, failure): LeaseRow = sqlx::query_as(
+        "SELECT holder_pid, holder_name, holder_role,
+                holder_pid IS NOT NULL AND renewed_at < now() - ttl, failure
+           FROM projector_lease WHERE projection = $1",
     )
-    .bind(ROLLUP_LOCK)
-    .fetch_optional(&mut *conn)
+    .bind(ROLLUP)
+    .fetch_one(&mut *conn)
     .await?;
+    let failed_at_seq: Option<i64> = match failure {
+        None => None,
+        Some(_) => {
+            sqlx::query_scalar(
+                "SELECT min(seq) FROM retry_history WHERE txid >= $1::bigint::text::xid8",
+            )
+            .bind(position)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+    };
     Ok(Lag {
         projection: ROLLUP,
         position,
@@ -259,8 +391,12 @@ pub async fn lag(conn: &mut PgConnection) -> Result<Lag, sqlx::Error> {
         events_behind,
         seconds_behind: seconds_behind.unwrap_or(0.0).max(0.0),
         updated_at,
-        runner_pid: runner.as_ref().map(|(pid, _)| *pid),
-        runner: runner.and_then(|(_, name)| name),
+        runner_pid,
+        runner,
+        runner_role,
+        stalled,
+        failure,
+        failed_at_seq,
     })
 }
 
@@ -272,8 +408,21 @@ pub async fn run(pool: PgPool, settings: ProjectorSettings, mut shutdown: watch:
     while !*shutdown.borrow() {
         match lead_while_possible(&pool, &settings, &mut shutdown).await {
             Ok(()) => backoff = Duration::from_millis(250),
-            Err(error) => {
+            Err(error) if is_lost_connection(&error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "projector lost its connection");
+                if shutdown::sleep(backoff, &mut shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(settings.max_backoff);
+            }
+            // The real cause (recorded on the lease too): a batch the database refuses will
+            // be refused again, so the back-off grows the same way, and status says why.
+            Err(error) => {
+                let cause = error
+                    .as_database_error()
+                    .map(|db| db.message().to_string())
+                    .unwrap_or_else(|| error.to_string());
+                tracing::error!(%cause, retry_in = ?backoff, "projector batch failed");
                 if shutdown::sleep(backoff, &mut shutdown).await {
                     return;
                 }
@@ -289,8 +438,8 @@ async fn lead_while_possible(
     settings: &ProjectorSettings,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), sqlx::Error> {
-    // A dedicated connection, detached from the pool: the advisory lock lives as long as
-    // this session, and must not be handed to anyone else.
+    // A dedicated connection, detached from the pool: the lease names this session's
+    // backend, and must not be handed to anyone else.
     let Some(conn) = shutdown::unless_requested(pool.acquire(), shutdown).await else {
         return Ok(());
     };
@@ -298,6 +447,14 @@ async fn lead_while_possible(
     sqlx::query("SET application_name = 'retrylog projector'")
         .execute(&mut conn)
         .await?;
+    if !may_run(&mut conn).await? {
+        tracing::error!(
+            "this role may not run the projector (it needs the operator capability or to own \
+             the schema); the trend rollup is not kept"
+        );
+        shutdown::requested(shutdown).await;
+        return Ok(());
+    }
     while !try_lead(&mut conn).await? {
         tracing::debug!("another instance runs the projector; standing by");
         if shutdown::sleep(settings.standby_poll, shutdown).await {
@@ -307,7 +464,13 @@ async fn lead_while_possible(
     tracing::info!("leading the retry_rollup projector");
     let mut last_report = tokio::time::Instant::now();
     loop {
-        let batch = run_batch(&mut conn, settings.batch_events).await?;
+        let batch = match run_batch(&mut conn, settings.batch_events).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                record_failure(&mut conn, &error).await;
+                return Err(error);
+            }
+        };
         if batch.events > 0 || last_report.elapsed() >= Duration::from_secs(60) {
             let lag = lag(&mut conn).await?;
             tracing::info!(
@@ -325,6 +488,12 @@ async fn lead_while_possible(
         }
         if batch.caught_up && shutdown::sleep(settings.poll, shutdown).await {
             resign(&mut conn).await?;
+            return Ok(());
+        }
+        // Renews the lease; false when another instance took it over meanwhile (this one
+        // stalled past the ttl): stand by again.
+        if !try_lead(&mut conn).await? {
+            tracing::warn!("another instance took the projector's lease over; standing by");
             return Ok(());
         }
     }

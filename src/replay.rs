@@ -164,6 +164,17 @@ pub enum Mismatch {
     },
     /// A rollup row differs from the log below the projector's checkpoint.
     Rollup(RollupDrift),
+    /// An asynchronous projection cannot advance: its last batch failed and none has
+    /// succeeded since. The projector records the failure (`projector_lease`).
+    ProjectionStuck {
+        projection: &'static str,
+        /// Its checkpoint (a txid): every event below it is applied.
+        checkpoint: i64,
+        /// The first event it has not applied (the one it stops at), by seq.
+        seq: Option<i64>,
+        /// What the database said when the batch failed.
+        failure: String,
+    },
     /// The stream's attempts are not 1..n: events are missing.
     AttemptGap {
         target: Target,
@@ -182,7 +193,7 @@ impl Mismatch {
             Mismatch::BrokenLink { target, .. } | Mismatch::AttemptGap { target, .. } => {
                 Some(*target)
             }
-            Mismatch::Rollup(_) => None,
+            Mismatch::Rollup(_) | Mismatch::ProjectionStuck { .. } => None,
         }
     }
 }
@@ -192,6 +203,17 @@ impl std::fmt::Display for Mismatch {
         match self {
             Mismatch::Count(drift) => write!(f, "{drift}"),
             Mismatch::Rollup(drift) => write!(f, "{drift}"),
+            Mismatch::ProjectionStuck {
+                projection,
+                checkpoint,
+                seq,
+                failure,
+            } => write!(
+                f,
+                "{projection} cannot advance: checkpoint txid {checkpoint}, stops at event seq \
+                 {}: {failure}",
+                seq.map_or("?".to_string(), |seq| seq.to_string())
+            ),
             Mismatch::BrokenLink {
                 target,
                 seq,
@@ -256,7 +278,8 @@ pub async fn verify(
         // Index order of the stream key, so each stream arrives whole and in attempt order.
         let mut rows = sqlx::query(
             "SELECT seq, event_id, job_id, job_variants_id, reason, step, from_status,
-                    to_status, attempt, actor, occurred_at, detail::text AS detail_text, hash
+                    to_status, attempt, actor, db_role, occurred_at, detail::text AS detail_text,
+                    hash
                FROM retry_history
               ORDER BY job_id, job_variants_id, attempt",
         )
@@ -294,6 +317,7 @@ pub async fn verify(
                 actor: row.try_get("actor")?,
                 occurred_at: row.try_get("occurred_at")?,
                 detail_text: row.try_get("detail_text")?,
+                db_role: row.try_get("db_role")?,
             };
             // Each link is checked against the *stored* previous hash, so one changed event
             // is reported once instead of breaking every link after it.
@@ -331,6 +355,15 @@ pub async fn verify(
             .into_iter()
             .map(Mismatch::Rollup),
     );
+    let lag = crate::projector::lag(&mut tx).await?;
+    if let Some(failure) = lag.failure {
+        mismatches.push(Mismatch::ProjectionStuck {
+            projection: lag.projection,
+            checkpoint: lag.position,
+            seq: lag.failed_at_seq,
+            failure,
+        });
+    }
     tx.rollback().await?;
     Ok(VerifyReport {
         events,

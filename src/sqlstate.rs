@@ -14,6 +14,8 @@ pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 /// untranslatable_character: a NUL (`\u0000`) in jsonb.
 pub const UNTRANSLATABLE_CHARACTER: &str = "22P05";
+/// insufficient_privilege: a role without the capability (`force` by a writer, a GRANT).
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// unique_violation.
 pub const UNIQUE_VIOLATION: &str = "23505";
 /// serialization_failure: the caller's isolation level saw a concurrent update.

@@ -19,7 +19,7 @@ use crate::sqlstate;
 
 /// The columns of `retry_history` that [`RetryEvent`] reads (everything but `txid`).
 pub const EVENT_COLUMNS: &str = "seq, event_id, job_id, job_variants_id, reason, step, \
-     from_status, to_status, attempt, actor, detail, occurred_at, recorded_at, hash";
+     from_status, to_status, attempt, actor, db_role, detail, occurred_at, recorded_at, hash";
 
 /// Why an append was refused. Every variant but `Database` is the caller's mistake or a
 /// condition the caller can act on; none of them has written anything.
@@ -44,6 +44,9 @@ pub enum AppendError {
     /// isolation level detected a concurrent update); retry with a fresh read.
     #[error("{0}")]
     Conflict(String),
+    /// The session's role lacks the capability (`force` without the operator capability).
+    #[error("{0}")]
+    NotPermitted(String),
     /// Anything else: the database failed, not the input.
     #[error("database error while appending a retry")]
     Database(#[source] sqlx::Error),
@@ -81,6 +84,7 @@ impl From<sqlx::Error> for AppendError {
                 AppendError::LimitReached(format!("{message}{hint}"))
             }
             Some(sqlstate::EVENT_ID_REUSED) => AppendError::EventIdReused(message),
+            Some(sqlstate::INSUFFICIENT_PRIVILEGE) => AppendError::NotPermitted(message),
             Some(sqlstate::ATTEMPT_CONFLICT) => AppendError::Conflict(message),
             // The unique (stream, attempt) index is the backstop of the target lock.
             Some(sqlstate::UNIQUE_VIOLATION)

@@ -5,6 +5,8 @@ use std::error::Error;
 
 use crate::connect::ConnectError;
 use crate::error::CallerMistake;
+use crate::grant::GrantError;
+use crate::migrate::SchemaError;
 use crate::report::ReportError;
 use crate::store::{AppendError, ReadError};
 use crate::window::WindowError;
@@ -50,4 +52,6 @@ fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn Cal
         .or_else(|| cause.downcast_ref::<ReportError>().map(as_dyn))
         // A time flag `history` could not use (`report` wraps it in ReportError).
         .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<SchemaError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<GrantError>().map(as_dyn))
 }

@@ -1,8 +1,10 @@
-//! The commands of the `retrylog` binary, one file each. `run` connects, migrates and
-//! dispatches; errors come back as `anyhow` and [`exit::code`] turns them into exit codes.
+//! The commands of the `retrylog` binary, one file each. `run` connects, makes sure the
+//! schema is current (see [`Schema`]) and dispatches; errors come back as `anyhow` and
+//! [`exit::code`] turns them into exit codes.
 
 pub mod demo;
 pub mod exit;
+mod grant;
 mod history;
 mod project;
 mod record;
@@ -20,7 +22,31 @@ use crate::cli::{Cli, Command};
 use crate::connect::{self, ConnectSettings, Connected};
 use crate::migrate;
 
-/// Connects (saying on stderr which database), migrates, and runs the command.
+/// What a command does about the schema before it runs.
+enum Schema {
+    /// `migrate`: always applies the migrations and reinstalls the functions.
+    Migrate,
+    /// The owner's commands (`serve`, `grant`, `demo`): migrate only when behind.
+    MigrateIfBehind,
+    /// `status`: shows where the schema stands, current or not.
+    Report,
+    /// Everything else, run by any capability: refuse (exit 2, naming `retrylog migrate`)
+    /// unless the schema is current. Reads nothing but the version; writes nothing. (On the
+    /// private cluster retrylog started itself, these migrate when behind too.)
+    RequireCurrent,
+}
+
+fn schema_rule(command: &Command) -> Schema {
+    match command {
+        Command::Migrate => Schema::Migrate,
+        Command::Serve(_) | Command::Grant(_) | Command::Demo(_) => Schema::MigrateIfBehind,
+        Command::Status(_) => Schema::Report,
+        _ => Schema::RequireCurrent,
+    }
+}
+
+/// Connects (saying on stderr which database), checks or migrates the schema, and runs the
+/// command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
@@ -29,9 +55,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let connected = connect::connect(&settings).await?;
     eprintln!("retrylog: using {}", connected.description);
-    migrate::run(&connected.pool)
-        .await
-        .context("applying the migrations")?;
+    let rule = match schema_rule(&cli.command) {
+        Schema::RequireCurrent | Schema::Report if connected.private_cluster => {
+            Schema::MigrateIfBehind
+        }
+        rule => rule,
+    };
+    match rule {
+        Schema::Migrate => migrate::run(&connected.pool)
+            .await
+            .context("applying the migrations")?,
+        Schema::MigrateIfBehind => {
+            if migrate::ensure_current(&connected.pool).await.is_err() {
+                migrate::run(&connected.pool)
+                    .await
+                    .context("applying the migrations")?;
+            }
+        }
+        Schema::Report => {}
+        Schema::RequireCurrent => {
+            migrate::ensure_current(&connected.pool).await?;
+        }
+    }
     let Connected { pool, .. } = &connected;
     match cli.command {
         Command::Migrate => {
@@ -47,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
+        Command::Grant(args) => grant::run(pool, args).await,
     }
 }
 

@@ -156,11 +156,19 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
         by: args.by,
         since: TimeSpec::parse("--since", &args.since)?.resolve(moment.time()),
     };
-    // 1. Today's trend reads the rollup, which lags the log: catch it up first if no other
-    //    instance is doing so, otherwise say how stale it is. The past is read from the log.
+    // 1. Today's trend reads the rollup, which lags the log: catch it up first if this role
+    //    may and no other instance is doing so, otherwise say how stale it is. The past is
+    //    read from the log. A window the report refuses is refused before anything is written.
+    report::check_window(&query, moment)?;
     if moment.as_of().is_none() {
         if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
-            if lag.events_behind > 0 {
+            if lag.events_behind > 0 && lag.runner_pid.is_none() {
+                eprintln!(
+                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log and no \
+                     projector runs (this role may not run it), so this shows it as it stands",
+                    lag.events_behind, lag.seconds_behind,
+                );
+            } else if lag.events_behind > 0 {
                 eprintln!(
                     "retrylog: the trend rollup is {} event(s), {:.1} s behind the log; another \
                      instance (backend pid {}) is applying them, so this shows it as it stands",

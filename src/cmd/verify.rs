@@ -35,6 +35,7 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::BrokenLink { .. } => "broken_link",
             Mismatch::AttemptGap { .. } => "attempt_gap",
             Mismatch::Rollup(_) => "rollup",
+            Mismatch::ProjectionStuck { .. } => "projection_stuck",
         };
         rows.push(vec![
             target.map_or(Value::from("retry_rollup"), |t| Value::from(t.to_string())),

@@ -65,6 +65,10 @@ pub struct Connected {
     /// The connect options used (so callers can derive options for other databases,
     /// e.g. the bench database, with `options.clone().database("...")`).
     pub options: PgConnectOptions,
+    /// True on the private cluster retrylog started itself: nobody else's rights are at
+    /// stake there, so every command may migrate it (the README's first command needs no
+    /// `migrate`).
+    pub private_cluster: bool,
 }
 
 // Hand-written because `PgConnectOptions`'s derived Debug prints the password.
@@ -267,6 +271,7 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         pool,
         description,
         options,
+        private_cluster: matches!(rule, Rule::PrivateCluster { .. }),
     })
 }
 

@@ -30,8 +30,8 @@ pub use audit::{
     alerts, stats, top_jobs, top_variants, Alert, AlertWhy, KindStats, TopJob, TopVariant,
 };
 pub use trend::{
-    bring_rollup_up_to_date, trend, Bucket, GroupBy, Trend, TrendQuery, TrendRow, TrendSource,
-    MAX_BUCKETS, NO_RETRIES, NO_VALUE,
+    bring_rollup_up_to_date, check_window, trend, Bucket, GroupBy, Trend, TrendQuery, TrendRow,
+    TrendSource, MAX_BUCKETS, NO_RETRIES, NO_VALUE,
 };
 
 /// Why a report could not answer.

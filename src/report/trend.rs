@@ -105,8 +105,9 @@ impl GroupBy {
         match self {
             GroupBy::Kind => "CASE WHEN job_variants_id IS NULL THEN 'job' ELSE 'variant' END",
             GroupBy::Reason => "reason::text",
-            GroupBy::Step => "coalesce(step, '')",
-            GroupBy::Scenario => "coalesce(detail ->> 'scenario', '')",
+            // Bounded like the rollup's key (projections/retry_rollup.sql).
+            GroupBy::Step => "left(coalesce(step, ''), 200)",
+            GroupBy::Scenario => "left(coalesce(detail ->> 'scenario', ''), 200)",
         }
     }
 }
@@ -203,16 +204,8 @@ pub async fn trend(
     query: TrendQuery,
     moment: Moment,
 ) -> Result<Trend, ReportError> {
+    check_window(&query, moment)?;
     let from = query.bucket.start_of(query.since);
-    let width = query.bucket.next(from) - from;
-    let buckets = (moment.time() - from).num_seconds() / width.num_seconds().max(1) + 1;
-    if buckets > MAX_BUCKETS {
-        return Err(ReportError::TooManyBuckets {
-            from,
-            buckets,
-            bucket: query.bucket,
-        });
-    }
     let unit = query.bucket.as_ref();
     let (retried, created, source): (Vec<RetriedCounts>, Vec<CreatedCounts>, _) = match moment {
         Moment::Now(_) => {
@@ -370,6 +363,22 @@ fn assemble_trend(
         source,
         rows,
     }
+}
+
+/// Refuses a window of more than `MAX_BUCKETS` buckets. Pure: a caller checks it before it
+/// writes anything on the trend's behalf (the rollup's catch-up).
+pub fn check_window(query: &TrendQuery, moment: Moment) -> Result<(), ReportError> {
+    let from = query.bucket.start_of(query.since);
+    let width = query.bucket.next(from) - from;
+    let buckets = (moment.time() - from).num_seconds() / width.num_seconds().max(1) + 1;
+    if buckets > MAX_BUCKETS {
+        return Err(ReportError::TooManyBuckets {
+            from,
+            buckets,
+            bucket: query.bucket,
+        });
+    }
+    Ok(())
 }
 
 /// Brings the rollup up to date before a trend reads it: applies what the log holds beyond the

@@ -79,6 +79,7 @@ fn canonical<'a>(event: &'a RetryEvent, detail_text: &'a str) -> CanonicalEvent<
         actor: &event.actor,
         occurred_at: event.occurred_at,
         detail_text,
+        db_role: event.db_role.as_deref(),
     }
 }
 

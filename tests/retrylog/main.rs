@@ -32,16 +32,26 @@
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
+//! - `crash`: PostgreSQL killed (`pg_ctl -m immediate`) under 8 writers and `serve` on a
+//!   private cluster: no acknowledged retry lost, serve recovers by itself, verify clean.
+//! - `hostile`: generated hostile input (text, JSON, times) through the SQL door, the Rust
+//!   door and the CLI: refused cleanly with nothing written, or every read still works.
+//! - `security`: fresh LOGIN roles with one capability each (writer, operator, reader): what
+//!   each may and may not do, forgery, shadowing, force, replay, read-only use, bounded keys
+//!   and text, a projection that cannot advance.
 
 mod append;
 mod cli;
 mod commands;
 mod concurrency;
+mod crash;
 mod fixtures;
 mod history;
+mod hostile;
 mod integrity;
 mod migrations;
 mod projector;
 mod recovery;
 mod replay;
 mod reports;
+mod security;

@@ -199,25 +199,19 @@ async fn two_projectors_at_once_under_live_appends_keep_the_rollup_exact(pool: P
             }
         }));
     }
-    // Both run: two projector sessions in this database, one holding the runner's lock and
-    // the other standing by, its last statement a refused try for that lock.
+    // Both run: two projector sessions in this database, one holding the runner's lease and
+    // the other standing by, its last statement a refused try for that lease.
     let until = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let (sessions, leading, standing_by): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*),
-                    count(*) FILTER (WHERE EXISTS (
-                        SELECT 1 FROM pg_locks l
-                         WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted
-                           AND ((l.classid::bigint << 32) | l.objid::bigint) = $1)),
-                    count(*) FILTER (WHERE a.query = 'SELECT pg_try_advisory_lock($1)'
-                                       AND NOT EXISTS (
-                        SELECT 1 FROM pg_locks l
-                         WHERE l.pid = a.pid AND l.locktype = 'advisory'))
-               FROM pg_stat_activity a
+                    count(*) FILTER (WHERE a.pid = l.holder_pid),
+                    count(*) FILTER (WHERE a.pid IS DISTINCT FROM l.holder_pid
+                                       AND a.query LIKE 'UPDATE projector_lease l%')
+               FROM pg_stat_activity a, projector_lease l
               WHERE a.datname = current_database()
                 AND a.application_name = 'retrylog projector'",
         )
-        .bind(projector::ROLLUP_LOCK)
         .fetch_one(&pool)
         .await
         .unwrap();

@@ -1,0 +1,62 @@
+-- Who may run what (docs/security.md). retrylog installs this file last on every migrate,
+-- after sql/ and projections/, because CREATE OR REPLACE FUNCTION resets a function's SET
+-- clauses and a new function starts with EXECUTE granted to PUBLIC.
+--
+-- 1. Pinned search_path on every function a non-owner can reach, directly or as a trigger:
+--    pg_catalog, the schema retrylog is installed in (the one migrate runs in), then pg_temp
+--    — named last, because an unnamed pg_temp is searched first for tables, which would let
+--    a caller's temporary table stand in for one of ours. The small SQL helpers (hash,
+--    canonical bytes, deltas, the text rule) stay unpinned so the planner can still inline
+--    them; they run only inside the pinned functions, or for a reader who can fool nobody
+--    but themselves.
+-- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability:
+--    writer: record_retry; operator: the rebuild and the rollup's apply and reset (the
+--    operator is also a writer and a reader); reader: what verify, status and the reports
+--    call. The owner keeps everything.
+DO $$
+DECLARE
+    pinned constant text[] := ARRAY[
+        'record_retry', 'retry_counts_apply', 'retry_counts_rebuild', 'retry_counts_expected',
+        'retry_counts_drift', 'retry_rollup_apply', 'retry_rollup_reset', 'retry_rollup_drift',
+        'retrylog_horizon', 'retrylog_count_created', 'retrylog_notify_change',
+        'retrylog_refuse_change'];
+    unpinned constant text[] := ARRAY[
+        'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
+        'retry_counts_delta', 'retry_rollup_delta', 'retry_rollup_created_delta',
+        'retrylog_excerpt', 'retrylog_check_text'];
+    grants constant text[][] := ARRAY[
+        ['record_retry', 'retrylog_writer'],
+        ['retry_counts_rebuild', 'retrylog_operator'],
+        ['retry_rollup_apply', 'retrylog_operator'],
+        ['retry_rollup_reset', 'retrylog_operator'],
+        ['retry_counts_delta', 'retrylog_reader'],
+        ['retry_counts_expected', 'retrylog_reader'],
+        ['retry_counts_drift', 'retrylog_reader'],
+        ['retry_rollup_delta', 'retrylog_reader'],
+        ['retry_rollup_created_delta', 'retrylog_reader'],
+        ['retry_rollup_drift', 'retrylog_reader'],
+        ['retrylog_horizon', 'retrylog_reader']];
+    fn    regprocedure;
+    pair  text[];
+BEGIN
+    FOR fn IN
+        SELECT p.oid FROM pg_proc p
+         WHERE p.pronamespace = current_schema()::regnamespace
+           AND p.proname = ANY (pinned || unpinned)
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        IF (SELECT proname FROM pg_proc WHERE oid = fn) = ANY (pinned) THEN
+            EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, %I, pg_temp',
+                           fn, current_schema());
+        END IF;
+    END LOOP;
+    FOREACH pair SLICE 1 IN ARRAY grants LOOP
+        FOR fn IN
+            SELECT p.oid FROM pg_proc p
+             WHERE p.pronamespace = current_schema()::regnamespace AND p.proname = pair[1]
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, pair[2]);
+        END LOOP;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,21 @@
+//! `retrylog grant`: give a database role one capability, print the GRANT it ran.
+
+use std::process::ExitCode;
+
+use sqlx::PgPool;
+
+use crate::cli::GrantArgs;
+use crate::grant;
+
+pub async fn run(pool: &PgPool, args: GrantArgs) -> anyhow::Result<ExitCode> {
+    let mut conn = pool.acquire().await?;
+    for statement in grant::grant(&mut conn, args.capability, &args.role).await? {
+        println!("{statement};");
+    }
+    eprintln!(
+        "retrylog: {} has the {} capability in this cluster",
+        crate::text::escape(&args.role, 64),
+        args.capability
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,63 @@
+//! Text that reaches an operator's terminal: the Rust side of the one text rule of
+//! `sql/retrylog_text.sql`. Values are validated once, in record_retry; what the binary
+//! prints about a refused value (its own errors, the server's, clap's) goes through
+//! [`escape`] so no control character or bidirectional override reaches the terminal raw.
+
+/// Whether the text rule refuses this character: C0 and C1 controls, DEL, the line and
+/// paragraph separators, and every bidirectional mark, embedding, override and isolate.
+pub fn is_refused(character: char) -> bool {
+    character.is_control()
+        || matches!(
+            character,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// `text` with every refused character written `\u{XXXX}`, cut after `max_chars` characters
+/// with its length said.
+pub fn escape(text: &str, max_chars: usize) -> String {
+    let mut shown = String::new();
+    for character in text.chars().take(max_chars) {
+        if is_refused(character) {
+            shown.push_str(&format!("\\u{{{:04x}}}", character as u32));
+        } else {
+            shown.push(character);
+        }
+    }
+    let length = text.chars().count();
+    if length > max_chars {
+        shown.push_str(&format!("... ({length} characters)"));
+    }
+    shown
+}
+
+/// A line for the terminal: refused characters escaped, bounded to 2,000 characters.
+pub fn for_terminal(line: &str) -> String {
+    escape(line, 2000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_writes_controls_and_bidi_overrides_as_code_points() {
+        assert_eq!(
+            escape("a\u{1b}[31m\nb\u{202e}c", 100),
+            "a\\u{001b}[31m\\u{000a}b\\u{202e}c"
+        );
+    }
+
+    #[test]
+    fn escape_bounds_a_long_value_and_says_its_length() {
+        let long = "x".repeat(100_000);
+        let shown = escape(&long, 40);
+        assert_eq!(shown, format!("{}... (100000 characters)", "x".repeat(40)));
+    }
+}
