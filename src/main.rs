@@ -2,15 +2,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use retrylog::cli::{Cli, Command, LogFormat};
+use retrylog::cli::{Command, LogFormat};
 use retrylog::cmd;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = retrylog::cli::parse();
     // The service logs what it does; one-shot commands only warn. RETRYLOG_LOG overrides.
     let (default_level, log_format) = match &cli.command {
         Command::Serve(args) => ("info", args.log_format),

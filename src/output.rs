@@ -1,7 +1,9 @@
 //! Printing data: the same rows as a human table, JSON (an array of objects keyed by column
-//! name, for scripts) or CSV.
+//! name, for scripts) or CSV. A table printed on a terminal is fitted to its width (long cells
+//! wrapped, then elided) unless `--wide`; anything else (a pipe, a file) gets every value whole.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use serde_json::{Map, Value};
@@ -44,15 +46,36 @@ impl Rows {
         self.rows.push(row);
     }
 
-    /// Writes the rows in `format` to `out`.
+    /// Writes the rows in `format` to `out`, every value whole.
     pub fn write(&self, format: Format, out: &mut impl Write) -> std::io::Result<()> {
+        self.write_fitted(format, None, out)
+    }
+
+    /// Writes the rows; a table is fitted into `width` columns when one is given.
+    fn write_fitted(
+        &self,
+        format: Format,
+        width: Option<u16>,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
         match format {
             Format::Table => {
                 let mut table = comfy_table::Table::new();
                 table.load_preset(UTF8_FULL_CONDENSED);
+                if let Some(width) = width {
+                    table
+                        .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
+                        .set_width(width)
+                        .set_truncation_indicator("…");
+                }
                 table.set_header(self.columns.iter().copied());
                 for row in &self.rows {
-                    table.add_row(row.iter().map(cell_text));
+                    let mut row = comfy_table::Row::from(row.iter().map(cell_text));
+                    if width.is_some() {
+                        // A wrapped JSON detail would make one event a screenful.
+                        row.max_height(MAX_FITTED_ROW_LINES);
+                    }
+                    table.add_row(row);
                 }
                 writeln!(out, "{table}")
             }
@@ -84,10 +107,29 @@ impl Rows {
         }
     }
 
-    /// Prints the rows on stdout.
+    /// Prints the rows on stdout: a table fitted to the terminal (see [`fit_tables`]).
     pub fn print(&self, format: Format) -> std::io::Result<()> {
-        self.write(format, &mut std::io::stdout().lock())
+        let width = TABLE_WIDTH.get().copied().flatten();
+        self.write_fitted(format, width, &mut std::io::stdout().lock())
     }
+}
+
+/// The most lines one row of a fitted table takes; the rest of a cell is elided (`…`).
+const MAX_FITTED_ROW_LINES: usize = 3;
+
+/// The width tables printed on stdout are fitted to; `None`: no limit. Set once per process.
+static TABLE_WIDTH: OnceLock<Option<u16>> = OnceLock::new();
+
+/// Decides, once per process, how wide the tables [`Rows::print`] prints may be: the
+/// terminal's width when stdout is a terminal and `wide` is false, else unlimited (a pipe or
+/// a file gets every value whole).
+pub fn fit_tables(wide: bool) {
+    let width = if wide || !std::io::stdout().is_terminal() {
+        None
+    } else {
+        terminal_size::terminal_size_of(std::io::stdout()).map(|(width, _)| width.0)
+    };
+    let _ = TABLE_WIDTH.set(width.filter(|width| *width > 0));
 }
 
 /// A cell as text: strings bare, null empty, anything else as JSON.

@@ -4,6 +4,9 @@
 pub mod demo;
 pub mod exit;
 mod history;
+pub mod invocation;
+mod local;
+mod manual;
 mod project;
 mod record;
 mod replay;
@@ -22,13 +25,24 @@ use crate::migrate;
 
 /// Connects (saying on stderr which database), migrates, and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::output::fit_tables(cli.wide);
+    // The commands about retrylog itself and its private cluster need no database.
+    let cli = match cli.command {
+        Command::Local(args) => return local::run(cli.data_dir.as_deref(), args).await,
+        Command::Completions(args) => return manual::completions(args),
+        Command::Man(args) => return manual::man(args),
+        _ => cli,
+    };
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
         max_connections: 20,
         data_dir: cli.data_dir.clone(),
     };
     let connected = connect::connect(&settings).await?;
-    eprintln!("retrylog: using {}", connected.description);
+    match &connected.private_cluster {
+        Some(private) => local::announce(&connected.description, private, cli.data_dir.is_some()),
+        None => eprintln!("retrylog: using {}", connected.description),
+    }
     migrate::run(&connected.pool)
         .await
         .context("applying the migrations")?;
@@ -47,6 +61,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
+        Command::Local(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("answered before connecting")
+        }
     }
 }
 

@@ -11,9 +11,11 @@
 //! 2. The libpq conventions (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
 //!    `PGSSLMODE`, ...; the local socket by default). When `PGHOST`/`PGHOSTADDR`/`PGPORT`
 //!    is set, failing to reach that server is an error too.
-//! 3. Nothing configured and nothing answering: a private cluster under the data
-//!    directory, listening on a unix socket only, created and started on first use
-//!    and left running between commands.
+//! 3. Nothing configured and nothing answering — or a server answering at the libpq default
+//!    that refuses the login (the usual laptop: PostgreSQL installed, no role for the user):
+//!    a private cluster under the data directory, listening on a unix socket only, created
+//!    and started on first use and left running between commands (`retrylog local stop`
+//!    stops it). [`Connected::private_cluster`] says why it was chosen.
 //! 4. Whatever server answered: create the database if it is missing, then build the pool.
 //!
 //! Rules 1 and 2 and the description of where the pool points live here; probing a server and
@@ -35,7 +37,8 @@ use sqlx::ConnectOptions;
 
 use cluster::ensure_private_cluster;
 pub use cluster::{
-    default_data_dir, start_private_cluster, stop_private_cluster, PRIVATE_CLUSTER_USER,
+    default_data_dir, private_cluster_status, start_private_cluster, stop_private_cluster,
+    ClusterStatus, PRIVATE_CLUSTER_USER,
 };
 use probe::{ensure_database, failure, probe, Probe};
 
@@ -65,6 +68,19 @@ pub struct Connected {
     /// The connect options used (so callers can derive options for other databases,
     /// e.g. the bench database, with `options.clone().database("...")`).
     pub options: PgConnectOptions,
+    /// Set when rule 3 chose the private cluster: the binary tells the user it keeps running
+    /// and how to stop it, and why the server at the libpq default was not used.
+    pub private_cluster: Option<PrivateClusterUse>,
+}
+
+/// Why and where the private cluster is used (rule 3), for the lines on stderr.
+#[derive(Debug, Clone)]
+pub struct PrivateClusterUse {
+    /// The data directory the cluster lives under (its `pgdata`, socket and log are inside).
+    pub data_dir: PathBuf,
+    /// Set when a server answered at the libpq default but refused the login: one sentence
+    /// saying so and how to use that server instead.
+    pub refused: Option<String>,
 }
 
 // Hand-written because `PgConnectOptions`'s derived Debug prints the password.
@@ -224,36 +240,52 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             let set = libpq_variables_set();
             let options = libpq_options();
             tracing::debug!(server = %location(&options), ?set, "trying the libpq conventions");
-            match probe(&options).await {
+            let refused = match probe(&options).await {
                 Probe::NothingListening(error) if !names_server(&set) => {
                     tracing::info!(
                         server = %location(&options),
                         %error,
                         "no PostgreSQL server answers at the libpq default; using a private cluster"
                     );
-                    let data_dir = match &settings.data_dir {
-                        Some(dir) => dir.clone(),
-                        None => default_data_dir().ok_or(ConnectError::NoDataDir)?,
-                    };
-                    let cluster = ensure_private_cluster(&data_dir).await?;
-                    // The database name still follows PGDATABASE, so a user who picked a
-                    // database name keeps it when the private cluster takes over.
-                    let options = cluster.options.database(&database_name(&options));
-                    ensure_database(&options, probe(&options).await).await?;
-                    let rule = Rule::PrivateCluster {
-                        pgdata: cluster.pgdata,
-                        started_from: cluster.started_from,
-                    };
-                    (options, rule)
+                    None
+                }
+                // Nothing configured and the server turned the login down: as good as no
+                // server for a user who configured nothing; say why and how to use it.
+                Probe::Failed(error) if login_refused(&error) && !names_login(&set) => {
+                    Some(refused_login(&options, &error))
                 }
                 first => {
                     ensure_database(&options, first).await?;
-                    (options, Rule::Libpq(set))
+                    return finish(settings, options, Rule::Libpq(set), None).await;
                 }
-            }
+            };
+            let data_dir = match &settings.data_dir {
+                Some(dir) => dir.clone(),
+                None => default_data_dir().ok_or(ConnectError::NoDataDir)?,
+            };
+            let cluster = ensure_private_cluster(&data_dir).await?;
+            // The database name still follows PGDATABASE, so a user who picked a database
+            // name keeps it when the private cluster takes over.
+            let options = cluster.options.database(&database_name(&options));
+            ensure_database(&options, probe(&options).await).await?;
+            let rule = Rule::PrivateCluster {
+                pgdata: cluster.pgdata,
+                started_from: cluster.started_from,
+            };
+            let private = PrivateClusterUse { data_dir, refused };
+            return finish(settings, options, rule, Some(private)).await;
         }
     };
+    finish(settings, options, rule, None).await
+}
 
+/// Opens the pool on the server the rules chose.
+async fn finish(
+    settings: &ConnectSettings,
+    options: PgConnectOptions,
+    rule: Rule,
+    private_cluster: Option<PrivateClusterUse>,
+) -> Result<Connected, ConnectError> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -262,11 +294,14 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         .map_err(|error| failure(&options, error))?;
 
     let description = describe(&options, &rule);
-    tracing::info!(%description, "connected");
+    // The binary prints the description on stderr itself: debug, so `serve` (which logs at
+    // info) does not say it twice.
+    tracing::debug!(%description, "connected");
     Ok(Connected {
         pool,
         description,
         options,
+        private_cluster,
     })
 }
 
@@ -336,6 +371,34 @@ fn libpq_variables_set() -> Vec<&'static str> {
 fn names_server(set: &[&str]) -> bool {
     set.iter()
         .any(|name| matches!(*name, "PGHOST" | "PGHOSTADDR" | "PGPORT"))
+}
+
+/// Whether the user chose who logs in, or where: then a refused login is theirs to hear about.
+/// (PGDATABASE alone does not count: the private cluster honours it.)
+fn names_login(set: &[&str]) -> bool {
+    names_server(set) || set.contains(&"PGUSER") || non_empty_var("PGPASSWORD").is_some()
+}
+
+/// A server answered and refused the login (SQLSTATE class 28: no such role, a wrong or
+/// missing password, no pg_hba.conf entry).
+fn login_refused(error: &sqlx::Error) -> bool {
+    crate::sqlstate::of(error)
+        .is_some_and(|code| code.starts_with(crate::sqlstate::CLASS_INVALID_AUTHORIZATION))
+}
+
+/// The one line saying the server refused us and how to use it anyway.
+fn refused_login(options: &PgConnectOptions, error: &sqlx::Error) -> String {
+    let why = error
+        .as_database_error()
+        .map_or_else(|| error.to_string(), |db| db.message().to_owned());
+    let location = location(options);
+    tracing::info!(server = %location, %why, "the server refused the login; using a private cluster");
+    format!(
+        "the PostgreSQL server at {location} refused the login as {} ({why}), so a private \
+         cluster is used instead; to use that server, set PGUSER to a role it accepts (e.g. \
+         PGUSER=postgres), or DATABASE_URL",
+        options.get_username(),
+    )
 }
 
 /// The database the options name, or `retrylog` when they name none (or an empty one).
