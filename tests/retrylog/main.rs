@@ -30,6 +30,9 @@
 //!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
+//! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
+//!   with data, one duration grammar, the demo's kept database and hints, help, actor,
+//!   `--version`, completions and man pages.
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 
@@ -41,6 +44,7 @@ mod fixtures;
 mod history;
 mod integrity;
 mod migrations;
+mod operator;
 mod projector;
 mod recovery;
 mod replay;
