@@ -572,3 +572,77 @@ async fn every_command_the_readme_says_prints_data_takes_the_formats_it_says() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_systemd_unit_runs_serve_hardened_with_settings_the_binary_knows() {
+    let unit = include_str!("../../deploy/retrylog.service");
+    let settings: Vec<&str> = unit
+        .lines()
+        .filter(|line| !line.starts_with('#') && line.contains('='))
+        .collect();
+    for wanted in [
+        "ExecStartPre=/usr/local/bin/retrylog migrate",
+        "ExecStart=/usr/local/bin/retrylog serve --log-format json",
+        "EnvironmentFile=/etc/retrylog/retrylog.env",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(settings.contains(&wanted), "the unit lacks {wanted}");
+    }
+
+    // Every variable of the environment file is one `serve` reads (its --help names each).
+    let help = Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args(["serve", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let env_file = include_str!("../../deploy/retrylog.env");
+    let names: Vec<&str> = env_file
+        .lines()
+        .filter_map(|line| line.trim_start_matches('#').split_once('='))
+        .map(|(name, _)| name)
+        .filter(|name| !name.contains(' '))
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        assert!(
+            name == "RETRYLOG_LOG" || help.contains(&format!("[env: {name}]")),
+            "serve does not read {name}"
+        );
+    }
+
+    // Where systemd-analyze exists (CI installs it), the unit verifies without a word, with
+    // ExecStart naming this binary (verify wants the program to exist).
+    let Ok(probe) = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .await
+    else {
+        return;
+    };
+    assert!(probe.status.success());
+    let dir = std::env::temp_dir().join(format!("rl-unit-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("retrylog.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/retrylog", env!("CARGO_BIN_EXE_retrylog")),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    assert_eq!(String::from_utf8_lossy(&verify.stderr), "", "{verify:?}");
+}
