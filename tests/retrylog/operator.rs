@@ -563,7 +563,7 @@ async fn every_command_the_readme_says_prints_data_takes_the_formats_it_says() {
         let help = String::from_utf8(output.stdout).unwrap();
         let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
-            help.contains(&format!("--format <FORMAT> Output format")),
+            help.contains("--format <FORMAT> Output format"),
             "{args:?}: {help}"
         );
         assert!(
