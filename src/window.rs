@@ -27,11 +27,12 @@ pub enum WindowError {
         problem: &'static str,
     },
     /// A duration in a unit the grammar refuses on purpose (`2y`), with its hint (exit code 2).
-    #[error("invalid {flag}: {error}")]
-    Duration {
-        flag: &'static str,
-        error: crate::duration::DurationError,
-    },
+    #[error(
+        "invalid {flag} \"{value}\": expected a duration like 7d, 12h, 30m or a timestamp like \
+         2026-11-01T00:00:00Z; months and years vary in length; write days or weeks, e.g. 90d, \
+         104w"
+    )]
+    CalendarUnit { flag: &'static str, value: String },
     /// Two time flags contradict each other, e.g. --since after --until (exit code 2).
     #[error("{0}")]
     EmptyRange(String),
@@ -80,8 +81,11 @@ impl TimeSpec {
                     problem: "at most 100 years back",
                 })
             }
-            Err(error @ crate::duration::DurationError::CalendarUnit(_)) => {
-                return Err(WindowError::Duration { flag, error })
+            Err(crate::duration::DurationError::CalendarUnit(_)) => {
+                return Err(WindowError::CalendarUnit {
+                    flag,
+                    value: text.to_string(),
+                })
             }
             Err(crate::duration::DurationError::Invalid(_)) => {}
         }

@@ -210,13 +210,15 @@ async fn every_duration_flag_reads_the_same_grammar(pool: PgPool) {
     assert_eq!(none_yet.json(), json!([]), "{none_yet:#?}");
 
     // Years are refused the same way by a reader and by serve, with the same hint.
-    let hint = "invalid duration \"2y\": months and years vary in length; write days or weeks, \
-                e.g. 90d, 104w";
+    let hint = "months and years vary in length; write days or weeks, e.g. 90d, 104w";
     let report = retrylog(&pool, &["report", "trend", "--since", "2y"]).await;
     assert_eq!(report.code, Some(2), "{report:#?}");
     assert_eq!(
         report.problem_lines(),
-        [format!("retrylog: invalid --since: {hint}")]
+        [format!(
+            "retrylog: invalid --since \"2y\": expected a duration like 7d, 12h, 30m or a \
+             timestamp like 2026-11-01T00:00:00Z; {hint}"
+        )]
     );
     let serve = retrylog(&pool, &["serve", "--stuck-after", "2y"]).await;
     assert_eq!(serve.code, Some(2), "{serve:#?}");
