@@ -432,6 +432,24 @@ async fn refused_then_private(base: &Path, data_dir: &Path) -> anyhow::Result<()
     let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     ensure!(status[0]["state"] == "stopped", "local status: {status}");
     ensure!(status[0]["pid"].is_null(), "local status: {status}");
+
+    // `local start` brings it back, with its data.
+    let started = as_nobody(base, &["--data-dir", &dir, "local", "start"]).await?;
+    ensure!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    ensure!(pgdata.join("postmaster.pid").exists(), "not running");
+    let again = as_nobody(base, &["--data-dir", &dir, "status", "--format", "json"]).await?;
+    let again = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        again.starts_with(&format!(
+            "retrylog: using database retrylog on private cluster {} (already running)",
+            pgdata.display()
+        )),
+        "stderr: {again}"
+    );
     Ok(())
 }
 

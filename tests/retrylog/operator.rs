@@ -167,46 +167,14 @@ async fn every_duration_flag_reads_the_same_grammar(pool: PgPool) {
         &["report", "alerts", "--within", "1h30m", "--format", "json"],
         &["report", "top-jobs", "--as-of", "500ms", "--format", "json"],
         &["report", "trend", "--since", "1d12h", "--format", "json"],
-        &[
-            "history",
-            "--variant-id",
-            &variant,
-            "--since",
-            "1h30m",
-            "--format",
-            "json",
-        ],
     ] {
         let run = retrylog(&pool, args).await;
         assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
     }
-    let recent = retrylog(
-        &pool,
-        &[
-            "history",
-            "--variant-id",
-            &variant,
-            "--since",
-            "1h30m",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
+    let history = ["history", "--variant-id", &variant, "--format", "json"];
+    let recent = retrylog(&pool, &[&history[..], &["--since", "1h30m"]].concat()).await;
     assert_eq!(recent.json().as_array().unwrap().len(), 1, "{recent:#?}");
-    let none_yet = retrylog(
-        &pool,
-        &[
-            "history",
-            "--variant-id",
-            &variant,
-            "--as-of",
-            "1h30m",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
+    let none_yet = retrylog(&pool, &[&history[..], &["--as-of", "1h30m"]].concat()).await;
     assert_eq!(none_yet.json(), json!([]), "{none_yet:#?}");
 
     // Years are refused the same way by a reader and by serve, with the same hint.
@@ -225,9 +193,18 @@ async fn every_duration_flag_reads_the_same_grammar(pool: PgPool) {
     assert!(serve.stderr.contains(hint), "{serve:#?}");
 
     // serve starts with 1h30m and 500ms (and stops on SIGTERM).
+    let (serve, log) =
+        serve_started(&pool, &["--stuck-after", "1h30m", "--sweep-every", "500ms"]).await;
+    stop_serve(serve).await;
+    assert!(log.contains("using database"), "{log}");
+}
+
+/// `retrylog serve <args>` on the test's database, once it says it runs the watchdog; with
+/// what it logged until then.
+async fn serve_started(pool: &PgPool, args: &[&str]) -> (tokio::process::Child, String) {
     let serve = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["--database-url", &database_url(&pool).await, "serve"])
-        .args(["--stuck-after", "1h30m", "--sweep-every", "500ms"])
+        .args(["--database-url", &database_url(pool).await, "serve"])
+        .args(args)
         .env_remove("RETRYLOG_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -235,9 +212,7 @@ async fn every_duration_flag_reads_the_same_grammar(pool: PgPool) {
         .kill_on_drop(true)
         .spawn()
         .expect("serve starts");
-    let (serve, log) = wait_for_log_line(serve, "running the recovery watchdog").await;
-    stop_serve(serve).await;
-    assert!(log.contains("using database"), "{log}");
+    wait_for_log_line(serve, "running the recovery watchdog").await
 }
 
 /// Reads serve's stderr until a line containing `wanted` (20 s at most); returns the child
@@ -276,16 +251,7 @@ async fn read_until(
 #[sqlx::test(migrations = false)]
 async fn serve_names_its_database_once(pool: PgPool) {
     pipeline(&pool).await;
-    let serve = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["--database-url", &database_url(&pool).await, "serve"])
-        .env_remove("RETRYLOG_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serve starts");
-    let (serve, log) = wait_for_log_line(serve, "running the recovery watchdog").await;
+    let (serve, log) = serve_started(&pool, &[]).await;
     stop_serve(serve).await;
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&pool)
