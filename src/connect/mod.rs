@@ -19,10 +19,11 @@
 //! 4. Whatever server answered: create the database if it is missing, then build the pool.
 //!
 //! Rules 1 and 2 and the description of where the pool points live here; probing a server and
-//! rule 4 in `probe.rs`; rule 3, the private cluster, in `cluster.rs`, which runs PostgreSQL's
-//! programs through `runner.rs`.
+//! rule 4 in `probe.rs`; when rule 3 takes over in `fallback.rs`, and the private cluster in
+//! `cluster.rs`, which runs PostgreSQL's programs through `runner.rs`.
 
 mod cluster;
+mod fallback;
 mod probe;
 mod runner;
 
@@ -40,6 +41,7 @@ pub use cluster::{
     default_data_dir, private_cluster_status, start_private_cluster, stop_private_cluster,
     ClusterStatus, PRIVATE_CLUSTER_USER,
 };
+use fallback::{login_refused, names_login, names_server, refused_login};
 use probe::{ensure_database, failure, probe, Probe};
 
 /// Database name used when the configuration names none.
@@ -229,12 +231,12 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         .map(str::trim)
         .filter(|url| !url.is_empty());
 
-    let (options, rule) = match explicit_url {
+    let (options, rule, private_cluster) = match explicit_url {
         Some(url) => {
             let options = options_from_url(url)?;
             tracing::debug!(server = %location(&options), "using DATABASE_URL");
             ensure_database(&options, probe(&options).await).await?;
-            (options, Rule::DatabaseUrl)
+            (options, Rule::DatabaseUrl, None)
         }
         None => {
             let set = libpq_variables_set();
@@ -256,7 +258,7 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
                 }
                 first => {
                     ensure_database(&options, first).await?;
-                    return finish(settings, options, Rule::Libpq(set), None).await;
+                    return open_pool(settings, options, Rule::Libpq(set), None).await;
                 }
             };
             let data_dir = match &settings.data_dir {
@@ -272,15 +274,14 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
                 pgdata: cluster.pgdata,
                 started_from: cluster.started_from,
             };
-            let private = PrivateClusterUse { data_dir, refused };
-            return finish(settings, options, rule, Some(private)).await;
+            (options, rule, Some(PrivateClusterUse { data_dir, refused }))
         }
     };
-    finish(settings, options, rule, None).await
+    open_pool(settings, options, rule, private_cluster).await
 }
 
 /// Opens the pool on the server the rules chose.
-async fn finish(
+async fn open_pool(
     settings: &ConnectSettings,
     options: PgConnectOptions,
     rule: Rule,
@@ -364,41 +365,6 @@ fn libpq_variables_set() -> Vec<&'static str> {
         .into_iter()
         .filter(|name| non_empty_var(name).is_some())
         .collect()
-}
-
-/// Whether the user pointed libpq at a particular server: then an unreachable server
-/// is their problem to hear about, not a reason to start our own.
-fn names_server(set: &[&str]) -> bool {
-    set.iter()
-        .any(|name| matches!(*name, "PGHOST" | "PGHOSTADDR" | "PGPORT"))
-}
-
-/// Whether the user chose who logs in, or where: then a refused login is theirs to hear about.
-/// (PGDATABASE alone does not count: the private cluster honours it.)
-fn names_login(set: &[&str]) -> bool {
-    names_server(set) || set.contains(&"PGUSER") || non_empty_var("PGPASSWORD").is_some()
-}
-
-/// A server answered and refused the login (SQLSTATE class 28: no such role, a wrong or
-/// missing password, no pg_hba.conf entry).
-fn login_refused(error: &sqlx::Error) -> bool {
-    crate::sqlstate::of(error)
-        .is_some_and(|code| code.starts_with(crate::sqlstate::CLASS_INVALID_AUTHORIZATION))
-}
-
-/// The one line saying the server refused us and how to use it anyway.
-fn refused_login(options: &PgConnectOptions, error: &sqlx::Error) -> String {
-    let why = error
-        .as_database_error()
-        .map_or_else(|| error.to_string(), |db| db.message().to_owned());
-    let location = location(options);
-    tracing::info!(server = %location, %why, "the server refused the login; using a private cluster");
-    format!(
-        "the PostgreSQL server at {location} refused the login as {} ({why}), so a private \
-         cluster is used instead; to use that server, set PGUSER to a role it accepts (e.g. \
-         PGUSER=postgres), or DATABASE_URL",
-        options.get_username(),
-    )
 }
 
 /// The database the options name, or `retrylog` when they name none (or an empty one).
@@ -561,14 +527,5 @@ mod tests {
             describe(&options, &rule),
             "database retrylog on private cluster /root/.local/share/retrylog/pgdata (started from /usr/lib/postgresql/15/bin)"
         );
-    }
-
-    #[test]
-    fn only_host_or_port_name_a_server() {
-        assert!(!names_server(&[]));
-        assert!(!names_server(&["PGUSER", "PGDATABASE"]));
-        assert!(names_server(&["PGPORT"]));
-        assert!(names_server(&["PGHOST", "PGUSER"]));
-        assert!(names_server(&["PGHOSTADDR"]));
     }
 }
