@@ -39,8 +39,13 @@ pub struct Cli {
 
     /// Where the private cluster lives when no server is reachable
     /// [default: /var/lib/retrylog for root, else $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
-    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true)]
+    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true, hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
+
+    /// Print tables at their full width even on a terminal (by default a table on a terminal
+    /// is fitted to its width, long cells wrapped and elided; pipes always get full values).
+    #[arg(long, global = true)]
+    pub wide: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -85,6 +90,70 @@ pub enum Command {
     /// record_retry), operator (writer + force, replay, the projector) or reader (every read
     /// command). Idempotent; prints the GRANT it ran. Run as the schema owner.
     Grant(GrantArgs),
+    /// The private PostgreSQL cluster retrylog starts when nothing is configured: where it is,
+    /// whether it runs; start or stop it.
+    Local(LocalArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) on stdout, or write one page per command into a directory.
+    Man(ManArgs),
+}
+
+/// `retrylog local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    pub action: LocalAction,
+}
+
+/// What `retrylog local` does with the private cluster under --data-dir.
+#[derive(Debug, Subcommand)]
+pub enum LocalAction {
+    /// Whether it runs, its pid, data directory, socket, port, log, and a URL to reach it.
+    Status(FormatArg),
+    /// Initialise it if needed and start it (commands do this themselves when they need it).
+    Start,
+    /// Stop it (fast shutdown: open sessions are ended); its data stays for the next start.
+    Stop,
+}
+
+/// `retrylog completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `retrylog man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write retrylog.1 and one retrylog-COMMAND.1 page per command into this directory
+    /// instead of printing retrylog.1.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// The command line with `--version` saying the schema version this binary expects
+/// (`retrylog 0.1.0 (schema version 5)`): the last migration it carries.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let schema = crate::migrate::MIGRATOR
+        .iter()
+        .map(|migration| migration.version)
+        .max()
+        .unwrap_or(0);
+    let version = format!("{} (schema version {schema})", env!("CARGO_PKG_VERSION"));
+    // clap keeps &'static str; this runs once per process.
+    Cli::command().version(&*Box::leak(version.into_boxed_str()))
+}
+
+/// Parses the process's arguments against [`command`], as `Cli::try_parse` does; `--help`
+/// and `--version` come back as errors that print to stdout.
+pub fn try_parse() -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let matches = command().try_get_matches()?;
+    Cli::from_arg_matches(&matches)
 }
 
 /// `--format`, for every command that prints data.
@@ -114,7 +183,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub step: Option<String>,
 
-    /// Who retried [default: cli:$USER].
+    /// Who retried [default: cli:$USER, else cli:<the OS user name>].
     #[arg(long)]
     pub actor: Option<String>,
 
@@ -167,7 +236,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub actor: Option<String>,
 
-    /// Only events that occurred at or after this time: a duration back (7d, 12h, 30m, 2w) or
+    /// Only events that occurred at or after this time: a duration back (90s, 1h30m, 7d, 2w) or
     /// a timestamp (2026-11-01, 2026-11-01T12:00:00Z; UTC unless it has an offset).
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
@@ -230,7 +299,7 @@ pub struct ServeArgs {
     pub no_watchdog: bool,
 
     /// Roughly how many events one projector transaction applies.
-    #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", default_value_t = crate::projector::DEFAULT_BATCH_EVENTS,
+    #[arg(long, env = "RETRYLOG_PROJECTOR_BATCH", hide_env_values = true, default_value_t = crate::projector::DEFAULT_BATCH_EVENTS,
           value_parser = clap::value_parser!(i64).range(1..))]
     pub projector_batch: i64,
 
@@ -299,7 +368,7 @@ pub struct TopVariantsArgs {
 /// `retrylog report stats`.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// The window: targets created at or after this time, a duration back (7d, 12h, 30m, 2w)
+    /// The window: targets created at or after this time, a duration back (90s, 1h30m, 7d, 2w)
     /// or a timestamp (2026-11-01, 2026-11-01T12:00:00Z).
     #[arg(long, value_name = "WHEN", default_value = "7d")]
     pub since: String,
@@ -358,6 +427,11 @@ pub struct TrendArgs {
     /// Write to this file instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// JSON and CSV: only the rows with data, like the table (which always leaves out the
+    /// empty ones and says how many); by default they keep the full grid.
+    #[arg(long)]
+    pub non_empty: bool,
 }
 
 /// How `report trend` prints.
@@ -398,6 +472,11 @@ pub struct DemoArgs {
     /// Keep the retrylog_demo database at the end, to explore with the other commands.
     #[arg(long)]
     pub keep: bool,
+
+    /// Drop a retrylog_demo database an earlier `demo --keep` left (ending its sessions);
+    /// without it the demo refuses to start while that database exists.
+    #[arg(long)]
+    pub replace: bool,
 
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t = DemoFormat::Table)]

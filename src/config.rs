@@ -23,34 +23,34 @@ pub const DEFAULT_CHANNEL: &str = "retrylog_pipeline";
 pub struct WatchdogSettings {
     /// The ordered, comma-separated steps the watchdog manages; the last is the final,
     /// job-wide step. Rows at any other step are never touched.
-    #[arg(long, env = "RETRYLOG_STEPS", value_name = "STEP,...", default_value = DEFAULT_STEPS)]
+    #[arg(long, env = "RETRYLOG_STEPS", hide_env_values = true, value_name = "STEP,...", default_value = DEFAULT_STEPS)]
     pub steps: Steps,
 
     /// Automatic retries per target; at this count the target is marked as needing manual
     /// intervention instead. Also the limit every door enforces (written to the database).
-    #[arg(long, env = "RETRYLOG_MAX_RETRIES", value_name = "N", default_value_t = DEFAULT_MAX_RETRIES,
+    #[arg(long, env = "RETRYLOG_MAX_RETRIES", hide_env_values = true, value_name = "N", default_value_t = DEFAULT_MAX_RETRIES,
           value_parser = clap::value_parser!(i32).range(0..))]
     pub max_retries: i32,
 
     /// How long a done variant, or a job whose variants all finished, may sit without an
-    /// update before it counts as stuck (30s, 5m, 1h).
-    #[arg(long, env = "RETRYLOG_STUCK_AFTER", value_name = "DURATION",
+    /// update before it counts as stuck (90s, 5m, 1h30m).
+    #[arg(long, env = "RETRYLOG_STUCK_AFTER", hide_env_values = true, value_name = "DURATION",
           default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
     pub stuck_after: Duration,
 
-    /// How often to sweep every managed job, besides reacting to notifications (30s, 5m, 1h).
-    #[arg(long, env = "RETRYLOG_SWEEP_EVERY", value_name = "DURATION",
+    /// How often to sweep every managed job, besides reacting to notifications (500ms, 30s, 5m).
+    #[arg(long, env = "RETRYLOG_SWEEP_EVERY", hide_env_values = true, value_name = "DURATION",
           default_value = DEFAULT_SWEEP_EVERY, value_parser = parse_duration)]
     pub sweep_every: Duration,
 
     /// This instance's name: the actor of every retry it records [default: host:pid].
-    #[arg(long, env = "RETRYLOG_INSTANCE", value_name = "NAME", default_value_t = default_instance(),
+    #[arg(long, env = "RETRYLOG_INSTANCE", hide_env_values = true, value_name = "NAME", default_value_t = default_instance(),
           hide_default_value = true, value_parser = parse_instance)]
     pub instance: String,
 
     /// The channel the change trigger on jobs/jobs_variants notifies and the watchdog listens
     /// on; set it when the pipeline already uses the default name (written to the database).
-    #[arg(long, env = "RETRYLOG_CHANNEL", value_name = "NAME", default_value = DEFAULT_CHANNEL,
+    #[arg(long, env = "RETRYLOG_CHANNEL", hide_env_values = true, value_name = "NAME", default_value = DEFAULT_CHANNEL,
           value_parser = parse_channel)]
     pub channel: String,
 }
@@ -114,16 +114,15 @@ impl fmt::Display for Steps {
     }
 }
 
-/// Parses `30s`, `5m`, `1h`, `1h30m`, `500ms`: a positive duration.
+/// Parses a positive duration in the one grammar of every flag (`crate::duration`): `500ms`,
+/// `30s`, `5m`, `1h30m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text.trim()) {
+    match crate::duration::parse(text) {
         Ok(duration) if duration.is_zero() => {
             Err(format!("\"{text}\" is zero; give a positive duration"))
         }
         Ok(duration) => Ok(duration),
-        Err(error) => Err(format!(
-            "invalid duration \"{text}\" ({error}); write it as 30s, 5m or 1h"
-        )),
+        Err(error) => Err(error.to_string()),
     }
 }
 

@@ -24,7 +24,8 @@
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
-//! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`).
+//! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`), their
+//!   durations in the one grammar of [`duration`], which the watchdog's settings use too.
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
 //!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
 //!   from the log.
@@ -47,6 +48,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod connect;
+pub mod duration;
 pub mod error;
 pub mod event;
 pub mod grant;

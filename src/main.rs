@@ -2,17 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use retrylog::cli::{Cli, Command, LogFormat};
+use retrylog::cli::{Command, LogFormat};
 use retrylog::cmd;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // clap's own errors quote the bad value: escaped like every other error (a value may
     // hold a terminal escape), with clap's exit code (2 for a usage error).
-    let cli = match Cli::try_parse() {
+    let cli = match retrylog::cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(),
         Err(error) => {

@@ -1,7 +1,11 @@
 //! Printing data: the same rows as a human table, JSON (an array of objects keyed by column
-//! name, for scripts) or CSV.
+//! name, for scripts) or CSV. A table printed on a terminal is fitted to its width unless
+//! `--wide`: the widest columns are cut (`…`), and a table with too many columns for the width
+//! becomes one record per row, like psql's expanded display. Anything else (a pipe, a file)
+//! gets every value whole.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::sync::OnceLock;
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use serde_json::{Map, Value};
@@ -44,17 +48,30 @@ impl Rows {
         self.rows.push(row);
     }
 
-    /// Writes the rows in `format` to `out`.
+    /// Writes the rows in `format` to `out`, every value whole.
     pub fn write(&self, format: Format, out: &mut impl Write) -> std::io::Result<()> {
+        self.write_fitted(format, None, out)
+    }
+
+    /// Writes the rows; a table is fitted into `width` columns when one is given.
+    fn write_fitted(
+        &self,
+        format: Format,
+        width: Option<u16>,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
         match format {
             Format::Table => {
-                let mut table = comfy_table::Table::new();
-                table.load_preset(UTF8_FULL_CONDENSED);
-                table.set_header(self.columns.iter().copied());
-                for row in &self.rows {
-                    table.add_row(row.iter().map(cell_text));
+                let cells: Vec<Vec<String>> = self
+                    .rows
+                    .iter()
+                    .map(|row| row.iter().map(cell_text).collect())
+                    .collect();
+                match width.map(|width| fit(&self.columns, &cells, usize::from(width))) {
+                    None | Some(Fit::Whole) => self.write_table(&cells, None, out),
+                    Some(Fit::Capped(cap)) => self.write_table(&cells, Some(cap), out),
+                    Some(Fit::Records(width)) => self.write_records(&cells, width, out),
                 }
-                writeln!(out, "{table}")
             }
             Format::Json => {
                 let objects: Vec<Value> = self
@@ -84,10 +101,125 @@ impl Rows {
         }
     }
 
-    /// Prints the rows on stdout.
+    /// Prints the rows on stdout: a table fitted to the terminal (see [`fit_tables`]).
     pub fn print(&self, format: Format) -> std::io::Result<()> {
-        self.write(format, &mut std::io::stdout().lock())
+        let width = TABLE_WIDTH.get().copied().flatten();
+        self.write_fitted(format, width, &mut std::io::stdout().lock())
     }
+
+    /// The table, each cell cut to `cap` characters (`…` where cut) when given.
+    fn write_table(
+        &self,
+        cells: &[Vec<String>],
+        cap: Option<usize>,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        let cut = |text: &str| cap.map_or_else(|| text.to_string(), |cap| elide(text, cap));
+        let mut table = comfy_table::Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED);
+        table.set_header(self.columns.iter().map(|column| cut(column)));
+        for row in cells {
+            table.add_row(row.iter().map(|cell| cut(cell)));
+        }
+        writeln!(out, "{table}")
+    }
+
+    /// Each row as a record, one `column │ value` line per column (psql's expanded display),
+    /// values cut to what `width` leaves them.
+    fn write_records(
+        &self,
+        cells: &[Vec<String>],
+        width: usize,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        let label = self
+            .columns
+            .iter()
+            .map(|c| c.chars().count())
+            .max()
+            .unwrap_or(0);
+        let room = width.saturating_sub(label + 3).max(1);
+        for (n, row) in cells.iter().enumerate() {
+            let title = format!("─[ {} ]", n + 1);
+            let rule = "─".repeat(width.saturating_sub(title.chars().count()));
+            writeln!(out, "{title}{rule}")?;
+            for (column, value) in self.columns.iter().zip(row) {
+                writeln!(out, "{column:<label$} │ {}", elide(value, room))?;
+            }
+        }
+        if cells.is_empty() {
+            writeln!(out, "(no rows)")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a table meets a width.
+#[derive(Debug, PartialEq, Eq)]
+enum Fit {
+    /// It fits as it is.
+    Whole,
+    /// It fits with every cell cut to this many characters (the widest columns give way
+    /// first; none below [`MIN_FITTED_COLUMN`]).
+    Capped(usize),
+    /// Too many columns for the width: one record per row instead, this wide.
+    Records(usize),
+}
+
+/// The narrowest a capped column gets before the table turns into records.
+const MIN_FITTED_COLUMN: usize = 12;
+
+/// How `columns` and `cells` fit into `width` characters: as they are, with the widest
+/// columns cut to a common cap, or as records.
+fn fit(columns: &[&str], cells: &[Vec<String>], width: usize) -> Fit {
+    let natural: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, column)| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .chain(std::iter::once(column.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // UTF8_FULL_CONDENSED: a border before each column and after the last, one space of
+    // padding on each side of a cell.
+    let room = width.saturating_sub(3 * columns.len() + 1);
+    let needed = |cap: usize| natural.iter().map(|w| (*w).min(cap)).sum::<usize>();
+    let widest = natural.iter().copied().max().unwrap_or(0);
+    if needed(widest) <= room {
+        return Fit::Whole;
+    }
+    (MIN_FITTED_COLUMN..widest)
+        .rev()
+        .find(|cap| needed(*cap) <= room)
+        .map_or(Fit::Records(width), Fit::Capped)
+}
+
+/// `text` cut to `max` characters, the last one `…` when anything was cut.
+fn elide(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{kept}…")
+}
+
+/// The width tables printed on stdout are fitted to; `None`: no limit. Set once per process.
+static TABLE_WIDTH: OnceLock<Option<u16>> = OnceLock::new();
+
+/// Decides, once per process, how wide the tables [`Rows::print`] prints may be: the
+/// terminal's width when stdout is a terminal and `wide` is false, else unlimited (a pipe or
+/// a file gets every value whole).
+pub fn fit_tables(wide: bool) {
+    let width = if wide || !std::io::stdout().is_terminal() {
+        None
+    } else {
+        terminal_size::terminal_size_of(std::io::stdout()).map(|(width, _)| width.0)
+    };
+    let _ = TABLE_WIDTH.set(width.filter(|width| *width > 0));
 }
 
 /// A cell as text: strings bare, null empty, anything else as JSON.
@@ -221,5 +353,32 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>, table: bool) -> String {
         at.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
         at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cells(rows: &[&[&str]]) -> Vec<Vec<String>> {
+        rows.iter()
+            .map(|row| row.iter().map(|cell| cell.to_string()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_table_that_fits_stays_whole_else_its_widest_columns_give_way_first() {
+        let columns = ["id", "detail"];
+        let rows = cells(&[&["1", &"x".repeat(40)]]);
+        // Borders and padding take 3 × 2 + 1 = 7.
+        assert_eq!(fit(&columns, &rows, 49), Fit::Whole);
+        assert_eq!(fit(&columns, &rows, 30), Fit::Capped(21));
+        assert_eq!(fit(&columns, &rows, 15), Fit::Records(15));
+    }
+
+    #[test]
+    fn cut_values_end_in_an_ellipsis() {
+        assert_eq!(elide("abcdef", 4), "abc…");
+        assert_eq!(elide("abc", 4), "abc");
     }
 }

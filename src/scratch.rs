@@ -31,6 +31,15 @@ pub fn options(
         .disable_statement_logging())
 }
 
+/// Whether database `name` exists on the configured server.
+pub async fn exists(connected: &Connected, name: &str) -> anyhow::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&connected.pool)
+        .await
+        .with_context(|| format!("looking for a database named {name}"))
+}
+
 /// Drops database `name` if it exists, creates it, migrates it, and returns a pool of
 /// `connections` on it.
 pub async fn create(

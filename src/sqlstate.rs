@@ -30,6 +30,9 @@ pub const INVALID_CATALOG_NAME: &str = "3D000";
 pub const DUPLICATE_DATABASE: &str = "42P04";
 /// Class 08, connection exception: the session is gone.
 pub const CLASS_CONNECTION_EXCEPTION: &str = "08";
+/// Class 28, invalid authorization specification: the server refused the login (no such
+/// role, a wrong password, no pg_hba.conf entry).
+pub const CLASS_INVALID_AUTHORIZATION: &str = "28";
 /// Class 57, operator intervention: the server shuts down or the backend was terminated.
 pub const CLASS_OPERATOR_INTERVENTION: &str = "57";
 

@@ -26,6 +26,13 @@ pub enum WindowError {
         value: String,
         problem: &'static str,
     },
+    /// A duration in a unit the grammar refuses on purpose (`2y`), with its hint (exit code 2).
+    #[error(
+        "invalid {flag} \"{value}\": expected a duration like 7d, 12h, 30m or a timestamp like \
+         2026-11-01T00:00:00Z; months and years vary in length; write days or weeks, e.g. 90d, \
+         104w"
+    )]
+    CalendarUnit { flag: &'static str, value: String },
     /// Two time flags contradict each other, e.g. --since after --until (exit code 2).
     #[error("{0}")]
     EmptyRange(String),
@@ -41,7 +48,8 @@ impl CallerMistake for WindowError {
 /// A time as a user writes it on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSpec {
-    /// That long before the report's moment: `30m`, `12h`, `7d`, `2w`.
+    /// That long before the report's moment: `90s`, `30m`, `1h30m`, `7d`, `2w` (the grammar of
+    /// `crate::duration`).
     Ago(Duration),
     /// This instant: `2026-11-01` (midnight UTC), `2026-11-01T12:00:00Z`, any RFC 3339 time;
     /// a date and time without an offset is UTC.
@@ -60,28 +68,26 @@ impl TimeSpec {
             value: text.to_string(),
         };
         let trimmed = text.trim();
-        if let Some(unit) = trimmed.chars().last().filter(|c| c.is_ascii_alphabetic()) {
-            let digits = &trimmed[..trimmed.len() - 1];
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                let amount: i64 = digits.parse().map_err(|_| invalid())?;
-                let minutes_per_unit = match unit {
-                    'm' => 1,
-                    'h' => 60,
-                    'd' => 24 * 60,
-                    'w' => 7 * 24 * 60,
-                    _ => return Err(invalid()),
-                };
-                return match amount.checked_mul(minutes_per_unit) {
-                    Some(minutes) if minutes <= LONGEST_AGO_DAYS * 24 * 60 => {
-                        Ok(TimeSpec::Ago(Duration::minutes(minutes)))
-                    }
-                    _ => Err(WindowError::TimeOutOfRange {
-                        flag,
-                        value: text.to_string(),
-                        problem: "at most 100 years back",
-                    }),
-                };
+        // One grammar with the watchdog's flags (`crate::duration`): 90s, 1h30m, 7d, 2w.
+        match crate::duration::parse(trimmed) {
+            Ok(ago) if ago <= std::time::Duration::from_secs(LONGEST_AGO_DAYS as u64 * 86_400) => {
+                let millis = i64::try_from(ago.as_millis()).expect("bounded above");
+                return Ok(TimeSpec::Ago(Duration::milliseconds(millis)));
             }
+            Ok(_) | Err(crate::duration::DurationError::TooLong(_)) => {
+                return Err(WindowError::TimeOutOfRange {
+                    flag,
+                    value: text.to_string(),
+                    problem: "at most 100 years back",
+                })
+            }
+            Err(crate::duration::DurationError::CalendarUnit(_)) => {
+                return Err(WindowError::CalendarUnit {
+                    flag,
+                    value: text.to_string(),
+                })
+            }
+            Err(crate::duration::DurationError::Invalid(_)) => {}
         }
         let at = parse_timestamp(trimmed).ok_or_else(invalid)?;
         if !(1..=9999).contains(&at.year()) {
@@ -177,6 +183,9 @@ pub(crate) mod tests {
             ("7d", "2026-11-01T12:00:00Z"),
             ("2w", "2026-10-25T12:00:00Z"),
             ("0d", "2026-11-08T12:00:00Z"),
+            ("90s", "2026-11-08T11:58:30Z"),
+            ("1h30m", "2026-11-08T10:30:00Z"),
+            ("500ms", "2026-11-08T11:59:59.500Z"),
         ] {
             let spec = TimeSpec::parse("--since", text).unwrap();
             assert_eq!(spec.resolve(moment), at(expected), "{text}");

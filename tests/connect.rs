@@ -308,3 +308,188 @@ async fn fall_back(data_dir: &Path) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The variables that would configure the connection: none of them may reach the binary in
+/// the "nothing configured" tests.
+const CONFIGURING: [&str; 9] = [
+    "DATABASE_URL",
+    "RETRYLOG_DATA_DIR",
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGSERVICE",
+];
+
+/// Runs the binary as the OS user `nobody` — a user the test server has no role for, the
+/// usual laptop — inside a user namespace that maps this process's user to uid 65534 (so it
+/// works for root and anyone else alike), from `cwd`, with nothing configured.
+async fn as_nobody(cwd: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut command = tokio::process::Command::new("unshare");
+    command
+        .args(["--user", "--map-user=65534", "--map-group=65534", "--"])
+        .arg(env!("CARGO_BIN_EXE_retrylog"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    for name in CONFIGURING {
+        command.env_remove(name);
+    }
+    command.output().await.context("running unshare")
+}
+
+/// With nothing configured, a server that answers but refuses the login (no role for the
+/// user) is treated like no server: the command uses the private cluster. Its first line
+/// says so and names the stop command, the next one why and how to use the server instead;
+/// `local status` shows the cluster, and the printed stop command, run as printed, stops it.
+#[tokio::test]
+async fn with_nothing_configured_a_server_refusing_the_login_gives_way_to_the_private_cluster(
+) -> anyhow::Result<()> {
+    let base = std::env::temp_dir().join(&unique("rlrf")[..13]);
+    std::fs::create_dir_all(&base)?;
+    let data_dir = base.join("d");
+
+    let outcome = refused_then_private(&base, &data_dir).await;
+
+    // Whatever happened: stop the cluster the same way it was started, then remove it.
+    let dir = data_dir.to_string_lossy().into_owned();
+    let stopped = as_nobody(&base, &["--data-dir", &dir, "local", "stop"]).await;
+    std::fs::remove_dir_all(&base)?;
+    outcome?;
+    ensure!(stopped?.status.success(), "local stop failed");
+    Ok(())
+}
+
+async fn refused_then_private(base: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let dir = data_dir.to_string_lossy().into_owned();
+    let output = as_nobody(base, &["--data-dir", &dir, "status", "--format", "json"]).await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "status exited {}: {stderr}",
+        output.status
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(rows[0]["projection"] == "retry_counts", "status: {rows}");
+
+    let lines: Vec<&str> = stderr.lines().collect();
+    let pgdata = data_dir.join("pgdata");
+    let first = lines.first().copied().unwrap_or_default();
+    ensure!(
+        first.starts_with(&format!(
+            "retrylog: using database retrylog on private cluster {} (started from ",
+            pgdata.display()
+        )),
+        "first line: {first}"
+    );
+    // The stop command as printed: this binary's path (the test runs outside the checkout),
+    // the data directory it was given, `local stop`.
+    let stop = first
+        .split_once("it keeps running in the background, stop it with: ")
+        .map(|(_, command)| command)
+        .context("the first line names no stop command")?;
+    ensure!(
+        stop == format!(
+            "{} --data-dir {dir} local stop",
+            env!("CARGO_BIN_EXE_retrylog")
+        ),
+        "stop command: {stop}"
+    );
+    let why = lines.get(1).copied().unwrap_or_default();
+    ensure!(
+        why.starts_with("retrylog: the PostgreSQL server at ")
+            && why.contains("refused the login as nobody (role \"nobody\" does not exist)")
+            && why.contains("set PGUSER to a role it accepts"),
+        "second line: {why}"
+    );
+
+    let status = as_nobody(
+        base,
+        &["--data-dir", &dir, "local", "status", "--format", "json"],
+    )
+    .await?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let cluster = &status[0];
+    ensure!(cluster["state"] == "running", "local status: {status}");
+    ensure!(cluster["pid"].as_u64() == Some(postmaster_pid(data_dir)?.parse()?));
+    ensure!(cluster["pgdata"] == pgdata.to_string_lossy().as_ref());
+    ensure!(cluster["socket"] == dir.as_str() && cluster["port"] == 5432);
+    ensure!(cluster["log"] == data_dir.join("postgres.log").to_string_lossy().as_ref());
+
+    // The stop command works as printed (in the same user namespace as the cluster's owner).
+    let mut words = stop.split(' ');
+    let program = words.next().context("empty stop command")?;
+    ensure!(program == env!("CARGO_BIN_EXE_retrylog"));
+    let args: Vec<&str> = words.collect();
+    let stopped = as_nobody(base, &args).await?;
+    ensure!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    ensure!(!pgdata.join("postmaster.pid").exists(), "still running");
+    let status = as_nobody(
+        base,
+        &["--data-dir", &dir, "local", "status", "--format", "json"],
+    )
+    .await?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    ensure!(status[0]["state"] == "stopped", "local status: {status}");
+    ensure!(status[0]["pid"].is_null(), "local status: {status}");
+
+    // `local start` brings it back, with its data.
+    let started = as_nobody(base, &["--data-dir", &dir, "local", "start"]).await?;
+    ensure!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    ensure!(pgdata.join("postmaster.pid").exists(), "not running");
+    let again = as_nobody(base, &["--data-dir", &dir, "status", "--format", "json"]).await?;
+    let again = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        again.starts_with(&format!(
+            "retrylog: using database retrylog on private cluster {} (already running)",
+            pgdata.display()
+        )),
+        "stderr: {again}"
+    );
+    Ok(())
+}
+
+/// A refused login is the user's to hear about as soon as they configured who logs in: with
+/// PGUSER set, no private cluster, exit 69 and the server's reason.
+#[tokio::test]
+async fn with_pguser_set_a_refused_login_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(unique("rlnofb"));
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"));
+    for name in CONFIGURING {
+        command.env_remove(name);
+    }
+    let output = command
+        .env("PGUSER", "no_such_role_here")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("status")
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(69),
+        "exit {}: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains("refused the connection")
+            && stderr.contains("role \"no_such_role_here\" does not exist"),
+        "stderr: {stderr}"
+    );
+    ensure!(
+        !data_dir.exists(),
+        "a private cluster directory was created"
+    );
+    Ok(())
+}

@@ -2,7 +2,8 @@
 //! watchdog recovering it, and what the log holds afterwards.
 //!
 //! 1. A scratch database, `retrylog_demo`, created fresh on the configured server (the
-//!    configured database is never touched) and dropped at the end unless `--keep`.
+//!    configured database is never touched) and dropped at the end unless `--keep`. One an
+//!    earlier `--keep` left is dropped only with `--replace`.
 //! 2. The watchdog's settings, scaled to seconds, published to `retrylog_settings` as `serve`
 //!    does, so the change trigger notifies the channel both sides listen on.
 //! 3. Three tasks until `--duration` is over (or Ctrl-C): the simulated pipeline
@@ -51,9 +52,42 @@ const PIPELINE_CONNECTIONS: u32 = 8;
 const WATCHDOG_CONNECTIONS: u32 = 4;
 const VIEW_CONNECTIONS: u32 = 2;
 
+/// An earlier `demo --keep` left the demo database, and `--replace` was not given: dropping it
+/// would end the sessions of whoever explores it (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "database {DEMO_DATABASE} exists (an earlier `demo --keep` left it, and someone may be \
+     exploring it); explore it with --database-url {url}, or run the demo with --replace to \
+     drop it and start over"
+)]
+pub struct KeptDemoDatabase {
+    /// Where the kept database is, for --database-url.
+    pub url: String,
+}
+
+impl crate::error::CallerMistake for KeptDemoDatabase {
+    /// The caller asks for the demo without saying the kept database may go.
+    fn is_caller_mistake(&self) -> bool {
+        true
+    }
+}
+
 pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let began = Instant::now();
     let options = scratch::options(connected, DEMO_DATABASE, "retrylog demo")?;
+    // 0. Never drop a database an earlier --keep left without being asked to.
+    if scratch::exists(connected, DEMO_DATABASE).await? {
+        if !args.replace {
+            return Err(KeptDemoDatabase {
+                url: database_url(&options),
+            }
+            .into());
+        }
+        eprintln!(
+            "retrylog demo: dropping the {DEMO_DATABASE} database an earlier --keep left \
+             (--replace)"
+        );
+    }
     // A short default seed: it is printed to be typed again.
     let seed = args
         .seed

@@ -54,4 +54,10 @@ fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn Cal
         .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<SchemaError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<GrantError>().map(as_dyn))
+        // `demo` asked to drop a database an earlier `demo --keep` left.
+        .or_else(|| {
+            cause
+                .downcast_ref::<crate::cmd::demo::KeptDemoDatabase>()
+                .map(as_dyn)
+        })
 }

@@ -6,6 +6,9 @@ pub mod demo;
 pub mod exit;
 mod grant;
 mod history;
+pub mod invocation;
+mod local;
+mod manual;
 mod project;
 mod record;
 mod replay;
@@ -48,19 +51,30 @@ fn schema_rule(command: &Command) -> Schema {
 /// Connects (saying on stderr which database), checks or migrates the schema, and runs the
 /// command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    crate::output::fit_tables(cli.wide);
+    // The commands about retrylog itself and its private cluster need no database.
+    let cli = match cli.command {
+        Command::Local(args) => return local::run(cli.data_dir.as_deref(), args).await,
+        Command::Completions(args) => return manual::completions(args),
+        Command::Man(args) => return manual::man(args),
+        _ => cli,
+    };
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
         max_connections: 20,
         data_dir: cli.data_dir.clone(),
     };
     let connected = connect::connect(&settings).await?;
-    eprintln!("retrylog: using {}", connected.description);
     let rule = match schema_rule(&cli.command) {
-        Schema::RequireCurrent | Schema::Report if connected.private_cluster => {
+        Schema::RequireCurrent | Schema::Report if connected.private_cluster.is_some() => {
             Schema::MigrateIfBehind
         }
         rule => rule,
     };
+    match &connected.private_cluster {
+        Some(private) => local::announce(&connected.description, private, cli.data_dir.is_some()),
+        None => eprintln!("retrylog: using {}", connected.description),
+    }
     match rule {
         Schema::Migrate => migrate::run(&connected.pool)
             .await
@@ -93,6 +107,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
         Command::Grant(args) => grant::run(pool, args).await,
+        Command::Local(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("answered before connecting")
+        }
     }
 }
 

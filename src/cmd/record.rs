@@ -9,9 +9,13 @@ use crate::event::{NewRetry, Target};
 use crate::output::event_rows;
 use crate::store;
 
-/// The actor when `--actor` is not given: the operator at the terminal.
+/// The actor when `--actor` is not given: the operator at the terminal, `$USER`, else the OS
+/// user this process runs as (cron and systemd often leave `$USER` unset).
 fn default_actor() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|user| !user.trim().is_empty())
+        .unwrap_or_else(whoami::username);
     format!("cli:{user}")
 }
 

@@ -192,18 +192,41 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    match args.format {
-        TrendFormat::Svg => out.write_all(chart::render(&trend, moment).as_bytes())?,
-        TrendFormat::Table => trend_rows(&trend, Format::Table).write(Format::Table, &mut out)?,
-        TrendFormat::Json => trend_rows(&trend, Format::Json).write(Format::Json, &mut out)?,
-        TrendFormat::Csv => trend_rows(&trend, Format::Csv).write(Format::Csv, &mut out)?,
+    // A table shows the rows with data and says how many empty ones it left out; JSON and
+    // CSV keep the full grid (their contract) unless --non-empty.
+    let (format, non_empty) = match args.format {
+        TrendFormat::Svg => {
+            out.write_all(chart::render(&trend, moment).as_bytes())?;
+            out.flush()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        TrendFormat::Table => (Format::Table, true),
+        TrendFormat::Json => (Format::Json, args.non_empty),
+        TrendFormat::Csv => (Format::Csv, args.non_empty),
+    };
+    let (rows, left_out) = trend_rows(&trend, format, non_empty);
+    if args.output.is_none() && format == Format::Table {
+        // On stdout a table is fitted to the terminal like every other.
+        drop(out);
+        rows.print(format)?;
+    } else {
+        rows.write(format, &mut out)?;
+        out.flush()?;
     }
-    out.flush()?;
+    if left_out > 0 && format == Format::Table {
+        eprintln!(
+            "retrylog: left out {left_out} of {} rows with no retries and nothing created \
+             (--format json or csv lists the full grid)",
+            trend.rows.len()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The trend as rows; `retry_rate` rounded to 4 decimals, NULL when nothing was created.
-fn trend_rows(trend: &Trend, format: Format) -> Rows {
+/// The trend as rows, and how many empty ones were left out (with `non_empty`: those with no
+/// retry and nothing created); `retry_rate` rounded to 4 decimals, NULL when nothing was
+/// created.
+fn trend_rows(trend: &Trend, format: Format, non_empty: bool) -> (Rows, usize) {
     let mut rows = Rows::new(&[
         "bucket",
         "group",
@@ -212,7 +235,12 @@ fn trend_rows(trend: &Trend, format: Format) -> Rows {
         "targets_created",
         "retry_rate",
     ]);
+    let mut left_out = 0;
     for row in &trend.rows {
+        if non_empty && row.retries == 0 && row.targets_retried == 0 && row.targets_created == 0 {
+            left_out += 1;
+            continue;
+        }
         rows.push(vec![
             Value::from(bucket_label(row.bucket, trend.query.bucket, format)),
             Value::from(row.group.clone()),
@@ -223,7 +251,7 @@ fn trend_rows(trend: &Trend, format: Format) -> Rows {
                 .map_or(Value::Null, |rate| Value::from(round(rate, 4))),
         ]);
     }
-    rows
+    (rows, left_out)
 }
 
 /// A bucket for people (`2026-11-05 13:00`, `2026-11-05`, `2026-W45 (11-02)`), or its start

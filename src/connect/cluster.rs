@@ -95,6 +95,54 @@ pub fn stop_private_cluster(data_dir: &Path) -> Result<(), ConnectError> {
     check_success("pg_ctl stop", &output)
 }
 
+/// Where the private cluster under a data directory lives and whether it runs: what
+/// `retrylog local status` shows.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// The data directory given (or the default one).
+    pub data_dir: PathBuf,
+    /// `data_dir/pgdata`, the cluster's own directory; `initialised` says whether it exists.
+    pub pgdata: PathBuf,
+    /// Whether initdb ran (`pgdata/PG_VERSION` exists).
+    pub initialised: bool,
+    /// Whether a server answers on the cluster's socket.
+    pub running: bool,
+    /// The postmaster's pid, from `pgdata/postmaster.pid`, when it runs.
+    pub pid: Option<u32>,
+    /// The directory of the unix socket (`.s.PGSQL.<port>` inside); no TCP listener.
+    pub socket_dir: PathBuf,
+    /// The port that names the socket file.
+    pub port: u16,
+    /// The server's log file.
+    pub log: PathBuf,
+    /// The role to connect as.
+    pub user: &'static str,
+}
+
+/// Whether the private cluster under `data_dir` exists and runs, and where its parts are.
+/// Starts nothing and creates nothing.
+pub async fn private_cluster_status(data_dir: &Path) -> Result<ClusterStatus, ConnectError> {
+    let data_dir = absolute(data_dir)?;
+    let pgdata = data_dir.join("pgdata");
+    let options = private_options(&data_dir)?;
+    let running = matches!(probe(&options).await, Probe::Ready);
+    let pid = std::fs::read_to_string(pgdata.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| text.lines().next()?.trim().parse().ok())
+        .filter(|_| running);
+    Ok(ClusterStatus {
+        initialised: pgdata.join("PG_VERSION").exists(),
+        pgdata,
+        running,
+        pid,
+        socket_dir: data_dir.clone(),
+        port: PRIVATE_PORT,
+        log: data_dir.join("postgres.log"),
+        user: PRIVATE_CLUSTER_USER,
+        data_dir,
+    })
+}
+
 pub(super) struct PrivateCluster {
     pub(super) options: PgConnectOptions,
     pub(super) pgdata: PathBuf,

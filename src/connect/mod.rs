@@ -11,16 +11,19 @@
 //! 2. The libpq conventions (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
 //!    `PGSSLMODE`, ...; the local socket by default). When `PGHOST`/`PGHOSTADDR`/`PGPORT`
 //!    is set, failing to reach that server is an error too.
-//! 3. Nothing configured and nothing answering: a private cluster under the data
-//!    directory, listening on a unix socket only, created and started on first use
-//!    and left running between commands.
+//! 3. Nothing configured and nothing answering — or a server answering at the libpq default
+//!    that refuses the login (the usual laptop: PostgreSQL installed, no role for the user):
+//!    a private cluster under the data directory, listening on a unix socket only, created
+//!    and started on first use and left running between commands (`retrylog local stop`
+//!    stops it). [`Connected::private_cluster`] says why it was chosen.
 //! 4. Whatever server answered: create the database if it is missing, then build the pool.
 //!
 //! Rules 1 and 2 and the description of where the pool points live here; probing a server and
-//! rule 4 in `probe.rs`; rule 3, the private cluster, in `cluster.rs`, which runs PostgreSQL's
-//! programs through `runner.rs`.
+//! rule 4 in `probe.rs`; when rule 3 takes over in `fallback.rs`, and the private cluster in
+//! `cluster.rs`, which runs PostgreSQL's programs through `runner.rs`.
 
 mod cluster;
+mod fallback;
 mod probe;
 mod runner;
 
@@ -35,8 +38,10 @@ use sqlx::ConnectOptions;
 
 use cluster::ensure_private_cluster;
 pub use cluster::{
-    default_data_dir, start_private_cluster, stop_private_cluster, PRIVATE_CLUSTER_USER,
+    default_data_dir, private_cluster_status, start_private_cluster, stop_private_cluster,
+    ClusterStatus, PRIVATE_CLUSTER_USER,
 };
+use fallback::{login_refused, names_login, names_server, refused_login};
 use probe::{ensure_database, failure, probe, Probe};
 
 /// Database name used when the configuration names none.
@@ -65,10 +70,19 @@ pub struct Connected {
     /// The connect options used (so callers can derive options for other databases,
     /// e.g. the bench database, with `options.clone().database("...")`).
     pub options: PgConnectOptions,
-    /// True on the private cluster retrylog started itself: nobody else's rights are at
-    /// stake there, so every command may migrate it (the README's first command needs no
-    /// `migrate`).
-    pub private_cluster: bool,
+    /// Set when rule 3 chose the private cluster: the binary tells the user it keeps running
+    /// and how to stop it, and why the server at the libpq default was not used.
+    pub private_cluster: Option<PrivateClusterUse>,
+}
+
+/// Why and where the private cluster is used (rule 3), for the lines on stderr.
+#[derive(Debug, Clone)]
+pub struct PrivateClusterUse {
+    /// The data directory the cluster lives under (its `pgdata`, socket and log are inside).
+    pub data_dir: PathBuf,
+    /// Set when a server answered at the libpq default but refused the login: one sentence
+    /// saying so and how to use that server instead.
+    pub refused: Option<String>,
 }
 
 // Hand-written because `PgConnectOptions`'s derived Debug prints the password.
@@ -217,47 +231,62 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         .map(str::trim)
         .filter(|url| !url.is_empty());
 
-    let (options, rule) = match explicit_url {
+    let (options, rule, private_cluster) = match explicit_url {
         Some(url) => {
             let options = options_from_url(url)?;
             tracing::debug!(server = %location(&options), "using DATABASE_URL");
             ensure_database(&options, probe(&options).await).await?;
-            (options, Rule::DatabaseUrl)
+            (options, Rule::DatabaseUrl, None)
         }
         None => {
             let set = libpq_variables_set();
             let options = libpq_options();
             tracing::debug!(server = %location(&options), ?set, "trying the libpq conventions");
-            match probe(&options).await {
+            let refused = match probe(&options).await {
                 Probe::NothingListening(error) if !names_server(&set) => {
                     tracing::info!(
                         server = %location(&options),
                         %error,
                         "no PostgreSQL server answers at the libpq default; using a private cluster"
                     );
-                    let data_dir = match &settings.data_dir {
-                        Some(dir) => dir.clone(),
-                        None => default_data_dir().ok_or(ConnectError::NoDataDir)?,
-                    };
-                    let cluster = ensure_private_cluster(&data_dir).await?;
-                    // The database name still follows PGDATABASE, so a user who picked a
-                    // database name keeps it when the private cluster takes over.
-                    let options = cluster.options.database(&database_name(&options));
-                    ensure_database(&options, probe(&options).await).await?;
-                    let rule = Rule::PrivateCluster {
-                        pgdata: cluster.pgdata,
-                        started_from: cluster.started_from,
-                    };
-                    (options, rule)
+                    None
+                }
+                // Nothing configured and the server turned the login down: as good as no
+                // server for a user who configured nothing; say why and how to use it.
+                Probe::Failed(error) if login_refused(&error) && !names_login(&set) => {
+                    Some(refused_login(&options, &error))
                 }
                 first => {
                     ensure_database(&options, first).await?;
-                    (options, Rule::Libpq(set))
+                    return open_pool(settings, options, Rule::Libpq(set), None).await;
                 }
-            }
+            };
+            let data_dir = match &settings.data_dir {
+                Some(dir) => dir.clone(),
+                None => default_data_dir().ok_or(ConnectError::NoDataDir)?,
+            };
+            let cluster = ensure_private_cluster(&data_dir).await?;
+            // The database name still follows PGDATABASE, so a user who picked a database
+            // name keeps it when the private cluster takes over.
+            let options = cluster.options.database(&database_name(&options));
+            ensure_database(&options, probe(&options).await).await?;
+            let rule = Rule::PrivateCluster {
+                pgdata: cluster.pgdata,
+                started_from: cluster.started_from,
+            };
+            (options, rule, Some(PrivateClusterUse { data_dir, refused }))
         }
     };
+    open_pool(settings, options, rule, private_cluster).await
+}
 
+/// Opens the pool on the server the rules chose.
+async fn open_pool(
+    settings: &ConnectSettings,
+    options: PgConnectOptions,
+    rule: Rule,
+    private_cluster: Option<PrivateClusterUse>,
+) -> Result<Connected, ConnectError> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -266,12 +295,14 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         .map_err(|error| failure(&options, error))?;
 
     let description = describe(&options, &rule);
-    tracing::info!(%description, "connected");
+    // The binary prints the description on stderr itself: debug, so `serve` (which logs at
+    // info) does not say it twice.
+    tracing::debug!(%description, "connected");
     Ok(Connected {
         pool,
         description,
         options,
-        private_cluster: matches!(rule, Rule::PrivateCluster { .. }),
+        private_cluster,
     })
 }
 
@@ -334,13 +365,6 @@ fn libpq_variables_set() -> Vec<&'static str> {
         .into_iter()
         .filter(|name| non_empty_var(name).is_some())
         .collect()
-}
-
-/// Whether the user pointed libpq at a particular server: then an unreachable server
-/// is their problem to hear about, not a reason to start our own.
-fn names_server(set: &[&str]) -> bool {
-    set.iter()
-        .any(|name| matches!(*name, "PGHOST" | "PGHOSTADDR" | "PGPORT"))
 }
 
 /// The database the options name, or `retrylog` when they name none (or an empty one).
@@ -503,14 +527,5 @@ mod tests {
             describe(&options, &rule),
             "database retrylog on private cluster /root/.local/share/retrylog/pgdata (started from /usr/lib/postgresql/15/bin)"
         );
-    }
-
-    #[test]
-    fn only_host_or_port_name_a_server() {
-        assert!(!names_server(&[]));
-        assert!(!names_server(&["PGUSER", "PGDATABASE"]));
-        assert!(names_server(&["PGPORT"]));
-        assert!(names_server(&["PGHOST", "PGUSER"]));
-        assert!(names_server(&["PGHOSTADDR"]));
     }
 }

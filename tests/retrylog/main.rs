@@ -30,6 +30,11 @@
 //!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
+//! - `docs`: the README's Rust example (the example target) and shell lines, and
+//!   docs/queries.md's examples, run as printed.
+//! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
+//!   with data, one duration grammar, the demo's kept database and hints, help, actor,
+//!   `--version`, completions and man pages.
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `crash`: PostgreSQL killed (`pg_ctl -m immediate`) under 8 writers and `serve` on a
@@ -45,11 +50,13 @@ mod cli;
 mod commands;
 mod concurrency;
 mod crash;
+mod docs;
 mod fixtures;
 mod history;
 mod hostile;
 mod integrity;
 mod migrations;
+mod operator;
 mod projector;
 mod recovery;
 mod replay;

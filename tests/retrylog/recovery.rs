@@ -727,7 +727,17 @@ async fn at_the_limit_only_an_operators_forced_manual_recovery_is_recorded(pool:
     .await;
     assert_eq!(forced.code, Some(0), "{forced:#?}");
     let event = &forced.json()[0];
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    // $USER, else the OS user (`id -un`), as `record` names the operator.
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| {
+            let id = std::process::Command::new("id")
+                .arg("-un")
+                .output()
+                .unwrap();
+            String::from_utf8(id.stdout).unwrap().trim().to_string()
+        });
     assert_eq!(event["actor"], format!("cli:{user}"));
     assert_eq!(event["reason"], "manual_recovery");
     assert_eq!(event["attempt"], 4);

@@ -249,7 +249,11 @@ impl Summary {
 
         if let Some(url) = explore {
             println!("\nThe database is kept; explore it with:");
-            let retrylog = format!("retrylog --database-url '{url}'");
+            // A command that works as printed, installed or not (`cmd/invocation.rs`).
+            let retrylog = format!(
+                "{} --database-url '{url}'",
+                crate::cmd::invocation::program()
+            );
             println!("  {retrylog} report top-variants");
             if let Some(variant) = self.most_retried_variant {
                 println!("  {retrylog} history --variant-id {variant}");
