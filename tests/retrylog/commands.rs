@@ -320,6 +320,8 @@ async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify() {
             "4242",
             "--format",
             "json",
+            // A retrylog_demo an interrupted earlier run left on the test server may go.
+            "--replace",
         ],
     )
     .await;
