@@ -130,7 +130,7 @@ async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role
         .fetch_all(&writer.pool)
         .await
         .expect("a writer reads its own rows");
-    assert_eq!(visible, [writer.name.clone()]);
+    assert_eq!(visible, vec![writer.name.clone()]);
 
     let history = retrylog(
         &pool,
