@@ -629,6 +629,10 @@ async fn an_oversized_key_stored_before_the_bound_does_not_jam_the_rollup(pool: 
         .execute(&pool)
         .await
         .unwrap();
+    // The stream goes on in format v2, chained on the v1 hash: verify checks both formats.
+    let next = append_ok(&pool, &retry(job(JOB_A))).await;
+    assert_eq!(next.attempt, 2);
+    assert!(next.db_role.is_some(), "{next:?}");
     for args in [
         vec!["project"],
         vec!["report", "trend", "--since", "1h", "--by", "scenario"],
@@ -686,6 +690,47 @@ async fn a_projection_that_cannot_advance_is_reported_by_verify_and_status(pool:
             .starts_with("cannot advance"),
         "{run:#?}"
     );
+    // serve's projector meets it too, and logs the real cause, not a lost connection.
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .arg("--database-url")
+        .arg(database_url(&pool).await)
+        .args(["serve", "--no-watchdog"])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let failed_since: bool =
+            sqlx::query_scalar("SELECT coalesce(failed_at > $1, false) FROM projector_lease")
+                .bind(started)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if failed_since {
+            break;
+        }
+        assert!(serve.try_wait().unwrap().is_none(), "serve exited");
+        assert!(
+            std::time::Instant::now() < until,
+            "serve's projector never tried the batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = stop_serve(serve).await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("projector batch failed") && log.contains("jammed"),
+        "{log}"
+    );
+    assert!(!log.contains("lost its connection"), "{log}");
+
     // Once the fault is gone, the next batch succeeds and clears it.
     sqlx::query("ALTER TABLE retry_rollup DROP CONSTRAINT jammed")
         .execute(&pool)
