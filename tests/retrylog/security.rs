@@ -98,6 +98,21 @@ impl Drop for TestRole {
 
 use retrylog::grant::Capability::{Operator, Reader, Writer};
 
+/// `retrylog serve --no-watchdog` (its projector alone) on the test's database, its stderr
+/// piped for the log; killed if the test ends without stopping it.
+pub async fn serve_projector_only(pool: &PgPool) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .arg("--database-url")
+        .arg(database_url(pool).await)
+        .args(["serve", "--no-watchdog"])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("retrylog serve starts")
+}
+
 /// The SQLSTATE of an error a role's statement got.
 fn code_of(error: &sqlx::Error) -> String {
     database_error(error).0
@@ -695,16 +710,7 @@ async fn a_projection_that_cannot_advance_is_reported_by_verify_and_status(pool:
         .fetch_one(&pool)
         .await
         .unwrap();
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(database_url(&pool).await)
-        .args(["serve", "--no-watchdog"])
-        .env_remove("DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut serve = serve_projector_only(&pool).await;
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let failed_since: bool =
