@@ -7,8 +7,9 @@
 --    — named last, because an unnamed pg_temp is searched first for tables, which would let
 --    a caller's temporary table stand in for one of ours. The small SQL helpers (hash,
 --    canonical bytes, deltas, the text rule) stay unpinned so the planner can still inline
---    them; they run only inside the pinned functions, or for a reader who can fool nobody
---    but themselves.
+--    them, and so does retry_counts_apply, which runs in every append and only ever inside
+--    record_retry (EXECUTE is the owner's alone): each SET costs every call. They run only
+--    inside the pinned functions, or for a reader who can fool nobody but themselves.
 -- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability:
 --    writer: record_retry; operator: the rebuild and the rollup's apply and reset (the
 --    operator is also a writer and a reader); reader: what verify, status and the reports
@@ -16,14 +17,15 @@
 DO $$
 DECLARE
     pinned constant text[] := ARRAY[
-        'record_retry', 'retry_counts_apply', 'retry_counts_rebuild', 'retry_counts_expected',
+        'record_retry', 'retry_counts_rebuild', 'retry_counts_expected',
         'retry_counts_drift', 'retry_rollup_apply', 'retry_rollup_reset', 'retry_rollup_drift',
         'retrylog_horizon', 'retrylog_count_created', 'retrylog_notify_change',
         'retrylog_refuse_change'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
-        'retry_counts_delta', 'retry_rollup_delta', 'retry_rollup_created_delta',
-        'retrylog_excerpt', 'retrylog_check_text'];
+        'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta',
+        'retry_rollup_created_delta', 'retrylog_excerpt', 'retrylog_check_text',
+        'retrylog_refused_characters'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],

@@ -79,8 +79,6 @@ BEGIN
     from_status := nullif(btrim(record_retry.from_status), '');
     to_status   := nullif(btrim(record_retry.to_status), '');
     actor       := coalesce(nullif(btrim(record_retry.actor), ''), session_user::text);
-    PERFORM retrylog_check_text('actor', actor, 200);
-    PERFORM retrylog_check_text('to_status', to_status, 64);
     detail := coalesce(record_retry.detail, '{}'::jsonb);
     IF jsonb_typeof(detail) <> 'object' THEN
         RAISE EXCEPTION 'detail must be a JSON object, got a JSON %', jsonb_typeof(detail)
@@ -95,8 +93,15 @@ BEGIN
     IF jsonb_path_exists(detail, 'strict $.**{64}') THEN
         RAISE EXCEPTION 'detail nests deeper than 63 levels' USING ERRCODE = '22023';
     END IF;
-    -- The trend rollup keys on the scenario: bounded like any text field.
-    PERFORM retrylog_check_text('detail.scenario', detail ->> 'scenario', 200);
+    -- The one text rule (sql/retrylog_text.sql) on the given fields, and on the scenario, a key
+    -- of the trend rollup. Fast path: the bounds and one match over all of them; only a value
+    -- that fails goes through retrylog_check_text, which names the field and quotes it.
+    IF length(actor) > 200 OR length(to_status) > 64 OR length(detail ->> 'scenario') > 200
+       OR concat(actor, to_status, detail ->> 'scenario') ~ retrylog_refused_characters() THEN
+        PERFORM retrylog_check_text('actor', actor, 200);
+        PERFORM retrylog_check_text('to_status', to_status, 64);
+        PERFORM retrylog_check_text('detail.scenario', detail ->> 'scenario', 200);
+    END IF;
     occurred_at := coalesce(record_retry.occurred_at, now());
     IF NOT isfinite(occurred_at) OR occurred_at < timestamptz '2000-01-01 00:00:00+00' THEN
         RAISE EXCEPTION 'occurred_at % is outside the accepted window (2000-01-01 UTC to five '
@@ -215,12 +220,15 @@ BEGIN
     step        := coalesce(step, cur_step);
     from_status := coalesce(from_status, cur_status);
     -- The defaults come from the target's row: checked by the same rule as a given value.
-    PERFORM retrylog_check_text(
-        CASE WHEN step_given THEN 'step' ELSE 'step (the target''s current_step)' END,
-        step, 200);
-    PERFORM retrylog_check_text(
-        CASE WHEN from_given THEN 'from_status' ELSE 'from_status (the target''s status)' END,
-        from_status, 64);
+    IF length(step) > 200 OR length(from_status) > 64
+       OR concat(step, from_status) ~ retrylog_refused_characters() THEN
+        PERFORM retrylog_check_text(
+            CASE WHEN step_given THEN 'step' ELSE 'step (the target''s current_step)' END,
+            step, 200);
+        PERFORM retrylog_check_text(
+            CASE WHEN from_given THEN 'from_status' ELSE 'from_status (the target''s status)' END,
+            from_status, 64);
+    END IF;
     INSERT INTO retry_history (
         event_id, job_id, job_variants_id, reason, step, from_status, to_status, attempt,
         actor, detail, occurred_at, db_role, hash)

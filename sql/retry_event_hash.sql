@@ -43,28 +43,21 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT sha256(previous || convert_to(canonical, 'UTF8'))
 $$;
 
--- Version 2 (migrations/0006 onwards): the v1 fields, then the database role that made the
--- append (session_user, the column db_role), under the tag retrylog-event-v2. Every event
--- recorded since 0006 has a db_role and is hashed with this; events recorded before keep a
--- NULL db_role and their v1 hash. Rust builds the same bytes (event::CanonicalEvent).
+-- Version 2 (migrations/0006 onwards): the v1 fields under the tag retrylog-event-v2, then
+-- the database role that made the append (session_user, the column db_role). Built from v1's
+-- own text, so the two can never disagree on a shared field. Every event recorded since 0006
+-- has a db_role and is hashed with this; events recorded before keep a NULL db_role and their
+-- v1 hash. Rust builds the same bytes (event::CanonicalEvent).
 CREATE OR REPLACE FUNCTION retry_event_canonical_v2(
     event_id uuid, job_id uuid, job_variants_id uuid, reason retry_reason, step text,
     from_status text, to_status text, attempt integer, actor text, detail jsonb,
     occurred_at timestamptz, db_role text
 ) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT concat_ws(E'\n',
-        'retrylog-event-v2',
-        event_id::text,
-        job_id::text,
-        coalesce(job_variants_id::text, ''),
-        reason::text,
-        coalesce(step, ''),
-        coalesce(from_status, ''),
-        coalesce(to_status, ''),
-        attempt::text,
-        actor,
-        (extract(epoch FROM occurred_at) * 1000000)::bigint::text,
-        detail::text,
-        db_role)
+    SELECT 'retrylog-event-v2'
+        || substr(retry_event_canonical(event_id, job_id, job_variants_id, reason, step,
+                                        from_status, to_status, attempt, actor, detail,
+                                        occurred_at),
+                  length('retrylog-event-v1') + 1)
+        || E'\n' || db_role
 $$;

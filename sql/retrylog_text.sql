@@ -7,6 +7,13 @@
 --
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate, before record_retry.
 
+-- The characters the rule refuses, as a regular expression: the one definition, used below and
+-- by record_retry's fast path. IMMUTABLE SQL, so the planner folds it to a constant.
+CREATE OR REPLACE FUNCTION retrylog_refused_characters() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT '[\x01-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]'
+$$;
+
 -- A bounded, escaped excerpt of a value for an error message: its first 40 characters in
 -- double quotes, every character the rule refuses (and " and \) written as \uXXXX, \" or \\,
 -- then its length when it was cut. Nothing in it can move a terminal's cursor or reorder
@@ -24,7 +31,7 @@ BEGIN
         shown := shown || CASE
             WHEN character = '"' THEN '\"'
             WHEN character = '\' THEN '\\'
-            WHEN character ~ '[\x01-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]'
+            WHEN character ~ retrylog_refused_characters()
                 THEN '\u' || lpad(to_hex(ascii(character)), 4, '0')
             ELSE character END;
     END LOOP;
@@ -47,7 +54,7 @@ BEGIN
         RAISE EXCEPTION 'invalid %: % is over the limit of % characters',
             field, retrylog_excerpt(value), max_chars USING ERRCODE = '22023';
     END IF;
-    IF value ~ '[\x01-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]' THEN
+    IF value ~ retrylog_refused_characters() THEN
         RAISE EXCEPTION 'invalid %: % holds a control character, a line separator or a '
                         'bidirectional override (shown escaped)',
             field, retrylog_excerpt(value) USING ERRCODE = '22023';

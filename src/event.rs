@@ -384,9 +384,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn format_v2_tags_itself_and_covers_the_appending_role() {
-        let v1 = CanonicalEvent {
+    /// A v1 event with every optional field absent.
+    fn bare_event() -> CanonicalEvent<'static> {
+        CanonicalEvent {
             event_id: Uuid::nil(),
             job_id: Uuid::nil(),
             job_variants_id: None,
@@ -399,7 +399,12 @@ mod tests {
             occurred_at: DateTime::from_timestamp_micros(0).unwrap(),
             detail_text: "{}",
             db_role: None,
-        };
+        }
+    }
+
+    #[test]
+    fn format_v2_tags_itself_and_covers_the_appending_role() {
+        let v1 = bare_event();
         let v2 = CanonicalEvent {
             db_role: Some("pipeline"),
             ..v1
@@ -417,20 +422,7 @@ mod tests {
 
     #[test]
     fn a_hash_depends_on_the_previous_hash() {
-        let event = CanonicalEvent {
-            event_id: Uuid::nil(),
-            job_id: Uuid::nil(),
-            job_variants_id: None,
-            reason: RetryReason::Stuck,
-            step: None,
-            from_status: None,
-            to_status: None,
-            attempt: 1,
-            actor: "a",
-            occurred_at: DateTime::from_timestamp_micros(0).unwrap(),
-            detail_text: "{}",
-            db_role: None,
-        };
+        let event = bare_event();
         assert_ne!(event.hash(&GENESIS_HASH), event.hash(&[1; 32]));
     }
 }

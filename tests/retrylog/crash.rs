@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::fixtures::*;
+use crate::security::serve_projector_only;
 
 /// The private cluster's data directory, removed (cluster stopped first) when dropped, also
 /// when the test fails.
@@ -151,16 +152,7 @@ async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers
     }
 
     // 1. serve (its projector) and 8 writers, for a moment.
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(database_url(&pool).await)
-        .args(["serve", "--no-watchdog"])
-        .env_remove("DATABASE_URL")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut serve = serve_projector_only(&pool).await;
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let (stop, stopped) = watch::channel(false);
     let writers: Vec<_> = jobs

@@ -196,9 +196,46 @@ async fn reads_still_work(pool: &PgPool, case: &Case) {
     }
 }
 
-/// Every 100 cases (and at the end): verify clean, and the binary's history of every job.
-async fn log_still_verifies(pool: &PgPool) {
-    assert_verify_clean(pool).await;
+/// Counts the cases of one door and checks what each outcome leaves behind: an accepted case
+/// leaves every read working, a refused one wrote nothing; every 100 cases and at the end,
+/// verify is clean.
+#[derive(Default)]
+struct Tally {
+    accepted: usize,
+    refused: usize,
+}
+
+impl Tally {
+    /// `refusal`: `None` when the door accepted the case, else why it was refused.
+    async fn judge(&mut self, pool: &PgPool, case: &Case, before: i64, refusal: Option<String>) {
+        match refusal {
+            None => {
+                self.accepted += 1;
+                reads_still_work(pool, case).await;
+            }
+            Some(why) => {
+                self.refused += 1;
+                let after = event_count(pool).await;
+                assert_eq!(
+                    before, after,
+                    "{case:?} was refused ({why}) and wrote something"
+                );
+            }
+        }
+        if (self.accepted + self.refused).is_multiple_of(100) {
+            assert_verify_clean(pool).await;
+        }
+    }
+
+    /// Both outcomes must have been seen often enough for the run to mean something.
+    async fn finish(self, pool: &PgPool) {
+        assert_verify_clean(pool).await;
+        let Tally { accepted, refused } = self;
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -207,8 +244,8 @@ async fn generated_appends_through_the_sql_door_are_refused_cleanly_or_leave_eve
 ) {
     pipeline(&pool).await;
     lift_retry_limit(&pool).await;
-    let (mut accepted, mut refused) = (0, 0);
-    for (i, case) in cases(1000, 9).into_iter().enumerate() {
+    let mut tally = Tally::default();
+    for case in cases(1000, 9) {
         let target = TARGETS[case.target];
         let before = event_count(&pool).await;
         let result = sqlx::query(
@@ -226,32 +263,19 @@ async fn generated_appends_through_the_sql_door_are_refused_cleanly_or_leave_eve
         .bind(case.occurred_at)
         .execute(&pool)
         .await;
-        match result {
-            Ok(_) => {
-                accepted += 1;
-                reads_still_work(&pool, &case).await;
-            }
-            Err(error) => {
-                refused += 1;
-                let code = database_error(&error).0;
-                // Invalid input (22023), a malformed JSON text or a NUL (22P02, 22P05,
-                // 22021), or a jsonb number jsonb cannot hold (22003): the caller's.
-                assert!(
-                    ["22023", "22P02", "22P05", "22021", "22003", "54001"].contains(&code.as_str()),
-                    "{case:?} was refused as a fault: {error}"
-                );
-                assert_eq!(before, event_count(&pool).await, "{case:?} wrote something");
-            }
-        }
-        if i % 100 == 99 {
-            log_still_verifies(&pool).await;
-        }
+        let refusal = result.err().map(|error| {
+            let code = database_error(&error).0;
+            // Invalid input (22023), a malformed JSON text or a NUL (22P02, 22P05, 22021),
+            // a number or a nesting jsonb cannot hold (22003, 54001): the caller's.
+            assert!(
+                ["22023", "22P02", "22P05", "22021", "22003", "54001"].contains(&code.as_str()),
+                "{case:?} was refused as a fault: {error}"
+            );
+            error.to_string()
+        });
+        tally.judge(&pool, &case, before, refusal).await;
     }
-    log_still_verifies(&pool).await;
-    assert!(
-        accepted > 100 && refused > 100,
-        "{accepted} accepted, {refused} refused"
-    );
+    tally.finish(&pool).await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -260,8 +284,8 @@ async fn generated_appends_through_the_rust_door_are_refused_cleanly_or_leave_ev
 ) {
     pipeline(&pool).await;
     lift_retry_limit(&pool).await;
-    let (mut accepted, mut refused) = (0, 0);
-    for (i, case) in cases(1000, 17).into_iter().enumerate() {
+    let mut tally = Tally::default();
+    for case in cases(1000, 17) {
         // The Rust door takes a serde_json::Value: a detail it cannot parse never gets there.
         let detail = match &case.detail {
             None => Value::Object(Default::default()),
@@ -278,34 +302,21 @@ async fn generated_appends_through_the_rust_door_are_refused_cleanly_or_leave_ev
         next.to_status = case.to_status.clone();
         next.occurred_at = case.occurred_at;
         let before = event_count(&pool).await;
-        match append(&pool, &next).await {
-            Ok(_) => {
-                accepted += 1;
-                reads_still_work(&pool, &case).await;
-            }
-            Err(error) => {
-                refused += 1;
-                assert!(
-                    error.is_caller_mistake(),
-                    "{case:?} was refused as a fault: {error:?}"
-                );
-                let message = error.to_string();
-                assert!(
-                    !message.chars().any(retrylog::text::is_refused) && message.len() < 1_000,
-                    "the refusal quotes a bounded, escaped excerpt: {message:?}"
-                );
-                assert_eq!(before, event_count(&pool).await, "{case:?} wrote something");
-            }
-        }
-        if i % 100 == 99 {
-            log_still_verifies(&pool).await;
-        }
+        let refusal = append(&pool, &next).await.err().map(|error| {
+            assert!(
+                error.is_caller_mistake(),
+                "{case:?} was refused as a fault: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(
+                !message.chars().any(retrylog::text::is_refused) && message.len() < 1_000,
+                "the refusal quotes a bounded, escaped excerpt: {message:?}"
+            );
+            message
+        });
+        tally.judge(&pool, &case, before, refusal).await;
     }
-    log_still_verifies(&pool).await;
-    assert!(
-        accepted > 100 && refused > 100,
-        "{accepted} accepted, {refused} refused"
-    );
+    tally.finish(&pool).await;
 }
 
 #[sqlx::test(migrations = false)]

@@ -98,6 +98,21 @@ impl Drop for TestRole {
 
 use retrylog::grant::Capability::{Operator, Reader, Writer};
 
+/// `retrylog serve --no-watchdog` (its projector alone) on the test's database, its stderr
+/// piped for the log; killed if the test ends without stopping it.
+pub async fn serve_projector_only(pool: &PgPool) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .arg("--database-url")
+        .arg(database_url(pool).await)
+        .args(["serve", "--no-watchdog"])
+        .env_remove("DATABASE_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("retrylog serve starts")
+}
+
 /// The SQLSTATE of an error a role's statement got.
 fn code_of(error: &sqlx::Error) -> String {
     database_error(error).0
@@ -130,7 +145,7 @@ async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role
         .fetch_all(&writer.pool)
         .await
         .expect("a writer reads its own rows");
-    assert_eq!(visible, [writer.name.clone()]);
+    assert_eq!(visible, vec![writer.name.clone()]);
 
     let history = retrylog(
         &pool,
@@ -629,6 +644,10 @@ async fn an_oversized_key_stored_before_the_bound_does_not_jam_the_rollup(pool: 
         .execute(&pool)
         .await
         .unwrap();
+    // The stream goes on in format v2, chained on the v1 hash: verify checks both formats.
+    let next = append_ok(&pool, &retry(job(JOB_A))).await;
+    assert_eq!(next.attempt, 2);
+    assert!(next.db_role.is_some(), "{next:?}");
     for args in [
         vec!["project"],
         vec!["report", "trend", "--since", "1h", "--by", "scenario"],
@@ -686,6 +705,38 @@ async fn a_projection_that_cannot_advance_is_reported_by_verify_and_status(pool:
             .starts_with("cannot advance"),
         "{run:#?}"
     );
+    // serve's projector meets it too, and logs the real cause, not a lost connection.
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let mut serve = serve_projector_only(&pool).await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let failed_since: bool =
+            sqlx::query_scalar("SELECT coalesce(failed_at > $1, false) FROM projector_lease")
+                .bind(started)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if failed_since {
+            break;
+        }
+        assert!(serve.try_wait().unwrap().is_none(), "serve exited");
+        assert!(
+            std::time::Instant::now() < until,
+            "serve's projector never tried the batch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let output = stop_serve(serve).await;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("projector batch failed") && log.contains("jammed"),
+        "{log}"
+    );
+    assert!(!log.contains("lost its connection"), "{log}");
+
     // Once the fault is gone, the next batch succeeds and clears it.
     sqlx::query("ALTER TABLE retry_rollup DROP CONSTRAINT jammed")
         .execute(&pool)
