@@ -29,8 +29,11 @@ use crate::migrate;
 enum Schema {
     /// `migrate`: always applies the migrations and reinstalls the functions.
     Migrate,
-    /// The owner's commands (`serve`, `grant`, `demo`): migrate only when behind.
+    /// The owner's commands (`serve`, `grant`): migrate only when behind.
     MigrateIfBehind,
+    /// `demo`: it runs in a scratch database that it migrates itself, so the configured
+    /// database is left exactly as it is.
+    Untouched,
     /// `status`: shows where the schema stands, current or not.
     Report,
     /// Everything else, run by any capability: refuse (exit 2, naming `retrylog migrate`)
@@ -42,7 +45,8 @@ enum Schema {
 fn schema_rule(command: &Command) -> Schema {
     match command {
         Command::Migrate => Schema::Migrate,
-        Command::Serve(_) | Command::Grant(_) | Command::Demo(_) => Schema::MigrateIfBehind,
+        Command::Serve(_) | Command::Grant(_) => Schema::MigrateIfBehind,
+        Command::Demo(_) => Schema::Untouched,
         Command::Status(_) => Schema::Report,
         _ => Schema::RequireCurrent,
     }
@@ -86,7 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .context("applying the migrations")?;
             }
         }
-        Schema::Report => {}
+        Schema::Report | Schema::Untouched => {}
         Schema::RequireCurrent => {
             migrate::ensure_current(&connected.pool).await?;
         }
