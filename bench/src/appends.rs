@@ -8,9 +8,11 @@
 //! 1. **Appends** — transactions per second at each `--connections` count, for
 //!    `store::append` and two baselines: (a) the counter-only change, a bare `UPDATE ...
 //!    SET retry_count = retry_count + 1`; (b) a naive hand-written event append, `INSERT ...
-//!    SELECT ... FOR UPDATE` into a plain log table plus that UPDATE. Each approach has its own
-//!    pool of variants (same size, same table), each worker picks random targets from it, and
-//!    the three take turns slice by slice per connection count. Then `verify` must be clean.
+//!    SELECT ... FOR UPDATE` into a plain log table plus that UPDATE. The baselines run in the
+//!    twin database without any retrylog object (`twin.rs`), the real "before"; store::append
+//!    in the bench database. Each approach has its own pool of variants (same size), each
+//!    worker picks random targets from it, and the three take turns slice by slice per
+//!    connection count. Then `verify` must be clean.
 //! 2. **Replay** (`replay.rs`) — the retry_counts replay (`retrylog replay --projection
 //!    retry_counts`) over `--replay-events` events (generated in Rust with valid hash chains,
 //!    loaded with COPY) against a hand-written set-based recount, from two starting states:
@@ -40,6 +42,7 @@ use crate::database::{fresh_database, in_bench_database, print_server, timed_ver
 use crate::figures::{figure_table, Goal, Line, Unit, VerifyFigure};
 use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
 use crate::replay::{self, ReplayFigure};
+use crate::twin::{fresh_twin, holds_retrylog_objects, release_twin, twin_options};
 use crate::{progress, ACTOR};
 /// `retrylog-bench appends`.
 ///
@@ -150,8 +153,8 @@ impl Approach {
     fn label(self) -> &'static str {
         match self {
             Approach::Append => "store::append",
-            Approach::BareUpdate => "(a) bare UPDATE",
-            Approach::NaiveEvent => "(b) naive event append",
+            Approach::BareUpdate => "(a) bare UPDATE, no retrylog",
+            Approach::NaiveEvent => "(b) naive event append, no retrylog",
         }
     }
 }
@@ -216,7 +219,11 @@ async fn run_phases(
     if !args.skip_appends {
         let pool = fresh_database(connected, options).await?;
         print_context(&pool, args).await?;
-        appends = bench_appends(&pool, options, args).await?;
+        let twin = fresh_twin(connected, options).await?;
+        let measured = bench_appends(&pool, &twin, options, args).await;
+        twin.close().await;
+        release_twin(connected, args.keep).await;
+        appends = measured?;
         append_verify = Some(timed_verify(&pool, "verifying the appended log").await?);
         pool.close().await;
     }
@@ -277,32 +284,45 @@ async fn create_targets(pool: &PgPool) -> anyhow::Result<Targets> {
 
 async fn bench_appends(
     pool: &PgPool,
+    twin: &PgPool,
     options: &PgConnectOptions,
     args: &AppendsArgs,
 ) -> anyhow::Result<Vec<AppendFigures>> {
-    // Each approach gets its own variants: the baselines change retry_count without events,
-    // which must not touch the rows whose counts verify checks afterwards.
-    let mut targets = Vec::new();
-    for _ in Approach::ALL {
-        targets.push(create_targets(pool).await?);
+    if holds_retrylog_objects(twin).await? {
+        anyhow::bail!("the twin database holds retrylog objects; it must be the bare schema");
     }
-    sqlx::raw_sql(NAIVE_LOG_DDL).execute(pool).await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    // store::append in the bench database; the baselines in the twin, each on variants of its
+    // own (the bare UPDATE moves counters without events).
+    let targets = [
+        create_targets(pool).await?,
+        create_targets(twin).await?,
+        create_targets(twin).await?,
+    ];
+    sqlx::raw_sql(NAIVE_LOG_DDL).execute(twin).await?;
+    for database in [pool, twin] {
+        sqlx::raw_sql("VACUUM ANALYZE").execute(database).await?;
+    }
 
     let progress = progress::spinner();
     let warmup = Duration::from_secs(args.warmup);
     let seconds = Duration::from_secs(args.seconds);
     let mut figures = Vec::new();
     for &connections in &args.connections {
-        // The pool is sized to the connection count and shared by the three approaches, so no
-        // worker ever waits for a connection and every connection is equally warm.
-        let workers = PgPoolOptions::new()
-            .max_connections(connections)
-            .min_connections(connections)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
+        // One pool per database sized to the connection count, so no worker ever waits for a
+        // connection and every connection is equally warm.
+        let open = |options: PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(connections)
+                .min_connections(connections)
+                .acquire_timeout(Duration::from_secs(60))
+                .connect_with(options)
+        };
+        let ours = open(options.clone())
             .await
             .context("opening the benchmark pool")?;
+        let before = open(twin_options(options))
+            .await
+            .context("opening the twin's benchmark pool")?;
         let mut counted = [0u64; 3];
         let slice = seconds / args.slices;
         for round in 0..args.slices as usize {
@@ -322,8 +342,13 @@ async fn bench_appends(
                 } else {
                     warmup.min(SETTLE)
                 };
+                let workers = if approach == Approach::Append {
+                    &ours
+                } else {
+                    &before
+                };
                 counted[index] += measure(
-                    &workers,
+                    workers,
                     approach,
                     &targets[index],
                     connections,
@@ -334,7 +359,8 @@ async fn bench_appends(
                 .with_context(|| format!("measuring {}", approach.label()))?;
             }
         }
-        workers.close().await;
+        ours.close().await;
+        before.close().await;
         let total_seconds = (slice * args.slices).as_secs_f64();
         figures.push(AppendFigures {
             connections,
@@ -344,16 +370,6 @@ async fn bench_appends(
         });
     }
     progress.finish_and_clear();
-
-    // The baselines' counters moved without events; put them back so verify checks exactly
-    // the rows store::append wrote.
-    for baseline in &targets[1..] {
-        let variants: Vec<Uuid> = baseline.iter().map(|&(_, variant)| variant).collect();
-        sqlx::query("UPDATE jobs_variants SET retry_count = 0 WHERE job_variants_id = ANY($1)")
-            .bind(&variants)
-            .execute(pool)
-            .await?;
-    }
     Ok(figures)
 }
 

@@ -12,17 +12,22 @@
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
+//! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
+//!   installed against a twin database without it (`twin`: the counter-only "before", also
+//!   where the appends' baselines run).
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
 mod database;
 mod figures;
+mod footprint;
 mod log;
 mod pipeline;
 mod progress;
 mod recovery;
 mod replay;
 mod reports;
+mod twin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +87,10 @@ enum Command {
     /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
     /// every seeded condition against the counter-only listener, the steady-state sweep.
     Recovery(recovery::RecoveryArgs),
+    /// The pipeline's own writes (counter bump, heartbeat, status and step change, a job
+    /// with four variants) with retrylog installed and its watchdog running, against a twin
+    /// database without retrylog; with and without a pipeline NOTIFY trigger of its own.
+    Footprint(footprint::FootprintArgs),
 }
 
 #[tokio::main]
@@ -128,6 +137,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             recovery::run(&connected, args).await
+        }
+        Command::Footprint(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            footprint::run(&connected, args).await
         }
     }
 }

@@ -32,12 +32,15 @@
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
+//! - `footprint`: light on the pipeline: a failure retried within a second with `serve`
+//!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
 
 mod append;
 mod cli;
 mod commands;
 mod concurrency;
 mod fixtures;
+mod footprint;
 mod history;
 mod integrity;
 mod migrations;

@@ -178,7 +178,40 @@ struct VariantFacts {
     flaky: bool,
 }
 
-/// The payload the change trigger sends (migration 0005).
+/// The pipeline's own change trigger, installed in the demo database: a per-row NOTIFY on
+/// every insert and on every change of status, step or updated_at, the way DESIGN.md's
+/// pipeline re-triggers work when a row is touched. It is the pipeline's, not retrylog's
+/// (retrylog's own trigger notifies only transitions into `failed`, migration 0007); the
+/// demo's watchdog listens to it too (`pipeline_channel`).
+pub const CHANGE_TRIGGER: &str = "
+CREATE FUNCTION demo_pipeline_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+       AND OLD.status IS NOT DISTINCT FROM NEW.status
+       AND OLD.current_step IS NOT DISTINCT FROM NEW.current_step
+       AND OLD.updated_at IS NOT DISTINCT FROM NEW.updated_at THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_notify('demo_pipeline', json_build_object(
+        'table', TG_TABLE_NAME,
+        'job_id', NEW.job_id,
+        'job_variants_id', CASE WHEN TG_TABLE_NAME = 'jobs_variants'
+                                THEN to_jsonb(NEW) ->> 'job_variants_id' END,
+        'status', NEW.status,
+        'step', NEW.current_step)::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_demo_notify AFTER INSERT OR UPDATE OF status, current_step, updated_at
+    ON jobs FOR EACH ROW EXECUTE FUNCTION demo_pipeline_notify();
+CREATE TRIGGER jobs_variants_demo_notify AFTER INSERT OR UPDATE OF status, current_step, updated_at
+    ON jobs_variants FOR EACH ROW EXECUTE FUNCTION demo_pipeline_notify();
+";
+
+/// The channel [`CHANGE_TRIGGER`] notifies.
+pub const CHANGE_CHANNEL: &str = "demo_pipeline";
+
+/// The payload the pipeline's change trigger sends ([`CHANGE_TRIGGER`]).
 #[derive(Debug, Deserialize, PartialEq)]
 struct Change {
     table: String,
