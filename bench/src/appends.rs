@@ -320,7 +320,7 @@ async fn bench_appends(
         let ours = open(options.clone())
             .await
             .context("opening the benchmark pool")?;
-        let before = open(twin_options(options))
+        let before = open(twin_options(options)?)
             .await
             .context("opening the twin's benchmark pool")?;
         let mut counted = [0u64; 3];

@@ -257,7 +257,7 @@ async fn measure_worlds(
         args.warmup,
         args.variants,
         args.connections,
-        crate::twin::TWIN_DATABASE
+        crate::twin::twin_database()?
     );
     let targets = seed(&[&with, &without], args.variants as usize).await?;
     let mut figures = Vec::new();
@@ -332,7 +332,7 @@ async fn measure_world(
         // [0]: with retrylog, [1]: the twin without.
         let pools = [
             open(options.clone()).await?,
-            open(crate::twin::twin_options(options)).await?,
+            open(crate::twin::twin_options(options)?).await?,
         ];
         for statement in Statement::ALL {
             let mut counted = [0u64; 2];
@@ -343,7 +343,11 @@ async fn measure_world(
                         "footprint: {}, {}, {connections} connection(s), {}, slice {}/{}",
                         world.label(),
                         statement.label(),
-                        if side == 0 { "with retrylog" } else { "without" },
+                        if side == 0 {
+                            "with retrylog"
+                        } else {
+                            "without"
+                        },
                         round + 1,
                         args.slices
                     ));

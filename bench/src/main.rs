@@ -45,7 +45,10 @@ pub const ACTOR: &str = "retrylog-bench";
 /// Every figure is printed beside a baseline measured in the same run, with the ratio and the
 /// goal (docs/performance.md explains each one). Each benchmark runs in its own database,
 /// retrylog_bench, created (dropped first if it exists) on the configured server and dropped
-/// at the end; the configured database is never touched.
+/// at the end; the configured database is never touched. appends and footprint also create
+/// its twin without retrylog, retrylog_bench_before. RETRYLOG_BENCH_DATABASE names another
+/// scratch database (the twin: that name + _before), so two runs on one server do not drop
+/// each other's.
 ///
 /// The server: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
 /// PGUSER, PGDATABASE, ...) and the local socket, else retrylog's private PostgreSQL cluster,

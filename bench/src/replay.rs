@@ -91,8 +91,7 @@ pub async fn measure(pool: &PgPool, events: u64) -> anyhow::Result<Vec<ReplayFig
                     hand.push(started.elapsed());
                     check_counts(pool).await?;
                 } else {
-                    progress
-                        .set_message(format!("replay, {condition}: replay {repeat}/{REPEATS}"));
+                    progress.set_message(format!("replay, {condition}: replay {repeat}/{REPEATS}"));
                     let started = Instant::now();
                     let report =
                         replay::replay_projections(pool, std::slice::from_ref(counts), false)
@@ -164,7 +163,10 @@ async fn check_counts(pool: &PgPool) -> anyhow::Result<()> {
     let drift: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_counts_drift()")
         .fetch_one(pool)
         .await?;
-    anyhow::ensure!(drift == 0, "{drift} count(s) still differ after the recount");
+    anyhow::ensure!(
+        drift == 0,
+        "{drift} count(s) still differ after the recount"
+    );
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! The real "before": a twin of the bench database, `retrylog_bench_before`, created in the
+//! The real "before": a twin of the bench database, `retrylog_bench_before` (the bench
+//! database's name + `_before`), created in the
 //! same run on the same server with the counter-only schema of the original change — the
 //! pipeline tables, `retry_count` and its five indexes — and no retrylog object at all (no
 //! trigger, no function, no log). Baselines run there, so they measure the pipeline as it was
@@ -11,8 +12,12 @@ use sqlx::{Connection, PgConnection, PgPool};
 use retrylog::connect::Connected;
 use retrylog::scratch;
 
-/// The twin database's name.
-pub const TWIN_DATABASE: &str = "retrylog_bench_before";
+use crate::database::bench_database;
+
+/// The twin database's name: the bench database's, then `_before`.
+pub fn twin_database() -> anyhow::Result<String> {
+    Ok(format!("{}_before", bench_database()?))
+}
 
 /// The schema of the original change: the two pipeline tables with their `retry_count`
 /// counters and the indexes it defined. Nothing else.
@@ -45,18 +50,22 @@ CREATE INDEX idx_jobs_variants_job_id_retry_count ON jobs_variants (job_id, retr
 ";
 
 /// The twin's connection options (the bench database's, another database name).
-pub fn twin_options(options: &PgConnectOptions) -> PgConnectOptions {
-    options.clone().database(TWIN_DATABASE)
+pub fn twin_options(options: &PgConnectOptions) -> anyhow::Result<PgConnectOptions> {
+    Ok(options.clone().database(&twin_database()?))
 }
 
 /// Drops and recreates the twin with the counter-only schema; returns a small pool on it.
-pub async fn fresh_twin(connected: &Connected, options: &PgConnectOptions) -> anyhow::Result<PgPool> {
+pub async fn fresh_twin(
+    connected: &Connected,
+    options: &PgConnectOptions,
+) -> anyhow::Result<PgPool> {
     let mut admin = PgConnection::connect_with(&connected.options.clone().database("postgres"))
         .await
         .context("connecting to the maintenance database to create the twin")?;
+    let twin = twin_database()?;
     for statement in [
-        format!("DROP DATABASE IF EXISTS {TWIN_DATABASE} WITH (FORCE)"),
-        format!("CREATE DATABASE {TWIN_DATABASE}"),
+        format!("DROP DATABASE IF EXISTS {twin} WITH (FORCE)"),
+        format!("CREATE DATABASE {twin}"),
     ] {
         sqlx::raw_sql(&statement)
             .execute(&mut admin)
@@ -66,7 +75,7 @@ pub async fn fresh_twin(connected: &Connected, options: &PgConnectOptions) -> an
     admin.close().await?;
     let pool = PgPoolOptions::new()
         .max_connections(4)
-        .connect_with(twin_options(options))
+        .connect_with(twin_options(options)?)
         .await
         .context("connecting to the twin database")?;
     sqlx::raw_sql(COUNTER_ONLY_SCHEMA)
@@ -78,7 +87,10 @@ pub async fn fresh_twin(connected: &Connected, options: &PgConnectOptions) -> an
 
 /// Drops the twin at the end of a run (or keeps it, with `keep`).
 pub async fn release_twin(connected: &Connected, keep: bool) {
-    scratch::release(connected, TWIN_DATABASE, keep).await;
+    match twin_database() {
+        Ok(twin) => scratch::release(connected, &twin, keep).await,
+        Err(error) => eprintln!("retrylog-bench: {error:#}"),
+    }
 }
 
 /// Whether `pool`'s database holds any retrylog object: the twin must hold none.

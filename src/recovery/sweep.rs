@@ -157,13 +157,7 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
     let mut channels = vec![settings.channel.clone()];
     channels.extend(settings.pipeline_channel.clone());
     let listener = tokio::spawn(
-        listen(
-            pool.clone(),
-            channels,
-            wake_tx,
-            shutdown.clone(),
-        )
-        .with_current_subscriber(),
+        listen(pool.clone(), channels, wake_tx, shutdown.clone()).with_current_subscriber(),
     );
     tracing::info!(
         instance = %settings.instance,
@@ -363,7 +357,9 @@ mod tests {
             tx.send(Wake::Job(job(n))).unwrap();
         }
         tx.send(Wake::Job(job(0))).unwrap();
-        assert!(matches!(gather(Wake::Job(job(0)), &mut rx), Scope::Jobs(jobs) if jobs.len() == MOST_JOBS_PER_WAKE));
+        assert!(
+            matches!(gather(Wake::Job(job(0)), &mut rx), Scope::Jobs(jobs) if jobs.len() == MOST_JOBS_PER_WAKE)
+        );
         // One job more: a sweep of everything.
         for n in 1..=MOST_JOBS_PER_WAKE {
             tx.send(Wake::Job(job(n))).unwrap();

@@ -23,21 +23,37 @@ use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
 async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio::process::Child {
     let url = database_url(pool).await;
     let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["serve", "--database-url", &url, "--sweep-every", sweep_every])
+        .args([
+            "serve",
+            "--database-url",
+            &url,
+            "--sweep-every",
+            sweep_every,
+        ])
         .env("RETRYLOG_INSTANCE", instance)
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");
     let deadline = Duration::from_secs(10);
-    wait_until(pool, &has_events(VARIANT_A2, 1), deadline, "serve's first sweep").await;
+    wait_until(
+        pool,
+        &has_events(VARIANT_A2, 1),
+        deadline,
+        "serve's first sweep",
+    )
+    .await;
     wait_until(pool, LISTENING, deadline, "serve listens").await;
     serve
 }
 
 /// Seconds from the moment the pipeline's failure of `variant` was written (`failed_at`, the
 /// server's clock) to the moment its retry was recorded (the server's clock too).
-async fn seconds_to_retry(pool: &PgPool, variant: Uuid, failed_at: chrono::DateTime<chrono::Utc>) -> f64 {
+async fn seconds_to_retry(
+    pool: &PgPool,
+    variant: Uuid,
+    failed_at: chrono::DateTime<chrono::Utc>,
+) -> f64 {
     sqlx::query_scalar(
         "SELECT extract(epoch FROM recorded_at - $2)::float8 FROM retry_history
           WHERE job_variants_id = $1 ORDER BY attempt DESC LIMIT 1",
@@ -68,7 +84,13 @@ async fn serve_retries_a_failure_within_a_second_of_its_commit(pool: PgPool) {
     let serve = start_serve(&pool, "serve-footprint", "1h").await;
 
     let failed_at = fail_at(&pool, VARIANT_A3).await;
-    wait_until(&pool, &has_events(VARIANT_A3, 1), Duration::from_secs(10), "A3 retried").await;
+    wait_until(
+        &pool,
+        &has_events(VARIANT_A3, 1),
+        Duration::from_secs(10),
+        "A3 retried",
+    )
+    .await;
 
     let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
     assert!(
@@ -107,11 +129,13 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
     for _ in 0..WRITER_JOBS {
         let job = Uuid::new_v4();
         let variants: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
-        sqlx::query("INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'generate')")
-            .bind(job)
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'generate')",
+        )
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
         sqlx::query(
             "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
              SELECT id, $1, 'done', 'generate' FROM unnest($2::uuid[]) id",
@@ -139,7 +163,13 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
     let written: Vec<Uuid> = writer_rows.iter().flatten().copied().collect();
     let writers: Vec<_> = writer_rows
         .into_iter()
-        .map(|variants| tokio::spawn(write_like_a_pipeline(writers_pool.clone(), variants, stop.clone())))
+        .map(|variants| {
+            tokio::spawn(write_like_a_pipeline(
+                writers_pool.clone(),
+                variants,
+                stop.clone(),
+            ))
+        })
         .collect();
     // Sample what the writers wait on while they write and serve sweeps; meanwhile the
     // pipeline fails a variant, and serve must still retry it.
@@ -149,9 +179,9 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
     let failed_at = fail_at(&pool, VARIANT_A3).await;
     while Instant::now() < until {
         let waiting: Vec<(String, Vec<String>)> = sqlx::query_as(WAITING_ON_RETRYLOG)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         samples += 1;
         lock_waits.extend(waiting);
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -162,18 +192,28 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
         writes += writer.await.expect("a writer does not panic");
     }
     writers_pool.close().await;
-    wait_until(&pool, &has_events(VARIANT_A3, 1), Duration::from_secs(10), "A3 retried").await;
+    wait_until(
+        &pool,
+        &has_events(VARIANT_A3, 1),
+        Duration::from_secs(10),
+        "A3 retried",
+    )
+    .await;
     stop_serve(serve).await;
 
     assert!(samples > 50, "sampled the writers {samples} times");
     assert!(writes > 100, "the writers wrote ({writes} statements)");
-    assert_eq!(
-        lock_waits,
-        Vec::<(String, Vec<String>)>::new(),
-        "no writer waited on a lock for retrylog"
+    assert!(
+        lock_waits.is_empty(),
+        "writers waited on a lock for retrylog in {} of {samples} samples, e.g. {:?}",
+        lock_waits.len(),
+        &lock_waits[..lock_waits.len().min(5)]
     );
     let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
-    assert!(seconds < 1.0, "a failure among the writes was retried in {seconds:.3} s");
+    assert!(
+        seconds < 1.0,
+        "a failure among the writes was retried in {seconds:.3} s"
+    );
     // The writers bumped their counters the counter-only way, without events; put them back
     // so verify checks the watchdog's retries.
     sqlx::query("UPDATE jobs_variants SET retry_count = 0 WHERE job_variants_id = ANY($1)")
@@ -212,11 +252,13 @@ async fn write_like_a_pipeline(pool: PgPool, variants: Vec<Uuid>, stop: Arc<Atom
         }
         let job = Uuid::new_v4();
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'prepare')")
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'prepare')",
+        )
+        .bind(job)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         sqlx::query(
             "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
              SELECT gen_random_uuid(), $1, 'running', 'prepare' FROM generate_series(1, 4)",
@@ -261,12 +303,24 @@ async fn a_touch_scenario_no_notification_reveals_is_found_by_the_periodic_sweep
     )
     .await;
     let deadline = Duration::from_secs(10);
-    wait_until(&pool, &has_events(VARIANT_A2, 1), deadline, "the first sweep").await;
+    wait_until(
+        &pool,
+        &has_events(VARIANT_A2, 1),
+        deadline,
+        "the first sweep",
+    )
+    .await;
     wait_until(&pool, LISTENING, deadline, "the watchdog listens").await;
 
     let lagging = make_lagging(&pool).await;
 
-    wait_until(&pool, &has_events(lagging, 1), deadline, "the next sweep retried it").await;
+    wait_until(
+        &pool,
+        &has_events(lagging, 1),
+        deadline,
+        "the next sweep retried it",
+    )
+    .await;
     watchdog.stop().await;
     assert_verify_clean(&pool).await;
 }
@@ -287,25 +341,45 @@ async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_
     )
     .await;
     let deadline = Duration::from_secs(10);
-    wait_until(&pool, &has_events(VARIANT_A2, 1), deadline, "the first sweep").await;
+    wait_until(
+        &pool,
+        &has_events(VARIANT_A2, 1),
+        deadline,
+        "the first sweep",
+    )
+    .await;
     wait_until(&pool, LISTENING, deadline, "the watchdog listens").await;
     let lagging = make_lagging(&pool).await;
 
     // The pipeline's own trigger would send this when it touches a row of job A.
-    sqlx::query("SELECT pg_notify('pipeline_changes', json_build_object('job_id', $1::uuid)::text)")
-        .bind(JOB_A)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "SELECT pg_notify('pipeline_changes', json_build_object('job_id', $1::uuid)::text)",
+    )
+    .bind(JOB_A)
+    .execute(&pool)
+    .await
+    .unwrap();
 
-    wait_until(&pool, &has_events(lagging, 1), deadline, "the notified job was swept").await;
+    wait_until(
+        &pool,
+        &has_events(lagging, 1),
+        deadline,
+        "the notified job was swept",
+    )
+    .await;
     // A payload without a job id sweeps everything: a second lagging variant is found too.
     let another = make_lagging(&pool).await;
     sqlx::query("SELECT pg_notify('pipeline_changes', 'something changed')")
         .execute(&pool)
         .await
         .unwrap();
-    wait_until(&pool, &has_events(another, 1), deadline, "everything was swept").await;
+    wait_until(
+        &pool,
+        &has_events(another, 1),
+        deadline,
+        "everything was swept",
+    )
+    .await;
     watchdog.stop().await;
     assert_verify_clean(&pool).await;
 }

@@ -807,7 +807,11 @@ pub(crate) struct Watchdog {
 
 impl Watchdog {
     /// Starts `run` with `settings` on a pool whose connections are named `application_name`.
-    pub(crate) async fn start(pool: &PgPool, application_name: &str, settings: WatchdogSettings) -> Self {
+    pub(crate) async fn start(
+        pool: &PgPool,
+        application_name: &str,
+        settings: WatchdogSettings,
+    ) -> Self {
         let pool = watchdog_pool(pool, application_name).await;
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(recovery::run(pool.clone(), settings, shutdown));
@@ -1212,10 +1216,12 @@ async fn the_pipelines_everyday_writes_notify_nothing(pool: PgPool) {
         json!("0f000000-0000-4000-8000-000000000001"),
         "only the transition into failed notified"
     );
-    sqlx::query("UPDATE jobs_variants SET status = 'failed', updated_at = now() WHERE status = 'failed'")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs_variants SET status = 'failed', updated_at = now() WHERE status = 'failed'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     sqlx::query("SELECT pg_notify('retrylog_pipeline', 'marker')")
         .execute(&pool)
         .await
