@@ -24,8 +24,9 @@ pub const BENCH_DATABASE: &str = "retrylog_bench";
 /// other's database.
 pub fn bench_database() -> anyhow::Result<String> {
     match std::env::var("RETRYLOG_BENCH_DATABASE") {
-        Ok(name) => retrylog::config::parse_channel(&name)
-            .map_err(|_| anyhow::anyhow!("RETRYLOG_BENCH_DATABASE: invalid database name {name:?}")),
+        Ok(name) => retrylog::config::parse_channel(&name).map_err(|_| {
+            anyhow::anyhow!("RETRYLOG_BENCH_DATABASE: invalid database name {name:?}")
+        }),
         Err(_) => Ok(BENCH_DATABASE.to_string()),
     }
 }

@@ -17,12 +17,10 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -36,6 +34,7 @@ use retrylog::recovery;
 use crate::database::{fresh_database, in_bench_database, print_server};
 use crate::figures::{figure_table, Goal, Line, Unit};
 use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
+use crate::slices::{count_commits, open_pool, SliceArgs};
 use crate::twin::{fresh_twin, holds_retrylog_objects, release_twin};
 use crate::{progress, ACTOR};
 
@@ -46,25 +45,8 @@ use crate::{progress, ACTOR};
 /// retrylog object), both dropped at the end.
 #[derive(Debug, Args)]
 pub struct FootprintArgs {
-    /// Seconds each statement is counted per database and connection count (after warm-up).
-    #[arg(long, default_value_t = 4, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub seconds: u64,
-
-    /// Seconds of warm-up before each database's first slice of a statement (not counted).
-    #[arg(long, default_value_t = 1, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(0..=600))]
-    pub warmup: u64,
-
-    /// Cut each measurement into this many slices, alternating the two databases.
-    #[arg(long, default_value_t = 4, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub slices: u32,
-
-    /// Connection counts to measure at, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,N,...",
-          value_parser = clap::value_parser!(u32).range(1..=500))]
-    pub connections: Vec<u32>,
+    #[command(flatten)]
+    pub slices: SliceArgs,
 
     /// Variants in each database before the run (in jobs of four).
     #[arg(long, default_value_t = 40_000, value_name = "N",
@@ -88,10 +70,7 @@ pub struct FootprintArgs {
 impl FootprintArgs {
     /// `--smoke`: one second at 2 connections, no warm-up, 400 variants.
     pub fn smoke(&mut self) {
-        self.seconds = 1;
-        self.warmup = 0;
-        self.slices = 1;
-        self.connections = vec![2];
+        self.slices.smoke();
         self.variants = 400;
     }
 }
@@ -252,11 +231,11 @@ async fn measure_worlds(
         "retrylog-bench: footprint: {} s per statement, database and connection count in {} \
          alternating slice(s), after {} s warm-up; {} variants in each database; connections \
          {:?}; twin database without retrylog: {}",
-        args.seconds,
-        args.slices,
-        args.warmup,
+        args.slices.seconds,
+        args.slices.slices,
+        args.slices.warmup,
         args.variants,
-        args.connections,
+        args.slices.connections,
         crate::twin::twin_database()?
     );
     let targets = seed(&[&with, &without], args.variants as usize).await?;
@@ -318,25 +297,17 @@ async fn measure_world(
     args: &FootprintArgs,
 ) -> anyhow::Result<Vec<Figure>> {
     let progress = progress::spinner();
-    let warmup = Duration::from_secs(args.warmup);
-    let slice = Duration::from_secs(args.seconds) / args.slices;
+    let timing = &args.slices;
     let mut figures = Vec::new();
-    for &connections in &args.connections {
-        let open = |options: PgConnectOptions| {
-            PgPoolOptions::new()
-                .max_connections(connections)
-                .min_connections(connections)
-                .acquire_timeout(Duration::from_secs(60))
-                .connect_with(options)
-        };
-        // [0]: with retrylog, [1]: the twin without.
+    for &connections in &timing.connections {
+        // [0]: with retrylog, [1]: the twin without; each sized to the connection count.
         let pools = [
-            open(options.clone()).await?,
-            open(crate::twin::twin_options(options)?).await?,
+            open_pool(options.clone(), connections).await?,
+            open_pool(crate::twin::twin_options(options)?, connections).await?,
         ];
         for statement in Statement::ALL {
             let mut counted = [0u64; 2];
-            for round in 0..args.slices as usize {
+            for round in 0..timing.slices as usize {
                 for offset in 0..2 {
                     let side = (round + offset) % 2;
                     progress.set_message(format!(
@@ -349,26 +320,25 @@ async fn measure_world(
                             "without"
                         },
                         round + 1,
-                        args.slices
+                        timing.slices
                     ));
-                    let settle = if round == 0 {
-                        warmup
-                    } else {
-                        warmup.min(Duration::from_millis(250))
-                    };
-                    counted[side] +=
-                        measure(&pools[side], statement, targets, connections, settle, slice)
-                            .await
-                            .with_context(|| format!("measuring {}", statement.label()))?;
+                    let (pool, targets) = (pools[side].clone(), targets.clone());
+                    counted[side] += count_commits(
+                        connections,
+                        timing.settle(round),
+                        timing.slice(),
+                        move || write(pool.clone(), statement, targets.clone()),
+                    )
+                    .await
+                    .with_context(|| format!("measuring {}", statement.label()))?;
                 }
             }
-            let seconds = (slice * args.slices).as_secs_f64();
             figures.push(Figure {
                 world,
                 statement,
                 connections,
-                with: counted[0] as f64 / seconds,
-                without: counted[1] as f64 / seconds,
+                with: timing.rate(counted[0]),
+                without: timing.rate(counted[1]),
             });
         }
         for pool in pools {
@@ -379,66 +349,31 @@ async fn measure_world(
     Ok(figures)
 }
 
-/// `connections` workers for `warmup` + `seconds`; the commits inside the counted seconds.
-async fn measure(
-    pool: &PgPool,
-    statement: Statement,
-    targets: &Targets,
-    connections: u32,
-    warmup: Duration,
-    seconds: Duration,
-) -> anyhow::Result<u64> {
-    let start = Instant::now() + warmup;
-    let end = start + seconds;
-    let workers: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(worker(pool.clone(), statement, targets.clone(), start, end)))
-        .collect();
-    let mut total = 0;
-    for worker in workers {
-        total += worker.await??;
+/// One pipeline write: the statement on a random variant, committed on its own (the insert:
+/// the job and its variants in one transaction).
+async fn write(pool: PgPool, statement: Statement, targets: Targets) -> anyhow::Result<()> {
+    if statement == Statement::InsertJob {
+        let job = Uuid::new_v4();
+        let variants: Vec<Uuid> = (0..VARIANTS_PER_JOB).map(|_| Uuid::new_v4()).collect();
+        let mut tx = pool.begin().await?;
+        sqlx::query(statement.sql())
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(INSERT_VARIANTS)
+            .bind(job)
+            .bind(&variants)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    } else {
+        let variant = targets[rand::thread_rng().gen_range(0..targets.len())];
+        sqlx::query(statement.sql())
+            .bind(variant)
+            .execute(&pool)
+            .await?;
     }
-    Ok(total)
-}
-
-/// One connection's loop: the statement on a random variant, committed on its own (the
-/// insert: the job and its variants in one transaction).
-async fn worker(
-    pool: PgPool,
-    statement: Statement,
-    targets: Targets,
-    start: Instant,
-    end: Instant,
-) -> anyhow::Result<u64> {
-    let mut rng = StdRng::from_entropy();
-    let mut counted = 0;
-    while Instant::now() < end {
-        if statement == Statement::InsertJob {
-            let job = Uuid::new_v4();
-            let variants: Vec<Uuid> = (0..VARIANTS_PER_JOB).map(|_| Uuid::new_v4()).collect();
-            let mut tx = pool.begin().await?;
-            sqlx::query(statement.sql())
-                .bind(job)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(INSERT_VARIANTS)
-                .bind(job)
-                .bind(&variants)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-        } else {
-            let variant = targets[rng.gen_range(0..targets.len())];
-            sqlx::query(statement.sql())
-                .bind(variant)
-                .execute(&pool)
-                .await?;
-        }
-        let committed = Instant::now();
-        if committed >= start && committed <= end {
-            counted += 1;
-        }
-    }
-    Ok(counted)
+    Ok(())
 }
 
 /// One line per figure: with retrylog against without, the goal on every line.

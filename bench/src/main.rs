@@ -14,7 +14,8 @@
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
 //! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
 //!   installed against a twin database without it (`twin`: the counter-only "before", also
-//!   where the appends' baselines run).
+//!   where the appends' baselines run); `slices`: the timing flags and commit-counting
+//!   workers both share.
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
@@ -27,6 +28,7 @@ mod progress;
 mod recovery;
 mod replay;
 mod reports;
+mod slices;
 mod twin;
 
 use std::path::PathBuf;

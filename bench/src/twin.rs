@@ -1,15 +1,15 @@
 //! The real "before": a twin of the bench database, `retrylog_bench_before` (the bench
-//! database's name + `_before`), created in the
-//! same run on the same server with the counter-only schema of the original change — the
-//! pipeline tables, `retry_count` and its five indexes — and no retrylog object at all (no
-//! trigger, no function, no log). Baselines run there, so they measure the pipeline as it was
-//! before retrylog was installed.
+//! database's name + `_before`), created in the same run on the same server with the
+//! counter-only schema of the original change — the pipeline tables, `retry_count` and its
+//! five indexes — and no retrylog object at all (no trigger, no function, no log). Baselines
+//! run there, so they measure the pipeline as it was before retrylog was installed.
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use retrylog::connect::Connected;
+use retrylog::migrate::MIGRATOR;
 use retrylog::scratch;
 
 use crate::database::bench_database;
@@ -20,34 +20,15 @@ pub fn twin_database() -> anyhow::Result<String> {
 }
 
 /// The schema of the original change: the two pipeline tables with their `retry_count`
-/// counters and the indexes it defined. Nothing else.
-const COUNTER_ONLY_SCHEMA: &str = "
-CREATE TABLE jobs (
-    job_id       uuid PRIMARY KEY,
-    status       text NOT NULL DEFAULT 'pending'
-                 CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    current_step text,
-    created_at   timestamptz NOT NULL DEFAULT now(),
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    retry_count  integer NOT NULL DEFAULT 0
-);
-CREATE TABLE jobs_variants (
-    job_variants_id uuid PRIMARY KEY,
-    job_id          uuid NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
-    creation_order  integer NOT NULL DEFAULT 0,
-    status          text NOT NULL DEFAULT 'pending'
-                    CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    current_step    text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now(),
-    retry_count     integer NOT NULL DEFAULT 0
-);
-CREATE INDEX idx_jobs_retry_count ON jobs (retry_count);
-CREATE INDEX idx_jobs_status_retry_count ON jobs (status, retry_count);
-CREATE INDEX idx_jobs_variants_retry_count ON jobs_variants (retry_count);
-CREATE INDEX idx_jobs_variants_status_retry_count ON jobs_variants (status, retry_count);
-CREATE INDEX idx_jobs_variants_job_id_retry_count ON jobs_variants (job_id, retry_count);
-";
+/// counters and the five indexes it defined, nothing else. That is exactly retrylog's first
+/// migration (`migrations/0001_pipeline_tables.sql`), which adds no retrylog object.
+fn counter_only_schema() -> anyhow::Result<String> {
+    let first = MIGRATOR
+        .iter()
+        .find(|migration| migration.version == 1)
+        .context("retrylog's first migration, the pipeline tables")?;
+    Ok(first.sql.to_string())
+}
 
 /// The twin's connection options (the bench database's, another database name).
 pub fn twin_options(options: &PgConnectOptions) -> anyhow::Result<PgConnectOptions> {
@@ -78,7 +59,8 @@ pub async fn fresh_twin(
         .connect_with(twin_options(options)?)
         .await
         .context("connecting to the twin database")?;
-    sqlx::raw_sql(COUNTER_ONLY_SCHEMA)
+    let schema = counter_only_schema()?;
+    sqlx::raw_sql(&schema)
         .execute(&pool)
         .await
         .context("creating the counter-only schema in the twin")?;

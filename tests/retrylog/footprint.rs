@@ -35,25 +35,40 @@ async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio:
         .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");
+    first_sweep_done_and_listening(pool).await;
+    serve
+}
+
+/// Waits until a watchdog over the pipeline fixture retried its failed variant A2 (its first
+/// sweep) and LISTENs.
+async fn first_sweep_done_and_listening(pool: &PgPool) {
     let deadline = Duration::from_secs(10);
     wait_until(
         pool,
         &has_events(VARIANT_A2, 1),
         deadline,
-        "serve's first sweep",
+        "the first sweep",
     )
     .await;
-    wait_until(pool, LISTENING, deadline, "serve listens").await;
-    serve
+    wait_until(pool, LISTENING, deadline, "the watchdog listens").await;
 }
 
-/// Seconds from the moment the pipeline's failure of `variant` was written (`failed_at`, the
-/// server's clock) to the moment its retry was recorded (the server's clock too).
+/// Waits (10 s at most) for the retry of `variant`; returns the seconds from the moment the
+/// pipeline's failure was written (`failed_at`, the server's clock) to the moment its retry
+/// was recorded (the server's clock too).
 async fn seconds_to_retry(
     pool: &PgPool,
     variant: Uuid,
     failed_at: chrono::DateTime<chrono::Utc>,
 ) -> f64 {
+    let retried = has_events(variant, 1);
+    wait_until(
+        pool,
+        &retried,
+        Duration::from_secs(10),
+        "the failure retried",
+    )
+    .await;
     sqlx::query_scalar(
         "SELECT extract(epoch FROM recorded_at - $2)::float8 FROM retry_history
           WHERE job_variants_id = $1 ORDER BY attempt DESC LIMIT 1",
@@ -84,14 +99,6 @@ async fn serve_retries_a_failure_within_a_second_of_its_commit(pool: PgPool) {
     let serve = start_serve(&pool, "serve-footprint", "1h").await;
 
     let failed_at = fail_at(&pool, VARIANT_A3).await;
-    wait_until(
-        &pool,
-        &has_events(VARIANT_A3, 1),
-        Duration::from_secs(10),
-        "A3 retried",
-    )
-    .await;
-
     let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
     assert!(
         (0.0..1.0).contains(&seconds),
@@ -192,13 +199,7 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
         writes += writer.await.expect("a writer does not panic");
     }
     writers_pool.close().await;
-    wait_until(
-        &pool,
-        &has_events(VARIANT_A3, 1),
-        Duration::from_secs(10),
-        "A3 retried",
-    )
-    .await;
+    let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
     stop_serve(serve).await;
 
     assert!(samples > 50, "sampled the writers {samples} times");
@@ -209,7 +210,6 @@ async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: Pg
         lock_waits.len(),
         &lock_waits[..lock_waits.len().min(5)]
     );
-    let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
     assert!(
         seconds < 1.0,
         "a failure among the writes was retried in {seconds:.3} s"
@@ -290,10 +290,18 @@ async fn make_lagging(pool: &PgPool) -> Uuid {
     lagging
 }
 
+/// Starts a watchdog named `name` over the pipeline fixture and waits until its first sweep
+/// retried the failed variant A2 and it listens.
+async fn start_watchdog(pool: &PgPool, name: &str, settings: WatchdogSettings) -> Watchdog {
+    pipeline(pool).await;
+    let watchdog = Watchdog::start(pool, name, settings).await;
+    first_sweep_done_and_listening(pool).await;
+    watchdog
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_touch_scenario_no_notification_reveals_is_found_by_the_periodic_sweep(pool: PgPool) {
-    pipeline(&pool).await;
-    let watchdog = Watchdog::start(
+    let watchdog = start_watchdog(
         &pool,
         "watchdog-sweeping",
         WatchdogSettings {
@@ -302,36 +310,17 @@ async fn a_touch_scenario_no_notification_reveals_is_found_by_the_periodic_sweep
         },
     )
     .await;
-    let deadline = Duration::from_secs(10);
-    wait_until(
-        &pool,
-        &has_events(VARIANT_A2, 1),
-        deadline,
-        "the first sweep",
-    )
-    .await;
-    wait_until(&pool, LISTENING, deadline, "the watchdog listens").await;
-
     let lagging = make_lagging(&pool).await;
 
-    wait_until(
-        &pool,
-        &has_events(lagging, 1),
-        deadline,
-        "the next sweep retried it",
-    )
-    .await;
-    watchdog.stop().await;
-    assert_verify_clean(&pool).await;
+    retried_then_stopped(&pool, lagging, "the next sweep retried it", watchdog).await;
 }
 
 #[sqlx::test(migrations = false)]
 async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_names(
     pool: PgPool,
 ) {
-    pipeline(&pool).await;
     // Hourly sweeps: only a notification on the pipeline's own channel gets it retried.
-    let watchdog = Watchdog::start(
+    let watchdog = start_watchdog(
         &pool,
         "watchdog-on-pipeline-channel",
         WatchdogSettings {
@@ -341,14 +330,6 @@ async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_
     )
     .await;
     let deadline = Duration::from_secs(10);
-    wait_until(
-        &pool,
-        &has_events(VARIANT_A2, 1),
-        deadline,
-        "the first sweep",
-    )
-    .await;
-    wait_until(&pool, LISTENING, deadline, "the watchdog listens").await;
     let lagging = make_lagging(&pool).await;
 
     // The pipeline's own trigger would send this when it touches a row of job A.
@@ -373,13 +354,13 @@ async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_
         .execute(&pool)
         .await
         .unwrap();
-    wait_until(
-        &pool,
-        &has_events(another, 1),
-        deadline,
-        "everything was swept",
-    )
-    .await;
+    retried_then_stopped(&pool, another, "everything was swept", watchdog).await;
+}
+
+/// Waits until `variant` has its retry (`what` names the reason it should), stops the
+/// watchdog, and checks the log.
+async fn retried_then_stopped(pool: &PgPool, variant: Uuid, what: &str, watchdog: Watchdog) {
+    wait_until(pool, &has_events(variant, 1), Duration::from_secs(10), what).await;
     watchdog.stop().await;
-    assert_verify_clean(&pool).await;
+    assert_verify_clean(pool).await;
 }
