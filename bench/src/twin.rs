@@ -51,7 +51,7 @@ pub async fn fresh_twin(
         sqlx::raw_sql(&statement)
             .execute(&mut admin)
             .await
-            .with_context(|| format!("{statement}"))?;
+            .with_context(|| statement.clone())?;
     }
     admin.close().await?;
     let pool = PgPoolOptions::new()
