@@ -13,49 +13,32 @@
 -- change, a counter bump or a status change to anything but failed runs no trigger code and
 -- sends no NOTIFY.
 
--- 1. The old row trigger and its function.
+-- 1. The old row triggers. Their function, retrylog_notify_change() (0005), stays: it sends
+--    the small JSON payload of the row on the configured channel, and the triggers below
+--    call it only for a transition into failed (its check for an unchanged status, step and
+--    updated_at never holds for those). pg_notify folds identical payloads within a
+--    transaction, and a failure rolled back sends nothing.
 DROP TRIGGER IF EXISTS jobs_notify_change ON jobs;
 DROP TRIGGER IF EXISTS jobs_variants_notify_change ON jobs_variants;
-DROP FUNCTION IF EXISTS retrylog_notify_change();
 
--- 2. The notification: the same small JSON payload as before, on the configured channel.
---    pg_notify folds identical payloads within a transaction, so a statement that fails
---    every variant of a job sends one notification per variant at most, and a failure rolled
---    back sends nothing.
-CREATE FUNCTION retrylog_notify_failure() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify(
-        (SELECT notify_channel FROM retrylog_settings),
-        json_build_object(
-            'table', TG_TABLE_NAME,
-            'job_id', NEW.job_id,
-            'job_variants_id', CASE WHEN TG_TABLE_NAME = 'jobs_variants'
-                                    THEN to_jsonb(NEW) ->> 'job_variants_id' END,
-            'status', NEW.status,
-            'step', NEW.current_step)::text);
-    RETURN NULL;
-END
-$$;
-
--- 3. Only transitions into failed fire it.
+-- 2. Only transitions into failed fire it.
 CREATE TRIGGER jobs_notify_failure
     AFTER UPDATE OF status ON jobs
     FOR EACH ROW
     WHEN (NEW.status = 'failed' AND OLD.status IS DISTINCT FROM 'failed')
-    EXECUTE FUNCTION retrylog_notify_failure();
+    EXECUTE FUNCTION retrylog_notify_change();
 CREATE TRIGGER jobs_inserted_failed
     AFTER INSERT ON jobs
     FOR EACH ROW
     WHEN (NEW.status = 'failed')
-    EXECUTE FUNCTION retrylog_notify_failure();
+    EXECUTE FUNCTION retrylog_notify_change();
 CREATE TRIGGER jobs_variants_notify_failure
     AFTER UPDATE OF status ON jobs_variants
     FOR EACH ROW
     WHEN (NEW.status = 'failed' AND OLD.status IS DISTINCT FROM 'failed')
-    EXECUTE FUNCTION retrylog_notify_failure();
+    EXECUTE FUNCTION retrylog_notify_change();
 CREATE TRIGGER jobs_variants_inserted_failed
     AFTER INSERT ON jobs_variants
     FOR EACH ROW
     WHEN (NEW.status = 'failed')
-    EXECUTE FUNCTION retrylog_notify_failure();
+    EXECUTE FUNCTION retrylog_notify_change();

@@ -1222,12 +1222,22 @@ async fn the_pipelines_everyday_writes_notify_nothing(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
+    assert_nothing_notified_before_a_marker(&pool, &mut listener).await;
+}
+
+/// Sends a marker on the channel and asserts it is the next notification: nothing sent
+/// before it is still waiting.
+async fn assert_nothing_notified_before_a_marker(pool: &PgPool, listener: &mut PgListener) {
     sqlx::query("SELECT pg_notify('retrylog_pipeline', 'marker')")
-        .execute(&pool)
+        .execute(pool)
         .await
         .unwrap();
-    let next = next_notification(&mut listener).await;
-    assert_eq!(next.payload(), "marker", "nothing else was notified");
+    let next = next_notification(listener).await;
+    assert_eq!(
+        next.payload(),
+        "marker",
+        "nothing was notified before the marker"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -1243,23 +1253,14 @@ async fn a_retry_count_update_by_the_projection_notifies_nothing(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_notify('retrylog_pipeline', 'marker')")
-        .execute(&pool)
-        .await
-        .unwrap();
 
     assert_eq!(retry_count(&pool, variant(JOB_A, VARIANT_A1)).await, 1);
     assert_eq!(retry_count(&pool, job(JOB_B)).await, 1);
-    let next = next_notification(&mut listener).await;
-    assert_eq!(
-        next.payload(),
-        "marker",
-        "nothing was notified before the marker"
-    );
+    assert_nothing_notified_before_a_marker(&pool, &mut listener).await;
 }
 
 #[sqlx::test(migrations = false)]
-async fn the_change_trigger_notifies_the_channel_named_in_retrylog_settings(pool: PgPool) {
+async fn the_failure_trigger_notifies_the_channel_named_in_retrylog_settings(pool: PgPool) {
     pipeline(&pool).await;
     sqlx::query("UPDATE retrylog_settings SET notify_channel = 'pipeline_changes'")
         .execute(&pool)
