@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_RETRIES: i32 = 3;
 pub const DEFAULT_STUCK_AFTER: &str = "5m";
 /// How often the watchdog sweeps for what no notification reveals.
 pub const DEFAULT_SWEEP_EVERY: &str = "30s";
-/// The channel the change trigger notifies (migration 0005 installs it with this name).
+/// The channel the failure trigger notifies (migration 0005 installs it with this name).
 pub const DEFAULT_CHANNEL: &str = "retrylog_pipeline";
 
 /// What the recovery watchdog manages and how eagerly it retries.
@@ -48,11 +48,17 @@ pub struct WatchdogSettings {
           hide_default_value = true, value_parser = parse_instance)]
     pub instance: String,
 
-    /// The channel the change trigger on jobs/jobs_variants notifies and the watchdog listens
+    /// The channel the failure trigger on jobs/jobs_variants notifies and the watchdog listens
     /// on; set it when the pipeline already uses the default name (written to the database).
     #[arg(long, env = "RETRYLOG_CHANNEL", hide_env_values = true, value_name = "NAME", default_value = DEFAULT_CHANNEL,
           value_parser = parse_channel)]
     pub channel: String,
+
+    /// The pipeline's own change channel, if it has one: the watchdog listens there too and
+    /// sweeps the job each notification's JSON `job_id` names (anything else: every job).
+    #[arg(long, env = "RETRYLOG_PIPELINE_CHANNEL", value_name = "NAME",
+          value_parser = parse_channel)]
+    pub pipeline_channel: Option<String>,
 }
 
 impl Default for WatchdogSettings {
@@ -64,6 +70,7 @@ impl Default for WatchdogSettings {
             sweep_every: parse_duration(DEFAULT_SWEEP_EVERY).expect("a valid default"),
             instance: default_instance(),
             channel: DEFAULT_CHANNEL.to_string(),
+            pipeline_channel: None,
         }
     }
 }

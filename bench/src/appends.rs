@@ -8,9 +8,11 @@
 //! 1. **Appends** — transactions per second at each `--connections` count, for
 //!    `store::append` and two baselines: (a) the counter-only change, a bare `UPDATE ...
 //!    SET retry_count = retry_count + 1`; (b) a naive hand-written event append, `INSERT ...
-//!    SELECT ... FOR UPDATE` into a plain log table plus that UPDATE. Each approach has its own
-//!    pool of variants (same size, same table), each worker picks random targets from it, and
-//!    the three take turns slice by slice per connection count. Then `verify` must be clean.
+//!    SELECT ... FOR UPDATE` into a plain log table plus that UPDATE. The baselines run in the
+//!    twin database without any retrylog object (`twin.rs`), the real "before"; store::append
+//!    in the bench database. Each approach has its own pool of variants (same size), each
+//!    worker picks random targets from it, and the three take turns slice by slice per
+//!    connection count. Then `verify` must be clean.
 //! 2. **Replay** (`replay.rs`) — the retry_counts replay (`retrylog replay --projection
 //!    retry_counts`) over `--replay-events` events (generated in Rust with valid hash chains,
 //!    loaded with COPY) against a hand-written set-based recount, from two starting states:
@@ -19,14 +21,12 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -40,7 +40,10 @@ use crate::database::{fresh_database, in_bench_database, print_server, timed_ver
 use crate::figures::{figure_table, Goal, Line, Unit, VerifyFigure};
 use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
 use crate::replay::{self, ReplayFigure};
+use crate::slices::{count_commits, open_pool, SliceArgs};
+use crate::twin::{fresh_twin, holds_retrylog_objects, release_twin, twin_options};
 use crate::{progress, ACTOR};
+
 /// `retrylog-bench appends`.
 ///
 /// Runs in its own database, `retrylog_bench`, created (dropped first if it exists) on the same
@@ -48,28 +51,8 @@ use crate::{progress, ACTOR};
 /// touched. Prints every figure beside its baseline, the ratio and the goal.
 #[derive(Debug, Args)]
 pub struct AppendsArgs {
-    /// Seconds each append measurement counts transactions, per approach and connection count
-    /// (after the warm-up).
-    #[arg(long, default_value_t = 5, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub seconds: u64,
-
-    /// Seconds of warm-up before an approach's first slice at each connection count (not
-    /// counted).
-    #[arg(long, default_value_t = 1, value_name = "N",
-          value_parser = clap::value_parser!(u64).range(0..=600))]
-    pub warmup: u64,
-
-    /// Cut each append measurement into this many slices and interleave the approaches slice
-    /// by slice (rotating their order), so a burst of machine noise hits all three alike.
-    #[arg(long, default_value_t = 5, value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub slices: u32,
-
-    /// Connection counts to measure appends at, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,16", value_name = "N,N,...",
-          value_parser = clap::value_parser!(u32).range(1..=500))]
-    pub connections: Vec<u32>,
+    #[command(flatten)]
+    pub slices: SliceArgs,
 
     /// Events in the log for the replay measurement.
     #[arg(long, default_value_t = 1_000_000, value_name = "N",
@@ -95,10 +78,7 @@ pub struct AppendsArgs {
 impl AppendsArgs {
     /// `--smoke`: one second at 2 connections, no warm-up, a replay of 2,000 events.
     pub fn smoke(&mut self) {
-        self.seconds = 1;
-        self.warmup = 0;
-        self.slices = 1;
-        self.connections = vec![2];
+        self.slices.smoke();
         self.replay_events = 2_000;
     }
 }
@@ -108,9 +88,6 @@ const APPEND_VARIANTS: usize = 10_000;
 
 /// The connection count the append goals are set at.
 const GOAL_CONNECTIONS: u32 = 16;
-
-/// The uncounted pause before every slice but an approach's first.
-const SETTLE: Duration = Duration::from_millis(250);
 
 /// Baseline (a), the original change: bump the counter in place.
 const BARE_UPDATE: &str = "UPDATE jobs_variants SET retry_count = retry_count + 1, \
@@ -150,8 +127,8 @@ impl Approach {
     fn label(self) -> &'static str {
         match self {
             Approach::Append => "store::append",
-            Approach::BareUpdate => "(a) bare UPDATE",
-            Approach::NaiveEvent => "(b) naive event append",
+            Approach::BareUpdate => "(a) bare UPDATE, no retrylog",
+            Approach::NaiveEvent => "(b) naive event append, no retrylog",
         }
     }
 }
@@ -216,7 +193,11 @@ async fn run_phases(
     if !args.skip_appends {
         let pool = fresh_database(connected, options).await?;
         print_context(&pool, args).await?;
-        appends = bench_appends(&pool, options, args).await?;
+        let twin = fresh_twin(connected, options).await?;
+        let measured = bench_appends(&pool, &twin, options, args).await;
+        twin.close().await;
+        release_twin(connected, args.keep).await;
+        appends = measured?;
         append_verify = Some(timed_verify(&pool, "verifying the appended log").await?);
         pool.close().await;
     }
@@ -240,11 +221,11 @@ async fn print_context(pool: &PgPool, args: &AppendsArgs) -> anyhow::Result<()> 
             "retrylog-bench: appends: {} s per approach and connection count in {} interleaved \
              slice(s), after {} s warm-up; {APPEND_VARIANTS} variants of {} jobs per approach; \
              connections {:?}",
-            args.seconds,
-            args.slices,
-            args.warmup,
+            args.slices.seconds,
+            args.slices.slices,
+            args.slices.warmup,
             APPEND_VARIANTS / VARIANTS_PER_JOB,
-            args.connections
+            args.slices.connections
         );
     }
     Ok(())
@@ -277,35 +258,38 @@ async fn create_targets(pool: &PgPool) -> anyhow::Result<Targets> {
 
 async fn bench_appends(
     pool: &PgPool,
+    twin: &PgPool,
     options: &PgConnectOptions,
     args: &AppendsArgs,
 ) -> anyhow::Result<Vec<AppendFigures>> {
-    // Each approach gets its own variants: the baselines change retry_count without events,
-    // which must not touch the rows whose counts verify checks afterwards.
-    let mut targets = Vec::new();
-    for _ in Approach::ALL {
-        targets.push(create_targets(pool).await?);
+    if holds_retrylog_objects(twin).await? {
+        anyhow::bail!("the twin database holds retrylog objects; it must be the bare schema");
     }
-    sqlx::raw_sql(NAIVE_LOG_DDL).execute(pool).await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;
+    // store::append in the bench database; the baselines in the twin, each on variants of its
+    // own (the bare UPDATE moves counters without events).
+    let targets = [
+        create_targets(pool).await?,
+        create_targets(twin).await?,
+        create_targets(twin).await?,
+    ];
+    sqlx::raw_sql(NAIVE_LOG_DDL).execute(twin).await?;
+    for database in [pool, twin] {
+        sqlx::raw_sql("VACUUM ANALYZE").execute(database).await?;
+    }
 
     let progress = progress::spinner();
-    let warmup = Duration::from_secs(args.warmup);
-    let seconds = Duration::from_secs(args.seconds);
+    let timing = &args.slices;
     let mut figures = Vec::new();
-    for &connections in &args.connections {
-        // The pool is sized to the connection count and shared by the three approaches, so no
-        // worker ever waits for a connection and every connection is equally warm.
-        let workers = PgPoolOptions::new()
-            .max_connections(connections)
-            .min_connections(connections)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
+    for &connections in &timing.connections {
+        // One pool per database, sized to the connection count.
+        let ours = open_pool(options.clone(), connections)
             .await
             .context("opening the benchmark pool")?;
+        let before = open_pool(twin_options(options)?, connections)
+            .await
+            .context("opening the twin's benchmark pool")?;
         let mut counted = [0u64; 3];
-        let slice = seconds / args.slices;
-        for round in 0..args.slices as usize {
+        for round in 0..timing.slices as usize {
             for offset in 0..Approach::ALL.len() {
                 let index = (round + offset) % Approach::ALL.len();
                 let approach = Approach::ALL[index];
@@ -313,125 +297,76 @@ async fn bench_appends(
                     "appends: {}, {connections} connection(s), slice {}/{}",
                     approach.label(),
                     round + 1,
-                    args.slices
+                    timing.slices
                 ));
-                // A full warm-up before an approach's first slice; before the others only a
-                // moment for the previous approach's last transactions to clear.
-                let settle = if round == 0 {
-                    warmup
+                let pool = if approach == Approach::Append {
+                    &ours
                 } else {
-                    warmup.min(SETTLE)
+                    &before
                 };
-                counted[index] += measure(
-                    &workers,
-                    approach,
-                    &targets[index],
+                let (pool, targets) = (pool.clone(), targets[index].clone());
+                counted[index] += count_commits(
                     connections,
-                    settle,
-                    slice,
+                    timing.settle(round),
+                    timing.slice(),
+                    move || transaction(pool.clone(), approach, targets.clone()),
                 )
                 .await
                 .with_context(|| format!("measuring {}", approach.label()))?;
             }
         }
-        workers.close().await;
-        let total_seconds = (slice * args.slices).as_secs_f64();
+        ours.close().await;
+        before.close().await;
         figures.push(AppendFigures {
             connections,
-            ours: counted[0] as f64 / total_seconds,
-            bare_update: counted[1] as f64 / total_seconds,
-            naive_event: counted[2] as f64 / total_seconds,
+            ours: timing.rate(counted[0]),
+            bare_update: timing.rate(counted[1]),
+            naive_event: timing.rate(counted[2]),
         });
     }
     progress.finish_and_clear();
-
-    // The baselines' counters moved without events; put them back so verify checks exactly
-    // the rows store::append wrote.
-    for baseline in &targets[1..] {
-        let variants: Vec<Uuid> = baseline.iter().map(|&(_, variant)| variant).collect();
-        sqlx::query("UPDATE jobs_variants SET retry_count = 0 WHERE job_variants_id = ANY($1)")
-            .bind(&variants)
-            .execute(pool)
-            .await?;
-    }
     Ok(figures)
 }
 
-/// Runs `connections` workers for `warmup` + `seconds`; returns the transactions that
-/// committed inside the counted `seconds`.
-async fn measure(
-    pool: &PgPool,
-    approach: Approach,
-    targets: &Targets,
-    connections: u32,
-    warmup: Duration,
-    seconds: Duration,
-) -> anyhow::Result<u64> {
-    let start = Instant::now() + warmup;
-    let end = start + seconds;
-    let workers: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(worker(pool.clone(), approach, targets.clone(), start, end)))
-        .collect();
-    let mut total = 0;
-    for worker in workers {
-        total += worker.await??;
-    }
-    Ok(total)
-}
-
-/// One connection's loop: a random target, BEGIN, the approach's statements, COMMIT.
-async fn worker(
-    pool: PgPool,
-    approach: Approach,
-    targets: Targets,
-    start: Instant,
-    end: Instant,
-) -> anyhow::Result<u64> {
-    let mut rng = StdRng::from_entropy();
-    let detail = Value::Object(Default::default());
-    let mut counted = 0;
-    while Instant::now() < end {
-        let (job_id, job_variants_id) = targets[rng.gen_range(0..targets.len())];
-        let mut tx = pool.begin().await?;
-        match approach {
-            Approach::Append => {
-                let retry = NewRetry::new(
-                    Target::Variant {
-                        job_id,
-                        job_variants_id,
-                    },
-                    RetryReason::Stuck,
-                    ACTOR,
-                );
-                store::append(&mut tx, &retry).await?;
-            }
-            Approach::BareUpdate => {
-                sqlx::query(BARE_UPDATE)
-                    .bind(job_variants_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Approach::NaiveEvent => {
-                sqlx::query(NAIVE_INSERT)
-                    .bind(job_variants_id)
-                    .bind(RetryReason::Stuck.as_ref())
-                    .bind(ACTOR)
-                    .bind(&detail)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(BARE_UPDATE)
-                    .bind(job_variants_id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+/// One transaction of `approach` on a random target: BEGIN, the approach's statements,
+/// COMMIT.
+async fn transaction(pool: PgPool, approach: Approach, targets: Targets) -> anyhow::Result<()> {
+    let (job_id, job_variants_id) = targets[rand::thread_rng().gen_range(0..targets.len())];
+    let mut tx = pool.begin().await?;
+    match approach {
+        Approach::Append => {
+            let retry = NewRetry::new(
+                Target::Variant {
+                    job_id,
+                    job_variants_id,
+                },
+                RetryReason::Stuck,
+                ACTOR,
+            );
+            store::append(&mut tx, &retry).await?;
         }
-        tx.commit().await?;
-        let committed = Instant::now();
-        if committed >= start && committed <= end {
-            counted += 1;
+        Approach::BareUpdate => {
+            sqlx::query(BARE_UPDATE)
+                .bind(job_variants_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Approach::NaiveEvent => {
+            sqlx::query(NAIVE_INSERT)
+                .bind(job_variants_id)
+                .bind(RetryReason::Stuck.as_ref())
+                .bind(ACTOR)
+                .bind(Value::Object(Default::default()))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(BARE_UPDATE)
+                .bind(job_variants_id)
+                .execute(&mut *tx)
+                .await?;
         }
     }
-    Ok(counted)
+    tx.commit().await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

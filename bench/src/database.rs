@@ -15,8 +15,21 @@ use retrylog::{replay, scratch};
 use crate::figures::VerifyFigure;
 use crate::progress;
 
-/// The scratch database every measurement runs in.
+/// The scratch database every measurement runs in, unless `RETRYLOG_BENCH_DATABASE` names
+/// another.
 pub const BENCH_DATABASE: &str = "retrylog_bench";
+
+/// The scratch database's name: `RETRYLOG_BENCH_DATABASE` if set (a plain lowercase
+/// identifier), else [`BENCH_DATABASE`]; so that two runs on one server do not drop each
+/// other's database.
+pub fn bench_database() -> anyhow::Result<String> {
+    match std::env::var("RETRYLOG_BENCH_DATABASE") {
+        Ok(name) => retrylog::config::parse_channel(&name).map_err(|_| {
+            anyhow::anyhow!("RETRYLOG_BENCH_DATABASE: invalid database name {name:?}")
+        }),
+        Err(_) => Ok(BENCH_DATABASE.to_string()),
+    }
+}
 
 /// Runs `measure` with the options of the bench database, then drops the database (or keeps
 /// it, with `keep`) whether `measure` succeeded or not. `measure` creates the database with
@@ -28,9 +41,10 @@ pub async fn in_bench_database<T>(
     keep: bool,
     measure: impl AsyncFnOnce(&PgConnectOptions) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let options = scratch::options(connected, BENCH_DATABASE, application_name)?;
+    let name = bench_database()?;
+    let options = scratch::options(connected, &name, application_name)?;
     let outcome = measure(&options).await;
-    scratch::release(connected, BENCH_DATABASE, keep).await;
+    scratch::release(connected, &name, keep).await;
     outcome
 }
 
@@ -40,7 +54,7 @@ pub async fn fresh_database(
     connected: &Connected,
     options: &PgConnectOptions,
 ) -> anyhow::Result<PgPool> {
-    let pool = scratch::create(connected, BENCH_DATABASE, options, 4).await?;
+    let pool = scratch::create(connected, &bench_database()?, options, 4).await?;
     sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
         .execute(&pool)
         .await
@@ -61,7 +75,8 @@ pub async fn print_server(pool: &PgPool) -> anyhow::Result<()> {
     eprintln!(
         "retrylog-bench: PostgreSQL {version} (shared_buffers {shared_buffers}, \
          synchronous_commit {synchronous_commit}, fsync {fsync}), {cpus} CPU(s) for client and \
-         server; database {BENCH_DATABASE}"
+         server; database {}",
+        bench_database()?
     );
     Ok(())
 }

@@ -12,17 +12,24 @@
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
+//! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
+//!   installed against a twin database without it (`twin`: the counter-only "before", also
+//!   where the appends' baselines run); `slices`: the timing flags and commit-counting
+//!   workers both share.
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
 mod database;
 mod figures;
+mod footprint;
 mod log;
 mod pipeline;
 mod progress;
 mod recovery;
 mod replay;
 mod reports;
+mod slices;
+mod twin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +47,10 @@ pub const ACTOR: &str = "retrylog-bench";
 /// Every figure is printed beside a baseline measured in the same run, with the ratio and the
 /// goal (docs/performance.md explains each one). Each benchmark runs in its own database,
 /// retrylog_bench, created (dropped first if it exists) on the configured server and dropped
-/// at the end; the configured database is never touched.
+/// at the end; the configured database is never touched. appends and footprint also create
+/// its twin without retrylog, retrylog_bench_before. RETRYLOG_BENCH_DATABASE names another
+/// scratch database (the twin: that name + _before), so two runs on one server do not drop
+/// each other's.
 ///
 /// The server: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
 /// PGUSER, PGDATABASE, ...) and the local socket, else retrylog's private PostgreSQL cluster,
@@ -82,6 +92,10 @@ enum Command {
     /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
     /// every seeded condition against the counter-only listener, the steady-state sweep.
     Recovery(recovery::RecoveryArgs),
+    /// The pipeline's own writes (counter bump, heartbeat, status and step change, a job
+    /// with four variants) with retrylog installed and its watchdog running, against a twin
+    /// database without retrylog; with and without a pipeline NOTIFY trigger of its own.
+    Footprint(footprint::FootprintArgs),
 }
 
 #[tokio::main]
@@ -128,6 +142,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             recovery::run(&connected, args).await
+        }
+        Command::Footprint(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            footprint::run(&connected, args).await
         }
     }
 }

@@ -4,8 +4,9 @@
 //! 1. A scratch database, `retrylog_demo`, created fresh on the configured server (the
 //!    configured database is never touched) and dropped at the end unless `--keep`. One an
 //!    earlier `--keep` left is dropped only with `--replace`.
-//! 2. The watchdog's settings, scaled to seconds, published to `retrylog_settings` as `serve`
-//!    does, so the change trigger notifies the channel both sides listen on.
+//! 2. The pipeline's own change trigger (`demo/pipeline.rs`), and the watchdog's settings,
+//!    scaled to seconds, published to `retrylog_settings` as `serve` does; the watchdog
+//!    listens on the pipeline's channel too (`pipeline_channel`).
 //! 3. Three tasks until `--duration` is over (or Ctrl-C): the simulated pipeline
 //!    (`demo/pipeline.rs`), [`recovery::run`] — the watchdog `serve` runs — and the live view
 //!    (`demo/live.rs`).
@@ -142,22 +143,25 @@ async fn run_in_scratch(
         .await
         .context("connecting the live view to the demo database")?;
 
-    // 2. The watchdog's settings where the trigger and every door read them.
+    // 2. The pipeline's change trigger, and the watchdog's settings where the failure
+    //    trigger and every door read them.
+    sqlx::raw_sql(pipeline::CHANGE_TRIGGER)
+        .execute(&pool)
+        .await
+        .context("installing the demo pipeline's change trigger")?;
+    let channel = pipeline::CHANGE_CHANNEL;
     let settings = WatchdogSettings {
         max_retries: MAX_RETRIES,
         stuck_after: STUCK_AFTER,
         sweep_every: SWEEP_EVERY,
         instance: INSTANCE.to_string(),
         channel: DEFAULT_CHANNEL.to_string(),
+        pipeline_channel: Some(channel.to_string()),
         ..WatchdogSettings::default()
     };
     recovery::publish_settings(&pool, &settings)
         .await
         .context("writing the demo watchdog's settings to retrylog_settings")?;
-    let channel: String = sqlx::query_scalar("SELECT notify_channel FROM retrylog_settings")
-        .fetch_one(&pool)
-        .await
-        .context("reading the notification channel")?;
 
     let plan = Plan::new(
         seed,
@@ -205,7 +209,7 @@ async fn run_in_scratch(
     );
     let counts = Arc::new(PipelineCounts::default());
     let pipeline = Pipeline::new(pool.clone(), &plan, Arc::clone(&counts), misses_tx, stopped);
-    let pipeline_run = pipeline.run(&plan, &channel);
+    let pipeline_run = pipeline.run(&plan, channel);
     tokio::pin!(pipeline_run);
     let (ended_early, interrupted) = tokio::select! {
         result = &mut pipeline_run => (Some(result), false),

@@ -154,14 +154,10 @@ const MOST_JOBS_PER_WAKE: usize = 1000;
 pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::Receiver<bool>) {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
     // The listener logs through whatever subscriber the caller runs `run` under.
+    let mut channels = vec![settings.channel.clone()];
+    channels.extend(settings.pipeline_channel.clone());
     let listener = tokio::spawn(
-        listen(
-            pool.clone(),
-            settings.channel.clone(),
-            wake_tx,
-            shutdown.clone(),
-        )
-        .with_current_subscriber(),
+        listen(pool.clone(), channels, wake_tx, shutdown.clone()).with_current_subscriber(),
     );
     tracing::info!(
         instance = %settings.instance,
@@ -170,6 +166,7 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
         stuck_after = ?settings.stuck_after,
         sweep_every = ?settings.sweep_every,
         channel = %settings.channel,
+        pipeline_channel = settings.pipeline_channel.as_deref().unwrap_or("none"),
         "recovery watchdog started"
     );
     let mut backoff = MIN_BACKOFF;
@@ -251,21 +248,24 @@ fn gather(first: Wake, wakes: &mut mpsc::UnboundedReceiver<Wake>) -> Scope {
     }
 }
 
-/// LISTENs on `channel` and turns each notification into a [`Wake`]. Reconnects with
-/// back-off; after every reconnect it asks for a sweep of everything, since notifications
-/// sent while it was away are lost.
+/// LISTENs on `channels` (retrylog's, and the pipeline's own if configured) and turns each
+/// notification into a [`Wake`]. Reconnects with back-off; after every reconnect it asks for a
+/// sweep of everything, since notifications sent while it was away are lost.
 async fn listen(
     pool: PgPool,
-    channel: String,
+    channels: Vec<String>,
     wakes: mpsc::UnboundedSender<Wake>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let channel = channels.join(",");
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
     while !*shutdown.borrow() {
         let connecting = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(&channel).await?;
+            listener
+                .listen_all(channels.iter().map(String::as_str))
+                .await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let Some(connected) = shutdown::unless_requested(connecting, &mut shutdown).await else {
@@ -338,5 +338,33 @@ mod tests {
         assert_eq!(gather(Wake::Job(a), &mut rx), Scope::Jobs(vec![a, b]));
         tx.send(Wake::Everything).unwrap();
         assert_eq!(gather(Wake::Job(a), &mut rx), Scope::Everything);
+    }
+
+    #[test]
+    fn more_jobs_than_one_wake_up_takes_fold_into_a_sweep_of_everything() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let job = |n: usize| Uuid::from_u128(n as u128 + 1);
+        // Exactly the batch: each job swept on its own terms.
+        for n in 1..MOST_JOBS_PER_WAKE {
+            tx.send(Wake::Job(job(n))).unwrap();
+        }
+        let Scope::Jobs(jobs) = gather(Wake::Job(job(0)), &mut rx) else {
+            panic!("{MOST_JOBS_PER_WAKE} jobs are swept one by one");
+        };
+        assert_eq!(jobs.len(), MOST_JOBS_PER_WAKE);
+        // A job named twice counts once.
+        for n in 1..MOST_JOBS_PER_WAKE {
+            tx.send(Wake::Job(job(n))).unwrap();
+        }
+        tx.send(Wake::Job(job(0))).unwrap();
+        assert!(
+            matches!(gather(Wake::Job(job(0)), &mut rx), Scope::Jobs(jobs) if jobs.len() == MOST_JOBS_PER_WAKE)
+        );
+        // One job more: a sweep of everything.
+        for n in 1..=MOST_JOBS_PER_WAKE {
+            tx.send(Wake::Job(job(n))).unwrap();
+        }
+        assert_eq!(gather(Wake::Job(job(0)), &mut rx), Scope::Everything);
+        assert!(rx.try_recv().is_err(), "the wake-up took every queued job");
     }
 }

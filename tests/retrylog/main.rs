@@ -44,6 +44,8 @@
 //! - `security`: fresh LOGIN roles with one capability each (writer, operator, reader): what
 //!   each may and may not do, forgery, shadowing, force, replay, read-only use, bounded keys
 //!   and text, a projection that cannot advance.
+//! - `footprint`: light on the pipeline: a failure retried within a second with `serve`
+//!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
 
 mod append;
 mod cli;
@@ -52,6 +54,7 @@ mod concurrency;
 mod crash;
 mod docs;
 mod fixtures;
+mod footprint;
 mod history;
 mod hostile;
 mod integrity;

@@ -32,7 +32,7 @@ const INSTANCE: &str = "watchdog-test";
 
 /// A watchdog managing [`STEPS`], stuck after 5 minutes, 3 retries per target, sweeping only
 /// hourly: within a test it acts on its first sweep, a notification, or an explicit `sweep`.
-fn settings(instance: &str) -> WatchdogSettings {
+pub(crate) fn settings(instance: &str) -> WatchdogSettings {
     WatchdogSettings {
         steps: STEPS.parse().expect("the test's steps are valid"),
         max_retries: 3,
@@ -115,7 +115,7 @@ async fn state(pool: &PgPool, id: Uuid) -> RowState {
 }
 
 /// The pipeline failing a variant again, as its workers do.
-async fn fail(pool: &PgPool, job_variants_id: Uuid) {
+pub(crate) async fn fail(pool: &PgPool, job_variants_id: Uuid) {
     sqlx::query(
         "UPDATE jobs_variants SET status = 'failed', updated_at = now()
           WHERE job_variants_id = $1",
@@ -797,7 +797,7 @@ async fn at_the_limit_only_an_operators_forced_manual_recovery_is_recorded(pool:
 }
 
 /// A pool of its own for one watchdog, its connections named `application_name`.
-async fn watchdog_pool(pool: &PgPool, application_name: &str) -> PgPool {
+pub(crate) async fn watchdog_pool(pool: &PgPool, application_name: &str) -> PgPool {
     let options = (*pool.connect_options())
         .clone()
         .application_name(application_name);
@@ -809,7 +809,7 @@ async fn watchdog_pool(pool: &PgPool, application_name: &str) -> PgPool {
 }
 
 /// `recovery::run` in a task of its own, on a pool of its own.
-struct Watchdog {
+pub(crate) struct Watchdog {
     pool: PgPool,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -817,7 +817,11 @@ struct Watchdog {
 
 impl Watchdog {
     /// Starts `run` with `settings` on a pool whose connections are named `application_name`.
-    async fn start(pool: &PgPool, application_name: &str, settings: WatchdogSettings) -> Self {
+    pub(crate) async fn start(
+        pool: &PgPool,
+        application_name: &str,
+        settings: WatchdogSettings,
+    ) -> Self {
         let pool = watchdog_pool(pool, application_name).await;
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn(recovery::run(pool.clone(), settings, shutdown));
@@ -825,7 +829,7 @@ impl Watchdog {
     }
 
     /// Sends shutdown and asserts that `run` returns within 2 s; closes its pool.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.send_replace(true);
         tokio::time::timeout(Duration::from_secs(2), self.task)
             .await
@@ -837,7 +841,7 @@ impl Watchdog {
 
 /// Polls `condition`, a boolean SQL expression, every 20 ms until it holds; fails naming
 /// `what` when it still does not after `deadline`.
-async fn wait_until(pool: &PgPool, condition: &str, deadline: Duration, what: &str) {
+pub(crate) async fn wait_until(pool: &PgPool, condition: &str, deadline: Duration, what: &str) {
     let until = Instant::now() + deadline;
     loop {
         let holds: bool = sqlx::query_scalar(&format!("SELECT {condition}"))
@@ -853,12 +857,12 @@ async fn wait_until(pool: &PgPool, condition: &str, deadline: Duration, what: &s
 }
 
 /// A watchdog has LISTENed on its channel: its listener's last statement is the LISTEN.
-const LISTENING: &str = "EXISTS (SELECT 1 FROM pg_stat_activity
+pub(crate) const LISTENING: &str = "EXISTS (SELECT 1 FROM pg_stat_activity
                                  WHERE datname = current_database() AND state = 'idle'
                                    AND query ILIKE 'listen %')";
 
 /// The condition "`id` has `n` events".
-fn has_events(id: Uuid, n: usize) -> String {
+pub(crate) fn has_events(id: Uuid, n: usize) -> String {
     format!(
         "(SELECT count(*) FROM retry_history
            WHERE job_variants_id = '{id}' OR (job_id = '{id}' AND job_variants_id IS NULL)) = {n}"
@@ -1144,30 +1148,105 @@ fn payload(notification: &PgNotification) -> Value {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_status_or_step_change_notifies_the_channel_with_the_row_as_json(pool: PgPool) {
+async fn a_transition_into_failed_notifies_the_channel_with_the_row_as_json(pool: PgPool) {
     pipeline(&pool).await;
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("retrylog_pipeline").await.unwrap();
 
     fail(&pool, VARIANT_A3).await;
-    let variant_changed = next_notification(&mut listener).await;
-    sqlx::query("UPDATE jobs SET current_step = 'iou_eval' WHERE job_id = $1")
+    let variant_failed = next_notification(&mut listener).await;
+    sqlx::query("UPDATE jobs SET status = 'failed' WHERE job_id = $1")
         .bind(JOB_B)
         .execute(&pool)
         .await
         .unwrap();
-    let job_changed = next_notification(&mut listener).await;
+    let job_failed = next_notification(&mut listener).await;
+    sqlx::query(
+        "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+         VALUES ('0b000000-0000-4000-8000-000000000009', $1, 'failed', 'generate')",
+    )
+    .bind(JOB_B)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let inserted_failed = next_notification(&mut listener).await;
 
-    assert_eq!(variant_changed.channel(), "retrylog_pipeline");
+    assert_eq!(variant_failed.channel(), "retrylog_pipeline");
     assert_eq!(
-        payload(&variant_changed),
+        payload(&variant_failed),
         json!({"table": "jobs_variants", "job_id": JOB_A, "job_variants_id": VARIANT_A3,
                "status": "failed", "step": "segment"})
     );
     assert_eq!(
-        payload(&job_changed),
+        payload(&job_failed),
         json!({"table": "jobs", "job_id": JOB_B, "job_variants_id": null,
-               "status": "running", "step": "iou_eval"})
+               "status": "failed", "step": "generate"})
+    );
+    assert_eq!(
+        payload(&inserted_failed)["job_variants_id"],
+        json!("0b000000-0000-4000-8000-000000000009")
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_pipelines_everyday_writes_notify_nothing(pool: PgPool) {
+    pipeline(&pool).await;
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("retrylog_pipeline").await.unwrap();
+
+    // Every write a healthy pipeline makes, none of them a transition into failed: a
+    // heartbeat, a status change each way, a step change, the counter bump, a new job with
+    // its variants, and a failed row written again while it stays failed.
+    for statement in [
+        "UPDATE jobs_variants SET updated_at = now()",
+        "UPDATE jobs_variants SET status = 'running', updated_at = now() WHERE status = 'done'",
+        "UPDATE jobs_variants SET status = 'done', updated_at = now() WHERE status = 'running'",
+        "UPDATE jobs SET current_step = 'iou_eval', updated_at = now()",
+        "UPDATE jobs_variants SET current_step = 'segment', updated_at = now()",
+        "UPDATE jobs_variants SET retry_count = retry_count + 1, updated_at = now()",
+        "UPDATE jobs SET status = 'done', updated_at = now()",
+        "INSERT INTO jobs (job_id, status, current_step)
+         VALUES ('0f000000-0000-4000-8000-000000000000', 'running', 'prepare')",
+        "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+         VALUES ('0f000000-0000-4000-8000-000000000001',
+                 '0f000000-0000-4000-8000-000000000000', 'running', 'prepare')",
+        "UPDATE jobs_variants SET status = 'failed'
+          WHERE job_variants_id = '0f000000-0000-4000-8000-000000000001'",
+    ] {
+        sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|error| panic!("{statement}: {error}"));
+    }
+    // The one transition into failed above is the last statement; draining it, then a
+    // failed row updated again (still failed) must send nothing before the marker.
+    let failed = next_notification(&mut listener).await;
+    assert_eq!(
+        payload(&failed)["job_variants_id"],
+        json!("0f000000-0000-4000-8000-000000000001"),
+        "only the transition into failed notified"
+    );
+    sqlx::query(
+        "UPDATE jobs_variants SET status = 'failed', updated_at = now() WHERE status = 'failed'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_nothing_notified_before_a_marker(&pool, &mut listener).await;
+}
+
+/// Sends a marker on the channel and asserts it is the next notification: nothing sent
+/// before it is still waiting.
+async fn assert_nothing_notified_before_a_marker(pool: &PgPool, listener: &mut PgListener) {
+    sqlx::query("SELECT pg_notify('retrylog_pipeline', 'marker')")
+        .execute(pool)
+        .await
+        .unwrap();
+    let next = next_notification(listener).await;
+    assert_eq!(
+        next.payload(),
+        "marker",
+        "nothing was notified before the marker"
     );
 }
 
@@ -1184,23 +1263,14 @@ async fn a_retry_count_update_by_the_projection_notifies_nothing(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("SELECT pg_notify('retrylog_pipeline', 'marker')")
-        .execute(&pool)
-        .await
-        .unwrap();
 
     assert_eq!(retry_count(&pool, variant(JOB_A, VARIANT_A1)).await, 1);
     assert_eq!(retry_count(&pool, job(JOB_B)).await, 1);
-    let next = next_notification(&mut listener).await;
-    assert_eq!(
-        next.payload(),
-        "marker",
-        "nothing was notified before the marker"
-    );
+    assert_nothing_notified_before_a_marker(&pool, &mut listener).await;
 }
 
 #[sqlx::test(migrations = false)]
-async fn the_change_trigger_notifies_the_channel_named_in_retrylog_settings(pool: PgPool) {
+async fn the_failure_trigger_notifies_the_channel_named_in_retrylog_settings(pool: PgPool) {
     pipeline(&pool).await;
     sqlx::query("UPDATE retrylog_settings SET notify_channel = 'pipeline_changes'")
         .execute(&pool)

@@ -211,12 +211,13 @@ pub async fn seed(
     let steps = settings.steps.names();
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    // 1. Half a million rows of notifications nobody listens to would only slow the seeding
-    //    down; the ALTERs are part of the transaction, so an error undoes them too.
+    // 1. Thousands of failure notifications (one per variant inserted failed) nobody listens
+    //    to would only slow the seeding down; the ALTERs are part of the transaction, so an
+    //    error undoes them too.
     progress.set_message("seeding: jobs and variants");
     sqlx::raw_sql(
-        "ALTER TABLE jobs DISABLE TRIGGER jobs_notify_change;
-         ALTER TABLE jobs_variants DISABLE TRIGGER jobs_variants_notify_change;",
+        "ALTER TABLE jobs DISABLE TRIGGER jobs_inserted_failed;
+         ALTER TABLE jobs_variants DISABLE TRIGGER jobs_variants_inserted_failed;",
     )
     .execute(&mut *tx)
     .await?;
@@ -270,8 +271,8 @@ pub async fn seed(
         prior_events += appended;
     }
     sqlx::raw_sql(
-        "ALTER TABLE jobs ENABLE TRIGGER jobs_notify_change;
-         ALTER TABLE jobs_variants ENABLE TRIGGER jobs_variants_notify_change;",
+        "ALTER TABLE jobs ENABLE TRIGGER jobs_inserted_failed;
+         ALTER TABLE jobs_variants ENABLE TRIGGER jobs_variants_inserted_failed;",
     )
     .execute(&mut *tx)
     .await?;
@@ -308,7 +309,7 @@ pub async fn seed(
     }
     eprintln!(
         "retrylog-bench: seeded {} jobs ({}) and {} variants in {:.1} s, set-based, with the \
-         notify triggers jobs_notify_change and jobs_variants_notify_change disabled during \
+         failure triggers jobs_inserted_failed and jobs_variants_inserted_failed disabled during \
          the seeding and enabled again before it committed; {} retries appended before the \
          run through record_retry (actor {SEED_ACTOR}) in {:.1} s; VACUUM ANALYZE in {:.1} s",
         thousands(jobs as f64),

@@ -178,13 +178,47 @@ struct VariantFacts {
     flaky: bool,
 }
 
-/// The payload the change trigger sends (migration 0005).
+/// The pipeline's own change trigger, installed in the demo database: a per-row NOTIFY on
+/// every insert and on every change of status, step or updated_at, the way DESIGN.md's
+/// pipeline re-triggers work when a row is touched. It is the pipeline's, not retrylog's
+/// (retrylog's own trigger notifies only transitions into `failed`, migration 0007); the
+/// demo's watchdog listens to it too (`pipeline_channel`).
+pub const CHANGE_TRIGGER: &str = "
+CREATE FUNCTION demo_pipeline_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('demo_pipeline',
+                      (jsonb_build_object('table', TG_TABLE_NAME) || to_jsonb(NEW))::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_demo_inserted AFTER INSERT ON jobs
+    FOR EACH ROW EXECUTE FUNCTION demo_pipeline_notify();
+CREATE TRIGGER jobs_demo_changed AFTER UPDATE ON jobs FOR EACH ROW
+    WHEN ((OLD.status, OLD.current_step, OLD.updated_at)
+          IS DISTINCT FROM (NEW.status, NEW.current_step, NEW.updated_at))
+    EXECUTE FUNCTION demo_pipeline_notify();
+CREATE TRIGGER jobs_variants_demo_inserted AFTER INSERT ON jobs_variants
+    FOR EACH ROW EXECUTE FUNCTION demo_pipeline_notify();
+CREATE TRIGGER jobs_variants_demo_changed AFTER UPDATE ON jobs_variants FOR EACH ROW
+    WHEN ((OLD.status, OLD.current_step, OLD.updated_at)
+          IS DISTINCT FROM (NEW.status, NEW.current_step, NEW.updated_at))
+    EXECUTE FUNCTION demo_pipeline_notify();
+";
+
+/// The channel [`CHANGE_TRIGGER`] notifies.
+pub const CHANGE_CHANNEL: &str = "demo_pipeline";
+
+/// The payload the pipeline's change trigger sends ([`CHANGE_TRIGGER`]): the row, and the
+/// table it is in. Other columns are ignored.
 #[derive(Debug, Deserialize, PartialEq)]
 struct Change {
     table: String,
     job_id: Uuid,
+    /// Absent for a job.
+    #[serde(default)]
     job_variants_id: Option<Uuid>,
     status: String,
+    #[serde(rename = "current_step")]
     step: Option<String>,
 }
 
@@ -559,8 +593,9 @@ mod tests {
     fn the_trigger_payload_reads_as_a_change() {
         let job = Uuid::from_u128(1);
         let variant = Uuid::from_u128(2);
+        // What `jsonb_build_object('table', ...) || to_jsonb(NEW)` sends for a variant.
         let payload = format!(
-            r#"{{"table" : "jobs_variants", "job_id" : "{job}", "job_variants_id" : "{variant}", "status" : "done", "step" : "segment"}}"#
+            r#"{{"table": "jobs_variants", "job_id": "{job}", "job_variants_id": "{variant}", "status": "done", "current_step": "segment", "creation_order": 0, "retry_count": 1}}"#
         );
         let change: Change = serde_json::from_str(&payload).unwrap();
         assert_eq!(
@@ -573,8 +608,9 @@ mod tests {
                 step: Some("segment".into()),
             }
         );
+        // A job's row has no job_variants_id.
         let payload = format!(
-            r#"{{"table" : "jobs", "job_id" : "{job}", "job_variants_id" : null, "status" : "done", "step" : null}}"#
+            r#"{{"table": "jobs", "job_id": "{job}", "status": "done", "current_step": null}}"#
         );
         let change: Change = serde_json::from_str(&payload).unwrap();
         assert_eq!(change.job_variants_id, None);

@@ -1,0 +1,366 @@
+//! Light on the pipeline (DESIGN.md invariant 10, migration 0007): with `serve` running, a
+//! failure the pipeline commits still wakes the watchdog at once, the pipeline's everyday
+//! writes never fail or wait because of retrylog, what no notification reveals is found by the
+//! periodic sweep, and a pipeline's own channel can wake the watchdog too. How fast those
+//! writes run is the benchmark's to say (`retrylog-bench footprint`), not a test's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use retrylog::config::WatchdogSettings;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::fixtures::*;
+use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
+
+/// Starts `retrylog serve` on the test's database, named `instance`, sweeping every
+/// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2
+/// and it listens.
+async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio::process::Child {
+    let url = database_url(pool).await;
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args([
+            "serve",
+            "--database-url",
+            &url,
+            "--sweep-every",
+            sweep_every,
+        ])
+        .env("RETRYLOG_INSTANCE", instance)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("retrylog serve starts");
+    first_sweep_done_and_listening(pool).await;
+    serve
+}
+
+/// Waits until a watchdog over the pipeline fixture retried its failed variant A2 (its first
+/// sweep) and LISTENs.
+async fn first_sweep_done_and_listening(pool: &PgPool) {
+    let deadline = Duration::from_secs(10);
+    wait_until(
+        pool,
+        &has_events(VARIANT_A2, 1),
+        deadline,
+        "the first sweep",
+    )
+    .await;
+    wait_until(pool, LISTENING, deadline, "the watchdog listens").await;
+}
+
+/// Waits (10 s at most) for the retry of `variant`; returns the seconds from the moment the
+/// pipeline's failure was written (`failed_at`, the server's clock) to the moment its retry
+/// was recorded (the server's clock too).
+async fn seconds_to_retry(
+    pool: &PgPool,
+    variant: Uuid,
+    failed_at: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    let retried = has_events(variant, 1);
+    wait_until(
+        pool,
+        &retried,
+        Duration::from_secs(10),
+        "the failure retried",
+    )
+    .await;
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM recorded_at - $2)::float8 FROM retry_history
+          WHERE job_variants_id = $1 ORDER BY attempt DESC LIMIT 1",
+    )
+    .bind(variant)
+    .bind(failed_at)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// The pipeline failing `variant`, as its workers do; returns when, on the server's clock.
+async fn fail_at(pool: &PgPool, variant: Uuid) -> chrono::DateTime<chrono::Utc> {
+    sqlx::query_scalar(
+        "UPDATE jobs_variants SET status = 'failed', updated_at = clock_timestamp()
+          WHERE job_variants_id = $1 RETURNING updated_at",
+    )
+    .bind(variant)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_retries_a_failure_within_a_second_of_its_commit(pool: PgPool) {
+    pipeline(&pool).await;
+    // The next periodic sweep is an hour away: only the failure's notification can do it.
+    let serve = start_serve(&pool, "serve-footprint", "1h").await;
+
+    let failed_at = fail_at(&pool, VARIANT_A3).await;
+    let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
+    assert!(
+        (0.0..1.0).contains(&seconds),
+        "retried {seconds:.3} s after the failure was written"
+    );
+    stop_serve(serve).await;
+    assert_verify_clean(&pool).await;
+}
+
+/// The pipeline writers waiting on a lock that is not the pipeline's own doing, with the
+/// application names of the sessions blocking them: the NOTIFY queue's commit lock
+/// (`object`, which the change trigger of 0005 made every write queue for), or a lock held by
+/// anyone but another writer (the watchdog, the projector). Relation extension (`extend`)
+/// between the writers' own inserts is the pipeline's contention, the same without retrylog.
+const WAITING_ON_RETRYLOG: &str = "
+    SELECT a.wait_event,
+           coalesce((SELECT array_agg(b.application_name ORDER BY b.pid)
+                       FROM pg_stat_activity b WHERE b.pid = ANY(pg_blocking_pids(a.pid))),
+                    '{}')
+      FROM pg_stat_activity a
+     WHERE a.application_name = 'pipeline-writer' AND a.wait_event_type = 'Lock'
+       AND (a.wait_event NOT IN ('extend')
+            OR EXISTS (SELECT 1 FROM pg_stat_activity b
+                        WHERE b.pid = ANY(pg_blocking_pids(a.pid))
+                          AND b.application_name <> 'pipeline-writer'))";
+
+/// Rows of one pipeline writer: its own job and four variants, so writers never wait for
+/// each other, only (if at all) for retrylog.
+const WRITER_JOBS: usize = 6;
+
+#[sqlx::test(migrations = false)]
+async fn pipeline_writers_never_fail_or_wait_on_a_lock_while_serve_runs(pool: PgPool) {
+    pipeline(&pool).await;
+    let mut writer_rows = Vec::new();
+    for _ in 0..WRITER_JOBS {
+        let job = Uuid::new_v4();
+        let variants: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'generate')",
+        )
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+             SELECT id, $1, 'done', 'generate' FROM unnest($2::uuid[]) id",
+        )
+        .bind(job)
+        .bind(&variants)
+        .execute(&pool)
+        .await
+        .unwrap();
+        writer_rows.push(variants);
+    }
+    // Sweeping every second, so sweeps run while the pipeline writes.
+    let serve = start_serve(&pool, "serve-footprint", "1s").await;
+
+    let writers_pool = PgPoolOptions::new()
+        .max_connections(WRITER_JOBS as u32)
+        .connect_with(
+            (*pool.connect_options())
+                .clone()
+                .application_name("pipeline-writer"),
+        )
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written: Vec<Uuid> = writer_rows.iter().flatten().copied().collect();
+    let writers: Vec<_> = writer_rows
+        .into_iter()
+        .map(|variants| {
+            tokio::spawn(write_like_a_pipeline(
+                writers_pool.clone(),
+                variants,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    // Sample what the writers wait on while they write and serve sweeps; meanwhile the
+    // pipeline fails a variant, and serve must still retry it.
+    let mut lock_waits = Vec::new();
+    let mut samples = 0;
+    let until = Instant::now() + Duration::from_secs(4);
+    let failed_at = fail_at(&pool, VARIANT_A3).await;
+    while Instant::now() < until {
+        let waiting: Vec<(String, Vec<String>)> = sqlx::query_as(WAITING_ON_RETRYLOG)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        samples += 1;
+        lock_waits.extend(waiting);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for writer in writers {
+        writes += writer.await.expect("a writer does not panic");
+    }
+    writers_pool.close().await;
+    let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
+    stop_serve(serve).await;
+
+    assert!(samples > 50, "sampled the writers {samples} times");
+    assert!(writes > 100, "the writers wrote ({writes} statements)");
+    assert!(
+        lock_waits.is_empty(),
+        "writers waited on a lock for retrylog in {} of {samples} samples, e.g. {:?}",
+        lock_waits.len(),
+        &lock_waits[..lock_waits.len().min(5)]
+    );
+    assert!(
+        seconds < 1.0,
+        "a failure among the writes was retried in {seconds:.3} s"
+    );
+    // The writers bumped their counters the counter-only way, without events; put them back
+    // so verify checks the watchdog's retries.
+    sqlx::query("UPDATE jobs_variants SET retry_count = 0 WHERE job_variants_id = ANY($1)")
+        .bind(&written)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_verify_clean(&pool).await;
+}
+
+/// One pipeline worker on its own job: heartbeats, status and step changes, the counter bump,
+/// and a new job with four variants, over and over until `stop`. Every statement must succeed;
+/// returns how many ran.
+async fn write_like_a_pipeline(pool: PgPool, variants: Vec<Uuid>, stop: Arc<AtomicBool>) -> usize {
+    let mut writes = 0;
+    while !stop.load(Ordering::Relaxed) {
+        for variant in &variants {
+            for statement in [
+                "UPDATE jobs_variants SET updated_at = now() WHERE job_variants_id = $1",
+                "UPDATE jobs_variants SET status = 'running', updated_at = now()
+                  WHERE job_variants_id = $1",
+                "UPDATE jobs_variants SET status = 'done', current_step = 'segment',
+                        updated_at = now() WHERE job_variants_id = $1",
+                "UPDATE jobs_variants SET current_step = 'generate', updated_at = now()
+                  WHERE job_variants_id = $1",
+                "UPDATE jobs_variants SET retry_count = retry_count + 1, updated_at = now()
+                  WHERE job_variants_id = $1",
+            ] {
+                sqlx::query(statement)
+                    .bind(variant)
+                    .execute(&pool)
+                    .await
+                    .unwrap_or_else(|error| panic!("a pipeline write failed: {error}"));
+                writes += 1;
+            }
+        }
+        let job = Uuid::new_v4();
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'prepare')",
+        )
+        .bind(job)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+             SELECT gen_random_uuid(), $1, 'running', 'prepare' FROM generate_series(1, 4)",
+        )
+        .bind(job)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        writes += 1;
+    }
+    writes
+}
+
+/// A variant done at `generate` while its job runs at `segment`, idle ten minutes: lagging.
+/// Written with nothing failing, so no notification tells anyone about it.
+async fn make_lagging(pool: &PgPool) -> Uuid {
+    let lagging = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, current_step,
+                                    updated_at)
+         VALUES ($1, $2, 9, 'done', 'generate', now() - interval '10 minutes')",
+    )
+    .bind(lagging)
+    .bind(JOB_A)
+    .execute(pool)
+    .await
+    .unwrap();
+    lagging
+}
+
+/// Starts a watchdog named `name` over the pipeline fixture and waits until its first sweep
+/// retried the failed variant A2 and it listens.
+async fn start_watchdog(pool: &PgPool, name: &str, settings: WatchdogSettings) -> Watchdog {
+    pipeline(pool).await;
+    let watchdog = Watchdog::start(pool, name, settings).await;
+    first_sweep_done_and_listening(pool).await;
+    watchdog
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_touch_scenario_no_notification_reveals_is_found_by_the_periodic_sweep(pool: PgPool) {
+    let watchdog = start_watchdog(
+        &pool,
+        "watchdog-sweeping",
+        WatchdogSettings {
+            sweep_every: Duration::from_secs(1),
+            ..settings("watchdog-sweeping")
+        },
+    )
+    .await;
+    let lagging = make_lagging(&pool).await;
+
+    retried_then_stopped(&pool, lagging, "the next sweep retried it", watchdog).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_names(
+    pool: PgPool,
+) {
+    // Hourly sweeps: only a notification on the pipeline's own channel gets it retried.
+    let watchdog = start_watchdog(
+        &pool,
+        "watchdog-on-pipeline-channel",
+        WatchdogSettings {
+            pipeline_channel: Some("pipeline_changes".into()),
+            ..settings("watchdog-on-pipeline-channel")
+        },
+    )
+    .await;
+    let deadline = Duration::from_secs(10);
+    let lagging = make_lagging(&pool).await;
+
+    // The pipeline's own trigger would send this when it touches a row of job A.
+    sqlx::query(
+        "SELECT pg_notify('pipeline_changes', json_build_object('job_id', $1::uuid)::text)",
+    )
+    .bind(JOB_A)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    wait_until(
+        &pool,
+        &has_events(lagging, 1),
+        deadline,
+        "the notified job was swept",
+    )
+    .await;
+    // A payload without a job id sweeps everything: a second lagging variant is found too.
+    let another = make_lagging(&pool).await;
+    sqlx::query("SELECT pg_notify('pipeline_changes', 'something changed')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    retried_then_stopped(&pool, another, "everything was swept", watchdog).await;
+}
+
+/// Waits until `variant` has its retry (`what` names the reason it should), stops the
+/// watchdog, and checks the log.
+async fn retried_then_stopped(pool: &PgPool, variant: Uuid, what: &str, watchdog: Watchdog) {
+    wait_until(pool, &has_events(variant, 1), Duration::from_secs(10), what).await;
+    watchdog.stop().await;
+    assert_verify_clean(pool).await;
+}
