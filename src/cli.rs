@@ -80,6 +80,11 @@ pub enum Command {
     /// happens. Exit 1 if verify is not clean. Ctrl-C ends the run early and still prints the
     /// summary.
     Demo(DemoArgs),
+    /// Recover one target by hand: change its status and record a manual_recovery event with
+    /// your note, in one transaction, past the retry limit. Defaults: a failed, running or
+    /// done variant goes to done at its step (the step re-runs); a running or failed job goes
+    /// to done at the final step, back to running elsewhere.
+    Recover(RecoverArgs),
 }
 
 /// `--format`, for every command that prints data.
@@ -432,4 +437,45 @@ fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
         Ok(_) => Err("detail must be a JSON object, e.g. '{\"error\": \"timeout\"}'".into()),
         Err(error) => Err(format!("not valid JSON: {error}")),
     }
+}
+
+/// `retrylog recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The job to recover.
+    #[arg(long, value_name = "UUID", required_unless_present = "variant_id")]
+    pub job_id: Option<Uuid>,
+
+    /// The variant to recover.
+    #[arg(long, value_name = "UUID", conflicts_with = "job_id")]
+    pub variant_id: Option<Uuid>,
+
+    /// Why you recover it (required; kept in the event's detail.note).
+    #[arg(long, value_name = "TEXT")]
+    pub note: String,
+
+    /// The status to set instead of the default: pending, running, done or failed.
+    #[arg(long, value_name = "STATUS")]
+    pub to_status: Option<String>,
+
+    /// Idempotency key: the same request id again prints the first recovery's event and
+    /// changes nothing (the event id is derived from it).
+    #[arg(long, value_name = "TEXT", conflicts_with = "event_id")]
+    pub request_id: Option<String>,
+
+    /// The event's id, as an idempotency key of your own.
+    #[arg(long, value_name = "UUID")]
+    pub event_id: Option<Uuid>,
+
+    /// Who recovers [default: cli:$USER].
+    #[arg(long)]
+    pub actor: Option<String>,
+
+    /// The pipeline's ordered steps; the last is the final step, where a job goes to done.
+    #[arg(long, env = "RETRYLOG_STEPS", value_name = "STEP,...",
+          default_value = crate::config::DEFAULT_STEPS)]
+    pub steps: crate::config::Steps,
+
+    #[command(flatten)]
+    pub format: FormatArg,
 }

@@ -16,7 +16,8 @@
 //!   (`recovery/scenario.rs`), the claim → limit → state change → append transaction
 //!   (`recovery/claim.rs`), its sweep and listen loop (`recovery/sweep.rs`); [`config`]: its
 //!   settings, each a flag and an environment variable; [`shutdown`]: how the service's loops
-//!   stop. Retries made by hand come in through `retrylog record` ([`cmd`]) instead.
+//!   stop. Retries made by hand come in through `retrylog record` ([`cmd`]) instead, and an
+//!   operator's recovery of a target through `recovery::recover_by_hand` (`retrylog recover`).
 //! - [`intervention`]: where the limit stops the watchdog, the note it writes instead of a
 //!   retry, and reads of the notes for `history` and `report alerts`.
 //! - [`event`]: the retry event, its reason and target, the hash chain — pure types.

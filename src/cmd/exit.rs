@@ -5,6 +5,7 @@ use std::error::Error;
 
 use crate::connect::ConnectError;
 use crate::error::CallerMistake;
+use crate::recovery::ManualRecoveryError;
 use crate::report::ReportError;
 use crate::store::{AppendError, ReadError};
 use crate::window::WindowError;
@@ -50,4 +51,5 @@ fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn Cal
         .or_else(|| cause.downcast_ref::<ReportError>().map(as_dyn))
         // A time flag `history` could not use (`report` wraps it in ReportError).
         .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
 }

@@ -6,6 +6,7 @@ pub mod exit;
 mod history;
 mod project;
 mod record;
+mod recover;
 mod replay;
 pub mod report;
 mod serve;
@@ -47,6 +48,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
+        Command::Recover(args) => recover::run(pool, args).await,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::output::event_rows;
 use crate::store;
 
 /// The actor when `--actor` is not given: the operator at the terminal.
-fn default_actor() -> String {
+pub(super) fn default_actor() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     format!("cli:{user}")
 }

@@ -32,6 +32,8 @@
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
+//! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
+//!   note, refusals that write nothing, idempotency by request id.
 
 mod append;
 mod cli;
@@ -40,6 +42,7 @@ mod concurrency;
 mod fixtures;
 mod history;
 mod integrity;
+mod manual;
 mod migrations;
 mod projector;
 mod recovery;
