@@ -85,6 +85,9 @@ pub enum Command {
     /// done variant goes to done at its step (the step re-runs); a running or failed job goes
     /// to done at the final step, back to running elsewhere.
     Recover(RecoverArgs),
+    /// Make API tokens: `token new NAME read|admin` prints a fresh token once and the line to
+    /// add to the tokens file (which keeps only the token's sha256).
+    Token(TokenArgs),
 }
 
 /// `--format`, for every command that prints data.
@@ -237,6 +240,34 @@ pub struct ServeArgs {
     /// Log lines as JSON objects instead of text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where the HTTP API listens (address:port). Without a tokens file only a loopback
+    /// address is allowed.
+    #[arg(
+        long,
+        env = "RETRYLOG_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+
+    /// Serve no HTTP (a worker beside an HTTP-only replica).
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// The API tokens, one per line `NAME ROLE SHA256-HEX` (see `retrylog token new`); without
+    /// it the API is read-only and loopback-only.
+    #[arg(long, env = "RETRYLOG_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Serve everything under this prefix (e.g. /retrylog), for a reverse proxy.
+    #[arg(
+        long,
+        env = "RETRYLOG_BASE_PATH",
+        value_name = "PATH",
+        default_value = ""
+    )]
+    pub base_path: String,
 }
 
 /// `retrylog report`.
@@ -428,7 +459,7 @@ fn parse_projection(name: &str) -> Result<&'static crate::projection::Projection
 }
 
 /// Parses `--detail`: it must be a JSON object.
-fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
+pub(crate) fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str(text) {
         Ok(value @ serde_json::Value::Object(_)) if crate::event::contains_nul(&value) => {
             Err("detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into())
@@ -478,4 +509,29 @@ pub struct RecoverArgs {
 
     #[command(flatten)]
     pub format: FormatArg,
+}
+
+/// `retrylog token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// What `token` does.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token (once: it is not stored) and its tokens-file line.
+    New(TokenNewArgs),
+}
+
+/// `retrylog token new`.
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// The token's name: the actor of the events it records (one word).
+    pub name: String,
+
+    /// read: every read; admin: also record and recover.
+    #[arg(value_enum)]
+    pub role: crate::http::Role,
 }

@@ -47,6 +47,7 @@ pub mod config;
 pub mod connect;
 pub mod error;
 pub mod event;
+pub mod http;
 pub mod intervention;
 pub mod migrate;
 pub mod output;

@@ -5,6 +5,7 @@ use std::error::Error;
 
 use crate::connect::ConnectError;
 use crate::error::CallerMistake;
+use crate::http::{HttpConfigError, TokensError};
 use crate::recovery::ManualRecoveryError;
 use crate::report::ReportError;
 use crate::store::{AppendError, ReadError};
@@ -40,7 +41,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
 }
 
 /// The library's error types that can tell a mistake from a fault.
-fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
+pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
     fn as_dyn<T: CallerMistake>(error: &T) -> &dyn CallerMistake {
         error
     }
@@ -52,4 +53,6 @@ fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn Cal
         // A time flag `history` could not use (`report` wraps it in ReportError).
         .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<HttpConfigError>().map(as_dyn))
 }

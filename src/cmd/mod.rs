@@ -3,7 +3,7 @@
 
 pub mod demo;
 pub mod exit;
-mod history;
+pub mod history;
 mod project;
 mod record;
 mod recover;
@@ -11,6 +11,7 @@ mod replay;
 pub mod report;
 mod serve;
 mod status;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ use crate::migrate;
 
 /// Connects (saying on stderr which database), migrates, and runs the command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Making a token needs no database.
+    if let Command::Token(args) = &cli.command {
+        return token::run(args);
+    }
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
         max_connections: 20,
@@ -49,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(&connected, args).await,
         Command::Recover(args) => recover::run(pool, args).await,
+        Command::Token(_) => unreachable!("answered before connecting"),
     }
 }
 

@@ -31,8 +31,18 @@ pub async fn run(pool: &PgPool, args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn top_jobs(pool: &PgPool, args: TopJobsArgs) -> anyhow::Result<ExitCode> {
-    let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let format = args.options.format;
+    top_jobs_rows(pool, &args, format).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report top-jobs` as rows (also `GET /api/v1/reports/top-jobs`).
+pub async fn top_jobs_rows(
+    pool: &PgPool,
+    args: &TopJobsArgs,
+    format: Format,
+) -> anyhow::Result<Rows> {
+    let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let mut conn = pool.acquire().await?;
     let jobs = report::top_jobs(&mut conn, args.limit, moment).await?;
     let mut rows = Rows::new(&[
@@ -53,11 +63,17 @@ async fn top_jobs(pool: &PgPool, args: TopJobsArgs) -> anyhow::Result<ExitCode> 
             timestamp(job.updated_at, format),
         ]);
     }
-    rows.print(format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn top_variants(pool: &PgPool, args: TopVariantsArgs) -> anyhow::Result<ExitCode> {
+    let format = args.options.format;
+    top_variants_rows(pool, &args).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report top-variants` as rows (also `GET /api/v1/reports/top-variants`).
+pub async fn top_variants_rows(pool: &PgPool, args: &TopVariantsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let mut conn = pool.acquire().await?;
     let variants = report::top_variants(&mut conn, args.limit, moment).await?;
@@ -83,11 +99,17 @@ async fn top_variants(pool: &PgPool, args: TopVariantsArgs) -> anyhow::Result<Ex
             optional(variant.job_current_step),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn stats(pool: &PgPool, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let format = args.options.format;
+    stats_rows(pool, &args).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report stats` as rows (also `GET /api/v1/reports/stats`).
+pub async fn stats_rows(pool: &PgPool, args: &StatsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let since = TimeSpec::parse("--since", &args.since)?.resolve(moment.time());
     let mut conn = pool.acquire().await?;
@@ -112,11 +134,21 @@ async fn stats(pool: &PgPool, args: StatsArgs) -> anyhow::Result<ExitCode> {
             Value::from(kind.max_retry_count),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn alerts(pool: &PgPool, args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let rows = alerts_rows(pool, &args).await?;
+    rows.print(args.options.format)?;
+    Ok(if rows.rows.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::ALERTS)
+    })
+}
+
+/// `report alerts` as rows (also `GET /api/v1/reports/alerts`).
+pub async fn alerts_rows(pool: &PgPool, args: &AlertsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let updated_since = TimeSpec::parse("--within", &args.within)?.resolve(moment.time());
     let mut conn = pool.acquire().await?;
@@ -141,15 +173,38 @@ async fn alerts(pool: &PgPool, args: AlertsArgs) -> anyhow::Result<ExitCode> {
             Value::from(alert.why.to_string()),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(if alerts.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(exit::ALERTS)
-    })
+    Ok(rows)
 }
 
 async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
+    let (trend, moment) = load_trend(pool, &args).await?;
+
+    // 2. Print, to --output if given.
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("creating --output {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    match args.format {
+        TrendFormat::Svg => out.write_all(chart::render(&trend, moment).as_bytes())?,
+        TrendFormat::Table => trend_rows(&trend, Format::Table).write(Format::Table, &mut out)?,
+        TrendFormat::Json => trend_rows(&trend, Format::Json).write(Format::Json, &mut out)?,
+        TrendFormat::Csv => trend_rows(&trend, Format::Csv).write(Format::Csv, &mut out)?,
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report trend --format json` as rows (also `GET /api/v1/reports/trend`).
+pub async fn trend_json_rows(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<Rows> {
+    let (trend, _) = load_trend(pool, args).await?;
+    Ok(trend_rows(&trend, Format::Json))
+}
+
+/// The trend the flags ask for, and the moment it is for.
+async fn load_trend(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<(Trend, Moment)> {
     let moment = Moment::from_flag(args.as_of.as_deref())?;
     let query = TrendQuery {
         bucket: args.bucket,
@@ -174,24 +229,7 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
     }
     let mut conn = pool.acquire().await?;
     let trend = report::trend(&mut conn, query, moment).await?;
-    drop(conn);
-
-    // 2. Print, to --output if given.
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("creating --output {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stdout().lock()),
-    };
-    match args.format {
-        TrendFormat::Svg => out.write_all(chart::render(&trend, moment).as_bytes())?,
-        TrendFormat::Table => trend_rows(&trend, Format::Table).write(Format::Table, &mut out)?,
-        TrendFormat::Json => trend_rows(&trend, Format::Json).write(Format::Json, &mut out)?,
-        TrendFormat::Csv => trend_rows(&trend, Format::Csv).write(Format::Csv, &mut out)?,
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    Ok((trend, moment))
 }
 
 /// The trend as rows; `retry_rate` rounded to 4 decimals, NULL when nothing was created.

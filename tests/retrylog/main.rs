@@ -32,9 +32,12 @@
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
+//! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
+//!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
 
+mod api;
 mod append;
 mod cli;
 mod commands;
