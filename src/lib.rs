@@ -29,6 +29,8 @@
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
 //!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
 //!   from the log.
+//! - [`http`]: the HTTP API inside `serve` over the same report rows and write operations
+//!   as the CLI, with tokens and roles; [`metrics`]: what `/metrics` exposes.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
 //!
@@ -49,6 +51,7 @@ pub mod error;
 pub mod event;
 pub mod http;
 pub mod intervention;
+pub mod metrics;
 pub mod migrate;
 pub mod output;
 pub mod projection;

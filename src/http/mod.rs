@@ -9,7 +9,8 @@
 //! - `auth`: the tokens file, roles, the Bearer check, the cross-site check of writes;
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
-//! - `reports`, `history`, `record`, `recover`, `health`, `openapi`: one file per resource.
+//! - `reports`, `history`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
+//!   resource.
 
 mod auth;
 mod body;
@@ -17,6 +18,7 @@ mod error;
 mod flags;
 mod health;
 mod history;
+mod metrics;
 mod openapi;
 mod record;
 mod recover;
@@ -65,6 +67,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/history"),
     ("post", "/api/v1/record"),
     ("post", "/api/v1/recover"),
+    ("get", "/metrics"),
 ];
 
 /// The router, under `base_path` (`""` or `/retrylog`: for a reverse proxy's prefix).
@@ -81,7 +84,9 @@ pub fn app(ctx: ApiContext, base_path: &str) -> Router {
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))
+        .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn(metrics::count_request))
         .with_state(ctx);
     let routes = if base_path.is_empty() {
         routes

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{body, Admin, ApiContext, Error};
 use crate::event::{NewRetry, RetryReason, Target};
 use crate::output::{event_rows, Format};
-use crate::store;
+use crate::{metrics, store};
 
 /// The body: `retrylog record`'s flags as JSON keys.
 #[derive(Debug, Deserialize)]
@@ -50,9 +50,10 @@ pub async fn record(
         retry.detail = body::detail(detail)?;
     }
     let mut tx = ctx.pool.begin().await?;
-    let event = store::append(&mut tx, &retry)
-        .await
-        .map_err(|error| Error::from(anyhow::Error::from(error)))?;
+    let event = store::append(&mut tx, &retry).await.map_err(|error| {
+        metrics::append_refused(&error);
+        Error::from(anyhow::Error::from(error))
+    })?;
     tx.commit().await?;
     Ok((
         StatusCode::CREATED,

@@ -12,6 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{body, Admin, ApiContext, Error};
+use crate::metrics;
 use crate::output::{event_rows, Format};
 use crate::recovery::{self, ManualRecovery, ManualTarget};
 
@@ -59,7 +60,10 @@ pub async fn recover(
     let mut tx = ctx.pool.begin().await?;
     let recovered = recovery::recover_by_hand(&mut tx, &request, &ctx.steps)
         .await
-        .map_err(|error| Error::from(anyhow::Error::from(error)))?;
+        .map_err(|error| {
+            metrics::recovery_refused(&error);
+            Error::from(anyhow::Error::from(error))
+        })?;
     tx.commit().await?;
     let status = if recovered.repeated {
         StatusCode::OK

@@ -34,6 +34,8 @@
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
+//! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
+//!   the projector and the watchdog; bounded labels.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
 
@@ -46,6 +48,7 @@ mod fixtures;
 mod history;
 mod integrity;
 mod manual;
+mod metrics;
 mod migrations;
 mod projector;
 mod recovery;
