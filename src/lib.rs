@@ -29,8 +29,9 @@
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
 //!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
 //!   from the log.
-//! - [`http`]: the HTTP API inside `serve` over the same report rows and write operations
-//!   as the CLI, with tokens and roles; [`metrics`]: what `/metrics` exposes.
+//! - [`http`]: the HTTP API and the dashboard inside `serve`, over the same report rows and
+//!   write operations as the CLI, with tokens and roles (`http/pages/`, `templates/`,
+//!   `assets/`); [`metrics`]: what `/metrics` exposes.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
 //!

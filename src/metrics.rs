@@ -174,6 +174,14 @@ pub fn sweep_finished(everything: bool, took: Duration, summary: &SweepSummary) 
     }
 }
 
+/// When this process's watchdog last finished a sweep; `None` before its first (or without one).
+pub fn last_sweep() -> Option<chrono::DateTime<chrono::Utc>> {
+    let seconds = PROCESS.last_sweep.get();
+    (seconds > 0.0)
+        .then(|| chrono::DateTime::from_timestamp_millis((seconds * 1000.0) as i64))
+        .flatten()
+}
+
 /// Counts one refused append, by its cause.
 pub fn append_refused(error: &AppendError) {
     let cause = match error {
@@ -260,17 +268,7 @@ async fn database_snapshot(conn: &mut PgConnection) -> Result<Registry, sqlx::Er
 
     // 2. Targets with an open intervention note (the needs_intervention rows of alerts).
     let open = Family::<KindLabel, Gauge>::default();
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT 'job', count(*) FROM retry_intervention i
-            JOIN jobs t ON t.job_id = i.job_id AND t.retry_count = i.retry_count
-           WHERE i.job_variants_id IS NULL
-         UNION ALL
-         SELECT 'variant', count(*) FROM retry_intervention i
-            JOIN jobs_variants t ON t.job_variants_id = i.job_variants_id
-                                AND t.retry_count = i.retry_count",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = crate::intervention::open_counts(conn).await?;
     for (kind, count) in rows {
         open.get_or_create(&KindLabel { kind }).set(count);
     }

@@ -203,6 +203,12 @@ pub async fn trend_json_rows(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<
     Ok(trend_rows(&trend, Format::Json))
 }
 
+/// `report trend --format svg`: the chart the dashboard's overview shows.
+pub async fn trend_svg(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<String> {
+    let (trend, moment) = load_trend(pool, args).await?;
+    Ok(chart::render(&trend, moment))
+}
+
 /// The trend the flags ask for, and the moment it is for.
 async fn load_trend(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<(Trend, Moment)> {
     let moment = Moment::from_flag(args.as_of.as_deref())?;

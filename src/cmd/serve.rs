@@ -46,8 +46,9 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             pool: pool.clone(),
             tokens,
             steps: args.watchdog.steps.clone(),
+            base_path: args.base_path.clone(),
         };
-        let app = http::app(ctx, &args.base_path);
+        let app = http::app(ctx);
         Some(tokio::spawn(http::serve(listener, app, stopped.clone())))
     };
     let settings = ProjectorSettings {

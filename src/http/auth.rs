@@ -3,6 +3,9 @@
 //! reads; an `admin` token also records and recovers, and its name becomes the event's actor.
 //! With no tokens file the server is read-only (and `serve` binds only to loopback).
 //!
+//! The dashboard's login form stores the token in an HttpOnly, SameSite=Strict cookie
+//! ([`COOKIE`]), read when a request has no Authorization header.
+//!
 //! A write from a browser must come from the server's own pages: a `Sec-Fetch-Site` other than
 //! `same-origin`/`none`, or an `Origin` that is not the `Host`, is refused (CSRF).
 
@@ -161,24 +164,50 @@ pub struct Admin {
     pub name: String,
 }
 
+/// The cookie the dashboard's login sets.
+pub const COOKIE: &str = "retrylog_token";
+
 /// The token's name and role; `None` when the server has no tokens (read-only).
-fn authenticate(parts: &Parts, state: &ApiContext) -> Result<Option<(String, Role)>, Error> {
+pub fn authenticate(parts: &Parts, state: &ApiContext) -> Result<Option<(String, Role)>, Error> {
     let Some(tokens) = &state.tokens else {
         return Ok(None);
     };
-    let header = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer token".into()))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or_else(|| Error::Unauthorized("the Authorization header is not Bearer".into()))?;
+    let token = match parts.headers.get(AUTHORIZATION) {
+        Some(header) => header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| Error::Unauthorized("the Authorization header is not Bearer".into()))?
+            .to_string(),
+        None => cookie(parts)
+            .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer token".into()))?,
+    };
     let (name, role) = tokens
         .find(token.trim())
         .ok_or_else(|| Error::Unauthorized("unknown token".into()))?;
     Ok(Some((name.to_string(), role)))
+}
+
+/// The token the login cookie holds, if any.
+fn cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then(|| value.to_string())
+        })
+}
+
+impl Tokens {
+    /// The role of `token`, for the login form.
+    pub fn role_of(&self, token: &str) -> Option<(String, Role)> {
+        self.find(token.trim())
+            .map(|(name, role)| (name.to_string(), role))
+    }
 }
 
 impl FromRequestParts<ApiContext> for Reader {

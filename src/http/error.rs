@@ -80,9 +80,10 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let (status, message) = match self {
+impl Error {
+    /// The status and what the client may read; a fault is logged here.
+    pub fn status_and_message(self) -> (StatusCode, String) {
+        match self {
             Error::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Error::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message),
             Error::Forbidden(message) => (StatusCode::FORBIDDEN, message),
@@ -96,7 +97,13 @@ impl IntoResponse for Error {
                     "internal error".to_string(),
                 )
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
         let mut response = (status, Json(json!({ "error": message }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response

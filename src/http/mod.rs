@@ -1,7 +1,7 @@
 //! The HTTP side of `retrylog serve`, at the end of the flow (retry → store (log + inline
 //! projection) → projector → report/http): a JSON API over the same report and history rows
-//! the CLI prints, the writes (record, recover) through the same library operations, and the
-//! health endpoints. [`app`] builds the router from an [`ApiContext`]; [`serve`] runs it on a
+//! the CLI prints, the writes (record, recover) through the same library operations, the
+//! dashboard's pages over the same rows, `/metrics`, and the health endpoints. [`app`] builds the router from an [`ApiContext`]; [`serve`] runs it on a
 //! listener, so the tests drive the router directly.
 //!
 //! # Layout
@@ -10,7 +10,8 @@
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
 //! - `reports`, `history`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
-//!   resource.
+//!   resource;
+//! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets).
 
 mod auth;
 mod body;
@@ -20,6 +21,7 @@ mod health;
 mod history;
 mod metrics;
 mod openapi;
+mod pages;
 mod record;
 mod recover;
 mod reports;
@@ -51,6 +53,8 @@ pub struct ApiContext {
     pub tokens: Option<Arc<Tokens>>,
     /// The pipeline's steps: the last one is where a recovered job goes to `done`.
     pub steps: Steps,
+    /// The prefix everything is served under (`""` or e.g. `/retrylog`): the pages' links.
+    pub base_path: String,
 }
 
 /// Every route, as `(method, path)` under the base path: the list the OpenAPI test holds the
@@ -70,8 +74,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
 ];
 
-/// The router, under `base_path` (`""` or `/retrylog`: for a reverse proxy's prefix).
-pub fn app(ctx: ApiContext, base_path: &str) -> Router {
+/// The dashboard's routes (beside [`ROUTES`], which the OpenAPI document describes).
+pub const PAGE_ROUTES: &[(&str, &str)] = pages::ROUTES;
+
+/// The router, under `ctx.base_path` (`""` or `/retrylog`: for a reverse proxy's prefix).
+pub fn app(ctx: ApiContext) -> Router {
+    let base_path = ctx.base_path.clone();
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -85,13 +93,14 @@ pub fn app(ctx: ApiContext, base_path: &str) -> Router {
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))
         .route("/metrics", get(metrics::metrics))
+        .merge(pages::routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn(metrics::count_request))
         .with_state(ctx);
     let routes = if base_path.is_empty() {
         routes
     } else {
-        Router::new().nest(base_path, routes).fallback(not_found)
+        Router::new().nest(&base_path, routes).fallback(not_found)
     };
     routes.layer(axum::middleware::map_response(security_headers))
 }
@@ -115,7 +124,7 @@ async fn security_headers(mut response: Response) -> Response {
     );
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     response
 }

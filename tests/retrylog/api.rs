@@ -49,8 +49,9 @@ pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
         pool: pool.clone(),
         tokens,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
+        base_path: String::new(),
     };
-    http::app(ctx, "")
+    http::app(ctx)
 }
 
 /// One response: status, headers, body as JSON (`Null` when it is not JSON).
@@ -595,8 +596,9 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
         pool: pool.clone(),
         tokens: None,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
+        base_path: "/retrylog".into(),
     };
-    let api = http::app(ctx, "/retrylog");
+    let api = http::app(ctx);
     let ready = call(&api, "/retrylog/readyz", None, None, &[]).await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.json);
     assert_eq!(ready.json["status"], "ready");

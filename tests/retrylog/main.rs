@@ -34,6 +34,8 @@
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
+//! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
+//!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
 //! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
 //!   the projector and the watchdog; bounded labels.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
@@ -44,6 +46,7 @@ mod append;
 mod cli;
 mod commands;
 mod concurrency;
+mod dashboard;
 mod fixtures;
 mod history;
 mod integrity;
