@@ -145,14 +145,21 @@ impl Browser {
         self.wait_for_url(|url| url.ends_with('/')).await;
     }
 
+    /// The text of the element `css` selects, read in one script call: the live refresh may
+    /// replace the element between a find and a read.
     async fn text(&self, css: &str) -> String {
-        self.client
-            .find(Locator::Css(css))
+        let text = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                vec![json!(css)],
+            )
             .await
-            .unwrap_or_else(|error| panic!("{css}: {error}"))
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        text.as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .trim()
+            .to_string()
     }
 
     async fn count(&self, css: &str) -> usize {
