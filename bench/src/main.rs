@@ -10,6 +10,7 @@
 //!   replay against a hand-written recount.
 //! - `reports`: `retrylog-bench reports`, the reports over a log of millions of events.
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
+//! - `http`: `retrylog-bench http`, the dashboard, /metrics and the API over a million events.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
@@ -17,6 +18,7 @@
 mod appends;
 mod database;
 mod figures;
+mod http;
 mod log;
 mod pipeline;
 mod progress;
@@ -82,6 +84,10 @@ enum Command {
     /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
     /// every seeded condition against the counter-only listener, the steady-state sweep.
     Recovery(recovery::RecoveryArgs),
+    /// The HTTP side of `serve` over a log of a million events: the overview page and
+    /// /metrics at p50/p99, the API's history of one target, 64 clients on the overview for
+    /// 20 s, memory before and after.
+    Http(http::HttpArgs),
 }
 
 #[tokio::main]
@@ -128,6 +134,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             recovery::run(&connected, args).await
+        }
+        Command::Http(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            http::run(&connected, args).await
         }
     }
 }
