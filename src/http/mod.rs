@@ -23,7 +23,7 @@ mod metrics;
 mod openapi;
 mod pages;
 mod record;
-mod recover;
+pub(crate) mod recover;
 mod reports;
 
 use std::net::SocketAddr;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::{body, Admin, ApiContext, Error};
 use crate::metrics;
 use crate::output::{event_rows, Format};
-use crate::recovery::{self, ManualRecovery, ManualTarget};
+use crate::recovery::{self, ManualRecovery, ManualTarget, Recovered};
 
 /// The body: `retrylog recover`'s flags as JSON keys.
 #[derive(Debug, Deserialize)]
@@ -26,6 +26,20 @@ struct RecoverBody {
     to_status: Option<String>,
     request_id: Option<String>,
     event_id: Option<Uuid>,
+}
+
+/// Runs one recovery in a transaction of its own, counting a refusal in the metrics: the API
+/// and the dashboard's form both come through here.
+pub async fn recover_once(ctx: &ApiContext, request: &ManualRecovery) -> Result<Recovered, Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let recovered = recovery::recover_by_hand(&mut tx, request, &ctx.steps)
+        .await
+        .map_err(|error| {
+            metrics::recovery_refused(&error);
+            Error::from(anyhow::Error::from(error))
+        })?;
+    tx.commit().await?;
+    Ok(recovered)
 }
 
 pub async fn recover(
@@ -57,14 +71,7 @@ pub async fn recover(
             .event_id
             .or_else(|| body.request_id.as_deref().map(recovery::request_event_id)),
     };
-    let mut tx = ctx.pool.begin().await?;
-    let recovered = recovery::recover_by_hand(&mut tx, &request, &ctx.steps)
-        .await
-        .map_err(|error| {
-            metrics::recovery_refused(&error);
-            Error::from(anyhow::Error::from(error))
-        })?;
-    tx.commit().await?;
+    let recovered = recover_once(&ctx, &request).await?;
     let status = if recovered.repeated {
         StatusCode::OK
     } else {

@@ -29,10 +29,9 @@ pub struct Live {
     pub base: String,
     pub admin: bool,
     pub alerts: Table,
-    /// Per row: the target's kind and id, for its Recover form.
-    pub targets: Vec<(String, String)>,
-    /// A fresh request id per render: a double submit recovers once.
-    pub request_id: String,
+    /// Per row: the target's kind and id, and a request id fresh with this render (a double
+    /// submit recovers once), for its Recover form.
+    pub targets: Vec<(String, String, String)>,
 }
 
 pub async fn page(
@@ -71,12 +70,14 @@ pub async fn live(
 
 async fn body(ctx: &ApiContext, viewer: &Viewer, args: &AlertsArgs) -> Result<Live, Error> {
     let rows = report::alerts_rows(&ctx.pool, args).await?;
+    let render_id = Uuid::new_v4();
     let targets = rows
         .rows
         .iter()
-        .map(|row| {
+        .enumerate()
+        .map(|(n, row)| {
             let text = |i: usize| row[i].as_str().unwrap_or_default().to_string();
-            (text(0), text(1))
+            (text(0), text(1), format!("{render_id}-{n}"))
         })
         .collect();
     Ok(Live {
@@ -84,6 +85,5 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, args: &AlertsArgs) -> Result<Li
         admin: viewer.admin,
         alerts: Table::from_rows(&rows, &ctx.base_path),
         targets,
-        request_id: Uuid::new_v4().to_string(),
     })
 }

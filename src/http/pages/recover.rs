@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::{error_page, Viewer};
 use crate::http::{Admin, ApiContext, Error};
-use crate::metrics;
 use crate::recovery::{self, ManualRecovery, ManualTarget};
 
 #[derive(Debug, Deserialize)]
@@ -61,14 +60,7 @@ async fn run(
         to_status: None,
         event_id: Some(recovery::request_event_id(&form.request_id)),
     };
-    let mut tx = ctx.pool.begin().await?;
-    let recovered = recovery::recover_by_hand(&mut tx, &request, &ctx.steps)
-        .await
-        .map_err(|error| {
-            metrics::recovery_refused(&error);
-            Error::from(anyhow::Error::from(error))
-        })?;
-    tx.commit().await?;
+    let recovered = crate::http::recover::recover_once(ctx, &request).await?;
     Ok(format!(
         "{}/targets/{}/{}#seq-{}",
         ctx.base_path, form.kind, form.id, recovered.event.seq
