@@ -177,7 +177,7 @@ pub async fn alerts_rows(pool: &PgPool, args: &AlertsArgs) -> anyhow::Result<Row
 }
 
 async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
-    let (trend, moment) = load_trend(pool, &args).await?;
+    let (trend, moment) = load_trend(pool, &args, true).await?;
 
     // 2. Print, to --output if given.
     let mut out: Box<dyn Write> = match &args.output {
@@ -199,18 +199,24 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
 
 /// `report trend --format json` as rows (also `GET /api/v1/reports/trend`).
 pub async fn trend_json_rows(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<Rows> {
-    let (trend, _) = load_trend(pool, args).await?;
+    let (trend, _) = load_trend(pool, args, true).await?;
     Ok(trend_rows(&trend, Format::Json))
 }
 
-/// `report trend --format svg`: the chart the dashboard's overview shows.
+/// `report trend --format svg`: the chart the dashboard's overview shows, from the rollup as
+/// it stands (the page shows the projector's lag; `serve`'s projector keeps it up).
 pub async fn trend_svg(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<String> {
-    let (trend, moment) = load_trend(pool, args).await?;
+    let (trend, moment) = load_trend(pool, args, false).await?;
     Ok(chart::render(&trend, moment))
 }
 
-/// The trend the flags ask for, and the moment it is for.
-async fn load_trend(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<(Trend, Moment)> {
+/// The trend the flags ask for, and the moment it is for; `catch_up`: first bring the rollup
+/// up to date, as the command does.
+async fn load_trend(
+    pool: &PgPool,
+    args: &TrendArgs,
+    catch_up: bool,
+) -> anyhow::Result<(Trend, Moment)> {
     let moment = Moment::from_flag(args.as_of.as_deref())?;
     let query = TrendQuery {
         bucket: args.bucket,
@@ -219,7 +225,7 @@ async fn load_trend(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<(Trend, M
     };
     // 1. Today's trend reads the rollup, which lags the log: catch it up first if no other
     //    instance is doing so, otherwise say how stale it is. The past is read from the log.
-    if moment.as_of().is_none() {
+    if catch_up && moment.as_of().is_none() {
         if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
             if lag.events_behind > 0 {
                 eprintln!(
