@@ -65,8 +65,8 @@ pub enum Command {
     Project(ProjectArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
-    /// Run the service: the recovery watchdog and the asynchronous projector, until SIGINT or
-    /// SIGTERM.
+    /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
+    /// (dashboard, JSON API, /metrics), until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Run a live sample pipeline that goes wrong on purpose, with the recovery watchdog
     /// recovering it, in a scratch database; then the retries, the targets at the limit and a
