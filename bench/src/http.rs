@@ -162,6 +162,7 @@ async fn measure(
             .parse()
             .expect("valid steps"),
         base_path: String::new(),
+        overview_cache: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();

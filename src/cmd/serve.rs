@@ -47,6 +47,7 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             tokens,
             steps: args.watchdog.steps.clone(),
             base_path: args.base_path.clone(),
+            overview_cache: Default::default(),
         };
         let app = http::app(ctx);
         Some(tokio::spawn(http::serve(listener, app, stopped.clone())))

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 pub use auth::{new_token, Admin, Reader, Role, Tokens, TokensError};
 pub use error::Error;
 pub use openapi::DOCUMENT as OPENAPI;
+pub use pages::OverviewCache;
 
 use crate::config::Steps;
 use crate::error::CallerMistake;
@@ -55,6 +56,8 @@ pub struct ApiContext {
     pub steps: Steps,
     /// The prefix everything is served under (`""` or e.g. `/retrylog`): the pages' links.
     pub base_path: String,
+    /// The overview's top lists, reused for a few seconds (`Default::default()`).
+    pub overview_cache: Arc<OverviewCache>,
 }
 
 /// Every route, as `(method, path)` under the base path: the list the OpenAPI test holds the

@@ -50,6 +50,7 @@ pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
         tokens,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
+        overview_cache: Default::default(),
     };
     http::app(ctx)
 }
@@ -597,6 +598,7 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
         tokens: None,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: "/retrylog".into(),
+        overview_cache: Default::default(),
     };
     let api = http::app(ctx);
     let ready = call(&api, "/retrylog/readyz", None, None, &[]).await;

@@ -40,6 +40,7 @@ async fn serve(pool: &PgPool) -> Served {
         tokens: Some(Arc::new(Tokens::load(&tokens_file()).unwrap())),
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
+        overview_cache: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

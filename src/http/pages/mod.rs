@@ -15,6 +15,8 @@ mod alerts;
 mod assets;
 mod login;
 mod overview;
+
+pub use overview::OverviewCache;
 mod recover;
 mod target;
 

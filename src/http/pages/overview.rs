@@ -1,12 +1,15 @@
 //! `GET /`: the overview — retries in the last hour, day and week and the retry rate (from the
 //! rollup), targets needing intervention, the watchdog's last sweep and the projector's lag, the
 //! trend chart (`report trend`'s SVG, filtered by the URL's `bucket`, `since`, `by`), the top
-//! jobs and variants, the latest retries. `GET /ui/live/overview` is the same body alone, which
+//! jobs and variants (reused for a few seconds), the latest retries. `GET /ui/live/overview` is the same body alone, which
 //! the page fetches every second.
+
+use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{Html, IntoResponse, Response};
+use tokio::sync::Mutex;
 
 use super::{error_page, render, Chrome, Table, Viewer};
 use crate::cli::{TopJobsArgs, TopVariantsArgs, TrendArgs};
@@ -78,6 +81,38 @@ pub async fn live(
     render(&live_body(&ctx, &trend).await?)
 }
 
+/// How long the overview's top lists are reused: `report top-variants` sorts every variant
+/// tied at the highest count (tens of milliseconds on a million events, docs/performance.md),
+/// too much for every viewer every second; the latest retries stay live.
+const TOPS_FOR: Duration = Duration::from_secs(5);
+
+/// The overview's top jobs and variants, read at most every [`TOPS_FOR`] per process.
+#[derive(Debug, Default)]
+pub struct OverviewCache(Mutex<Option<(Instant, Table, Table)>>);
+
+/// The top lists, from the cache or read now. The lock is held while reading, so concurrent
+/// renders wait for one read instead of each making it.
+async fn tops(ctx: &ApiContext) -> Result<(Table, Table), Error> {
+    let mut cached = ctx.overview_cache.0.lock().await;
+    if let Some((at, jobs, variants)) = cached.as_ref() {
+        if at.elapsed() < TOPS_FOR {
+            return Ok((jobs.clone(), variants.clone()));
+        }
+    }
+    let top: TopJobsArgs = flags::parse(&[("limit".into(), "5".into())])?;
+    let top_variants: TopVariantsArgs = flags::parse(&[("limit".into(), "5".into())])?;
+    let jobs = Table::from_rows(
+        &report::top_jobs_rows(&ctx.pool, &top, Format::Table).await?,
+        &ctx.base_path,
+    );
+    let variants = Table::from_rows(
+        &report::top_variants_rows(&ctx.pool, &top_variants).await?,
+        &ctx.base_path,
+    );
+    *cached = Some((Instant::now(), jobs.clone(), variants.clone()));
+    Ok((jobs, variants))
+}
+
 /// Everything the live part shows; each read uses the rollup or an index.
 async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
     let pool = &ctx.pool;
@@ -106,8 +141,7 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
     let latest: Vec<RetryEvent> = sqlx::query_as(&sql).fetch_all(&mut *conn).await?;
     drop(conn);
     // 3. The top targets, as `report top-jobs|top-variants --limit 5` lists them.
-    let top: TopJobsArgs = flags::parse(&[("limit".into(), "5".into())])?;
-    let top_variants: TopVariantsArgs = flags::parse(&[("limit".into(), "5".into())])?;
+    let (top_jobs, top_variants) = tops(ctx).await?;
     Ok(Live {
         base: base.clone(),
         last_hour,
@@ -126,14 +160,8 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         lag_events: lag.events_behind,
         lag_seconds: format!("{:.1}", lag.seconds_behind),
         chart,
-        top_jobs: Table::from_rows(
-            &report::top_jobs_rows(pool, &top, Format::Table).await?,
-            base,
-        ),
-        top_variants: Table::from_rows(
-            &report::top_variants_rows(pool, &top_variants).await?,
-            base,
-        ),
+        top_jobs,
+        top_variants,
         latest: Table::from_rows(&event_rows(&latest, Format::Table), base),
     })
 }
