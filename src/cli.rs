@@ -71,8 +71,8 @@ pub enum Command {
     Project(ProjectArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
-    /// Run the service: the recovery watchdog and the asynchronous projector, until SIGINT or
-    /// SIGTERM.
+    /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
+    /// (dashboard, JSON API, /metrics), until SIGINT or SIGTERM.
     Serve(ServeArgs),
     /// Run a live sample pipeline that goes wrong on purpose, with the recovery watchdog
     /// recovering it, in a scratch database; then the retries, the targets at the limit and a
@@ -97,6 +97,14 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man page (roff) on stdout, or write one page per command into a directory.
     Man(ManArgs),
+    /// Recover one target by hand: change its status and record a manual_recovery event with
+    /// your note, in one transaction, past the retry limit. Defaults: a failed, running or
+    /// done variant goes to done at its step (the step re-runs); a running or failed job goes
+    /// to done at the final step, back to running elsewhere.
+    Recover(RecoverArgs),
+    /// Make API tokens: `token new NAME read|admin` prints a fresh token once and the line to
+    /// add to the tokens file (which keeps only the token's sha256).
+    Token(TokenArgs),
 }
 
 /// `retrylog local`.
@@ -306,6 +314,34 @@ pub struct ServeArgs {
     /// Log lines as JSON objects instead of text.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Where the HTTP API listens (address:port). Without a tokens file only a loopback
+    /// address is allowed.
+    #[arg(
+        long,
+        env = "RETRYLOG_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: String,
+
+    /// Serve no HTTP (a worker beside an HTTP-only replica).
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// The API tokens, one per line `NAME ROLE SHA256-HEX` (see `retrylog token new`); without
+    /// it the API is read-only and loopback-only.
+    #[arg(long, env = "RETRYLOG_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Serve everything under this prefix (e.g. /retrylog), for a reverse proxy.
+    #[arg(
+        long,
+        env = "RETRYLOG_BASE_PATH",
+        value_name = "PATH",
+        default_value = ""
+    )]
+    pub base_path: String,
 }
 
 /// `retrylog report`.
@@ -507,7 +543,7 @@ fn parse_projection(name: &str) -> Result<&'static crate::projection::Projection
 }
 
 /// Parses `--detail`: it must be a JSON object.
-fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
+pub(crate) fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
     match serde_json::from_str(text) {
         Ok(value @ serde_json::Value::Object(_)) if crate::event::contains_nul(&value) => {
             Err("detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into())
@@ -527,4 +563,70 @@ pub struct GrantArgs {
 
     /// The existing role (usually a LOGIN role) that receives the capability.
     pub role: String,
+}
+
+/// `retrylog recover`.
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// The job to recover.
+    #[arg(long, value_name = "UUID", required_unless_present = "variant_id")]
+    pub job_id: Option<Uuid>,
+
+    /// The variant to recover.
+    #[arg(long, value_name = "UUID", conflicts_with = "job_id")]
+    pub variant_id: Option<Uuid>,
+
+    /// Why you recover it (required; kept in the event's detail.note).
+    #[arg(long, value_name = "TEXT")]
+    pub note: String,
+
+    /// The status to set instead of the default: pending, running, done or failed.
+    #[arg(long, value_name = "STATUS")]
+    pub to_status: Option<String>,
+
+    /// Idempotency key: the same request id again prints the first recovery's event and
+    /// changes nothing (the event id is derived from it).
+    #[arg(long, value_name = "TEXT", conflicts_with = "event_id")]
+    pub request_id: Option<String>,
+
+    /// The event's id, as an idempotency key of your own.
+    #[arg(long, value_name = "UUID")]
+    pub event_id: Option<Uuid>,
+
+    /// Who recovers [default: cli:$USER].
+    #[arg(long)]
+    pub actor: Option<String>,
+
+    /// The pipeline's ordered steps; the last is the final step, where a job goes to done.
+    #[arg(long, env = "RETRYLOG_STEPS", value_name = "STEP,...",
+          default_value = crate::config::DEFAULT_STEPS)]
+    pub steps: crate::config::Steps,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+/// What `token` does.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh random token (once: it is not stored) and its tokens-file line.
+    New(TokenNewArgs),
+}
+
+/// `retrylog token new`.
+#[derive(Debug, Args)]
+pub struct TokenNewArgs {
+    /// The token's name: the actor of the events it records (one word).
+    pub name: String,
+
+    /// read: every read; admin: also record and recover.
+    #[arg(value_enum)]
+    pub role: crate::http::Role,
 }

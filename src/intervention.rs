@@ -119,3 +119,19 @@ pub async fn load_interventions(
         .fetch_all(conn)
         .await
 }
+
+/// How many targets of each kind (`job`, `variant`) have an open note: the `needs_intervention`
+/// rows of `report alerts`, counted through the notes (a few rows) joined to their targets by key.
+pub async fn open_counts(conn: &mut PgConnection) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT 'job', count(*) FROM retry_intervention i
+            JOIN jobs t ON t.job_id = i.job_id AND t.retry_count = i.retry_count
+           WHERE i.job_variants_id IS NULL
+         UNION ALL
+         SELECT 'variant', count(*) FROM retry_intervention i
+            JOIN jobs_variants t ON t.job_variants_id = i.job_variants_id
+                                AND t.retry_count = i.retry_count",
+    )
+    .fetch_all(conn)
+    .await
+}

@@ -16,7 +16,8 @@
 //!   (`recovery/scenario.rs`), the claim → limit → state change → append transaction
 //!   (`recovery/claim.rs`), its sweep and listen loop (`recovery/sweep.rs`); [`config`]: its
 //!   settings, each a flag and an environment variable; [`shutdown`]: how the service's loops
-//!   stop. Retries made by hand come in through `retrylog record` ([`cmd`]) instead.
+//!   stop. Retries made by hand come in through `retrylog record` ([`cmd`]) instead, and an
+//!   operator's recovery of a target through `recovery::recover_by_hand` (`retrylog recover`).
 //! - [`intervention`]: where the limit stops the watchdog, the note it writes instead of a
 //!   retry, and reads of the notes for `history` and `report alerts`.
 //! - [`event`]: the retry event, its reason and target, the hash chain — pure types.
@@ -29,6 +30,9 @@
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
 //!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
 //!   from the log.
+//! - [`http`]: the HTTP API and the dashboard inside `serve`, over the same report rows and
+//!   write operations as the CLI, with tokens and roles (`http/pages/`, `templates/`,
+//!   `assets/`); [`metrics`]: what `/metrics` exposes.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
 //!   [`output`]: tables, JSON and CSV.
 //!
@@ -52,7 +56,9 @@ pub mod duration;
 pub mod error;
 pub mod event;
 pub mod grant;
+pub mod http;
 pub mod intervention;
+pub mod metrics;
 pub mod migrate;
 pub mod output;
 pub mod projection;

@@ -74,20 +74,7 @@ impl Rows {
                 }
             }
             Format::Json => {
-                let objects: Vec<Value> = self
-                    .rows
-                    .iter()
-                    .map(|row| {
-                        let object: Map<String, Value> = self
-                            .columns
-                            .iter()
-                            .map(|column| column.to_string())
-                            .zip(row.iter().cloned())
-                            .collect();
-                        Value::Object(object)
-                    })
-                    .collect();
-                serde_json::to_writer_pretty(&mut *out, &objects)?;
+                serde_json::to_writer_pretty(&mut *out, &self.to_json())?;
                 writeln!(out)
             }
             Format::Csv => {
@@ -99,6 +86,25 @@ impl Rows {
                 writer.flush()
             }
         }
+    }
+
+    /// The rows as `--format json` prints them (and the HTTP API answers): an array of
+    /// objects keyed by column name.
+    pub fn to_json(&self) -> Value {
+        let objects: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let object: Map<String, Value> = self
+                    .columns
+                    .iter()
+                    .map(|column| column.to_string())
+                    .zip(row.iter().cloned())
+                    .collect();
+                Value::Object(object)
+            })
+            .collect();
+        Value::Array(objects)
     }
 
     /// Prints the rows on stdout: a table fitted to the terminal (see [`fit_tables`]).

@@ -371,3 +371,47 @@ pub async fn verify(
         mismatches,
     })
 }
+
+/// One stream's hash chain as the database recomputes it (`retry_event_hash` over
+/// `retry_event_canonical`, the functions `record_retry` uses): for the dashboard's target page.
+/// `verify` recomputes every chain in Rust instead, independently of those functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainStatus {
+    /// Events in the stream.
+    pub events: i64,
+    /// The first attempt whose hash does not match, or that breaks the 1..n numbering.
+    pub first_broken: Option<i32>,
+}
+
+/// Recomputes `target`'s chain in one statement over its stream (the stream index).
+pub async fn stream_chain(
+    conn: &mut sqlx::PgConnection,
+    target: Target,
+) -> Result<ChainStatus, sqlx::Error> {
+    let stream = match target {
+        Target::Job { .. } => "job_id = $1 AND job_variants_id IS NULL",
+        Target::Variant { .. } => "job_id = $1 AND job_variants_id = $2",
+    };
+    let sql = format!(
+        "SELECT count(*), min(attempt) FILTER (WHERE NOT ok)
+           FROM (SELECT attempt,
+                        attempt = row_number() OVER w
+                        AND hash = retry_event_hash(
+                            coalesce(lag(hash) OVER w, $3),
+                            retry_event_canonical(event_id, job_id, job_variants_id, reason,
+                                                  step, from_status, to_status, attempt, actor,
+                                                  detail, occurred_at)) AS ok
+                   FROM retry_history WHERE {stream}
+                 WINDOW w AS (ORDER BY attempt)) s"
+    );
+    let (events, first_broken): (i64, Option<i32>) = sqlx::query_as(&sql)
+        .bind(target.job_id())
+        .bind(target.job_variants_id())
+        .bind(&GENESIS_HASH[..])
+        .fetch_one(conn)
+        .await?;
+    Ok(ChainStatus {
+        events,
+        first_broken,
+    })
+}

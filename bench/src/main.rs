@@ -10,6 +10,7 @@
 //!   replay against a hand-written recount.
 //! - `reports`: `retrylog-bench reports`, the reports over a log of millions of events.
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
+//! - `http`: `retrylog-bench http`, the dashboard, /metrics and the API over a million events.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
 //! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
@@ -22,6 +23,7 @@ mod appends;
 mod database;
 mod figures;
 mod footprint;
+mod http;
 mod log;
 mod pipeline;
 mod progress;
@@ -96,6 +98,10 @@ enum Command {
     /// with four variants) with retrylog installed and its watchdog running, against a twin
     /// database without retrylog; with and without a pipeline NOTIFY trigger of its own.
     Footprint(footprint::FootprintArgs),
+    /// The HTTP side of `serve` over a log of a million events: the overview page and
+    /// /metrics at p50/p99, the API's history of one target, 64 clients on the overview for
+    /// 20 s, memory before and after.
+    Http(http::HttpArgs),
 }
 
 #[tokio::main]
@@ -148,6 +154,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             footprint::run(&connected, args).await
+        }
+        Command::Http(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            http::run(&connected, args).await
         }
     }
 }

@@ -48,7 +48,7 @@ use crate::log::load_log;
 use crate::progress;
 
 mod history;
-mod realistic_log;
+pub(crate) mod realistic_log;
 mod trend;
 
 use history::{measure_history, HistoryFigure};

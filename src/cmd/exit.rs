@@ -6,7 +6,9 @@ use std::error::Error;
 use crate::connect::ConnectError;
 use crate::error::CallerMistake;
 use crate::grant::GrantError;
+use crate::http::{HttpConfigError, TokensError};
 use crate::migrate::SchemaError;
+use crate::recovery::ManualRecoveryError;
 use crate::report::ReportError;
 use crate::store::{AppendError, ReadError};
 use crate::window::WindowError;
@@ -41,7 +43,7 @@ pub fn code(error: &anyhow::Error) -> u8 {
 }
 
 /// The library's error types that can tell a mistake from a fault.
-fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
+pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
     fn as_dyn<T: CallerMistake>(error: &T) -> &dyn CallerMistake {
         error
     }
@@ -60,4 +62,7 @@ fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn Cal
                 .downcast_ref::<crate::cmd::demo::KeptDemoDatabase>()
                 .map(as_dyn)
         })
+        .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<HttpConfigError>().map(as_dyn))
 }

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
 use crate::intervention;
-use crate::output::history_rows;
+use crate::output::{history_rows, Format, Rows};
 use crate::store::{self, HistoryFilter};
 use crate::window::{Moment, TimeSpec, WindowError};
 
@@ -42,7 +42,15 @@ fn filter(args: &HistoryArgs) -> Result<HistoryFilter, WindowError> {
 }
 
 pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
-    let filter = filter(&args)?;
+    let format = args.format.format;
+    rows(pool, &args, format).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The history the flags ask for, as rows: what `history` prints and `GET /api/v1/history`
+/// answers.
+pub async fn rows(pool: &PgPool, args: &HistoryArgs, format: Format) -> anyhow::Result<Rows> {
+    let filter = filter(args)?;
     let mut conn = pool.acquire().await?;
     let (events, notes) = match (args.job_id, args.variant_id) {
         (_, Some(variant)) => (
@@ -55,6 +63,5 @@ pub async fn run(pool: &PgPool, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };
-    history_rows(&events, &notes, args.format.format).print(args.format.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(history_rows(&events, &notes, format))
 }

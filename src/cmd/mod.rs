@@ -5,16 +5,18 @@
 pub mod demo;
 pub mod exit;
 mod grant;
-mod history;
+pub mod history;
 pub mod invocation;
 mod local;
 mod manual;
 mod project;
 mod record;
+mod recover;
 mod replay;
 pub mod report;
 mod serve;
 mod status;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -63,6 +65,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Man(args) => return manual::man(args),
         _ => cli,
     };
+    // Making a token needs no database.
+    if let Command::Token(args) = &cli.command {
+        return token::run(args);
+    }
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
         max_connections: 20,
@@ -114,6 +120,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Local(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("answered before connecting")
         }
+        Command::Recover(args) => recover::run(pool, args).await,
+        Command::Token(_) => unreachable!("answered before connecting"),
     }
 }
 

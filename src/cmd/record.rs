@@ -11,7 +11,7 @@ use crate::store;
 
 /// The actor when `--actor` is not given: the operator at the terminal, `$USER`, else the OS
 /// user this process runs as (cron and systemd often leave `$USER` unset).
-fn default_actor() -> String {
+pub(super) fn default_actor() -> String {
     let user = std::env::var("USER")
         .ok()
         .filter(|user| !user.trim().is_empty())

@@ -31,8 +31,18 @@ pub async fn run(pool: &PgPool, args: ReportArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn top_jobs(pool: &PgPool, args: TopJobsArgs) -> anyhow::Result<ExitCode> {
-    let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let format = args.options.format;
+    top_jobs_rows(pool, &args, format).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report top-jobs` as rows (also `GET /api/v1/reports/top-jobs`).
+pub async fn top_jobs_rows(
+    pool: &PgPool,
+    args: &TopJobsArgs,
+    format: Format,
+) -> anyhow::Result<Rows> {
+    let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let mut conn = pool.acquire().await?;
     let jobs = report::top_jobs(&mut conn, args.limit, moment).await?;
     let mut rows = Rows::new(&[
@@ -53,11 +63,17 @@ async fn top_jobs(pool: &PgPool, args: TopJobsArgs) -> anyhow::Result<ExitCode> 
             timestamp(job.updated_at, format),
         ]);
     }
-    rows.print(format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn top_variants(pool: &PgPool, args: TopVariantsArgs) -> anyhow::Result<ExitCode> {
+    let format = args.options.format;
+    top_variants_rows(pool, &args).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report top-variants` as rows (also `GET /api/v1/reports/top-variants`).
+pub async fn top_variants_rows(pool: &PgPool, args: &TopVariantsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let mut conn = pool.acquire().await?;
     let variants = report::top_variants(&mut conn, args.limit, moment).await?;
@@ -83,11 +99,17 @@ async fn top_variants(pool: &PgPool, args: TopVariantsArgs) -> anyhow::Result<Ex
             optional(variant.job_current_step),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn stats(pool: &PgPool, args: StatsArgs) -> anyhow::Result<ExitCode> {
+    let format = args.options.format;
+    stats_rows(pool, &args).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report stats` as rows (also `GET /api/v1/reports/stats`).
+pub async fn stats_rows(pool: &PgPool, args: &StatsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let since = TimeSpec::parse("--since", &args.since)?.resolve(moment.time());
     let mut conn = pool.acquire().await?;
@@ -112,11 +134,21 @@ async fn stats(pool: &PgPool, args: StatsArgs) -> anyhow::Result<ExitCode> {
             Value::from(kind.max_retry_count),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(rows)
 }
 
 async fn alerts(pool: &PgPool, args: AlertsArgs) -> anyhow::Result<ExitCode> {
+    let rows = alerts_rows(pool, &args).await?;
+    rows.print(args.options.format)?;
+    Ok(if rows.rows.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::ALERTS)
+    })
+}
+
+/// `report alerts` as rows (also `GET /api/v1/reports/alerts`).
+pub async fn alerts_rows(pool: &PgPool, args: &AlertsArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let updated_since = TimeSpec::parse("--within", &args.within)?.resolve(moment.time());
     let mut conn = pool.acquire().await?;
@@ -141,48 +173,11 @@ async fn alerts(pool: &PgPool, args: AlertsArgs) -> anyhow::Result<ExitCode> {
             Value::from(alert.why.to_string()),
         ]);
     }
-    rows.print(args.options.format)?;
-    Ok(if alerts.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(exit::ALERTS)
-    })
+    Ok(rows)
 }
 
 async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
-    let moment = Moment::from_flag(args.as_of.as_deref())?;
-    let query = TrendQuery {
-        bucket: args.bucket,
-        by: args.by,
-        since: TimeSpec::parse("--since", &args.since)?.resolve(moment.time()),
-    };
-    // 1. Today's trend reads the rollup, which lags the log: catch it up first if this role
-    //    may and no other instance is doing so, otherwise say how stale it is. The past is
-    //    read from the log. A window the report refuses is refused before anything is written.
-    report::check_window(&query, moment)?;
-    if moment.as_of().is_none() {
-        if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
-            if lag.events_behind > 0 && lag.runner_pid.is_none() {
-                eprintln!(
-                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log and no \
-                     projector runs (this role may not run it), so this shows it as it stands",
-                    lag.events_behind, lag.seconds_behind,
-                );
-            } else if lag.events_behind > 0 {
-                eprintln!(
-                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log; another \
-                     instance (backend pid {}) is applying them, so this shows it as it stands",
-                    lag.events_behind,
-                    lag.seconds_behind,
-                    lag.runner_pid
-                        .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
-                );
-            }
-        }
-    }
-    let mut conn = pool.acquire().await?;
-    let trend = report::trend(&mut conn, query, moment).await?;
-    drop(conn);
+    let (trend, moment) = load_trend(pool, &args, true).await?;
 
     // 2. Print, to --output if given.
     let mut out: Box<dyn Write> = match &args.output {
@@ -221,6 +216,62 @@ async fn trend(pool: &PgPool, args: TrendArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `report trend --format json` as rows (also `GET /api/v1/reports/trend`): the full grid
+/// unless `--non-empty`.
+pub async fn trend_json_rows(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<Rows> {
+    let (trend, _) = load_trend(pool, args, true).await?;
+    Ok(trend_rows(&trend, Format::Json, args.non_empty).0)
+}
+
+/// `report trend --format svg`: the chart the dashboard's overview shows, from the rollup as
+/// it stands (the page shows the projector's lag; `serve`'s projector keeps it up).
+pub async fn trend_svg(pool: &PgPool, args: &TrendArgs) -> anyhow::Result<String> {
+    let (trend, moment) = load_trend(pool, args, false).await?;
+    Ok(chart::render(&trend, moment))
+}
+
+/// The trend the flags ask for, and the moment it is for; `catch_up`: first bring the rollup
+/// up to date, as the command does.
+async fn load_trend(
+    pool: &PgPool,
+    args: &TrendArgs,
+    catch_up: bool,
+) -> anyhow::Result<(Trend, Moment)> {
+    let moment = Moment::from_flag(args.as_of.as_deref())?;
+    let query = TrendQuery {
+        bucket: args.bucket,
+        by: args.by,
+        since: TimeSpec::parse("--since", &args.since)?.resolve(moment.time()),
+    };
+    // 1. Today's trend reads the rollup, which lags the log: catch it up first if this role
+    //    may and no other instance is doing so, otherwise say how stale it is. The past is
+    //    read from the log. A window the report refuses is refused before anything is written.
+    report::check_window(&query, moment)?;
+    if catch_up && moment.as_of().is_none() {
+        if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
+            if lag.events_behind > 0 && lag.runner_pid.is_none() {
+                eprintln!(
+                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log and no \
+                     projector runs (this role may not run it), so this shows it as it stands",
+                    lag.events_behind, lag.seconds_behind,
+                );
+            } else if lag.events_behind > 0 {
+                eprintln!(
+                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log; another \
+                     instance (backend pid {}) is applying them, so this shows it as it stands",
+                    lag.events_behind,
+                    lag.seconds_behind,
+                    lag.runner_pid
+                        .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
+                );
+            }
+        }
+    }
+    let mut conn = pool.acquire().await?;
+    let trend = report::trend(&mut conn, query, moment).await?;
+    Ok((trend, moment))
 }
 
 /// The trend as rows, and how many empty ones were left out (with `non_empty`: those with no

@@ -1,8 +1,9 @@
-//! `retrylog serve`: the long-running service. Runs the recovery watchdog and the
-//! asynchronous projector until SIGINT or SIGTERM; then lets the transaction in flight (a
-//! retry, a projector batch) finish and exits 0.
+//! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
+//! projector and the HTTP API until SIGINT or SIGTERM; then lets the transaction in flight (a
+//! retry, a projector batch, a request) finish and exits 0.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -10,6 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::cli::ServeArgs;
+use crate::http::{self, ApiContext, Tokens};
 use crate::projector::{self, ProjectorSettings};
 use crate::recovery;
 
@@ -17,6 +19,39 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Signals first: one that arrives while starting up still means a clean exit.
     let mut terminate = signal(SignalKind::terminate())?;
     let (stop, stopped) = watch::channel(false);
+    // HTTP's settings are checked, and its port bound, before anything else starts: a
+    // mistake there stops serve at once.
+    let http = if args.no_http {
+        None
+    } else {
+        let tokens = match &args.tokens_file {
+            Some(path) => Some(Arc::new(Tokens::load(path)?)),
+            None => None,
+        };
+        let addr = http::check_settings(&args.listen, tokens.is_some(), &args.base_path)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        let read_only = if tokens.is_none() {
+            " (read-only: no tokens file)"
+        } else {
+            ""
+        };
+        tracing::info!(
+            "retrylog serve: HTTP on http://{local}{}/{read_only}",
+            args.base_path
+        );
+        let ctx = ApiContext {
+            pool: pool.clone(),
+            tokens,
+            steps: args.watchdog.steps.clone(),
+            base_path: args.base_path.clone(),
+            overview_cache: Default::default(),
+        };
+        let app = http::app(ctx);
+        Some(tokio::spawn(http::serve(listener, app, stopped.clone())))
+    };
     let settings = ProjectorSettings {
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
@@ -46,6 +81,9 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     projector.await?;
     if let Some(watchdog) = watchdog {
         watchdog.await?;
+    }
+    if let Some(http) = http {
+        http.await?.context("serving HTTP")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -25,11 +25,18 @@
 //! - `scenario`: the four [`Scenario`]s, their SQL, and [`detect`];
 //! - `claim`: [`recover`], the five steps above for one [`Candidate`]; a target at the limit
 //!   is noted through [`crate::intervention`].
+//! - `manual`: [`recover_by_hand`], an operator's recovery of one target past the limit, with
+//!   a note: the one operation behind `retrylog recover`, the API and the dashboard.
 
 mod claim;
+mod manual;
 mod scenario;
 mod sweep;
 
 pub use claim::{connection_lost, recover, Outcome, RecoveryError};
+pub use manual::{
+    recover_by_hand, request_event_id, ManualRecovery, ManualRecoveryError, ManualTarget,
+    Recovered, MAX_NOTE_CHARS, STATUSES,
+};
 pub use scenario::{detect, Candidate, Scenario, Scope, DETECT_BATCH};
 pub use sweep::{effective_limit, publish_settings, run, sweep, SweepSummary};

@@ -88,6 +88,9 @@ pub async fn sweep(
                         summary.skipped += 1;
                     }
                     Err(error @ (RecoveryError::Target { .. } | RecoveryError::Refused { .. })) => {
+                        if let RecoveryError::Refused { source, .. } = &error {
+                            crate::metrics::append_refused(source);
+                        }
                         tracing::error!(%scenario, error = %error, cause = %error_cause(&error),
                                         "retry rolled back");
                         summary.failed += 1;
@@ -182,8 +185,10 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
             break;
         }
         let everything = scope == Scope::Everything;
+        let started = Instant::now();
         match sweep(&pool, &settings, &scope, &shutdown).await {
             Ok(summary) => {
+                crate::metrics::sweep_finished(everything, started.elapsed(), &summary);
                 backoff = MIN_BACKOFF;
                 if summary.detected > 0 {
                     tracing::info!(

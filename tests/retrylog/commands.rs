@@ -224,6 +224,8 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
     let mut serve = Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .args(["--database-url", &database_url(&pool).await, "serve"])
         .env("RETRYLOG_INSTANCE", "serve-sigint")
+        // Any free port: tests run side by side.
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
         .env_remove("RETRYLOG_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -46,18 +46,30 @@
 //!   and text, a projection that cannot advance.
 //! - `footprint`: light on the pipeline: a failure retried within a second with `serve`
 //!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
+//! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
+//!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
+//! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
+//!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
+//! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
+//!   the projector and the watchdog; bounded labels.
+//! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
+//!   note, refusals that write nothing, idempotency by request id.
 
+mod api;
 mod append;
 mod cli;
 mod commands;
 mod concurrency;
 mod crash;
+mod dashboard;
 mod docs;
 mod fixtures;
 mod footprint;
 mod history;
 mod hostile;
 mod integrity;
+mod manual;
+mod metrics;
 mod migrations;
 mod operator;
 mod projector;

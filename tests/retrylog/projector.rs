@@ -286,6 +286,7 @@ async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) 
     // The projector alone: a watchdog would retry failed variant A2 itself, racing the appends.
     let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .args(["serve", "--no-watchdog", "--database-url", &url])
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
         .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");

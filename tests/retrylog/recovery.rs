@@ -1510,6 +1510,7 @@ async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool:
             "--sweep-every",
             "1h",
         ])
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
         .env("RETRYLOG_INSTANCE", "serve-under-test")
         .env("RETRYLOG_MAX_RETRIES", "2")
         .stderr(std::process::Stdio::piped())

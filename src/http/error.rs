@@ -1,0 +1,115 @@
+//! How the HTTP layer answers a refusal or a fault: the library's own answer to "whose
+//! mistake?" (`error::CallerMistake`) picks 4xx or 5xx, and the message is the one the CLI
+//! prints. A fault is logged with its whole chain and shown to the client only as "internal
+//! error".
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::cmd::{exit, one_line};
+use crate::recovery::ManualRecoveryError;
+use crate::store::{AppendError, ReadError};
+
+/// Every way a request can fail; each variant says its status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: a bad parameter or body; the message names it.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no token, or one that is not in the tokens file.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid token without the right, a write with no tokens configured, or a
+    /// cross-site write.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such job, variant or route.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: another writer got there first; retry.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the database is unreachable or not migrated (readiness).
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a fault; logged, never shown.
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Error {
+    /// Classifies by the first cause in the chain that knows, as the CLI's exit code does.
+    fn from(error: anyhow::Error) -> Self {
+        for cause in error.chain() {
+            let unknown = matches!(
+                cause.downcast_ref::<ReadError>(),
+                Some(ReadError::UnknownTarget { .. })
+            ) || matches!(
+                cause.downcast_ref::<ManualRecoveryError>(),
+                Some(ManualRecoveryError::UnknownTarget { .. })
+            ) || matches!(
+                cause.downcast_ref::<AppendError>(),
+                Some(AppendError::UnknownTarget(_))
+            );
+            if unknown {
+                return Error::NotFound(one_line(&error));
+            }
+            if matches!(
+                cause.downcast_ref::<AppendError>(),
+                Some(AppendError::Conflict(_))
+            ) {
+                return Error::Conflict(one_line(&error));
+            }
+            if let Some(mistake) = exit::as_caller_mistake(cause) {
+                return if mistake.is_caller_mistake() {
+                    Error::BadRequest(one_line(&error))
+                } else {
+                    Error::Internal(error)
+                };
+            }
+        }
+        Error::Internal(error)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Internal(error.into())
+    }
+}
+
+impl Error {
+    /// The status and what the client may read; a fault is logged here.
+    pub fn status_and_message(self) -> (StatusCode, String) {
+        match self {
+            Error::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            Error::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message),
+            Error::Forbidden(message) => (StatusCode::FORBIDDEN, message),
+            Error::NotFound(message) => (StatusCode::NOT_FOUND, message),
+            Error::Conflict(message) => (StatusCode::CONFLICT, message),
+            Error::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
+            Error::Internal(error) => {
+                tracing::error!(error = %one_line(&error), "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error".to_string(),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, message) = self.status_and_message();
+        let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,22 @@
+//! `GET /api/v1/history`: the rows of `retrylog history --format json` (events and the
+//! watchdog's notes), built by the same function, with its flags as query parameters
+//! (`job_id` or `variant_id`, `reason`, `step`, `actor`, `since`, `until`, `as_of`).
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde_json::Value;
+
+use super::{flags, ApiContext, Error, Reader};
+use crate::cli::HistoryArgs;
+use crate::cmd::history;
+use crate::output::Format;
+
+pub async fn history(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, Error> {
+    let args: HistoryArgs = flags::parse(&params)?;
+    let rows = history::rows(&ctx.pool, &args, Format::Json).await?;
+    Ok(Json(rows.to_json()))
+}

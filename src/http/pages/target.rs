@@ -1,0 +1,197 @@
+//! `GET /targets/{job|variant}/{id}`: one target — its state, its timeline of events and the
+//! watchdog's notes (`history`'s rows), its hash-chain status, for a job its variants — with a
+//! Recover form for an admin. `GET /search?q=ID` finds a job, a variant or an event by id.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::{error_page, render, Chrome, Table, Viewer};
+use crate::cli::{FormatArg, HistoryArgs};
+use crate::cmd::history;
+use crate::event::Target;
+use crate::http::{ApiContext, Error};
+use crate::output::{Format, Rows};
+use crate::replay;
+
+#[derive(Template)]
+#[template(path = "target.html")]
+struct Page {
+    page: Chrome,
+    kind: String,
+    id: String,
+    /// The row's status, step, count and last update (absent when only the log knows it).
+    state: Option<(String, String, i32, String)>,
+    job_id: String,
+    timeline: Table,
+    chain: String,
+    chain_ok: bool,
+    variants: Table,
+    request_id: String,
+}
+
+pub async fn page(
+    State(ctx): State<ApiContext>,
+    viewer: Viewer,
+    Path((kind, id)): Path<(String, String)>,
+) -> Response {
+    match body(&ctx, &viewer, &kind, &id).await {
+        Ok(page) => render(&page).into_response(),
+        Err(error) => error_page(&ctx, &viewer, error),
+    }
+}
+
+async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result<Page, Error> {
+    let uuid: Uuid = id
+        .parse()
+        .map_err(|_| Error::BadRequest(format!("invalid id \"{id}\": not a UUID")))?;
+    let variant = match kind {
+        "job" => false,
+        "variant" => true,
+        _ => {
+            return Err(Error::NotFound(format!(
+                "no such kind of target \"{kind}\""
+            )))
+        }
+    };
+    // 1. The timeline: `history`'s rows (also the 404 for an id nobody knows).
+    let args = HistoryArgs {
+        job_id: (!variant).then_some(uuid),
+        variant_id: variant.then_some(uuid),
+        reason: None,
+        step: None,
+        actor: None,
+        since: None,
+        until: None,
+        as_of: None,
+        format: FormatArg {
+            format: Format::Table,
+        },
+    };
+    let timeline = history::rows(&ctx.pool, &args, Format::Table).await?;
+    let mut conn = ctx.pool.acquire().await?;
+    // 2. The state, as the pipeline's row has it now.
+    let sql = if variant {
+        "SELECT status, coalesce(current_step, ''), retry_count,
+                to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), job_id
+           FROM jobs_variants WHERE job_variants_id = $1"
+    } else {
+        "SELECT status, coalesce(current_step, ''), retry_count,
+                to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), job_id
+           FROM jobs WHERE job_id = $1"
+    };
+    let row: Option<(String, String, i32, String, Uuid)> = sqlx::query_as(sql)
+        .bind(uuid)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let job_id = match &row {
+        Some((.., job_id)) => *job_id,
+        None if variant => {
+            sqlx::query_scalar(
+                "SELECT job_id FROM retry_history WHERE job_variants_id = $1 LIMIT 1",
+            )
+            .bind(uuid)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        None => uuid,
+    };
+    let target = if variant {
+        Target::Variant {
+            job_id,
+            job_variants_id: uuid,
+        }
+    } else {
+        Target::Job { job_id }
+    };
+    // 3. The chain, recomputed by the database over this stream.
+    let chain = replay::stream_chain(&mut conn, target).await?;
+    let (chain, chain_ok) = match chain.first_broken {
+        None => (format!("intact: {} event(s) verified", chain.events), true),
+        Some(attempt) => (
+            format!("BROKEN at attempt {attempt}: run `retrylog verify`"),
+            false,
+        ),
+    };
+    // 4. A job's variants.
+    let mut variants = Rows::new(&[
+        "job_variants_id",
+        "creation_order",
+        "status",
+        "current_step",
+        "retry_count",
+    ]);
+    if !variant {
+        let rows: Vec<(Uuid, i32, String, Option<String>, i32)> = sqlx::query_as(
+            "SELECT job_variants_id, creation_order, status, current_step, retry_count
+               FROM jobs_variants WHERE job_id = $1 ORDER BY creation_order",
+        )
+        .bind(uuid)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (id, order, status, step, count) in rows {
+            variants.push(vec![
+                id.to_string().into(),
+                order.into(),
+                status.into(),
+                step.map_or(serde_json::Value::Null, Into::into),
+                count.into(),
+            ]);
+        }
+    }
+    Ok(Page {
+        page: Chrome::new(ctx, viewer, format!("{kind} {id}")),
+        kind: kind.to_string(),
+        id: uuid.to_string(),
+        state: row.map(|(status, step, count, updated, _)| (status, step, count, updated)),
+        job_id: job_id.to_string(),
+        timeline: Table::from_rows(&timeline, &ctx.base_path),
+        chain,
+        chain_ok,
+        variants: Table::from_rows(&variants, &ctx.base_path),
+        request_id: Uuid::new_v4().to_string(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Search {
+    q: String,
+}
+
+/// A job id, a variant id or an event id: to that target's page.
+pub async fn search(
+    State(ctx): State<ApiContext>,
+    viewer: Viewer,
+    Query(search): Query<Search>,
+) -> Response {
+    let query = search.q.trim();
+    let Ok(id) = query.parse::<Uuid>() else {
+        let error = Error::BadRequest(format!("\"{query}\" is not a job, variant or event id"));
+        return error_page(&ctx, &viewer, error);
+    };
+    let found: Result<Option<(String, Uuid)>, sqlx::Error> = sqlx::query_as(
+        "SELECT 'job', job_id FROM jobs WHERE job_id = $1
+         UNION ALL SELECT 'variant', job_variants_id FROM jobs_variants WHERE job_variants_id = $1
+         UNION ALL (SELECT CASE WHEN job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+                           coalesce(job_variants_id, job_id)
+                      FROM retry_history WHERE event_id = $1 OR job_id = $1
+                        OR job_variants_id = $1 LIMIT 1)
+         LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&ctx.pool)
+    .await;
+    match found {
+        Ok(Some((kind, id))) => {
+            Redirect::to(&format!("{}/targets/{kind}/{id}", ctx.base_path)).into_response()
+        }
+        Ok(None) => error_page(
+            &ctx,
+            &viewer,
+            Error::NotFound(format!("no job, variant or event has the id {id}")),
+        ),
+        Err(error) => error_page(&ctx, &viewer, error.into()),
+    }
+}

@@ -1,0 +1,63 @@
+//! `GET /api/v1/reports/{report}`: the rows of `retrylog report … --format json`, built by the
+//! same functions (`cmd::report::*_rows`), with the report's flags as query parameters.
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde_json::Value;
+
+use super::{flags, ApiContext, Error, Reader};
+use crate::cli::{AlertsArgs, StatsArgs, TopJobsArgs, TopVariantsArgs, TrendArgs};
+use crate::cmd::report;
+use crate::output::Format;
+
+type Params = Query<Vec<(String, String)>>;
+
+pub async fn top_jobs(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: TopJobsArgs = flags::parse(&params)?;
+    let rows = report::top_jobs_rows(&ctx.pool, &args, Format::Json).await?;
+    Ok(Json(rows.to_json()))
+}
+
+pub async fn top_variants(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: TopVariantsArgs = flags::parse(&params)?;
+    Ok(Json(
+        report::top_variants_rows(&ctx.pool, &args).await?.to_json(),
+    ))
+}
+
+pub async fn stats(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: StatsArgs = flags::parse(&params)?;
+    Ok(Json(report::stats_rows(&ctx.pool, &args).await?.to_json()))
+}
+
+pub async fn alerts(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: AlertsArgs = flags::parse(&params)?;
+    Ok(Json(report::alerts_rows(&ctx.pool, &args).await?.to_json()))
+}
+
+pub async fn trend(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: TrendArgs = flags::parse(&params)?;
+    Ok(Json(
+        report::trend_json_rows(&ctx.pool, &args).await?.to_json(),
+    ))
+}

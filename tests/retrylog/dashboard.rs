@@ -1,0 +1,454 @@
+//! The dashboard in a real browser: headless Chromium driven through chromedriver (WebDriver,
+//! `fantoccini`), against the router served on a free port. The overview with data and a drawn
+//! chart; a retry recorded through SQL showing up without a reload; filters in the URL; the
+//! Recover flow as an admin and its refusal for a read token; dark mode; no console errors.
+//!
+//! `RETRYLOG_SCREENSHOTS=1` also saves the README's pictures under docs/screenshots/.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use retrylog::http::{self, ApiContext, Tokens};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
+
+use crate::api::{tokens_file, ADMIN, READER};
+use crate::fixtures::*;
+use crate::manual::a2_needs_intervention;
+
+/// One browser at a time: each is heavy, and the suite shares two cores.
+static ONE_BROWSER: Semaphore = Semaphore::const_new(1);
+
+/// The dashboard served on a free loopback port until dropped.
+struct Served {
+    base: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+async fn serve(pool: &PgPool) -> Served {
+    let ctx = ApiContext {
+        pool: pool.clone(),
+        tokens: Some(Arc::new(Tokens::load(&tokens_file()).unwrap())),
+        steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
+        base_path: String::new(),
+        overview_cache: Default::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(http::serve(listener, http::app(ctx), stopped));
+    Served { base, stop }
+}
+
+/// A headless Chromium with its own chromedriver.
+struct Browser {
+    client: Client,
+    _driver: tokio::process::Child,
+    _turn: SemaphorePermit<'static>,
+}
+
+/// The browser's console, read through chromedriver's log endpoint.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (::http::Method, Option<String>) {
+        (::http::Method::POST, Some(r#"{"type": "browser"}"#.into()))
+    }
+}
+
+impl Browser {
+    async fn open(dark: bool) -> Browser {
+        let turn = ONE_BROWSER.acquire().await.unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = tokio::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver runs (Debian: apt-get install chromium chromium-driver)");
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,1100",
+        ];
+        if dark {
+            args.push("--blink-settings=preferredColorScheme=0");
+        }
+        let capabilities = json!({
+            "goog:chromeOptions": {"args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(error) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "chromedriver never answered: {error}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        Browser {
+            client,
+            _driver: driver,
+            _turn: turn,
+        }
+    }
+
+    async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    async fn login(&self, served: &Served, token: &str) {
+        self.goto(&format!("{}/login", served.base)).await;
+        let field = self.client.find(Locator::Id("token")).await.unwrap();
+        field.send_keys(token).await.unwrap();
+        field.send_keys("\u{E007}").await.unwrap(); // Enter
+        self.wait_for_url(|url| url.ends_with('/')).await;
+    }
+
+    /// The text of the element `css` selects, read in one script call: the live refresh may
+    /// replace the element between a find and a read.
+    async fn text(&self, css: &str) -> String {
+        let text = self
+            .client
+            .execute(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                vec![json!(css)],
+            )
+            .await
+            .unwrap();
+        text.as_str()
+            .unwrap_or_else(|| panic!("no element {css}"))
+            .trim()
+            .to_string()
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
+    async fn url(&self) -> String {
+        self.client.current_url().await.unwrap().to_string()
+    }
+
+    async fn wait_for_url(&self, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.url().await;
+            if done(&url) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the page never got there: {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The console's errors and warnings so far (CSP violations, failed loads, exceptions).
+    async fn console_problems(&self) -> Vec<String> {
+        let log = self.client.issue_cmd(ConsoleLog).await.unwrap();
+        log.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|entry| matches!(entry["level"].as_str(), Some("SEVERE" | "WARNING")))
+                    .map(|entry| entry["message"].to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn assert_no_console_problems(&self) {
+        let problems = self.console_problems().await;
+        assert!(problems.is_empty(), "the console says: {problems:#?}");
+    }
+
+    /// Saves a screenshot under docs/screenshots when RETRYLOG_SCREENSHOTS is set.
+    async fn screenshot(&self, name: &str) {
+        if std::env::var_os("RETRYLOG_SCREENSHOTS").is_none() {
+            return;
+        }
+        let png = self.client.screenshot().await.unwrap();
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/screenshots");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
+    }
+
+    async fn close(self) {
+        self.client.close().await.unwrap();
+    }
+}
+
+/// Retries to every kind of target, applied to the rollup, and variant A2 at the limit.
+async fn busy_pipeline(pool: &PgPool) {
+    pipeline(pool).await;
+    append_n(pool, variant(JOB_A, VARIANT_A1), 2).await;
+    append_ok(pool, &retry(job(JOB_B))).await;
+    a2_needs_intervention(pool).await;
+    retrylog::projector::catch_up_once(pool, 1000)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_overview_renders_its_counts_and_a_drawn_chart_without_console_errors(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    assert_eq!(browser.text("#last-hour").await, "6");
+    assert_eq!(browser.text("#last-week").await, "6");
+    // The chart is drawn: one line per group, and its points.
+    assert!(browser.count("#chart svg path").await >= 2);
+    assert!(browser.count("#chart svg circle").await >= 2);
+    assert!(browser
+        .text("#latest")
+        .await
+        .contains("variant 0a000000-0000-4000-8000-000000000002"));
+    browser.screenshot("overview-light").await;
+    browser
+        .goto(&format!("{}/targets/job/{JOB_A}", served.base))
+        .await;
+    assert!(browser.text("#chain").await.starts_with("intact"));
+    assert!(browser.text("main").await.contains("Variants"));
+    browser.screenshot("target-light").await;
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_retry_recorded_through_sql_appears_on_the_open_overview_within_2_s(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    assert!(!browser.text("#latest").await.contains("sql-door"));
+    let mut conn = pool.acquire().await.unwrap();
+    record_via_sql(&mut conn, variant(JOB_B, VARIANT_B1), "stuck")
+        .await
+        .unwrap();
+    let recorded = Instant::now();
+    loop {
+        if browser.text("#latest").await.contains("sql-door") {
+            break;
+        }
+        assert!(
+            recorded.elapsed() < Duration::from_secs(2),
+            "the retry did not appear within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        browser.url().await.ends_with('/'),
+        "no reload, no navigation"
+    );
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_filter_changes_the_url_and_a_reload_keeps_it(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    assert!(browser
+        .text("#chart")
+        .await
+        .contains("Retries per day by kind"));
+    let select = browser.client.find(Locator::Id("bucket")).await.unwrap();
+    select.select_by_value("hour").await.unwrap();
+    browser
+        .wait_for_url(|url| url.contains("bucket=hour"))
+        .await;
+    browser.client.refresh().await.unwrap();
+    assert!(browser.url().await.contains("bucket=hour"));
+    let selected = browser
+        .client
+        .find(Locator::Css("#bucket option[selected]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap();
+    assert_eq!(selected.as_deref(), Some("hour"));
+    assert!(browser
+        .text("#chart")
+        .await
+        .contains("Retries per hour by kind"));
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_recover_flow_changes_the_state_writes_one_event_with_the_note_and_the_tokens_name(
+    pool: PgPool,
+) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, ADMIN).await;
+    browser.goto(&format!("{}/alerts", served.base)).await;
+    assert!(browser
+        .text("#alerts")
+        .await
+        .contains(&VARIANT_A2.to_string()));
+    browser.screenshot("alerts-light").await;
+    let events_before = event_count(&pool).await;
+    browser
+        .client
+        .find(Locator::Css("#alerts details.recover summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let form = browser
+        .client
+        .form(Locator::Css("#alerts details.recover form"))
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Css("#alerts details.recover textarea"))
+        .await
+        .unwrap()
+        .send_keys("input file replaced")
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Css("#alerts details.recover input[name=confirm]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    form.submit().await.unwrap();
+    browser
+        .wait_for_url(|url| url.contains(&format!("/targets/variant/{VARIANT_A2}")))
+        .await;
+    assert_eq!(browser.text("#status").await, "done");
+    let timeline = browser.text("#timeline").await;
+    assert!(
+        timeline.contains("input file replaced") && timeline.contains("ops-alice"),
+        "{timeline}"
+    );
+
+    assert_eq!(event_count(&pool).await, events_before + 1);
+    let (actor, note, from, to): (String, String, String, String) = sqlx::query_as(
+        "SELECT actor, detail->>'note', from_status, to_status FROM retry_history
+          WHERE reason = 'manual_recovery'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (actor.as_str(), note.as_str()),
+        ("ops-alice", "input file replaced")
+    );
+    assert_eq!((from.as_str(), to.as_str()), ("failed", "done"));
+    browser.goto(&format!("{}/alerts", served.base)).await;
+    assert!(!browser
+        .text("#alerts")
+        .await
+        .contains(&VARIANT_A2.to_string()));
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_read_token_sees_no_recover_button_and_its_post_is_refused(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    browser.goto(&format!("{}/alerts", served.base)).await;
+    assert!(browser
+        .text("#alerts")
+        .await
+        .contains(&VARIANT_A2.to_string()));
+    assert_eq!(browser.count("details.recover").await, 0);
+    let before = snapshot(&pool).await;
+    // The same POST the form would make, from the page itself (its cookie, same origin).
+    let status = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const body = new URLSearchParams({kind: 'variant', id: arguments[0],
+                 note: 'sneaky', confirm: 'yes', request_id: 'r1'});
+             fetch('/ui/recover', {method: 'POST', body, credentials: 'same-origin'})
+                 .then(r => done(r.status));",
+            vec![json!(VARIANT_A2.to_string())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, json!(403));
+    assert_eq!(snapshot(&pool).await, before);
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_pages_follow_the_systems_dark_mode(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let served = serve(&pool).await;
+    let background = "return getComputedStyle(document.body).backgroundColor;";
+    for (dark, colour) in [(false, "rgb(255, 255, 255)"), (true, "rgb(17, 22, 27)")] {
+        let browser = Browser::open(dark).await;
+        browser.login(&served, ADMIN).await;
+        assert_eq!(
+            browser.client.execute(background, vec![]).await.unwrap(),
+            json!(colour)
+        );
+        if dark {
+            browser.screenshot("overview-dark").await;
+            browser.goto(&format!("{}/alerts", served.base)).await;
+            browser.screenshot("alerts-dark").await;
+            browser
+                .goto(&format!("{}/targets/job/{JOB_A}", served.base))
+                .await;
+            browser.screenshot("target-dark").await;
+        }
+        browser.assert_no_console_problems().await;
+        browser.close().await;
+    }
+}
