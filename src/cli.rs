@@ -320,6 +320,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "RETRYLOG_LISTEN",
+        hide_env_values = true,
         value_name = "ADDR",
         default_value = "127.0.0.1:8080"
     )]
@@ -331,13 +332,19 @@ pub struct ServeArgs {
 
     /// The API tokens, one per line `NAME ROLE SHA256-HEX` (see `retrylog token new`); without
     /// it the API is read-only and loopback-only.
-    #[arg(long, env = "RETRYLOG_TOKENS_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "RETRYLOG_TOKENS_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub tokens_file: Option<PathBuf>,
 
     /// Serve everything under this prefix (e.g. /retrylog), for a reverse proxy.
     #[arg(
         long,
         env = "RETRYLOG_BASE_PATH",
+        hide_env_values = true,
         value_name = "PATH",
         default_value = ""
     )]
@@ -598,7 +605,7 @@ pub struct RecoverArgs {
     pub actor: Option<String>,
 
     /// The pipeline's ordered steps; the last is the final step, where a job goes to done.
-    #[arg(long, env = "RETRYLOG_STEPS", value_name = "STEP,...",
+    #[arg(long, env = "RETRYLOG_STEPS", hide_env_values = true, value_name = "STEP,...",
           default_value = crate::config::DEFAULT_STEPS)]
     pub steps: crate::config::Steps,
 

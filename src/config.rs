@@ -56,7 +56,7 @@ pub struct WatchdogSettings {
 
     /// The pipeline's own change channel, if it has one: the watchdog listens there too and
     /// sweeps the job each notification's JSON `job_id` names (anything else: every job).
-    #[arg(long, env = "RETRYLOG_PIPELINE_CHANNEL", value_name = "NAME",
+    #[arg(long, env = "RETRYLOG_PIPELINE_CHANNEL", hide_env_values = true, value_name = "NAME",
           value_parser = parse_channel)]
     pub pipeline_channel: Option<String>,
 }

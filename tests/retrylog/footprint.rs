@@ -31,6 +31,8 @@ async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio:
             sweep_every,
         ])
         .env("RETRYLOG_INSTANCE", instance)
+        // A port of its own: tests run serves in parallel.
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -206,6 +206,8 @@ async fn serve_started(pool: &PgPool, args: &[&str]) -> (tokio::process::Child, 
         .args(["--database-url", &database_url(pool).await, "serve"])
         .args(args)
         .env_remove("RETRYLOG_LOG")
+        // A port of its own: tests run serves in parallel.
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
