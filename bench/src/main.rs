@@ -70,7 +70,7 @@ struct Cli {
 
     /// Where the private cluster lives when no server is reachable
     /// [default: /var/lib/retrylog for root, else $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
-    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true)]
+    #[arg(long, env = "RETRYLOG_DATA_DIR", global = true, hide_env_values = true)]
     data_dir: Option<PathBuf>,
 
     /// Run at tiny sizes, in seconds, to prove the benchmark still runs end to end (for CI):
