@@ -42,6 +42,10 @@
 //! live SQL functions (`sql/`: `record_retry` and the hash chain) and the projections'
 //! functions, before any retry is made.
 //!
+//! Errors: every library error answers [`error::CallerMistake`] (the caller's mistake or a
+//! fault); every SQLSTATE the code matches on is named in [`sqlstate`]; the binary's exit codes
+//! live in `cmd/exit.rs`.
+//!
 //! Who may do what: [`grant`] gives a database role one capability (writer, operator,
 //! reader; docs/security.md); [`text`] escapes what the binary prints about refused values.
 //!

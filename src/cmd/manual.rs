@@ -1,5 +1,5 @@
 //! `retrylog completions SHELL` and `retrylog man`: the shell completions and the man pages,
-//! generated from the same clap definitions as `--help` (`cli.rs`), so they cannot drift.
+//! generated from the same clap definitions as `--help` (`cli/`), so they cannot drift.
 
 use std::process::ExitCode;
 
