@@ -198,7 +198,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub step: Option<String>,
 
-    /// Who retried [default: cli:$USER, else cli:<the OS user name>].
+    /// Who retried [default: cli:$USER, else cli: and the OS user name].
     #[arg(long)]
     pub actor: Option<String>,
 

@@ -1,5 +1,5 @@
 //! The commands of the `retrylog` binary, one file each. `run` connects, makes sure the
-//! schema is current (see [`Schema`]) and dispatches; errors come back as `anyhow` and
+//! schema is current (see `Schema`) and dispatches; errors come back as `anyhow` and
 //! [`exit::code`] turns them into exit codes.
 
 pub mod demo;

@@ -86,7 +86,7 @@ pub async fn live(
 /// too much for every viewer every second; the latest retries stay live.
 const TOPS_FOR: Duration = Duration::from_secs(5);
 
-/// The overview's top jobs and variants, read at most every [`TOPS_FOR`] per process.
+/// The overview's top jobs and variants, read at most every `TOPS_FOR` per process.
 #[derive(Debug, Default)]
 pub struct OverviewCache(Mutex<Option<(Instant, Table, Table)>>);
 
