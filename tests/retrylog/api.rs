@@ -671,24 +671,20 @@ async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     std::fs::write(&path, format!("{line}\n")).unwrap();
     assert!(Tokens::load(&path).is_ok());
 
-    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args([
-            "--database-url",
-            &database_url(&pool).await,
-            "serve",
+    let mut serve = serve_command(
+        &pool,
+        &[
             "--no-watchdog",
-        ])
-        .args([
             "--listen",
             "127.0.0.1:0",
             "--tokens-file",
             path.to_str().unwrap(),
-        ])
-        .env_remove("RETRYLOG_LOG")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+    )
+    .await
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
     let addr = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Some(line) = log.next_line().await.unwrap() {

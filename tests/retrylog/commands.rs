@@ -8,7 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio::time::Instant;
 
 use crate::fixtures::*;
@@ -221,16 +220,10 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
         .await
         .unwrap();
 
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["--database-url", &database_url(&pool).await, "serve"])
+    let mut serve = serve_command(&pool, &[])
+        .await
         .env("RETRYLOG_INSTANCE", "serve-sigint")
-        // Any free port: tests run side by side.
-        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
-        .env_remove("RETRYLOG_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");
     let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();

@@ -407,6 +407,27 @@ pub async fn retrylog_at(url: &str, args: &[&str]) -> Run {
     }
 }
 
+/// `retrylog serve <args>` on the test's database, ready to spawn: a port of its own (tests
+/// run serves in parallel; a `--listen` in `args` still wins), none of the test's
+/// DATABASE_URL or RETRYLOG_LOG, no stdin, stdout and stderr discarded (pipe stderr to read
+/// the log), killed if the test ends without stopping it.
+pub async fn serve_command(pool: &PgPool, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_retrylog"));
+    command
+        .arg("--database-url")
+        .arg(database_url(pool).await)
+        .arg("serve")
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RETRYLOG_LOG")
+        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
 /// Sends SIGTERM to a running `retrylog serve` and waits for it: it must exit 0 within 10 s.
 /// Returns what it printed (whatever the test piped).
 pub async fn stop_serve(serve: tokio::process::Child) -> std::process::Output {

@@ -21,20 +21,9 @@ use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
 /// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2
 /// and it listens.
 async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio::process::Child {
-    let url = database_url(pool).await;
-    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args([
-            "serve",
-            "--database-url",
-            &url,
-            "--sweep-every",
-            sweep_every,
-        ])
+    let serve = serve_command(pool, &["--sweep-every", sweep_every])
+        .await
         .env("RETRYLOG_INSTANCE", instance)
-        // A port of its own: tests run serves in parallel.
-        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");
     first_sweep_done_and_listening(pool).await;

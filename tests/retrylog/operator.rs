@@ -202,16 +202,9 @@ async fn every_duration_flag_reads_the_same_grammar(pool: PgPool) {
 /// `retrylog serve <args>` on the test's database, once it says it runs the watchdog; with
 /// what it logged until then.
 async fn serve_started(pool: &PgPool, args: &[&str]) -> (tokio::process::Child, String) {
-    let serve = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["--database-url", &database_url(pool).await, "serve"])
-        .args(args)
-        .env_remove("RETRYLOG_LOG")
-        // A port of its own: tests run serves in parallel.
-        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    let serve = serve_command(pool, args)
+        .await
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("serve starts");
     wait_for_log_line(serve, "running the recovery watchdog").await

@@ -282,12 +282,9 @@ async fn a_wiped_rollup_is_reported_by_verify_and_rebuilt_by_replay(pool: PgPool
 #[sqlx::test(migrations = false)]
 async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) {
     pipeline(&pool).await;
-    let url = database_url(&pool).await;
     // The projector alone: a watchdog would retry failed variant A2 itself, racing the appends.
-    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args(["serve", "--no-watchdog", "--database-url", &url])
-        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
-        .kill_on_drop(true)
+    let serve = serve_command(&pool, &["--no-watchdog"])
+        .await
         .spawn()
         .expect("retrylog serve starts");
 

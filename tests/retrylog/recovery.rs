@@ -1499,22 +1499,11 @@ async fn a_variant_failing_while_the_watchdog_finishes_its_job_is_not_lost(pool:
 #[sqlx::test(migrations = false)]
 async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool: PgPool) {
     recovery_fixture(&pool).await;
-    let url = database_url(&pool).await;
-    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .args([
-            "serve",
-            "--database-url",
-            &url,
-            "--log-format",
-            "json",
-            "--sweep-every",
-            "1h",
-        ])
-        .env("RETRYLOG_LISTEN", "127.0.0.1:0")
+    let serve = serve_command(&pool, &["--log-format", "json", "--sweep-every", "1h"])
+        .await
         .env("RETRYLOG_INSTANCE", "serve-under-test")
         .env("RETRYLOG_MAX_RETRIES", "2")
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts");
 

@@ -101,14 +101,9 @@ use retrylog::grant::Capability::{Operator, Reader, Writer};
 /// `retrylog serve --no-watchdog` (its projector alone) on the test's database, its stderr
 /// piped for the log; killed if the test ends without stopping it.
 pub async fn serve_projector_only(pool: &PgPool) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(database_url(pool).await)
-        .args(["serve", "--no-watchdog", "--no-http"])
-        .env_remove("DATABASE_URL")
-        .stdout(std::process::Stdio::null())
+    serve_command(pool, &["--no-watchdog", "--no-http"])
+        .await
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("retrylog serve starts")
 }
