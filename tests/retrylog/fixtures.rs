@@ -2,6 +2,7 @@
 //! use, the two append doors (Rust and SQL), snapshots that prove nothing was written, and
 //! the `retrylog` binary run against the test's database.
 
+use std::path::Path;
 use std::process::Stdio;
 
 use retrylog::event::{NewRetry, RetryEvent, RetryReason, Target};
@@ -383,7 +384,21 @@ pub async fn retrylog(pool: &PgPool, args: &[&str]) -> Run {
 
 /// Runs `retrylog --database-url <url> <args>` to completion.
 pub async fn retrylog_at(url: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
+    run_binary(url, args, None).await
+}
+
+/// [`retrylog_at`] from the directory `cwd` (outside the checkout, the hints the binary
+/// prints name its path).
+pub async fn retrylog_in(cwd: &Path, url: &str, args: &[&str]) -> Run {
+    run_binary(url, args, Some(cwd)).await
+}
+
+async fn run_binary(url: &str, args: &[&str], cwd: Option<&Path>) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_retrylog"));
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let output = command
         .arg("--database-url")
         .arg(url)
         .args(args)

@@ -4,7 +4,6 @@
 //! work as printed, the help without empty env values, the actor without `$USER`, `serve`
 //! naming its database once, `--version` with the schema, completions and man pages.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -386,25 +385,6 @@ where
     stopped.expect("the private cluster stops");
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());
-    }
-}
-
-/// Runs the binary from `cwd` (outside the checkout: the hints then name its path).
-async fn retrylog_in(cwd: &Path, url: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
-        .arg("--database-url")
-        .arg(url)
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("DATABASE_URL")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8(output.stderr).unwrap(),
     }
 }
 
