@@ -11,21 +11,24 @@
 --    record_retry (EXECUTE is the owner's alone): each SET costs every call. They run only
 --    inside the pinned functions, or for a reader who can fool nobody but themselves.
 -- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability:
---    writer: record_retry; operator: the rebuild and the rollup's apply and reset (the
---    operator is also a writer and a reader); reader: what verify, status and the reports
---    call. The owner keeps everything.
+--    writer: record_retry; operator: the rebuilds, the rollups' apply and reset and the
+--    watchdog's observation of outcomes (the operator is also a writer and a reader); reader:
+--    what verify, status and the reports call. The owner keeps everything.
 DO $$
 DECLARE
     pinned constant text[] := ARRAY[
         'record_retry', 'retry_counts_rebuild', 'retry_counts_expected',
         'retry_counts_drift', 'retry_rollup_apply', 'retry_rollup_reset', 'retry_rollup_drift',
         'retrylog_horizon', 'retrylog_count_created', 'retrylog_notify_change',
-        'retrylog_refuse_change'];
+        'retrylog_refuse_change', 'retry_outcome_gave_up', 'retry_outcome_observe',
+        'retry_open_rebuild', 'retry_open_drift', 'retry_outcome_rollup_apply',
+        'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
         'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta',
         'retry_rollup_created_delta', 'retrylog_excerpt', 'retrylog_check_text',
-        'retrylog_refused_characters'];
+        'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
+        'retry_outcome_rollup_delta'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],
@@ -37,7 +40,17 @@ DECLARE
         ['retry_rollup_delta', 'retrylog_reader'],
         ['retry_rollup_created_delta', 'retrylog_reader'],
         ['retry_rollup_drift', 'retrylog_reader'],
-        ['retrylog_horizon', 'retrylog_reader']];
+        ['retrylog_horizon', 'retrylog_reader'],
+        ['retry_outcome_observe', 'retrylog_operator'],
+        ['retry_open_rebuild', 'retrylog_operator'],
+        ['retry_outcome_rollup_apply', 'retrylog_operator'],
+        ['retry_outcome_rollup_reset', 'retrylog_operator'],
+        ['retry_outcome_ttr_bucket', 'retrylog_reader'],
+        ['retry_open_expected', 'retrylog_reader'],
+        ['retry_open_drift', 'retrylog_reader'],
+        ['retry_outcome_rollup_delta', 'retrylog_reader'],
+        ['retry_outcome_rollup_drift', 'retrylog_reader'],
+        ['retry_outcome_problems', 'retrylog_reader']];
     fn    regprocedure;
     pair  text[];
 BEGIN

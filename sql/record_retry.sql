@@ -244,6 +244,25 @@ BEGIN
 
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.
     PERFORM retry_counts_apply(ev.seq, ev.seq);
+
+    -- 9. Outcomes (migrations/0009): the stream's previous retry, if still open, was retried
+    --    again before it moved on; this one is open until something decides it. Taking the
+    --    open row decides: an observation or a note that took it first already did. An
+    --    occurred_at given out of order never makes a result precede its retry.
+    WITH decided AS (
+        DELETE FROM retry_open o
+         WHERE o.job_id = ev.job_id
+           AND o.stream = coalesce(ev.job_variants_id, '00000000-0000-0000-0000-000000000000')
+        RETURNING o.seq, o.occurred_at
+    )
+    INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by, evidence)
+    SELECT d.seq, 'retried_again', greatest(d.occurred_at, ev.occurred_at),
+           greatest(d.occurred_at, ev.occurred_at, clock_timestamp()), session_user,
+           jsonb_build_object('next_seq', ev.seq, 'attempt', ev.attempt)
+      FROM decided d;
+    INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
+    VALUES (ev.job_id, coalesce(ev.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+            ev.job_variants_id, ev.seq, ev.step, ev.occurred_at);
     RETURN ev;
 END
 $$;

@@ -1,9 +1,9 @@
 //! Runs the projections in `projections/*.sql`: state derived from the log.
 //!
 //! Each file defines plain SQL functions (see the file's header). retrylog installs them on
-//! every migrate; record_retry applies `retry_counts` inline, the projector (`projector.rs`)
-//! applies `retry_rollup` asynchronously, replay rebuilds and verify compares — all through
-//! the same SQL.
+//! every migrate; record_retry applies `retry_counts` (and keeps `retry_open`) inline, the
+//! projector (`projector.rs`) applies `retry_rollup` and the outcomes' rollup asynchronously,
+//! replay rebuilds and verify compares — all through the same SQL.
 
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -29,6 +29,10 @@ pub const PROJECTIONS: &[Projection] = &[
     Projection {
         name: "retry_rollup",
         sql: include_str!("../projections/retry_rollup.sql"),
+    },
+    Projection {
+        name: "retry_outcomes",
+        sql: include_str!("../projections/retry_outcomes.sql"),
     },
 ];
 
@@ -232,8 +236,9 @@ pub async fn rollup_drift(
         .collect())
 }
 
-/// Empties the rollup and applies everything below the current horizon, moving the
-/// checkpoint there; returns the number of events applied.
+/// Empties the rollup and the outcomes' report projection (they share the checkpoint) and
+/// applies everything below the current horizon, moving the checkpoint there; returns the
+/// number of events applied.
 ///
 /// Locks the checkpoint row first, so a running projector waits instead of applying a batch
 /// on top of the rebuild.
@@ -252,6 +257,7 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
         .bind(horizon)
         .fetch_one(&mut **tx)
         .await?;
+    rebuild_outcome_rollup(tx, horizon).await?;
     sqlx::query(
         "UPDATE projection_checkpoint
             SET position = $2::bigint::text::xid8, events_applied = $3, updated_at = now()
@@ -263,4 +269,134 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
     .execute(&mut **tx)
     .await?;
     Ok(applied)
+}
+
+/// Something derived from the outcomes (`projections/retry_outcomes.sql`) that differs from
+/// what the log, the outcomes and the notes say, or an outcome that contradicts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutcomeDrift {
+    /// The target it is about; `None` for a row of the report's projection, which spans
+    /// targets.
+    pub target: Option<Target>,
+    /// What is wrong, naming the event (seq, attempt) or the projection row.
+    pub problem: String,
+}
+
+impl std::fmt::Display for OutcomeDrift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.target {
+            Some(target) => write!(f, "{target}: {}", self.problem),
+            None => write!(f, "{}", self.problem),
+        }
+    }
+}
+
+/// Outcomes that contradict the log or the notes, and retries followed by another without an
+/// outcome (`retry_outcome_problems()`).
+pub async fn outcome_problems(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
+    let rows: Vec<(Option<Uuid>, Option<Uuid>, String)> = sqlx::query_as(
+        "SELECT job_id, job_variants_id, problem FROM retry_outcome_problems() ORDER BY seq",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
+            target: job_id.map(|job_id| Target::from_columns(job_id, job_variants_id)),
+            problem,
+        })
+        .collect())
+}
+
+/// Rows of `retry_open` that differ from the latest undecided retry of each target.
+pub async fn open_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<Uuid>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT job_id, job_variants_id, stored_seq, expected_seq FROM retry_open_drift()
+          ORDER BY 1, 2",
+    )
+    .fetch_all(conn)
+    .await?;
+    let seq = |seq: Option<i64>| seq.map_or("none".to_string(), |seq| format!("seq {seq}"));
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, job_variants_id, stored, expected)| OutcomeDrift {
+            target: Some(Target::from_columns(job_id, job_variants_id)),
+            problem: format!(
+                "retry_open holds {}, the log and the outcomes say {}",
+                seq(stored),
+                seq(expected)
+            ),
+        })
+        .collect())
+}
+
+/// Rows of `retry_outcome_rollup` that differ from the log and the outcomes below `up_to`
+/// (the rollup's checkpoint, which both rollups share).
+pub async fn outcome_rollup_drift(
+    conn: &mut PgConnection,
+    up_to: i64,
+) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
+    type Row = (
+        chrono::DateTime<chrono::Utc>,
+        String,
+        String,
+        String,
+        String,
+        i32,
+        String,
+        i64,
+        Option<i64>,
+        Option<i64>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT hour, kind, reason::text, step, scenario, attempt, outcome, ttr_ms, stored,
+                expected
+           FROM retry_outcome_rollup_drift($1::bigint::text::xid8)
+          ORDER BY 1, 2, 3, 4, 5, 6, 7, 8",
+    )
+    .bind(up_to)
+    .fetch_all(conn)
+    .await?;
+    let show = |value: Option<i64>| value.map_or("no row".to_string(), |n| n.to_string());
+    Ok(rows
+        .into_iter()
+        .map(
+            |(hour, kind, reason, step, scenario, attempt, outcome, ttr_ms, stored, expected)| {
+                OutcomeDrift {
+                    target: None,
+                    problem: format!(
+                        "retry_outcome_rollup {} {kind} reason={reason} step={step} \
+                         scenario={scenario} attempt={attempt} {outcome} ttr_ms={ttr_ms}: \
+                         stored {}, the log and the outcomes say {}",
+                        hour.format("%Y-%m-%d %H:00Z"),
+                        show(stored),
+                        show(expected),
+                    ),
+                }
+            },
+        )
+        .collect())
+}
+
+/// Rebuilds `retry_open` from the log and the outcomes; returns how many targets it corrected.
+pub async fn rebuild_open(tx: &mut Transaction<'_, Postgres>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT retry_open_rebuild()")
+        .fetch_one(&mut **tx)
+        .await
+}
+
+/// Empties the outcomes' report projection and applies everything below `up_to` again (the
+/// rollup's checkpoint: the caller holds its row lock).
+pub async fn rebuild_outcome_rollup(
+    tx: &mut Transaction<'_, Postgres>,
+    up_to: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT retry_outcome_rollup_reset()")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("SELECT retry_outcome_rollup_apply('1', $1::bigint::text::xid8)")
+        .bind(up_to)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

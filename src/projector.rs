@@ -1,4 +1,5 @@
-//! The asynchronous projector: keeps `retry_rollup` up with the log, after the append.
+//! The asynchronous projector: keeps `retry_rollup` and `retry_outcome_rollup` up with the log
+//! and the outcomes, after the append.
 //!
 //! 1. **No gaps.** It tails the log by transaction id, never past the oldest transaction of
 //!    this database still running (`retrylog_horizon()`): an event appended by a
@@ -134,6 +135,14 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     .bind(from)
     .bind(to)
     .fetch_one(&mut *tx)
+    .await?;
+    // The outcomes' report projection follows the same range and checkpoint.
+    sqlx::query(
+        "SELECT retry_outcome_rollup_apply($1::bigint::text::xid8, $2::bigint::text::xid8)",
+    )
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
     .await?;
     sqlx::query(
         "UPDATE projection_checkpoint

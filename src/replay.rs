@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::event::{CanonicalEvent, RetryReason, Target, GENESIS_HASH};
-use crate::projection::{self, CountDrift, Projection, RollupDrift, PROJECTIONS};
+use crate::projection::{self, CountDrift, OutcomeDrift, Projection, RollupDrift, PROJECTIONS};
 use crate::sqlstate;
 
 /// What a replay changed (or, in a dry run, would change).
@@ -23,6 +23,9 @@ pub struct ReplayReport {
     pub changes: Vec<CountDrift>,
     /// Every rollup row that differed from the log below its checkpoint (retry_rollup).
     pub rollup_changes: Vec<RollupDrift>,
+    /// Every open retry and outcome-rollup row that differed from the log and the outcomes
+    /// (retry_outcomes).
+    pub outcome_changes: Vec<OutcomeDrift>,
     /// Counts still drifting after the last pass: something keeps writing them by hand.
     pub unsettled: Vec<CountDrift>,
     /// False for `--dry-run`: nothing was written.
@@ -50,6 +53,7 @@ pub async fn replay_projections(
         projections: projections.iter().map(|p| p.name).collect(),
         changes: Vec::new(),
         rollup_changes: Vec::new(),
+        outcome_changes: Vec::new(),
         unsettled: Vec::new(),
         applied: !dry_run,
     };
@@ -71,6 +75,29 @@ pub async fn replay_projections(
                     tx.rollback().await?;
                 } else {
                     projection::rebuild_rollup(&mut tx).await?;
+                    tx.commit().await?;
+                }
+            }
+            "retry_outcomes" => {
+                // The open retries, then the report's rollup up to the checkpoint it shares
+                // with retry_rollup (whose row lock keeps the projector out meanwhile).
+                let mut tx = pool.begin().await?;
+                let position: i64 = sqlx::query_scalar(
+                    "SELECT position::text::bigint FROM projection_checkpoint
+                      WHERE projection = $1 FOR UPDATE",
+                )
+                .bind(projection::ROLLUP)
+                .fetch_one(&mut *tx)
+                .await?;
+                report.outcome_changes = projection::open_drift(&mut tx).await?;
+                report
+                    .outcome_changes
+                    .extend(projection::outcome_rollup_drift(&mut tx, position).await?);
+                if dry_run {
+                    tx.rollback().await?;
+                } else {
+                    projection::rebuild_open(&mut tx).await?;
+                    projection::rebuild_outcome_rollup(&mut tx, position).await?;
                     tx.commit().await?;
                 }
             }
@@ -164,6 +191,9 @@ pub enum Mismatch {
     },
     /// A rollup row differs from the log below the projector's checkpoint.
     Rollup(RollupDrift),
+    /// An outcome contradicts the log or the notes, a retry followed by another has none, or
+    /// something derived from the outcomes (the open retries, their rollup) differs.
+    Outcome(OutcomeDrift),
     /// An asynchronous projection cannot advance: its last batch failed and none has
     /// succeeded since. The projector records the failure (`projector_lease`).
     ProjectionStuck {
@@ -193,6 +223,7 @@ impl Mismatch {
             Mismatch::BrokenLink { target, .. } | Mismatch::AttemptGap { target, .. } => {
                 Some(*target)
             }
+            Mismatch::Outcome(drift) => drift.target,
             Mismatch::Rollup(_) | Mismatch::ProjectionStuck { .. } => None,
         }
     }
@@ -203,6 +234,7 @@ impl std::fmt::Display for Mismatch {
         match self {
             Mismatch::Count(drift) => write!(f, "{drift}"),
             Mismatch::Rollup(drift) => write!(f, "{drift}"),
+            Mismatch::Outcome(drift) => write!(f, "{drift}"),
             Mismatch::ProjectionStuck {
                 projection,
                 checkpoint,
@@ -354,6 +386,14 @@ pub async fn verify(
             .await?
             .into_iter()
             .map(Mismatch::Rollup),
+    );
+    mismatches.extend(
+        projection::outcome_problems(&mut tx)
+            .await?
+            .into_iter()
+            .chain(projection::open_drift(&mut tx).await?)
+            .chain(projection::outcome_rollup_drift(&mut tx, position).await?)
+            .map(Mismatch::Outcome),
     );
     let lag = crate::projector::lag(&mut tx).await?;
     if let Some(failure) = lag.failure {

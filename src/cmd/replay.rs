@@ -76,6 +76,23 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
             Value::Null,
         ]);
     }
+    for change in &report.outcome_changes {
+        rows.push(vec![
+            Value::from("retry_outcomes"),
+            Value::from(change.to_string()),
+            change
+                .target
+                .map_or(Value::Null, |t| Value::from(t.job_id().to_string())),
+            change
+                .target
+                .and_then(|t| t.job_variants_id())
+                .map_or(Value::Null, |id| Value::from(id.to_string())),
+            Value::Null,
+            Value::Null,
+            Value::Null,
+            Value::Null,
+        ]);
+    }
     // An empty table says nothing the summary line below does not; machines get `[]`.
     if !rows.rows.is_empty() || args.format.format != Format::Table {
         rows.print(args.format.format)?;
@@ -93,7 +110,7 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         report.events,
         report.projections.join(" and "),
         verb,
-        report.changes.len() + report.rollup_changes.len(),
+        report.changes.len() + report.rollup_changes.len() + report.outcome_changes.len(),
         if report.applied {
             ""
         } else {

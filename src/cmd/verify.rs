@@ -35,10 +35,19 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::BrokenLink { .. } => "broken_link",
             Mismatch::AttemptGap { .. } => "attempt_gap",
             Mismatch::Rollup(_) => "rollup",
+            Mismatch::Outcome(_) => "outcome",
             Mismatch::ProjectionStuck { .. } => "projection_stuck",
         };
         rows.push(vec![
-            target.map_or(Value::from("retry_rollup"), |t| Value::from(t.to_string())),
+            target.map_or_else(
+                || {
+                    Value::from(match mismatch {
+                        Mismatch::Outcome(_) => "retry_outcome",
+                        _ => "retry_rollup",
+                    })
+                },
+                |t| Value::from(t.to_string()),
+            ),
             target.map_or(Value::Null, |t| Value::from(t.job_id().to_string())),
             target
                 .and_then(|t| t.job_variants_id())
@@ -52,7 +61,7 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     if report.is_clean() {
         eprintln!(
-            "retrylog: verify clean: {} events in {} streams, every hash link and count matches",
+            "retrylog: verify clean: {} events in {} streams, every hash link, count and outcome matches",
             report.events, report.streams
         );
         Ok(ExitCode::SUCCESS)

@@ -32,6 +32,28 @@ pub struct SweepSummary {
     pub skipped: usize,
     /// Candidates whose transaction failed and rolled back.
     pub failed: usize,
+    /// Earlier retries within the scope whose target has moved on since: decided recovered.
+    pub recovered: i64,
+}
+
+/// Decides `recovered` for every open retry within `scope` whose target moved on
+/// (`retry_outcome_observe`, projections/retry_outcomes.sql); returns how many. A sweep does
+/// this first, so a target that moved on and got stuck again is not called retried again.
+pub async fn observe_outcomes(
+    conn: &mut PgConnection,
+    settings: &WatchdogSettings,
+    scope: &Scope,
+) -> Result<i64, sqlx::Error> {
+    let jobs = match scope {
+        Scope::Everything => None,
+        Scope::Jobs(jobs) => Some(jobs.as_slice()),
+    };
+    sqlx::query_scalar("SELECT retry_outcome_observe($1, $2, $3)")
+        .bind(settings.steps.names())
+        .bind(&settings.instance)
+        .bind(jobs)
+        .fetch_one(conn)
+        .await
 }
 
 /// The limit in force: the shared one in `retrylog_settings` or this instance's, the lower.
@@ -63,6 +85,9 @@ pub async fn sweep(
     // One connection serves the whole sweep: it handles one candidate at a time.
     let mut conn = conn.map_err(lost)?;
     let limit = effective_limit(&mut conn, settings).await.map_err(lost)?;
+    summary.recovered = observe_outcomes(&mut conn, settings, scope)
+        .await
+        .map_err(lost)?;
     for scenario in Scenario::ALL {
         loop {
             let candidates = detect(&mut conn, scenario, settings, scope, DETECT_BATCH)

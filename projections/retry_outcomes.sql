@@ -1,0 +1,248 @@
+-- Projection retry_outcomes: what became of each retry (migrations/0009_retry_outcomes.sql).
+--
+-- Outcomes themselves are observations, append-only like the log: nothing here rebuilds them.
+-- Two things derive from the log and the outcomes, and are kept, rebuilt and verified here:
+--   * retry_open            each target's latest retry while it has no outcome; kept inline
+--                           by record_retry, the note trigger and retry_outcome_observe;
+--                           retry_open_rebuild() resets it, retry_open_drift() compares it;
+--   * retry_outcome_rollup  the outcomes report's counts per hour of the retry; kept by the
+--                           projector in the rollup's batches (same range, same checkpoint):
+--                           retry_outcome_rollup_apply(from, to) adds what a txid range
+--                           contributes, reset + apply('1', horizon) rebuilds it, and
+--                           retry_outcome_rollup_drift(checkpoint) compares it.
+-- retrylog installs this file (CREATE OR REPLACE) on every migrate.
+
+-- Milliseconds rounded down to two significant figures (0-99 exact, then 100, 110, ...,
+-- 990, 1000, 1100, ...): the resolution of the report's median and p90, so a projection of a
+-- million retries keeps a few hundred time values per group, each within 10% of the truth.
+CREATE OR REPLACE FUNCTION retry_outcome_ttr_bucket(ms bigint)
+RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN ms < 100 THEN greatest(ms, 0)
+                ELSE ms - ms % (10::bigint ^ (length(ms::text) - 2))::bigint END
+$$;
+
+-- The pipeline's progress, observed: every open retry whose target moved on is decided
+-- recovered. One pass over retry_open (the open retries only; of `jobs` only, unless NULL),
+-- each joined to its target's row by primary key; retries dated in the future wait until they
+-- are due. Returns how many it decided. The watchdog runs it at the start of every sweep, with
+-- its managed steps in order and the sweep's jobs, so a target that moved on is decided
+-- recovered before a new retry of it could call it retried again.
+CREATE OR REPLACE FUNCTION retry_outcome_observe(steps text[], observer text, jobs uuid[])
+RETURNS bigint
+LANGUAGE sql SECURITY DEFINER AS $$
+    WITH clock AS (
+        SELECT clock_timestamp() AS at
+    ), moved AS (
+        SELECT o.seq, o.occurred_at, v.status, v.current_step, v.updated_at,
+               j.status AS job_status
+          FROM retry_open o
+          JOIN jobs_variants v ON v.job_variants_id = o.job_variants_id
+          JOIN jobs j ON j.job_id = v.job_id
+         WHERE o.job_variants_id IS NOT NULL
+           AND (jobs IS NULL OR o.job_id = ANY (jobs))
+           AND o.occurred_at <= (SELECT at FROM clock)
+           AND (array_position(steps, v.current_step) > array_position(steps, o.step)
+                OR (v.status = 'done' AND j.status = 'done'))
+        UNION ALL
+        SELECT o.seq, o.occurred_at, j.status, j.current_step, j.updated_at, j.status
+          FROM retry_open o
+          JOIN jobs j ON j.job_id = o.job_id
+         WHERE o.job_variants_id IS NULL
+           AND (jobs IS NULL OR o.job_id = ANY (jobs))
+           AND o.occurred_at <= (SELECT at FROM clock)
+           AND j.status = 'done'
+    ), decided AS (
+        -- Takes each row's lock: a concurrent next retry or note that removed it first wins,
+        -- and the row is skipped here.
+        DELETE FROM retry_open o
+         USING moved m
+         WHERE o.seq = m.seq
+        RETURNING m.*
+    ), recorded AS (
+        INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by, evidence)
+        SELECT d.seq, 'recovered',
+               least(c.at, greatest(d.occurred_at, d.updated_at)), c.at, observer,
+               jsonb_build_object('status', d.status, 'step', d.current_step,
+                                  'job_status', d.job_status, 'updated_at', d.updated_at)
+          FROM decided d CROSS JOIN clock c
+        RETURNING 1
+    )
+    SELECT count(*) FROM recorded
+$$;
+
+-- What retry_open should hold: the latest retry of each stream, unless it has an outcome.
+CREATE OR REPLACE FUNCTION retry_open_expected()
+RETURNS TABLE (job_id uuid, stream uuid, job_variants_id uuid, seq bigint, step text,
+               occurred_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT l.job_id, coalesce(l.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+           l.job_variants_id, l.seq, l.step, l.occurred_at
+      FROM (SELECT DISTINCT ON (h.job_id, h.job_variants_id)
+                   h.job_id, h.job_variants_id, h.seq, h.step, h.occurred_at
+              FROM retry_history h
+             ORDER BY h.job_id, h.job_variants_id, h.attempt DESC) l
+     WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = l.seq)
+$$;
+
+-- retry_open rows that differ from what the log and the outcomes say.
+CREATE OR REPLACE FUNCTION retry_open_drift()
+RETURNS TABLE (job_id uuid, job_variants_id uuid, stored_seq bigint, expected_seq bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(s.job_id, e.job_id),
+           coalesce(s.job_variants_id, e.job_variants_id), s.seq, e.seq
+      FROM retry_open s
+      FULL JOIN retry_open_expected() e ON (s.job_id, s.stream) = (e.job_id, e.stream)
+     WHERE (s.seq, s.step, s.occurred_at) IS DISTINCT FROM (e.seq, e.step, e.occurred_at)
+$$;
+
+-- Rebuilds retry_open from the log and the outcomes; returns the rows that were wrong. The
+-- table is locked first, so no retry, note or observation decides anything meanwhile.
+CREATE OR REPLACE FUNCTION retry_open_rebuild()
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    wrong bigint;
+BEGIN
+    LOCK TABLE retry_open IN EXCLUSIVE MODE;
+    SELECT count(*) INTO wrong FROM retry_open_drift();
+    IF wrong > 0 THEN
+        DELETE FROM retry_open;
+        INSERT INTO retry_open SELECT * FROM retry_open_expected();
+    END IF;
+    RETURN wrong;
+END
+$$;
+
+-- What a txid range contributes to retry_outcome_rollup: each retry in the range adds one to
+-- its group's `open`; each outcome in the range takes it out of `open` and adds it to its
+-- outcome (and, recovered, its time to recover). The two may fall in different ranges in
+-- either order (a transaction's id is assigned at its first write); the sums do not care.
+CREATE OR REPLACE FUNCTION retry_outcome_rollup_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+               attempt integer, outcome text, ttr_ms bigint, retries bigint)
+LANGUAGE sql STABLE AS $$
+    WITH changes AS (
+        SELECT h.seq, 'open' AS outcome, 0::bigint AS ttr_ms, 1 AS n
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+        UNION ALL
+        SELECT r.seq, 'open', 0, -1
+          FROM retry_outcome r
+         WHERE r.txid >= from_txid AND r.txid < to_txid
+        UNION ALL
+        SELECT r.seq, r.outcome::text,
+               CASE WHEN r.outcome = 'recovered' THEN retry_outcome_ttr_bucket(
+                   (extract(epoch FROM r.resolved_at - h.occurred_at) * 1000)::bigint)
+               ELSE 0 END,
+               1
+          FROM retry_outcome r
+          JOIN retry_history h ON h.seq = r.seq
+         WHERE r.txid >= from_txid AND r.txid < to_txid
+    )
+    SELECT date_trunc('hour', h.occurred_at, 'UTC'),
+           CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+           h.reason,
+           -- Bounded like the trend rollup's keys.
+           left(coalesce(h.step, ''), 200), left(coalesce(h.detail ->> 'scenario', ''), 200),
+           h.attempt, c.outcome, c.ttr_ms, sum(c.n)::bigint
+      FROM changes c
+      JOIN retry_history h ON h.seq = c.seq
+     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    HAVING sum(c.n) <> 0
+$$;
+
+-- Adds a range to retry_outcome_rollup; returns the retries and outcomes it applied.
+CREATE OR REPLACE FUNCTION retry_outcome_rollup_apply(from_txid xid8, to_txid xid8)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    applied bigint;
+BEGIN
+    WITH delta AS (
+        SELECT * FROM retry_outcome_rollup_delta(from_txid, to_txid)
+    ), upserted AS (
+        INSERT INTO retry_outcome_rollup AS r
+        SELECT * FROM delta
+        ON CONFLICT (hour, kind, reason, step, scenario, attempt, outcome, ttr_ms)
+        DO UPDATE SET retries = r.retries + excluded.retries
+    )
+    SELECT coalesce(sum(abs(retries)), 0)::bigint INTO applied FROM delta;
+    RETURN applied;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION retry_outcome_rollup_reset()
+RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM retry_outcome_rollup;
+$$;
+
+-- retry_outcome_rollup rows that differ from what the log and the outcomes say below `up_to`
+-- (a row of zero is the same as no row).
+CREATE OR REPLACE FUNCTION retry_outcome_rollup_drift(up_to xid8)
+RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+               attempt integer, outcome text, ttr_ms bigint, stored bigint, expected bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),
+           coalesce(s.step, e.step), coalesce(s.scenario, e.scenario),
+           coalesce(s.attempt, e.attempt), coalesce(s.outcome, e.outcome),
+           coalesce(s.ttr_ms, e.ttr_ms), s.retries, e.retries
+      FROM (SELECT * FROM retry_outcome_rollup WHERE retries <> 0) s
+      FULL JOIN retry_outcome_rollup_delta('1', up_to) e
+        ON (s.hour, s.kind, s.reason, s.step, s.scenario, s.attempt, s.outcome, s.ttr_ms)
+         = (e.hour, e.kind, e.reason, e.step, e.scenario, e.attempt, e.outcome, e.ttr_ms)
+     WHERE s.retries IS DISTINCT FROM e.retries
+$$;
+
+-- Every outcome that disagrees with the log or the notes, and every retry the log says was
+-- followed by another of its target without being decided: what verify reports.
+CREATE OR REPLACE FUNCTION retry_outcome_problems()
+RETURNS TABLE (seq bigint, job_id uuid, job_variants_id uuid, problem text)
+LANGUAGE sql STABLE AS $$
+    SELECT r.seq, NULL::uuid, NULL::uuid,
+           'outcome ' || r.outcome || ' is for event seq ' || r.seq || ', which is not in the log'
+      FROM retry_outcome r
+     WHERE NOT EXISTS (SELECT 1 FROM retry_history h WHERE h.seq = r.seq)
+    UNION ALL
+    SELECT r.seq, h.job_id, h.job_variants_id,
+           'outcome ' || r.outcome || ' of attempt ' || h.attempt || ' (seq ' || r.seq
+           || ') resolves at ' || r.resolved_at || ', before the retry occurred at '
+           || h.occurred_at
+      FROM retry_outcome r JOIN retry_history h ON h.seq = r.seq
+     WHERE r.resolved_at < h.occurred_at
+    UNION ALL
+    SELECT r.seq, h.job_id, h.job_variants_id,
+           'attempt ' || h.attempt || ' (seq ' || r.seq || ') is retried_again, but event seq '
+           || coalesce(r.evidence ->> 'next_seq', '(none)')
+           || ' is not the next attempt of its target'
+      FROM retry_outcome r JOIN retry_history h ON h.seq = r.seq
+     WHERE r.outcome = 'retried_again'
+       AND NOT EXISTS (
+           SELECT 1 FROM retry_history n
+            WHERE n.seq::text = r.evidence ->> 'next_seq'
+              AND n.job_id = h.job_id
+              AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
+              AND n.attempt = h.attempt + 1)
+    UNION ALL
+    SELECT r.seq, h.job_id, h.job_variants_id,
+           'attempt ' || h.attempt || ' (seq ' || r.seq || ') gave up, but note seq '
+           || coalesce(r.evidence ->> 'note_seq', '(none)') || ' is not a note of its target'
+      FROM retry_outcome r JOIN retry_history h ON h.seq = r.seq
+     WHERE r.outcome = 'gave_up'
+       AND NOT EXISTS (
+           SELECT 1 FROM retry_intervention i
+            WHERE i.seq::text = r.evidence ->> 'note_seq'
+              AND i.job_id = h.job_id
+              AND i.job_variants_id IS NOT DISTINCT FROM h.job_variants_id)
+    UNION ALL
+    SELECT h.seq, h.job_id, h.job_variants_id,
+           'attempt ' || h.attempt || ' (seq ' || h.seq || ') was followed by attempt '
+           || n.attempt || ' (seq ' || n.seq || ') but has no outcome'
+      FROM retry_history h
+      JOIN retry_history n
+        ON n.job_id = h.job_id
+       AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
+       AND n.attempt = h.attempt + 1
+     WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = h.seq)
+$$;
