@@ -22,14 +22,16 @@
 //!   retry, and reads of the notes for `history` and `report alerts`.
 //! - [`event`]: the retry event, its reason and target, the hash chain — pure types.
 //! - [`store`]: the one write path into the log (`append`) and the reads of streams.
+//! - [`outcome`]: what became of each retry — decided by the next retry, the limit's note, or
+//!   the watchdog's observation of the pipeline's rows — read back for `history`.
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
 //! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`), their
 //!   durations in the one grammar of [`duration`], which the watchdog's settings use too.
-//! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts)
-//!   and the trend from the rollup (`report/trend.rs`), with their `--as-of` reconstructions
-//!   from the log.
+//! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts),
+//!   the trend from the rollup (`report/trend.rs`) and the outcomes from theirs
+//!   (`report/outcomes.rs`), with their `--as-of` reconstructions from the log.
 //! - [`http`]: the HTTP API and the dashboard inside `serve`, over the same report rows and
 //!   write operations as the CLI, with tokens and roles (`http/pages/`, `templates/`,
 //!   `assets/`); [`metrics`]: what `/metrics` exposes.
@@ -64,6 +66,7 @@ pub mod http;
 pub mod intervention;
 pub mod metrics;
 pub mod migrate;
+pub mod outcome;
 pub mod output;
 pub mod projection;
 pub mod projector;

@@ -4,6 +4,7 @@
 //! becomes one record per row, like psql's expanded display. Anything else (a pipe, a file)
 //! gets every value whole.
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
@@ -12,6 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::event::RetryEvent;
 use crate::intervention::Intervention;
+use crate::outcome::{RetryOutcome, OPEN};
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -309,18 +311,58 @@ pub fn event_rows(events: &[RetryEvent], format: Format) -> Rows {
 /// happened, under an extra first column `entry` (`retry` or `needs_intervention`). A note has
 /// no seq, attempt, event id or hash; its `from_status` is the status the target kept, its
 /// `reason` the one the retry would have had, its times when it was noted.
-pub fn history_rows(events: &[RetryEvent], notes: &[Intervention], format: Format) -> Rows {
+///
+/// After `to_status`, each retry's outcome (`open` when `outcomes` has none), when it was
+/// resolved (JSON and CSV) and the seconds from the retry to its result.
+pub fn history_rows(
+    events: &[RetryEvent],
+    notes: &[Intervention],
+    outcomes: &HashMap<i64, RetryOutcome>,
+    format: Format,
+) -> Rows {
+    let table = format == Format::Table;
     let listed = event_rows(events, format);
+    let at = listed
+        .columns
+        .iter()
+        .position(|column| *column == "to_status")
+        .map_or(listed.columns.len(), |i| i + 1);
+    let outcome_columns: &[&'static str] = if table {
+        &["outcome", "seconds_to_result"]
+    } else {
+        &["outcome", "resolved_at", "seconds_to_result"]
+    };
     let mut columns = vec!["entry"];
-    columns.extend(listed.columns.iter().copied());
+    columns.extend(listed.columns[..at].iter().copied());
+    columns.extend(outcome_columns);
+    columns.extend(listed.columns[at..].iter().copied());
     let mut rows = Rows::new(&columns);
     let mut notes = notes.iter().peekable();
-    for (event, cells) in events.iter().zip(listed.rows) {
+    for (event, mut cells) in events.iter().zip(listed.rows) {
         while let Some(note) = notes.next_if(|note| note.noted_at < event.recorded_at) {
             rows.push(note_cells(note, &columns, format));
         }
+        let outcome = outcomes.get(&event.seq);
+        let seconds = outcome.map(|o| {
+            let millis = (o.resolved_at - event.occurred_at)
+                .num_milliseconds()
+                .max(0);
+            Value::from(millis as f64 / 1000.0)
+        });
+        let mut added = vec![Value::from(
+            outcome.map_or(OPEN.to_string(), |o| o.outcome.to_string()),
+        )];
+        if !table {
+            added.push(outcome.map_or(Value::Null, |o| {
+                Value::from(timestamp(o.resolved_at, table))
+            }));
+        }
+        added.push(seconds.unwrap_or(Value::Null));
+        let tail = cells.split_off(at);
         let mut row = vec![Value::from("retry")];
         row.extend(cells);
+        row.extend(added);
+        row.extend(tail);
         rows.push(row);
     }
     for note in notes {

@@ -43,9 +43,10 @@ pub fn find(name: &str) -> Result<&'static Projection, String> {
         .find(|projection| projection.name == name)
         .ok_or_else(|| {
             let known: Vec<&str> = PROJECTIONS.iter().map(|p| p.name).collect();
+            let (last, others) = known.split_last().expect("there are projections");
             format!(
-                "unknown projection \"{name}\" (expected {})",
-                known.join(" or ")
+                "unknown projection \"{name}\" (expected {} or {last})",
+                others.join(", ")
             )
         })
 }

@@ -16,8 +16,8 @@ use crate::output::Format;
 mod report;
 
 pub use report::{
-    AlertsArgs, Report, ReportArgs, ReportOptions, StatsArgs, TopJobsArgs, TopVariantsArgs,
-    TrendArgs, TrendFormat,
+    AlertsArgs, OutcomesArgs, Report, ReportArgs, ReportOptions, StatsArgs, TopJobsArgs,
+    TopVariantsArgs, TrendArgs, TrendFormat,
 };
 
 /// Event-sourced retry history for job pipelines on PostgreSQL.

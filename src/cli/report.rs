@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 
 use crate::output::Format;
-use crate::report::{Bucket, GroupBy};
+use crate::report::{Bucket, GroupBy, OutcomeGroupBy};
 
 /// `retrylog report`.
 #[derive(Debug, Args)]
@@ -28,6 +28,9 @@ pub enum Report {
     Alerts(AlertsArgs),
     /// Retries and the retry rate per hour, day or week, read from the rollup.
     Trend(TrendArgs),
+    /// What became of the retries: recovered, retried again, gave up or open, per group, with
+    /// the success rate and the time to recover.
+    Outcomes(OutcomesArgs),
 }
 
 /// The flags every table report has.
@@ -132,6 +135,22 @@ pub struct TrendArgs {
     /// empty ones and says how many); by default they keep the full grid.
     #[arg(long)]
     pub non_empty: bool,
+}
+
+/// `retrylog report outcomes`.
+#[derive(Debug, Args)]
+pub struct OutcomesArgs {
+    /// The window: retries that occurred from the start of the UTC hour holding this time, a
+    /// duration back (30d, 2w) or a timestamp (2026-11-01).
+    #[arg(long, value_name = "WHEN", default_value = "30d")]
+    pub since: String,
+
+    /// What the retries are split by.
+    #[arg(long, value_enum, default_value_t = OutcomeGroupBy::Reason)]
+    pub by: OutcomeGroupBy,
+
+    #[command(flatten)]
+    pub options: ReportOptions,
 }
 
 /// How `report trend` prints.

@@ -1,6 +1,6 @@
 //! `retrylog history`: a target's events in order, each labelled with its target, narrowed by
 //! the audit filters (reason, step, actor, when it occurred, what was recorded by when), with
-//! the watchdog's notes of where the retry limit stopped it.
+//! the watchdog's notes of where the retry limit stopped it and each retry's outcome.
 
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::cli::HistoryArgs;
 use crate::intervention;
+use crate::outcome;
 use crate::output::{history_rows, Format, Rows};
 use crate::store::{self, HistoryFilter};
 use crate::window::{Moment, TimeSpec, WindowError};
@@ -63,5 +64,8 @@ pub async fn rows(pool: &PgPool, args: &HistoryArgs, format: Format) -> anyhow::
         ),
         (None, None) => unreachable!("clap requires --job-id or --variant-id"),
     };
-    Ok(history_rows(&events, &notes, format))
+    // Each retry's outcome as it stood at the moment: observed by then, or open.
+    let seqs: Vec<i64> = events.iter().map(|event| event.seq).collect();
+    let outcomes = outcome::load(&mut conn, &seqs, filter.recorded_until).await?;
+    Ok(history_rows(&events, &notes, &outcomes, format))
 }

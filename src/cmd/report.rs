@@ -13,11 +13,12 @@ use sqlx::PgPool;
 
 use super::exit;
 use crate::cli::{
-    AlertsArgs, Report, ReportArgs, StatsArgs, TopJobsArgs, TopVariantsArgs, TrendArgs, TrendFormat,
+    AlertsArgs, OutcomesArgs, Report, ReportArgs, StatsArgs, TopJobsArgs, TopVariantsArgs,
+    TrendArgs, TrendFormat,
 };
 use crate::output::{Format, Rows};
 use crate::projector::Freshness;
-use crate::report::{self, Bucket, Trend, TrendQuery};
+use crate::report::{self, Bucket, OutcomesQuery, Trend, TrendQuery};
 use crate::window::{Moment, TimeSpec};
 
 pub async fn run(pool: &PgPool, args: ReportArgs) -> anyhow::Result<ExitCode> {
@@ -27,6 +28,7 @@ pub async fn run(pool: &PgPool, args: ReportArgs) -> anyhow::Result<ExitCode> {
         Report::Stats(args) => stats(pool, args).await,
         Report::Alerts(args) => alerts(pool, args).await,
         Report::Trend(args) => trend(pool, args).await,
+        Report::Outcomes(args) => outcomes(pool, args).await,
     }
 }
 
@@ -250,28 +252,35 @@ async fn load_trend(
     //    read from the log. A window the report refuses is refused before anything is written.
     report::check_window(&query, moment)?;
     if catch_up && moment.as_of().is_none() {
-        if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
-            if lag.events_behind > 0 && lag.runner_pid.is_none() {
-                eprintln!(
-                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log and no \
-                     projector runs (this role may not run it), so this shows it as it stands",
-                    lag.events_behind, lag.seconds_behind,
-                );
-            } else if lag.events_behind > 0 {
-                eprintln!(
-                    "retrylog: the trend rollup is {} event(s), {:.1} s behind the log; another \
-                     instance (backend pid {}) is applying them, so this shows it as it stands",
-                    lag.events_behind,
-                    lag.seconds_behind,
-                    lag.runner_pid
-                        .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
-                );
-            }
-        }
+        bring_rollups_up_to_date(pool).await?;
     }
     let mut conn = pool.acquire().await?;
     let trend = report::trend(&mut conn, query, moment).await?;
     Ok((trend, moment))
+}
+
+/// Today's trend and outcomes read the rollups, which lag the log: catch them up first if this
+/// role may and no other instance is doing so, otherwise say how stale they are.
+async fn bring_rollups_up_to_date(pool: &PgPool) -> anyhow::Result<()> {
+    if let Freshness::Behind(lag) = report::bring_rollup_up_to_date(pool).await? {
+        if lag.events_behind > 0 && lag.runner_pid.is_none() {
+            eprintln!(
+                "retrylog: the rollups are {} event(s), {:.1} s behind the log and no \
+                 projector runs (this role may not run it), so this shows it as it stands",
+                lag.events_behind, lag.seconds_behind,
+            );
+        } else if lag.events_behind > 0 {
+            eprintln!(
+                "retrylog: the rollups are {} event(s), {:.1} s behind the log; another \
+                 instance (backend pid {}) is applying them, so this shows it as it stands",
+                lag.events_behind,
+                lag.seconds_behind,
+                lag.runner_pid
+                    .map_or_else(|| "?".to_string(), |pid| pid.to_string()),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The trend as rows, and how many empty ones were left out (with `non_empty`: those with no
@@ -325,6 +334,59 @@ fn timestamp(at: DateTime<Utc>, format: Format) -> Value {
     } else {
         at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
     })
+}
+
+async fn outcomes(pool: &PgPool, args: OutcomesArgs) -> anyhow::Result<ExitCode> {
+    let format = args.options.format;
+    outcomes_rows(pool, &args, true).await?.print(format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `report outcomes` as rows (also `GET /api/v1/reports/outcomes`); `catch_up`: first bring
+/// the rollups up to date, as the command does. Rates to 4 decimals, seconds to 3.
+pub async fn outcomes_rows(
+    pool: &PgPool,
+    args: &OutcomesArgs,
+    catch_up: bool,
+) -> anyhow::Result<Rows> {
+    let moment = Moment::from_flag(args.options.as_of.as_deref())?;
+    let query = OutcomesQuery {
+        by: args.by,
+        since: TimeSpec::parse("--since", &args.since)?.resolve(moment.time()),
+    };
+    if catch_up && moment.as_of().is_none() {
+        bring_rollups_up_to_date(pool).await?;
+    }
+    let mut conn = pool.acquire().await?;
+    let outcomes = report::outcomes(&mut conn, query, moment).await?;
+    let mut rows = Rows::new(&[
+        "group",
+        "retries",
+        "recovered",
+        "retried_again",
+        "gave_up",
+        "open",
+        "success_rate",
+        "median_seconds_to_recover",
+        "p90_seconds_to_recover",
+    ]);
+    let number = |value: Option<f64>, decimals| {
+        value.map_or(Value::Null, |value| Value::from(round(value, decimals)))
+    };
+    for row in outcomes.rows {
+        rows.push(vec![
+            Value::from(row.group),
+            Value::from(row.retries),
+            Value::from(row.recovered),
+            Value::from(row.retried_again),
+            Value::from(row.gave_up),
+            Value::from(row.open),
+            number(row.success_rate, 4),
+            number(row.median_seconds_to_recover, 3),
+            number(row.p90_seconds_to_recover, 3),
+        ]);
+    }
+    Ok(rows)
 }
 
 fn optional(text: Option<String>) -> Value {

@@ -37,8 +37,8 @@ pub struct SweepSummary {
 }
 
 /// Decides `recovered` for every open retry within `scope` whose target moved on
-/// (`retry_outcome_observe`, projections/retry_outcomes.sql); returns how many. A sweep does
-/// this first, so a target that moved on and got stuck again is not called retried again.
+/// ([`crate::outcome::observe`]); returns how many. A sweep does this first, so a target that
+/// moved on and got stuck again is not called retried again.
 pub async fn observe_outcomes(
     conn: &mut PgConnection,
     settings: &WatchdogSettings,
@@ -48,12 +48,7 @@ pub async fn observe_outcomes(
         Scope::Everything => None,
         Scope::Jobs(jobs) => Some(jobs.as_slice()),
     };
-    sqlx::query_scalar("SELECT retry_outcome_observe($1, $2, $3)")
-        .bind(settings.steps.names())
-        .bind(&settings.instance)
-        .bind(jobs)
-        .fetch_one(conn)
-        .await
+    crate::outcome::observe(conn, settings.steps.names(), &settings.instance, jobs).await
 }
 
 /// The limit in force: the shared one in `retrylog_settings` or this instance's, the lower.

@@ -8,8 +8,9 @@
 //!   columns, the inline projection that is never behind the log, through the indexes the
 //!   original change defined.
 //! - `trend` (`trend.rs`) reads the asynchronous rollup (`retry_rollup`,
-//!   `retry_rollup_created`); the command first brings it up to date with
-//!   [`bring_rollup_up_to_date`].
+//!   `retry_rollup_created`) and `outcomes` (`outcomes.rs`) the outcomes' rollup
+//!   (`retry_outcome_rollup`), which the projector keeps in the same batches; the command first
+//!   brings both up to date with [`bring_rollup_up_to_date`].
 //! - With [`Moment::AsOf`](crate::window::Moment::AsOf) every report is reconstructed from the
 //!   log instead: a target's count as of T is its opening balance plus its events recorded at
 //!   or before T, targets created after T are left out, and status, step and `updated_at` are
@@ -18,6 +19,7 @@
 //! Every time a user gives is parsed by [`crate::window`] and bound as a parameter.
 
 mod audit;
+mod outcomes;
 mod trend;
 
 use chrono::{DateTime, Utc};
@@ -29,6 +31,7 @@ use crate::window::WindowError;
 pub use audit::{
     alerts, stats, top_jobs, top_variants, Alert, AlertWhy, KindStats, TopJob, TopVariant,
 };
+pub use outcomes::{outcomes, OutcomeGroupBy, OutcomeRow, Outcomes, OutcomesQuery, OutcomesSource};
 pub use trend::{
     bring_rollup_up_to_date, check_window, trend, Bucket, GroupBy, Trend, TrendQuery, TrendRow,
     TrendSource, MAX_BUCKETS, NO_RETRIES, NO_VALUE,

@@ -164,7 +164,7 @@ async fn replay_of_one_projection_rebuilds_that_one_and_leaves_the_other(pool: P
     assert_eq!(unknown.code, Some(2), "{unknown:#?}");
     assert!(
         unknown.stderr.contains(
-            "unknown projection \"retry_totals\" (expected retry_counts or retry_rollup)"
+            "unknown projection \"retry_totals\" (expected retry_counts, retry_rollup or retry_outcomes)"
         ),
         "{unknown:#?}"
     );

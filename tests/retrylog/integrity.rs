@@ -211,13 +211,11 @@ async fn deleting_an_event_in_the_middle_behind_the_guard_is_named_by_verify(poo
     three_streams(&pool).await;
     let target = variant(JOB_A, VARIANT_A1);
     let third = seq_of(&pool, target, 3).await;
+    let second = seq_of(&pool, target, 2).await;
 
     behind_the_guard(
         &pool,
-        &format!(
-            "DELETE FROM retry_history WHERE seq = {}",
-            seq_of(&pool, target, 2).await
-        ),
+        &format!("DELETE FROM retry_history WHERE seq = {second}"),
     )
     .await;
 
@@ -228,8 +226,18 @@ async fn deleting_an_event_in_the_middle_behind_the_guard_is_named_by_verify(poo
         report
             .mismatches
             .iter()
-            .all(|mismatch| mismatch.target() == Some(target)),
+            .all(|mismatch| mismatch.target().is_none_or(|found| found == target)),
         "only the tampered stream is named: {:#?}",
+        report.mismatches
+    );
+    // The outcomes remember the deleted event: attempt 1 was retried again by it.
+    assert!(
+        report.mismatches.iter().any(|mismatch| matches!(
+            mismatch,
+            Mismatch::Outcome(drift) if drift.target.is_none() && drift.problem
+                == format!("outcome retried_again is for event seq {second}, which is not in the log")
+        )),
+        "{:#?}",
         report.mismatches
     );
     let gap = Mismatch::AttemptGap {
@@ -254,7 +262,16 @@ async fn deleting_an_event_in_the_middle_behind_the_guard_is_named_by_verify(poo
         "the count still says 3: {:#?}",
         report.mismatches
     );
-    assert_eq!(report.mismatches.len(), 3, "{:#?}", report.mismatches);
+    assert!(
+        report.mismatches.iter().any(|mismatch| matches!(
+            mismatch,
+            Mismatch::Outcome(drift) if drift.target == Some(target) && drift.problem.ends_with(
+                &format!("but event seq {second} is not the next attempt of its target"))
+        )),
+        "{:#?}",
+        report.mismatches
+    );
+    assert_eq!(report.mismatches.len(), 5, "{:#?}", report.mismatches);
 }
 
 #[sqlx::test(migrations = false)]
@@ -271,8 +288,10 @@ async fn deleting_the_last_event_behind_the_guard_shows_as_count_drift(pool: PgP
     )
     .await;
 
+    // The count, and the outcomes: attempt 1's says it was retried again by the deleted event,
+    // and the open retry is the deleted one.
     let report = verify(&pool).await;
-    assert_eq!(report.mismatches.len(), 1, "{:#?}", report.mismatches);
+    assert_eq!(report.mismatches.len(), 3, "{:#?}", report.mismatches);
     assert!(
         matches!(
             &report.mismatches[0],
@@ -280,6 +299,14 @@ async fn deleting_the_last_event_behind_the_guard_shows_as_count_drift(pool: PgP
         ),
         "{:?}",
         report.mismatches[0]
+    );
+    assert!(
+        report.mismatches[1..].iter().all(|mismatch| matches!(
+            mismatch,
+            Mismatch::Outcome(drift) if drift.target == Some(target)
+        )),
+        "{:#?}",
+        report.mismatches
     );
 }
 
