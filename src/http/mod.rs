@@ -71,6 +71,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/reports/stats"),
     ("get", "/api/v1/reports/alerts"),
     ("get", "/api/v1/reports/trend"),
+    ("get", "/api/v1/reports/outcomes"),
     ("get", "/api/v1/history"),
     ("post", "/api/v1/record"),
     ("post", "/api/v1/recover"),
@@ -92,6 +93,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/api/v1/reports/stats", get(reports::stats))
         .route("/api/v1/reports/alerts", get(reports::alerts))
         .route("/api/v1/reports/trend", get(reports::trend))
+        .route("/api/v1/reports/outcomes", get(reports::outcomes))
         .route("/api/v1/history", get(history::history))
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))

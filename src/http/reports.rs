@@ -6,7 +6,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::{flags, ApiContext, Error, Reader};
-use crate::cli::{AlertsArgs, StatsArgs, TopJobsArgs, TopVariantsArgs, TrendArgs};
+use crate::cli::{AlertsArgs, OutcomesArgs, StatsArgs, TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
 use crate::output::Format;
 
@@ -59,5 +59,18 @@ pub async fn trend(
     let args: TrendArgs = flags::parse(&params)?;
     Ok(Json(
         report::trend_json_rows(&ctx.pool, &args).await?.to_json(),
+    ))
+}
+
+pub async fn outcomes(
+    State(ctx): State<ApiContext>,
+    _: Reader,
+    Query(params): Params,
+) -> Result<Json<Value>, Error> {
+    let args: OutcomesArgs = flags::parse(&params)?;
+    Ok(Json(
+        report::outcomes_rows(&ctx.pool, &args, true)
+            .await?
+            .to_json(),
     ))
 }

@@ -54,6 +54,9 @@
 //!   the projector and the watchdog; bounded labels.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
+//! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
+//!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
+//!   replay and verify, one decision per retry under racing observers and writers.
 
 mod api;
 mod append;
@@ -72,6 +75,7 @@ mod manual;
 mod metrics;
 mod migrations;
 mod operator;
+mod outcomes;
 mod projector;
 mod recovery;
 mod replay;

@@ -646,6 +646,11 @@ async fn an_oversized_key_stored_before_the_bound_does_not_jam_the_rollup(pool: 
         .execute(&pool)
         .await
         .unwrap();
+    // Migration 0009 would have found it the target's open retry, as the rebuild does.
+    sqlx::query("SELECT retry_open_rebuild()")
+        .execute(&pool)
+        .await
+        .unwrap();
     // The stream goes on in format v2, chained on the v1 hash: verify checks both formats.
     let next = append_ok(&pool, &retry(job(JOB_A))).await;
     assert_eq!(next.attempt, 2);

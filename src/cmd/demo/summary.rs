@@ -1,7 +1,7 @@
 //! What the demo prints at the end, read from the demo database once the pipeline and the
 //! watchdog have stopped: the jobs, the retries by scenario and reason, the most retried
 //! targets (the `report top-variants` / `top-jobs` queries), the targets that reached the
-//! limit, and `verify`.
+//! limit, what became of the retries (the success rate by scenario), and `verify`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use super::live::Labels;
 use super::pipeline::PipelineCounts;
 use super::DemoFormat;
 use crate::config::WatchdogSettings;
+use crate::outcome;
 use crate::output::{Format, Rows};
 use crate::recovery::Scenario;
 use crate::replay::{self, VerifyReport};
@@ -47,6 +48,17 @@ struct ScenarioRetries {
     retries: i64,
     targets: i64,
     highest_attempt: i32,
+    recovered: i64,
+    retried_again: i64,
+    gave_up: i64,
+}
+
+impl ScenarioRetries {
+    /// recovered ÷ resolved, as `report outcomes` computes it; `None` when none is resolved.
+    fn success_rate(&self) -> Option<f64> {
+        let resolved = self.recovered + self.retried_again + self.gave_up;
+        (resolved > 0).then(|| self.recovered as f64 / resolved as f64)
+    }
 }
 
 /// A target the watchdog stopped at the limit.
@@ -123,13 +135,22 @@ impl Summary {
             .iter()
             .map(|s| s.reason().to_string())
             .collect();
+        // The watchdog has stopped: look at the pipeline's rows once more, as its next sweep
+        // would, so a retry whose target moved on in the last moments is not left open.
+        let mut conn = pool.acquire().await?;
+        outcome::observe(&mut conn, settings.steps.names(), &settings.instance, None).await?;
+        drop(conn);
         let retries = sqlx::query_as(
             "SELECT s.scenario, s.reason, count(h.seq) AS retries,
                     count(DISTINCT coalesce(h.job_variants_id, h.job_id)) AS targets,
-                    coalesce(max(h.attempt), 0) AS highest_attempt
+                    coalesce(max(h.attempt), 0) AS highest_attempt,
+                    count(r.seq) FILTER (WHERE r.outcome = 'recovered') AS recovered,
+                    count(r.seq) FILTER (WHERE r.outcome = 'retried_again') AS retried_again,
+                    count(r.seq) FILTER (WHERE r.outcome = 'gave_up') AS gave_up
                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS s(scenario, reason, n)
                LEFT JOIN retry_history h
                       ON h.detail->>'scenario' = s.scenario AND h.reason::text = s.reason
+               LEFT JOIN retry_outcome r ON r.seq = h.seq
               GROUP BY s.scenario, s.reason, s.n
               ORDER BY s.n",
         )
@@ -207,7 +228,8 @@ impl Summary {
         );
 
         println!(
-            "\nRetries by scenario (watchdog {}):",
+            "\nRetries by scenario, and what became of them (watchdog {}; success_rate = \
+             recovered / resolved):",
             self.settings.instance
         );
         self.retry_rows().print(Format::Table)?;
@@ -232,8 +254,8 @@ impl Summary {
         let verify = &self.verify;
         if verify.is_clean() {
             println!(
-                "\nverify: clean — {} events in {} streams, every hash link and retry_count \
-                 matches the log",
+                "\nverify: clean — {} events in {} streams, every hash link, retry_count and \
+                 outcome matches the log",
                 verify.events, verify.streams
             );
         } else {
@@ -259,6 +281,7 @@ impl Summary {
                 println!("  {retrylog} history --variant-id {variant}");
             }
             println!("  {retrylog} report stats");
+            println!("  {retrylog} report outcomes --by step");
             println!("  psql '{url}' -c 'SELECT * FROM retry_intervention'");
         } else {
             println!(
@@ -277,7 +300,17 @@ impl Summary {
             "retries",
             "targets",
             "highest_attempt",
+            "recovered",
+            "retried_again",
+            "gave_up",
+            "open",
+            "success_rate",
         ]);
+        let rate = |rate: Option<f64>| {
+            rate.map_or(Value::Null, |rate| {
+                Value::from(format!("{:.0}%", rate * 100.0))
+            })
+        };
         for retry in &self.retries {
             rows.push(vec![
                 Value::from(retry.scenario.clone()),
@@ -285,15 +318,36 @@ impl Summary {
                 Value::from(retry.retries),
                 Value::from(retry.targets),
                 Value::from(retry.highest_attempt),
+                Value::from(retry.recovered),
+                Value::from(retry.retried_again),
+                Value::from(retry.gave_up),
+                Value::from(retry.retries - retry.recovered - retry.retried_again - retry.gave_up),
+                rate(retry.success_rate()),
             ]);
         }
-        let total: i64 = self.retries.iter().map(|retry| retry.retries).sum();
+        let sum =
+            |field: fn(&ScenarioRetries) -> i64| -> i64 { self.retries.iter().map(field).sum() };
+        let all = ScenarioRetries {
+            scenario: "all".into(),
+            reason: String::new(),
+            retries: sum(|r| r.retries),
+            targets: 0,
+            highest_attempt: 0,
+            recovered: sum(|r| r.recovered),
+            retried_again: sum(|r| r.retried_again),
+            gave_up: sum(|r| r.gave_up),
+        };
         rows.push(vec![
             Value::from("all"),
             Value::Null,
-            Value::from(total),
+            Value::from(all.retries),
             Value::Null,
             Value::Null,
+            Value::from(all.recovered),
+            Value::from(all.retried_again),
+            Value::from(all.gave_up),
+            Value::from(all.retries - all.recovered - all.retried_again - all.gave_up),
+            rate(all.success_rate()),
         ]);
         rows
     }
@@ -335,6 +389,11 @@ impl Summary {
                     "retries": retry.retries,
                     "targets": retry.targets,
                     "highest_attempt": retry.highest_attempt,
+                    "recovered": retry.recovered,
+                    "retried_again": retry.retried_again,
+                    "gave_up": retry.gave_up,
+                    "open": retry.retries - retry.recovered - retry.retried_again - retry.gave_up,
+                    "success_rate": retry.success_rate(),
                 })
             })
             .collect();
