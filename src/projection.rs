@@ -311,7 +311,9 @@ pub async fn outcome_problems(conn: &mut PgConnection) -> Result<Vec<OutcomeDrif
 
 /// Rows of `retry_open` that differ from the latest undecided retry of each target.
 pub async fn open_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<Uuid>, Option<i64>, Option<i64>)> = sqlx::query_as(
+    /// (job_id, job_variants_id, the seq retry_open holds, the seq it should hold).
+    type Row = (Uuid, Option<Uuid>, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT job_id, job_variants_id, stored_seq, expected_seq FROM retry_open_drift()
           ORDER BY 1, 2",
     )
