@@ -284,13 +284,14 @@ async fn bring_rollups_up_to_date(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 /// The trend as rows, and how many empty ones were left out (with `non_empty`: those with no
-/// retry and nothing created); `retry_rate` rounded to 4 decimals, NULL when nothing was
-/// created.
+/// retry and nothing created); `recovered` right after `retries`, of which it is a part;
+/// `retry_rate` rounded to 4 decimals, NULL when nothing was created.
 fn trend_rows(trend: &Trend, format: Format, non_empty: bool) -> (Rows, usize) {
     let mut rows = Rows::new(&[
         "bucket",
         "group",
         "retries",
+        "recovered",
         "targets_retried",
         "targets_created",
         "retry_rate",
@@ -305,6 +306,7 @@ fn trend_rows(trend: &Trend, format: Format, non_empty: bool) -> (Rows, usize) {
             Value::from(bucket_label(row.bucket, trend.query.bucket, format)),
             Value::from(row.group.clone()),
             Value::from(row.retries),
+            Value::from(row.recovered),
             Value::from(row.targets_retried),
             Value::from(row.targets_created),
             row.retry_rate

@@ -1,6 +1,6 @@
 //! The trend report, at the end of the flow (retry → store → projector → report/http): retries
-//! per UTC bucket and group with the retry rate, read from the rollup the projector keeps, or
-//! as of T from the log.
+//! per UTC bucket and group with the retry rate and how many of them recovered, read from the
+//! rollups the projector keeps, or as of T from the log and the outcomes.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -143,6 +143,8 @@ pub const NO_RETRIES: &str = "(no retries)";
 type RetriedCounts = (DateTime<Utc>, String, i64, i64);
 /// Targets created as a trend query returns them: (bucket, kind, created).
 type CreatedCounts = (DateTime<Utc>, String, i64);
+/// Recovered retries as a trend query returns them: (bucket, group, recovered).
+type RecoveredCounts = (DateTime<Utc>, String, i64);
 
 /// What `report trend` asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +164,11 @@ pub struct TrendRow {
     pub group: String,
     /// Events in the bucket and group.
     pub retries: i64,
+    /// Of those events, the ones whose outcome is `recovered` (the target moved on after the
+    /// retry), as observed by the moment: bucketed by the retry's `occurred_at` like
+    /// `retries`, whenever the recovery was observed. The others are open, retried again or
+    /// gave up.
+    pub recovered: i64,
     /// Distinct targets with an event in the bucket and group.
     pub targets_retried: i64,
     /// Targets created in the bucket: of the group's kind for `--by kind`, all otherwise.
@@ -174,9 +181,10 @@ pub struct TrendRow {
 /// Where a trend was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrendSource {
-    /// The rollup (today).
+    /// The rollups (today): `retry_rollup`, `retry_outcome_rollup`.
     Rollup,
-    /// The raw log, events recorded at or before the as-of instant.
+    /// The raw log, events recorded at or before the as-of instant, and their outcomes
+    /// observed by then.
     Log,
 }
 
@@ -192,8 +200,8 @@ pub struct Trend {
     pub rows: Vec<TrendRow>,
 }
 
-/// Retries per bucket and group with the retry rate, read from the rollup (today) or from the
-/// log (as of T).
+/// Retries per bucket and group with the retry rate and the recovered ones, read from the
+/// rollups (today) or from the log and the outcomes (as of T).
 ///
 /// Every bucket from the window's start to the moment's bucket appears with every group: with
 /// `--by kind` both kinds, otherwise each group seen in the window, so a bucket with creations
@@ -207,7 +215,12 @@ pub async fn trend(
     check_window(&query, moment)?;
     let from = query.bucket.start_of(query.since);
     let unit = query.bucket.as_ref();
-    let (retried, created, source): (Vec<RetriedCounts>, Vec<CreatedCounts>, _) = match moment {
+    let (retried, recovered, created, source): (
+        Vec<RetriedCounts>,
+        Vec<RecoveredCounts>,
+        Vec<CreatedCounts>,
+        _,
+    ) = match moment {
         Moment::Now(_) => {
             // The rollup's primary key starts with the hour: both reads are index ranges.
             let retried = sqlx::query_as(&format!(
@@ -223,6 +236,20 @@ pub async fn trend(
             .bind(from)
             .fetch_all(&mut *conn)
             .await?;
+            // The outcomes' rollup is kept in the same batches under the same checkpoint, so
+            // it counts exactly the retries `retry_rollup` counts; its key also starts with
+            // the hour and uses the same group columns.
+            let recovered = sqlx::query_as(&format!(
+                "SELECT date_trunc($1, hour, 'UTC'), {group}, sum(retries)::bigint
+                       FROM retry_outcome_rollup
+                      WHERE hour >= $2 AND outcome = 'recovered'
+                      GROUP BY 1, 2",
+                group = query.by.rollup_column(),
+            ))
+            .bind(unit)
+            .bind(from)
+            .fetch_all(&mut *conn)
+            .await?;
             let created: Vec<CreatedCounts> = sqlx::query_as(
                 "SELECT date_trunc($1, hour, 'UTC'), kind, sum(created)::bigint
                        FROM retry_rollup_created
@@ -233,7 +260,7 @@ pub async fn trend(
             .bind(from)
             .fetch_all(&mut *conn)
             .await?;
-            (retried, created, TrendSource::Rollup)
+            (retried, recovered, created, TrendSource::Rollup)
         }
         Moment::AsOf(as_of) => {
             // The rollup cannot forget events, so the past is read from the log: a scan
@@ -243,6 +270,22 @@ pub async fn trend(
                             count(DISTINCT (job_id, job_variants_id))
                        FROM retry_history
                       WHERE occurred_at >= $2 AND recorded_at <= $3
+                      GROUP BY 1, 2",
+                group = query.by.log_expression(),
+            ))
+            .bind(unit)
+            .bind(from)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await?;
+            // A retry counts as recovered as of T when it was recorded by T and its outcome
+            // observed by T (outcomes are append-only: one row per retry, never changed).
+            let recovered = sqlx::query_as(&format!(
+                "SELECT date_trunc($1, h.occurred_at, 'UTC'), {group}, count(*)
+                       FROM retry_history h
+                       JOIN retry_outcome r ON r.seq = h.seq
+                      WHERE h.occurred_at >= $2 AND h.recorded_at <= $3
+                        AND r.observed_at <= $3 AND r.outcome = 'recovered'
                       GROUP BY 1, 2",
                 group = query.by.log_expression(),
             ))
@@ -264,7 +307,7 @@ pub async fn trend(
             .bind(as_of)
             .fetch_all(&mut *conn)
             .await?;
-            (retried, created, TrendSource::Log)
+            (retried, recovered, created, TrendSource::Log)
         }
     };
     Ok(assemble_trend(
@@ -273,6 +316,7 @@ pub async fn trend(
         moment.time(),
         source,
         retried,
+        recovered,
         created,
     ))
 }
@@ -284,6 +328,7 @@ fn assemble_trend(
     moment: DateTime<Utc>,
     source: TrendSource,
     retried: Vec<RetriedCounts>,
+    recovered: Vec<RecoveredCounts>,
     created: Vec<CreatedCounts>,
 ) -> Trend {
     let show = |group: String| {
@@ -296,6 +341,12 @@ fn assemble_trend(
     let retried: HashMap<(DateTime<Utc>, String), (i64, i64)> = retried
         .into_iter()
         .map(|(bucket, group, retries, targets)| ((bucket, show(group)), (retries, targets)))
+        .collect();
+    // Recovered retries are retries of the same bucket and group, so they add no group or
+    // bucket of their own to the grid.
+    let recovered: HashMap<(DateTime<Utc>, String), i64> = recovered
+        .into_iter()
+        .map(|(bucket, group, n)| ((bucket, show(group)), n))
         .collect();
     let mut created_by_kind: HashMap<(DateTime<Utc>, String), i64> = HashMap::new();
     let mut created_all: HashMap<DateTime<Utc>, i64> = HashMap::new();
@@ -338,6 +389,10 @@ fn assemble_trend(
                 .get(&(bucket, group.clone()))
                 .copied()
                 .unwrap_or((0, 0));
+            let recovered = recovered
+                .get(&(bucket, group.clone()))
+                .copied()
+                .unwrap_or(0);
             let targets_created = match query.by {
                 GroupBy::Kind => created_by_kind
                     .get(&(bucket, group.clone()))
@@ -349,6 +404,7 @@ fn assemble_trend(
                 bucket,
                 group: group.clone(),
                 retries,
+                recovered,
                 targets_retried,
                 targets_created,
                 retry_rate: (targets_created > 0)
@@ -418,9 +474,10 @@ mod tests {
             at("2026-11-03T09:00:00Z"),
             TrendSource::Rollup,
             vec![(day(1), "".into(), 3, 2), (day(3), "segment".into(), 1, 1)],
+            vec![(day(1), "".into(), 2), (day(3), "segment".into(), 1)],
             vec![(day(2), "job".into(), 2), (day(2), "variant".into(), 3)],
         );
-        type Row<'a> = (u32, &'a str, i64, i64, i64, Option<f64>);
+        type Row<'a> = (u32, &'a str, i64, i64, i64, i64, Option<f64>);
         let got: Vec<Row> = trend
             .rows
             .iter()
@@ -429,6 +486,7 @@ mod tests {
                     row.bucket.day(),
                     row.group.as_str(),
                     row.retries,
+                    row.recovered,
                     row.targets_retried,
                     row.targets_created,
                     row.retry_rate,
@@ -438,12 +496,12 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (1, "(none)", 3, 2, 0, None),
-                (1, "segment", 0, 0, 0, None),
-                (2, "(none)", 0, 0, 5, Some(0.0)),
-                (2, "segment", 0, 0, 5, Some(0.0)),
-                (3, "(none)", 0, 0, 0, None),
-                (3, "segment", 1, 1, 0, None),
+                (1, "(none)", 3, 2, 2, 0, None),
+                (1, "segment", 0, 0, 0, 0, None),
+                (2, "(none)", 0, 0, 0, 5, Some(0.0)),
+                (2, "segment", 0, 0, 0, 5, Some(0.0)),
+                (3, "(none)", 0, 0, 0, 0, None),
+                (3, "segment", 1, 1, 1, 0, None),
             ]
         );
     }
@@ -461,11 +519,13 @@ mod tests {
             at("2026-11-01T11:10:00Z"),
             TrendSource::Log,
             vec![],
+            vec![],
             vec![(at("2026-11-01T11:00:00Z"), "job".into(), 4)],
         );
         assert_eq!(trend.rows.len(), 2);
         assert_eq!(trend.rows[1].group, NO_RETRIES);
         assert_eq!(trend.rows[1].targets_created, 4);
         assert_eq!(trend.rows[1].retry_rate, Some(0.0));
+        assert_eq!(trend.rows[1].recovered, 0);
     }
 }

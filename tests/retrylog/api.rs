@@ -539,6 +539,70 @@ async fn recover_over_the_api_is_the_clis_operation_with_the_tokens_name_and_is_
 }
 
 #[sqlx::test(migrations = false)]
+async fn the_trends_rows_carry_the_documented_fields_in_order_with_recovered_after_retries(
+    pool: PgPool,
+) {
+    audited(&pool).await;
+    // Job B reaches done: the watchdog's observation decides its one retry recovered.
+    sqlx::query("UPDATE jobs SET status = 'done' WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let decided: i64 = sqlx::query_scalar(
+        "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment','iou_eval'],
+                                      'test', NULL)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(decided, 1);
+    let api = router(&pool, true);
+    let document = get(&api, "/api/v1/openapi.json").await.json;
+    let schema = &document["components"]["schemas"]["TrendRow"];
+    let documented: Vec<&str> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(documented[2..4], ["retries", "recovered"]);
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    assert_eq!(required, documented);
+    assert_eq!(
+        document["paths"]["/api/v1/reports/trend"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"]["items"]["$ref"],
+        "#/components/schemas/TrendRow"
+    );
+
+    let answer = get(&api, "/api/v1/reports/trend?bucket=hour&since=1h").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    let rows = answer.json.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let fields: Vec<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(fields, documented, "{row}");
+    }
+    let recovered = |group: &str| -> i64 {
+        rows.iter()
+            .filter(|row| row["group"] == group)
+            .map(|row| row["recovered"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!((recovered("job"), recovered("variant")), (1, 0), "{rows:?}");
+}
+
+#[sqlx::test(migrations = false)]
 async fn the_openapi_document_lists_every_route_and_every_documented_path_answers(pool: PgPool) {
     audited(&pool).await;
     let api = router(&pool, true);

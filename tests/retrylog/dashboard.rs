@@ -232,6 +232,19 @@ async fn busy_pipeline(pool: &PgPool) {
 #[sqlx::test(migrations = false)]
 async fn the_overview_renders_its_counts_and_a_drawn_chart_without_console_errors(pool: PgPool) {
     busy_pipeline(&pool).await;
+    // Job B reaches done: its retry is observed recovered, and the chart draws it.
+    sqlx::query("UPDATE jobs SET status = 'done' WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT retry_outcome_observe(ARRAY['prepare','generate','segment','iou_eval'], 'test', NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    retrylog::projector::catch_up_once(&pool, 1000)
+        .await
+        .unwrap();
     let served = serve(&pool).await;
     let browser = Browser::open(false).await;
     browser.login(&served, READER).await;
@@ -240,6 +253,9 @@ async fn the_overview_renders_its_counts_and_a_drawn_chart_without_console_error
     // The chart is drawn: one line per group, and its points.
     assert!(browser.count("#chart svg path").await >= 2);
     assert!(browser.count("#chart svg circle").await >= 2);
+    // The job's recovered retry: a dashed line in the job's colour, and the legend's totals.
+    assert_eq!(browser.count("#chart svg path.recovered").await, 1);
+    assert!(browser.text("#chart").await.contains("job (1 / 1)"));
     assert!(browser
         .text("#latest")
         .await

@@ -878,18 +878,18 @@ async fn trend_counts_an_event_at_the_window_start_and_shows_buckets_without_ret
     assert_eq!(
         run.json(),
         json!([
-            {"bucket": day(start), "group": "(none)", "retries": 0, "targets_retried": 0,
-             "targets_created": 1, "retry_rate": 0.0},
-            {"bucket": day(start), "group": "segment", "retries": 1, "targets_retried": 1,
-             "targets_created": 1, "retry_rate": 1.0},
+            {"bucket": day(start), "group": "(none)", "retries": 0, "recovered": 0,
+             "targets_retried": 0, "targets_created": 1, "retry_rate": 0.0},
+            {"bucket": day(start), "group": "segment", "retries": 1, "recovered": 0,
+             "targets_retried": 1, "targets_created": 1, "retry_rate": 1.0},
             {"bucket": day(today - Duration::days(1)), "group": "(none)", "retries": 0,
-             "targets_retried": 0, "targets_created": 1, "retry_rate": 0.0},
+             "recovered": 0, "targets_retried": 0, "targets_created": 1, "retry_rate": 0.0},
             {"bucket": day(today - Duration::days(1)), "group": "segment", "retries": 0,
-             "targets_retried": 0, "targets_created": 1, "retry_rate": 0.0},
-            {"bucket": day(today), "group": "(none)", "retries": 1, "targets_retried": 1,
-             "targets_created": 0, "retry_rate": null},
-            {"bucket": day(today), "group": "segment", "retries": 0, "targets_retried": 0,
-             "targets_created": 0, "retry_rate": null},
+             "recovered": 0, "targets_retried": 0, "targets_created": 1, "retry_rate": 0.0},
+            {"bucket": day(today), "group": "(none)", "retries": 1, "recovered": 0,
+             "targets_retried": 1, "targets_created": 0, "retry_rate": null},
+            {"bucket": day(today), "group": "segment", "retries": 0, "recovered": 0,
+             "targets_retried": 0, "targets_created": 0, "retry_rate": null},
         ])
     );
 }
@@ -995,11 +995,339 @@ async fn trend_draws_an_svg_chart_with_a_line_per_group(pool: PgPool) {
     assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
     assert!(svg.contains("Retries per day by reason"), "{svg}");
     assert!(
-        svg.contains(">failed (1)<") && svg.contains(">stuck (2)<"),
+        svg.contains(">failed (1 / 0)<") && svg.contains(">stuck (2 / 0)<"),
         "{svg}"
     );
-    // Two panels (retries, rate), one line per group in each.
+    // Two panels (retries, rate), one line per group in each; nothing recovered, so no
+    // dashed line.
     assert_eq!(svg.matches("<path ").count(), 4, "{svg}");
+    assert_eq!(
+        svg.matches(r#"<path class="recovered""#).count(),
+        0,
+        "{svg}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// trend: recovered
+
+/// The managed steps in order, as the watchdog passes them to the observation.
+const OBSERVE: &str =
+    "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment','iou_eval'],
+                                                    'test', NULL)";
+
+/// When a recovered history was recorded and observed.
+struct Recoveries {
+    /// The hour of the retries' window: the retries happened in the two hours before it.
+    hour: DateTime<Utc>,
+    /// After every retry was recorded, before any outcome was observed.
+    recorded: DateTime<Utc>,
+    /// After the observation that decided three of them recovered.
+    observed: DateTime<Utc>,
+}
+
+/// Job 1 (running at `generate`) with variants 11 (done), 12 (failed), 13 (running at
+/// `segment`), and job 2 (running at `segment`); five retries in the two hours before this
+/// one:
+///
+/// | retry                          | hour  | kind    | step     | then                       |
+/// | ------------------------------ | ----- | ------- | -------- | -------------------------- |
+/// | variant 11, stuck              | H − 2 | variant | generate | moves to segment: recovered |
+/// | variant 12, failed             | H − 2 | variant | generate | retried again               |
+/// | variant 12, failed (attempt 2) | H − 1 | variant | generate | moves to segment: recovered |
+/// | variant 13, stuck              | H − 1 | variant | segment  | stays: open                 |
+/// | job 2, manual_recovery         | H − 1 | job     | segment  | done: recovered             |
+///
+/// The pipeline's rows move on after `recorded` and the observation decides them before
+/// `observed`; the projector then catches up.
+async fn recovered_history(pool: &PgPool) -> Recoveries {
+    migrated(pool).await;
+    let t0 = server_clock(pool).await;
+    let hour = Bucket::Hour.start_of(t0);
+    let created = hour - Duration::hours(3);
+    insert_job(pool, id(1), "running", Some("generate"), created, created).await;
+    insert_job(pool, id(2), "running", Some("segment"), created, created).await;
+    for (n, status, step) in [
+        (11, "done", "generate"),
+        (12, "failed", "generate"),
+        (13, "running", "segment"),
+    ] {
+        let order = n as i32 - 11;
+        insert_variant(
+            pool,
+            id(n),
+            id(1),
+            order,
+            status,
+            Some(step),
+            created,
+            created,
+        )
+        .await;
+    }
+    let two_ago = hour - Duration::hours(2) + Duration::minutes(10);
+    let one_ago = hour - Duration::hours(1) + Duration::minutes(10);
+    for (target, reason, step, occurred_at) in [
+        (
+            variant(id(1), id(11)),
+            RetryReason::Stuck,
+            "generate",
+            two_ago,
+        ),
+        (
+            variant(id(1), id(12)),
+            RetryReason::Failed,
+            "generate",
+            two_ago,
+        ),
+        (
+            variant(id(1), id(12)),
+            RetryReason::Failed,
+            "generate",
+            one_ago,
+        ),
+        (
+            variant(id(1), id(13)),
+            RetryReason::Stuck,
+            "segment",
+            one_ago,
+        ),
+        (job(id(2)), RetryReason::ManualRecovery, "segment", one_ago),
+    ] {
+        let retry = NewRetry::new(target, reason, "test")
+            .with_step(step)
+            .with_occurred_at(occurred_at);
+        append_ok(pool, &retry).await;
+    }
+    let recorded = server_clock(pool).await;
+    sqlx::query(
+        "UPDATE jobs_variants SET current_step = 'segment', status = 'running'
+          WHERE job_variants_id = ANY ($1)",
+    )
+    .bind(vec![id(11), id(12)])
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'done' WHERE job_id = $1")
+        .bind(id(2))
+        .execute(pool)
+        .await
+        .unwrap();
+    let decided: i64 = sqlx::query_scalar(OBSERVE).fetch_one(pool).await.unwrap();
+    assert_eq!(decided, 3, "variants 11 and 12 moved on, job 2 is done");
+    let observed = server_clock(pool).await;
+    let mut projector_conn = conn(pool).await;
+    projector::catch_up(&mut projector_conn, 1000)
+        .await
+        .unwrap();
+    Recoveries {
+        hour,
+        recorded,
+        observed,
+    }
+}
+
+/// (hour, group, retries, recovered) of a trend's rows with a retry.
+fn retried_rows(trend: &Trend) -> Vec<(DateTime<Utc>, String, i64, i64)> {
+    trend
+        .rows
+        .iter()
+        .filter(|row| row.retries > 0)
+        .map(|row| (row.bucket, row.group.clone(), row.retries, row.recovered))
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn trend_counts_the_recovered_retries_of_each_bucket_from_the_rollup_and_as_of_a_moment(
+    pool: PgPool,
+) {
+    let Recoveries {
+        hour,
+        recorded,
+        observed,
+    } = recovered_history(&pool).await;
+    let since = hour - Duration::hours(3);
+    let h = |back: i64| hour - Duration::hours(back);
+    let mut conn = conn(&pool).await;
+    let ask = |by, moment| {
+        let query = TrendQuery {
+            bucket: Bucket::Hour,
+            by,
+            since,
+        };
+        (query, moment)
+    };
+
+    // By step and by kind, worked out from the table of `recovered_history`.
+    let by_step = vec![
+        (h(2), "generate".to_string(), 2, 1),
+        (h(1), "generate".to_string(), 1, 1),
+        (h(1), "segment".to_string(), 2, 1),
+    ];
+    let by_kind = vec![
+        (h(2), "variant".to_string(), 2, 1),
+        (h(1), "job".to_string(), 1, 1),
+        (h(1), "variant".to_string(), 2, 1),
+    ];
+    let by_reason = vec![
+        (h(2), "failed".to_string(), 1, 0),
+        (h(2), "stuck".to_string(), 1, 1),
+        (h(1), "failed".to_string(), 1, 1),
+        (h(1), "manual_recovery".to_string(), 1, 1),
+        (h(1), "stuck".to_string(), 1, 0),
+    ];
+    for (by, expected) in [
+        (GroupBy::Step, &by_step),
+        (GroupBy::Kind, &by_kind),
+        (GroupBy::Reason, &by_reason),
+    ] {
+        // Today, from the rollups.
+        let (query, moment) = ask(by, Moment::Now(observed));
+        let today = report::trend(&mut conn, query, moment).await.unwrap();
+        assert_eq!(&retried_rows(&today), expected, "today, by {by}");
+        assert!(
+            today
+                .rows
+                .iter()
+                .all(|row| row.retries > 0 || row.recovered == 0),
+            "by {by}: {today:?}"
+        );
+        // As of a moment after the observation, from the log: the same rows.
+        let (query, moment) = ask(by, Moment::AsOf(observed));
+        let after = report::trend(&mut conn, query, moment).await.unwrap();
+        assert_eq!(after.rows, today.rows, "as of {observed}, by {by}");
+        // As of a moment before it: the same retries, none recovered yet.
+        let (query, moment) = ask(by, Moment::AsOf(recorded));
+        let before = report::trend(&mut conn, query, moment).await.unwrap();
+        let not_yet: Vec<_> = expected
+            .iter()
+            .map(|(bucket, group, retries, _)| (*bucket, group.clone(), *retries, 0))
+            .collect();
+        assert_eq!(retried_rows(&before), not_yet, "as of {recorded}, by {by}");
+    }
+    // By scenario: none of the retries names one.
+    let (query, moment) = ask(GroupBy::Scenario, Moment::Now(observed));
+    let by_scenario = report::trend(&mut conn, query, moment).await.unwrap();
+    assert_eq!(
+        retried_rows(&by_scenario),
+        vec![
+            (h(2), "(none)".to_string(), 2, 1),
+            (h(1), "(none)".to_string(), 3, 2),
+        ]
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn trend_prints_recovered_right_after_retries_in_csv_and_json(pool: PgPool) {
+    let Recoveries { hour, recorded, .. } = recovered_history(&pool).await;
+    let since = (hour - Duration::hours(2)).to_rfc3339();
+    let args = [
+        "report",
+        "trend",
+        "--bucket",
+        "hour",
+        "--by",
+        "step",
+        "--since",
+        &since,
+        "--non-empty",
+    ];
+    let mut csv_args = args.to_vec();
+    csv_args.extend(["--format", "csv"]);
+    let run = retrylog(&pool, &csv_args).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let hour_label = |back: i64| {
+        (hour - Duration::hours(back)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    assert_eq!(
+        run.stdout.lines().take(4).collect::<Vec<_>>(),
+        vec![
+            "bucket,group,retries,recovered,targets_retried,targets_created,retry_rate".to_string(),
+            format!("{},generate,2,1,2,0,", hour_label(2)),
+            format!("{},generate,1,1,1,0,", hour_label(1)),
+            format!("{},segment,2,1,2,0,", hour_label(1)),
+        ],
+        "{run:#?}"
+    );
+    // JSON, as of before the observation: nothing recovered yet.
+    let recorded = recorded.to_rfc3339();
+    let mut json_args = args.to_vec();
+    json_args.extend(["--format", "json", "--as-of", &recorded]);
+    let run = retrylog(&pool, &json_args).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let rows = run.json();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().all(|row| row["recovered"] == json!(0)),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0]["retries"], json!(2));
+}
+
+#[sqlx::test(migrations = false)]
+async fn trend_svg_draws_each_groups_recovered_retries_as_a_dashed_line(pool: PgPool) {
+    let Recoveries { hour, recorded, .. } = recovered_history(&pool).await;
+    let since = (hour - Duration::hours(3)).to_rfc3339();
+    let recorded = recorded.to_rfc3339();
+    let svg_of = |as_of: Option<&str>| {
+        let mut args = vec![
+            "report", "trend", "--bucket", "hour", "--by", "step", "--since", &since, "--format",
+            "svg",
+        ];
+        if let Some(as_of) = as_of {
+            args.extend(["--as-of", as_of]);
+        }
+        let pool = pool.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = retrylog(&pool, &args).await;
+            assert_eq!(run.code, Some(0), "{run:#?}");
+            run.stdout
+        }
+    };
+    let svg = svg_of(None).await;
+    assert!(svg.trim_end().ends_with("</svg>"), "{svg}");
+    // Both steps recovered something: a dashed line each, in its retries line's colour.
+    let dashed: Vec<&str> = svg
+        .lines()
+        .filter(|line| line.starts_with(r#"<path class="recovered""#))
+        .collect();
+    assert_eq!(dashed.len(), 2, "{svg}");
+    for (line, colour) in dashed.iter().zip(["#4e79a7", "#f28e2b"]) {
+        assert!(
+            line.contains(&format!(r#"stroke="{colour}""#)) && line.contains("stroke-dasharray"),
+            "{line}"
+        );
+        assert!(
+            svg.lines()
+                .any(|solid| solid.starts_with(r#"<path class="retries""#)
+                    && solid.contains(&format!(r#"stroke="{colour}""#))),
+            "{svg}"
+        );
+    }
+    // The legend explains the dash and gives each group's totals.
+    assert!(
+        svg.contains(">generate (3 / 2)<") && svg.contains(">segment (2 / 1)<"),
+        "{svg}"
+    );
+    assert!(svg.contains(">recovered</text>"), "{svg}");
+    assert_eq!(svg.matches("<svg").count(), 1, "{svg}");
+    assert_eq!(
+        svg.matches("<path ").count(),
+        2 + 2 + 2,
+        "retries, recovered, rate"
+    );
+
+    // As of before the observation: nothing recovered, so no dashed line.
+    let before = svg_of(Some(&recorded)).await;
+    assert_eq!(
+        before.matches(r#"<path class="recovered""#).count(),
+        0,
+        "{before}"
+    );
+    assert!(before.contains(">generate (3 / 0)<"), "{before}");
 }
 
 // ---------------------------------------------------------------------------------------

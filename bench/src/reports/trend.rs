@@ -232,6 +232,7 @@ mod tests {
             bucket: day(d),
             group: group.to_string(),
             retries,
+            recovered: 0,
             targets_retried: targets,
             targets_created: created,
             retry_rate: None,

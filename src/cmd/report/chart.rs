@@ -1,6 +1,7 @@
 //! `report trend --format svg`: the trend as a hand-written SVG line chart — retries per
-//! bucket on top, the retry rate below, one coloured line per group, a shared time axis and a
-//! legend with each group's total.
+//! bucket on top (solid) with the recovered ones among them (dashed, the group's colour), the
+//! retry rate below, one colour per group, a shared time axis and a legend with each group's
+//! totals.
 
 use std::fmt::Write;
 
@@ -19,6 +20,10 @@ const TOP_H: f64 = 270.0;
 /// The rate panel.
 const RATE_Y: f64 = 410.0;
 const RATE_H: f64 = 150.0;
+/// The legend lists at most this many groups (the rest are counted).
+const LEGEND_GROUPS: usize = 22;
+/// The dash of the recovered lines.
+const DASH: &str = "6 4";
 
 /// Tableau 10: distinct for the usual handful of groups, readable for colour-blind eyes.
 const PALETTE: [&str; 10] = [
@@ -26,11 +31,24 @@ const PALETTE: [&str; 10] = [
     "#9c755f", "#bab0ac",
 ];
 
-/// One group's line.
+/// One group's lines.
 struct Series {
     name: String,
     retries: Vec<i64>,
+    /// Of `retries`, the recovered ones.
+    recovered: Vec<i64>,
     rates: Vec<Option<f64>>,
+}
+
+/// How a line is drawn.
+#[derive(Clone, Copy)]
+struct Stroke<'a> {
+    colour: &'a str,
+    width: f64,
+    /// Dashed, with hollow dots: the recovered series.
+    dashed: bool,
+    /// The path's class, naming its series (`retries`, `recovered`, `rate`).
+    class: &'a str,
 }
 
 /// The SVG document for `trend` (read at `moment`).
@@ -46,6 +64,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
                 series.push(Series {
                     name: row.group.clone(),
                     retries: vec![0; buckets.len()],
+                    recovered: vec![0; buckets.len()],
                     rates: vec![None; buckets.len()],
                 });
                 series.len() - 1
@@ -55,6 +74,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
             .binary_search(&row.bucket)
             .expect("every row's bucket is a column");
         series[index].retries[column] = row.retries;
+        series[index].recovered[column] = row.recovered;
         series[index].rates[column] = row.retry_rate;
     }
 
@@ -115,7 +135,9 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         return svg;
     }
 
-    // 3. The retries panel.
+    // 3. The retries panel: each group's retries, and dashed in its colour the recovered ones
+    //    among them (never above the solid line). A group with nothing recovered in the window
+    //    has no dashed line, rather than one hiding in the axis.
     let max_retries = series
         .iter()
         .flat_map(|s| s.retries.iter().copied())
@@ -132,21 +154,42 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         |value| format!("{value:.0}"),
     );
     let y_retries = |value: f64| TOP_Y + TOP_H - TOP_H * value / retry_top;
-    for (index, s) in series.iter().enumerate() {
-        let points: Vec<Option<(f64, f64)>> = s
-            .retries
+    let counts = |counts: &[i64]| -> Vec<Option<(f64, f64)>> {
+        counts
             .iter()
             .enumerate()
             .map(|(column, &n)| Some((x(column), y_retries(n as f64))))
-            .collect();
-        line(
-            &mut svg,
-            &points,
-            PALETTE[index % PALETTE.len()],
-            2.2,
-            buckets.len() <= 62,
-        );
+            .collect()
+    };
+    let dots = buckets.len() <= 62;
+    for (index, s) in series.iter().enumerate() {
+        let colour = PALETTE[index % PALETTE.len()];
+        let solid = Stroke {
+            colour,
+            width: 2.2,
+            dashed: false,
+            class: "retries",
+        };
+        line(&mut svg, &counts(&s.retries), solid, dots);
+        if s.recovered.iter().any(|&n| n > 0) {
+            let dashed = Stroke {
+                width: 1.8,
+                dashed: true,
+                class: "recovered",
+                ..solid
+            };
+            line(&mut svg, &counts(&s.recovered), dashed, dots);
+        }
     }
+    let _ = writeln!(
+        svg,
+        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#777">solid: retries · dashed: of them recovered (the target moved on; outcome observed{})</text>"##,
+        TOP_Y - 8.0,
+        match moment {
+            Moment::AsOf(at) => format!(" by {}", at.format("%Y-%m-%d %H:%M UTC")),
+            Moment::Now(_) => String::new(),
+        },
+    );
 
     // 4. The rate panel: targets retried ÷ targets created; gaps where nothing was created.
     let max_rate = series
@@ -171,13 +214,13 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
             .enumerate()
             .map(|(column, rate)| rate.map(|rate| (x(column), y_rate(rate))))
             .collect();
-        line(
-            &mut svg,
-            &points,
-            PALETTE[index % PALETTE.len()],
-            1.6,
-            buckets.len() <= 62,
-        );
+        let stroke = Stroke {
+            colour: PALETTE[index % PALETTE.len()],
+            width: 1.6,
+            dashed: false,
+            class: "rate",
+        };
+        line(&mut svg, &points, stroke, dots);
     }
     let _ = writeln!(
         svg,
@@ -225,32 +268,49 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         }
     );
 
-    // 6. The legend: each group with its total retries in the window.
+    // 6. The legend: the two strokes of the retries panel, then each group with its totals in
+    //    the window (retries / recovered).
     let legend_x = WIDTH - RIGHT + 24.0;
     let _ = writeln!(
         svg,
-        r##"<text x="{legend_x}" y="{TOP_Y}" font-weight="bold" fill="#222">{} (retries)</text>"##,
+        r##"<text x="{legend_x}" y="{TOP_Y}" font-weight="bold" fill="#222">{}<tspan font-weight="normal" font-size="11" fill="#555"> (retries / recovered)</tspan></text>"##,
         trend.query.by
     );
-    for (index, s) in series.iter().enumerate().take(24) {
-        let y = TOP_Y + 22.0 + 20.0 * index as f64;
-        let total: i64 = s.retries.iter().sum();
+    for (row, (name, dash)) in [("retries", None), ("recovered", Some(DASH))]
+        .into_iter()
+        .enumerate()
+    {
+        let y = TOP_Y + 20.0 + 18.0 * row as f64;
         let _ = writeln!(
             svg,
-            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}" fill="#222">{} ({total})</text>"##,
+            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="#555" stroke-width="2"{}/><text x="{}" y="{}" font-size="11" fill="#555">{name}</text>"##,
+            legend_x + 22.0,
+            dash.map_or_else(String::new, |dash| format!(r#" stroke-dasharray="{dash}""#)),
+            legend_x + 30.0,
+            y + 4.0,
+        );
+    }
+    let first_group_y = TOP_Y + 20.0 + 18.0 * 2.0 + 8.0;
+    for (index, s) in series.iter().enumerate().take(LEGEND_GROUPS) {
+        let y = first_group_y + 20.0 * index as f64;
+        let total: i64 = s.retries.iter().sum();
+        let recovered: i64 = s.recovered.iter().sum();
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}" fill="#222">{} ({total} / {recovered})</text>"##,
             legend_x + 22.0,
             PALETTE[index % PALETTE.len()],
             legend_x + 30.0,
             y + 4.0,
-            escape(&truncate(&s.name, 24)),
+            escape(&truncate(&s.name, 20)),
         );
     }
-    if series.len() > 24 {
+    if series.len() > LEGEND_GROUPS {
         let _ = writeln!(
             svg,
             r##"<text x="{legend_x}" y="{}" fill="#777">… and {} more</text>"##,
-            TOP_Y + 22.0 + 20.0 * 24.0,
-            series.len() - 24
+            first_group_y + 20.0 * LEGEND_GROUPS as f64,
+            series.len() - LEGEND_GROUPS
         );
     }
     svg.push_str("</svg>\n");
@@ -290,8 +350,33 @@ fn panel(
     );
 }
 
-/// A polyline through the points; `None` breaks it. Dots mark the points when there are few.
-fn line(svg: &mut String, points: &[Option<(f64, f64)>], colour: &str, width: f64, dots: bool) {
+/// A polyline through the points; `None` breaks it. Dots mark the points when there are few
+/// (hollow on a dashed line, so they read apart from the solid line's where the two meet).
+fn line(svg: &mut String, points: &[Option<(f64, f64)>], stroke: Stroke, dots: bool) {
+    let Stroke {
+        colour,
+        width,
+        dashed,
+        class,
+    } = stroke;
+    let dash = if dashed {
+        format!(r#" stroke-dasharray="{DASH}""#)
+    } else {
+        String::new()
+    };
+    let dot = |svg: &mut String, px: f64, py: f64| {
+        let _ = if dashed {
+            writeln!(
+                svg,
+                r##"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="#ffffff" stroke="{colour}" stroke-width="1.4"/>"##
+            )
+        } else {
+            writeln!(
+                svg,
+                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="{colour}"/>"#
+            )
+        };
+    };
     let mut path = String::new();
     let mut pen_down = false;
     for point in points {
@@ -306,7 +391,7 @@ fn line(svg: &mut String, points: &[Option<(f64, f64)>], colour: &str, width: f6
     if !path.is_empty() {
         let _ = writeln!(
             svg,
-            r#"<path d="{}" fill="none" stroke="{colour}" stroke-width="{width}" stroke-linejoin="round"/>"#,
+            r#"<path class="{class}" d="{}" fill="none" stroke="{colour}" stroke-width="{width}"{dash} stroke-linejoin="round"/>"#,
             path.trim_end()
         );
     }
@@ -316,18 +401,12 @@ fn line(svg: &mut String, points: &[Option<(f64, f64)>], colour: &str, width: f6
         let alone = (index == 0 || points[index - 1].is_none())
             && points.get(index + 1).is_none_or(Option::is_none);
         if alone && !dots {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="{colour}"/>"#
-            );
+            dot(svg, *px, *py);
         }
     }
     if dots {
         for (px, py) in points.iter().flatten() {
-            let _ = writeln!(
-                svg,
-                r#"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="{colour}"/>"#
-            );
+            dot(svg, *px, *py);
         }
     }
 }
