@@ -40,7 +40,7 @@ use retrylog::cmd::exit;
 use retrylog::connect::Connected;
 use retrylog::projection;
 use retrylog::projector::{self, ProjectorSettings};
-use retrylog::report::GroupBy;
+use retrylog::report::{GroupBy, OutcomeGroupBy};
 
 use crate::database::{fresh_database, in_bench_database, print_server};
 use crate::figures::{figure_table, ms, thousands, Goal, Line, Unit};
@@ -48,10 +48,12 @@ use crate::log::load_log;
 use crate::progress;
 
 mod history;
+mod outcomes;
 pub(crate) mod realistic_log;
 mod trend;
 
 use history::{measure_history, HistoryFigure};
+use outcomes::{decide_outcomes, measure_outcomes, OutcomesFigure};
 use realistic_log::realistic_log;
 use trend::{measure_trend, TrendFigure};
 
@@ -88,6 +90,11 @@ pub struct ReportsArgs {
     )]
     pub by: Vec<GroupBy>,
 
+    /// Timed runs of each outcomes report (p50 and p99 are reported).
+    #[arg(long, default_value_t = 200, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub outcome_runs: u32,
+
     /// Random variants whose history is read, each read timed on its own.
     #[arg(long, default_value_t = 1_000, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -113,11 +120,13 @@ pub struct ReportsArgs {
 }
 
 impl ReportsArgs {
-    /// `--smoke`: 1,000 events, then 2,000; one run of each trend; 20 histories.
+    /// `--smoke`: 1,000 events, then 2,000; one run of each trend, five of each outcomes
+    /// report; 20 histories.
     pub fn smoke(&mut self) {
         self.events = 2_000;
         self.first_events = 1_000;
         self.repeats = 1;
+        self.outcome_runs = 5;
         self.variants = 20;
     }
 }
@@ -137,6 +146,8 @@ pub const WINDOW_DAYS: i64 = 30;
 const TREND_SPEEDUP: f64 = 100.0;
 const TREND_FLAT: f64 = 0.67;
 const HISTORY_P99_MS: f64 = 2.0;
+/// The outcomes report from its rollup under this many milliseconds at p99 (issue 10).
+const OUTCOMES_P99_MS: f64 = 50.0;
 
 /// Everything measured when the log held `events`.
 #[derive(Debug)]
@@ -148,6 +159,7 @@ struct Stage {
     /// The full rebuild's time and the events it applied.
     rebuild: Option<(Duration, i64)>,
     trends: Vec<TrendFigure>,
+    outcomes: Vec<OutcomesFigure>,
     history: HistoryFigure,
 }
 
@@ -173,6 +185,14 @@ pub async fn run(connected: &Connected, args: ReportsArgs) -> anyhow::Result<Exi
             eprintln!("retrylog-bench: trend: {mismatch}");
         }
         eprintln!("retrylog-bench: the trend from the rollup differs from the log's");
+        return Ok(ExitCode::from(exit::MISMATCH));
+    }
+    if stages
+        .iter()
+        .flat_map(|stage| &stage.outcomes)
+        .any(|outcome| !outcome.equal)
+    {
+        eprintln!("retrylog-bench: the outcomes report from its rollup differs from the log's");
         return Ok(ExitCode::from(exit::MISMATCH));
     }
     Ok(ExitCode::SUCCESS)
@@ -249,6 +269,11 @@ async fn measure(
             times.settle.as_secs_f64(),
         );
 
+        let decided = decide_outcomes(&pool).await?;
+        eprintln!(
+            "retrylog-bench: decided the outcomes of {} loaded retries",
+            thousands(decided as f64)
+        );
         let catch_up = catch_up(&pool, args.batch_events, added).await?;
         let rebuild = if args.skip_rebuild {
             None
@@ -267,13 +292,22 @@ async fn measure(
         );
         // The upserts and the rebuild left dead rows behind; autovacuum would remove them
         // in its own time, here it is done before anything reads the rollup.
-        sqlx::raw_sql("VACUUM ANALYZE retry_rollup, retry_rollup_created")
+        sqlx::raw_sql("VACUUM ANALYZE retry_rollup, retry_rollup_created, retry_outcome_rollup")
             .execute(&pool)
             .await?;
 
         let mut trends = Vec::new();
         for &by in &args.by {
             trends.push(measure_trend(&pool, by, args.repeats).await?);
+        }
+        let mut outcomes = Vec::new();
+        for by in [
+            OutcomeGroupBy::Reason,
+            OutcomeGroupBy::Step,
+            OutcomeGroupBy::Scenario,
+            OutcomeGroupBy::Attempt,
+        ] {
+            outcomes.push(measure_outcomes(&pool, by, args.outcome_runs).await?);
         }
         let history = measure_history(&pool, args.variants).await?;
         stages.push(Stage {
@@ -282,6 +316,7 @@ async fn measure(
             catch_up,
             rebuild,
             trends,
+            outcomes,
             history,
         });
     }
@@ -402,6 +437,55 @@ fn figure_lines(args: &ReportsArgs, stages: &[Stage]) -> Vec<Line> {
                     ),
                     "equal",
                     mismatches == 0,
+                )
+                .events(stage.events),
+            );
+        }
+
+        for outcome in &stage.outcomes {
+            lines.push(
+                Line::new(
+                    "outcomes p99",
+                    format!(
+                        "report::outcomes --since 30d --by {}: log {events}, {} retries in the \
+                         window, {} rollup rows; p50 {:.2} ms over {} runs",
+                        outcome.by,
+                        thousands(outcome.retries as f64),
+                        thousands(outcome.rollup_rows as f64),
+                        ms(outcome.rollup[0]),
+                        args.outcome_runs,
+                    ),
+                    Unit::Millis,
+                    ms(outcome.rollup[1]),
+                )
+                .events(stage.events)
+                .baseline(
+                    "the same from the log and the outcomes (--as-of now), median",
+                    ms(outcome.log),
+                )
+                .goal(Goal::Under(OUTCOMES_P99_MS)),
+            );
+        }
+        if !stage.outcomes.is_empty() {
+            let unequal: Vec<String> = stage
+                .outcomes
+                .iter()
+                .filter(|o| !o.equal)
+                .map(|o| o.by.to_string())
+                .collect();
+            lines.push(
+                Line::check(
+                    "outcomes answers",
+                    format!(
+                        "rollup = log and outcomes, log {events}{}",
+                        if unequal.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": --by {} differ", unequal.join(", "))
+                        }
+                    ),
+                    "equal",
+                    unequal.is_empty(),
                 )
                 .events(stage.events),
             );
