@@ -388,6 +388,8 @@ async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
             0,
         ),
         (vec!["report", "trend", "--since", "1h", "--as-of", "1m"], 0),
+        (vec!["report", "outcomes", "--by", "attempt"], 0),
+        (vec!["report", "outcomes", "--as-of", "1m"], 0),
     ] {
         let run = retrylog_at(&url, &args).await;
         assert_eq!(run.code, Some(code), "{args:?} as a reader: {run:#?}");
@@ -409,6 +411,10 @@ async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
         "UPDATE projection_checkpoint SET position = '1'",
         "UPDATE jobs SET retry_count = 0",
         "DELETE FROM retry_intervention",
+        "DELETE FROM retry_open",
+        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+         VALUES (1, 'recovered', now(), 'reader', '{}')",
+        "SELECT retry_outcome_observe(ARRAY['segment'], 'reader', NULL)",
     ] {
         let error = sqlx::query(dml).execute(&reader.pool).await.expect_err(dml);
         assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
@@ -886,4 +892,75 @@ async fn refusals_quote_a_bounded_escaped_excerpt_and_bidi_or_ancient_times_are_
     .await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert_eq!(checkpoint, self::checkpoint(&pool).await);
+}
+
+#[sqlx::test(migrations = false)]
+async fn outcomes_are_decided_only_through_the_deciders_a_writers_retry_decides_its_predecessor(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    let writer = TestRole::create(&pool, &[Writer]).await;
+    let operator = TestRole::create(&pool, &[Operator]).await;
+    let mut conn = writer.pool.acquire().await.unwrap();
+    for _ in 0..2 {
+        record_via_sql(&mut conn, variant(JOB_A, VARIANT_A1), "failed")
+            .await
+            .expect("a writer appends");
+    }
+    // Its second retry decided its first, through the door that runs as the owner.
+    let decided: Vec<(i32, String, String)> = sqlx::query_as(
+        "SELECT h.attempt, r.outcome::text, r.observed_by
+           FROM retry_outcome r JOIN retry_history h USING (seq)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(decided, [(1, "retried_again".into(), writer.name.clone())]);
+
+    let before = snapshot(&pool).await;
+    // A writer can neither decide nor undo an outcome, nor observe.
+    for dml in [
+        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+         SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
+        "DELETE FROM retry_open",
+        "UPDATE retry_outcome SET outcome = 'recovered'",
+        "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment'], 'w', NULL)",
+        "SELECT retry_open_rebuild()",
+    ] {
+        let error = sqlx::query(dml).execute(&writer.pool).await.expect_err(dml);
+        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
+    }
+    // The operator may observe (the watchdog's capability), and rebuild, but not write
+    // outcomes by hand either; and an outcome is never changed, whoever asks.
+    for dml in [
+        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+         SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
+        "UPDATE retry_outcome SET outcome = 'recovered'",
+    ] {
+        let error = sqlx::query(dml)
+            .execute(&operator.pool)
+            .await
+            .expect_err(dml);
+        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
+    }
+    let error = sqlx::query("UPDATE retry_outcome SET outcome = 'recovered'")
+        .execute(&pool)
+        .await
+        .expect_err("append-only for the owner too");
+    assert_eq!(code_of(&error), "RL010", "{error}");
+    assert_eq!(before, snapshot(&pool).await);
+    sqlx::query("UPDATE jobs_variants SET current_step = 'segment' WHERE job_variants_id = $1")
+        .bind(VARIANT_A1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let observed: i64 = sqlx::query_scalar(
+        "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment','iou_eval'], 'op', NULL)",
+    )
+    .fetch_one(&operator.pool)
+    .await
+    .unwrap();
+    assert_eq!(observed, 1);
+    assert_verify_clean(&pool).await;
 }
