@@ -61,22 +61,30 @@ CREATE TABLE retry_open (
     PRIMARY KEY (job_id, stream)
 );
 
--- The report's projection: retries per hour of the retry, kind, reason, step, scenario,
--- attempt and outcome ('open' until decided), with recovered ones also by their time to
--- recover to two significant figures (retry_outcome_ttr_bucket). Kept by the projector in the
--- rollup's batches; replay rebuilds it, verify compares it.
+-- The reports' projection, kept by the projector in the rollup's batches (replay rebuilds it,
+-- verify compares it), one row per value of each dimension a report groups by (kind, reason,
+-- step, scenario, attempt) rather than per combination, so a report reads one dimension's few
+-- rows:
+--   * retry_outcome_rollup: retries per UTC hour of the retry, dimension, value and outcome
+--     ('open' until decided): the outcomes report's counts and the trend's recovered series;
+--   * retry_outcome_recovery_time: recovered retries per UTC day of the retry, dimension, value
+--     and time to recover, rounded down to two significant figures of the millisecond count
+--     (retry_outcome_ttr_bucket): the median and p90, a few hundred rows per day and value.
 CREATE TABLE retry_outcome_rollup (
-    hour     timestamptz NOT NULL,
-    kind     text NOT NULL,
-    reason   retry_reason NOT NULL,
-    step     text NOT NULL,
-    scenario text NOT NULL,
-    attempt  integer NOT NULL,
-    outcome  text NOT NULL,
-    -- Milliseconds to recover, rounded down to two significant figures; 0 unless recovered.
-    ttr_ms   bigint NOT NULL,
-    retries  bigint NOT NULL,
-    PRIMARY KEY (hour, kind, reason, step, scenario, attempt, outcome, ttr_ms)
+    dimension text NOT NULL,
+    hour      timestamptz NOT NULL,
+    value     text NOT NULL,
+    outcome   text NOT NULL,
+    retries   bigint NOT NULL,
+    PRIMARY KEY (dimension, hour, value, outcome)
+);
+CREATE TABLE retry_outcome_recovery_time (
+    dimension text NOT NULL,
+    day       timestamptz NOT NULL,
+    value     text NOT NULL,
+    ttr_ms    bigint NOT NULL,
+    recovered bigint NOT NULL,
+    PRIMARY KEY (dimension, day, value, ttr_ms)
 );
 
 -- A note of the limit decides the target's open retry: gave up. A trigger, so every way a
@@ -146,7 +154,10 @@ SELECT d.seq, 'gave_up', d.noted_at, d.actor,
 
 -- Rights: only the owner writes outcomes and the open retries (through record_retry, the
 -- note's trigger and retry_outcome_observe, which run as the owner); the operator may write
--- the rebuildable report projection, like the rollup; a reader reads all three.
-REVOKE ALL ON retry_outcome, retry_open, retry_outcome_rollup FROM PUBLIC;
-GRANT SELECT ON retry_outcome, retry_open, retry_outcome_rollup TO retrylog_reader;
-GRANT SELECT, INSERT, UPDATE, DELETE ON retry_outcome_rollup TO retrylog_operator;
+-- the rebuildable report projection, like the rollup; a reader reads them all.
+REVOKE ALL ON retry_outcome, retry_open, retry_outcome_rollup, retry_outcome_recovery_time
+    FROM PUBLIC;
+GRANT SELECT ON retry_outcome, retry_open, retry_outcome_rollup, retry_outcome_recovery_time
+    TO retrylog_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON retry_outcome_rollup, retry_outcome_recovery_time
+    TO retrylog_operator;

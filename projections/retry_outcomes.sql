@@ -5,16 +5,17 @@
 --   * retry_open            each target's latest retry while it has no outcome; kept inline
 --                           by record_retry, the note trigger and retry_outcome_observe;
 --                           retry_open_rebuild() resets it, retry_open_drift() compares it;
---   * retry_outcome_rollup  the outcomes report's counts per hour of the retry; kept by the
---                           projector in the rollup's batches (same range, same checkpoint):
+--   * retry_outcome_rollup and retry_outcome_recovery_time, the reports' counts per hour and
+--                           times to recover per day; kept by the projector in the rollup's
+--                           batches (same range, same checkpoint):
 --                           retry_outcome_rollup_apply(from, to) adds what a txid range
---                           contributes, reset + apply('1', horizon) rebuilds it, and
---                           retry_outcome_rollup_drift(checkpoint) compares it.
+--                           contributes to both, reset + apply('1', horizon) rebuilds them,
+--                           and retry_outcome_rollup_drift(checkpoint) compares them.
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate.
 
 -- Milliseconds rounded down to two significant figures (0-99 exact, then 100, 110, ...,
--- 990, 1000, 1100, ...): the resolution of the report's median and p90, so a projection of a
--- million retries keeps a few hundred time values per group, each within 10% of the truth.
+-- 990, 1000, 1100, ...): the resolution of the report's median and p90, so the projection
+-- keeps a few hundred time values per day and group, each within 10% of the truth.
 CREATE OR REPLACE FUNCTION retry_outcome_ttr_bucket(ms bigint)
 RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -114,45 +115,65 @@ BEGIN
 END
 $$;
 
--- What a txid range contributes to retry_outcome_rollup: each retry in the range adds one to
--- its group's `open`; each outcome in the range takes it out of `open` and adds it to its
--- outcome (and, recovered, its time to recover). The two may fall in different ranges in
--- either order (a transaction's id is assigned at its first write); the sums do not care.
-CREATE OR REPLACE FUNCTION retry_outcome_rollup_delta(from_txid xid8, to_txid xid8)
-RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
-               attempt integer, outcome text, ttr_ms bigint, retries bigint)
+-- What a txid range changes, per retry: each retry in the range adds one to `open`; each
+-- outcome in the range takes its retry out of `open` and adds it to its outcome (recovered
+-- ones with their time to recover). The two may fall in different ranges in either order (a
+-- transaction's id is assigned at its first write); the sums do not care. Each change comes
+-- with the retry's hour and day and one row per dimension a report groups by.
+CREATE OR REPLACE FUNCTION retry_outcome_changes(from_txid xid8, to_txid xid8)
+RETURNS TABLE (hour timestamptz, day timestamptz, dimension text, value text, outcome text,
+               ttr_ms bigint, n integer)
 LANGUAGE sql STABLE AS $$
     WITH changes AS (
-        SELECT h.seq, 'open' AS outcome, 0::bigint AS ttr_ms, 1 AS n
+        SELECT h.seq, 'open' AS outcome, NULL::bigint AS ttr_ms, 1 AS n
           FROM retry_history h
          WHERE h.txid >= from_txid AND h.txid < to_txid
         UNION ALL
-        SELECT r.seq, 'open', 0, -1
+        SELECT r.seq, 'open', NULL, -1
           FROM retry_outcome r
          WHERE r.txid >= from_txid AND r.txid < to_txid
         UNION ALL
         SELECT r.seq, r.outcome::text,
                CASE WHEN r.outcome = 'recovered' THEN retry_outcome_ttr_bucket(
-                   (extract(epoch FROM r.resolved_at - h.occurred_at) * 1000)::bigint)
-               ELSE 0 END,
+                   (extract(epoch FROM r.resolved_at - h.occurred_at) * 1000)::bigint) END,
                1
           FROM retry_outcome r
           JOIN retry_history h ON h.seq = r.seq
          WHERE r.txid >= from_txid AND r.txid < to_txid
     )
-    SELECT date_trunc('hour', h.occurred_at, 'UTC'),
-           CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
-           h.reason,
-           -- Bounded like the trend rollup's keys.
-           left(coalesce(h.step, ''), 200), left(coalesce(h.detail ->> 'scenario', ''), 200),
-           h.attempt, c.outcome, c.ttr_ms, sum(c.n)::bigint
+    SELECT date_trunc('hour', h.occurred_at, 'UTC'), date_trunc('day', h.occurred_at, 'UTC'),
+           d.dimension, d.value, c.outcome, c.ttr_ms, c.n
       FROM changes c
       JOIN retry_history h ON h.seq = c.seq
-     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+     CROSS JOIN LATERAL (VALUES
+           ('kind', CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END),
+           ('reason', h.reason::text),
+           -- Bounded like the trend rollup's keys.
+           ('step', left(coalesce(h.step, ''), 200)),
+           ('scenario', left(coalesce(h.detail ->> 'scenario', ''), 200)),
+           ('attempt', h.attempt::text)) AS d(dimension, value)
+$$;
+
+CREATE OR REPLACE FUNCTION retry_outcome_rollup_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (dimension text, hour timestamptz, value text, outcome text, retries bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.dimension, c.hour, c.value, c.outcome, sum(c.n)::bigint
+      FROM retry_outcome_changes(from_txid, to_txid) c
+     GROUP BY 1, 2, 3, 4
     HAVING sum(c.n) <> 0
 $$;
 
--- Adds a range to retry_outcome_rollup; returns the retries and outcomes it applied.
+CREATE OR REPLACE FUNCTION retry_outcome_recovery_time_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (dimension text, day timestamptz, value text, ttr_ms bigint, recovered bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT c.dimension, c.day, c.value, c.ttr_ms, sum(c.n)::bigint
+      FROM retry_outcome_changes(from_txid, to_txid) c
+     WHERE c.ttr_ms IS NOT NULL
+     GROUP BY 1, 2, 3, 4
+$$;
+
+-- Adds a range to both tables; returns the changes it applied (retries and outcomes, each
+-- counted once, not once per dimension).
 CREATE OR REPLACE FUNCTION retry_outcome_rollup_apply(from_txid xid8, to_txid xid8)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -164,10 +185,15 @@ BEGIN
     ), upserted AS (
         INSERT INTO retry_outcome_rollup AS r
         SELECT * FROM delta
-        ON CONFLICT (hour, kind, reason, step, scenario, attempt, outcome, ttr_ms)
+        ON CONFLICT (dimension, hour, value, outcome)
         DO UPDATE SET retries = r.retries + excluded.retries
     )
-    SELECT coalesce(sum(abs(retries)), 0)::bigint INTO applied FROM delta;
+    SELECT coalesce(sum(abs(retries)) FILTER (WHERE dimension = 'kind'), 0)::bigint
+      INTO applied FROM delta;
+    INSERT INTO retry_outcome_recovery_time AS r
+    SELECT * FROM retry_outcome_recovery_time_delta(from_txid, to_txid)
+    ON CONFLICT (dimension, day, value, ttr_ms)
+    DO UPDATE SET recovered = r.recovered + excluded.recovered;
     RETURN applied;
 END
 $$;
@@ -176,23 +202,35 @@ CREATE OR REPLACE FUNCTION retry_outcome_rollup_reset()
 RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM retry_outcome_rollup;
+    DELETE FROM retry_outcome_recovery_time;
 $$;
 
--- retry_outcome_rollup rows that differ from what the log and the outcomes say below `up_to`
--- (a row of zero is the same as no row).
+-- Rows of both tables that differ from what the log and the outcomes say below `up_to` (a
+-- row of zero is the same as no row). `key` names the row.
 CREATE OR REPLACE FUNCTION retry_outcome_rollup_drift(up_to xid8)
-RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
-               attempt integer, outcome text, ttr_ms bigint, stored bigint, expected bigint)
+RETURNS TABLE (tablename text, key text, stored bigint, expected bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),
-           coalesce(s.step, e.step), coalesce(s.scenario, e.scenario),
-           coalesce(s.attempt, e.attempt), coalesce(s.outcome, e.outcome),
-           coalesce(s.ttr_ms, e.ttr_ms), s.retries, e.retries
+    SELECT 'retry_outcome_rollup',
+           concat_ws(' ', to_char(coalesce(s.hour, e.hour) AT TIME ZONE 'UTC',
+                                  'YYYY-MM-DD HH24":00Z"'),
+                     coalesce(s.dimension, e.dimension) || '=' || coalesce(s.value, e.value),
+                     coalesce(s.outcome, e.outcome)),
+           s.retries, e.retries
       FROM (SELECT * FROM retry_outcome_rollup WHERE retries <> 0) s
       FULL JOIN retry_outcome_rollup_delta('1', up_to) e
-        ON (s.hour, s.kind, s.reason, s.step, s.scenario, s.attempt, s.outcome, s.ttr_ms)
-         = (e.hour, e.kind, e.reason, e.step, e.scenario, e.attempt, e.outcome, e.ttr_ms)
+        ON (s.dimension, s.hour, s.value, s.outcome) = (e.dimension, e.hour, e.value, e.outcome)
      WHERE s.retries IS DISTINCT FROM e.retries
+    UNION ALL
+    SELECT 'retry_outcome_recovery_time',
+           concat_ws(' ', to_char(coalesce(s.day, e.day) AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
+                     coalesce(s.dimension, e.dimension) || '=' || coalesce(s.value, e.value),
+                     'ttr_ms=' || coalesce(s.ttr_ms, e.ttr_ms)),
+           s.recovered, e.recovered
+      FROM (SELECT * FROM retry_outcome_recovery_time WHERE recovered <> 0) s
+      FULL JOIN (SELECT * FROM retry_outcome_recovery_time_delta('1', up_to)
+                  WHERE recovered <> 0) e
+        ON (s.dimension, s.day, s.value, s.ttr_ms) = (e.dimension, e.day, e.value, e.ttr_ms)
+     WHERE s.recovered IS DISTINCT FROM e.recovered
 $$;
 
 -- Every outcome that disagrees with the log or the notes, and every retry the log says was

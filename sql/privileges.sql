@@ -28,7 +28,8 @@ DECLARE
         'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta',
         'retry_rollup_created_delta', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
-        'retry_outcome_rollup_delta'];
+        'retry_outcome_changes', 'retry_outcome_rollup_delta',
+        'retry_outcome_recovery_time_delta'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],
@@ -48,7 +49,9 @@ DECLARE
         ['retry_outcome_ttr_bucket', 'retrylog_reader'],
         ['retry_open_expected', 'retrylog_reader'],
         ['retry_open_drift', 'retrylog_reader'],
+        ['retry_outcome_changes', 'retrylog_reader'],
         ['retry_outcome_rollup_delta', 'retrylog_reader'],
+        ['retry_outcome_recovery_time_delta', 'retrylog_reader'],
         ['retry_outcome_rollup_drift', 'retrylog_reader'],
         ['retry_outcome_problems', 'retrylog_reader']];
     fn    regprocedure;

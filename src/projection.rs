@@ -333,29 +333,17 @@ pub async fn open_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sq
         .collect())
 }
 
-/// Rows of `retry_outcome_rollup` that differ from the log and the outcomes below `up_to`
-/// (the rollup's checkpoint, which both rollups share).
+/// Rows of the outcomes' report projection (`retry_outcome_rollup`,
+/// `retry_outcome_recovery_time`) that differ from the log and the outcomes below `up_to` (the
+/// rollup's checkpoint, which they share).
 pub async fn outcome_rollup_drift(
     conn: &mut PgConnection,
     up_to: i64,
 ) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    type Row = (
-        chrono::DateTime<chrono::Utc>,
-        String,
-        String,
-        String,
-        String,
-        i32,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT hour, kind, reason::text, step, scenario, attempt, outcome, ttr_ms, stored,
-                expected
+    let rows: Vec<(String, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+        "SELECT tablename, key, stored, expected
            FROM retry_outcome_rollup_drift($1::bigint::text::xid8)
-          ORDER BY 1, 2, 3, 4, 5, 6, 7, 8",
+          ORDER BY 1, 2",
     )
     .bind(up_to)
     .fetch_all(conn)
@@ -363,21 +351,14 @@ pub async fn outcome_rollup_drift(
     let show = |value: Option<i64>| value.map_or("no row".to_string(), |n| n.to_string());
     Ok(rows
         .into_iter()
-        .map(
-            |(hour, kind, reason, step, scenario, attempt, outcome, ttr_ms, stored, expected)| {
-                OutcomeDrift {
-                    target: None,
-                    problem: format!(
-                        "retry_outcome_rollup {} {kind} reason={reason} step={step} \
-                         scenario={scenario} attempt={attempt} {outcome} ttr_ms={ttr_ms}: \
-                         stored {}, the log and the outcomes say {}",
-                        hour.format("%Y-%m-%d %H:00Z"),
-                        show(stored),
-                        show(expected),
-                    ),
-                }
-            },
-        )
+        .map(|(table, key, stored, expected)| OutcomeDrift {
+            target: None,
+            problem: format!(
+                "{table} {key}: stored {}, the log and the outcomes say {}",
+                show(stored),
+                show(expected)
+            ),
+        })
         .collect())
 }
 

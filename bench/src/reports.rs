@@ -292,9 +292,12 @@ async fn measure(
         );
         // The upserts and the rebuild left dead rows behind; autovacuum would remove them
         // in its own time, here it is done before anything reads the rollup.
-        sqlx::raw_sql("VACUUM ANALYZE retry_rollup, retry_rollup_created, retry_outcome_rollup")
-            .execute(&pool)
-            .await?;
+        sqlx::raw_sql(
+            "VACUUM ANALYZE retry_rollup, retry_rollup_created, retry_outcome_rollup,
+                         retry_outcome_recovery_time",
+        )
+        .execute(&pool)
+        .await?;
 
         let mut trends = Vec::new();
         for &by in &args.by {
@@ -448,7 +451,7 @@ fn figure_lines(args: &ReportsArgs, stages: &[Stage]) -> Vec<Line> {
                     "outcomes p99",
                     format!(
                         "report::outcomes --since 30d --by {}: log {events}, {} retries in the \
-                         window, {} rollup rows; p50 {:.2} ms over {} runs",
+                         window, {} projection rows read; p50 {:.2} ms over {} runs",
                         outcome.by,
                         thousands(outcome.retries as f64),
                         thousands(outcome.rollup_rows as f64),

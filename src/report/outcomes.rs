@@ -1,8 +1,8 @@
 //! The outcomes report, at the end of the flow (retry → store → projector → report/http): what
 //! became of the retries of a window, per reason, step, scenario or attempt — how many
 //! recovered, were retried again, gave up or are still open, the success rate and how long a
-//! recovery took. Read from `retry_outcome_rollup` (today) or from the log and the outcomes
-//! (as of T).
+//! recovery took. Read from `retry_outcome_rollup` and `retry_outcome_recovery_time` (today)
+//! or from the log and the outcomes (as of T).
 
 use std::collections::BTreeMap;
 
@@ -41,16 +41,6 @@ pub enum OutcomeGroupBy {
 }
 
 impl OutcomeGroupBy {
-    /// The group as a column of `retry_outcome_rollup`.
-    fn rollup_column(self) -> &'static str {
-        match self {
-            OutcomeGroupBy::Reason => "reason::text",
-            OutcomeGroupBy::Step => "step",
-            OutcomeGroupBy::Scenario => "scenario",
-            OutcomeGroupBy::Attempt => "attempt::text",
-        }
-    }
-
     /// The group as an expression over `retry_history h` (the rollup's definition of it).
     fn log_expression(self) -> &'static str {
         match self {
@@ -82,8 +72,8 @@ impl OutcomeGroupBy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutcomesQuery {
     pub by: OutcomeGroupBy,
-    /// The window holds the retries that occurred from the start of the UTC hour holding this
-    /// instant (the projection counts whole hours).
+    /// The window holds the retries that occurred from the start of the UTC day holding this
+    /// instant (the projection keeps times to recover per day).
     pub since: DateTime<Utc>,
 }
 
@@ -110,7 +100,7 @@ pub struct OutcomeRow {
 /// Where the report was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutcomesSource {
-    /// `retry_outcome_rollup` (today).
+    /// `retry_outcome_rollup` and `retry_outcome_recovery_time` (today).
     Rollup,
     /// The log and the outcomes: retries recorded and outcomes observed by the as-of instant.
     Log,
@@ -120,17 +110,19 @@ pub enum OutcomesSource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcomes {
     pub query: OutcomesQuery,
-    /// The window's start: the start of the hour holding `since`.
+    /// The window's start: the start of the UTC day holding `since`.
     pub from: DateTime<Utc>,
     pub source: OutcomesSource,
     pub rows: Vec<OutcomeRow>,
 }
 
-/// Grouped counts as both reads return them: (group, outcome, ms to recover, retries).
-type Counts = (String, String, i64, i64);
+/// Retries per group and outcome: (group, outcome, retries).
+type Counts = (String, String, i64);
+/// Recovered retries per group and time to recover: (group, ms, recovered).
+type Times = (String, i64, i64);
 
-/// What became of the retries of the window, per group, today (from the rollup, which the
-/// caller brings up to date first) or as of T (from the log and the outcomes).
+/// What became of the retries of the window, per group, today (from the outcomes' rollup,
+/// which the caller brings up to date first) or as of T (from the log and the outcomes).
 pub async fn outcomes(
     conn: &mut PgConnection,
     query: OutcomesQuery,
@@ -138,57 +130,77 @@ pub async fn outcomes(
 ) -> Result<Outcomes, ReportError> {
     let from = query
         .since
-        .duration_trunc(Duration::hours(1))
+        .duration_trunc(Duration::days(1))
         .unwrap_or(query.since);
-    let (counts, source): (Vec<Counts>, _) = match moment {
+    let (counts, times, source): (Vec<Counts>, Vec<Times>, _) = match moment {
         Moment::Now(_) => {
-            // The primary key starts with the hour: an index range over the window.
-            let counts = sqlx::query_as(&format!(
-                "SELECT {group}, outcome, ttr_ms, sum(retries)::bigint
+            // One dimension's rows: index ranges on (dimension, hour) and (dimension, day).
+            let counts = sqlx::query_as(
+                "SELECT value, outcome, sum(retries)::bigint
                    FROM retry_outcome_rollup
-                  WHERE hour >= $1
-                  GROUP BY 1, 2, 3",
-                group = query.by.rollup_column(),
-            ))
+                  WHERE dimension = $1 AND hour >= $2
+                  GROUP BY 1, 2",
+            )
+            .bind(query.by.as_ref())
             .bind(from)
             .fetch_all(&mut *conn)
             .await?;
-            (counts, OutcomesSource::Rollup)
+            let times = sqlx::query_as(
+                "SELECT value, ttr_ms, sum(recovered)::bigint
+                   FROM retry_outcome_recovery_time
+                  WHERE dimension = $1 AND day >= $2
+                  GROUP BY 1, 2",
+            )
+            .bind(query.by.as_ref())
+            .bind(from)
+            .fetch_all(&mut *conn)
+            .await?;
+            (counts, times, OutcomesSource::Rollup)
         }
         Moment::AsOf(as_of) => {
             // The retries recorded by then, each with the outcome observed by then: what
-            // retrylog knew at that instant, by the rollup's definitions.
-            let counts = sqlx::query_as(&format!(
-                "SELECT {group},
-                        CASE WHEN r.observed_at <= $2 THEN r.outcome::text ELSE 'open' END,
+            // retrylog knew at that instant, by the projection's definitions.
+            let decided = format!(
+                "SELECT {group} AS value,
+                        CASE WHEN r.observed_at <= $2 THEN r.outcome::text ELSE 'open' END
+                            AS outcome,
                         CASE WHEN r.observed_at <= $2 AND r.outcome = 'recovered'
                              THEN retry_outcome_ttr_bucket((extract(epoch FROM
                                       r.resolved_at - h.occurred_at) * 1000)::bigint)
-                             ELSE 0 END,
-                        count(*)
+                        END AS ttr_ms
                    FROM retry_history h
                    LEFT JOIN retry_outcome r ON r.seq = h.seq
-                  WHERE date_trunc('hour', h.occurred_at, 'UTC') >= $1 AND h.recorded_at <= $2
-                  GROUP BY 1, 2, 3",
+                  WHERE h.occurred_at >= $1 AND h.recorded_at <= $2",
                 group = query.by.log_expression(),
+            );
+            let counts = sqlx::query_as(&format!(
+                "SELECT value, outcome, count(*) FROM ({decided}) d GROUP BY 1, 2"
             ))
             .bind(from)
             .bind(as_of)
             .fetch_all(&mut *conn)
             .await?;
-            (counts, OutcomesSource::Log)
+            let times = sqlx::query_as(&format!(
+                "SELECT value, ttr_ms, count(*) FROM ({decided}) d
+                  WHERE ttr_ms IS NOT NULL GROUP BY 1, 2"
+            ))
+            .bind(from)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await?;
+            (counts, times, OutcomesSource::Log)
         }
     };
     Ok(Outcomes {
         query,
         from,
         source,
-        rows: assemble(query.by, counts),
+        rows: assemble(query.by, counts, times),
     })
 }
 
 /// One row per group: the groups always listed, then the ones seen, in their order.
-fn assemble(by: OutcomeGroupBy, counts: Vec<Counts>) -> Vec<OutcomeRow> {
+fn assemble(by: OutcomeGroupBy, counts: Vec<Counts>, times: Vec<Times>) -> Vec<OutcomeRow> {
     #[derive(Default)]
     struct Tally {
         by_outcome: BTreeMap<String, i64>,
@@ -199,12 +211,13 @@ fn assemble(by: OutcomeGroupBy, counts: Vec<Counts>) -> Vec<OutcomeRow> {
     for group in by.always_listed() {
         groups.entry(GroupKey::new(by, group)).or_default();
     }
-    for (group, outcome, ttr_ms, retries) in counts {
+    for (group, outcome, retries) in counts {
         let tally = groups.entry(GroupKey::new(by, group)).or_default();
-        if outcome == "recovered" {
-            *tally.recovered_ms.entry(ttr_ms).or_default() += retries;
-        }
         *tally.by_outcome.entry(outcome).or_default() += retries;
+    }
+    for (group, ttr_ms, recovered) in times {
+        let tally = groups.entry(GroupKey::new(by, group)).or_default();
+        *tally.recovered_ms.entry(ttr_ms).or_default() += recovered;
     }
     if by == OutcomeGroupBy::Attempt {
         // Every attempt up to the highest one, so a gap reads as an empty row.
@@ -303,12 +316,13 @@ mod tests {
     #[test]
     fn groups_list_every_reason_and_fill_attempt_gaps() {
         let counts = vec![
-            ("failed".into(), "recovered".into(), 1_500, 2),
-            ("failed".into(), "retried_again".into(), 0, 1),
-            ("failed".into(), "open".into(), 0, 1),
-            ("stuck".into(), "gave_up".into(), 0, 1),
+            ("failed".into(), "recovered".into(), 2),
+            ("failed".into(), "retried_again".into(), 1),
+            ("failed".into(), "open".into(), 1),
+            ("stuck".into(), "gave_up".into(), 1),
         ];
-        let rows = assemble(OutcomeGroupBy::Reason, counts);
+        let times = vec![("failed".into(), 1_500, 2)];
+        let rows = assemble(OutcomeGroupBy::Reason, counts, times);
         let groups: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
         assert_eq!(groups, ["stuck", "failed", "manual_recovery"]);
         assert_eq!(rows[1].retries, 4);
@@ -322,9 +336,10 @@ mod tests {
         let rows = assemble(
             OutcomeGroupBy::Attempt,
             vec![
-                ("3".into(), "open".into(), 0, 1),
-                ("1".into(), "open".into(), 0, 2),
+                ("3".into(), "open".into(), 1),
+                ("1".into(), "open".into(), 2),
             ],
+            vec![],
         );
         let groups: Vec<&str> = rows.iter().map(|r| r.group.as_str()).collect();
         assert_eq!(groups, ["1", "2", "3"]);

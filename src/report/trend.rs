@@ -237,17 +237,17 @@ pub async fn trend(
             .fetch_all(&mut *conn)
             .await?;
             // The outcomes' rollup is kept in the same batches under the same checkpoint, so
-            // it counts exactly the retries `retry_rollup` counts; its key also starts with
-            // the hour and uses the same group columns.
-            let recovered = sqlx::query_as(&format!(
-                "SELECT date_trunc($1, hour, 'UTC'), {group}, sum(retries)::bigint
+            // it counts exactly the retries `retry_rollup` counts; one dimension's rows, by
+            // the same group values, an index range on (dimension, hour).
+            let recovered = sqlx::query_as(
+                "SELECT date_trunc($1, hour, 'UTC'), value, sum(retries)::bigint
                        FROM retry_outcome_rollup
-                      WHERE hour >= $2 AND outcome = 'recovered'
+                      WHERE dimension = $3 AND hour >= $2 AND outcome = 'recovered'
                       GROUP BY 1, 2",
-                group = query.by.rollup_column(),
-            ))
+            )
             .bind(unit)
             .bind(from)
+            .bind(query.by.as_ref())
             .fetch_all(&mut *conn)
             .await?;
             let created: Vec<CreatedCounts> = sqlx::query_as(

@@ -518,7 +518,9 @@ async fn replay_rebuilds_what_derives_from_outcomes_and_verify_names_what_was_br
     assert_verify_clean(&pool).await;
     sqlx::raw_sql(
         "DELETE FROM retry_open;
-         UPDATE retry_outcome_rollup SET retries = retries + 5 WHERE outcome = 'recovered';",
+         UPDATE retry_outcome_rollup SET retries = retries + 5
+          WHERE outcome = 'recovered' AND dimension = 'reason';
+         UPDATE retry_outcome_recovery_time SET recovered = 0 WHERE dimension = 'step';",
     )
     .execute(&pool)
     .await
@@ -532,7 +534,7 @@ async fn replay_rebuilds_what_derives_from_outcomes_and_verify_names_what_was_br
         .iter()
         .map(|m| m["message"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert_eq!(problems.len(), 5, "{problems:#?}");
     assert_eq!(
         problems
             .iter()
@@ -544,7 +546,19 @@ async fn replay_rebuilds_what_derives_from_outcomes_and_verify_names_what_was_br
     assert_eq!(
         problems
             .iter()
-            .filter(|p| p.starts_with("retry_outcome_rollup ") && p.contains(" recovered "))
+            .filter(|p| p.starts_with("retry_outcome_rollup ")
+                && p.contains(" reason=failed recovered: stored 7, the log and the outcomes say 2"))
+            .count(),
+        1,
+        "{problems:#?}"
+    );
+    // v1's 30 s and v2's 90 s, stored as zero (no row).
+    assert_eq!(
+        problems
+            .iter()
+            .filter(|p| p.starts_with("retry_outcome_recovery_time ")
+                && p.contains(" step=generate ttr_ms=")
+                && p.ends_with("stored no row, the log and the outcomes say 1"))
             .count(),
         2,
         "{problems:#?}"
@@ -552,7 +566,7 @@ async fn replay_rebuilds_what_derives_from_outcomes_and_verify_names_what_was_br
     let replayed = retrylog(&pool, &["replay", "--projection", "retry_outcomes"]).await;
     assert_eq!(replayed.code, Some(0), "{replayed:#?}");
     assert!(
-        replayed.stderr.contains("changed 4 row(s)"),
+        replayed.stderr.contains("changed 5 row(s)"),
         "{replayed:#?}"
     );
     assert_verify_clean(&pool).await;

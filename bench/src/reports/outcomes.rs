@@ -28,7 +28,7 @@ pub struct OutcomesFigure {
     pub rollup: [Duration; 2],
     /// Median of the same answer from the log and the outcomes.
     pub log: Duration,
-    /// Rollup rows in the window.
+    /// Rows of the two projection tables the report reads (its dimension, the window).
     pub rollup_rows: i64,
     /// Retries counted (must be every event of the window).
     pub retries: i64,
@@ -120,8 +120,12 @@ pub async fn measure_outcomes(
         from_log = Some(outcomes.rows);
     }
     let rollup_rows: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM retry_outcome_rollup WHERE hour >= date_trunc('hour', $1)",
+        "SELECT (SELECT count(*) FROM retry_outcome_rollup
+                  WHERE dimension = $1 AND hour >= date_trunc('day', $2, 'UTC'))
+              + (SELECT count(*) FROM retry_outcome_recovery_time
+                  WHERE dimension = $1 AND day >= date_trunc('day', $2, 'UTC'))",
     )
+    .bind(by.as_ref())
     .bind(query.since)
     .fetch_one(&mut *conn)
     .await?;
