@@ -116,13 +116,13 @@ CREATE TRIGGER retry_intervention_gave_up
 -- latest retry of a target the watchdog has since noted gave up, and the other latest ones
 -- are open.
 INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
-SELECT h.seq, 'retried_again', greatest(h.occurred_at, n.occurred_at), session_user,
-       jsonb_build_object('next_seq', n.seq, 'attempt', n.attempt, 'from_log', true)
-  FROM retry_history h
-  JOIN retry_history n
-    ON n.job_id = h.job_id
-   AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
-   AND n.attempt = h.attempt + 1;
+SELECT l.seq, 'retried_again', greatest(l.occurred_at, l.next_at), session_user,
+       jsonb_build_object('next_seq', l.next_seq, 'attempt', l.next_attempt, 'from_log', true)
+  FROM (SELECT h.seq, h.occurred_at, lead(h.seq) OVER w AS next_seq,
+               lead(h.attempt) OVER w AS next_attempt, lead(h.occurred_at) OVER w AS next_at
+          FROM retry_history h
+        WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)) l
+ WHERE l.next_seq IS NOT NULL;
 
 INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
 SELECT DISTINCT ON (h.job_id, h.job_variants_id)

@@ -238,6 +238,13 @@ $$;
 CREATE OR REPLACE FUNCTION retry_outcome_problems()
 RETURNS TABLE (seq bigint, job_id uuid, job_variants_id uuid, problem text)
 LANGUAGE sql STABLE AS $$
+    -- Each event with the next of its stream: one pass in stream order, no self-join.
+    WITH streams AS (
+        SELECT h.seq, h.job_id, h.job_variants_id, h.attempt,
+               lead(h.seq) OVER w AS next_seq, lead(h.attempt) OVER w AS next_attempt
+          FROM retry_history h
+        WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)
+    )
     SELECT r.seq, NULL::uuid, NULL::uuid,
            'outcome ' || r.outcome || ' is for event seq ' || r.seq || ', which is not in the log'
       FROM retry_outcome r
@@ -254,14 +261,11 @@ LANGUAGE sql STABLE AS $$
            'attempt ' || h.attempt || ' (seq ' || r.seq || ') is retried_again, but event seq '
            || coalesce(r.evidence ->> 'next_seq', '(none)')
            || ' is not the next attempt of its target'
-      FROM retry_outcome r JOIN retry_history h ON h.seq = r.seq
+      FROM retry_outcome r
+      JOIN streams h ON h.seq = r.seq
      WHERE r.outcome = 'retried_again'
-       AND NOT EXISTS (
-           SELECT 1 FROM retry_history n
-            WHERE n.seq::text = r.evidence ->> 'next_seq'
-              AND n.job_id = h.job_id
-              AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
-              AND n.attempt = h.attempt + 1)
+       AND (h.next_seq IS NULL OR h.next_attempt <> h.attempt + 1
+            OR h.next_seq::text IS DISTINCT FROM r.evidence ->> 'next_seq')
     UNION ALL
     SELECT r.seq, h.job_id, h.job_variants_id,
            'attempt ' || h.attempt || ' (seq ' || r.seq || ') gave up, but note seq '
@@ -270,17 +274,15 @@ LANGUAGE sql STABLE AS $$
      WHERE r.outcome = 'gave_up'
        AND NOT EXISTS (
            SELECT 1 FROM retry_intervention i
-            WHERE i.seq::text = r.evidence ->> 'note_seq'
+            WHERE i.seq = CASE WHEN r.evidence ->> 'note_seq' ~ '^[0-9]{1,18}$'
+                               THEN (r.evidence ->> 'note_seq')::bigint END
               AND i.job_id = h.job_id
               AND i.job_variants_id IS NOT DISTINCT FROM h.job_variants_id)
     UNION ALL
     SELECT h.seq, h.job_id, h.job_variants_id,
            'attempt ' || h.attempt || ' (seq ' || h.seq || ') was followed by attempt '
-           || n.attempt || ' (seq ' || n.seq || ') but has no outcome'
-      FROM retry_history h
-      JOIN retry_history n
-        ON n.job_id = h.job_id
-       AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
-       AND n.attempt = h.attempt + 1
-     WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = h.seq)
+           || h.next_attempt || ' (seq ' || h.next_seq || ') but has no outcome'
+      FROM streams h
+     WHERE h.next_seq IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = h.seq)
 $$;

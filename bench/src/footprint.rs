@@ -239,6 +239,19 @@ async fn measure_worlds(
         crate::twin::twin_database()?
     );
     let targets = seed(&[&with, &without], args.variants as usize).await?;
+    // A tenth of the variants have an open retry, so the watchdog's look at the pipeline's
+    // rows (the outcomes' observation, every sweep) has rows to join while the writes run.
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(record_retry(job_id, 'stuck', job_variants_id, actor => $2))
+           FROM (SELECT job_id, job_variants_id FROM jobs_variants
+                  ORDER BY job_variants_id LIMIT $1) t",
+    )
+    .bind((args.variants / 10) as i64)
+    .bind(ACTOR)
+    .fetch_one(&with)
+    .await
+    .context("recording the open retries")?;
+    eprintln!("retrylog-bench: {open} variants have an open retry in the retrylog database");
     let mut figures = Vec::new();
     for world in [World::Plain, World::PipelineNotifies] {
         if world == World::PipelineNotifies {

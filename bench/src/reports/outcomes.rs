@@ -42,16 +42,17 @@ pub async fn decide_outcomes(pool: &PgPool) -> anyhow::Result<u64> {
     let spinner = progress::spinner();
     spinner.set_message("deciding the loaded retries' outcomes");
     let decided = sqlx::raw_sql(
-        "WITH undecided AS (
+        "WITH streams AS (
+             -- Each event with the next of its stream: one pass in stream-index order.
              SELECT h.seq, h.occurred_at, abs(hashtext(h.event_id::text)) % 100 AS dice,
-                    n.seq AS next_seq, n.attempt AS next_attempt, n.occurred_at AS next_at
+                    lead(h.seq) OVER w AS next_seq, lead(h.attempt) OVER w AS next_attempt,
+                    lead(h.occurred_at) OVER w AS next_at
                FROM retry_history h
-               LEFT JOIN retry_history n
-                      ON n.job_id = h.job_id
-                     AND n.job_variants_id IS NOT DISTINCT FROM h.job_variants_id
-                     AND n.attempt = h.attempt + 1
-              WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = h.seq)
-                AND NOT EXISTS (SELECT 1 FROM retry_open o WHERE o.seq = h.seq)
+             WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)
+         ), undecided AS (
+             SELECT s.* FROM streams s
+              WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = s.seq)
+                AND NOT EXISTS (SELECT 1 FROM retry_open o WHERE o.seq = s.seq)
          ), decided AS (
              SELECT u.seq,
                     CASE WHEN u.next_seq IS NOT NULL AND u.dice < 25 THEN 'recovered'
