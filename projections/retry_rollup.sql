@@ -5,18 +5,24 @@
 -- transaction id: a range is [from_txid, to_txid), and to_txid never passes the oldest
 -- running transaction, so no event that commits late is skipped.
 --
--- retry_rollup_delta is the one definition of what a range contributes:
---   * catch-up  retry_rollup_apply(from, to) adds the delta and is called by the projector in
---               the same transaction that moves its checkpoint;
---   * replay    retry_rollup_reset() empties the rollup, then apply('1', horizon);
---   * verify    retry_rollup_drift(checkpoint) compares the table with delta('1', checkpoint).
+-- An event is "first" in a bucket and group when no earlier attempt of the same target among
+-- the events applied (the rollup's, below its checkpoint) falls in the same bucket with the
+-- same group value: summed over a bucket, the first_* columns count the targets retried there.
 --
--- An event is "first" in a bucket and group when no earlier attempt of the same target falls
--- in the same bucket with the same group value. Earlier attempts always commit before later
--- ones (record_retry locks the target), so they are visible whenever the event is, and the
--- flag does not depend on how the log is cut into ranges.
+-- Two computations of the same rows, each checked against the other by verify:
+--   * retry_rollup_expected(up_to) reads every event below up_to at once, window functions
+--     over whole streams: what replay rebuilds from (the range from '1') and what verify
+--     (retry_rollup_drift) compares the rollup with;
+--   * retry_rollup_delta(from, to) is what a range adds on top of what is applied below it,
+--     read from retry_rollup_cell (migration 0008: per stream and rollup row, the lowest
+--     attempt applied) instead of from the streams: a batch costs what its own events cost,
+--     however long their streams are already (issue 10). retry_rollup_apply adds it and
+--     updates the cells, in the projector's transaction that moves the checkpoint;
+--     retry_rollup_reset empties the rollup and the cells.
 
-CREATE OR REPLACE FUNCTION retry_rollup_delta(from_txid xid8, to_txid xid8)
+-- The rollup's rows from every event below up_to: per stream, the lowest attempt in each
+-- bucket and group is its first.
+CREATE OR REPLACE FUNCTION retry_rollup_expected(up_to xid8)
 RETURNS TABLE (
     hour timestamptz, kind text, reason retry_reason, step text, scenario text,
     retries bigint,
@@ -27,16 +33,11 @@ RETURNS TABLE (
     first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
     first_week_scenario bigint)
 LANGUAGE sql STABLE AS $$
-    -- 1. The streams the range touches, whole: an event's earlier attempts may lie outside
-    --    the range. (The nil uuid stands for "job-level", so one join covers both kinds and
-    --    still uses the stream index's leading job_id.)
-    WITH touched AS (
-        SELECT DISTINCT h.job_id,
-               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream
-          FROM retry_history h
-         WHERE h.txid >= from_txid AND h.txid < to_txid
-    ), events AS (
-        SELECT h.txid, h.job_id, t.stream, h.job_variants_id, h.attempt, h.reason,
+    -- (The nil uuid stands for "job-level", as in retry_rollup_cell.)
+    WITH events AS (
+        SELECT h.job_id,
+               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
+               h.job_variants_id, h.attempt, h.reason,
                -- Bounded key parts: record_retry refuses longer ones since migration 0006;
                -- an event stored before is cut here rather than jam the rollup's index.
                left(coalesce(h.step, ''), 200) AS step,
@@ -44,11 +45,8 @@ LANGUAGE sql STABLE AS $$
                date_trunc('hour', h.occurred_at, 'UTC') AS hour,
                date_trunc('day', h.occurred_at, 'UTC') AS day,
                date_trunc('week', h.occurred_at, 'UTC') AS week
-          FROM touched t
-          JOIN retry_history h
-            ON h.job_id = t.job_id
-           AND coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') = t.stream
-    -- 2. First in a bucket and group = the lowest attempt of its stream there.
+          FROM retry_history h
+         WHERE h.txid < up_to
     ), flagged AS (
         SELECT e.*,
                e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour) AS f_hour,
@@ -65,7 +63,6 @@ LANGUAGE sql STABLE AS $$
                e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.scenario) AS f_week_scenario
           FROM events e
     )
-    -- 3. Only the range's own events are counted.
     SELECT f.hour,
            CASE WHEN f.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
            f.reason, f.step, f.scenario,
@@ -83,7 +80,176 @@ LANGUAGE sql STABLE AS $$
            count(*) FILTER (WHERE f.f_week_step),
            count(*) FILTER (WHERE f.f_week_scenario)
       FROM flagged f
-     WHERE f.txid >= from_txid AND f.txid < to_txid
+     GROUP BY 1, 2, 3, 4, 5
+$$;
+
+-- What the events of [from_txid, to_txid) add to the rollup holding everything below
+-- from_txid, its cells included. A first_* can be -1: an event with a lower attempt than the
+-- first applied so far (its transaction took its id first and committed later) takes the flag
+-- over from that one's row.
+CREATE OR REPLACE FUNCTION retry_rollup_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (
+    hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+    retries bigint,
+    first_hour_kind bigint, first_hour_reason bigint, first_hour_step bigint,
+    first_hour_scenario bigint,
+    first_day_kind bigint, first_day_reason bigint, first_day_step bigint,
+    first_day_scenario bigint,
+    first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
+    first_week_scenario bigint)
+LANGUAGE sql STABLE AS $$
+    -- 1. The range's events, keyed like the cells.
+    WITH events AS (
+        SELECT h.job_id,
+               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
+               h.attempt, h.reason,
+               left(coalesce(h.step, ''), 200) AS step,
+               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+    ),
+    -- 2. The twelve (bucket, group) pairs of a flag; a bucket is [start, start + width) in
+    --    UTC, widths in hours (a day added to a timestamptz follows the session's time zone).
+    --    A group's value is '' for kind: a stream has one kind.
+    spans (unit, width) AS (
+        VALUES ('hour', interval '1 hour'), ('day', interval '24 hours'),
+               ('week', interval '168 hours')
+    ), grps (grp) AS (
+        VALUES ('kind'), ('reason'), ('step'), ('scenario')
+    ),
+    -- 3. Each pair's lowest attempt in the range, per stream, bucket and value.
+    keys AS (
+        SELECT e.job_id, e.variant, s.unit, s.width, g.grp,
+               date_trunc(s.unit, e.hour, 'UTC') AS bucket,
+               CASE g.grp WHEN 'kind' THEN '' WHEN 'reason' THEN e.reason::text
+                          WHEN 'step' THEN e.step ELSE e.scenario END AS value,
+               min(e.attempt) AS attempt
+          FROM events e CROSS JOIN spans s CROSS JOIN grps g
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ), streams AS (
+        SELECT e.job_id, e.variant, min(e.attempt) AS low
+          FROM events e
+         GROUP BY 1, 2
+    ),
+    -- 4. What is applied already, as the lowest applied attempt of each key and its cell. A
+    --    short stream (its first attempt in the range at most 32: fewer applied events) is
+    --    read whole from its cells; a longer one is probed key by key.
+    short_prior AS (
+        SELECT DISTINCT ON (x.job_id, x.variant, x.unit, x.grp, x.bucket, x.value) x.*
+          FROM (SELECT c.job_id, c.variant, s.unit, g.grp,
+                       date_trunc(s.unit, c.hour, 'UTC') AS bucket,
+                       CASE g.grp WHEN 'kind' THEN '' WHEN 'reason' THEN c.reason::text
+                                  WHEN 'step' THEN c.step ELSE c.scenario END AS value,
+                       c.first_attempt, c.hour, c.kind, c.reason, c.step, c.scenario
+                  FROM streams t
+                  JOIN retry_rollup_cell c ON c.job_id = t.job_id AND c.variant = t.variant
+                 CROSS JOIN spans s CROSS JOIN grps g
+                 WHERE t.low <= 32) x
+         ORDER BY x.job_id, x.variant, x.unit, x.grp, x.bucket, x.value, x.first_attempt
+    ), short_decided AS (
+        SELECT k.job_id, k.variant, k.unit, k.grp, k.attempt,
+               p.first_attempt IS NOT NULL AND p.first_attempt < k.attempt AS has_lower,
+               p.first_attempt, p.hour, p.kind, p.reason, p.step, p.scenario
+          FROM keys k
+          JOIN streams t ON t.job_id = k.job_id AND t.variant = k.variant AND t.low <= 32
+          LEFT JOIN short_prior p
+            ON (p.job_id, p.variant, p.unit, p.grp, p.bucket, p.value)
+             = (k.job_id, k.variant, k.unit, k.grp, k.bucket, k.value)
+    ), long_keys AS (
+        SELECT k.*
+          FROM keys k
+          JOIN streams t ON t.job_id = k.job_id AND t.variant = k.variant AND t.low > 32
+    ),
+    -- 5. A long stream's key: does an applied attempt below the range's lowest fall in it?
+    --    One index probe that stops at the first such cell (the primary key for kind, an
+    --    index per group otherwise). Only when none does is the key's lowest cell looked up:
+    --    then the key holds no applied cell at all, or only ones whose attempts commit after
+    --    this one's.
+    long_probed AS (
+        SELECT k.*,
+               CASE k.grp
+                 WHEN 'kind' THEN EXISTS (
+                     SELECT 1 FROM retry_rollup_cell c
+                      WHERE c.job_id = k.job_id AND c.variant = k.variant
+                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
+                        AND c.first_attempt < k.attempt)
+                 WHEN 'reason' THEN EXISTS (
+                     SELECT 1 FROM retry_rollup_cell c
+                      WHERE c.job_id = k.job_id AND c.variant = k.variant
+                        AND c.reason = k.value::retry_reason
+                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
+                        AND c.first_attempt < k.attempt)
+                 WHEN 'step' THEN EXISTS (
+                     SELECT 1 FROM retry_rollup_cell c
+                      WHERE c.job_id = k.job_id AND c.variant = k.variant AND c.step = k.value
+                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
+                        AND c.first_attempt < k.attempt)
+                 ELSE EXISTS (
+                     SELECT 1 FROM retry_rollup_cell c
+                      WHERE c.job_id = k.job_id AND c.variant = k.variant
+                        AND c.scenario = k.value
+                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
+                        AND c.first_attempt < k.attempt)
+               END AS has_lower
+          FROM long_keys k
+    ), long_decided AS (
+        SELECT k.job_id, k.variant, k.unit, k.grp, k.attempt, k.has_lower,
+               p.first_attempt, p.hour, p.kind, p.reason, p.step, p.scenario
+          FROM long_probed k
+          LEFT JOIN LATERAL (
+              SELECT c.first_attempt, c.hour, c.kind, c.reason, c.step, c.scenario
+                FROM retry_rollup_cell c
+               WHERE NOT k.has_lower
+                 AND c.job_id = k.job_id AND c.variant = k.variant
+                 AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
+                 AND (k.grp = 'kind'
+                      OR (k.grp = 'reason' AND c.reason::text = k.value)
+                      OR (k.grp = 'step' AND c.step = k.value)
+                      OR (k.grp = 'scenario' AND c.scenario = k.value))
+               ORDER BY c.first_attempt
+               LIMIT 1) p ON true
+    ), decided AS (
+        SELECT * FROM short_decided
+        UNION ALL
+        SELECT * FROM long_decided
+    ),
+    -- 6. A key without a lower applied attempt: its range event of the lowest attempt is
+    --    first (+1 in its row); the applied cell that was first there, if any, is no more
+    --    (-1 in that cell's row).
+    marks AS (
+        SELECT e.hour, e.kind, e.reason, e.step, e.scenario, d.unit, d.grp, 1 AS mark
+          FROM decided d
+          JOIN events e
+            ON e.job_id = d.job_id AND e.variant = d.variant AND e.attempt = d.attempt
+         WHERE NOT d.has_lower
+        UNION ALL
+        SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.unit, d.grp, -1
+          FROM decided d
+         WHERE NOT d.has_lower AND d.first_attempt IS NOT NULL
+    ), counted AS (
+        SELECT e.hour, e.kind, e.reason, e.step, e.scenario, NULL AS unit, NULL AS grp,
+               0 AS mark, 1 AS retries
+          FROM events e
+        UNION ALL
+        SELECT m.*, 0 FROM marks m
+    )
+    SELECT c.hour, c.kind, c.reason, c.step, c.scenario,
+           sum(c.retries)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'kind'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'reason'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'step'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'scenario'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'kind'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'reason'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'step'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'scenario'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'kind'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'reason'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'step'), 0)::bigint,
+           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'scenario'), 0)::bigint
+      FROM counted c
      GROUP BY 1, 2, 3, 4, 5
 $$;
 
@@ -97,15 +263,20 @@ LANGUAGE sql STABLE AS $$
      GROUP BY 1, 2
 $$;
 
--- Add a range's events and creations to the rollup; returns the number of events applied.
+-- Add a range's events and creations to the rollup, and its events to the cells; returns the
+-- number of events applied. A range from '1' has nothing applied below it: it is read with
+-- retry_rollup_expected, whole streams at once (what replay runs, on an empty rollup).
 CREATE OR REPLACE FUNCTION retry_rollup_apply(from_txid xid8, to_txid xid8)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     applied bigint;
 BEGIN
+    -- 1. The rollup, from the cells as they were before this range.
     WITH delta AS (
-        SELECT * FROM retry_rollup_delta(from_txid, to_txid)
+        SELECT * FROM retry_rollup_delta(from_txid, to_txid) WHERE from_txid <> '1'
+        UNION ALL
+        SELECT * FROM retry_rollup_expected(to_txid) WHERE from_txid = '1'
     ), upserted AS (
         INSERT INTO retry_rollup AS r
         SELECT * FROM delta
@@ -126,6 +297,20 @@ BEGIN
     )
     SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
 
+    -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
+    INSERT INTO retry_rollup_cell AS c
+    SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+           date_trunc('hour', h.occurred_at, 'UTC'),
+           CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+           h.reason, left(coalesce(h.step, ''), 200),
+           left(coalesce(h.detail ->> 'scenario', ''), 200),
+           min(h.attempt)
+      FROM retry_history h
+     WHERE h.txid >= from_txid AND h.txid < to_txid
+     GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ON CONFLICT (job_id, variant, hour, kind, reason, step, scenario) DO UPDATE
+       SET first_attempt = least(c.first_attempt, excluded.first_attempt);
+
     INSERT INTO retry_rollup_created AS r
     SELECT * FROM retry_rollup_created_delta(from_txid, to_txid)
     ON CONFLICT (hour, kind) DO UPDATE SET created = r.created + excluded.created;
@@ -134,21 +319,45 @@ BEGIN
 END
 $$;
 
--- Empty the rollup (replay then applies everything below its horizon).
+-- Empty the rollup and its cells (replay then applies everything below its horizon).
 CREATE OR REPLACE FUNCTION retry_rollup_reset()
 RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM retry_rollup;
+    DELETE FROM retry_rollup_cell;
     DELETE FROM retry_rollup_created;
 $$;
 
--- Rollup rows that differ from what the log (and the creations) say below `up_to`.
+-- Rollup rows that differ from what the log (and the creations) say below `up_to`; and the
+-- rollup rows whose cells differ (the catch-up's state: a later batch would go wrong), with
+-- the number of cells stored and expected.
 CREATE OR REPLACE FUNCTION retry_rollup_drift(up_to xid8)
 RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
                stored_retries bigint, expected_retries bigint, problem text)
 LANGUAGE sql STABLE AS $$
     WITH expected AS (
-        SELECT * FROM retry_rollup_delta('1', up_to)
+        SELECT * FROM retry_rollup_expected(up_to)
+    ), expected_cells AS (
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
+               h.reason, left(coalesce(h.step, ''), 200) AS step,
+               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
+               min(h.attempt) AS first_attempt
+          FROM retry_history h
+         WHERE h.txid < up_to
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ), cells_differ AS (
+        SELECT coalesce(s.hour, e.hour) AS hour, coalesce(s.kind, e.kind) AS kind,
+               coalesce(s.reason, e.reason) AS reason, coalesce(s.step, e.step) AS step,
+               coalesce(s.scenario, e.scenario) AS scenario,
+               count(s.job_id) AS stored, count(e.job_id) AS expected
+          FROM retry_rollup_cell s
+          FULL JOIN expected_cells e
+            ON (s.job_id, s.variant, s.hour, s.kind, s.reason, s.step, s.scenario)
+             = (e.job_id, e.variant, e.hour, e.kind, e.reason, e.step, e.scenario)
+         WHERE s.first_attempt IS DISTINCT FROM e.first_attempt
+         GROUP BY 1, 2, 3, 4, 5
     )
     SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),
            coalesce(s.step, e.step), coalesce(s.scenario, e.scenario),
@@ -177,4 +386,8 @@ LANGUAGE sql STABLE AS $$
       FULL JOIN retry_rollup_created_delta('1', up_to) e
         ON (s.hour, s.kind) = (e.hour, e.kind)
      WHERE s.created IS DISTINCT FROM e.created
+    UNION ALL
+    SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.stored, d.expected,
+           'catch-up cells differ'
+      FROM cells_differ d
 $$;

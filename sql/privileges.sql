@@ -23,7 +23,7 @@ DECLARE
         'retrylog_refuse_change'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
-        'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta',
+        'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta', 'retry_rollup_expected',
         'retry_rollup_created_delta', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters'];
     grants constant text[][] := ARRAY[
@@ -35,6 +35,7 @@ DECLARE
         ['retry_counts_expected', 'retrylog_reader'],
         ['retry_counts_drift', 'retrylog_reader'],
         ['retry_rollup_delta', 'retrylog_reader'],
+        ['retry_rollup_expected', 'retrylog_reader'],
         ['retry_rollup_created_delta', 'retrylog_reader'],
         ['retry_rollup_drift', 'retrylog_reader'],
         ['retrylog_horizon', 'retrylog_reader']];
