@@ -106,7 +106,9 @@ LANGUAGE sql STABLE AS $$
                h.attempt, h.reason,
                left(coalesce(h.step, ''), 200) AS step,
                left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
-               date_trunc('hour', h.occurred_at, 'UTC') AS hour
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
+               date_trunc('day', h.occurred_at, 'UTC') AS day,
+               date_trunc('week', h.occurred_at, 'UTC') AS week
           FROM retry_history h
          WHERE h.txid >= from_txid AND h.txid < to_txid
     ),
@@ -122,52 +124,22 @@ LANGUAGE sql STABLE AS $$
     -- 3. Each pair's lowest attempt in the range, per stream, bucket and value.
     keys AS (
         SELECT e.job_id, e.variant, s.unit, s.width, g.grp,
-               date_trunc(s.unit, e.hour, 'UTC') AS bucket,
+               CASE s.unit WHEN 'hour' THEN e.hour WHEN 'day' THEN e.day ELSE e.week END
+                   AS bucket,
                CASE g.grp WHEN 'kind' THEN '' WHEN 'reason' THEN e.reason::text
                           WHEN 'step' THEN e.step ELSE e.scenario END AS value,
                min(e.attempt) AS attempt
           FROM events e CROSS JOIN spans s CROSS JOIN grps g
          GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ), streams AS (
-        SELECT e.job_id, e.variant, min(e.attempt) AS low
-          FROM events e
-         GROUP BY 1, 2
     ),
-    -- 4. What is applied already, as the lowest applied attempt of each key and its cell. A
-    --    short stream (its first attempt in the range at most 32: fewer applied events) is
-    --    read whole from its cells; a longer one is probed key by key.
-    short_prior AS (
-        SELECT DISTINCT ON (x.job_id, x.variant, x.unit, x.grp, x.bucket, x.value) x.*
-          FROM (SELECT c.job_id, c.variant, s.unit, g.grp,
-                       date_trunc(s.unit, c.hour, 'UTC') AS bucket,
-                       CASE g.grp WHEN 'kind' THEN '' WHEN 'reason' THEN c.reason::text
-                                  WHEN 'step' THEN c.step ELSE c.scenario END AS value,
-                       c.first_attempt, c.hour, c.kind, c.reason, c.step, c.scenario
-                  FROM streams t
-                  JOIN retry_rollup_cell c ON c.job_id = t.job_id AND c.variant = t.variant
-                 CROSS JOIN spans s CROSS JOIN grps g
-                 WHERE t.low <= 32) x
-         ORDER BY x.job_id, x.variant, x.unit, x.grp, x.bucket, x.value, x.first_attempt
-    ), short_decided AS (
-        SELECT k.job_id, k.variant, k.unit, k.grp, k.attempt,
-               p.first_attempt IS NOT NULL AND p.first_attempt < k.attempt AS has_lower,
-               p.first_attempt, p.hour, p.kind, p.reason, p.step, p.scenario
-          FROM keys k
-          JOIN streams t ON t.job_id = k.job_id AND t.variant = k.variant AND t.low <= 32
-          LEFT JOIN short_prior p
-            ON (p.job_id, p.variant, p.unit, p.grp, p.bucket, p.value)
-             = (k.job_id, k.variant, k.unit, k.grp, k.bucket, k.value)
-    ), long_keys AS (
-        SELECT k.*
-          FROM keys k
-          JOIN streams t ON t.job_id = k.job_id AND t.variant = k.variant AND t.low > 32
-    ),
-    -- 5. A long stream's key: does an applied attempt below the range's lowest fall in it?
-    --    One index probe that stops at the first such cell (the primary key for kind, an
-    --    index per group otherwise). Only when none does is the key's lowest cell looked up:
-    --    then the key holds no applied cell at all, or only ones whose attempts commit after
-    --    this one's.
-    long_probed AS (
+    -- 4. What is applied already: does an applied attempt below the range's lowest fall in the
+    --    key? One index probe per key, which stops at the first such cell (the primary key
+    --    for kind, an index per group otherwise): its cost does not grow with the stream.
+    --    Only when none does is the key's lowest cell looked up, to take its flag: then the
+    --    key holds no applied cell at all, or only later attempts whose transactions took
+    --    their ids first.
+    --    (Reading a short stream's cells whole instead was slower: 12 keys per cell to sort.)
+    probed AS (
         SELECT k.*,
                CASE k.grp
                  WHEN 'kind' THEN EXISTS (
@@ -193,11 +165,11 @@ LANGUAGE sql STABLE AS $$
                         AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
                         AND c.first_attempt < k.attempt)
                END AS has_lower
-          FROM long_keys k
-    ), long_decided AS (
+          FROM keys k
+    ), decided AS (
         SELECT k.job_id, k.variant, k.unit, k.grp, k.attempt, k.has_lower,
                p.first_attempt, p.hour, p.kind, p.reason, p.step, p.scenario
-          FROM long_probed k
+          FROM probed k
           LEFT JOIN LATERAL (
               SELECT c.first_attempt, c.hour, c.kind, c.reason, c.step, c.scenario
                 FROM retry_rollup_cell c
@@ -210,12 +182,8 @@ LANGUAGE sql STABLE AS $$
                       OR (k.grp = 'scenario' AND c.scenario = k.value))
                ORDER BY c.first_attempt
                LIMIT 1) p ON true
-    ), decided AS (
-        SELECT * FROM short_decided
-        UNION ALL
-        SELECT * FROM long_decided
     ),
-    -- 6. A key without a lower applied attempt: its range event of the lowest attempt is
+    -- 5. A key without a lower applied attempt: its range event of the lowest attempt is
     --    first (+1 in its row); the applied cell that was first there, if any, is no more
     --    (-1 in that cell's row).
     marks AS (
@@ -273,29 +241,51 @@ DECLARE
     applied bigint;
 BEGIN
     -- 1. The rollup, from the cells as they were before this range.
-    WITH delta AS (
-        SELECT * FROM retry_rollup_delta(from_txid, to_txid) WHERE from_txid <> '1'
-        UNION ALL
-        SELECT * FROM retry_rollup_expected(to_txid) WHERE from_txid = '1'
-    ), upserted AS (
-        INSERT INTO retry_rollup AS r
-        SELECT * FROM delta
-        ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
-            retries             = r.retries             + excluded.retries,
-            first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
-            first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
-            first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
-            first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
-            first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
-            first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
-            first_day_step      = r.first_day_step      + excluded.first_day_step,
-            first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
-            first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
-            first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
-            first_week_step     = r.first_week_step     + excluded.first_week_step,
-            first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
-    )
-    SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    IF from_txid = '1' THEN
+        WITH delta AS (
+            SELECT * FROM retry_rollup_expected(to_txid)
+        ), upserted AS (
+            INSERT INTO retry_rollup AS r
+            SELECT * FROM delta
+            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+                retries             = r.retries             + excluded.retries,
+                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+                first_day_step      = r.first_day_step      + excluded.first_day_step,
+                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+                first_week_step     = r.first_week_step     + excluded.first_week_step,
+                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+        )
+        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    ELSE
+        WITH delta AS (
+            SELECT * FROM retry_rollup_delta(from_txid, to_txid)
+        ), upserted AS (
+            INSERT INTO retry_rollup AS r
+            SELECT * FROM delta
+            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+                retries             = r.retries             + excluded.retries,
+                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+                first_day_step      = r.first_day_step      + excluded.first_day_step,
+                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+                first_week_step     = r.first_week_step     + excluded.first_week_step,
+                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+        )
+        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    END IF;
 
     -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
     INSERT INTO retry_rollup_cell AS c
