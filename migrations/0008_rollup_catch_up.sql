@@ -4,8 +4,8 @@
 -- the first of its target in a bucket and group: one new event on a target with 23,700 events
 -- cost a quarter of a second. This table keeps, per stream and rollup row, the lowest attempt
 -- the rollup has applied there: the compact state of "what this target already contributed".
--- A batch then decides its flags from the cells of the buckets it touches (projections/
--- retry_rollup.sql), each found by one index probe, whatever the stream's length.
+-- A batch then decides its flags from the cells of the weeks it touches (projections/
+-- retry_rollup.sql), at most 168 hours' worth per stream, whatever the stream's length.
 --
 -- It is derived like the rollup and kept by the same apply, in the projector's transaction:
 -- retry_rollup_reset() empties it, replay rebuilds it, verify (retry_rollup_drift) compares it
@@ -25,15 +25,8 @@ CREATE TABLE retry_rollup_cell (
     first_attempt integer NOT NULL,
     PRIMARY KEY (job_id, variant, hour, kind, reason, step, scenario)
 );
--- One probe per group: "has this stream an applied attempt below n in this bucket with this
--- reason / step / scenario?" is the first entry of a range of one of these (the primary key
--- serves the group by kind, which is the stream's own).
-CREATE INDEX retry_rollup_cell_reason ON retry_rollup_cell (job_id, variant, reason, hour)
-    INCLUDE (first_attempt);
-CREATE INDEX retry_rollup_cell_step ON retry_rollup_cell (job_id, variant, step, hour)
-    INCLUDE (first_attempt);
-CREATE INDEX retry_rollup_cell_scenario ON retry_rollup_cell (job_id, variant, scenario, hour)
-    INCLUDE (first_attempt);
+-- The primary key serves the catch-up: a batch reads the cells of each stream it touches in
+-- each UTC week it touches, one range of (job_id, variant, hour).
 
 -- What the rollup holds already: every event below its checkpoint.
 INSERT INTO retry_rollup_cell

@@ -112,113 +112,123 @@ LANGUAGE sql STABLE AS $$
           FROM retry_history h
          WHERE h.txid >= from_txid AND h.txid < to_txid
     ),
-    -- 2. The twelve (bucket, group) pairs of a flag; a bucket is [start, start + width) in
-    --    UTC, widths in hours (a day added to a timestamptz follows the session's time zone).
-    --    A group's value is '' for kind: a stream has one kind.
-    spans (unit, width) AS (
-        VALUES ('hour', interval '1 hour'), ('day', interval '24 hours'),
-               ('week', interval '168 hours')
-    ), grps (grp) AS (
-        VALUES ('kind'), ('reason'), ('step'), ('scenario')
-    ),
-    -- 3. Each pair's lowest attempt in the range, per stream, bucket and value.
-    keys AS (
-        SELECT e.job_id, e.variant, s.unit, s.width, g.grp,
-               CASE s.unit WHEN 'hour' THEN e.hour WHEN 'day' THEN e.day ELSE e.week END
-                   AS bucket,
-               CASE g.grp WHEN 'kind' THEN '' WHEN 'reason' THEN e.reason::text
-                          WHEN 'step' THEN e.step ELSE e.scenario END AS value,
-               min(e.attempt) AS attempt
-          FROM events e CROSS JOIN spans s CROSS JOIN grps g
-         GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ),
-    -- 4. What is applied already: does an applied attempt below the range's lowest fall in the
-    --    key? One index probe per key, which stops at the first such cell (the primary key
-    --    for kind, an index per group otherwise): its cost does not grow with the stream.
-    --    Only when none does is the key's lowest cell looked up, to take its flag: then the
-    --    key holds no applied cell at all, or only later attempts whose transactions took
-    --    their ids first.
-    --    (Reading a short stream's cells whole instead was slower: 12 keys per cell to sort.)
-    probed AS (
-        SELECT k.*,
-               CASE k.grp
-                 WHEN 'kind' THEN EXISTS (
-                     SELECT 1 FROM retry_rollup_cell c
-                      WHERE c.job_id = k.job_id AND c.variant = k.variant
-                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
-                        AND c.first_attempt < k.attempt)
-                 WHEN 'reason' THEN EXISTS (
-                     SELECT 1 FROM retry_rollup_cell c
-                      WHERE c.job_id = k.job_id AND c.variant = k.variant
-                        AND c.reason = k.value::retry_reason
-                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
-                        AND c.first_attempt < k.attempt)
-                 WHEN 'step' THEN EXISTS (
-                     SELECT 1 FROM retry_rollup_cell c
-                      WHERE c.job_id = k.job_id AND c.variant = k.variant AND c.step = k.value
-                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
-                        AND c.first_attempt < k.attempt)
-                 ELSE EXISTS (
-                     SELECT 1 FROM retry_rollup_cell c
-                      WHERE c.job_id = k.job_id AND c.variant = k.variant
-                        AND c.scenario = k.value
-                        AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
-                        AND c.first_attempt < k.attempt)
-               END AS has_lower
-          FROM keys k
-    ), decided AS (
-        SELECT k.job_id, k.variant, k.unit, k.grp, k.attempt, k.has_lower,
-               p.first_attempt, p.hour, p.kind, p.reason, p.step, p.scenario
-          FROM probed k
-          LEFT JOIN LATERAL (
-              SELECT c.first_attempt, c.hour, c.kind, c.reason, c.step, c.scenario
-                FROM retry_rollup_cell c
-               WHERE NOT k.has_lower
-                 AND c.job_id = k.job_id AND c.variant = k.variant
-                 AND c.hour >= k.bucket AND c.hour < k.bucket + k.width
-                 AND (k.grp = 'kind'
-                      OR (k.grp = 'reason' AND c.reason::text = k.value)
-                      OR (k.grp = 'step' AND c.step = k.value)
-                      OR (k.grp = 'scenario' AND c.scenario = k.value))
-               ORDER BY c.first_attempt
-               LIMIT 1) p ON true
-    ),
-    -- 5. A key without a lower applied attempt: its range event of the lowest attempt is
-    --    first (+1 in its row); the applied cell that was first there, if any, is no more
-    --    (-1 in that cell's row).
-    marks AS (
-        SELECT e.hour, e.kind, e.reason, e.step, e.scenario, d.unit, d.grp, 1 AS mark
-          FROM decided d
-          JOIN events e
-            ON e.job_id = d.job_id AND e.variant = d.variant AND e.attempt = d.attempt
-         WHERE NOT d.has_lower
-        UNION ALL
-        SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.unit, d.grp, -1
-          FROM decided d
-         WHERE NOT d.has_lower AND d.first_attempt IS NOT NULL
-    ), counted AS (
-        SELECT e.hour, e.kind, e.reason, e.step, e.scenario, NULL AS unit, NULL AS grp,
-               0 AS mark, 1 AS retries
+    -- 2. What is applied already where the range can change a flag: the cells of each
+    --    touched stream in each touched UTC week (hours and days lie inside their week), one
+    --    range of the cells' primary key per stream and week. Their number is bounded by the
+    --    week (168 hours × the reason/step/scenario combinations), not by the stream's
+    --    history. (A week is 168 hours: adding days to a timestamptz follows the session's
+    --    time zone.)
+    touched AS (
+        SELECT DISTINCT e.job_id, e.variant, e.week FROM events e
+    ), rows AS (
+        SELECT e.job_id, e.variant, e.kind, e.attempt, e.reason, e.step, e.scenario,
+               e.hour, e.day, e.week, true AS new
           FROM events e
         UNION ALL
-        SELECT m.*, 0 FROM marks m
+        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
+               c.hour, date_trunc('day', c.hour, 'UTC'), t.week, false
+          FROM touched t
+          JOIN retry_rollup_cell c
+            ON c.job_id = t.job_id AND c.variant = t.variant
+           AND c.hour >= t.week AND c.hour < t.week + interval '168 hours'
+    ),
+    -- 3. Per bucket and group, the lowest attempt with the range (m_*) and without it (p_*,
+    --    the applied cell that is first there now).
+    flagged AS (
+        SELECT r.*,
+               min(r.attempt) OVER w_hour_kind AS m_hour_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_kind AS p_hour_kind,
+               min(r.attempt) OVER w_hour_reason AS m_hour_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_reason AS p_hour_reason,
+               min(r.attempt) OVER w_hour_step AS m_hour_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_step AS p_hour_step,
+               min(r.attempt) OVER w_hour_scenario AS m_hour_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_scenario AS p_hour_scenario,
+               min(r.attempt) OVER w_day_kind AS m_day_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_kind AS p_day_kind,
+               min(r.attempt) OVER w_day_reason AS m_day_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_reason AS p_day_reason,
+               min(r.attempt) OVER w_day_step AS m_day_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_step AS p_day_step,
+               min(r.attempt) OVER w_day_scenario AS m_day_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_scenario AS p_day_scenario,
+               min(r.attempt) OVER w_week_kind AS m_week_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_kind AS p_week_kind,
+               min(r.attempt) OVER w_week_reason AS m_week_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_reason AS p_week_reason,
+               min(r.attempt) OVER w_week_step AS m_week_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_step AS p_week_step,
+               min(r.attempt) OVER w_week_scenario AS m_week_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_scenario AS p_week_scenario
+          FROM rows r
+        WINDOW
+               w_hour_kind AS (PARTITION BY r.job_id, r.variant, r.hour),
+               w_hour_reason AS (PARTITION BY r.job_id, r.variant, r.hour, r.reason),
+               w_hour_step AS (PARTITION BY r.job_id, r.variant, r.hour, r.step),
+               w_hour_scenario AS (PARTITION BY r.job_id, r.variant, r.hour, r.scenario),
+               w_day_kind AS (PARTITION BY r.job_id, r.variant, r.day),
+               w_day_reason AS (PARTITION BY r.job_id, r.variant, r.day, r.reason),
+               w_day_step AS (PARTITION BY r.job_id, r.variant, r.day, r.step),
+               w_day_scenario AS (PARTITION BY r.job_id, r.variant, r.day, r.scenario),
+               w_week_kind AS (PARTITION BY r.job_id, r.variant, r.week),
+               w_week_reason AS (PARTITION BY r.job_id, r.variant, r.week, r.reason),
+               w_week_step AS (PARTITION BY r.job_id, r.variant, r.week, r.step),
+               w_week_scenario AS (PARTITION BY r.job_id, r.variant, r.week, r.scenario)
     )
-    SELECT c.hour, c.kind, c.reason, c.step, c.scenario,
-           sum(c.retries)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'kind'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'reason'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'step'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'hour' AND c.grp = 'scenario'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'kind'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'reason'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'step'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'day' AND c.grp = 'scenario'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'kind'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'reason'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'step'), 0)::bigint,
-           coalesce(sum(c.mark) FILTER (WHERE c.unit = 'week' AND c.grp = 'scenario'), 0)::bigint
-      FROM counted c
-     GROUP BY 1, 2, 3, 4, 5
+    -- 4. A range event of the lowest attempt is first (+1 in its row); the applied cell that
+    --    was first, when a range event has a lower attempt, is no more (-1 in that cell's
+    --    row). Rows of applied cells that change nothing are left out.
+    SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.retries,
+           d.first_hour_kind, d.first_hour_reason, d.first_hour_step, d.first_hour_scenario,
+           d.first_day_kind, d.first_day_reason, d.first_day_step, d.first_day_scenario,
+           d.first_week_kind, d.first_week_reason, d.first_week_step, d.first_week_scenario
+      FROM (
+        SELECT f.hour, f.kind, f.reason, f.step, f.scenario,
+               count(*) FILTER (WHERE f.new) AS retries,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_kind)::int
+                        WHEN f.attempt = f.p_hour_kind AND f.m_hour_kind < f.p_hour_kind THEN -1
+                        ELSE 0 END) AS first_hour_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_reason)::int
+                        WHEN f.attempt = f.p_hour_reason AND f.m_hour_reason < f.p_hour_reason THEN -1
+                        ELSE 0 END) AS first_hour_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_step)::int
+                        WHEN f.attempt = f.p_hour_step AND f.m_hour_step < f.p_hour_step THEN -1
+                        ELSE 0 END) AS first_hour_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_scenario)::int
+                        WHEN f.attempt = f.p_hour_scenario AND f.m_hour_scenario < f.p_hour_scenario THEN -1
+                        ELSE 0 END) AS first_hour_scenario,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_kind)::int
+                        WHEN f.attempt = f.p_day_kind AND f.m_day_kind < f.p_day_kind THEN -1
+                        ELSE 0 END) AS first_day_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_reason)::int
+                        WHEN f.attempt = f.p_day_reason AND f.m_day_reason < f.p_day_reason THEN -1
+                        ELSE 0 END) AS first_day_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_step)::int
+                        WHEN f.attempt = f.p_day_step AND f.m_day_step < f.p_day_step THEN -1
+                        ELSE 0 END) AS first_day_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_scenario)::int
+                        WHEN f.attempt = f.p_day_scenario AND f.m_day_scenario < f.p_day_scenario THEN -1
+                        ELSE 0 END) AS first_day_scenario,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_kind)::int
+                        WHEN f.attempt = f.p_week_kind AND f.m_week_kind < f.p_week_kind THEN -1
+                        ELSE 0 END) AS first_week_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_reason)::int
+                        WHEN f.attempt = f.p_week_reason AND f.m_week_reason < f.p_week_reason THEN -1
+                        ELSE 0 END) AS first_week_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_step)::int
+                        WHEN f.attempt = f.p_week_step AND f.m_week_step < f.p_week_step THEN -1
+                        ELSE 0 END) AS first_week_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_scenario)::int
+                        WHEN f.attempt = f.p_week_scenario AND f.m_week_scenario < f.p_week_scenario THEN -1
+                        ELSE 0 END) AS first_week_scenario
+          FROM flagged f
+         GROUP BY 1, 2, 3, 4, 5
+      ) d
+     WHERE d.retries > 0
+        OR 0 <> ANY (ARRAY[d.first_hour_kind, d.first_hour_reason, d.first_hour_step,
+                           d.first_hour_scenario, d.first_day_kind, d.first_day_reason,
+                           d.first_day_step, d.first_day_scenario, d.first_week_kind,
+                           d.first_week_reason, d.first_week_step, d.first_week_scenario])
 $$;
 
 -- Targets created in a range: the insert-only retry_target_created, summed per hour and kind.
@@ -239,9 +249,15 @@ RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     applied bigint;
+    rebuilding boolean;
 BEGIN
-    -- 1. The rollup, from the cells as they were before this range.
-    IF from_txid = '1' THEN
+    -- 1. The rollup, from the cells as they were before this range. A rebuild (from '1',
+    --    nothing applied: replay after retry_rollup_reset, or a first catch-up) has no cells
+    --    to read: it takes the window functions over the whole log, and writes the cells in
+    --    one plain INSERT (no conflict is possible; ON CONFLICT's speculative insertion cost
+    --    a third more).
+    rebuilding := from_txid = '1' AND NOT EXISTS (SELECT 1 FROM retry_rollup_cell);
+    IF rebuilding THEN
         WITH delta AS (
             SELECT * FROM retry_rollup_expected(to_txid)
         ), upserted AS (
@@ -288,18 +304,31 @@ BEGIN
     END IF;
 
     -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
-    INSERT INTO retry_rollup_cell AS c
-    SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
-           date_trunc('hour', h.occurred_at, 'UTC'),
-           CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
-           h.reason, left(coalesce(h.step, ''), 200),
-           left(coalesce(h.detail ->> 'scenario', ''), 200),
-           min(h.attempt)
-      FROM retry_history h
-     WHERE h.txid >= from_txid AND h.txid < to_txid
-     GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ON CONFLICT (job_id, variant, hour, kind, reason, step, scenario) DO UPDATE
-       SET first_attempt = least(c.first_attempt, excluded.first_attempt);
+    IF rebuilding THEN
+        INSERT INTO retry_rollup_cell
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+               date_trunc('hour', h.occurred_at, 'UTC'),
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+               h.reason, left(coalesce(h.step, ''), 200),
+               left(coalesce(h.detail ->> 'scenario', ''), 200),
+               min(h.attempt)
+          FROM retry_history h
+         WHERE h.txid < to_txid
+         GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    ELSE
+        INSERT INTO retry_rollup_cell AS c
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+               date_trunc('hour', h.occurred_at, 'UTC'),
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+               h.reason, left(coalesce(h.step, ''), 200),
+               left(coalesce(h.detail ->> 'scenario', ''), 200),
+               min(h.attempt)
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+        ON CONFLICT (job_id, variant, hour, kind, reason, step, scenario) DO UPDATE
+           SET first_attempt = least(c.first_attempt, excluded.first_attempt);
+    END IF;
 
     INSERT INTO retry_rollup_created AS r
     SELECT * FROM retry_rollup_created_delta(from_txid, to_txid)
