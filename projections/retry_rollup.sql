@@ -114,23 +114,56 @@ LANGUAGE sql STABLE AS $$
     ),
     -- 2. What is applied already where the range can change a flag: the cells of each
     --    touched stream in each touched UTC week (hours and days lie inside their week), one
-    --    range of the cells' primary key per stream and week. Their number is bounded by the
-    --    week (168 hours × the reason/step/scenario combinations), not by the stream's
-    --    history. (A week is 168 hours: adding days to a timestamptz follows the session's
-    --    time zone.)
-    touched AS (
-        SELECT DISTINCT e.job_id, e.variant, e.week FROM events e
+    --    range of the cells' primary key per stream and week. Of those, only what can decide
+    --    a flag is kept: every cell of an hour the range touches in that stream; in a touched
+    --    day's other hours, the lowest cell per reason, step and scenario; in the week's other
+    --    days, the same per week. (Every bucket's lowest attempt per group value, and the row
+    --    it lies in, survives; a bucket without range events changes no flag.) What goes on
+    --    to the window functions is thus bounded by the range's own hours plus a dozen cells
+    --    per stream and day or week, not by the stream's history nor by how far into the week
+    --    the batch falls. (A week is 168 hours: adding days to a timestamptz follows the
+    --    session's time zone.)
+    touched_hours AS (
+        SELECT DISTINCT e.job_id, e.variant, e.hour, e.day, e.week FROM events e
+    ), touched_days AS (
+        SELECT DISTINCT t.job_id, t.variant, t.day FROM touched_hours t
+    ), touched_weeks AS (
+        SELECT DISTINCT t.job_id, t.variant, t.week FROM touched_hours t
+    ), week_cells AS (
+        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
+               c.hour, date_trunc('day', c.hour, 'UTC') AS day, t.week
+          FROM touched_weeks t
+          JOIN retry_rollup_cell c
+            ON c.job_id = t.job_id AND c.variant = t.variant
+           AND c.hour >= t.week AND c.hour < t.week + interval '168 hours'
+    ), kept AS (
+        SELECT DISTINCT ON (w.job_id, w.variant, w.in_hour, w.in_day,
+                            CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day
+                                 ELSE w.week END,
+                            w.reason, w.step, w.scenario)
+               w.*
+          FROM (
+            SELECT c.*,
+                   EXISTS (SELECT 1 FROM touched_hours t
+                            WHERE t.job_id = c.job_id AND t.variant = c.variant
+                              AND t.hour = c.hour) AS in_hour,
+                   EXISTS (SELECT 1 FROM touched_days t
+                            WHERE t.job_id = c.job_id AND t.variant = c.variant
+                              AND t.day = c.day) AS in_day
+              FROM week_cells c
+          ) w
+         -- (in_hour and in_day in the key: an hour at 00:00 is its day's start instant.)
+         ORDER BY w.job_id, w.variant, w.in_hour, w.in_day,
+                  CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day ELSE w.week END,
+                  w.reason, w.step, w.scenario, w.first_attempt
     ), rows AS (
         SELECT e.job_id, e.variant, e.kind, e.attempt, e.reason, e.step, e.scenario,
                e.hour, e.day, e.week, true AS new
           FROM events e
         UNION ALL
-        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
-               c.hour, date_trunc('day', c.hour, 'UTC'), t.week, false
-          FROM touched t
-          JOIN retry_rollup_cell c
-            ON c.job_id = t.job_id AND c.variant = t.variant
-           AND c.hour >= t.week AND c.hour < t.week + interval '168 hours'
+        SELECT k.job_id, k.variant, k.kind, k.first_attempt, k.reason, k.step, k.scenario,
+               k.hour, k.day, k.week, false
+          FROM kept k
     ),
     -- 3. Per bucket and group, the lowest attempt with the range (m_*) and without it (p_*,
     --    the applied cell that is first there now).
