@@ -5,18 +5,24 @@
 -- transaction id: a range is [from_txid, to_txid), and to_txid never passes the oldest
 -- running transaction, so no event that commits late is skipped.
 --
--- retry_rollup_delta is the one definition of what a range contributes:
---   * catch-up  retry_rollup_apply(from, to) adds the delta and is called by the projector in
---               the same transaction that moves its checkpoint;
---   * replay    retry_rollup_reset() empties the rollup, then apply('1', horizon);
---   * verify    retry_rollup_drift(checkpoint) compares the table with delta('1', checkpoint).
+-- An event is "first" in a bucket and group when no earlier attempt of the same target among
+-- the events applied (the rollup's, below its checkpoint) falls in the same bucket with the
+-- same group value: summed over a bucket, the first_* columns count the targets retried there.
 --
--- An event is "first" in a bucket and group when no earlier attempt of the same target falls
--- in the same bucket with the same group value. Earlier attempts always commit before later
--- ones (record_retry locks the target), so they are visible whenever the event is, and the
--- flag does not depend on how the log is cut into ranges.
+-- Two computations of the same rows, each checked against the other by verify:
+--   * retry_rollup_expected(up_to) reads every event below up_to at once, window functions
+--     over whole streams: what replay rebuilds from (the range from '1') and what verify
+--     (retry_rollup_drift) compares the rollup with;
+--   * retry_rollup_delta(from, to) is what a range adds on top of what is applied below it,
+--     read from retry_rollup_cell (migration 0008: per stream and rollup row, the lowest
+--     attempt applied) instead of from the streams: a batch costs what its own events cost,
+--     however long their streams are already (issue 10). retry_rollup_apply adds it and
+--     updates the cells, in the projector's transaction that moves the checkpoint;
+--     retry_rollup_reset empties the rollup and the cells.
 
-CREATE OR REPLACE FUNCTION retry_rollup_delta(from_txid xid8, to_txid xid8)
+-- The rollup's rows from every event below up_to: per stream, the lowest attempt in each
+-- bucket and group is its first.
+CREATE OR REPLACE FUNCTION retry_rollup_expected(up_to xid8)
 RETURNS TABLE (
     hour timestamptz, kind text, reason retry_reason, step text, scenario text,
     retries bigint,
@@ -27,16 +33,11 @@ RETURNS TABLE (
     first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
     first_week_scenario bigint)
 LANGUAGE sql STABLE AS $$
-    -- 1. The streams the range touches, whole: an event's earlier attempts may lie outside
-    --    the range. (The nil uuid stands for "job-level", so one join covers both kinds and
-    --    still uses the stream index's leading job_id.)
-    WITH touched AS (
-        SELECT DISTINCT h.job_id,
-               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream
-          FROM retry_history h
-         WHERE h.txid >= from_txid AND h.txid < to_txid
-    ), events AS (
-        SELECT h.txid, h.job_id, t.stream, h.job_variants_id, h.attempt, h.reason,
+    -- (The nil uuid stands for "job-level", as in retry_rollup_cell.)
+    WITH events AS (
+        SELECT h.job_id,
+               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
+               h.job_variants_id, h.attempt, h.reason,
                -- Bounded key parts: record_retry refuses longer ones since migration 0006;
                -- an event stored before is cut here rather than jam the rollup's index.
                left(coalesce(h.step, ''), 200) AS step,
@@ -44,11 +45,8 @@ LANGUAGE sql STABLE AS $$
                date_trunc('hour', h.occurred_at, 'UTC') AS hour,
                date_trunc('day', h.occurred_at, 'UTC') AS day,
                date_trunc('week', h.occurred_at, 'UTC') AS week
-          FROM touched t
-          JOIN retry_history h
-            ON h.job_id = t.job_id
-           AND coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') = t.stream
-    -- 2. First in a bucket and group = the lowest attempt of its stream there.
+          FROM retry_history h
+         WHERE h.txid < up_to
     ), flagged AS (
         SELECT e.*,
                e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour) AS f_hour,
@@ -65,7 +63,6 @@ LANGUAGE sql STABLE AS $$
                e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.scenario) AS f_week_scenario
           FROM events e
     )
-    -- 3. Only the range's own events are counted.
     SELECT f.hour,
            CASE WHEN f.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
            f.reason, f.step, f.scenario,
@@ -83,8 +80,188 @@ LANGUAGE sql STABLE AS $$
            count(*) FILTER (WHERE f.f_week_step),
            count(*) FILTER (WHERE f.f_week_scenario)
       FROM flagged f
-     WHERE f.txid >= from_txid AND f.txid < to_txid
      GROUP BY 1, 2, 3, 4, 5
+$$;
+
+-- What the events of [from_txid, to_txid) add to the rollup holding everything below
+-- from_txid, its cells included. A first_* can be -1: an event with a lower attempt than the
+-- first applied so far (its transaction took its id first and committed later) takes the flag
+-- over from that one's row.
+CREATE OR REPLACE FUNCTION retry_rollup_delta(from_txid xid8, to_txid xid8)
+RETURNS TABLE (
+    hour timestamptz, kind text, reason retry_reason, step text, scenario text,
+    retries bigint,
+    first_hour_kind bigint, first_hour_reason bigint, first_hour_step bigint,
+    first_hour_scenario bigint,
+    first_day_kind bigint, first_day_reason bigint, first_day_step bigint,
+    first_day_scenario bigint,
+    first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
+    first_week_scenario bigint)
+LANGUAGE sql STABLE AS $$
+    -- 1. The range's events, keyed like the cells.
+    WITH events AS (
+        SELECT h.job_id,
+               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
+               h.attempt, h.reason,
+               left(coalesce(h.step, ''), 200) AS step,
+               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
+               date_trunc('day', h.occurred_at, 'UTC') AS day,
+               date_trunc('week', h.occurred_at, 'UTC') AS week
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+    ),
+    -- 2. What is applied already where the range can change a flag: the cells of each
+    --    touched stream in each touched UTC week (hours and days lie inside their week), one
+    --    range of the cells' primary key per stream and week. Of those, only what can decide
+    --    a flag is kept: every cell of an hour the range touches in that stream; in a touched
+    --    day's other hours, the lowest cell per reason, step and scenario; in the week's other
+    --    days, the same per week. (Every bucket's lowest attempt per group value, and the row
+    --    it lies in, survives; a bucket without range events changes no flag.) What goes on
+    --    to the window functions is thus bounded by the range's own hours plus a dozen cells
+    --    per stream and day or week, not by the stream's history nor by how far into the week
+    --    the batch falls. (A week is 168 hours: adding days to a timestamptz follows the
+    --    session's time zone.)
+    touched_hours AS (
+        SELECT DISTINCT e.job_id, e.variant, e.hour, e.day, e.week FROM events e
+    ), touched_days AS (
+        SELECT DISTINCT t.job_id, t.variant, t.day FROM touched_hours t
+    ), touched_weeks AS (
+        SELECT DISTINCT t.job_id, t.variant, t.week FROM touched_hours t
+    ), week_cells AS (
+        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
+               c.hour, date_trunc('day', c.hour, 'UTC') AS day, t.week
+          FROM touched_weeks t
+          JOIN retry_rollup_cell c
+            ON c.job_id = t.job_id AND c.variant = t.variant
+           AND c.hour >= t.week AND c.hour < t.week + interval '168 hours'
+    ), kept AS (
+        SELECT DISTINCT ON (w.job_id, w.variant, w.in_hour, w.in_day,
+                            CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day
+                                 ELSE w.week END,
+                            w.reason, w.step, w.scenario)
+               w.*
+          FROM (
+            SELECT c.*,
+                   EXISTS (SELECT 1 FROM touched_hours t
+                            WHERE t.job_id = c.job_id AND t.variant = c.variant
+                              AND t.hour = c.hour) AS in_hour,
+                   EXISTS (SELECT 1 FROM touched_days t
+                            WHERE t.job_id = c.job_id AND t.variant = c.variant
+                              AND t.day = c.day) AS in_day
+              FROM week_cells c
+          ) w
+         -- (in_hour and in_day in the key: an hour at 00:00 is its day's start instant.)
+         ORDER BY w.job_id, w.variant, w.in_hour, w.in_day,
+                  CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day ELSE w.week END,
+                  w.reason, w.step, w.scenario, w.first_attempt
+    ), rows AS (
+        SELECT e.job_id, e.variant, e.kind, e.attempt, e.reason, e.step, e.scenario,
+               e.hour, e.day, e.week, true AS new
+          FROM events e
+        UNION ALL
+        SELECT k.job_id, k.variant, k.kind, k.first_attempt, k.reason, k.step, k.scenario,
+               k.hour, k.day, k.week, false
+          FROM kept k
+    ),
+    -- 3. Per bucket and group, the lowest attempt with the range (m_*) and without it (p_*,
+    --    the applied cell that is first there now).
+    flagged AS (
+        SELECT r.*,
+               min(r.attempt) OVER w_hour_kind AS m_hour_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_kind AS p_hour_kind,
+               min(r.attempt) OVER w_hour_reason AS m_hour_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_reason AS p_hour_reason,
+               min(r.attempt) OVER w_hour_step AS m_hour_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_step AS p_hour_step,
+               min(r.attempt) OVER w_hour_scenario AS m_hour_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_hour_scenario AS p_hour_scenario,
+               min(r.attempt) OVER w_day_kind AS m_day_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_kind AS p_day_kind,
+               min(r.attempt) OVER w_day_reason AS m_day_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_reason AS p_day_reason,
+               min(r.attempt) OVER w_day_step AS m_day_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_step AS p_day_step,
+               min(r.attempt) OVER w_day_scenario AS m_day_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_day_scenario AS p_day_scenario,
+               min(r.attempt) OVER w_week_kind AS m_week_kind,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_kind AS p_week_kind,
+               min(r.attempt) OVER w_week_reason AS m_week_reason,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_reason AS p_week_reason,
+               min(r.attempt) OVER w_week_step AS m_week_step,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_step AS p_week_step,
+               min(r.attempt) OVER w_week_scenario AS m_week_scenario,
+               min(r.attempt) FILTER (WHERE NOT r.new) OVER w_week_scenario AS p_week_scenario
+          FROM rows r
+        WINDOW
+               w_hour_kind AS (PARTITION BY r.job_id, r.variant, r.hour),
+               w_hour_reason AS (PARTITION BY r.job_id, r.variant, r.hour, r.reason),
+               w_hour_step AS (PARTITION BY r.job_id, r.variant, r.hour, r.step),
+               w_hour_scenario AS (PARTITION BY r.job_id, r.variant, r.hour, r.scenario),
+               w_day_kind AS (PARTITION BY r.job_id, r.variant, r.day),
+               w_day_reason AS (PARTITION BY r.job_id, r.variant, r.day, r.reason),
+               w_day_step AS (PARTITION BY r.job_id, r.variant, r.day, r.step),
+               w_day_scenario AS (PARTITION BY r.job_id, r.variant, r.day, r.scenario),
+               w_week_kind AS (PARTITION BY r.job_id, r.variant, r.week),
+               w_week_reason AS (PARTITION BY r.job_id, r.variant, r.week, r.reason),
+               w_week_step AS (PARTITION BY r.job_id, r.variant, r.week, r.step),
+               w_week_scenario AS (PARTITION BY r.job_id, r.variant, r.week, r.scenario)
+    )
+    -- 4. A range event of the lowest attempt is first (+1 in its row); the applied cell that
+    --    was first, when a range event has a lower attempt, is no more (-1 in that cell's
+    --    row). Rows of applied cells that change nothing are left out.
+    SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.retries,
+           d.first_hour_kind, d.first_hour_reason, d.first_hour_step, d.first_hour_scenario,
+           d.first_day_kind, d.first_day_reason, d.first_day_step, d.first_day_scenario,
+           d.first_week_kind, d.first_week_reason, d.first_week_step, d.first_week_scenario
+      FROM (
+        SELECT f.hour, f.kind, f.reason, f.step, f.scenario,
+               count(*) FILTER (WHERE f.new) AS retries,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_kind)::int
+                        WHEN f.attempt = f.p_hour_kind AND f.m_hour_kind < f.p_hour_kind THEN -1
+                        ELSE 0 END) AS first_hour_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_reason)::int
+                        WHEN f.attempt = f.p_hour_reason AND f.m_hour_reason < f.p_hour_reason THEN -1
+                        ELSE 0 END) AS first_hour_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_step)::int
+                        WHEN f.attempt = f.p_hour_step AND f.m_hour_step < f.p_hour_step THEN -1
+                        ELSE 0 END) AS first_hour_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_hour_scenario)::int
+                        WHEN f.attempt = f.p_hour_scenario AND f.m_hour_scenario < f.p_hour_scenario THEN -1
+                        ELSE 0 END) AS first_hour_scenario,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_kind)::int
+                        WHEN f.attempt = f.p_day_kind AND f.m_day_kind < f.p_day_kind THEN -1
+                        ELSE 0 END) AS first_day_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_reason)::int
+                        WHEN f.attempt = f.p_day_reason AND f.m_day_reason < f.p_day_reason THEN -1
+                        ELSE 0 END) AS first_day_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_step)::int
+                        WHEN f.attempt = f.p_day_step AND f.m_day_step < f.p_day_step THEN -1
+                        ELSE 0 END) AS first_day_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_day_scenario)::int
+                        WHEN f.attempt = f.p_day_scenario AND f.m_day_scenario < f.p_day_scenario THEN -1
+                        ELSE 0 END) AS first_day_scenario,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_kind)::int
+                        WHEN f.attempt = f.p_week_kind AND f.m_week_kind < f.p_week_kind THEN -1
+                        ELSE 0 END) AS first_week_kind,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_reason)::int
+                        WHEN f.attempt = f.p_week_reason AND f.m_week_reason < f.p_week_reason THEN -1
+                        ELSE 0 END) AS first_week_reason,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_step)::int
+                        WHEN f.attempt = f.p_week_step AND f.m_week_step < f.p_week_step THEN -1
+                        ELSE 0 END) AS first_week_step,
+               sum(CASE WHEN f.new THEN (f.attempt = f.m_week_scenario)::int
+                        WHEN f.attempt = f.p_week_scenario AND f.m_week_scenario < f.p_week_scenario THEN -1
+                        ELSE 0 END) AS first_week_scenario
+          FROM flagged f
+         GROUP BY 1, 2, 3, 4, 5
+      ) d
+     WHERE d.retries > 0
+        OR 0 <> ANY (ARRAY[d.first_hour_kind, d.first_hour_reason, d.first_hour_step,
+                           d.first_hour_scenario, d.first_day_kind, d.first_day_reason,
+                           d.first_day_step, d.first_day_scenario, d.first_week_kind,
+                           d.first_week_reason, d.first_week_step, d.first_week_scenario])
 $$;
 
 -- Targets created in a range: the insert-only retry_target_created, summed per hour and kind.
@@ -97,34 +274,94 @@ LANGUAGE sql STABLE AS $$
      GROUP BY 1, 2
 $$;
 
--- Add a range's events and creations to the rollup; returns the number of events applied.
+-- Add a range's events and creations to the rollup, and its events to the cells; returns the
+-- number of events applied. A range from '1' has nothing applied below it: it is read with
+-- retry_rollup_expected, whole streams at once (what replay runs, on an empty rollup).
 CREATE OR REPLACE FUNCTION retry_rollup_apply(from_txid xid8, to_txid xid8)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     applied bigint;
+    rebuilding boolean;
 BEGIN
-    WITH delta AS (
-        SELECT * FROM retry_rollup_delta(from_txid, to_txid)
-    ), upserted AS (
-        INSERT INTO retry_rollup AS r
-        SELECT * FROM delta
-        ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
-            retries             = r.retries             + excluded.retries,
-            first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
-            first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
-            first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
-            first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
-            first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
-            first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
-            first_day_step      = r.first_day_step      + excluded.first_day_step,
-            first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
-            first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
-            first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
-            first_week_step     = r.first_week_step     + excluded.first_week_step,
-            first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
-    )
-    SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    -- 1. The rollup, from the cells as they were before this range. A rebuild (from '1',
+    --    nothing applied: replay after retry_rollup_reset, or a first catch-up) has no cells
+    --    to read: it takes the window functions over the whole log, and writes the cells in
+    --    one plain INSERT (no conflict is possible; ON CONFLICT's speculative insertion cost
+    --    a third more).
+    rebuilding := from_txid = '1' AND NOT EXISTS (SELECT 1 FROM retry_rollup_cell);
+    IF rebuilding THEN
+        WITH delta AS (
+            SELECT * FROM retry_rollup_expected(to_txid)
+        ), upserted AS (
+            INSERT INTO retry_rollup AS r
+            SELECT * FROM delta
+            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+                retries             = r.retries             + excluded.retries,
+                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+                first_day_step      = r.first_day_step      + excluded.first_day_step,
+                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+                first_week_step     = r.first_week_step     + excluded.first_week_step,
+                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+        )
+        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    ELSE
+        WITH delta AS (
+            SELECT * FROM retry_rollup_delta(from_txid, to_txid)
+        ), upserted AS (
+            INSERT INTO retry_rollup AS r
+            SELECT * FROM delta
+            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+                retries             = r.retries             + excluded.retries,
+                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+                first_day_step      = r.first_day_step      + excluded.first_day_step,
+                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+                first_week_step     = r.first_week_step     + excluded.first_week_step,
+                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+        )
+        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
+    END IF;
+
+    -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
+    IF rebuilding THEN
+        INSERT INTO retry_rollup_cell
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+               date_trunc('hour', h.occurred_at, 'UTC'),
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+               h.reason, left(coalesce(h.step, ''), 200),
+               left(coalesce(h.detail ->> 'scenario', ''), 200),
+               min(h.attempt)
+          FROM retry_history h
+         WHERE h.txid < to_txid
+         GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    ELSE
+        INSERT INTO retry_rollup_cell AS c
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+               date_trunc('hour', h.occurred_at, 'UTC'),
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+               h.reason, left(coalesce(h.step, ''), 200),
+               left(coalesce(h.detail ->> 'scenario', ''), 200),
+               min(h.attempt)
+          FROM retry_history h
+         WHERE h.txid >= from_txid AND h.txid < to_txid
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+        ON CONFLICT (job_id, variant, hour, kind, reason, step, scenario) DO UPDATE
+           SET first_attempt = least(c.first_attempt, excluded.first_attempt);
+    END IF;
 
     INSERT INTO retry_rollup_created AS r
     SELECT * FROM retry_rollup_created_delta(from_txid, to_txid)
@@ -134,21 +371,45 @@ BEGIN
 END
 $$;
 
--- Empty the rollup (replay then applies everything below its horizon).
+-- Empty the rollup and its cells (replay then applies everything below its horizon).
 CREATE OR REPLACE FUNCTION retry_rollup_reset()
 RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM retry_rollup;
+    DELETE FROM retry_rollup_cell;
     DELETE FROM retry_rollup_created;
 $$;
 
--- Rollup rows that differ from what the log (and the creations) say below `up_to`.
+-- Rollup rows that differ from what the log (and the creations) say below `up_to`; and the
+-- rollup rows whose cells differ (the catch-up's state: a later batch would go wrong), with
+-- the number of cells stored and expected.
 CREATE OR REPLACE FUNCTION retry_rollup_drift(up_to xid8)
 RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
                stored_retries bigint, expected_retries bigint, problem text)
 LANGUAGE sql STABLE AS $$
     WITH expected AS (
-        SELECT * FROM retry_rollup_delta('1', up_to)
+        SELECT * FROM retry_rollup_expected(up_to)
+    ), expected_cells AS (
+        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
+               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
+               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
+               h.reason, left(coalesce(h.step, ''), 200) AS step,
+               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
+               min(h.attempt) AS first_attempt
+          FROM retry_history h
+         WHERE h.txid < up_to
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
+    ), cells_differ AS (
+        SELECT coalesce(s.hour, e.hour) AS hour, coalesce(s.kind, e.kind) AS kind,
+               coalesce(s.reason, e.reason) AS reason, coalesce(s.step, e.step) AS step,
+               coalesce(s.scenario, e.scenario) AS scenario,
+               count(s.job_id) AS stored, count(e.job_id) AS expected
+          FROM retry_rollup_cell s
+          FULL JOIN expected_cells e
+            ON (s.job_id, s.variant, s.hour, s.kind, s.reason, s.step, s.scenario)
+             = (e.job_id, e.variant, e.hour, e.kind, e.reason, e.step, e.scenario)
+         WHERE s.first_attempt IS DISTINCT FROM e.first_attempt
+         GROUP BY 1, 2, 3, 4, 5
     )
     SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),
            coalesce(s.step, e.step), coalesce(s.scenario, e.scenario),
@@ -177,4 +438,8 @@ LANGUAGE sql STABLE AS $$
       FULL JOIN retry_rollup_created_delta('1', up_to) e
         ON (s.hour, s.kind) = (e.hour, e.kind)
      WHERE s.created IS DISTINCT FROM e.created
+    UNION ALL
+    SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.stored, d.expected,
+           'catch-up cells differ'
+      FROM cells_differ d
 $$;

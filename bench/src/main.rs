@@ -9,6 +9,8 @@
 //! - `appends`: `retrylog-bench appends`, appends against two baselines; then `replay`, the
 //!   replay against a hand-written recount.
 //! - `reports`: `retrylog-bench reports`, the reports over a log of millions of events.
+//! - `catchup`: `retrylog-bench catchup`, the projector's catch-up of a batch onto short
+//!   streams against onto long ones.
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
 //! - `http`: `retrylog-bench http`, the dashboard, /metrics and the API over a million events.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
@@ -20,6 +22,7 @@
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
+mod catchup;
 mod database;
 mod figures;
 mod footprint;
@@ -91,6 +94,9 @@ enum Command {
     /// The reports over a realistic log of millions of events: trend from the rollup against
     /// a GROUP BY over the log, a variant's history, the projector's catch-up.
     Reports(reports::ReportsArgs),
+    /// The projector's catch-up of 10,000 new events onto streams of 10 events against onto
+    /// streams of 10,000: its cost follows the batch, not the streams' history.
+    Catchup(catchup::CatchupArgs),
     /// The recovery watchdog over 100,000 jobs × 4 variants: detection plans, a sweep of
     /// every seeded condition against the counter-only listener, the steady-state sweep.
     Recovery(recovery::RecoveryArgs),
@@ -142,6 +148,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             reports::run(&connected, args).await
+        }
+        Command::Catchup(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            catchup::run(&connected, args).await
         }
         Command::Recovery(mut args) => {
             if cli.smoke {

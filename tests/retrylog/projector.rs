@@ -305,3 +305,159 @@ async fn serve_keeps_the_rollup_current_and_exits_zero_on_sigterm(pool: PgPool) 
     stop_serve(serve).await;
     assert_rollup_exact(&pool).await;
 }
+
+/// Every rollup row (and catch-up cell) agrees with the log below the checkpoint, and each
+/// bucket × group's first_* sum is the number of distinct targets the log has there: the
+/// trend's "targets retried", at every width and grouping.
+async fn assert_rollup_matches_log_at_checkpoint(pool: &PgPool) {
+    let mut conn = pool.acquire().await.unwrap();
+    let position = retrylog::projection::rollup_position(&mut conn)
+        .await
+        .unwrap();
+    let drift = retrylog::projection::rollup_drift(&mut conn, position)
+        .await
+        .unwrap();
+    assert!(drift.is_empty(), "drift at {position}: {drift:?}");
+    for unit in ["hour", "day", "week"] {
+        for (column, log_group) in [
+            (
+                "kind",
+                "CASE WHEN job_variants_id IS NULL THEN 'job' ELSE 'variant' END",
+            ),
+            ("reason", "reason::text"),
+            ("step", "left(coalesce(step, ''), 200)"),
+            ("scenario", "left(coalesce(detail ->> 'scenario', ''), 200)"),
+        ] {
+            let rollup_group = if column == "reason" {
+                "reason::text"
+            } else {
+                column
+            };
+            let differing: i64 = sqlx::query_scalar(&format!(
+                "WITH r AS (SELECT date_trunc('{unit}', hour, 'UTC') AS b, {rollup_group} AS g,
+                                   sum(first_{unit}_{column})::bigint AS n
+                              FROM retry_rollup GROUP BY 1, 2),
+                      l AS (SELECT date_trunc('{unit}', occurred_at, 'UTC') AS b, {log_group} AS g,
+                                   count(DISTINCT (job_id, job_variants_id)) AS n
+                              FROM retry_history WHERE txid < $1::bigint::text::xid8
+                             GROUP BY 1, 2)
+                 SELECT count(*) FROM r FULL JOIN l ON (r.b, r.g) = (l.b, l.g)
+                  WHERE r.n IS DISTINCT FROM l.n AND coalesce(r.n, 0) + coalesce(l.n, 0) > 0"
+            ))
+            .bind(position)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+            assert_eq!(
+                differing, 0,
+                "targets retried per {unit} by {column} at {position}"
+            );
+        }
+    }
+}
+
+/// Appends `n` retries of `target` with out-of-order times inside a few hours and days, and
+/// varied reasons, steps and scenarios.
+async fn append_scattered(pool: &PgPool, target: retrylog::event::Target, n: usize, seed: usize) {
+    let base = chrono::Utc::now() - chrono::Duration::days(9);
+    let reasons = [RetryReason::Stuck, RetryReason::Failed, RetryReason::Stuck];
+    for i in 0..n {
+        let k = i * 7 + seed;
+        let mut retry = retry(target);
+        retry.reason = reasons[k % 3];
+        retry.step = Some(["prepare", "generate", "segment"][(k / 2) % 3].to_string());
+        retry.detail = match k % 4 {
+            0 => serde_json::json!({}),
+            1 => serde_json::json!({ "scenario": "lagging" }),
+            _ => serde_json::json!({ "scenario": "stale" }),
+        };
+        // Hours 0..5 of days 0, 1 and 8, not in attempt order.
+        retry.occurred_at = Some(
+            base + chrono::Duration::days([0, 1, 8][(k / 5) % 3])
+                + chrono::Duration::minutes(((k * 37) % 300) as i64),
+        );
+        append_ok(pool, &retry).await;
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn batches_cut_anywhere_onto_long_streams_keep_first_in_bucket_flags_exact(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    // Long streams (every event its own transaction), applied in batches of 1, 3 and 7
+    // events, so batch boundaries fall inside buckets and inside groups.
+    append_scattered(&pool, variant(JOB_A, VARIANT_A1), 60, 0).await;
+    append_scattered(&pool, job(JOB_B), 45, 3).await;
+    let mut conn = own_connection(&pool).await;
+    for size in [1, 3, 7].into_iter().cycle() {
+        let batch = projector::run_batch(&mut conn, size).await.unwrap();
+        assert_rollup_matches_log_at_checkpoint(&pool).await;
+        if batch.caught_up {
+            break;
+        }
+    }
+    // A batch landing on streams that are already long.
+    append_scattered(&pool, variant(JOB_A, VARIANT_A1), 12, 1).await;
+    append_scattered(&pool, job(JOB_B), 5, 2).await;
+    let applied = projector::catch_up(&mut conn, 10_000).await.unwrap();
+    assert_eq!(applied, 17);
+    assert_rollup_matches_log_at_checkpoint(&pool).await;
+    assert_rollup_exact(&pool).await;
+
+    // Replay rebuilds the same rollup and cells in one transaction.
+    let rebuilt = replay::replay(&pool, false).await.unwrap();
+    assert!(
+        rebuilt.rollup_changes.is_empty(),
+        "{:?}",
+        rebuilt.rollup_changes
+    );
+    assert_rollup_matches_log_at_checkpoint(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_lower_attempt_applied_after_a_higher_one_takes_the_first_flag_over(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    append_n(&pool, target, 2).await;
+    let mut projector_conn = own_connection(&pool).await;
+    projector::catch_up(&mut projector_conn, 10_000)
+        .await
+        .unwrap();
+
+    // 1. `late` takes its transaction id first, then waits; attempt 3 commits in a later
+    //    transaction id; then `late` appends attempt 4. Both fall in the same hour.
+    let at = chrono::Utc::now() + chrono::Duration::days(-3);
+    let mut late_conn = own_connection(&pool).await;
+    let mut late = late_conn.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *late)
+        .await
+        .unwrap();
+    let mut third = retry(target);
+    third.occurred_at = Some(at);
+    append_ok(&pool, &third).await;
+    let mut fourth = retry(target);
+    fourth.occurred_at = Some(at);
+    let event = store::append(&mut late, &fourth).await.unwrap();
+    assert_eq!(event.attempt, 4);
+    late.commit().await.unwrap();
+
+    // 2. One transaction per batch: attempt 4 (the lower txid) is applied first and is the
+    //    first of its hour; attempt 3 then takes the flag over.
+    let first = projector::run_batch(&mut projector_conn, 1).await.unwrap();
+    assert_eq!(first.events, 1);
+    let flagged: i64 = sqlx::query_scalar(
+        "SELECT sum(first_hour_kind)::bigint FROM retry_rollup
+          WHERE hour = date_trunc('hour', $1::timestamptz, 'UTC')",
+    )
+    .bind(at)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(flagged, 1, "attempt 4 alone in its hour so far");
+    assert_rollup_matches_log_at_checkpoint(&pool).await;
+    projector::catch_up(&mut projector_conn, 1).await.unwrap();
+    assert_rollup_matches_log_at_checkpoint(&pool).await;
+    assert_rollup_exact(&pool).await;
+}
