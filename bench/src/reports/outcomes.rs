@@ -36,8 +36,8 @@ pub struct OutcomesFigure {
     pub equal: bool,
 }
 
-/// Decides an outcome for every event that has none, by the rule in the module's header.
-/// Returns how many it decided.
+/// Decides an outcome for every event loaded since the last call, by the rule in the
+/// module's header. Returns how many it decided.
 pub async fn decide_outcomes(pool: &PgPool) -> anyhow::Result<u64> {
     let spinner = progress::spinner();
     spinner.set_message("deciding the loaded retries' outcomes");
@@ -50,9 +50,13 @@ pub async fn decide_outcomes(pool: &PgPool) -> anyhow::Result<u64> {
                FROM retry_history h
              WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)
          ), undecided AS (
+             -- A stage loads new jobs only, after every earlier event was decided: the
+             -- undecided ones are those past the last decided. (A NOT EXISTS on retry_open
+             -- here re-read the rows the same statement inserts, once per event.)
              SELECT s.* FROM streams s
-              WHERE NOT EXISTS (SELECT 1 FROM retry_outcome r WHERE r.seq = s.seq)
-                AND NOT EXISTS (SELECT 1 FROM retry_open o WHERE o.seq = s.seq)
+              WHERE s.seq > (SELECT coalesce(max(seq), 0)
+                               FROM (SELECT seq FROM retry_outcome
+                                     UNION ALL SELECT seq FROM retry_open) d)
          ), decided AS (
              SELECT u.seq,
                     CASE WHEN u.next_seq IS NOT NULL AND u.dice < 25 THEN 'recovered'
