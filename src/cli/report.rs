@@ -140,7 +140,7 @@ pub struct TrendArgs {
 /// `retrylog report outcomes`.
 #[derive(Debug, Args)]
 pub struct OutcomesArgs {
-    /// The window: retries that occurred from the start of the UTC hour holding this time, a
+    /// The window: retries that occurred from the start of the UTC day holding this time, a
     /// duration back (30d, 2w) or a timestamp (2026-11-01).
     #[arg(long, value_name = "WHEN", default_value = "30d")]
     pub since: String,
