@@ -290,51 +290,30 @@ BEGIN
     --    one plain INSERT (no conflict is possible; ON CONFLICT's speculative insertion cost
     --    a third more).
     rebuilding := from_txid = '1' AND NOT EXISTS (SELECT 1 FROM retry_rollup_cell);
-    IF rebuilding THEN
-        WITH delta AS (
-            SELECT * FROM retry_rollup_expected(to_txid)
-        ), upserted AS (
-            INSERT INTO retry_rollup AS r
-            SELECT * FROM delta
-            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
-                retries             = r.retries             + excluded.retries,
-                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
-                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
-                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
-                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
-                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
-                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
-                first_day_step      = r.first_day_step      + excluded.first_day_step,
-                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
-                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
-                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
-                first_week_step     = r.first_week_step     + excluded.first_week_step,
-                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
-        )
-        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
-    ELSE
-        WITH delta AS (
-            SELECT * FROM retry_rollup_delta(from_txid, to_txid)
-        ), upserted AS (
-            INSERT INTO retry_rollup AS r
-            SELECT * FROM delta
-            ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
-                retries             = r.retries             + excluded.retries,
-                first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
-                first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
-                first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
-                first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
-                first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
-                first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
-                first_day_step      = r.first_day_step      + excluded.first_day_step,
-                first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
-                first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
-                first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
-                first_week_step     = r.first_week_step     + excluded.first_week_step,
-                first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
-        )
-        SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
-    END IF;
+    WITH delta AS (
+        -- One of the two, by a one-time filter: the other is never run.
+        SELECT * FROM retry_rollup_expected(to_txid) WHERE rebuilding
+        UNION ALL
+        SELECT * FROM retry_rollup_delta(from_txid, to_txid) WHERE NOT rebuilding
+    ), upserted AS (
+        INSERT INTO retry_rollup AS r
+        SELECT * FROM delta
+        ON CONFLICT (hour, kind, reason, step, scenario) DO UPDATE SET
+            retries             = r.retries             + excluded.retries,
+            first_hour_kind     = r.first_hour_kind     + excluded.first_hour_kind,
+            first_hour_reason   = r.first_hour_reason   + excluded.first_hour_reason,
+            first_hour_step     = r.first_hour_step     + excluded.first_hour_step,
+            first_hour_scenario = r.first_hour_scenario + excluded.first_hour_scenario,
+            first_day_kind      = r.first_day_kind      + excluded.first_day_kind,
+            first_day_reason    = r.first_day_reason    + excluded.first_day_reason,
+            first_day_step      = r.first_day_step      + excluded.first_day_step,
+            first_day_scenario  = r.first_day_scenario  + excluded.first_day_scenario,
+            first_week_kind     = r.first_week_kind     + excluded.first_week_kind,
+            first_week_reason   = r.first_week_reason   + excluded.first_week_reason,
+            first_week_step     = r.first_week_step     + excluded.first_week_step,
+            first_week_scenario = r.first_week_scenario + excluded.first_week_scenario
+    )
+    SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
 
     -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
     IF rebuilding THEN
