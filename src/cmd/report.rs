@@ -340,23 +340,19 @@ fn timestamp(at: DateTime<Utc>, format: Format) -> Value {
 
 async fn outcomes(pool: &PgPool, args: OutcomesArgs) -> anyhow::Result<ExitCode> {
     let format = args.options.format;
-    outcomes_rows(pool, &args, true).await?.print(format)?;
+    outcomes_rows(pool, &args).await?.print(format)?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// `report outcomes` as rows (also `GET /api/v1/reports/outcomes`); `catch_up`: first bring
-/// the rollups up to date, as the command does. Rates to 4 decimals, seconds to 3.
-pub async fn outcomes_rows(
-    pool: &PgPool,
-    args: &OutcomesArgs,
-    catch_up: bool,
-) -> anyhow::Result<Rows> {
+/// `report outcomes` as rows (also `GET /api/v1/reports/outcomes`), the rollups brought up to
+/// date first unless as of T. Rates to 4 decimals, seconds to 3.
+pub async fn outcomes_rows(pool: &PgPool, args: &OutcomesArgs) -> anyhow::Result<Rows> {
     let moment = Moment::from_flag(args.options.as_of.as_deref())?;
     let query = OutcomesQuery {
         by: args.by,
         since: TimeSpec::parse("--since", &args.since)?.resolve(moment.time()),
     };
-    if catch_up && moment.as_of().is_none() {
+    if moment.as_of().is_none() {
         bring_rollups_up_to_date(pool).await?;
     }
     let mut conn = pool.acquire().await?;

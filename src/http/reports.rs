@@ -69,8 +69,6 @@ pub async fn outcomes(
 ) -> Result<Json<Value>, Error> {
     let args: OutcomesArgs = flags::parse(&params)?;
     Ok(Json(
-        report::outcomes_rows(&ctx.pool, &args, true)
-            .await?
-            .to_json(),
+        report::outcomes_rows(&ctx.pool, &args).await?.to_json(),
     ))
 }
