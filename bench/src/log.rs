@@ -224,3 +224,27 @@ pub async fn load_log(
         settle: started.elapsed(),
     })
 }
+
+/// What the deciders would have recorded for a log loaded past `record_retry`, as migration
+/// 0009 derives it for a log that predates outcomes: every undecided retry followed by another
+/// of its target was retried again, and each target's latest undecided retry is open. Without
+/// it `verify` names every loaded retry followed by another as undecided.
+pub async fn outcomes_from_log(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "WITH decided AS MATERIALIZED (SELECT seq FROM retry_outcome)
+         INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+         SELECT l.seq, 'retried_again', greatest(l.occurred_at, l.next_at), 'retrylog-bench',
+                jsonb_build_object('next_seq', l.next_seq, 'attempt', l.next_attempt)
+           FROM (SELECT h.seq, h.occurred_at, lead(h.seq) OVER w AS next_seq,
+                        lead(h.attempt) OVER w AS next_attempt, lead(h.occurred_at) OVER w AS next_at
+                   FROM retry_history h
+                 WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)) l
+          WHERE l.next_seq IS NOT NULL
+            -- Read once, before this statement's own inserts (a hashed subplan).
+            AND l.seq NOT IN (SELECT seq FROM decided);
+         SELECT retry_open_rebuild();",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}

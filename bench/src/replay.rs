@@ -14,7 +14,7 @@ use retrylog::event::RetryReason;
 use retrylog::{projection, replay};
 
 use crate::figures::{median, thousands, Goal, Line, Unit};
-use crate::log::{load_log, EventKind, GeneratedLog, PlannedEvent, Stream};
+use crate::log::{load_log, outcomes_from_log, EventKind, GeneratedLog, PlannedEvent, Stream};
 use crate::pipeline::{PipelineRows, STEP, VARIANTS_PER_JOB};
 use crate::progress;
 
@@ -67,6 +67,7 @@ pub struct ReplayFigure {
 
 pub async fn measure(pool: &PgPool, events: u64) -> anyhow::Result<Vec<ReplayFigure>> {
     load_log(pool, uniform_log(events)?, None).await?;
+    outcomes_from_log(pool).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
         .fetch_one(pool)
         .await?;
