@@ -1,5 +1,6 @@
 -- Projection retry_rollup: retries per UTC hour x kind x reason x step x scenario, and the
--- targets created per hour, for `retrylog report trend`.
+-- targets created per hour (recounted from the pipeline's rows, below), for `retrylog report
+-- trend`.
 --
 -- Kept asynchronously by the projector (src/projector.rs), which tails the log by
 -- transaction id: a range is [from_txid, to_txid), and to_txid never passes the oldest
@@ -264,17 +265,61 @@ LANGUAGE sql STABLE AS $$
                            d.first_week_reason, d.first_week_step, d.first_week_scenario])
 $$;
 
--- Targets created in a range: the insert-only retry_target_created, summed per hour and kind.
-CREATE OR REPLACE FUNCTION retry_rollup_created_delta(from_txid xid8, to_txid xid8)
+-- Targets created per UTC hour and kind: the rows of jobs and jobs_variants whose created_at
+-- is at or after `since` (NULL: every row), found through the BRIN indexes on created_at
+-- (migration 0010). Nothing on the pipeline's inserts counts them (DESIGN.md invariant 10).
+CREATE OR REPLACE FUNCTION retry_rollup_created_expected(since timestamptz)
 RETURNS TABLE (hour timestamptz, kind text, created bigint)
 LANGUAGE sql STABLE AS $$
-    SELECT c.hour, c.kind, sum(c.created)::bigint
-      FROM retry_target_created c
-     WHERE c.txid >= from_txid AND c.txid < to_txid
-     GROUP BY 1, 2
+    SELECT date_trunc('hour', j.created_at, 'UTC'), 'job', count(*)
+      FROM jobs j
+     WHERE j.created_at >= coalesce(since, '-infinity')
+     GROUP BY 1
+    UNION ALL
+    SELECT date_trunc('hour', v.created_at, 'UTC'), 'variant', count(*)
+      FROM jobs_variants v
+     WHERE v.created_at >= coalesce(since, '-infinity')
+     GROUP BY 1
 $$;
 
--- Add a range's events and creations to the rollup, and its events to the cells; returns the
+-- Recount the targets created in the hours not yet settled (retry_rollup_created_window),
+-- unless the last recount is younger than `at_most_every`; true when it recounted. Rows
+-- commit after their created_at (a transaction's now() is its start), so every recount takes
+-- the hours from the window's start on again and then settles the hours before the previous
+-- one: a row counts when it commits within about an hour of its created_at. A row inserted
+-- later with an older created_at (a backfill) is counted by replay; verify names its hour.
+-- Only rows that differ are written.
+CREATE OR REPLACE FUNCTION retry_rollup_count_created(at_most_every interval)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    w retry_rollup_created_window;
+BEGIN
+    -- The row lock makes concurrent recounts (serve's projector, a report) take turns.
+    SELECT * INTO STRICT w FROM retry_rollup_created_window FOR UPDATE;
+    IF w.counted_at > now() - at_most_every THEN
+        RETURN false;
+    END IF;
+    WITH counted AS (
+        SELECT * FROM retry_rollup_created_expected(w.recount_from)
+    ), gone AS (
+        DELETE FROM retry_rollup_created r
+         WHERE r.hour >= coalesce(w.recount_from, '-infinity')
+           AND NOT EXISTS (SELECT 1 FROM counted c WHERE (c.hour, c.kind) = (r.hour, r.kind))
+    )
+    INSERT INTO retry_rollup_created AS r
+    SELECT * FROM counted
+    ON CONFLICT (hour, kind) DO UPDATE SET created = excluded.created
+     WHERE r.created IS DISTINCT FROM excluded.created;
+    UPDATE retry_rollup_created_window
+       SET recount_from = greatest(w.recount_from,
+                                   date_trunc('hour', now() - interval '1 hour', 'UTC')),
+           counted_at = now();
+    RETURN true;
+END
+$$;
+
+-- Add a range's events to the rollup and to the cells; returns the
 -- number of events applied. A range from '1' has nothing applied below it: it is read with
 -- retry_rollup_expected, whole streams at once (what replay runs, on an empty rollup).
 CREATE OR REPLACE FUNCTION retry_rollup_apply(from_txid xid8, to_txid xid8)
@@ -342,21 +387,19 @@ BEGIN
            SET first_attempt = least(c.first_attempt, excluded.first_attempt);
     END IF;
 
-    INSERT INTO retry_rollup_created AS r
-    SELECT * FROM retry_rollup_created_delta(from_txid, to_txid)
-    ON CONFLICT (hour, kind) DO UPDATE SET created = r.created + excluded.created;
-
     RETURN applied;
 END
 $$;
 
--- Empty the rollup and its cells (replay then applies everything below its horizon).
+-- Empty the rollup, its cells and the targets created (replay then applies everything below
+-- its horizon and recounts every row).
 CREATE OR REPLACE FUNCTION retry_rollup_reset()
 RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM retry_rollup;
     DELETE FROM retry_rollup_cell;
     DELETE FROM retry_rollup_created;
+    UPDATE retry_rollup_created_window SET recount_from = NULL, counted_at = NULL;
 $$;
 
 -- Rollup rows that differ from what the log (and the creations) say below `up_to`; and the
@@ -410,13 +453,17 @@ LANGUAGE sql STABLE AS $$
             e.first_day_scenario, e.first_week_kind, e.first_week_reason, e.first_week_step,
             e.first_week_scenario)
     UNION ALL
-    SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), NULL, NULL, NULL,
-           s.created, e.created,
-           'targets created differ'
-      FROM retry_rollup_created s
-      FULL JOIN retry_rollup_created_delta('1', up_to) e
-        ON (s.hour, s.kind) = (e.hour, e.kind)
-     WHERE s.created IS DISTINCT FROM e.created
+    -- A settled hour holding more rows than were counted in it: rows inserted with an older
+    -- created_at after the hour settled. Fewer is no problem: the pipeline deletes its rows,
+    -- and an hour counts the targets created in it. The hours not settled are counted again
+    -- by the next recount.
+    SELECT e.hour, e.kind, NULL, NULL, NULL,
+           coalesce(s.created, 0), e.created,
+           'targets created not counted'
+      FROM retry_rollup_created_window w
+      CROSS JOIN retry_rollup_created_expected(NULL) e
+      LEFT JOIN retry_rollup_created s ON (s.hour, s.kind) = (e.hour, e.kind)
+     WHERE e.hour < w.recount_from AND e.created > coalesce(s.created, 0)
     UNION ALL
     SELECT d.hour, d.kind, d.reason, d.step, d.scenario, d.stored, d.expected,
            'catch-up cells differ'

@@ -19,14 +19,14 @@ DECLARE
     pinned constant text[] := ARRAY[
         'record_retry', 'retry_counts_rebuild', 'retry_counts_expected',
         'retry_counts_drift', 'retry_rollup_apply', 'retry_rollup_reset', 'retry_rollup_drift',
-        'retrylog_horizon', 'retrylog_count_created', 'retrylog_notify_change',
+        'retrylog_horizon', 'retry_rollup_count_created', 'retrylog_notify_change',
         'retrylog_refuse_change', 'retry_outcome_gave_up', 'retry_outcome_observe',
         'retry_open_rebuild', 'retry_open_drift', 'retry_outcome_rollup_apply',
         'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
         'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta', 'retry_rollup_expected',
-        'retry_rollup_created_delta', 'retrylog_excerpt', 'retrylog_check_text',
+        'retry_rollup_created_expected', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
         'retry_outcome_recovery_time_delta'];
@@ -35,12 +35,13 @@ DECLARE
         ['retry_counts_rebuild', 'retrylog_operator'],
         ['retry_rollup_apply', 'retrylog_operator'],
         ['retry_rollup_reset', 'retrylog_operator'],
+        ['retry_rollup_count_created', 'retrylog_operator'],
         ['retry_counts_delta', 'retrylog_reader'],
         ['retry_counts_expected', 'retrylog_reader'],
         ['retry_counts_drift', 'retrylog_reader'],
         ['retry_rollup_delta', 'retrylog_reader'],
         ['retry_rollup_expected', 'retrylog_reader'],
-        ['retry_rollup_created_delta', 'retrylog_reader'],
+        ['retry_rollup_created_expected', 'retrylog_reader'],
         ['retry_rollup_drift', 'retrylog_reader'],
         ['retrylog_horizon', 'retrylog_reader'],
         ['retry_outcome_observe', 'retrylog_operator'],

@@ -162,18 +162,24 @@ pub struct RollupDrift {
     pub scenario: Option<String>,
     /// What the rollup holds (`None`: no row).
     pub stored: Option<i64>,
-    /// What the log says (`None`: there should be no row).
+    /// What the log says (`None`: there should be no row); for targets created, what the
+    /// pipeline's rows say.
     pub expected: Option<i64>,
-    /// `missing from the rollup`, `not in the log`, `counts differ`, `targets created differ`.
+    /// `missing from the rollup`, `not in the log`, `counts differ`, `catch-up cells differ`,
+    /// `targets created not counted`.
     pub problem: String,
 }
 
 impl std::fmt::Display for RollupDrift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let show = |value: Option<i64>| value.map_or("no row".to_string(), |n| n.to_string());
+        let source = match self.reason {
+            Some(_) => "the log says",
+            None => "the pipeline's rows say",
+        };
         write!(
             f,
-            "retry_rollup {} {} reason={} step={} scenario={}: {} (stored {}, the log says {})",
+            "retry_rollup {} {} reason={} step={} scenario={}: {} (stored {}, {source} {})",
             self.hour.format("%Y-%m-%d %H:00Z"),
             self.kind,
             self.reason.as_deref().unwrap_or("-"),
@@ -237,9 +243,9 @@ pub async fn rollup_drift(
         .collect())
 }
 
-/// Empties the rollup and the outcomes' report projection (they share the checkpoint) and
-/// applies everything below the current horizon, moving the checkpoint there; returns the
-/// number of events applied.
+/// Empties the rollup and the outcomes' report projection (they share the checkpoint),
+/// applies everything below the current horizon, moving the checkpoint there, and recounts
+/// the targets created from the pipeline's rows; returns the number of events applied.
 ///
 /// Locks the checkpoint row first, so a running projector waits instead of applying a batch
 /// on top of the rebuild.
@@ -257,6 +263,10 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
     let applied: i64 = sqlx::query_scalar("SELECT retry_rollup_apply('1', $1::bigint::text::xid8)")
         .bind(horizon)
         .fetch_one(&mut **tx)
+        .await?;
+    // The targets created, from every row of the pipeline (the reset emptied the window).
+    sqlx::query("SELECT retry_rollup_count_created('0')")
+        .execute(&mut **tx)
         .await?;
     rebuild_outcome_rollup(tx, horizon).await?;
     sqlx::query(

@@ -1,5 +1,6 @@
 //! The asynchronous projector: keeps `retry_rollup` and `retry_outcome_rollup` up with the log
-//! and the outcomes, after the append.
+//! and the outcomes, after the append, and recounts the targets created from the pipeline's
+//! rows once caught up.
 //!
 //! 1. **No gaps.** It tails the log by transaction id, never past the oldest transaction of
 //!    this database still running (`retrylog_horizon()`): an event appended by a
@@ -41,6 +42,9 @@ pub struct ProjectorSettings {
     pub standby_poll: Duration,
     /// Longest pause between reconnect attempts after the database went away.
     pub max_backoff: Duration,
+    /// How often, once caught up, the targets created are recounted from the pipeline's rows
+    /// (the trend's denominator; see [`count_created`]).
+    pub count_created_every: Duration,
 }
 
 impl Default for ProjectorSettings {
@@ -50,6 +54,7 @@ impl Default for ProjectorSettings {
             poll: Duration::from_secs(1),
             standby_poll: Duration::from_secs(2),
             max_backoff: Duration::from_secs(30),
+            count_created_every: Duration::from_secs(60),
         }
     }
 }
@@ -172,9 +177,23 @@ pub async fn run_batch(conn: &mut PgConnection, batch_events: i64) -> Result<Bat
     })
 }
 
-/// Runs batches until the checkpoint reaches the horizon; returns the events applied. A
-/// batch that fails is recorded on the lease (see [`record_failure`]) before the error is
-/// returned.
+/// Recounts the targets created in the hours not yet settled from the pipeline's own rows
+/// (`retry_rollup_count_created`, through the BRIN indexes on `created_at`), unless the last
+/// recount is younger than `at_most_every`; true when it recounted. No trigger counts them
+/// on the pipeline's inserts (DESIGN.md invariant 10).
+pub async fn count_created(
+    conn: &mut PgConnection,
+    at_most_every: Duration,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT retry_rollup_count_created(make_interval(secs => $1))")
+        .bind(at_most_every.as_secs_f64())
+        .fetch_one(conn)
+        .await
+}
+
+/// Runs batches until the checkpoint reaches the horizon, then recounts the targets created;
+/// returns the events applied. A batch or recount that fails is recorded on the lease (see
+/// [`record_failure`]) before the error is returned.
 pub async fn catch_up(conn: &mut PgConnection, batch_events: i64) -> Result<i64, sqlx::Error> {
     let mut applied = 0;
     loop {
@@ -187,9 +206,14 @@ pub async fn catch_up(conn: &mut PgConnection, batch_events: i64) -> Result<i64,
         };
         applied += batch.events;
         if batch.caught_up {
-            return Ok(applied);
+            break;
         }
     }
+    if let Err(error) = count_created(conn, Duration::ZERO).await {
+        record_failure(conn, &error).await;
+        return Err(error);
+    }
+    Ok(applied)
 }
 
 /// What a one-off [`catch_up_once`] found.
@@ -474,6 +498,15 @@ async fn lead_while_possible(
     let mut last_report = tokio::time::Instant::now();
     loop {
         let batch = match run_batch(&mut conn, settings.batch_events).await {
+            Ok(batch) if batch.caught_up => {
+                match count_created(&mut conn, settings.count_created_every).await {
+                    Ok(_) => batch,
+                    Err(error) => {
+                        record_failure(&mut conn, &error).await;
+                        return Err(error);
+                    }
+                }
+            }
             Ok(batch) => batch,
             Err(error) => {
                 record_failure(&mut conn, &error).await;

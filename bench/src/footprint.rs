@@ -57,11 +57,11 @@ pub struct FootprintArgs {
     #[arg(long)]
     pub keep: bool,
 
-    /// Attribution run: disable retrylog's created-count triggers (migration 0004,
-    /// `retry_target_created`) in the retrylog database, to see what they cost the inserts.
-    /// The trend's rate then misses the targets created during the run.
+    /// Attribution run: drop retrylog's BRIN indexes on `created_at` (migration 0010, what
+    /// the projector recounts the targets created through) in the retrylog database, to see
+    /// what they cost the pipeline's writes.
     #[arg(long)]
-    pub without_created_count: bool,
+    pub without_created_index: bool,
 
     #[command(flatten)]
     pub format: FormatArg,
@@ -213,14 +213,14 @@ async fn measure_worlds(
     args: &FootprintArgs,
 ) -> anyhow::Result<Vec<Figure>> {
     let with = fresh_database(connected, options).await?;
-    if args.without_created_count {
+    if args.without_created_index {
         sqlx::raw_sql(
-            "ALTER TABLE jobs DISABLE TRIGGER jobs_count_created;
-             ALTER TABLE jobs_variants DISABLE TRIGGER jobs_variants_count_created;",
+            "DROP INDEX retrylog_jobs_created_at;
+             DROP INDEX retrylog_jobs_variants_created_at;",
         )
         .execute(&with)
         .await?;
-        eprintln!("retrylog-bench: footprint: retrylog's created-count triggers disabled");
+        eprintln!("retrylog-bench: footprint: retrylog's created_at indexes dropped");
     }
     let without = fresh_twin(connected, options).await?;
     if holds_retrylog_objects(&without).await? {

@@ -32,8 +32,9 @@ pub struct PipelineRows {
 const PIPELINE_CHUNK: usize = 100_000;
 
 /// Inserts running jobs and done variants at `STEP`, set-based, in one transaction. The
-/// `retry_target_created` trigger counts them per statement and hour, as it does for the
-/// pipeline's own inserts.
+/// projector's next recount of the targets created counts them by `created_at`, as it does
+/// the pipeline's own rows (a fresh database has counted nothing yet: the first recount
+/// takes every row, whatever its `created_at`).
 pub async fn insert_pipeline_rows(pool: &PgPool, rows: &PipelineRows) -> anyhow::Result<()> {
     // The part of an optional column (empty: every row gets the default) for rows `range`.
     fn part<T>(column: &[T], range: std::ops::Range<usize>) -> &[T] {

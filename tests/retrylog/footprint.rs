@@ -1,14 +1,18 @@
-//! Light on the pipeline (DESIGN.md invariant 10, migration 0007): with `serve` running, a
-//! failure the pipeline commits still wakes the watchdog at once, the pipeline's everyday
-//! writes never fail or wait because of retrylog, what no notification reveals is found by the
-//! periodic sweep, and a pipeline's own channel can wake the watchdog too. How fast those
-//! writes run is the benchmark's to say (`retrylog-bench footprint`), not a test's.
+//! Light on the pipeline (DESIGN.md invariant 10, migrations 0007 and 0010): with `serve`
+//! running, a failure the pipeline commits still wakes the watchdog at once, the pipeline's
+//! everyday writes never fail or wait because of retrylog, what no notification reveals is
+//! found by the periodic sweep, a pipeline's own channel can wake the watchdog too, and the
+//! targets created are counted from the rows with no trigger on the pipeline's inserts. How
+//! fast those writes run is the benchmark's to say (`retrylog-bench footprint`), not a test's.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, DurationRound, Utc};
 use retrylog::config::WatchdogSettings;
+use retrylog::projector;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -354,4 +358,157 @@ async fn retried_then_stopped(pool: &PgPool, variant: Uuid, what: &str, watchdog
     wait_until(pool, &has_events(variant, 1), Duration::from_secs(10), what).await;
     watchdog.stop().await;
     assert_verify_clean(pool).await;
+}
+
+/// The triggers retrylog keeps on the pipeline's tables: the four of migration 0007, which
+/// fire only for a row going into `failed`. Nothing runs on an everyday insert.
+#[sqlx::test(migrations = false)]
+async fn the_pipelines_tables_carry_only_the_failure_triggers(pool: PgPool) {
+    migrated(&pool).await;
+    let triggers: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tgrelid::regclass::text, tgname FROM pg_trigger
+          WHERE tgrelid IN ('jobs'::regclass, 'jobs_variants'::regclass) AND NOT tgisinternal
+          ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let expected = [
+        ("jobs", "jobs_inserted_failed"),
+        ("jobs", "jobs_notify_failure"),
+        ("jobs_variants", "jobs_variants_inserted_failed"),
+        ("jobs_variants", "jobs_variants_notify_failure"),
+    ]
+    .map(|(table, name)| (table.to_string(), name.to_string()));
+    assert_eq!(triggers, expected);
+    // What retrylog adds to their indexes: one BRIN index each, on created_at.
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexrelid::regclass::text, am.amname FROM pg_index i
+           JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+          WHERE indrelid IN ('jobs'::regclass, 'jobs_variants'::regclass)
+            AND indexrelid::regclass::text LIKE 'retrylog%'
+          ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            ("retrylog_jobs_created_at", "brin"),
+            ("retrylog_jobs_variants_created_at", "brin")
+        ]
+        .map(|(index, method)| (index.to_string(), method.to_string()))
+    );
+}
+
+/// `retry_rollup_created` as it stands: (hour, kind) → created.
+async fn created_counts(pool: &PgPool) -> BTreeMap<(DateTime<Utc>, String), i64> {
+    sqlx::query_as("SELECT hour, kind, created FROM retry_rollup_created")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(hour, kind, created)| ((hour, kind), created))
+        .collect()
+}
+
+/// A job of `variants` variants created at `created_at`, as the pipeline (or a backfill)
+/// inserts it.
+async fn insert_job(pool: &PgPool, created_at: DateTime<Utc>, variants: i32) -> Uuid {
+    let job = Uuid::new_v4();
+    sqlx::query(
+        "WITH j AS (INSERT INTO jobs (job_id, status, current_step, created_at)
+                    VALUES ($1, 'running', 'prepare', $2))
+         INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step, created_at)
+         SELECT gen_random_uuid(), $1, 'running', 'prepare', $2 FROM generate_series(1, $3)",
+    )
+    .bind(job)
+    .bind(created_at)
+    .bind(variants)
+    .execute(pool)
+    .await
+    .unwrap();
+    job
+}
+
+fn hour(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(chrono::Duration::hours(1)).unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn targets_created_are_recounted_from_the_rows_and_a_late_backfill_is_named_by_verify(
+    pool: PgPool,
+) {
+    migrated(&pool).await;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let old = now - chrono::Duration::days(3);
+    let key = |at: DateTime<Utc>, kind: &str| (hour(at), kind.to_string());
+    // 1. Rows from before the first recount are all counted, whatever their created_at.
+    let old_job = insert_job(&pool, old, 2).await;
+    insert_job(&pool, now, 4).await;
+    let mut conn = pool.acquire().await.unwrap().detach();
+    projector::catch_up(&mut conn, 100).await.unwrap();
+    let mut expected = BTreeMap::from([
+        (key(old, "job"), 1),
+        (key(old, "variant"), 2),
+        (key(now, "job"), 1),
+        (key(now, "variant"), 4),
+    ]);
+    assert_eq!(created_counts(&pool).await, expected);
+
+    // 2. New rows in the hours not settled: serve's recount waits for its interval, then
+    //    counts them.
+    insert_job(&pool, now, 1).await;
+    let minute = std::time::Duration::from_secs(60);
+    assert!(!projector::count_created(&mut conn, minute).await.unwrap());
+    assert_eq!(created_counts(&pool).await, expected);
+    assert!(
+        projector::count_created(&mut conn, std::time::Duration::ZERO)
+            .await
+            .unwrap()
+    );
+    *expected.get_mut(&key(now, "job")).unwrap() = 2;
+    *expected.get_mut(&key(now, "variant")).unwrap() = 5;
+    assert_eq!(created_counts(&pool).await, expected);
+
+    // 3. The pipeline purges the old job: its settled hour still says it was created there,
+    //    and verify has nothing to say about it.
+    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+        .bind(old_job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    projector::catch_up(&mut conn, 100).await.unwrap();
+    assert_eq!(created_counts(&pool).await, expected);
+    assert_verify_clean(&pool).await;
+
+    // 4. A backfill two days back after those hours settled: not counted by the recount,
+    //    named by verify with its hour, counted by replay (which recounts every row that
+    //    exists, so the purged job is gone from its hour).
+    let backfilled = now - chrono::Duration::days(2);
+    insert_job(&pool, backfilled, 3).await;
+    projector::catch_up(&mut conn, 100).await.unwrap();
+    assert_eq!(created_counts(&pool).await, expected);
+    let run = retrylog(&pool, &["verify", "--format", "json"]).await;
+    assert_eq!(run.code, Some(1), "{run:#?}");
+    let stamp = hour(backfilled).format("%Y-%m-%d %H:00Z");
+    for (kind, rows) in [("job", 1), ("variant", 3)] {
+        let line = format!(
+            "retry_rollup {stamp} {kind} reason=- step=- scenario=-: targets created not \
+             counted (stored 0, the pipeline's rows say {rows})"
+        );
+        assert!(run.stdout.contains(&line), "{line}\n{run:#?}");
+    }
+    let run = retrylog(&pool, &["replay"]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    expected.remove(&key(old, "job"));
+    expected.remove(&key(old, "variant"));
+    expected.insert(key(backfilled, "job"), 1);
+    expected.insert(key(backfilled, "variant"), 3);
+    assert_eq!(created_counts(&pool).await, expected);
+    assert_verify_clean(&pool).await;
 }

@@ -584,3 +584,67 @@ async fn a_migration_changed_in_any_other_way_is_still_refused(pool: PgPool) {
         "{error:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_database_that_counted_creations_by_trigger_keeps_its_counts_and_loses_the_triggers(
+    pool: PgPool,
+) {
+    use sqlx::migrate::Migrate;
+
+    // 1. Versions 1 to 9: 0004's triggers log every insert into retry_target_created. Rows
+    //    three days old and from now, none folded yet by a projector.
+    let mut conn = pool.acquire().await.unwrap();
+    conn.ensure_migrations_table().await.unwrap();
+    for migration in retrylog::migrate::MIGRATOR.iter() {
+        if migration.version <= 9 {
+            conn.apply(migration).await.unwrap();
+        }
+    }
+    drop(conn);
+    load(
+        &pool,
+        "INSERT INTO jobs (job_id, status, created_at)
+         VALUES ('0c000000-0000-4000-8000-000000000000', 'done', now() - interval '3 days'),
+                ('0d000000-0000-4000-8000-000000000000', 'running', now());",
+    )
+    .await;
+    let logged: i64 = sqlx::query_scalar("SELECT sum(created)::bigint FROM retry_target_created")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logged, 2, "0004's trigger logged the inserts");
+
+    // 2. This release's migrate folds them, drops the triggers and the log of creations.
+    migrated(&pool).await;
+    assert!(!table_exists(&pool, "retry_target_created").await);
+    let triggers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname LIKE '%count_created'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 0);
+    let counted = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT CASE WHEN hour < now() - interval '1 day' THEN 'old' ELSE 'now' END,
+                    created
+               FROM retry_rollup_created WHERE kind = 'job' ORDER BY hour",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let both = vec![("old".to_string(), 1), ("now".to_string(), 1)];
+    assert_eq!(counted(pool.clone()).await, both);
+
+    // 3. The old hour is settled as the trigger counted it: a purge leaves it, the recount
+    //    of the hours since the previous one does not touch it, and verify is clean.
+    load(
+        &pool,
+        "DELETE FROM jobs WHERE job_id = '0c000000-0000-4000-8000-000000000000'",
+    )
+    .await;
+    let mut conn = pool.acquire().await.unwrap().detach();
+    retrylog::projector::catch_up(&mut conn, 100).await.unwrap();
+    assert_eq!(counted(pool.clone()).await, both);
+    assert_verify_clean(&pool).await;
+}

@@ -169,6 +169,7 @@ async fn two_projectors_at_once_under_live_appends_keep_the_rollup_exact(pool: P
         poll: Duration::from_millis(20),
         standby_poll: Duration::from_millis(20),
         max_backoff: Duration::from_millis(200),
+        count_created_every: Duration::from_millis(50),
     };
     let first = tokio::spawn(projector::run(
         clients.pool.clone(),
