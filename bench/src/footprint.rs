@@ -3,8 +3,10 @@
 //! "before" (`twin.rs`), created in the same run on the same server.
 //!
 //! 1. Both databases get the same jobs (running at `generate`) and variants (done there).
-//! 2. The retrylog database runs the watchdog `serve` runs (`recovery::run`, default
-//!    settings: it LISTENs on its channel and sweeps every 30 s).
+//! 2. The retrylog database runs what `serve` runs on it, with default settings: the
+//!    watchdog (`recovery::run`: it LISTENs on its channel and sweeps every 30 s) and the
+//!    projector (`projector::run`: it polls the log every second and recounts the targets
+//!    created from the pipeline's rows every 60 s).
 //! 3. Five statements the pipeline makes — the original counter bump, a heartbeat touch, a
 //!    status change running ↔ done, a step change, a job inserted with four variants — each
 //!    at every `--connections` count, in slices that alternate between the two databases
@@ -29,6 +31,7 @@ use uuid::Uuid;
 use retrylog::cli::FormatArg;
 use retrylog::config::WatchdogSettings;
 use retrylog::connect::Connected;
+use retrylog::projector::{self, ProjectorSettings};
 use retrylog::recovery;
 
 use crate::database::{fresh_database, in_bench_database, print_server};
@@ -262,9 +265,10 @@ async fn measure_worlds(
                     .context("installing the pipeline's own NOTIFY trigger")?;
             }
         }
-        // The watchdog serve runs, on connections of its own, for the whole world.
-        let watchdog_pool = PgPoolOptions::new()
-            .max_connections(2)
+        // The watchdog and the projector serve runs, on connections of their own, for the
+        // whole world.
+        let serve_pool = PgPoolOptions::new()
+            .max_connections(3)
             .connect_with(options.clone())
             .await?;
         let (stop, stopped) = watch::channel(false);
@@ -272,11 +276,17 @@ async fn measure_worlds(
             instance: ACTOR.to_string(),
             ..WatchdogSettings::default()
         };
-        let watchdog = tokio::spawn(recovery::run(watchdog_pool.clone(), settings, stopped));
+        let watchdog = tokio::spawn(recovery::run(serve_pool.clone(), settings, stopped.clone()));
+        let projector = tokio::spawn(projector::run(
+            serve_pool.clone(),
+            ProjectorSettings::default(),
+            stopped,
+        ));
         let measured = measure_world(world, options, &targets, args).await;
         stop.send_replace(true);
         watchdog.await.context("the watchdog panicked")?;
-        watchdog_pool.close().await;
+        projector.await.context("the projector panicked")?;
+        serve_pool.close().await;
         figures.extend(measured?);
     }
     Ok(figures)

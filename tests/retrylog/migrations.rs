@@ -510,22 +510,27 @@ async fn a_database_the_previous_release_migrated_migrates_onward_with_its_data_
     assert_eq!(recorded_checksums(&pool).await, embedded_checksums());
 }
 
+/// The state an earlier release left: the migrations up to `version` applied (as sqlx
+/// applies them, recorded in `_sqlx_migrations`), no live function installed.
+async fn apply_migrations_through(pool: &PgPool, version: i64) {
+    use sqlx::migrate::Migrate;
+
+    let mut conn = pool.acquire().await.unwrap();
+    conn.ensure_migrations_table().await.unwrap();
+    for migration in retrylog::migrate::MIGRATOR.iter() {
+        if migration.version <= version {
+            conn.apply(migration).await.unwrap();
+        }
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_database_migrated_before_version_5_ends_with_one_record_retry_that_takes_force(
     pool: PgPool,
 ) {
-    use sqlx::migrate::Migrate;
-
     // 1. Versions 1 to 4 applied, with version 3's checksum of the time and the
     //    record_retry it created: the signature without `force`.
-    let mut conn = pool.acquire().await.unwrap();
-    conn.ensure_migrations_table().await.unwrap();
-    for migration in retrylog::migrate::MIGRATOR.iter() {
-        if migration.version <= 4 {
-            conn.apply(migration).await.unwrap();
-        }
-    }
-    drop(conn);
+    apply_migrations_through(&pool, 4).await;
     record_checksum(&pool, 3, PREVIOUS_RELEASE_CHECKSUMS[0].1).await;
     load(
         &pool,
@@ -589,18 +594,9 @@ async fn a_migration_changed_in_any_other_way_is_still_refused(pool: PgPool) {
 async fn a_database_that_counted_creations_by_trigger_keeps_its_counts_and_loses_the_triggers(
     pool: PgPool,
 ) {
-    use sqlx::migrate::Migrate;
-
     // 1. Versions 1 to 9: 0004's triggers log every insert into retry_target_created. Rows
     //    three days old and from now, none folded yet by a projector.
-    let mut conn = pool.acquire().await.unwrap();
-    conn.ensure_migrations_table().await.unwrap();
-    for migration in retrylog::migrate::MIGRATOR.iter() {
-        if migration.version <= 9 {
-            conn.apply(migration).await.unwrap();
-        }
-    }
-    drop(conn);
+    apply_migrations_through(&pool, 9).await;
     load(
         &pool,
         "INSERT INTO jobs (job_id, status, created_at)
