@@ -319,9 +319,9 @@ BEGIN
 END
 $$;
 
--- Add a range's events to the rollup and to the cells; returns the
--- number of events applied. A range from '1' has nothing applied below it: it is read with
--- retry_rollup_expected, whole streams at once (what replay runs, on an empty rollup).
+-- Add a range's events to the rollup and to the cells; returns the number of events applied.
+-- A range from '1' has nothing applied below it: it is read with retry_rollup_expected, whole
+-- streams at once (what replay runs, on an empty rollup).
 CREATE OR REPLACE FUNCTION retry_rollup_apply(from_txid xid8, to_txid xid8)
 RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -402,9 +402,10 @@ LANGUAGE sql AS $$
     UPDATE retry_rollup_created_window SET recount_from = NULL, counted_at = NULL;
 $$;
 
--- Rollup rows that differ from what the log (and the creations) say below `up_to`; and the
--- rollup rows whose cells differ (the catch-up's state: a later batch would go wrong), with
--- the number of cells stored and expected.
+-- Rollup rows that differ from what the log says below `up_to`; settled hours of targets
+-- created where the pipeline's rows hold more than were counted; and the rollup rows whose
+-- cells differ (the catch-up's state: a later batch would go wrong), with the number of cells
+-- stored and expected.
 CREATE OR REPLACE FUNCTION retry_rollup_drift(up_to xid8)
 RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
                stored_retries bigint, expected_retries bigint, problem text)
