@@ -101,8 +101,9 @@ enum Command {
     /// every seeded condition against the counter-only listener, the steady-state sweep.
     Recovery(recovery::RecoveryArgs),
     /// The pipeline's own writes (counter bump, heartbeat, status and step change, a job
-    /// with four variants) with retrylog installed and its watchdog running, against a twin
-    /// database without retrylog; with and without a pipeline NOTIFY trigger of its own.
+    /// with four variants) with retrylog installed and its watchdog and projector running,
+    /// against a twin database without retrylog; with and without a pipeline NOTIFY trigger
+    /// of its own.
     Footprint(footprint::FootprintArgs),
     /// The HTTP side of `serve` over a log of a million events: the overview page and
     /// /metrics at p50/p99, the API's history of one target, 64 clients on the overview for
