@@ -50,6 +50,7 @@ INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, curr
   SELECT gen_random_uuid(), j.job_id, o, 'done', 'generate' FROM jobs j, generate_series(0, 3) o;
 CREATE TABLE bench_targets AS SELECT row_number() OVER ()::int AS n, job_id, job_variants_id FROM jobs_variants;
 ALTER TABLE bench_targets ADD PRIMARY KEY (n);
+-- Baseline (b)'s table, as bench/src/appends.rs (NAIVE_LOG_DDL) creates it in the twin.
 CREATE TABLE bench_naive_log (
     seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job_id          uuid NOT NULL,
