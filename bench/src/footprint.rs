@@ -44,8 +44,8 @@ use crate::{progress, ACTOR};
 /// `retrylog-bench footprint`.
 ///
 /// Runs in two scratch databases on the configured server, retrylog_bench (retrylog
-/// installed, its watchdog and projector running) and retrylog_bench_before (the counter-only schema, no
-/// retrylog object), both dropped at the end.
+/// installed, its watchdog and projector running) and retrylog_bench_before (the
+/// counter-only schema, no retrylog object), both dropped at the end.
 #[derive(Debug, Args)]
 pub struct FootprintArgs {
     #[command(flatten)]
