@@ -191,29 +191,37 @@ pub async fn count_created(
         .await
 }
 
+/// One step of the projector: a batch, and once that has caught up, the recount of the
+/// targets created (unless the last is younger than `count_created_every`). A step that
+/// fails is recorded on the lease (see [`record_failure`]) before the error is returned.
+async fn advance(
+    conn: &mut PgConnection,
+    batch_events: i64,
+    count_created_every: Duration,
+) -> Result<Batch, sqlx::Error> {
+    let result = match run_batch(conn, batch_events).await {
+        Ok(batch) if batch.caught_up => count_created(conn, count_created_every)
+            .await
+            .map(|_| batch),
+        other => other,
+    };
+    if let Err(error) = &result {
+        record_failure(conn, error).await;
+    }
+    result
+}
+
 /// Runs batches until the checkpoint reaches the horizon, then recounts the targets created;
-/// returns the events applied. A batch or recount that fails is recorded on the lease (see
-/// [`record_failure`]) before the error is returned.
+/// returns the events applied. A batch or recount that fails is recorded on the lease.
 pub async fn catch_up(conn: &mut PgConnection, batch_events: i64) -> Result<i64, sqlx::Error> {
     let mut applied = 0;
     loop {
-        let batch = match run_batch(conn, batch_events).await {
-            Ok(batch) => batch,
-            Err(error) => {
-                record_failure(conn, &error).await;
-                return Err(error);
-            }
-        };
+        let batch = advance(conn, batch_events, Duration::ZERO).await?;
         applied += batch.events;
         if batch.caught_up {
-            break;
+            return Ok(applied);
         }
     }
-    if let Err(error) = count_created(conn, Duration::ZERO).await {
-        record_failure(conn, &error).await;
-        return Err(error);
-    }
-    Ok(applied)
 }
 
 /// What a one-off [`catch_up_once`] found.
@@ -497,22 +505,12 @@ async fn lead_while_possible(
     tracing::info!("leading the retry_rollup projector");
     let mut last_report = tokio::time::Instant::now();
     loop {
-        let batch = match run_batch(&mut conn, settings.batch_events).await {
-            Ok(batch) if batch.caught_up => {
-                match count_created(&mut conn, settings.count_created_every).await {
-                    Ok(_) => batch,
-                    Err(error) => {
-                        record_failure(&mut conn, &error).await;
-                        return Err(error);
-                    }
-                }
-            }
-            Ok(batch) => batch,
-            Err(error) => {
-                record_failure(&mut conn, &error).await;
-                return Err(error);
-            }
-        };
+        let batch = advance(
+            &mut conn,
+            settings.batch_events,
+            settings.count_created_every,
+        )
+        .await?;
         if batch.events > 0 || last_report.elapsed() >= Duration::from_secs(60) {
             let lag = lag(&mut conn).await?;
             tracing::info!(
