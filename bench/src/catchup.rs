@@ -4,10 +4,11 @@
 //! Two cases, each in a fresh bench database, differing only in how long the streams are:
 //!
 //! 1. `--streams` variant streams (one job each) get `--short-history` events (10), or
-//!    `--long-history` events (10,000), spread over the 30 days before the last two hours;
+//!    `--long-history` events (10,000), spread over the 30 days before the batch's two hours;
 //!    reasons, steps and scenarios vary as in the reports' log (12 kinds, drawn at random).
-//! 2. `--new-events` more (10,000), spread evenly over the same streams, in the last two
-//!    hours: the batch.
+//! 2. `--new-events` more (10,000), spread evenly over the same streams, in the two hours
+//!    that end `--week-hour` hours into a UTC week (the last hour of the last full week by
+//!    default: the most history in the batch's week): the batch.
 //! 3. The history is applied the way replay does it (`retry_rollup_reset`, then
 //!    `retry_rollup_apply('1', cut)` and the checkpoint moved to the cut, the first new
 //!    event's transaction), then `VACUUM ANALYZE` of the rollup's tables.
@@ -20,7 +21,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc, Weekday};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -70,6 +71,14 @@ pub struct CatchupArgs {
     #[arg(long, default_value_t = ProjectorSettings::default().batch_events, value_name = "N",
           value_parser = clap::value_parser!(i64).range(1..))]
     pub batch_events: i64,
+
+    /// Where in its UTC week the batch ends, in hours from Monday 00:00 (the latest such
+    /// instant not in the future): a batch reads the cells of the weeks it touches, so the
+    /// later in the week, the more history lies beside it. The default is the week's last
+    /// hour, the most.
+    #[arg(long, default_value_t = 167, value_name = "HOURS",
+          value_parser = clap::value_parser!(u32).range(2..=167))]
+    pub week_hour: u32,
 
     /// Keep the bench database of the long case at the end, for inspection.
     #[arg(long)]
@@ -181,6 +190,7 @@ async fn measure(
         args.streams,
         history,
         args.new_events,
+        batch_end(Utc::now(), args.week_hour),
         &mut StdRng::from_entropy(),
     )?;
     // COPY transactions that end exactly where the history does, so the cut takes only
@@ -299,16 +309,27 @@ fn kinds() -> Vec<EventKind> {
     kinds
 }
 
+/// The latest instant not after `now` that lies `week_hour` hours into its UTC week.
+fn batch_end(now: DateTime<Utc>, week_hour: u32) -> DateTime<Utc> {
+    let monday = now.date_naive().week(Weekday::Mon).first_day();
+    let end = monday.and_time(NaiveTime::MIN).and_utc() + TimeDelta::hours(i64::from(week_hour));
+    if end > now {
+        end - TimeDelta::weeks(1)
+    } else {
+        end
+    }
+}
+
 /// `streams` variants of one job each, `history` events per stream spread over the 30 days
-/// before the last two hours, then `new_events` spread over the streams in the last two
-/// hours; all in `occurred_at` order.
+/// before the two hours that end at `end`, then `new_events` spread over the streams in
+/// those two hours; all in `occurred_at` order.
 fn generate(
     streams: u32,
     history: u32,
     new_events: u32,
+    end: DateTime<Utc>,
     rng: &mut StdRng,
 ) -> anyhow::Result<GeneratedLog> {
-    let end = Utc::now() - chrono::Duration::minutes(1);
     let end_micros = end.timestamp_micros();
     let new_start = end_micros - NEW_SPAN_MICROS;
     let history_start = new_start - HISTORY_SPAN_MICROS;
@@ -362,5 +383,24 @@ fn gcd(a: u64, b: u64) -> u64 {
         a
     } else {
         gcd(b, a % b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_batch_ends_at_the_latest_such_hour_of_a_utc_week_not_in_the_future() {
+        // Tuesday 2026-12-01: Monday 20:00 of this week has passed, Sunday 23:00 not yet.
+        let now = at("2026-12-01T00:25:00Z");
+        assert_eq!(batch_end(now, 20), at("2026-11-30T20:00:00Z"));
+        assert_eq!(batch_end(now, 167), at("2026-11-29T23:00:00Z"));
+        assert_eq!(batch_end(now, 24), at("2026-12-01T00:00:00Z"));
+        assert_eq!(batch_end(now, 25), at("2026-11-24T01:00:00Z"));
     }
 }
