@@ -16,10 +16,58 @@
 --     (retry_rollup_drift) compares the rollup with;
 --   * retry_rollup_delta(from, to) is what a range adds on top of what is applied below it,
 --     read from retry_rollup_cell (migration 0008: per stream and rollup row, the lowest
---     attempt applied) instead of from the streams: a batch costs what its own events cost,
---     however long their streams are already (issue 10). retry_rollup_apply adds it and
---     updates the cells, in the projector's transaction that moves the checkpoint;
---     retry_rollup_reset empties the rollup and the cells.
+--     attempt applied) and retry_rollup_lowest (0011: per stream, day or week, and key, the
+--     lowest of those cells) instead of from the streams: a batch costs what its own events
+--     cost, however long their streams are already (issue 10). retry_rollup_apply adds it and
+--     updates both, in the projector's transaction that moves the checkpoint;
+--     retry_rollup_reset empties the rollup, the cells and the lowest.
+
+-- The events of [from_txid, to_txid), keyed as the cells and the rollup's rows are. A plain
+-- SQL function, so the planner inlines it and the txid range reaches the index.
+CREATE OR REPLACE FUNCTION retry_rollup_keyed(from_txid xid8, to_txid xid8)
+RETURNS TABLE (job_id uuid, variant uuid, kind text, attempt integer, reason retry_reason,
+               step text, scenario text, hour timestamptz, day timestamptz, week timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT h.job_id,
+           coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
+           CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
+           h.attempt, h.reason,
+           -- Bounded key parts, as in retry_rollup_expected.
+           left(coalesce(h.step, ''), 200),
+           left(coalesce(h.detail ->> 'scenario', ''), 200),
+           date_trunc('hour', h.occurred_at, 'UTC'),
+           date_trunc('day', h.occurred_at, 'UTC'),
+           date_trunc('week', h.occurred_at, 'UTC')
+      FROM retry_history h
+     WHERE h.txid >= from_txid AND h.txid < to_txid
+$$;
+
+-- The cells of [from_txid, to_txid) alone: per stream and rollup row, its lowest attempt.
+CREATE OR REPLACE FUNCTION retry_rollup_cells_of(from_txid xid8, to_txid xid8)
+RETURNS TABLE (job_id uuid, variant uuid, hour timestamptz, kind text, reason retry_reason,
+               step text, scenario text, first_attempt integer)
+LANGUAGE sql STABLE AS $$
+    SELECT e.job_id, e.variant, e.hour, e.kind, e.reason, e.step, e.scenario, min(e.attempt)
+      FROM retry_rollup_keyed(from_txid, to_txid) e
+     GROUP BY 1, 2, 3, 4, 5, 6, 7
+$$;
+
+-- The lowest of those cells per stream, UTC day or week, and key (retry_rollup_lowest).
+CREATE OR REPLACE FUNCTION retry_rollup_lowest_of(from_txid xid8, to_txid xid8)
+RETURNS TABLE (job_id uuid, variant uuid, span text, starts timestamptz, kind text,
+               reason retry_reason, step text, scenario text, hour timestamptz,
+               first_attempt integer)
+LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT ON (c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step,
+                        c.scenario)
+           c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step, c.scenario,
+           c.hour, c.first_attempt
+      FROM retry_rollup_cells_of(from_txid, to_txid) c
+     CROSS JOIN LATERAL (VALUES ('day', date_trunc('day', c.hour, 'UTC')),
+                                ('week', date_trunc('week', c.hour, 'UTC'))) AS s(span, starts)
+     ORDER BY c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step, c.scenario,
+              c.first_attempt
+$$;
 
 -- The rollup's rows from every event below up_to: per stream, the lowest attempt in each
 -- bucket and group is its first.
@@ -101,69 +149,40 @@ RETURNS TABLE (
 LANGUAGE sql STABLE AS $$
     -- 1. The range's events, keyed like the cells.
     WITH events AS (
-        SELECT h.job_id,
-               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
-               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
-               h.attempt, h.reason,
-               left(coalesce(h.step, ''), 200) AS step,
-               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
-               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
-               date_trunc('day', h.occurred_at, 'UTC') AS day,
-               date_trunc('week', h.occurred_at, 'UTC') AS week
-          FROM retry_history h
-         WHERE h.txid >= from_txid AND h.txid < to_txid
+        SELECT * FROM retry_rollup_keyed(from_txid, to_txid)
     ),
-    -- 2. What is applied already where the range can change a flag: the cells of each
-    --    touched stream in each touched UTC week (hours and days lie inside their week), one
-    --    range of the cells' primary key per stream and week. Of those, only what can decide
-    --    a flag is kept: every cell of an hour the range touches in that stream; in a touched
-    --    day's other hours, the lowest cell per reason, step and scenario; in the week's other
-    --    days, the same per week. (Every bucket's lowest attempt per group value, and the row
-    --    it lies in, survives; a bucket without range events changes no flag.) What goes on
-    --    to the window functions is thus bounded by the range's own hours plus a dozen cells
-    --    per stream and day or week, not by the stream's history nor by how far into the week
-    --    the batch falls. (A week is 168 hours: adding days to a timestamptz follows the
-    --    session's time zone.)
-    touched_hours AS (
+    -- 2. What is applied already where the range can change a flag, for each stream it
+    --    touches: every cell of each hour it touches, and the lowest cell per reason, step
+    --    and scenario of each day and week it touches (retry_rollup_lowest). (Every bucket's
+    --    lowest attempt per group value, and the row it lies in, is among them; a bucket
+    --    without range events changes no flag.) What goes on to the window functions is thus
+    --    bounded by the range's own hours plus a dozen cells per stream and day or week, and
+    --    so is what is read: not by the stream's history, nor by how far into its week the
+    --    batch falls. A cell that is also the lowest of its day or week comes once (UNION).
+    touched AS (
         SELECT DISTINCT e.job_id, e.variant, e.hour, e.day, e.week FROM events e
-    ), touched_days AS (
-        SELECT DISTINCT t.job_id, t.variant, t.day FROM touched_hours t
-    ), touched_weeks AS (
-        SELECT DISTINCT t.job_id, t.variant, t.week FROM touched_hours t
-    ), week_cells AS (
-        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
-               c.hour, date_trunc('day', c.hour, 'UTC') AS day, t.week
-          FROM touched_weeks t
-          JOIN retry_rollup_cell c
-            ON c.job_id = t.job_id AND c.variant = t.variant
-           AND c.hour >= t.week AND c.hour < t.week + interval '168 hours'
     ), kept AS (
-        SELECT DISTINCT ON (w.job_id, w.variant, w.in_hour, w.in_day,
-                            CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day
-                                 ELSE w.week END,
-                            w.reason, w.step, w.scenario)
-               w.*
-          FROM (
-            SELECT c.*,
-                   EXISTS (SELECT 1 FROM touched_hours t
-                            WHERE t.job_id = c.job_id AND t.variant = c.variant
-                              AND t.hour = c.hour) AS in_hour,
-                   EXISTS (SELECT 1 FROM touched_days t
-                            WHERE t.job_id = c.job_id AND t.variant = c.variant
-                              AND t.day = c.day) AS in_day
-              FROM week_cells c
-          ) w
-         -- (in_hour and in_day in the key: an hour at 00:00 is its day's start instant.)
-         ORDER BY w.job_id, w.variant, w.in_hour, w.in_day,
-                  CASE WHEN w.in_hour THEN w.hour WHEN w.in_day THEN w.day ELSE w.week END,
-                  w.reason, w.step, w.scenario, w.first_attempt
+        SELECT c.job_id, c.variant, c.kind, c.first_attempt, c.reason, c.step, c.scenario,
+               c.hour
+          FROM touched t
+          JOIN retry_rollup_cell c
+            ON (c.job_id, c.variant, c.hour) = (t.job_id, t.variant, t.hour)
+        UNION
+        SELECT l.job_id, l.variant, l.kind, l.first_attempt, l.reason, l.step, l.scenario,
+               l.hour
+          FROM (SELECT t.job_id, t.variant, 'day' AS span, t.day AS starts FROM touched t
+                UNION
+                SELECT t.job_id, t.variant, 'week', t.week FROM touched t) b
+          JOIN retry_rollup_lowest l
+            ON (l.job_id, l.variant, l.span, l.starts) = (b.job_id, b.variant, b.span, b.starts)
     ), rows AS (
         SELECT e.job_id, e.variant, e.kind, e.attempt, e.reason, e.step, e.scenario,
                e.hour, e.day, e.week, true AS new
           FROM events e
         UNION ALL
         SELECT k.job_id, k.variant, k.kind, k.first_attempt, k.reason, k.step, k.scenario,
-               k.hour, k.day, k.week, false
+               k.hour, date_trunc('day', k.hour, 'UTC'), date_trunc('week', k.hour, 'UTC'),
+               false
           FROM kept k
     ),
     -- 3. Per bucket and group, the lowest attempt with the range (m_*) and without it (p_*,
@@ -360,52 +379,44 @@ BEGIN
     )
     SELECT coalesce(sum(retries), 0)::bigint INTO applied FROM delta;
 
-    -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included.
+    -- 2. Then the cells: each stream's lowest attempt per rollup row, this range's included;
+    --    and the lowest cell of each day and week, where the range's is lower than what was
+    --    there.
     IF rebuilding THEN
-        INSERT INTO retry_rollup_cell
-        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
-               date_trunc('hour', h.occurred_at, 'UTC'),
-               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
-               h.reason, left(coalesce(h.step, ''), 200),
-               left(coalesce(h.detail ->> 'scenario', ''), 200),
-               min(h.attempt)
-          FROM retry_history h
-         WHERE h.txid < to_txid
-         GROUP BY 1, 2, 3, 4, 5, 6, 7;
+        INSERT INTO retry_rollup_cell SELECT * FROM retry_rollup_cells_of('0', to_txid);
+        INSERT INTO retry_rollup_lowest SELECT * FROM retry_rollup_lowest_of('0', to_txid);
     ELSE
         INSERT INTO retry_rollup_cell AS c
-        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
-               date_trunc('hour', h.occurred_at, 'UTC'),
-               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
-               h.reason, left(coalesce(h.step, ''), 200),
-               left(coalesce(h.detail ->> 'scenario', ''), 200),
-               min(h.attempt)
-          FROM retry_history h
-         WHERE h.txid >= from_txid AND h.txid < to_txid
-         GROUP BY 1, 2, 3, 4, 5, 6, 7
+        SELECT * FROM retry_rollup_cells_of(from_txid, to_txid)
         ON CONFLICT (job_id, variant, hour, kind, reason, step, scenario) DO UPDATE
            SET first_attempt = least(c.first_attempt, excluded.first_attempt);
+        INSERT INTO retry_rollup_lowest AS l
+        SELECT * FROM retry_rollup_lowest_of(from_txid, to_txid)
+        ON CONFLICT (job_id, variant, span, starts, kind, reason, step, scenario) DO UPDATE
+           SET hour = excluded.hour, first_attempt = excluded.first_attempt
+         WHERE excluded.first_attempt < l.first_attempt;
     END IF;
 
     RETURN applied;
 END
 $$;
 
--- Empty the rollup, its cells and the targets created (replay then applies everything below
--- its horizon and recounts every row).
+-- Empty the rollup, its cells (and their lowest per day and week) and the targets created
+-- (replay then applies everything below its horizon and recounts every row).
 CREATE OR REPLACE FUNCTION retry_rollup_reset()
 RETURNS void
 LANGUAGE sql AS $$
     DELETE FROM retry_rollup;
     DELETE FROM retry_rollup_cell;
+    DELETE FROM retry_rollup_lowest;
     DELETE FROM retry_rollup_created;
     UPDATE retry_rollup_created_window SET recount_from = NULL, counted_at = NULL;
 $$;
 
 -- Rollup rows that differ from what the log says below `up_to`; settled hours of targets
 -- created where the pipeline's rows hold more than were counted; and the rollup rows whose
--- cells differ (the catch-up's state: a later batch would go wrong), with the number of cells
--- stored and expected.
+-- cells, or lowest cells of a day or week, differ (the catch-up's state: a later batch would
+-- go wrong), with the number of those stored and expected.
 CREATE OR REPLACE FUNCTION retry_rollup_drift(up_to xid8)
 RETURNS TABLE (hour timestamptz, kind text, reason retry_reason, step text, scenario text,
                stored_retries bigint, expected_retries bigint, problem text)
@@ -413,25 +424,32 @@ LANGUAGE sql STABLE AS $$
     WITH expected AS (
         SELECT * FROM retry_rollup_expected(up_to)
     ), expected_cells AS (
-        SELECT h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS variant,
-               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
-               CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END AS kind,
-               h.reason, left(coalesce(h.step, ''), 200) AS step,
-               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
-               min(h.attempt) AS first_attempt
-          FROM retry_history h
-         WHERE h.txid < up_to
-         GROUP BY 1, 2, 3, 4, 5, 6, 7
-    ), cells_differ AS (
+        SELECT * FROM retry_rollup_cells_of('0', up_to)
+    ), expected_lowest AS (
+        SELECT * FROM retry_rollup_lowest_of('0', up_to)
+    ), differing AS (
         SELECT coalesce(s.hour, e.hour) AS hour, coalesce(s.kind, e.kind) AS kind,
                coalesce(s.reason, e.reason) AS reason, coalesce(s.step, e.step) AS step,
                coalesce(s.scenario, e.scenario) AS scenario,
-               count(s.job_id) AS stored, count(e.job_id) AS expected
+               s.job_id AS stored, e.job_id AS expected
           FROM retry_rollup_cell s
           FULL JOIN expected_cells e
             ON (s.job_id, s.variant, s.hour, s.kind, s.reason, s.step, s.scenario)
              = (e.job_id, e.variant, e.hour, e.kind, e.reason, e.step, e.scenario)
          WHERE s.first_attempt IS DISTINCT FROM e.first_attempt
+        UNION ALL
+        SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind),
+               coalesce(s.reason, e.reason), coalesce(s.step, e.step),
+               coalesce(s.scenario, e.scenario), s.job_id, e.job_id
+          FROM retry_rollup_lowest s
+          FULL JOIN expected_lowest e
+            ON (s.job_id, s.variant, s.span, s.starts, s.kind, s.reason, s.step, s.scenario)
+             = (e.job_id, e.variant, e.span, e.starts, e.kind, e.reason, e.step, e.scenario)
+         WHERE (s.hour, s.first_attempt) IS DISTINCT FROM (e.hour, e.first_attempt)
+    ), cells_differ AS (
+        SELECT d.hour, d.kind, d.reason, d.step, d.scenario,
+               count(d.stored) AS stored, count(d.expected) AS expected
+          FROM differing d
          GROUP BY 1, 2, 3, 4, 5
     )
     SELECT coalesce(s.hour, e.hour), coalesce(s.kind, e.kind), coalesce(s.reason, e.reason),

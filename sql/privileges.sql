@@ -25,7 +25,8 @@ DECLARE
         'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
-        'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_delta', 'retry_rollup_expected',
+        'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_keyed', 'retry_rollup_cells_of',
+        'retry_rollup_lowest_of', 'retry_rollup_delta', 'retry_rollup_expected',
         'retry_rollup_created_expected', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
@@ -39,6 +40,9 @@ DECLARE
         ['retry_counts_delta', 'retrylog_reader'],
         ['retry_counts_expected', 'retrylog_reader'],
         ['retry_counts_drift', 'retrylog_reader'],
+        ['retry_rollup_keyed', 'retrylog_reader'],
+        ['retry_rollup_cells_of', 'retrylog_reader'],
+        ['retry_rollup_lowest_of', 'retrylog_reader'],
         ['retry_rollup_delta', 'retrylog_reader'],
         ['retry_rollup_expected', 'retrylog_reader'],
         ['retry_rollup_created_expected', 'retrylog_reader'],

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc, Weekday};
+
 use retrylog::event::RetryReason;
 use retrylog::projector::{self, ProjectorSettings};
 use retrylog::replay::{self, Mismatch};
@@ -18,6 +20,18 @@ async fn rollup_retries(pool: &PgPool) -> i64 {
         .fetch_one(pool)
         .await
         .expect("summing the rollup")
+}
+
+/// The sum of a first_* column over the rollup rows in the hour, day or week (`unit`) of `at`.
+async fn flags_in(pool: &PgPool, column: &str, unit: &str, at: DateTime<Utc>) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT coalesce(sum({column}), 0)::bigint FROM retry_rollup
+          WHERE date_trunc('{unit}', hour, 'UTC') = date_trunc('{unit}', $1::timestamptz, 'UTC')"
+    ))
+    .bind(at)
+    .fetch_one(pool)
+    .await
+    .expect("summing first_* flags")
 }
 
 /// A connection of its own to the test's database, outside the pool.
@@ -360,7 +374,7 @@ async fn assert_rollup_matches_log_at_checkpoint(pool: &PgPool) {
 /// Appends `n` retries of `target` with out-of-order times inside a few hours and days, and
 /// varied reasons, steps and scenarios.
 async fn append_scattered(pool: &PgPool, target: retrylog::event::Target, n: usize, seed: usize) {
-    let base = chrono::Utc::now() - chrono::Duration::days(9);
+    let base = Utc::now() - TimeDelta::days(9);
     let reasons = [RetryReason::Stuck, RetryReason::Failed, RetryReason::Stuck];
     for i in 0..n {
         let k = i * 7 + seed;
@@ -374,8 +388,8 @@ async fn append_scattered(pool: &PgPool, target: retrylog::event::Target, n: usi
         };
         // Hours 0..5 of days 0, 1 and 8, not in attempt order.
         retry.occurred_at = Some(
-            base + chrono::Duration::days([0, 1, 8][(k / 5) % 3])
-                + chrono::Duration::minutes(((k * 37) % 300) as i64),
+            base + TimeDelta::days([0, 1, 8][(k / 5) % 3])
+                + TimeDelta::minutes(((k * 37) % 300) as i64),
         );
         append_ok(pool, &retry).await;
     }
@@ -419,46 +433,111 @@ async fn batches_cut_anywhere_onto_long_streams_keep_first_in_bucket_flags_exact
 async fn a_lower_attempt_applied_after_a_higher_one_takes_the_first_flag_over(pool: PgPool) {
     pipeline(&pool).await;
     lift_retry_limit(&pool).await;
-    let target = variant(JOB_A, VARIANT_A1);
-    append_n(&pool, target, 2).await;
     let mut projector_conn = own_connection(&pool).await;
-    projector::catch_up(&mut projector_conn, 10_000)
+    // A Wednesday noon (UTC) some weeks back: attempt 4 falls there, attempt 3 in the same
+    // hour, in another hour of that day, or in another day of that week; one week each.
+    let monday = Utc::now().date_naive().week(Weekday::Mon).first_day();
+    let wednesday_noon = monday.and_hms_opt(12, 0, 0).unwrap().and_utc() + TimeDelta::days(2);
+    let cases = [
+        (variant(JOB_A, VARIANT_A1), TimeDelta::zero()),
+        (variant(JOB_A, VARIANT_A2), TimeDelta::hours(-3)),
+        (job(JOB_B), TimeDelta::days(-1)),
+    ];
+    for (weeks_back, (target, third_from_fourth)) in (3..).zip(cases) {
+        append_n(&pool, target, 2).await;
+        projector::catch_up(&mut projector_conn, 10_000)
+            .await
+            .unwrap();
+        let at = wednesday_noon - TimeDelta::weeks(weeks_back);
+        // 1. `late` takes its transaction id first, then waits; attempt 3 commits in a later
+        //    transaction id; then `late` appends attempt 4.
+        let mut late_conn = own_connection(&pool).await;
+        let mut late = late_conn.begin().await.unwrap();
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *late)
+            .await
+            .unwrap();
+        let mut third = retry(target);
+        third.occurred_at = Some(at + third_from_fourth);
+        append_ok(&pool, &third).await;
+        let mut fourth = retry(target);
+        fourth.occurred_at = Some(at);
+        let event = store::append(&mut late, &fourth).await.unwrap();
+        assert_eq!(event.attempt, 4);
+        late.commit().await.unwrap();
+
+        // 2. One transaction per batch: attempt 4 (the lower txid) is applied first and is
+        //    the first of its hour, day and week; attempt 3 then takes over every flag of
+        //    the buckets it shares with it.
+        let first = projector::run_batch(&mut projector_conn, 1).await.unwrap();
+        assert_eq!(first.events, 1);
+        assert_eq!(
+            flags_in(&pool, "first_hour_kind", "hour", at).await,
+            1,
+            "attempt 4 alone in its hour so far"
+        );
+        assert_rollup_matches_log_at_checkpoint(&pool).await;
+        projector::catch_up(&mut projector_conn, 1).await.unwrap();
+        assert_rollup_matches_log_at_checkpoint(&pool).await;
+        for (column, unit) in [("first_day_kind", "day"), ("first_week_kind", "week")] {
+            assert_eq!(
+                flags_in(&pool, column, unit, at).await,
+                1,
+                "{column} around {at} with attempt 3 at {third_from_fourth}"
+            );
+        }
+        let third_first_in: (i64, i64) = sqlx::query_as(
+            "SELECT sum(first_day_kind)::bigint, sum(first_week_kind)::bigint FROM retry_rollup
+              WHERE hour = date_trunc('hour', $1::timestamptz, 'UTC')",
+        )
+        .bind(at + third_from_fourth)
+        .fetch_one(&pool)
         .await
         .unwrap();
+        assert_eq!(
+            third_first_in,
+            (1, 1),
+            "attempt 3's row holds the day's and week's flag"
+        );
+    }
+    assert_rollup_exact(&pool).await;
+}
 
-    // 1. `late` takes its transaction id first, then waits; attempt 3 commits in a later
-    //    transaction id; then `late` appends attempt 4. Both fall in the same hour.
-    let at = chrono::Utc::now() + chrono::Duration::days(-3);
-    let mut late_conn = own_connection(&pool).await;
-    let mut late = late_conn.begin().await.unwrap();
-    sqlx::query("SELECT pg_current_xact_id()")
-        .execute(&mut *late)
-        .await
-        .unwrap();
-    let mut third = retry(target);
-    third.occurred_at = Some(at);
-    append_ok(&pool, &third).await;
-    let mut fourth = retry(target);
-    fourth.occurred_at = Some(at);
-    let event = store::append(&mut late, &fourth).await.unwrap();
-    assert_eq!(event.attempt, 4);
-    late.commit().await.unwrap();
+#[sqlx::test(migrations = false)]
+async fn a_rollup_from_before_the_lowest_cells_gets_them_from_its_cells_and_catches_up_exactly(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    append_scattered(&pool, variant(JOB_A, VARIANT_A1), 40, 0).await;
+    append_scattered(&pool, job(JOB_B), 30, 3).await;
+    let mut conn = own_connection(&pool).await;
+    projector::catch_up(&mut conn, 7).await.unwrap();
 
-    // 2. One transaction per batch: attempt 4 (the lower txid) is applied first and is the
-    //    first of its hour; attempt 3 then takes the flag over.
-    let first = projector::run_batch(&mut projector_conn, 1).await.unwrap();
-    assert_eq!(first.events, 1);
-    let flagged: i64 = sqlx::query_scalar(
-        "SELECT sum(first_hour_kind)::bigint FROM retry_rollup
-          WHERE hour = date_trunc('hour', $1::timestamptz, 'UTC')",
+    // 1. The state a release before migration 11 left: the cells, no lowest cells (the
+    //    functions of that release did not know them; this release's are reinstalled).
+    load(
+        &pool,
+        "DROP TABLE retry_rollup_lowest; DELETE FROM _sqlx_migrations WHERE version = 11;",
     )
-    .bind(at)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert_eq!(flagged, 1, "attempt 4 alone in its hour so far");
+    .await;
+    migrated(&pool).await;
+    let lowest: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_rollup_lowest")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(lowest > 0, "migration 11 derived the lowest cells");
     assert_rollup_matches_log_at_checkpoint(&pool).await;
-    projector::catch_up(&mut projector_conn, 1).await.unwrap();
-    assert_rollup_matches_log_at_checkpoint(&pool).await;
+
+    // 2. Batches onto those streams, in hours and days that hold cells already.
+    append_scattered(&pool, variant(JOB_A, VARIANT_A1), 15, 1).await;
+    append_scattered(&pool, job(JOB_B), 9, 2).await;
+    for size in [1, 4].into_iter().cycle() {
+        let batch = projector::run_batch(&mut conn, size).await.unwrap();
+        assert_rollup_matches_log_at_checkpoint(&pool).await;
+        if batch.caught_up {
+            break;
+        }
+    }
     assert_rollup_exact(&pool).await;
 }
