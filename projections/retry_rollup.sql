@@ -52,21 +52,29 @@ LANGUAGE sql STABLE AS $$
      GROUP BY 1, 2, 3, 4, 5, 6, 7
 $$;
 
--- The lowest of those cells per stream, UTC day or week, and key (retry_rollup_lowest).
+-- The lowest of those cells per stream, UTC day or week, and key (retry_rollup_lowest). The
+-- lowest attempt by hashing, then its cell by the attempt (unique in its stream): sorting
+-- the cells to keep each group's first instead took a rebuild of a million events 10 s.
 CREATE OR REPLACE FUNCTION retry_rollup_lowest_of(from_txid xid8, to_txid xid8)
 RETURNS TABLE (job_id uuid, variant uuid, span text, starts timestamptz, kind text,
                reason retry_reason, step text, scenario text, hour timestamptz,
                first_attempt integer)
 LANGUAGE sql STABLE AS $$
-    SELECT DISTINCT ON (c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step,
-                        c.scenario)
-           c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step, c.scenario,
-           c.hour, c.first_attempt
-      FROM retry_rollup_cells_of(from_txid, to_txid) c
-     CROSS JOIN LATERAL (VALUES ('day', date_trunc('day', c.hour, 'UTC')),
-                                ('week', date_trunc('week', c.hour, 'UTC'))) AS s(span, starts)
-     ORDER BY c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step, c.scenario,
-              c.first_attempt
+    WITH cells AS (
+        SELECT * FROM retry_rollup_cells_of(from_txid, to_txid)
+    ), lowest AS (
+        SELECT c.job_id, c.variant, s.span, s.starts, c.kind, c.reason, c.step, c.scenario,
+               min(c.first_attempt) AS first_attempt
+          FROM cells c
+         CROSS JOIN LATERAL (VALUES ('day', date_trunc('day', c.hour, 'UTC')),
+                                    ('week', date_trunc('week', c.hour, 'UTC'))) AS s(span, starts)
+         GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+    )
+    SELECT l.job_id, l.variant, l.span, l.starts, l.kind, l.reason, l.step, l.scenario,
+           c.hour, l.first_attempt
+      FROM lowest l
+      JOIN cells c
+        ON (c.job_id, c.variant, c.first_attempt) = (l.job_id, l.variant, l.first_attempt)
 $$;
 
 -- The rollup's rows from every event below up_to: per stream, the lowest attempt in each
