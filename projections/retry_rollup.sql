@@ -22,8 +22,9 @@
 --     updates both, in the projector's transaction that moves the checkpoint;
 --     retry_rollup_reset empties the rollup, the cells and the lowest.
 
--- The events of [from_txid, to_txid), keyed as the cells and the rollup's rows are. A plain
--- SQL function, so the planner inlines it and the txid range reaches the index.
+-- The events of [from_txid, to_txid), keyed as the rollup's rows and the cells are (the nil
+-- uuid stands for the job-level stream). A plain SQL function, so the planner inlines it and
+-- the txid range reaches the index.
 CREATE OR REPLACE FUNCTION retry_rollup_keyed(from_txid xid8, to_txid xid8)
 RETURNS TABLE (job_id uuid, variant uuid, kind text, attempt integer, reason retry_reason,
                step text, scenario text, hour timestamptz, day timestamptz, week timestamptz)
@@ -32,7 +33,8 @@ LANGUAGE sql STABLE AS $$
            coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
            CASE WHEN h.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
            h.attempt, h.reason,
-           -- Bounded key parts, as in retry_rollup_expected.
+           -- Bounded key parts: record_retry refuses longer ones since migration 0006;
+           -- an event stored before is cut here rather than jam the rollup's index.
            left(coalesce(h.step, ''), 200),
            left(coalesce(h.detail ->> 'scenario', ''), 200),
            date_trunc('hour', h.occurred_at, 'UTC'),
@@ -90,39 +92,25 @@ RETURNS TABLE (
     first_week_kind bigint, first_week_reason bigint, first_week_step bigint,
     first_week_scenario bigint)
 LANGUAGE sql STABLE AS $$
-    -- (The nil uuid stands for "job-level", as in retry_rollup_cell.)
     WITH events AS (
-        SELECT h.job_id,
-               coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
-               h.job_variants_id, h.attempt, h.reason,
-               -- Bounded key parts: record_retry refuses longer ones since migration 0006;
-               -- an event stored before is cut here rather than jam the rollup's index.
-               left(coalesce(h.step, ''), 200) AS step,
-               left(coalesce(h.detail ->> 'scenario', ''), 200) AS scenario,
-               date_trunc('hour', h.occurred_at, 'UTC') AS hour,
-               date_trunc('day', h.occurred_at, 'UTC') AS day,
-               date_trunc('week', h.occurred_at, 'UTC') AS week
-          FROM retry_history h
-         WHERE h.txid < up_to
+        SELECT * FROM retry_rollup_keyed('0', up_to)
     ), flagged AS (
         SELECT e.*,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour) AS f_hour,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.reason) AS f_hour_reason,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.step) AS f_hour_step,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.hour, e.scenario) AS f_hour_scenario,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day) AS f_day,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.reason) AS f_day_reason,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.step) AS f_day_step,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.day, e.scenario) AS f_day_scenario,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week) AS f_week,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.reason) AS f_week_reason,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.step) AS f_week_step,
-               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.stream, e.week, e.scenario) AS f_week_scenario
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.hour) AS f_hour,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.hour, e.reason) AS f_hour_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.hour, e.step) AS f_hour_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.hour, e.scenario) AS f_hour_scenario,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.day) AS f_day,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.day, e.reason) AS f_day_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.day, e.step) AS f_day_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.day, e.scenario) AS f_day_scenario,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.week) AS f_week,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.week, e.reason) AS f_week_reason,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.week, e.step) AS f_week_step,
+               e.attempt = min(e.attempt) OVER (PARTITION BY e.job_id, e.variant, e.week, e.scenario) AS f_week_scenario
           FROM events e
     )
-    SELECT f.hour,
-           CASE WHEN f.job_variants_id IS NULL THEN 'job' ELSE 'variant' END,
-           f.reason, f.step, f.scenario,
+    SELECT f.hour, f.kind, f.reason, f.step, f.scenario,
            count(*),
            count(*) FILTER (WHERE f.f_hour),
            count(*) FILTER (WHERE f.f_hour_reason),
