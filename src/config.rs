@@ -38,7 +38,7 @@ pub struct WatchdogSettings {
           default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
     pub stuck_after: Duration,
 
-    /// How often to sweep every managed job, besides reacting to notifications (500ms, 30s, 5m).
+    /// How often to sweep every managed job, besides reacting to failures (500ms, 30s, 5m).
     #[arg(long, env = "RETRYLOG_SWEEP_EVERY", hide_env_values = true, value_name = "DURATION",
           default_value = DEFAULT_SWEEP_EVERY, value_parser = parse_duration)]
     pub sweep_every: Duration,
@@ -48,14 +48,16 @@ pub struct WatchdogSettings {
           hide_default_value = true, value_parser = parse_instance)]
     pub instance: String,
 
-    /// The channel the failure trigger on jobs/jobs_variants notifies and the watchdog listens
-    /// on; set it when the pipeline already uses the default name (written to the database).
+    /// The channel the failure trigger on jobs/jobs_variants notifies, for whatever listens
+    /// (the watchdog reads the failure signals instead); set it when the pipeline already uses
+    /// the default name (written to the database).
     #[arg(long, env = "RETRYLOG_CHANNEL", hide_env_values = true, value_name = "NAME", default_value = DEFAULT_CHANNEL,
           value_parser = parse_channel)]
     pub channel: String,
 
-    /// The pipeline's own change channel, if it has one: the watchdog listens there too and
+    /// The pipeline's own change channel, if it has one: the watchdog listens there and
     /// sweeps the job each notification's JSON `job_id` names (anything else: every job).
+    /// Listening costs the pipeline's notifying writes a few percent.
     #[arg(long, env = "RETRYLOG_PIPELINE_CHANNEL", hide_env_values = true, value_name = "NAME",
           value_parser = parse_channel)]
     pub pipeline_channel: Option<String>,

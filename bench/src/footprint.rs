@@ -4,9 +4,9 @@
 //!
 //! 1. Both databases get the same jobs (running at `generate`) and variants (done there).
 //! 2. The retrylog database runs what `serve` runs on it, with default settings: the
-//!    watchdog (`recovery::run`: it LISTENs on its channel and sweeps every 30 s) and the
-//!    projector (`projector::run`: it polls the log every second and recounts the targets
-//!    created from the pipeline's rows every 60 s).
+//!    watchdog (`recovery::run`: it polls the failure signals every 250 ms, holds no LISTEN,
+//!    and sweeps every 30 s) and the projector (`projector::run`: it polls the log every
+//!    second and recounts the targets created from the pipeline's rows every 60 s).
 //! 3. Five statements the pipeline makes — the original counter bump, a heartbeat touch, a
 //!    status change running ↔ done, a step change, a job inserted with four variants — each
 //!    at every `--connections` count, in slices that alternate between the two databases

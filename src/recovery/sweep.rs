@@ -1,6 +1,7 @@
 //! The watchdog's loop, before any retry exists (it produces the retries that flow into store →
-//! projector → report/http): a sweep at start, every `sweep_every` and whenever a notification
-//! names a job; each sweep detects every scenario's candidates and claims them one at a time.
+//! projector → report/http): a sweep at start, every `sweep_every` and whenever a failure signal
+//! (or a notification on the pipeline's own channel) names a job; each sweep detects every
+//! scenario's candidates and claims them one at a time.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -168,20 +169,30 @@ enum Wake {
     Everything,
 }
 
+/// How often the watchdog reads the failure signals (migration 0012): a failed target is
+/// retried within about this long of its failure committing, plus its sweep.
+pub const FAILURE_POLL: Duration = Duration::from_millis(250);
+
 /// Jobs named by one wake-up round; past this many, one sweep of everything is cheaper.
 const MOST_JOBS_PER_WAKE: usize = 1000;
 
 /// Runs the watchdog until `shutdown` turns true: sweeps at start and every `sweep_every`,
-/// sweeps the notified jobs as notifications arrive, and reconnects with back-off when the
-/// database goes away. Errors are logged, never returned.
+/// sweeps the jobs the failure signals name as they appear (and those the pipeline's own
+/// channel names, if it listens there), and reconnects with back-off when the database goes
+/// away. Errors are logged, never returned.
 pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::Receiver<bool>) {
     let (wake_tx, mut wake_rx) = mpsc::unbounded_channel();
-    // The listener logs through whatever subscriber the caller runs `run` under.
-    let mut channels = vec![settings.channel.clone()];
-    channels.extend(settings.pipeline_channel.clone());
-    let listener = tokio::spawn(
-        listen(pool.clone(), channels, wake_tx, shutdown.clone()).with_current_subscriber(),
-    );
+    // The helpers log through whatever subscriber the caller runs `run` under. No LISTEN but
+    // on the pipeline's channel: PostgreSQL wakes every listener in the database at the commit
+    // of every notifying transaction, whatever its channel (migration 0012).
+    let mut helpers = vec![tokio::spawn(
+        poll_failures(pool.clone(), wake_tx.clone(), shutdown.clone()).with_current_subscriber(),
+    )];
+    if let Some(channel) = settings.pipeline_channel.clone() {
+        helpers.push(tokio::spawn(
+            listen(pool.clone(), channel, wake_tx, shutdown.clone()).with_current_subscriber(),
+        ));
+    }
     tracing::info!(
         instance = %settings.instance,
         steps = %settings.steps,
@@ -215,7 +226,7 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
                         scope = if everything {
                             "everything"
                         } else {
-                            "notified jobs"
+                            "signalled jobs"
                         },
                         detected = summary.detected,
                         retried = summary.retried.len(),
@@ -238,8 +249,10 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
             }
         }
     }
-    // The listener stops on the same signal; wait so its connection closes cleanly.
-    let _ = listener.await;
+    // The helpers stop on the same signal; wait so their connections close cleanly.
+    for helper in helpers {
+        let _ = helper.await;
+    }
     tracing::info!("recovery watchdog stopped");
 }
 
@@ -273,24 +286,58 @@ fn gather(first: Wake, wakes: &mut mpsc::UnboundedReceiver<Wake>) -> Scope {
     }
 }
 
-/// LISTENs on `channels` (retrylog's, and the pipeline's own if configured) and turns each
-/// notification into a [`Wake`]. Reconnects with back-off; after every reconnect it asks for a
-/// sweep of everything, since notifications sent while it was away are lost.
-async fn listen(
+/// Every [`FAILURE_POLL`], takes the failure signals the trigger left (`DELETE … RETURNING`:
+/// of several instances, one takes each) and wakes a sweep of the jobs they name. A signal
+/// outlives a lost connection, so nothing is missed while the database is away; the poll
+/// then backs off like the rest.
+async fn poll_failures(
     pool: PgPool,
-    channels: Vec<String>,
     wakes: mpsc::UnboundedSender<Wake>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let channel = channels.join(",");
+    let mut pause = FAILURE_POLL;
+    loop {
+        if shutdown::sleep(pause, &mut shutdown).await {
+            return;
+        }
+        let taken =
+            sqlx::query_scalar::<_, Uuid>("DELETE FROM retry_failure_signal RETURNING job_id")
+                .fetch_all(&pool);
+        let Some(taken) = shutdown::unless_requested(taken, &mut shutdown).await else {
+            return;
+        };
+        match taken {
+            Ok(jobs) => {
+                pause = FAILURE_POLL;
+                for job_id in jobs {
+                    if wakes.send(Wake::Job(job_id)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                pause = (pause * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+                tracing::warn!(%error, retry_in = ?pause, "could not read the failure signals");
+            }
+        }
+    }
+}
+
+/// LISTENs on the pipeline's own `channel` and turns each notification into a [`Wake`].
+/// Reconnects with back-off; after every reconnect it asks for a sweep of everything, since
+/// notifications sent while it was away are lost.
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    wakes: mpsc::UnboundedSender<Wake>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut first = true;
     while !*shutdown.borrow() {
         let connecting = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener
-                .listen_all(channels.iter().map(String::as_str))
-                .await?;
+            listener.listen(&channel).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let Some(connected) = shutdown::unless_requested(connecting, &mut shutdown).await else {
@@ -340,8 +387,9 @@ async fn listen(
     }
 }
 
-/// The job a notification names: `job_id` of a JSON payload (retrylog's trigger sends one;
-/// a pipeline's own channel may too). Anything else wakes a sweep of everything.
+/// The job a notification names: `job_id` of a JSON payload (a pipeline's own channel may
+/// send one, as retrylog's trigger does on its channel). Anything else wakes a sweep of
+/// everything.
 fn wake_for(notification: &PgNotification) -> Wake {
     serde_json::from_str::<serde_json::Value>(notification.payload())
         .ok()

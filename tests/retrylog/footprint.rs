@@ -1,7 +1,8 @@
-//! Light on the pipeline (DESIGN.md invariant 10, migrations 0007 and 0010): with `serve`
-//! running, a failure the pipeline commits still wakes the watchdog at once, the pipeline's
-//! everyday writes never fail or wait because of retrylog, what no notification reveals is
-//! found by the periodic sweep, a pipeline's own channel can wake the watchdog too, and the
+//! Light on the pipeline (DESIGN.md invariant 10, migrations 0007, 0010 and 0012): with
+//! `serve` running, a failure the pipeline commits still wakes the watchdog at once (through
+//! a failure signal it polls: it holds no LISTEN that every notifying write would wake), the
+//! pipeline's everyday writes never fail or wait because of retrylog, what no failure reveals
+//! is found by the periodic sweep, a pipeline's own channel can wake the watchdog too, and the
 //! targets created are counted from the rows with no trigger on the pipeline's inserts. How
 //! fast those writes run is the benchmark's to say (`retrylog-bench footprint`), not a test's.
 
@@ -20,32 +21,30 @@ use uuid::Uuid;
 
 use crate::fixtures::*;
 use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
+use crate::security::TestRole;
 
 /// Starts `retrylog serve` on the test's database, named `instance`, sweeping every
-/// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2
-/// and it listens.
+/// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2.
 async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio::process::Child {
     let serve = serve_command(pool, &["--sweep-every", sweep_every])
         .await
         .env("RETRYLOG_INSTANCE", instance)
         .spawn()
         .expect("retrylog serve starts");
-    first_sweep_done_and_listening(pool).await;
+    first_sweep_done(pool).await;
     serve
 }
 
 /// Waits until a watchdog over the pipeline fixture retried its failed variant A2 (its first
-/// sweep) and LISTENs.
-async fn first_sweep_done_and_listening(pool: &PgPool) {
-    let deadline = Duration::from_secs(10);
+/// sweep).
+async fn first_sweep_done(pool: &PgPool) {
     wait_until(
         pool,
         &has_events(VARIANT_A2, 1),
-        deadline,
+        Duration::from_secs(10),
         "the first sweep",
     )
     .await;
-    wait_until(pool, LISTENING, deadline, "the watchdog listens").await;
 }
 
 /// Waits (10 s at most) for the retry of `variant`; returns the seconds from the moment the
@@ -90,7 +89,7 @@ async fn fail_at(pool: &PgPool, variant: Uuid) -> chrono::DateTime<chrono::Utc> 
 #[sqlx::test(migrations = false)]
 async fn serve_retries_a_failure_within_a_second_of_its_commit(pool: PgPool) {
     pipeline(&pool).await;
-    // The next periodic sweep is an hour away: only the failure's notification can do it.
+    // The next periodic sweep is an hour away: only the failure's signal can do it.
     let serve = start_serve(&pool, "serve-footprint", "1h").await;
 
     let failed_at = fail_at(&pool, VARIANT_A3).await;
@@ -99,6 +98,73 @@ async fn serve_retries_a_failure_within_a_second_of_its_commit(pool: PgPool) {
         (0.0..1.0).contains(&seconds),
         "retried {seconds:.3} s after the failure was written"
     );
+    stop_serve(serve).await;
+    assert_verify_clean(&pool).await;
+}
+
+/// Sessions of this database whose last statement was a LISTEN (an idle listener's is).
+const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
+                          WHERE datname = current_database() AND query ILIKE 'listen %'";
+
+/// A failure committed by the pipeline's own role (its columns and nothing of retrylog's)
+/// leaves a signal through the trigger, which the role can neither read nor forge nor take;
+/// serve takes it and retries the variant within a second, and holds no LISTEN meanwhile:
+/// PostgreSQL would wake a listener at the commit of every notifying write of the database.
+#[sqlx::test(migrations = false)]
+async fn a_pipeline_roles_failure_is_signalled_to_serve_which_never_listens(pool: PgPool) {
+    pipeline(&pool).await;
+    let worker = TestRole::create(&pool, &[]).await;
+    sqlx::query(&format!(
+        "GRANT SELECT, UPDATE (status, current_step, updated_at) ON jobs, jobs_variants TO {}",
+        worker.name
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    for dml in [
+        "SELECT count(*) FROM retry_failure_signal",
+        "INSERT INTO retry_failure_signal (job_id) VALUES ('0a000000-0000-4000-8000-000000000000')",
+        "DELETE FROM retry_failure_signal",
+    ] {
+        let error = sqlx::query(dml)
+            .execute(&worker.pool)
+            .await
+            .expect_err("the pipeline's role has no right on the signals");
+        assert_eq!(
+            error.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{dml}: {error}"
+        );
+    }
+    // The fixture inserted variant A2 failed: that left job A's signal. A failure rolled
+    // back leaves none.
+    let signals = "SELECT coalesce(array_agg(job_id ORDER BY id), '{}') FROM retry_failure_signal";
+    let inserted: Vec<Uuid> = sqlx::query_scalar(signals).fetch_one(&pool).await.unwrap();
+    assert_eq!(inserted, [JOB_A]);
+    let mut tx = worker.pool.begin().await.unwrap();
+    sqlx::query("UPDATE jobs_variants SET status = 'failed' WHERE job_variants_id = $1")
+        .bind(VARIANT_A3)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let after: Vec<Uuid> = sqlx::query_scalar(signals).fetch_one(&pool).await.unwrap();
+    assert_eq!(after, inserted);
+    let serve = start_serve(&pool, "serve-signalled", "1h").await;
+
+    let failed_at = fail_at(&worker.pool, VARIANT_A3).await;
+    let seconds = seconds_to_retry(&pool, VARIANT_A3, failed_at).await;
+    assert!(
+        (0.0..1.0).contains(&seconds),
+        "retried {seconds:.3} s after the failure was written"
+    );
+    let listeners: i64 = sqlx::query_scalar(LISTENERS)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(listeners, 0, "serve holds no LISTEN");
+    let left: Vec<Uuid> = sqlx::query_scalar(signals).fetch_one(&pool).await.unwrap();
+    assert_eq!(left, Vec::<Uuid>::new(), "serve took the signal");
     stop_serve(serve).await;
     assert_verify_clean(&pool).await;
 }
@@ -286,16 +352,16 @@ async fn make_lagging(pool: &PgPool) -> Uuid {
 }
 
 /// Starts a watchdog named `name` over the pipeline fixture and waits until its first sweep
-/// retried the failed variant A2 and it listens.
+/// retried the failed variant A2.
 async fn start_watchdog(pool: &PgPool, name: &str, settings: WatchdogSettings) -> Watchdog {
     pipeline(pool).await;
     let watchdog = Watchdog::start(pool, name, settings).await;
-    first_sweep_done_and_listening(pool).await;
+    first_sweep_done(pool).await;
     watchdog
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_touch_scenario_no_notification_reveals_is_found_by_the_periodic_sweep(pool: PgPool) {
+async fn a_touch_scenario_no_failure_reveals_is_found_by_the_periodic_sweep(pool: PgPool) {
     let watchdog = start_watchdog(
         &pool,
         "watchdog-sweeping",
@@ -325,6 +391,7 @@ async fn a_watchdog_given_the_pipelines_channel_sweeps_the_job_its_notification_
     )
     .await;
     let deadline = Duration::from_secs(10);
+    wait_until(&pool, LISTENING, deadline, "the watchdog listens").await;
     let lagging = make_lagging(&pool).await;
 
     // The pipeline's own trigger would send this when it touches a row of job A.
