@@ -4,9 +4,9 @@
 -- transaction there that sent a NOTIFY, on any channel; the backend wakes, reads the queue
 -- and skips what it does not listen to. In a pipeline that notifies on its own changes
 -- (DESIGN.md: a per-row NOTIFY its workers listen on), the watchdog's listener was woken at
--- every one of the pipeline's writes, and those ran at 0.90-0.95x their speed without
--- retrylog (pgbench, 4 clients: an idle LISTEN on another channel of the same database cost
--- a notifying writer 4-13%).
+-- every one of the pipeline's writes, and those ran at 0.90-0.98x their speed without
+-- retrylog (bench/pgbench/listener-cost.sh, 4 clients: an idle LISTEN on another channel of
+-- the same database cost a notifying writer 2-13%).
 --
 -- A transition into failed now also leaves a row here, written by the failure trigger in the
 -- failing transaction, so it appears exactly when the failure commits and not at all when it

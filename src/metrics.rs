@@ -85,7 +85,7 @@ static PROCESS: LazyLock<ProcessMetrics> = LazyLock::new(|| {
     let sweeps = Family::<ScopeLabel, Counter>::default();
     registry.register(
         "retrylog_watchdog_sweeps",
-        "Sweeps this instance's watchdog finished, by scope (everything or notified jobs)",
+        "Sweeps this instance's watchdog finished, by scope (everything or signalled jobs)",
         sweeps.clone(),
     );
     let sweep_seconds = Histogram::new(exponential_buckets(0.001, 4.0, 9));

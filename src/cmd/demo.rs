@@ -6,7 +6,7 @@
 //!    earlier `--keep` left is dropped only with `--replace`.
 //! 2. The pipeline's own change trigger (`demo/pipeline.rs`), and the watchdog's settings,
 //!    scaled to seconds, published to `retrylog_settings` as `serve` does; the watchdog
-//!    listens on the pipeline's channel too (`pipeline_channel`).
+//!    listens on the pipeline's channel (`pipeline_channel`), besides polling the failures.
 //! 3. Three tasks until `--duration` is over (or Ctrl-C): the simulated pipeline
 //!    (`demo/pipeline.rs`), [`recovery::run`] — the watchdog `serve` runs — and the live view
 //!    (`demo/live.rs`).
