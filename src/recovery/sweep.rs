@@ -171,7 +171,7 @@ enum Wake {
 
 /// How often the watchdog reads the failure signals (migration 0012): a failed target is
 /// retried within about this long of its failure committing, plus its sweep.
-pub const FAILURE_POLL: Duration = Duration::from_millis(250);
+const FAILURE_POLL: Duration = Duration::from_millis(250);
 
 /// Jobs named by one wake-up round; past this many, one sweep of everything is cheaper.
 const MOST_JOBS_PER_WAKE: usize = 1000;
@@ -287,15 +287,17 @@ fn gather(first: Wake, wakes: &mut mpsc::UnboundedReceiver<Wake>) -> Scope {
 }
 
 /// Every [`FAILURE_POLL`], takes the failure signals the trigger left (`DELETE … RETURNING`:
-/// of several instances, one takes each) and wakes a sweep of the jobs they name. A signal
-/// outlives a lost connection, so nothing is missed while the database is away; the poll
-/// then backs off like the rest.
+/// of several instances, one takes each) and wakes a sweep of the jobs they name. Signals wait
+/// in their table while the database is away, and the poll backs off like the rest; a poll
+/// that failed may have taken some and lost the answer (its connection cut after the commit),
+/// so the first poll after a failure asks for a sweep of everything.
 async fn poll_failures(
     pool: PgPool,
     wakes: mpsc::UnboundedSender<Wake>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut pause = FAILURE_POLL;
+    let mut failed = false;
     loop {
         if shutdown::sleep(pause, &mut shutdown).await {
             return;
@@ -309,13 +311,15 @@ async fn poll_failures(
         match taken {
             Ok(jobs) => {
                 pause = FAILURE_POLL;
-                for job_id in jobs {
-                    if wakes.send(Wake::Job(job_id)).is_err() {
+                let missed = std::mem::take(&mut failed).then_some(Wake::Everything);
+                for wake in missed.into_iter().chain(jobs.into_iter().map(Wake::Job)) {
+                    if wakes.send(wake).is_err() {
                         return;
                     }
                 }
             }
             Err(error) => {
+                failed = true;
                 pause = (pause * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
                 tracing::warn!(%error, retry_in = ?pause, "could not read the failure signals");
             }

@@ -109,11 +109,12 @@ pub async fn serve_projector_only(pool: &PgPool) -> tokio::process::Child {
 }
 
 /// The SQLSTATE of an error a role's statement got.
-fn code_of(error: &sqlx::Error) -> String {
+pub(crate) fn code_of(error: &sqlx::Error) -> String {
     database_error(error).0
 }
 
-const DENIED: &str = "42501";
+/// insufficient_privilege.
+pub(crate) const DENIED: &str = "42501";
 
 #[sqlx::test(migrations = false)]
 async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role(pool: PgPool) {
