@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::fixtures::*;
 use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
-use crate::security::{code_of, TestRole, DENIED};
+use crate::security::{assert_denied, TestRole};
 
 /// Starts `retrylog serve` on the test's database, named `instance`, sweeping every
 /// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2.
@@ -121,17 +121,16 @@ async fn a_pipeline_roles_failure_is_signalled_to_serve_which_never_listens(pool
     .execute(&pool)
     .await
     .unwrap();
-    for dml in [
-        "SELECT count(*) FROM retry_failure_signal",
-        "INSERT INTO retry_failure_signal (job_id) VALUES ('0a000000-0000-4000-8000-000000000000')",
-        "DELETE FROM retry_failure_signal",
-    ] {
-        let error = sqlx::query(dml)
-            .execute(&worker.pool)
-            .await
-            .expect_err("the pipeline's role has no right on the signals");
-        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
-    }
+    // The pipeline's role has no right on the signals.
+    assert_denied(
+        &worker.pool,
+        &[
+            "SELECT count(*) FROM retry_failure_signal",
+            "INSERT INTO retry_failure_signal (job_id) VALUES ('0a000000-0000-4000-8000-000000000000')",
+            "DELETE FROM retry_failure_signal",
+        ],
+    )
+    .await;
     // The fixture inserted variant A2 failed: that left job A's signal. A failure rolled
     // back leaves none.
     let signals = "SELECT coalesce(array_agg(job_id ORDER BY id), '{}') FROM retry_failure_signal";

@@ -109,12 +109,24 @@ pub async fn serve_projector_only(pool: &PgPool) -> tokio::process::Child {
 }
 
 /// The SQLSTATE of an error a role's statement got.
-pub(crate) fn code_of(error: &sqlx::Error) -> String {
+fn code_of(error: &sqlx::Error) -> String {
     database_error(error).0
 }
 
 /// insufficient_privilege.
-pub(crate) const DENIED: &str = "42501";
+const DENIED: &str = "42501";
+
+/// Runs each statement on `pool` (a role's) and asserts PostgreSQL refused it for want of a
+/// privilege: not some other error that would hide a grant too many.
+pub(crate) async fn assert_denied(pool: &PgPool, statements: &[&str]) {
+    for statement in statements {
+        let error = sqlx::query(statement)
+            .execute(pool)
+            .await
+            .expect_err(statement);
+        assert_eq!(code_of(&error), DENIED, "{statement}: {error}");
+    }
+}
 
 #[sqlx::test(migrations = false)]
 async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role(pool: PgPool) {
@@ -218,31 +230,22 @@ async fn a_writer_cannot_forge_an_event_with_a_valid_hash_nor_bump_a_count(pool:
         .expect_err("retry_count is not the pipeline's column");
     assert_eq!(code_of(&bump), DENIED, "{bump}");
 
-    for call in [
-        "SELECT retry_counts_apply(1, 1)",
-        "SELECT retry_event_hash('\\x00', 'x')",
-        "SELECT retry_rollup_reset()",
-        "SELECT * FROM retry_counts_rebuild()",
-    ] {
-        let error = sqlx::query(call)
-            .execute(&writer.pool)
-            .await
-            .expect_err("a writer may call record_retry only");
-        assert_eq!(code_of(&error), DENIED, "{call}: {error}");
-    }
-    for dml in [
-        "UPDATE retry_history SET actor = 'mallory'",
-        "DELETE FROM retry_history",
-        "INSERT INTO retry_opening_balance (job_id, balance) VALUES ('0a000000-0000-4000-8000-000000000000', 5)",
-        "UPDATE retrylog_settings SET max_retries = NULL",
-        "UPDATE projector_lease SET holder_pid = 1",
-    ] {
-        let error = sqlx::query(dml)
-            .execute(&writer.pool)
-            .await
-            .expect_err("a writer has no DML on retrylog's tables");
-        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
-    }
+    // A writer may call record_retry only, and has no DML on retrylog's tables.
+    assert_denied(
+        &writer.pool,
+        &[
+            "SELECT retry_counts_apply(1, 1)",
+            "SELECT retry_event_hash('\\x00', 'x')",
+            "SELECT retry_rollup_reset()",
+            "SELECT * FROM retry_counts_rebuild()",
+            "UPDATE retry_history SET actor = 'mallory'",
+            "DELETE FROM retry_history",
+            "INSERT INTO retry_opening_balance (job_id, balance) VALUES ('0a000000-0000-4000-8000-000000000000', 5)",
+            "UPDATE retrylog_settings SET max_retries = NULL",
+            "UPDATE projector_lease SET holder_pid = 1",
+        ],
+    )
+    .await;
     // What the pipeline may do, it can.
     sqlx::query("UPDATE jobs SET updated_at = now() WHERE job_id = $1")
         .bind(JOB_B)
@@ -407,19 +410,20 @@ async fn every_read_command_runs_as_a_reader_and_writes_nothing(pool: PgPool) {
     );
 
     // And the reader can write nothing itself.
-    for dml in [
-        "INSERT INTO retry_rollup_created VALUES (now(), 'job', 1)",
-        "UPDATE projection_checkpoint SET position = '1'",
-        "UPDATE jobs SET retry_count = 0",
-        "DELETE FROM retry_intervention",
-        "DELETE FROM retry_open",
-        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
-         VALUES (1, 'recovered', now(), 'reader', '{}')",
-        "SELECT retry_outcome_observe(ARRAY['segment'], 'reader', NULL)",
-    ] {
-        let error = sqlx::query(dml).execute(&reader.pool).await.expect_err(dml);
-        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
-    }
+    assert_denied(
+        &reader.pool,
+        &[
+            "INSERT INTO retry_rollup_created VALUES (now(), 'job', 1)",
+            "UPDATE projection_checkpoint SET position = '1'",
+            "UPDATE jobs SET retry_count = 0",
+            "DELETE FROM retry_intervention",
+            "DELETE FROM retry_open",
+            "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+             VALUES (1, 'recovered', now(), 'reader', '{}')",
+            "SELECT retry_outcome_observe(ARRAY['segment'], 'reader', NULL)",
+        ],
+    )
+    .await;
     let error = record_via_sql(
         &mut reader.pool.acquire().await.unwrap(),
         job(JOB_A),
@@ -921,30 +925,29 @@ async fn outcomes_are_decided_only_through_the_deciders_a_writers_retry_decides_
 
     let before = snapshot(&pool).await;
     // A writer can neither decide nor undo an outcome, nor observe.
-    for dml in [
-        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
-         SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
-        "DELETE FROM retry_open",
-        "UPDATE retry_outcome SET outcome = 'recovered'",
-        "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment'], 'w', NULL)",
-        "SELECT retry_open_rebuild()",
-    ] {
-        let error = sqlx::query(dml).execute(&writer.pool).await.expect_err(dml);
-        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
-    }
+    assert_denied(
+        &writer.pool,
+        &[
+            "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+             SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
+            "DELETE FROM retry_open",
+            "UPDATE retry_outcome SET outcome = 'recovered'",
+            "SELECT retry_outcome_observe(ARRAY['prepare','generate','segment'], 'w', NULL)",
+            "SELECT retry_open_rebuild()",
+        ],
+    )
+    .await;
     // The operator may observe (the watchdog's capability), and rebuild, but not write
     // outcomes by hand either; and an outcome is never changed, whoever asks.
-    for dml in [
-        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
-         SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
-        "UPDATE retry_outcome SET outcome = 'recovered'",
-    ] {
-        let error = sqlx::query(dml)
-            .execute(&operator.pool)
-            .await
-            .expect_err(dml);
-        assert_eq!(code_of(&error), DENIED, "{dml}: {error}");
-    }
+    assert_denied(
+        &operator.pool,
+        &[
+            "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+             SELECT seq, 'recovered', now(), 'forged', '{}' FROM retry_open",
+            "UPDATE retry_outcome SET outcome = 'recovered'",
+        ],
+    )
+    .await;
     let error = sqlx::query("UPDATE retry_outcome SET outcome = 'recovered'")
         .execute(&pool)
         .await
