@@ -148,6 +148,9 @@ const TREND_FLAT: f64 = 0.67;
 const HISTORY_P99_MS: f64 = 2.0;
 /// The outcomes report from its rollup under this many milliseconds at p99 (issue 10).
 const OUTCOMES_P99_MS: f64 = 50.0;
+/// The projector's catch-up, batch by batch, at least this fraction of the speed of the
+/// one-transaction rebuild of the same events (issue 10).
+const CATCH_UP_OF_REBUILD: f64 = 0.8;
 
 /// Everything measured when the log held `events`.
 #[derive(Debug)]
@@ -390,13 +393,15 @@ fn figure_lines(args: &ReportsArgs, stages: &[Stage]) -> Vec<Line> {
         )
         .events(stage.events);
         if let Some((took, applied)) = stage.rebuild {
-            catch_up = catch_up.baseline(
-                format!(
-                    "full rebuild (rebuild_rollup, one transaction) of {} events",
-                    thousands(applied as f64)
-                ),
-                applied as f64 / took.as_secs_f64(),
-            );
+            catch_up = catch_up
+                .baseline(
+                    format!(
+                        "full rebuild (rebuild_rollup, one transaction) of {} events",
+                        thousands(applied as f64)
+                    ),
+                    applied as f64 / took.as_secs_f64(),
+                )
+                .goal(Goal::AtLeast(CATCH_UP_OF_REBUILD));
         }
         lines.push(catch_up);
 
