@@ -12,7 +12,9 @@
 #   ("1 4 16") the client counts. Attribution runs: WITHOUT_BRIN=1 drops retrylog's BRIN
 #   indexes in rl_fp_with (what is left of retrylog on the pipeline's writes is the failure
 #   triggers' WHEN); WITH=brin makes rl_fp_with the counter-only schema plus those two BRIN
-#   indexes and nothing else.
+#   indexes and nothing else. PIPELINE_NOTIFY=1 gives both databases the pipeline's own
+#   per-row NOTIFY trigger (the bench's "pipeline notifies" world); SERVE=1 runs
+#   `retrylog serve --no-http` (the watchdog and the projector) on rl_fp_with throughout.
 HERE=$(cd "$(dirname "$0")" && pwd)
 U=postgres://postgres@127.0.0.1:5432
 for DB in rl_fp_with rl_fp_without; do
@@ -40,6 +42,29 @@ INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, curr
 VACUUM ANALYZE;
 SQL
 done
+if [ "${PIPELINE_NOTIFY:-0}" = 1 ]; then
+  for DB in rl_fp_with rl_fp_without; do
+    psql $U/$DB -q <<'SQL'
+CREATE FUNCTION pipeline_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pipeline_changes',
+        json_build_object('table', TG_TABLE_NAME, 'job_id', NEW.job_id,
+                          'status', NEW.status, 'step', NEW.current_step)::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_pipeline_notify AFTER INSERT OR UPDATE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
+CREATE TRIGGER jobs_variants_pipeline_notify AFTER INSERT OR UPDATE ON jobs_variants
+    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
+SQL
+  done
+fi
+if [ "${SERVE:-0}" = 1 ]; then
+  DATABASE_URL=$U/rl_fp_with $HERE/../../target/release/retrylog serve --no-http 2>/dev/null &
+  SERVE_PID=$!
+  sleep 2
+fi
 for clients in ${CLIENTS:-1 4 16}; do
   for round in $(seq ${ROUNDS:-6}); do
     if [ $((round % 2)) = 1 ]; then order="with without"; else order="without with"; fi
@@ -51,6 +76,7 @@ for clients in ${CLIENTS:-1 4 16}; do
     done
   done
 done
+[ -n "${SERVE_PID:-}" ] && kill -INT $SERVE_PID && wait $SERVE_PID
 for DB in rl_fp_with rl_fp_without; do
   psql $U/postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 done
