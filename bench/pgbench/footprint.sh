@@ -44,20 +44,7 @@ SQL
 done
 if [ "${PIPELINE_NOTIFY:-0}" = 1 ]; then
   for DB in rl_fp_with rl_fp_without; do
-    psql $U/$DB -q <<'SQL'
-CREATE FUNCTION pipeline_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('pipeline_changes',
-        json_build_object('table', TG_TABLE_NAME, 'job_id', NEW.job_id,
-                          'status', NEW.status, 'step', NEW.current_step)::text);
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER jobs_pipeline_notify AFTER INSERT OR UPDATE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
-CREATE TRIGGER jobs_variants_pipeline_notify AFTER INSERT OR UPDATE ON jobs_variants
-    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
-SQL
+    psql $U/$DB -q -f $HERE/pipeline-notify.sql
   done
 fi
 if [ "${SERVE:-0}" = 1 ]; then

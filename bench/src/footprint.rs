@@ -162,20 +162,7 @@ impl World {
 
 /// The pipeline's own change trigger of world "pipeline notifies": a per-row NOTIFY on every
 /// insert and update, the shape DESIGN.md's pipeline uses to react to a touch.
-const PIPELINE_TRIGGER: &str = "
-CREATE FUNCTION pipeline_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('pipeline_changes',
-        json_build_object('table', TG_TABLE_NAME, 'job_id', NEW.job_id,
-                          'status', NEW.status, 'step', NEW.current_step)::text);
-    RETURN NULL;
-END
-$$;
-CREATE TRIGGER jobs_pipeline_notify AFTER INSERT OR UPDATE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
-CREATE TRIGGER jobs_variants_pipeline_notify AFTER INSERT OR UPDATE ON jobs_variants
-    FOR EACH ROW EXECUTE FUNCTION pipeline_notify_change();
-";
+const PIPELINE_TRIGGER: &str = include_str!("../pgbench/pipeline-notify.sql");
 
 /// The goal every line is held to.
 const GOAL: f64 = 0.95;
