@@ -114,13 +114,7 @@ const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
 async fn a_pipeline_roles_failure_is_signalled_to_serve_which_never_listens(pool: PgPool) {
     pipeline(&pool).await;
     let worker = TestRole::create(&pool, &[]).await;
-    sqlx::query(&format!(
-        "GRANT SELECT, UPDATE (status, current_step, updated_at) ON jobs, jobs_variants TO {}",
-        worker.name
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    worker.grant_pipeline_columns(&pool).await;
     // The pipeline's role has no right on the signals.
     assert_denied(
         &worker.pool,

@@ -51,6 +51,18 @@ impl TestRole {
         role
     }
 
+    /// Grants the role what docs/operations.md gives the pipeline's own roles: its columns of
+    /// jobs and jobs_variants, never retry_count.
+    pub async fn grant_pipeline_columns(&self, admin: &PgPool) {
+        sqlx::query(&format!(
+            "GRANT SELECT, UPDATE (status, current_step, updated_at) ON jobs, jobs_variants TO {}",
+            self.name
+        ))
+        .execute(admin)
+        .await
+        .expect("the pipeline's columns are granted");
+    }
+
     /// A URL for the binary, logged in as this role on the test's database.
     pub async fn url(&self, admin: &PgPool) -> String {
         let url = database_url(admin).await;
@@ -175,14 +187,7 @@ async fn a_writer_cannot_forge_an_event_with_a_valid_hash_nor_bump_a_count(pool:
     pipeline(&pool).await;
     append_ok(&pool, &retry(job(JOB_A))).await;
     let writer = TestRole::create(&pool, &[Writer]).await;
-    // The pipeline's own grants (docs/operations.md): its columns, never retry_count.
-    sqlx::query(&format!(
-        "GRANT SELECT, UPDATE (status, current_step, updated_at) ON jobs, jobs_variants TO {}",
-        writer.name
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    writer.grant_pipeline_columns(&pool).await;
     let before = snapshot(&pool).await;
 
     // A back-dated event under another actor, its hash computed exactly as verify would.
