@@ -141,7 +141,7 @@ pub async fn run(connected: &Connected, args: CatchupArgs) -> anyhow::Result<Exi
                     args.rounds,
                     long.catch_up.as_secs_f64(),
                     short.catch_up.as_secs_f64(),
-                    short.catch_up.as_secs_f64() / long.catch_up.as_secs_f64(),
+                    ratio(&short, &long),
                 );
                 rounds.push((short, long));
             }
@@ -204,10 +204,14 @@ pub async fn run(connected: &Connected, args: CatchupArgs) -> anyhow::Result<Exi
 /// The round whose ratio (the short case's catch-up time over the long case's) is the
 /// median: the two cases of a round ran a minute apart, under the same conditions.
 fn median_round(mut rounds: Vec<(Case, Case)>) -> (Case, Case) {
-    let ratio =
-        |(short, long): &(Case, Case)| short.catch_up.as_secs_f64() / long.catch_up.as_secs_f64();
-    rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    rounds.sort_by(|(s1, l1), (s2, l2)| ratio(s1, l1).total_cmp(&ratio(s2, l2)));
     rounds.swap_remove(rounds.len() / 2)
+}
+
+/// A round's ratio: the short case's catch-up time over the long case's (the long case's
+/// events/s against the short's).
+fn ratio(short: &Case, long: &Case) -> f64 {
+    short.catch_up.as_secs_f64() / long.catch_up.as_secs_f64()
 }
 
 /// One case, in a freshly created bench database: load, apply the history, time the
