@@ -27,6 +27,8 @@
 //! - [`projection`]: runs `projections/*.sql`: inline apply, drift, rebuild.
 //! - [`projector`]: the asynchronous projector that keeps the trend rollup up with the log.
 //! - [`replay`]: rebuild every projection; verify chains and counts.
+//! - [`chain`]: the one hash chain check, a walk over streams in attempt order: `verify` walks
+//!   every stream with it, the target page and `GET /api/v1/chain` one target's.
 //! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`), their
 //!   durations in the one grammar of [`duration`], which the watchdog's settings use too.
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts),
@@ -54,6 +56,7 @@
 //! The benchmark is a crate of its own in the workspace (`bench/`, the `retrylog-bench`
 //! binary) that uses only this library's public API.
 
+pub mod chain;
 pub mod cli;
 pub mod cmd;
 pub mod config;

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
-use uuid::Uuid;
+use sqlx::PgPool;
 
-use crate::event::{CanonicalEvent, RetryReason, Target, GENESIS_HASH};
+use crate::chain::{ChainWalk, StoredEvent, STORED_EVENTS};
+use crate::event::Target;
 use crate::projection::{self, CountDrift, OutcomeDrift, Projection, RollupDrift, PROJECTIONS};
 use crate::sqlstate;
 
@@ -304,74 +304,19 @@ pub async fn verify(
         .await?;
 
     let mut mismatches = Vec::new();
-    let mut events = 0u64;
-    let mut streams = 0u64;
+    let mut walk = ChainWalk::default();
     {
         // Index order of the stream key, so each stream arrives whole and in attempt order.
-        let mut rows = sqlx::query(
-            "SELECT seq, event_id, job_id, job_variants_id, reason, step, from_status,
-                    to_status, attempt, actor, db_role, occurred_at, detail::text AS detail_text,
-                    hash
-               FROM retry_history
-              ORDER BY job_id, job_variants_id, attempt",
-        )
-        .fetch(&mut *tx);
-        let mut current: Option<Target> = None;
-        let mut previous_hash: Vec<u8> = GENESIS_HASH.to_vec();
-        let mut next_attempt = 1;
-        while let Some(row) = rows.try_next().await? {
-            let target =
-                Target::from_columns(row.try_get("job_id")?, row.try_get("job_variants_id")?);
-            if current != Some(target) {
-                current = Some(target);
-                streams += 1;
-                previous_hash = GENESIS_HASH.to_vec();
-                next_attempt = 1;
-            }
-            let attempt: i32 = row.try_get("attempt")?;
-            if attempt != next_attempt {
-                mismatches.push(Mismatch::AttemptGap {
-                    target,
-                    expected_attempt: next_attempt,
-                    found_attempt: attempt,
-                });
-            }
-            let stored_hash: Vec<u8> = row.try_get("hash")?;
-            let event = CanonicalEvent {
-                event_id: row.try_get::<Uuid, _>("event_id")?,
-                job_id: target.job_id(),
-                job_variants_id: target.job_variants_id(),
-                reason: row.try_get::<RetryReason, _>("reason")?,
-                step: row.try_get("step")?,
-                from_status: row.try_get("from_status")?,
-                to_status: row.try_get("to_status")?,
-                attempt,
-                actor: row.try_get("actor")?,
-                occurred_at: row.try_get("occurred_at")?,
-                detail_text: row.try_get("detail_text")?,
-                db_role: row.try_get("db_role")?,
-            };
-            // Each link is checked against the *stored* previous hash, so one changed event
-            // is reported once instead of breaking every link after it.
-            let expected_hash = event.hash(&previous_hash);
-            if expected_hash[..] != stored_hash[..] {
-                mismatches.push(Mismatch::BrokenLink {
-                    target,
-                    seq: row.try_get("seq")?,
-                    attempt,
-                    expected_hash: hex::encode(expected_hash),
-                    stored_hash: hex::encode(&stored_hash),
-                });
-            }
-            previous_hash = stored_hash;
-            next_attempt = attempt + 1;
-            events += 1;
-            if events.is_multiple_of(10_000) {
-                progress(events);
+        let sql = format!("{STORED_EVENTS} ORDER BY job_id, job_variants_id, attempt");
+        let mut rows = sqlx::query_as::<_, StoredEvent>(&sql).fetch(&mut *tx);
+        while let Some(event) = rows.try_next().await? {
+            walk.check(&event, &mut mismatches);
+            if walk.events.is_multiple_of(10_000) {
+                progress(walk.events);
             }
         }
     }
-    progress(events);
+    progress(walk.events);
     mismatches.extend(
         projection::count_drift(&mut tx)
             .await?
@@ -406,52 +351,8 @@ pub async fn verify(
     }
     tx.rollback().await?;
     Ok(VerifyReport {
-        events,
-        streams,
+        events: walk.events,
+        streams: walk.streams,
         mismatches,
-    })
-}
-
-/// One stream's hash chain as the database recomputes it (`retry_event_hash` over
-/// `retry_event_canonical`, the functions `record_retry` uses): for the dashboard's target page.
-/// `verify` recomputes every chain in Rust instead, independently of those functions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainStatus {
-    /// Events in the stream.
-    pub events: i64,
-    /// The first attempt whose hash does not match, or that breaks the 1..n numbering.
-    pub first_broken: Option<i32>,
-}
-
-/// Recomputes `target`'s chain in one statement over its stream (the stream index).
-pub async fn stream_chain(
-    conn: &mut sqlx::PgConnection,
-    target: Target,
-) -> Result<ChainStatus, sqlx::Error> {
-    let stream = match target {
-        Target::Job { .. } => "job_id = $1 AND job_variants_id IS NULL",
-        Target::Variant { .. } => "job_id = $1 AND job_variants_id = $2",
-    };
-    let sql = format!(
-        "SELECT count(*), min(attempt) FILTER (WHERE NOT ok)
-           FROM (SELECT attempt,
-                        attempt = row_number() OVER w
-                        AND hash = retry_event_hash(
-                            coalesce(lag(hash) OVER w, $3),
-                            retry_event_canonical(event_id, job_id, job_variants_id, reason,
-                                                  step, from_status, to_status, attempt, actor,
-                                                  detail, occurred_at)) AS ok
-                   FROM retry_history WHERE {stream}
-                 WINDOW w AS (ORDER BY attempt)) s"
-    );
-    let (events, first_broken): (i64, Option<i32>) = sqlx::query_as(&sql)
-        .bind(target.job_id())
-        .bind(target.job_variants_id())
-        .bind(&GENESIS_HASH[..])
-        .fetch_one(conn)
-        .await?;
-    Ok(ChainStatus {
-        events,
-        first_broken,
     })
 }

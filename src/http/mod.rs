@@ -9,12 +9,13 @@
 //! - `auth`: the tokens file, roles, the Bearer check, the cross-site check of writes;
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
-//! - `reports`, `history`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
+//! - `reports`, `history`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
 //!   resource;
 //! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets).
 
 mod auth;
 mod body;
+mod chain;
 mod error;
 mod flags;
 mod health;
@@ -73,6 +74,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/reports/trend"),
     ("get", "/api/v1/reports/outcomes"),
     ("get", "/api/v1/history"),
+    ("get", "/api/v1/chain"),
     ("post", "/api/v1/record"),
     ("post", "/api/v1/recover"),
     ("get", "/metrics"),
@@ -95,6 +97,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/api/v1/reports/trend", get(reports::trend))
         .route("/api/v1/reports/outcomes", get(reports::outcomes))
         .route("/api/v1/history", get(history::history))
+        .route("/api/v1/chain", get(chain::chain))
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))
         .route("/metrics", get(metrics::metrics))

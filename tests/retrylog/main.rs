@@ -23,6 +23,8 @@
 //! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
 //! - `concurrency`: many writers at once, through the Rust and the SQL doors.
 //! - `integrity`: the append-only guard, tampering, `verify`.
+//! - `chain`: one chain verdict in `verify`, the target page and `GET /api/v1/chain`, for
+//!   clean, tampered, format-v1 and mixed streams; docs/architecture.md's by-hand recipe.
 //! - `projector`: the asynchronous rollup projector: late commits, exactly-once, one runner.
 //! - `replay`: rebuilding the counts, dry runs, replay while appends run.
 //! - `cli`: the `retrylog` binary, its output and its exit codes.
@@ -60,6 +62,7 @@
 
 mod api;
 mod append;
+mod chain;
 mod cli;
 mod commands;
 mod concurrency;

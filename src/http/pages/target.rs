@@ -9,12 +9,11 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::{error_page, render, Chrome, Table, Viewer};
+use crate::chain::{self, TargetChains};
 use crate::cli::{FormatArg, HistoryArgs};
 use crate::cmd::history;
-use crate::event::Target;
 use crate::http::{ApiContext, Error};
 use crate::output::{Format, Rows};
-use crate::replay;
 
 #[derive(Template)]
 #[template(path = "target.html")]
@@ -26,8 +25,8 @@ struct Page {
     state: Option<(String, String, i32, String)>,
     job_id: String,
     timeline: Table,
-    chain: String,
-    chain_ok: bool,
+    /// The target's own chain, and for a job its variants' (the one check `verify` runs).
+    chain: TargetChains,
     variants: Table,
     request_id: String,
 }
@@ -86,35 +85,12 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result
         .bind(uuid)
         .fetch_optional(&mut *conn)
         .await?;
-    let job_id = match &row {
-        Some((.., job_id)) => *job_id,
-        None if variant => {
-            sqlx::query_scalar(
-                "SELECT job_id FROM retry_history WHERE job_variants_id = $1 LIMIT 1",
-            )
-            .bind(uuid)
-            .fetch_one(&mut *conn)
-            .await?
-        }
-        None => uuid,
-    };
-    let target = if variant {
-        Target::Variant {
-            job_id,
-            job_variants_id: uuid,
-        }
-    } else {
-        Target::Job { job_id }
-    };
-    // 3. The chain, recomputed by the database over this stream.
-    let chain = replay::stream_chain(&mut conn, target).await?;
-    let (chain, chain_ok) = match chain.first_broken {
-        None => (format!("intact: {} event(s) verified", chain.events), true),
-        Some(attempt) => (
-            format!("BROKEN at attempt {attempt}: run `retrylog verify`"),
-            false,
-        ),
-    };
+    let target = chain::find_target(&mut conn, uuid, variant)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let job_id = target.job_id();
+    // 3. The chains, walked by the check `verify` runs.
+    let chain = chain::check_target(&mut conn, target).await?;
     // 4. A job's variants.
     let mut variants = Rows::new(&[
         "job_variants_id",
@@ -149,7 +125,6 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result
         job_id: job_id.to_string(),
         timeline: Table::from_rows(&timeline, &ctx.base_path),
         chain,
-        chain_ok,
         variants: Table::from_rows(&variants, &ctx.base_path),
         request_id: Uuid::new_v4().to_string(),
     })
