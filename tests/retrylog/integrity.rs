@@ -4,6 +4,7 @@
 use retrylog::event::Target;
 use retrylog::replay::Mismatch;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::fixtures::*;
 
@@ -393,111 +394,232 @@ async fn a_deleted_variant_keeps_its_history_and_verify_stays_clean(pool: PgPool
     );
 }
 
-// Every field the hash covers, changed one at a time behind the guard: a field left out of
-// either implementation of the canonical bytes (Rust's `CanonicalEvent`, SQL's
-// `retry_event_canonical`) would let its change through unnoticed.
-#[sqlx::test(migrations = false)]
-async fn changing_any_one_of_the_twelve_hashed_fields_is_found_by_verify(pool: PgPool) {
-    pipeline(&pool).await;
-    let target = variant(JOB_A, VARIANT_A1);
-    for n in 1..=3 {
-        append_ok(
-            &pool,
+/// A fresh job with one variant whose stream holds three events with every hashed field
+/// set; returns the job, the variant and the events' seqs in attempt order.
+async fn three_event_stream(pool: &PgPool) -> (Uuid, Uuid, [i64; 3]) {
+    let (job_id, variant_id) = (Uuid::new_v4(), Uuid::new_v4());
+    sqlx::query(
+        "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'generate');
+         ",
+    )
+    .bind(job_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    add_variant(pool, job_id, variant_id).await;
+    let target = variant(job_id, variant_id);
+    let mut seqs = [0; 3];
+    for (n, seq) in seqs.iter_mut().enumerate() {
+        *seq = append_ok(
+            pool,
             &retry(target)
                 .with_step("generate")
                 .with_status_change("done", "done")
                 .with_detail(serde_json::json!({ "n": n })),
         )
-        .await;
-    }
-    assert_verify_clean(&pool).await;
-    let seq = seq_of(&pool, target, 2).await;
-    let original: serde_json::Value =
-        sqlx::query_scalar("SELECT to_jsonb(r) FROM retry_history r WHERE seq = $1")
-            .bind(seq)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-
-    // (field, change, whether the change moves the event out of its place in the stream)
-    let changes = [
-        ("event_id", "gen_random_uuid()", false),
-        ("job_id", &format!("'{JOB_B}'::uuid") as &str, true),
-        ("job_variants_id", &format!("'{VARIANT_A2}'::uuid"), true),
-        ("reason", "'failed'", false),
-        ("step", "'segment'", false),
-        ("from_status", "'failed'", false),
-        ("to_status", "'failed'", false),
-        ("attempt", "7", true),
-        ("actor", "'mallory'", false),
-        (
-            "occurred_at",
-            "occurred_at - interval '1 microsecond'",
-            false,
-        ),
-        ("detail", "detail || '{\"n\": 20}'", false),
-        ("hash", "sha256('forged')", false),
-    ];
-    for (field, change, moves) in changes {
-        behind_the_guard(
-            &pool,
-            &format!("UPDATE retry_history SET {field} = {change} WHERE seq = {seq}"),
-        )
-        .await;
-
-        let report = verify(&pool).await;
-        if moves {
-            // The stream it left has a gap at attempt 2.
-            assert!(
-                report.mismatches.iter().any(|mismatch| matches!(
-                    mismatch,
-                    Mismatch::AttemptGap { target: found, expected_attempt: 2, .. }
-                        if *found == target
-                )),
-                "{field}: {:#?}",
-                report.mismatches
-            );
-        } else {
-            // A changed hash also breaks the next link, which chains from it.
-            let expected = if field == "hash" { 2 } else { 1 };
-            assert_eq!(
-                report.mismatches.len(),
-                expected,
-                "{field}: {:#?}",
-                report.mismatches
-            );
-            assert!(
-                matches!(
-                    &report.mismatches[0],
-                    Mismatch::BrokenLink { target: found, seq: found_seq, attempt: 2, .. }
-                        if *found == target && *found_seq == seq
-                ),
-                "{field}: {:?}",
-                report.mismatches[0]
-            );
-        }
-
-        // Put the row back as it was, and the log is clean again.
-        let mut tx = pool.begin().await.unwrap();
-        sqlx::query("SET LOCAL session_replication_role = replica")
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-        sqlx::query(
-            "UPDATE retry_history r
-                SET event_id = o.event_id, job_id = o.job_id,
-                    job_variants_id = o.job_variants_id, reason = o.reason, step = o.step,
-                    from_status = o.from_status, to_status = o.to_status,
-                    attempt = o.attempt, actor = o.actor, occurred_at = o.occurred_at,
-                    detail = o.detail, hash = o.hash
-               FROM jsonb_populate_record(NULL::retry_history, $1) o
-              WHERE r.seq = o.seq",
-        )
-        .bind(&original)
-        .execute(&mut *tx)
         .await
-        .unwrap();
-        tx.commit().await.unwrap();
-        assert_verify_clean(&pool).await;
+        .seq;
     }
+    (job_id, variant_id, seqs)
+}
+
+async fn add_variant(pool: &PgPool, job_id: Uuid, variant_id: Uuid) {
+    sqlx::query(
+        "INSERT INTO jobs_variants (job_variants_id, job_id, creation_order, status, current_step)
+         VALUES ($1, $2, 1, 'done', 'generate')",
+    )
+    .bind(variant_id)
+    .bind(job_id)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// An attacker's re-chaining of one event: its attempt set to `attempt` and its hash
+/// recomputed from the previous hash of its stream (genesis for attempt 1), as anyone who
+/// can write the table can do with the public hash functions.
+fn rechained(seq: i64, attempt: i32) -> String {
+    format!(
+        "UPDATE retry_history
+            SET attempt = {attempt},
+                hash = retry_event_hash(
+                    coalesce((SELECT p.hash FROM retry_history p
+                               WHERE p.job_id = retry_history.job_id
+                                 AND p.job_variants_id = retry_history.job_variants_id
+                                 AND p.attempt = {attempt} - 1),
+                             decode(repeat('00', 32), 'hex')),
+                    retry_event_canonical_v2(event_id, job_id, job_variants_id, reason, step,
+                                             from_status, to_status, {attempt}, actor, detail,
+                                             occurred_at, db_role))
+          WHERE seq = {seq};"
+    )
+}
+
+// Every field the hash covers, changed one at a time behind the guard on the middle event of
+// a stream of its own, so that the change is caught only if the field is hashed: the event
+// stays right after the event whose stored hash it chains from, and no attempt goes missing
+// (a field that places the event in a stream — attempt, job_id, job_variants_id — is moved
+// together with what an attacker would move and re-chain to keep every stream gapless). A
+// field left out of either implementation of the canonical bytes (Rust's `CanonicalEvent`,
+// SQL's `retry_event_canonical*`) would let its change through unnoticed.
+#[sqlx::test(migrations = false)]
+async fn changing_any_one_of_the_thirteen_hashed_fields_is_found_by_verify(pool: PgPool) {
+    migrated(&pool).await;
+    lift_retry_limit(&pool).await;
+    // (field, how it is changed on the middle event, given the stream's three seqs)
+    type Change = fn(&Streams) -> String;
+    let changes: [(&str, Change); 13] = [
+        ("event_id", |s| {
+            set(s.middle(), "event_id = gen_random_uuid()")
+        }),
+        ("reason", |s| set(s.middle(), "reason = 'failed'")),
+        ("step", |s| set(s.middle(), "step = 'segment'")),
+        ("from_status", |s| set(s.middle(), "from_status = 'failed'")),
+        ("to_status", |s| set(s.middle(), "to_status = 'failed'")),
+        ("actor", |s| set(s.middle(), "actor = 'mallory'")),
+        ("occurred_at", |s| {
+            set(
+                s.middle(),
+                "occurred_at = occurred_at - interval '1 microsecond'",
+            )
+        }),
+        ("detail", |s| {
+            set(s.middle(), "detail = detail || '{\"n\": 20}'")
+        }),
+        ("db_role", |s| set(s.middle(), "db_role = 'mallory'")),
+        ("hash", |s| set(s.middle(), "hash = sha256('forged')")),
+        // Attempts 1..3 become 2..4 under a forged attempt 1: the middle event is attempt 3,
+        // still right after the event it chains from.
+        ("attempt", |s| {
+            let [first, middle, last] = s.seqs;
+            let forged = format!(
+                "INSERT INTO retry_history (event_id, job_id, job_variants_id, reason, actor,
+                                            occurred_at, attempt, db_role, hash)
+                 SELECT gen_random_uuid(), job_id, job_variants_id, 'stuck', 'mallory',
+                        occurred_at, 1, db_role, sha256('placeholder')
+                   FROM retry_history WHERE seq = {first};"
+            );
+            format!(
+                "{}{}{}{forged}{}",
+                set(last, "attempt = 4"),
+                set(middle, "attempt = 3"),
+                set(first, "attempt = 2"),
+                rechained_forged(s),
+            )
+        }),
+        // The first two events move to another stream (attempts 1, 2 there); the last is
+        // re-chained as attempt 1 of the stream it stays in.
+        ("job_variants_id", |s| {
+            format!(
+                "UPDATE retry_history SET job_variants_id = '{}' WHERE seq IN ({}, {});{}",
+                s.other_variant,
+                s.seqs[0],
+                s.seqs[1],
+                rechained(s.seqs[2], 1)
+            )
+        }),
+        ("job_id", |s| {
+            format!(
+                "UPDATE retry_history SET job_id = '{}' WHERE seq IN ({}, {});{}",
+                s.other_job,
+                s.seqs[0],
+                s.seqs[1],
+                rechained(s.seqs[2], 1)
+            )
+        }),
+    ];
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns
+          WHERE table_name = 'retry_history'
+            AND column_name NOT IN ('seq', 'recorded_at', 'txid')
+          ORDER BY column_name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut fields: Vec<&str> = changes.iter().map(|(field, _)| *field).collect();
+    fields.sort();
+    assert_eq!(
+        fields, columns,
+        "every column but the positions is hashed and changed"
+    );
+
+    for (field, change) in changes {
+        let (job_id, _, seqs) = three_event_stream(&pool).await;
+        let streams = Streams {
+            seqs,
+            other_variant: Uuid::new_v4(),
+            other_job: Uuid::new_v4(),
+        };
+        add_variant(&pool, job_id, streams.other_variant).await;
+        behind_the_guard(&pool, &change(&streams)).await;
+
+        let touched = [job_id, streams.other_job];
+        let chain_problems: Vec<Mismatch> = verify(&pool)
+            .await
+            .mismatches
+            .into_iter()
+            .filter(|m| matches!(m, Mismatch::BrokenLink { .. } | Mismatch::AttemptGap { .. }))
+            .filter(|m| m.target().is_some_and(|t| touched.contains(&t.job_id())))
+            .collect();
+        assert!(
+            !chain_problems
+                .iter()
+                .any(|m| matches!(m, Mismatch::AttemptGap { .. })),
+            "{field}: the change left no gap: {chain_problems:#?}"
+        );
+        assert!(
+            chain_problems
+                .iter()
+                .any(|m| matches!(m, Mismatch::BrokenLink { seq, .. } if *seq == streams.middle())),
+            "{field}: the changed event's link is broken: {chain_problems:#?}"
+        );
+        // A field changed in place breaks that one link (a changed hash also the next one,
+        // which chains from it); a move also breaks the moved first event's link.
+        let expected = match field {
+            "hash" | "job_id" | "job_variants_id" => 2,
+            "attempt" => 3,
+            _ => 1,
+        };
+        assert_eq!(
+            chain_problems.len(),
+            expected,
+            "{field}: {chain_problems:#?}"
+        );
+    }
+}
+
+/// The stream a field's change is made on, and where a move takes its events.
+struct Streams {
+    /// The three events' seqs, attempt 1 first.
+    seqs: [i64; 3],
+    /// A second variant of the same job, without events.
+    other_variant: Uuid,
+    /// A job id that has no events.
+    other_job: Uuid,
+}
+
+impl Streams {
+    fn middle(&self) -> i64 {
+        self.seqs[1]
+    }
+}
+
+/// `UPDATE … SET {assignment}` of the event at `seq`.
+fn set(seq: i64, assignment: &str) -> String {
+    format!("UPDATE retry_history SET {assignment} WHERE seq = {seq};")
+}
+
+/// The forged attempt 1 of the `attempt` case, hashed from genesis as `record_retry` would.
+fn rechained_forged(s: &Streams) -> String {
+    format!(
+        "UPDATE retry_history f
+            SET hash = retry_event_hash(decode(repeat('00', 32), 'hex'),
+                           retry_event_canonical_v2(event_id, job_id, job_variants_id, reason,
+                                                    step, from_status, to_status, attempt,
+                                                    actor, detail, occurred_at, db_role))
+          WHERE attempt = 1 AND job_variants_id =
+                (SELECT job_variants_id FROM retry_history WHERE seq = {});",
+        s.seqs[0]
+    )
 }
