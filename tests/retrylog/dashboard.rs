@@ -264,7 +264,14 @@ async fn the_overview_renders_its_counts_and_a_drawn_chart_without_console_error
     browser
         .goto(&format!("{}/targets/job/{JOB_A}", served.base))
         .await;
-    assert!(browser.text("#chain").await.starts_with("intact"));
+    assert_eq!(browser.text("#chain").await, "no events of its own");
+    assert!(
+        browser
+            .text("#variant-chains")
+            .await
+            .starts_with("2 variant chains intact ("),
+        "A1's and A2's chains"
+    );
     assert!(browser.text("main").await.contains("Variants"));
     browser.screenshot("target-light").await;
     browser.assert_no_console_problems().await;
@@ -408,6 +415,44 @@ async fn the_recover_flow_changes_the_state_writes_one_event_with_the_note_and_t
         .text("#alerts")
         .await
         .contains(&VARIANT_A2.to_string()));
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_tampered_variant_shows_its_broken_chain_in_an_alert_card_and_on_its_job(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET LOCAL session_replication_role = replica;
+         UPDATE retry_history SET actor = 'mallory'
+          WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+
+    browser
+        .goto(&format!("{}/targets/variant/{VARIANT_A1}", served.base))
+        .await;
+    assert!(browser
+        .text("#chain")
+        .await
+        .starts_with("broken at attempt 2 (event seq 2: stored hash "));
+    assert_eq!(browser.count(".card.alert #chain").await, 1);
+    browser.screenshot("target-broken-light").await;
+    browser
+        .goto(&format!("{}/targets/job/{JOB_A}", served.base))
+        .await;
+    assert_eq!(
+        browser.text("#variant-chains").await,
+        "1 variant chain intact, 1 broken"
+    );
+    assert_eq!(browser.count(".card.alert .broken-chain a").await, 1);
     browser.assert_no_console_problems().await;
     browser.close().await;
 }
