@@ -164,10 +164,17 @@ async fn measure(
         base_path: String::new(),
         overview_cache: Default::default(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = api::listen("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(api::serve(listener, api::app(ctx), stopped));
+    // serve's own limits, as `retrylog serve` derives them for its pool.
+    let limits = api::Limits::for_this_process(
+        retrylog::config::parse_duration(api::DEFAULT_HEADER_TIMEOUT)
+            .map_err(anyhow::Error::msg)?,
+        None,
+        server_pool.options().get_max_connections(),
+    )?;
+    let server = tokio::spawn(api::serve(listener, api::app(ctx), limits, stopped));
 
     // 1–3. Sequential requests, each timed on its own.
     let mut client = Client::connect(&addr).await?;

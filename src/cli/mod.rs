@@ -337,6 +337,20 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_http: bool,
 
+    /// How long an HTTP client may take to send a request's line and headers (from its first
+    /// byte, or from the previous response on a kept-alive connection) before the connection
+    /// is closed (5s, 30s).
+    #[arg(long, env = "RETRYLOG_HEADER_TIMEOUT", hide_env_values = true, value_name = "DURATION",
+          default_value = crate::http::DEFAULT_HEADER_TIMEOUT,
+          value_parser = crate::config::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// HTTP connections served at once; more wait in the listen backlog. Default: the
+    /// open-file limit (raised to its hard maximum at start) less the database pool and 64.
+    #[arg(long, env = "RETRYLOG_MAX_HTTP_CONNECTIONS", hide_env_values = true, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_http_connections: Option<u32>,
+
     /// The API tokens, one per line `NAME ROLE SHA256-HEX` (see `retrylog token new`); without
     /// it the API is read-only and loopback-only.
     #[arg(

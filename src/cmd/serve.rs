@@ -29,9 +29,12 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let addr = http::check_settings(&args.listen, tokens.is_some(), &args.base_path)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+        let limits = http::Limits::for_this_process(
+            args.header_timeout,
+            args.max_http_connections.map(|n| n as usize),
+            pool.options().get_max_connections(),
+        )?;
+        let listener = http::listen(addr).with_context(|| format!("listening on {addr}"))?;
         let local = listener.local_addr()?;
         let read_only = if tokens.is_none() {
             " (read-only: no tokens file)"
@@ -39,8 +42,11 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             ""
         };
         tracing::info!(
-            "retrylog serve: HTTP on http://{local}{}/{read_only}",
-            args.base_path
+            "retrylog serve: HTTP on http://{local}{}/{read_only}, at most {} connections, \
+             headers within {:?}",
+            args.base_path,
+            limits.max_connections,
+            limits.header_timeout
         );
         let ctx = ApiContext {
             pool: pool.clone(),
@@ -50,7 +56,12 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             overview_cache: Default::default(),
         };
         let app = http::app(ctx);
-        Some(tokio::spawn(http::serve(listener, app, stopped.clone())))
+        Some(tokio::spawn(http::serve(
+            listener,
+            app,
+            limits,
+            stopped.clone(),
+        )))
     };
     let settings = ProjectorSettings {
         batch_events: args.projector_batch,

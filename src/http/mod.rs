@@ -1,8 +1,9 @@
 //! The HTTP side of `retrylog serve`, at the end of the flow (retry → store (log + inline
 //! projection) → projector → report/http): a JSON API over the same report and history rows
 //! the CLI prints, the writes (record, recover) through the same library operations, the
-//! dashboard's pages over the same rows, `/metrics`, and the health endpoints. [`app`] builds the router from an [`ApiContext`]; [`serve`] runs it on a
-//! listener, so the tests drive the router directly.
+//! dashboard's pages over the same rows, `/metrics`, and the health endpoints. [`app`] builds
+//! the router from an [`ApiContext`]; [`serve`] runs it on a listener with its [`Limits`], so
+//! the tests drive the router directly.
 //!
 //! # Layout
 //!
@@ -11,7 +12,8 @@
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
 //! - `reports`, `history`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
 //!   resource;
-//! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets).
+//! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets);
+//! - `server`: the accept loop: the header timeout, the connection cap, the graceful stop.
 
 mod auth;
 mod body;
@@ -26,6 +28,7 @@ mod pages;
 mod record;
 pub(crate) mod recover;
 mod reports;
+mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,13 +38,12 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 pub use auth::{new_token, Admin, Reader, Role, Tokens, TokensError};
 pub use error::Error;
 pub use openapi::DOCUMENT as OPENAPI;
 pub use pages::OverviewCache;
+pub use server::{listen, serve, Limits, DEFAULT_HEADER_TIMEOUT, RESERVED_FILES};
 
 use crate::config::Steps;
 use crate::error::CallerMistake;
@@ -152,6 +154,20 @@ pub enum HttpConfigError {
     /// `--listen` is not an address.
     #[error("invalid --listen \"{0}\": expected an address and port, e.g. 127.0.0.1:8080")]
     Listen(String),
+    /// `--max-http-connections` above what the open-file limit leaves beside the pool.
+    #[error(
+        "--max-http-connections {requested} is more than the {available} connections the \
+         open-file limit ({files}) leaves beside the database pool; raise the limit (systemd: \
+         LimitNOFILE=) or ask for fewer"
+    )]
+    TooManyConnections {
+        /// The cap asked for.
+        requested: usize,
+        /// What the limit leaves.
+        available: usize,
+        /// The process's open-file limit.
+        files: u64,
+    },
 }
 
 impl CallerMistake for HttpConfigError {
@@ -176,17 +192,4 @@ pub fn check_settings(
         return Err(HttpConfigError::BasePath(base_path.to_string()));
     }
     Ok(addr)
-}
-
-/// Serves `app` on `listener` until `shutdown` turns true; requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
 }

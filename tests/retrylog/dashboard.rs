@@ -45,7 +45,11 @@ async fn serve(pool: &PgPool) -> Served {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = watch::channel(false);
-    tokio::spawn(http::serve(listener, http::app(ctx), stopped));
+    let limits = http::Limits {
+        header_timeout: std::time::Duration::from_secs(10),
+        max_connections: 256,
+    };
+    tokio::spawn(http::serve(listener, http::app(ctx), limits, stopped));
     Served { base, stop }
 }
 

@@ -37,7 +37,7 @@ async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio:
 
 /// Waits until a watchdog over the pipeline fixture retried its failed variant A2 (its first
 /// sweep).
-async fn first_sweep_done(pool: &PgPool) {
+pub(crate) async fn first_sweep_done(pool: &PgPool) {
     wait_until(
         pool,
         &has_events(VARIANT_A2, 1),
@@ -50,7 +50,7 @@ async fn first_sweep_done(pool: &PgPool) {
 /// Waits (10 s at most) for the retry of `variant`; returns the seconds from the moment the
 /// pipeline's failure was written (`failed_at`, the server's clock) to the moment its retry
 /// was recorded (the server's clock too).
-async fn seconds_to_retry(
+pub(crate) async fn seconds_to_retry(
     pool: &PgPool,
     variant: Uuid,
     failed_at: chrono::DateTime<chrono::Utc>,
@@ -75,7 +75,7 @@ async fn seconds_to_retry(
 }
 
 /// The pipeline failing `variant`, as its workers do; returns when, on the server's clock.
-async fn fail_at(pool: &PgPool, variant: Uuid) -> chrono::DateTime<chrono::Utc> {
+pub(crate) async fn fail_at(pool: &PgPool, variant: Uuid) -> chrono::DateTime<chrono::Utc> {
     sqlx::query_scalar(
         "UPDATE jobs_variants SET status = 'failed', updated_at = clock_timestamp()
           WHERE job_variants_id = $1 RETURNING updated_at",

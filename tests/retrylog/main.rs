@@ -50,6 +50,8 @@
 //!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
 //! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
+//! - `slow_clients`: a stalled request closed after `--header-timeout`; 20,000 stalled
+//!   connections (`tests/slow_clients.py`) while health, the API and the watchdog answer.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
 //!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
 //! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
@@ -84,3 +86,4 @@ mod recovery;
 mod replay;
 mod reports;
 mod security;
+mod slow_clients;
