@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - `auth`: the tokens file, roles, the Bearer check, the cross-site check of writes;
+//!   `session`: the dashboard's logins, kept in the database;
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
 //! - `reports`, `history`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
@@ -29,6 +30,7 @@ mod record;
 pub(crate) mod recover;
 mod reports;
 mod server;
+mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

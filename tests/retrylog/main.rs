@@ -50,6 +50,8 @@
 //!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
 //! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
+//! - `sessions`: the dashboard's logins kept by the server: revoked by logout, expired by the
+//!   server, ended with their token's line; login CSRF; the Bearer scheme in any case.
 //! - `slow_clients`: a stalled request closed after `--header-timeout`; 20,000 stalled
 //!   connections (`tests/slow_clients.py`) while health, the API and the watchdog answer.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
@@ -86,4 +88,5 @@ mod recovery;
 mod replay;
 mod reports;
 mod security;
+mod sessions;
 mod slow_clients;

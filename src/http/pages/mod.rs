@@ -75,7 +75,7 @@ impl FromRequestParts<ApiContext> for Viewer {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiContext) -> Result<Self, Response> {
-        match authenticate(parts, state) {
+        match authenticate(parts, state).await {
             Ok(None) => Ok(Viewer {
                 name: None,
                 admin: false,
