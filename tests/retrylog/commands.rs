@@ -202,6 +202,18 @@ async fn serve_refuses_a_bad_setting_with_one_line_naming_it(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: PgPool) {
+    stop_lets_the_retry_in_flight_commit(&pool, "INT").await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_on_sigterm_lets_the_retry_in_flight_commit_and_exits_zero(pool: PgPool) {
+    stop_lets_the_retry_in_flight_commit(&pool, "TERM").await;
+}
+
+/// Sends SIG`signal` to serve while its retry of A2 is in flight: the retry commits whole,
+/// then serve exits 0.
+async fn stop_lets_the_retry_in_flight_commit(pool: &PgPool, signal: &str) {
+    let pool = pool.clone();
     pipeline(&pool).await;
     // Every append waits for an advisory lock this test holds: the watchdog's retry of the
     // failed variant A2 is then in flight, its state change made, until the test lets go.
@@ -222,7 +234,7 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
 
     let mut serve = serve_command(&pool, &[])
         .await
-        .env("RETRYLOG_INSTANCE", "serve-sigint")
+        .env("RETRYLOG_INSTANCE", "serve-stopped")
         .stderr(Stdio::piped())
         .spawn()
         .expect("retrylog serve starts");
@@ -250,26 +262,26 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // 2. SIGINT, and wait until serve says it is shutting down.
+    // 2. The signal, and wait until serve says it is shutting down.
     let pid = serve.id().expect("serve is running").to_string();
     let sent = std::process::Command::new("kill")
-        .args(["-INT", &pid])
+        .args([&format!("-{signal}"), &pid])
         .status()
         .expect("kill runs");
     assert!(sent.success());
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(line) = log.next_line().await.unwrap() {
-            let shutting_down = line.contains("SIGINT: shutting down");
+            let shutting_down = line.contains(&format!("SIG{signal}: shutting down"));
             seen.push(line);
             if shutting_down {
                 return;
             }
         }
-        panic!("serve's log ended without the SIGINT line: {seen:#?}");
+        panic!("serve's log ended without the SIG{signal} line: {seen:#?}");
     })
     .await
-    .expect("serve logs the SIGINT within 10 s");
+    .expect("serve logs the signal within 10 s");
 
     // 3. Let the retry go: it commits, then serve exits 0.
     holder.rollback().await.unwrap();
@@ -294,7 +306,7 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
     .unwrap();
     assert_eq!(
         (actor.as_str(), status.as_str()),
-        ("serve-sigint", "done"),
+        ("serve-stopped", "done"),
         "the event and its state change committed together"
     );
     assert_verify_clean(&pool).await;

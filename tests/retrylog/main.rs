@@ -54,6 +54,8 @@
 //!   server, ended with their token's line; login CSRF; the Bearer scheme in any case.
 //! - `slow_clients`: a stalled request closed after `--header-timeout`; 20,000 stalled
 //!   connections (`tests/slow_clients.py`) while health, the API and the watchdog answer.
+//! - `doors`: the HTTP doors' exact answers: security headers, 409, `/metrics` behind a
+//!   token, `Sec-Fetch-Site: none`, `serve --no-http` listening nowhere.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
 //!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
 //! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
@@ -73,6 +75,7 @@ mod concurrency;
 mod crash;
 mod dashboard;
 mod docs;
+mod doors;
 mod fixtures;
 mod footprint;
 mod history;
