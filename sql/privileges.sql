@@ -10,7 +10,8 @@
 --    them, and so does retry_counts_apply, which runs in every append and only ever inside
 --    record_retry (EXECUTE is the owner's alone): each SET costs every call. They run only
 --    inside the pinned functions, or for a reader who can fool nobody but themselves.
--- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability:
+-- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability
+--    (the pipeline capability holds none; see 3):
 --    writer: record_retry; operator: the rebuilds, the rollups' apply and reset and the
 --    watchdog's observation of outcomes (the operator is also a writer and a reader); reader:
 --    what verify, status and the reports call. The owner keeps everything.
@@ -81,6 +82,39 @@ BEGIN
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, pair[2]);
         END LOOP;
+    END LOOP;
+END
+$$;
+
+-- 3. The pipeline capability (migrations/0014): on jobs and jobs_variants, SELECT; INSERT of
+--    every column but retry_count (it starts at its default, 0); UPDATE of every column but
+--    retry_count and the columns that say which row it is and when it was created (job_id,
+--    job_variants_id, created_at: the log's streams and the created counts read them). No
+--    DELETE: deleting a target and inserting it again would set its count back to 0 and
+--    reopen the limit. Recomputed from the columns there are now, after every migrate;
+--    revoking the table's privileges revokes its column privileges too.
+DO $$
+DECLARE
+    pipeline_table text;
+    insertable     text;
+    updatable      text;
+BEGIN
+    FOREACH pipeline_table IN ARRAY ARRAY['jobs', 'jobs_variants'] LOOP
+        SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                   FILTER (WHERE attname <> 'retry_count'),
+               string_agg(quote_ident(attname), ', ' ORDER BY attnum)
+                   FILTER (WHERE attname NOT IN ('retry_count', 'job_id', 'job_variants_id',
+                                                 'created_at'))
+          INTO insertable, updatable
+          FROM pg_attribute
+         WHERE attrelid = format('%I.%I', current_schema(), pipeline_table)::regclass
+           AND attnum > 0 AND NOT attisdropped;
+        EXECUTE format('REVOKE ALL ON %I FROM retrylog_pipeline', pipeline_table);
+        EXECUTE format('GRANT SELECT ON %I TO retrylog_pipeline', pipeline_table);
+        EXECUTE format('GRANT INSERT (%s) ON %I TO retrylog_pipeline', insertable,
+                       pipeline_table);
+        EXECUTE format('GRANT UPDATE (%s) ON %I TO retrylog_pipeline', updatable,
+                       pipeline_table);
     END LOOP;
 END
 $$;

@@ -1,7 +1,7 @@
-//! Capabilities, the PostgreSQL way: `retrylog grant writer|operator|reader ROLE` makes an
-//! existing role a member of one of the NOLOGIN group roles migration 0006 creates. What each
-//! group may do is granted to the group (migrations/0006, sql/privileges.sql), so a role's
-//! rights follow every later migrate without granting anything again.
+//! Capabilities, the PostgreSQL way: `retrylog grant writer|operator|reader|pipeline ROLE`
+//! makes an existing role a member of one of the NOLOGIN group roles migrations 0006 and 0014
+//! create. What each group may do is granted to the group (migrations/0006, sql/privileges.sql),
+//! so a role's rights follow every later migrate without granting anything again.
 //!
 //! Membership rather than direct grants: one GRANT per capability to undo (`REVOKE
 //! retrylog_writer FROM role`), `\du` shows who has what, and new functions reach every
@@ -33,6 +33,9 @@ pub enum Capability {
     Operator,
     /// Every read command; no write right at all.
     Reader,
+    /// The pipeline's own workers: read, insert and advance rows of jobs and jobs_variants,
+    /// never set retry_count; nothing of retrylog's.
+    Pipeline,
 }
 
 impl Capability {
@@ -40,7 +43,7 @@ impl Capability {
     pub fn parse(text: &str) -> Result<Self, String> {
         text.parse().map_err(|_| {
             format!(
-                "unknown capability \"{}\" (expected writer, operator or reader)",
+                "unknown capability \"{}\" (expected writer, operator, reader or pipeline)",
                 crate::text::escape(text, 40)
             )
         })
@@ -52,6 +55,7 @@ impl Capability {
             Capability::Writer => "retrylog_writer",
             Capability::Operator => "retrylog_operator",
             Capability::Reader => "retrylog_reader",
+            Capability::Pipeline => "retrylog_pipeline",
         }
     }
 }
@@ -109,7 +113,8 @@ pub async fn grant(
     if !exists {
         return Err(GrantError::UnknownRole(format!("\"{}\"", shown())));
     }
-    if ["retrylog_writer", "retrylog_operator", "retrylog_reader"].contains(&role) {
+    use strum::IntoEnumIterator;
+    if Capability::iter().any(|capability| capability.group_role() == role) {
         return Err(GrantError::CapabilityRole(role.to_string()));
     }
     // Quoted by the server (format %I): a role name is data here, never SQL.
@@ -154,9 +159,10 @@ mod tests {
         assert_eq!(Capability::parse("writer"), Ok(Capability::Writer));
         assert_eq!(Capability::parse("operator"), Ok(Capability::Operator));
         assert_eq!(Capability::parse("reader"), Ok(Capability::Reader));
+        assert_eq!(Capability::parse("pipeline"), Ok(Capability::Pipeline));
         let error = Capability::parse("admin\u{1b}[31m").unwrap_err();
         assert!(
-            error.contains("expected writer, operator or reader"),
+            error.contains("expected writer, operator, reader or pipeline"),
             "{error}"
         );
         assert!(!error.contains('\u{1b}'), "{error}");

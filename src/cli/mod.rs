@@ -94,8 +94,10 @@ pub enum Command {
     /// summary.
     Demo(DemoArgs),
     /// Give an existing database role one capability in this cluster: writer (append through
-    /// record_retry), operator (writer + force, replay, the projector) or reader (every read
-    /// command). Idempotent; prints the GRANT it ran. Run as the schema owner.
+    /// record_retry), operator (writer + force, replay, the projector), reader (every read
+    /// command) or pipeline (the pipeline's own workers: read, insert and advance jobs and
+    /// variants, never retry_count). Idempotent; prints the GRANT it ran. Run as the schema
+    /// owner.
     Grant(GrantArgs),
     /// The private PostgreSQL cluster retrylog starts when nothing is configured: where it is,
     /// whether it runs; start or stop it.
@@ -446,7 +448,7 @@ pub(crate) fn parse_detail(text: &str) -> Result<serde_json::Value, String> {
 /// `retrylog grant`.
 #[derive(Debug, Args)]
 pub struct GrantArgs {
-    /// writer, operator or reader.
+    /// writer, operator, reader or pipeline.
     #[arg(value_parser = crate::grant::Capability::parse)]
     pub capability: crate::grant::Capability,
 

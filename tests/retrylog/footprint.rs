@@ -113,8 +113,7 @@ const LISTENERS: &str = "SELECT count(*) FROM pg_stat_activity
 #[sqlx::test(migrations = false)]
 async fn a_pipeline_roles_failure_is_signalled_to_serve_which_never_listens(pool: PgPool) {
     pipeline(&pool).await;
-    let worker = TestRole::create(&pool, &[]).await;
-    worker.grant_pipeline_columns(&pool).await;
+    let worker = TestRole::create(&pool, &[retrylog::grant::Capability::Pipeline]).await;
     // The pipeline's role has no right on the signals.
     assert_denied(
         &worker.pool,

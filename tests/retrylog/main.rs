@@ -46,6 +46,8 @@
 //! - `security`: fresh LOGIN roles with one capability each (writer, operator, reader): what
 //!   each may and may not do, forgery, shadowing, force, replay, read-only use, bounded keys
 //!   and text, a projection that cannot advance.
+//! - `pipeline_capability`: `retrylog grant pipeline`: the pipeline's work allowed, every
+//!   write of `retry_count` refused, the limit held, a new column covered at the next migrate.
 //! - `footprint`: light on the pipeline: a failure retried within a second with `serve`
 //!   running, pipeline writers that never wait on retrylog, the sweep and the pipeline's channel.
 //! - `api`: the HTTP API's router: the CLI's rows and messages, tokens, roles, CSRF, record
@@ -86,6 +88,7 @@ mod metrics;
 mod migrations;
 mod operator;
 mod outcomes;
+mod pipeline_capability;
 mod projector;
 mod recovery;
 mod replay;

@@ -51,18 +51,6 @@ impl TestRole {
         role
     }
 
-    /// Grants the role what docs/operations.md gives the pipeline's own roles: its columns of
-    /// jobs and jobs_variants, never retry_count.
-    pub async fn grant_pipeline_columns(&self, admin: &PgPool) {
-        sqlx::query(&format!(
-            "GRANT SELECT, UPDATE (status, current_step, updated_at) ON jobs, jobs_variants TO {}",
-            self.name
-        ))
-        .execute(admin)
-        .await
-        .expect("the pipeline's columns are granted");
-    }
-
     /// A URL for the binary, logged in as this role on the test's database.
     pub async fn url(&self, admin: &PgPool) -> String {
         let url = database_url(admin).await;
@@ -108,7 +96,7 @@ impl Drop for TestRole {
     }
 }
 
-use retrylog::grant::Capability::{Operator, Reader, Writer};
+use retrylog::grant::Capability::{Operator, Pipeline, Reader, Writer};
 
 /// `retrylog serve --no-watchdog` (its projector alone) on the test's database, its stderr
 /// piped for the log; killed if the test ends without stopping it.
@@ -186,8 +174,7 @@ async fn a_writer_appends_through_the_door_and_the_event_names_its_database_role
 async fn a_writer_cannot_forge_an_event_with_a_valid_hash_nor_bump_a_count(pool: PgPool) {
     pipeline(&pool).await;
     append_ok(&pool, &retry(job(JOB_A))).await;
-    let writer = TestRole::create(&pool, &[Writer]).await;
-    writer.grant_pipeline_columns(&pool).await;
+    let writer = TestRole::create(&pool, &[Writer, Pipeline]).await;
     let before = snapshot(&pool).await;
 
     // A back-dated event under another actor, its hash computed exactly as verify would.
@@ -571,7 +558,7 @@ async fn grant_is_idempotent_prints_its_grant_and_refuses_unknown_roles_and_capa
     let run = retrylog(&pool, &["grant", "admin", &role.name]).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(
-        run.stderr.contains("expected writer, operator or reader"),
+        run.stderr.contains("expected writer, operator, reader or pipeline"),
         "{run:#?}"
     );
     // A writer may not hand out capabilities.
