@@ -15,9 +15,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
-use crate::api::{tokens_file, ADMIN, READER};
 use crate::fixtures::*;
-use crate::manual::a2_needs_intervention;
 
 /// One browser at a time: each is heavy, and the suite shares two cores.
 static ONE_BROWSER: Semaphore = Semaphore::const_new(1);

@@ -17,9 +17,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::api::{call, router, ADMIN, READER};
 use crate::fixtures::*;
-use crate::manual::a2_needs_intervention;
 
 /// One scrape, parsed.
 async fn scrape(api: &Router) -> Vec<Sample> {
