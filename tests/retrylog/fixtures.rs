@@ -1,7 +1,7 @@
 //! What the tests start from and look with: migrated databases, the ids the SQL fixtures
 //! use, the two append doors (Rust and SQL), snapshots that prove nothing was written, the
 //! `retrylog` binary run against the test's database, and the HTTP router with the tests'
-//! tokens.
+//! tokens. The metrics tests' binary (tests/metrics.rs) includes this file too.
 
 use std::path::Path;
 use std::process::Stdio;

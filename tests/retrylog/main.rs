@@ -50,13 +50,14 @@
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
 //!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
-//! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
-//!   the projector and the watchdog; bounded labels.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
+//!
+//! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
+//! its process counters are asserted exactly, so no test of this binary may move them.
 
 mod api;
 mod append;
@@ -72,7 +73,6 @@ mod history;
 mod hostile;
 mod integrity;
 mod manual;
-mod metrics;
 mod migrations;
 mod operator;
 mod outcomes;
