@@ -13,7 +13,7 @@
 #[path = "retrylog/fixtures.rs"]
 mod fixtures;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::Router;
@@ -147,6 +147,53 @@ async fn the_database_series_follow_the_log_the_rollup_and_the_notes(pool: PgPoo
             sample.metric
         );
     }
+}
+
+/// How long each event of the lag test is held back: no projector runs in these tests.
+const HELD: Duration = Duration::from_secs(1);
+
+#[sqlx::test(migrations = false)]
+async fn the_projector_lag_in_seconds_is_the_age_of_the_oldest_event_it_has_not_applied(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let api = router(&pool, true);
+    // An event applied, older than the others: it no longer counts.
+    append_ok(&pool, &retry(job(JOB_A))).await;
+    projector::catch_up_once(&pool, 1000).await.unwrap();
+    tokio::time::sleep(HELD).await;
+    // The oldest event not applied (recorded_at is its transaction's start, between these
+    // two instants), then, HELD later, a younger one.
+    let before_oldest = Instant::now();
+    append_ok(&pool, &retry(job(JOB_B))).await;
+    let after_oldest = Instant::now();
+    tokio::time::sleep(HELD).await;
+    append_ok(&pool, &retry(variant(JOB_A, VARIANT_A1))).await;
+
+    let before_scrape = Instant::now();
+    let behind = scrape(&api).await;
+    let after_scrape = Instant::now();
+    assert_eq!(value(&behind, "retrylog_projector_lag_events", &[]), 2.0);
+    // The true lag lies between these two; the slack is for comparing the server's clock
+    // (now() - recorded_at) with this process's. The applied event would make it 2 s, the
+    // younger one 0 s.
+    let slack = 0.05;
+    let at_least = (before_scrape - after_oldest).as_secs_f64() - slack;
+    let at_most = (after_scrape - before_oldest).as_secs_f64() + slack;
+    assert!(at_least >= HELD.as_secs_f64() - slack);
+    let lag = value(&behind, "retrylog_projector_lag_seconds", &[]);
+    assert!(
+        (at_least..=at_most).contains(&lag),
+        "lag {lag} s, expected {at_least:.3}..={at_most:.3} s"
+    );
+
+    projector::catch_up_once(&pool, 1000).await.unwrap();
+    let caught_up = scrape(&api).await;
+    assert_eq!(value(&caught_up, "retrylog_projector_lag_events", &[]), 0.0);
+    assert_eq!(
+        value(&caught_up, "retrylog_projector_lag_seconds", &[]),
+        0.0
+    );
 }
 
 #[sqlx::test(migrations = false)]
