@@ -30,8 +30,9 @@
 //!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
-//! - `docs`: the README's Rust example (the example target) and shell lines, and
-//!   docs/queries.md's examples, run as printed.
+//! - `docs`: every `sh` and `sql` block of the README and docs/ not fenced `… illustration`,
+//!   the README's Rust example (the example target), and docs/queries.md's examples, run as
+//!   printed.
 //! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
 //!   with data, one duration grammar, the demo's kept database and hints, help, actor,
 //!   `--version`, completions and man pages.
