@@ -13,7 +13,8 @@
 //!   fails the test.
 //! - The Rust example is `examples/record_retry.rs` (which `cargo test` builds).
 //! - Every `$ retrylog …` of docs/queries.md runs on a database holding the ids it names, exiting
-//!   as the page says (and printing the refusals it shows).
+//!   as the page says (and printing the refusals it shows); its `stats` and `trend` examples run
+//!   on the page's sample data and print exactly what the page shows.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -56,17 +57,19 @@ fn page(name: &str) -> String {
         .unwrap_or_else(|error| panic!("reading {name}: {error}"))
 }
 
-/// A fenced block: where it opens, its info string and its body.
+/// A fenced block: where it opens, its info string, its body, and the heading it is under.
 struct Block {
     line: usize,
     info: String,
     body: String,
+    section: String,
 }
 
 /// The fenced blocks of `markdown`, in order. A fence may be indented (inside a list item);
 /// its body loses the same indentation.
 fn fenced(markdown: &str) -> Vec<Block> {
     let mut found = Vec::new();
+    let mut section = String::new();
     let mut open: Option<(usize, usize, String, String)> = None;
     for (index, line) in markdown.lines().enumerate() {
         let trimmed = line.trim_start();
@@ -75,6 +78,8 @@ fn fenced(markdown: &str) -> Vec<Block> {
             None => {
                 if let Some(info) = trimmed.strip_prefix("```") {
                     open = Some((index + 1, indent, info.trim().to_string(), String::new()));
+                } else if line.starts_with('#') {
+                    section = line.trim_start_matches('#').trim().to_string();
                 }
             }
             Some((start, indent, info, mut body)) => {
@@ -83,6 +88,7 @@ fn fenced(markdown: &str) -> Vec<Block> {
                         line: start,
                         info,
                         body,
+                        section: section.clone(),
                     });
                 } else {
                     let unindented = if line.len() >= indent && line[..indent].trim().is_empty() {
@@ -330,6 +336,19 @@ fn a_shell_block_splits_into_commands_with_continuations_here_documents_and_prom
 }
 
 #[test]
+fn dates_and_times_become_one_mark_and_the_counts_beside_them_stay() {
+    assert_eq!(
+        times_as_t("2026-12-06T08:00:00Z,(no retries),0,0,0,0,"),
+        "<time>,(no retries),0,0,0,0,"
+    );
+    assert_eq!(
+        times_as_t("from 2025-10-06 16:00:00 UTC holds 10081"),
+        "from <time> UTC holds 10081"
+    );
+    assert_eq!(times_as_t("│ 2026-11-23 ┆ job ┆ 2"), "│ <time> ┆ job ┆ 2");
+}
+
+#[test]
 fn the_readme_rust_example_is_the_example_target_word_for_word() {
     let example = include_str!("../../examples/record_retry.rs");
     let body = example
@@ -513,6 +532,38 @@ fn digits_as_n(text: &str) -> String {
     out
 }
 
+/// The text with every date (`2026-12-06`) and the time after it (`T08:00:00Z`, ` 08:00`) as
+/// `<time>`, and every other character as it is: the counts beside them still compare.
+fn times_as_t(text: &str) -> String {
+    fn shape(bytes: &[u8], pattern: &str) -> bool {
+        bytes.len() >= pattern.len()
+            && pattern.bytes().zip(bytes).all(|(want, got)| match want {
+                b'd' => got.is_ascii_digit(),
+                want => want == *got,
+            })
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        if shape(&bytes[at..], "dddd-dd-dd") {
+            at += 10;
+            for time in ["Tdd:dd:ddZ", "Tdd:dd:dd", " dd:dd:dd", " dd:dd"] {
+                if shape(&bytes[at..], time) {
+                    at += time.len();
+                    break;
+                }
+            }
+            out.push_str("<time>");
+        } else {
+            let c = text[at..].chars().next().unwrap();
+            out.push(c);
+            at += c.len_utf8();
+        }
+    }
+    out
+}
+
 #[sqlx::test(migrations = false)]
 async fn every_retrylog_example_of_docs_queries_runs_as_the_page_says(pool: PgPool) {
     migrated(&pool).await;
@@ -576,4 +627,75 @@ async fn run_example(sandbox: &Sandbox, example: &Example<'_>) -> std::process::
         .strip_prefix("retrylog ")
         .unwrap_or_else(|| panic!("not a retrylog example: {}", example.command));
     sandbox.sh(&format!("exec retrylog {command}")).await
+}
+
+/// The examples of docs/queries.md that ran on its sample data (the page says so), and the
+/// heading of the section holding its script.
+const SAMPLE_EXAMPLES: [&str; 2] = ["retrylog report stats", "retrylog report trend"];
+const SAMPLE_SECTION: &str = "Sample data spanning three weeks";
+
+#[sqlx::test(migrations = false)]
+async fn the_sample_data_script_prints_the_stats_and_trend_examples_as_shown(pool: PgPool) {
+    // A fresh database, as the page asks: the script migrates it itself.
+    let sandbox = Sandbox::new(&pool).await;
+    let blocks = fenced(&page("docs/queries.md"));
+    let script = blocks
+        .iter()
+        .find(|block| block.section == SAMPLE_SECTION && block.info == "sh")
+        .expect("docs/queries.md has its sample script");
+    for command in commands(&script.body, script.line + 1) {
+        if let Some(problem) = sandbox.run("docs/queries.md", &command).await {
+            panic!("{problem}");
+        }
+    }
+    // Right after the script, the log, the counts and the rollups agree.
+    let verified = sandbox.sh("retrylog verify").await;
+    assert!(verified.status.success(), "{verified:?}");
+
+    let examples = examples(&blocks);
+    let mut compared = 0;
+    for example in examples.iter().filter(|example| {
+        SAMPLE_EXAMPLES
+            .iter()
+            .any(|c| example.command.starts_with(c))
+    }) {
+        let output = run_example(&sandbox, example).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(example.expected_status()),
+            "{}: {stderr}",
+            example.command
+        );
+        if let Some(refusal) = example.refusal() {
+            let said = stderr.lines().last().unwrap_or_default();
+            assert_eq!(digits_as_n(said), digits_as_n(refusal));
+        } else if example.command.contains("--output ") {
+            // The chart: drawn to the file the example names (its window ends today).
+            assert!(stdout.is_empty(), "{}: {stdout}", example.command);
+        } else {
+            // A window counted back from now (the command names no date) shows today's
+            // buckets: their times are not the page's, their counts are.
+            let dated = times_as_t(example.command) != example.command;
+            let same = |line: &str| {
+                if dated {
+                    line.to_string()
+                } else {
+                    times_as_t(line)
+                }
+            };
+            let printed: Vec<String> = stdout.lines().map(same).collect();
+            let shown: Vec<String> = example.printed().into_iter().map(same).collect();
+            assert_eq!(
+                printed,
+                shown,
+                "`{}` printed:\n{stdout}\nthe page shows:\n{}",
+                example.command,
+                example.printed().join("\n")
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "only {compared} examples compared");
 }

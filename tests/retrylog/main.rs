@@ -31,8 +31,8 @@
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `docs`: every `sh` and `sql` block of the README and docs/ not fenced `… illustration`,
-//!   the README's Rust example (the example target), and docs/queries.md's examples, run as
-//!   printed.
+//!   the README's Rust example (the example target), docs/queries.md's examples and its sample
+//!   data, run as printed.
 //! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
 //!   with data, one duration grammar, the demo's kept database and hints, help, actor,
 //!   `--version`, completions and man pages.
