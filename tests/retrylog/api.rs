@@ -4,97 +4,16 @@
 //! one library operation, the OpenAPI document against the routes; and `serve`'s own HTTP
 //! settings through the binary.
 
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
-use http_body_util::BodyExt;
 use retrylog::event::RetryReason;
 use retrylog::http::{self, ApiContext, Tokens};
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::fixtures::*;
-use crate::manual::a2_needs_intervention;
-
-/// The admin token of the tests' tokens file (name `ops-alice`).
-pub const ADMIN: &str = "admin-secret-0123456789";
-/// The read token (name `viewer`).
-pub const READER: &str = "read-secret-0123456789";
-
-/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path.
-pub fn tokens_file() -> std::path::PathBuf {
-    use sha2::{Digest, Sha256};
-    let line = |name: &str, role: &str, token: &str| {
-        format!("{name} {role} {}\n", hex::encode(Sha256::digest(token)))
-    };
-    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
-    let text = format!(
-        "# test tokens\n{}\n{}",
-        line("ops-alice", "admin", ADMIN),
-        line("viewer", "read", READER)
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// The router over `pool`, with the tests' tokens or none (read-only).
-pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
-    let tokens = with_tokens.then(|| Arc::new(Tokens::load(&tokens_file()).unwrap()));
-    let ctx = ApiContext {
-        pool: pool.clone(),
-        tokens,
-        steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
-        base_path: String::new(),
-        overview_cache: Default::default(),
-    };
-    http::app(ctx)
-}
-
-/// One response: status, headers, body as JSON (`Null` when it is not JSON).
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: axum::http::HeaderMap,
-    pub json: Value,
-}
-
-/// Sends one request; `body` makes it a POST.
-pub async fn call(
-    router: &Router,
-    uri: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> Answer {
-    let mut request = Request::builder().uri(uri);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = match body {
-        Some(body) => request
-            .method("POST")
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string())),
-        None => request.body(Body::empty()),
-    }
-    .unwrap();
-    let response = router.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    Answer {
-        status,
-        headers,
-        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    }
-}
 
 /// GET with the read token.
 async fn get(router: &Router, uri: &str) -> Answer {

@@ -13,7 +13,6 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::api::router;
 use crate::fixtures::*;
 
 /// The body of a GET without a token (the router is read-only), and its status.

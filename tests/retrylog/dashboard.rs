@@ -15,9 +15,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
-use crate::api::{tokens_file, ADMIN, READER};
 use crate::fixtures::*;
-use crate::manual::a2_needs_intervention;
 
 /// One browser at a time: each is heavy, and the suite shares two cores.
 static ONE_BROWSER: Semaphore = Semaphore::const_new(1);
@@ -167,6 +165,30 @@ impl Browser {
             .to_string()
     }
 
+    /// Sets a mark of the test's own on the page's `window`; returns it for
+    /// [`Browser::window_is_marked`].
+    async fn mark_the_window(&self) -> String {
+        let mark = uuid::Uuid::new_v4().to_string();
+        self.client
+            .execute(
+                "window.__retrylogTestMark = arguments[0];",
+                vec![json!(mark)],
+            )
+            .await
+            .unwrap();
+        mark
+    }
+
+    /// Whether the page's `window` still holds `mark`: only the same page, never reloaded.
+    async fn window_is_marked(&self, mark: String) -> bool {
+        let found = self
+            .client
+            .execute("return window.__retrylogTestMark ?? null;", vec![])
+            .await
+            .unwrap();
+        found == json!(mark)
+    }
+
     async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
@@ -289,25 +311,37 @@ async fn a_retry_recorded_through_sql_appears_on_the_open_overview_within_2_s(po
     let browser = Browser::open(false).await;
     browser.login(&served, READER).await;
     assert!(!browser.text("#latest").await.contains("sql-door"));
+    // A mark on this page's window: a reload or a navigation gives the page a new window
+    // object without it, where the URL alone would look the same after a reload.
+    let page = browser.mark_the_window().await;
     let mut conn = pool.acquire().await.unwrap();
     record_via_sql(&mut conn, variant(JOB_B, VARIANT_B1), "stuck")
         .await
         .unwrap();
     let recorded = Instant::now();
-    loop {
-        if browser.text("#latest").await.contains("sql-door") {
-            break;
+    let latest = loop {
+        let latest = browser.text("#latest").await;
+        if latest.contains("sql-door") {
+            break latest;
         }
         assert!(
             recorded.elapsed() < Duration::from_secs(2),
             "the retry did not appear within 2 s"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    // The new row is the retry just recorded: the variant, its reason, the SQL door.
+    let row = latest
+        .lines()
+        .find(|line| line.contains("sql-door"))
+        .unwrap();
+    assert!(row.contains("stuck"), "{row}");
+    assert!(row.contains(&VARIANT_B1.to_string()), "{row}");
     assert!(
-        browser.url().await.ends_with('/'),
-        "no reload, no navigation"
+        browser.window_is_marked(page).await,
+        "the page was reloaded or left: its window lost the mark"
     );
+    assert!(browser.url().await.ends_with('/'), "no navigation");
     browser.assert_no_console_problems().await;
     browser.close().await;
 }

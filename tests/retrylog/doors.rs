@@ -10,7 +10,6 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::api::{call, router, ADMIN, READER};
 use crate::fixtures::*;
 
 #[sqlx::test(migrations = false)]

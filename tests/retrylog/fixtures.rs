@@ -1,18 +1,27 @@
 //! What the tests start from and look with: migrated databases, the ids the SQL fixtures
-//! use, the two append doors (Rust and SQL), snapshots that prove nothing was written, and
-//! the `retrylog` binary run against the test's database.
+//! use, the two append doors (Rust and SQL), snapshots that prove nothing was written, the
+//! `retrylog` binary run against the test's database, and the HTTP router with the tests'
+//! tokens. The metrics tests' binary (tests/metrics.rs) includes this file too.
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
 use retrylog::event::{NewRetry, RetryEvent, RetryReason, Target};
+use retrylog::http::{self, ApiContext, Tokens};
+use retrylog::intervention::{self, NewIntervention};
 use retrylog::replay::{self, VerifyReport};
 use retrylog::store::{self, AppendError};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use tokio::process::Command;
 use tokio::sync::{Semaphore, SemaphorePermit};
+use tower::ServiceExt;
 use uuid::{uuid, Uuid};
 
 /// `tests/fixtures/pipeline.sql`: job A (three variants) and job B (one), on retrylog's schema.
@@ -462,4 +471,105 @@ pub async fn stop_serve(serve: tokio::process::Child) -> std::process::Output {
         output.status
     );
     output
+}
+
+/// Brings variant A2 (failed) to the limit of 3 and writes the watchdog's note for it, as a
+/// sweep would: the target `report alerts` lists as needing intervention.
+pub async fn a2_needs_intervention(pool: &PgPool) {
+    let a2 = variant(JOB_A, VARIANT_A2);
+    append_n(pool, a2, 3).await;
+    let mut tx = pool.begin().await.unwrap();
+    let noted = intervention::note(
+        &mut tx,
+        &NewIntervention {
+            target: a2,
+            retry_count: 3,
+            max_retries: 3,
+            scenario: "failed",
+            reason: RetryReason::Failed,
+            step: Some("segment"),
+            status: "failed",
+            actor: "watchdog-test",
+            detail: json!({"scenario": "failed"}),
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert!(noted);
+}
+
+/// The admin token of the tests' tokens file (name `ops-alice`).
+pub const ADMIN: &str = "admin-secret-0123456789";
+/// The read token (name `viewer`).
+pub const READER: &str = "read-secret-0123456789";
+
+/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path.
+pub fn tokens_file() -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let line = |name: &str, role: &str, token: &str| {
+        format!("{name} {role} {}\n", hex::encode(Sha256::digest(token)))
+    };
+    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
+    let text = format!(
+        "# test tokens\n{}\n{}",
+        line("ops-alice", "admin", ADMIN),
+        line("viewer", "read", READER)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The router over `pool`, with the tests' tokens or none (read-only).
+pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
+    let tokens = with_tokens.then(|| Arc::new(Tokens::load(&tokens_file()).unwrap()));
+    let ctx = ApiContext {
+        pool: pool.clone(),
+        tokens,
+        steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
+        base_path: String::new(),
+        overview_cache: Default::default(),
+    };
+    http::app(ctx)
+}
+
+/// One response: status, headers, body as JSON (`Null` when it is not JSON).
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub json: Value,
+}
+
+/// Sends one request; `body` makes it a POST.
+pub async fn call(
+    router: &Router,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = Request::builder().uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = match body {
+        Some(body) => request
+            .method("POST")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
 }

@@ -32,8 +32,9 @@
 //!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
-//! - `docs`: the README's Rust example (the example target) and shell lines, and
-//!   docs/queries.md's examples, run as printed.
+//! - `docs`: every `sh` and `sql` block of the README and docs/ not fenced `… illustration`,
+//!   the README's Rust example (the example target), docs/queries.md's examples and its sample
+//!   data, run as printed.
 //! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
 //!   with data, one duration grammar, the demo's kept database and hints, help, actor,
 //!   `--version`, completions and man pages.
@@ -60,13 +61,14 @@
 //!   token, `Sec-Fetch-Site: none`, `serve --no-http` listening nowhere.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
 //!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
-//! - `metrics`: `/metrics` parsed by a Prometheus parser; values moving with retries, refusals,
-//!   the projector and the watchdog; bounded labels.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
+//!
+//! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
+//! its process counters are asserted exactly, so no test of this binary may move them.
 
 mod api;
 mod append;
@@ -84,7 +86,6 @@ mod history;
 mod hostile;
 mod integrity;
 mod manual;
-mod metrics;
 mod migrations;
 mod operator;
 mod outcomes;

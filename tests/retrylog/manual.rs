@@ -4,7 +4,6 @@
 
 use retrylog::config::Steps;
 use retrylog::event::{RetryReason, Target};
-use retrylog::intervention::{self, NewIntervention};
 use retrylog::recovery::{self, ManualRecovery, ManualRecoveryError, ManualTarget, Recovered};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -49,32 +48,6 @@ async fn status(pool: &PgPool, target: Target) -> String {
         .fetch_one(pool)
         .await
         .unwrap()
-}
-
-/// Brings variant A2 (failed) to the limit of 3 and writes the watchdog's note for it, as a
-/// sweep would: the target `report alerts` lists as needing intervention.
-pub async fn a2_needs_intervention(pool: &PgPool) {
-    let a2 = variant(JOB_A, VARIANT_A2);
-    append_n(pool, a2, 3).await;
-    let mut tx = pool.begin().await.unwrap();
-    let noted = intervention::note(
-        &mut tx,
-        &NewIntervention {
-            target: a2,
-            retry_count: 3,
-            max_retries: 3,
-            scenario: "failed",
-            reason: RetryReason::Failed,
-            step: Some("segment"),
-            status: "failed",
-            actor: "watchdog-test",
-            detail: json!({"scenario": "failed"}),
-        },
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    assert!(noted);
 }
 
 #[sqlx::test(migrations = false)]

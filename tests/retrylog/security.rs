@@ -558,7 +558,8 @@ async fn grant_is_idempotent_prints_its_grant_and_refuses_unknown_roles_and_capa
     let run = retrylog(&pool, &["grant", "admin", &role.name]).await;
     assert_eq!(run.code, Some(2), "{run:#?}");
     assert!(
-        run.stderr.contains("expected writer, operator, reader or pipeline"),
+        run.stderr
+            .contains("expected writer, operator, reader or pipeline"),
         "{run:#?}"
     );
     // A writer may not hand out capabilities.

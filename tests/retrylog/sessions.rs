@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use crate::api::{tokens_file, ADMIN, READER};
 use crate::fixtures::*;
 
 /// The router over `pool` with the tokens of the file at `tokens`.
@@ -95,7 +94,7 @@ async fn sessions(pool: &PgPool) -> i64 {
 #[sqlx::test(migrations = false)]
 async fn a_login_opens_a_session_whose_cookie_holds_a_random_id_not_the_token(pool: PgPool) {
     migrated(&pool).await;
-    let app = crate::api::router(&pool, true);
+    let app = router(&pool, true);
 
     let answer = login(&app, ADMIN, &[("sec-fetch-site", "same-origin")]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
@@ -140,7 +139,7 @@ async fn a_login_opens_a_session_whose_cookie_holds_a_random_id_not_the_token(po
 #[sqlx::test(migrations = false)]
 async fn logout_revokes_every_copy_of_the_cookie_for_pages_and_api(pool: PgPool) {
     pipeline(&pool).await;
-    let app = crate::api::router(&pool, true);
+    let app = router(&pool, true);
     let cookie = cookie_of(&login(&app, ADMIN, &[]).await);
     let copy = cookie.clone();
 
@@ -176,10 +175,10 @@ async fn logout_revokes_every_copy_of_the_cookie_for_pages_and_api(pool: PgPool)
 #[sqlx::test(migrations = false)]
 async fn a_session_survives_a_restart_and_ends_at_the_servers_expiry(pool: PgPool) {
     pipeline(&pool).await;
-    let cookie = cookie_of(&login(&crate::api::router(&pool, true), READER, &[]).await);
+    let cookie = cookie_of(&login(&router(&pool, true), READER, &[]).await);
 
     // Another router over the same database: another instance, or serve restarted.
-    let restarted = crate::api::router(&pool, true);
+    let restarted = router(&pool, true);
     assert_eq!(
         get_with_cookie(&restarted, "/", &cookie).await.status,
         StatusCode::OK
@@ -235,7 +234,7 @@ async fn removing_a_token_from_the_file_ends_its_sessions_and_its_bearer_use(poo
 #[sqlx::test(migrations = false)]
 async fn a_cross_site_login_or_logout_is_refused_and_opens_no_session(pool: PgPool) {
     migrated(&pool).await;
-    let app = crate::api::router(&pool, true);
+    let app = router(&pool, true);
     for headers in [
         &[("sec-fetch-site", "cross-site")][..],
         &[("sec-fetch-site", "same-site")],
@@ -281,7 +280,7 @@ async fn a_cross_site_login_or_logout_is_refused_and_opens_no_session(pool: PgPo
 #[sqlx::test(migrations = false)]
 async fn the_bearer_scheme_is_read_in_any_case_and_no_other_scheme_is(pool: PgPool) {
     pipeline(&pool).await;
-    let app = crate::api::router(&pool, true);
+    let app = router(&pool, true);
     for (header, status) in [
         (format!("Bearer {READER}"), StatusCode::OK),
         (format!("bearer {READER}"), StatusCode::OK),

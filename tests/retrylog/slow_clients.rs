@@ -13,7 +13,6 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Child;
 
-use crate::api::{tokens_file, READER};
 use crate::fixtures::*;
 use crate::footprint::{fail_at, first_sweep_done, seconds_to_retry};
 
