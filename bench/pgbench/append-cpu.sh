@@ -1,5 +1,5 @@
 #!/bin/bash
-# Server CPU per append (docs/performance.md, "What limits the figures" -> "Appends"):
+# Server CPU per append (docs/performance.md, "Appends" -> "What limits the figures"):
 # record_retry as of one or more git revisions, and the two baselines of `retrylog-bench
 # appends` ((a) the bare counter UPDATE, (b) the naive INSERT ... SELECT ... FOR UPDATE into a
 # plain log table plus that UPDATE), each measured on ONE backend: pgbench -c1 -M prepared,
