@@ -14,6 +14,10 @@ use retrylog::connect::{
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
+#[path = "common/temp.rs"]
+mod temp;
+use temp::TempPath;
+
 /// The test server, from `DATABASE_URL`: where the suite's other tests run too.
 fn server() -> PgConnectOptions {
     let url = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
@@ -90,9 +94,10 @@ async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn explicit_url_to_nothing_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
-    let data_dir = std::env::temp_dir().join(unique("retrylog_nofallback"));
+    // A path that must stay absent; its guard removes it if a private cluster was made there.
+    let data_dir = TempPath::new("nofallback");
     let s = ConnectSettings {
-        data_dir: Some(data_dir.clone()),
+        data_dir: Some(data_dir.to_path_buf()),
         ..settings("postgres://127.0.0.1:1/retrylog")
     };
 
@@ -136,16 +141,13 @@ async fn invalid_url_is_named() -> anyhow::Result<()> {
 #[tokio::test]
 async fn private_cluster_starts_once_and_is_reused() -> anyhow::Result<()> {
     // A 0700 parent: when the test runs as root, the cluster runs as `postgres`, which
-    // must be granted passage, as under /root in real use. Short, for the socket path.
-    let base = std::env::temp_dir().join(unique("rlpc"));
-    std::fs::create_dir(&base)?;
-    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // must be granted passage, as under /root in real use.
+    let base = TempPath::private_dir("pc");
     let data_dir = base.join("d");
 
     let outcome = exercise_private_cluster(&data_dir).await;
 
     let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     stopped?;
     Ok(())
@@ -233,7 +235,7 @@ fn running_as_root() -> bool {
 async fn with_nothing_configured_and_no_server_answering_a_command_uses_the_private_cluster(
 ) -> anyhow::Result<()> {
     // Short, for the socket path; 0700 like a home directory the cluster must be let through.
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&unique("fb")[..11]);
+    let base = TempPath::under(Path::new(env!("CARGO_TARGET_TMPDIR")), "fb");
     std::fs::create_dir_all(&base)?;
     std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let data_dir = base.join("d");
@@ -241,7 +243,6 @@ async fn with_nothing_configured_and_no_server_answering_a_command_uses_the_priv
     let outcome = fall_back(&data_dir).await;
 
     let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     stopped?;
     Ok(())
@@ -347,16 +348,15 @@ async fn as_nobody(cwd: &Path, args: &[&str]) -> anyhow::Result<std::process::Ou
 #[tokio::test]
 async fn with_nothing_configured_a_server_refusing_the_login_gives_way_to_the_private_cluster(
 ) -> anyhow::Result<()> {
-    let base = std::env::temp_dir().join(&unique("rlrf")[..13]);
-    std::fs::create_dir_all(&base)?;
+    let base = TempPath::dir("refused");
     let data_dir = base.join("d");
 
     let outcome = refused_then_private(&base, &data_dir).await;
 
-    // Whatever happened: stop the cluster the same way it was started, then remove it.
+    // Whatever happened: stop the cluster the same way it was started (its guard then
+    // removes it).
     let dir = data_dir.to_string_lossy().into_owned();
     let stopped = as_nobody(&base, &["--data-dir", &dir, "local", "stop"]).await;
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     ensure!(stopped?.status.success(), "local stop failed");
     Ok(())
@@ -463,7 +463,8 @@ async fn refused_then_private(base: &Path, data_dir: &Path) -> anyhow::Result<()
 /// PGUSER set, no private cluster, exit 69 and the server's reason.
 #[tokio::test]
 async fn with_pguser_set_a_refused_login_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
-    let data_dir = std::env::temp_dir().join(unique("rlnofb"));
+    // A path that must stay absent; its guard removes it if a private cluster was made there.
+    let data_dir = TempPath::new("nofb");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"));
     for name in CONFIGURING {
         command.env_remove(name);
@@ -471,7 +472,7 @@ async fn with_pguser_set_a_refused_login_is_an_error_and_starts_no_cluster() -> 
     let output = command
         .env("PGUSER", "no_such_role_here")
         .arg("--data-dir")
-        .arg(&data_dir)
+        .arg(data_dir.path())
         .arg("status")
         .stdin(Stdio::null())
         .output()

@@ -26,13 +26,14 @@ pub const ADMIN: &str = "admin-secret-0123456789";
 /// The read token (name `viewer`).
 pub const READER: &str = "read-secret-0123456789";
 
-/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path.
-pub fn tokens_file() -> std::path::PathBuf {
+/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path that is
+/// removed when the guard drops.
+pub fn tokens_file() -> TempPath {
     use sha2::{Digest, Sha256};
     let line = |name: &str, role: &str, token: &str| {
         format!("{name} {role} {}\n", hex::encode(Sha256::digest(token)))
     };
-    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
+    let path = TempPath::new("tokens");
     let text = format!(
         "# test tokens\n{}\n{}",
         line("ops-alice", "admin", ADMIN),
@@ -685,9 +686,9 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
 #[sqlx::test(migrations = false)]
 async fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file(pool: PgPool) {
     migrated(&pool).await;
-    let bad = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
-    std::fs::write(&bad, "alice superuser 00\n").unwrap();
-    let bad = bad.to_str().unwrap().to_string();
+    let bad_file = TempPath::new("tokens");
+    std::fs::write(&bad_file, "alice superuser 00\n").unwrap();
+    let bad = bad_file.to_str().unwrap().to_string();
     let cases: [(&[&str], &str); 3] = [
         (
             &["serve", "--listen", "0.0.0.0:0"],
@@ -731,7 +732,7 @@ async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     let line = run.stdout.lines().last().unwrap().to_string();
     assert!(line.starts_with("ops-bob admin "), "{line}");
     assert!(!line.contains(&token), "the file's line holds no secret");
-    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
+    let path = TempPath::new("tokens");
     std::fs::write(&path, format!("{line}\n")).unwrap();
     assert!(Tokens::load(&path).is_ok());
 

@@ -56,8 +56,7 @@ fn the_readme_test_command_is_the_last_line_of_ci() {
 async fn every_shell_line_of_the_readme_runs_as_printed(pool: PgPool) {
     // The README's `record` names job A and its failed variant A2 of the pipeline fixture.
     pipeline(&pool).await;
-    let home = std::env::temp_dir().join(format!("rl-readme-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&home).unwrap();
+    let home = TempPath::dir("readme");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_retrylog")).parent().unwrap();
     let path = format!(
         "{}:{}",
@@ -81,7 +80,7 @@ async fn every_shell_line_of_the_readme_runs_as_printed(pool: PgPool) {
             let output = Command::new("sh")
                 .args(["-c", line])
                 .current_dir(&home)
-                .env("HOME", &home)
+                .env("HOME", home.path())
                 .env("PATH", &path)
                 .env("DATABASE_URL", &url)
                 .env("RETRYLOG_DATA_DIR", home.join("data"))
@@ -100,7 +99,6 @@ async fn every_shell_line_of_the_readme_runs_as_printed(pool: PgPool) {
         ".local/share/man/man1/retrylog-report-trend.1",
     ]
     .map(|file| home.join(file).is_file());
-    std::fs::remove_dir_all(&home).unwrap();
     assert_eq!(installed, [true; 4]);
     assert!(ran.iter().any(|line| line.starts_with("retrylog record ")));
     assert!(ran.contains(&"retrylog local status"));
@@ -190,7 +188,7 @@ async fn every_retrylog_example_of_docs_queries_runs_as_the_page_says(pool: PgPo
         let failed = NewRetry::new(variant(DOCS_JOB, DOCS_VARIANT), RetryReason::Failed, "test");
         append_ok(&pool, &failed).await;
     }
-    let home = std::env::temp_dir().join(format!("rl-docs-{}", Uuid::new_v4().simple()));
+    let home = TempPath::dir("docs");
     std::fs::create_dir_all(home.join("docs")).unwrap();
     let url = database_url(&pool).await;
 
@@ -242,5 +240,4 @@ async fn every_retrylog_example_of_docs_queries_runs_as_the_page_says(pool: PgPo
             assert_eq!(stdout.lines().next(), example.output.first().copied());
         }
     }
-    std::fs::remove_dir_all(&home).unwrap();
 }

@@ -15,6 +15,8 @@ use tokio::process::Command;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use uuid::{uuid, Uuid};
 
+pub use crate::temp::TempPath;
+
 /// `tests/fixtures/pipeline.sql`: job A (three variants) and job B (one), on retrylog's schema.
 pub const PIPELINE: &str = include_str!("../fixtures/pipeline.sql");
 /// `tests/fixtures/counter_era.sql`: the pipeline's own tables with nullable counters.

@@ -18,6 +18,8 @@
 //!
 //! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
 //!   append through, and snapshots that prove a refused append wrote nothing.
+//! - `temp` (`tests/common/temp.rs`): files and directories of a test's own, named
+//!   `retrylog-test-…` and removed when it ends.
 //! - `migrations`: an empty database, the counter-only era, running migrate again, a
 //!   database an earlier release migrated.
 //! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
@@ -81,3 +83,5 @@ mod recovery;
 mod replay;
 mod reports;
 mod security;
+#[path = "../common/temp.rs"]
+mod temp;

@@ -20,8 +20,7 @@ use crate::fixtures::*;
 /// so only stdout is on the terminal) and returns what the terminal showed, without the
 /// carriage returns the terminal adds.
 async fn on_a_terminal(columns: u16, args: &[&str]) -> String {
-    let dir = std::env::temp_dir().join(format!("rl-pty-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("pty");
     let words: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_retrylog"))
         .chain(args.iter().copied())
         .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
@@ -39,7 +38,6 @@ async fn on_a_terminal(columns: u16, args: &[&str]) -> String {
         .await
         .expect("util-linux script runs");
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         output.status.success(),
         "retrylog {args:?} on a terminal: {}\n{stderr}",
@@ -348,16 +346,16 @@ async fn completions_and_man_pages_come_from_the_command_line_definitions() {
     assert!(page.starts_with(".ie \\n(.g .ds Aq \\(aq"), "{page}");
     assert!(page.contains(".TH retrylog 1") && page.contains("retrylog\\-local(1)"));
 
-    let dir = std::env::temp_dir().join(format!("rl-man-{}", uuid::Uuid::new_v4().simple()));
+    // The command makes the directory.
+    let dir = TempPath::new("man");
     let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .args(["man", "--dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .await
         .unwrap();
     let written = ["retrylog.1", "retrylog-local.1", "retrylog-report-trend.1"]
         .map(|page| dir.join(page).is_file());
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(written, [true; 3]);
 }
@@ -369,8 +367,7 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let base = std::env::temp_dir().join(&format!("rldm{}", uuid::Uuid::new_v4().simple())[..12]);
-    std::fs::create_dir_all(&base).unwrap();
+    let base = TempPath::dir("demo");
     let data_dir = base.join("d");
     let started = start_private_cluster(&data_dir).await;
     let outcome = match started {
@@ -384,7 +381,7 @@ where
         Err(error) => panic!("the private cluster starts: {error}"),
     };
     let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base).unwrap();
+    drop(base);
     stopped.expect("the private cluster stops");
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());
@@ -394,7 +391,7 @@ where
 #[tokio::test]
 async fn demo_keeps_a_kept_database_unless_replace_and_its_hints_work_as_printed() {
     with_private_cluster(|url| async move {
-        let cwd = std::env::temp_dir();
+        let cwd = TempPath::dir("cwd");
         let demo_url = url.replace("/retrylog?", "/retrylog_demo?");
         // A database an earlier `demo --keep` left, with something someone was looking at.
         let create = retrylog_in(&cwd, &url, &["migrate"]).await;
@@ -574,8 +571,7 @@ async fn the_systemd_unit_runs_serve_hardened_with_settings_the_binary_knows() {
         return;
     };
     assert!(probe.status.success());
-    let dir = std::env::temp_dir().join(format!("rl-unit-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("unit");
     let copy = dir.join("retrylog.service");
     std::fs::write(
         &copy,
@@ -589,7 +585,6 @@ async fn the_systemd_unit_runs_serve_hardened_with_settings_the_binary_knows() {
         .output()
         .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(verify.status.success(), "{verify:?}");
     assert_eq!(String::from_utf8_lossy(&verify.stderr), "", "{verify:?}");
 }
