@@ -10,6 +10,7 @@ use std::process::Stdio;
 use anyhow::{ensure, Context};
 use retrylog::connect::{
     connect, start_private_cluster, stop_private_cluster, ConnectError, ConnectSettings,
+    DatabaseUse,
 };
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
@@ -29,11 +30,13 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Settings for `url` as `migrate` connects: creating the database it names when missing.
 fn settings(url: &str) -> ConnectSettings {
     ConnectSettings {
         database_url: Some(url.to_owned()),
         max_connections: 2,
         data_dir: None,
+        database: DatabaseUse::Create,
     }
 }
 
@@ -46,7 +49,7 @@ async fn drop_database(name: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> {
+async fn explicit_url_creates_the_database_when_it_may_and_connects() -> anyhow::Result<()> {
     let name = unique("retrylog_conn");
     // Trust authentication ignores the password; it is only there to prove it is never shown.
     let server = server();
@@ -54,6 +57,24 @@ async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> 
     let url = format!("postgres://{user}:not-shown@{host}:{port}/{name}");
 
     let outcome = async {
+        // A command that does not install the schema is told the database is missing.
+        let existing = ConnectSettings {
+            database: DatabaseUse::Existing,
+            ..settings(&url)
+        };
+        let error = connect(&existing)
+            .await
+            .err()
+            .context("connected to a database that does not exist")?;
+        let message = error.to_string();
+        ensure!(
+            matches!(error, ConnectError::MissingDatabase { .. })
+                && message.starts_with(&format!(
+                    "database \"{name}\" does not exist on {host}:{port}; "
+                )),
+            "message: {message}"
+        );
+
         // Two at once: both race to CREATE DATABASE and both must succeed.
         let s = settings(&url);
         let (first, second) = tokio::join!(connect(&s), connect(&s));

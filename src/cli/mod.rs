@@ -31,12 +31,13 @@ pub use report::{
 ///
 /// The database: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
 /// PGUSER, PGDATABASE, ...) and the local socket, else a private PostgreSQL cluster that
-/// retrylog starts from the installed binaries. Without a database name it uses `retrylog`,
-/// created if missing.
+/// retrylog starts from the installed binaries. Without a database name it uses `retrylog`.
+/// Only `migrate` creates a database that does not exist (`serve` and `grant` create the
+/// unnamed default `retrylog` too); every other command exits 69 on one.
 ///
 /// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
 /// unknown reason or target, invalid JSON, a refused retry); 3 `report alerts` listed
-/// something; 69 no database reachable; 70 any other failure.
+/// something; 69 no database reachable, or the one named does not exist; 70 any other failure.
 #[derive(Debug, Parser)]
 #[command(name = "retrylog", version, max_term_width = 100)]
 pub struct Cli {

@@ -19,7 +19,8 @@ pub const MISMATCH: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `report alerts` listed something.
 pub const ALERTS: u8 = 3;
-/// No database could be reached or started (sysexits EX_UNAVAILABLE).
+/// No database could be reached or started, or the one named does not exist and this command
+/// does not create it (sysexits EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Anything else (sysexits EX_SOFTWARE).
 pub const FAILURE: u8 = 70;

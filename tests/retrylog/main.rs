@@ -17,7 +17,8 @@
 //! # Layout
 //!
 //! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
-//!   append through, and snapshots that prove a refused append wrote nothing.
+//!   append through, snapshots that prove a refused append wrote nothing, and database names
+//!   of a test's own that are dropped when it ends.
 //! - `temp` (`tests/common/temp.rs`): files and directories of a test's own, named
 //!   `retrylog-test-…` and removed when it ends.
 //! - `migrations`: an empty database, the counter-only era, running migrate again, a
@@ -28,8 +29,9 @@
 //! - `projector`: the asynchronous rollup projector: late commits, exactly-once, one runner.
 //! - `replay`: rebuilding the counts, dry runs, replay while appends run.
 //! - `cli`: the `retrylog` binary, its output and its exit codes.
-//! - `commands`: exit 69, the line naming the database, `status`, `project`, `replay
-//!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
+//! - `commands`: exit 69 (no server, or a named database only `migrate` creates), the line
+//!   naming the database, `status`, `project`, `replay --projection`, `serve`'s refusals and
+//!   SIGINT, a short `demo` that leaves no database behind.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `docs`: the README's Rust example (the example target) and shell lines, and
