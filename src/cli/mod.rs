@@ -86,8 +86,10 @@ pub enum Command {
     /// recovering it, in a scratch database; then the retries, the targets at the limit and a
     /// verify.
     ///
-    /// Runs in its own database, retrylog_demo, created on the configured server and dropped
-    /// at the end unless --keep; the configured database is never touched. Variants fail, the
+    /// Runs in its own database, retrylog_demo (--database names another), created on the
+    /// configured server and dropped at the end unless --keep; the configured database is never
+    /// touched: not opened, not created (the demo connects to the server's maintenance database,
+    /// postgres). Variants fail, the
     /// pipeline misses notifications and job completions on purpose, and a few flaky variants
     /// fail until they reach the retry limit; the watchdog of `serve` (stuck after 2s, sweeps
     /// every 1s, limit 3) recovers what it can. Each miss, retry and limit is shown as it
@@ -381,11 +383,18 @@ pub struct DemoArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
 
-    /// Keep the retrylog_demo database at the end, to explore with the other commands.
+    /// The scratch database the demo creates, runs in and drops: lowercase letters, digits and
+    /// _, at most 63, not starting with a digit. Another name lets two demos run on one server
+    /// side by side, or keep one demo while running the next.
+    #[arg(long, value_name = "NAME", default_value = crate::cmd::demo::DEMO_DATABASE,
+          value_parser = parse_database_name)]
+    pub database: String,
+
+    /// Keep the demo's database at the end, to explore with the other commands.
     #[arg(long)]
     pub keep: bool,
 
-    /// Drop a retrylog_demo database an earlier `demo --keep` left (ending its sessions);
+    /// Drop a database of that name an earlier `demo --keep` left (ending its sessions);
     /// without it the demo refuses to start while that database exists.
     #[arg(long)]
     pub replace: bool,
@@ -411,6 +420,18 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Parses `demo --database`: a plain identifier, so that it needs no quoting in SQL and reads
+/// back the same in a URL.
+fn parse_database_name(name: &str) -> Result<String, String> {
+    crate::config::parse_channel(name).map_err(|_| {
+        format!(
+            "invalid database name \"{}\": lowercase letters, digits and _, at most 63, not \
+             starting with a digit",
+            name.escape_debug()
+        )
+    })
 }
 
 /// Parses `--projection`.

@@ -402,13 +402,22 @@ async fn serve_on_sigint_lets_the_retry_in_flight_commit_and_exits_zero(pool: Pg
     assert_verify_clean(&pool).await;
 }
 
-#[tokio::test]
-async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify() {
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+/// The demo runs in a scratch database of the name `--database` gives (a name of this test's
+/// own, so that it drops no database a user kept, and two runs at once never meet), and leaves
+/// nothing behind: neither its own database nor the configured one, which it never opens, so
+/// a configured database that does not exist is not created either.
+#[sqlx::test(migrations = false)]
+async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify_leaving_no_database(
+    pool: PgPool,
+) {
+    let configured = TestDatabase::new(&pool, "configured");
+    let scratch = TestDatabase::new(&pool, "demo");
     let run = retrylog_at(
-        &server,
+        &configured.url(&pool),
         &[
             "demo",
+            "--database",
+            &scratch.name,
             "--duration",
             "3s",
             "--jobs",
@@ -417,12 +426,33 @@ async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify() {
             "4242",
             "--format",
             "json",
-            // A retrylog_demo an interrupted earlier run left on the test server may go.
-            "--replace",
         ],
     )
     .await;
 
+    assert!(
+        run.stderr
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("retrylog: using the server at "),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("in database {}, for 3s", scratch.name)),
+        "{run:#?}"
+    );
+    assert!(
+        !configured.exists(&pool).await,
+        "the demo created the configured database {}",
+        configured.name
+    );
+    assert!(
+        !scratch.exists(&pool).await,
+        "the demo left its database {} behind",
+        scratch.name
+    );
     assert_eq!(run.code, Some(0), "{run:#?}");
     let summary: Value = run.json();
     assert_eq!(summary["seed"], 4242);

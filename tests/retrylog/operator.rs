@@ -7,7 +7,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use retrylog::connect::{start_private_cluster, stop_private_cluster};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -360,114 +359,90 @@ async fn completions_and_man_pages_come_from_the_command_line_definitions() {
     assert_eq!(written, [true; 3]);
 }
 
-/// A private cluster of the test's own (the demo's database name is fixed, so the demo runs
-/// where no other test can see it), removed afterwards.
-async fn with_private_cluster<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let base = TempPath::dir("demo");
-    let data_dir = base.join("d");
-    let started = start_private_cluster(&data_dir).await;
-    let outcome = match started {
-        Ok(_) => {
-            let url = format!(
-                "postgres://postgres@localhost:5432/retrylog?host={}",
-                data_dir.display()
-            );
-            tokio::spawn(test(url)).await
-        }
-        Err(error) => panic!("the private cluster starts: {error}"),
-    };
-    let stopped = stop_private_cluster(&data_dir);
-    drop(base);
-    stopped.expect("the private cluster stops");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
-    }
-}
-
-#[tokio::test]
-async fn demo_keeps_a_kept_database_unless_replace_and_its_hints_work_as_printed() {
-    with_private_cluster(|url| async move {
-        let cwd = TempPath::dir("cwd");
-        let demo_url = url.replace("/retrylog?", "/retrylog_demo?");
-        // A database an earlier `demo --keep` left, with something someone was looking at.
-        let create = retrylog_in(&cwd, &url, &["migrate"]).await;
-        assert_eq!(create.code, Some(0), "{create:#?}");
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::query("CREATE DATABASE retrylog_demo")
-            .execute(&admin)
-            .await
-            .unwrap();
-        let kept = sqlx::PgPool::connect(&demo_url).await.unwrap();
-        sqlx::query("CREATE TABLE my_notes (note text)")
-            .execute(&kept)
-            .await
-            .unwrap();
-
-        // 1. Without --replace: refused, exit 2, the database and its session untouched.
-        let short = ["demo", "--duration", "2s", "--jobs", "2", "--variants", "1"];
-        let refused = retrylog_in(&cwd, &url, &short).await;
-        assert_eq!(refused.code, Some(2), "{refused:#?}");
-        assert!(
-            refused.problem_lines()[0].starts_with(
-                "retrylog: database retrylog_demo exists (an earlier `demo --keep` left it"
-            ) && refused.stderr.contains("--replace"),
-            "{refused:#?}"
-        );
-        let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM my_notes")
-            .fetch_one(&kept)
-            .await
-            .expect("the kept database and its session are still there");
-        assert_eq!(notes, 0);
-        kept.close().await;
-
-        // 2. With --replace (and --keep): it says so, runs, and its hints run as printed.
-        let mut replace = short.to_vec();
-        replace.extend(["--replace", "--keep", "--seed", "7"]);
-        let demo = retrylog_in(&cwd, &url, &replace).await;
-        assert_eq!(demo.code, Some(0), "{demo:#?}");
-        assert!(demo
-            .stderr
-            .contains("dropping the retrylog_demo database an earlier --keep left (--replace)"));
-        let hints: Vec<&str> = demo
-            .stdout
-            .lines()
-            .skip_while(|line| !line.starts_with("The database is kept; explore it with:"))
-            .skip(1)
-            .map(str::trim)
-            .filter(|line| line.contains(" --database-url "))
-            .collect();
-        assert!(hints.len() >= 2, "{}", demo.stdout);
-        for hint in hints {
-            assert!(
-                hint.starts_with(&format!(
-                    "{} --database-url ",
-                    env!("CARGO_BIN_EXE_retrylog")
-                )),
-                "{hint}"
-            );
-            let ran = Command::new("sh")
-                .args(["-c", hint])
-                .current_dir(&cwd)
-                .env_remove("DATABASE_URL")
-                .output()
-                .await
-                .unwrap();
-            assert!(ran.status.success(), "{hint}: {ran:?}");
-        }
-        let gone: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = 'retrylog_demo')",
-        )
-        .fetch_one(&admin)
+/// The demo runs in a database name of the test's own (`--database`), on the test server:
+/// no user's kept demo is at stake, and two runs at once never meet.
+#[sqlx::test(migrations = false)]
+async fn demo_keeps_a_kept_database_unless_replace_and_its_hints_work_as_printed(pool: PgPool) {
+    // Outside the checkout, so the hints name the binary's path.
+    let cwd = TempPath::dir("cwd");
+    let url = database_url(&pool).await;
+    let database = TestDatabase::new(&pool, "kept");
+    let demo_url = database.url(&pool);
+    // A database an earlier `demo --keep` left, with something someone was looking at.
+    sqlx::query(&format!("CREATE DATABASE {}", database.name))
+        .execute(&pool)
         .await
         .unwrap();
-        assert!(gone, "kept with --keep");
-        admin.close().await;
-    })
-    .await;
+    let kept = sqlx::PgPool::connect(&demo_url).await.unwrap();
+    sqlx::query("CREATE TABLE my_notes (note text)")
+        .execute(&kept)
+        .await
+        .unwrap();
+
+    // 1. Without --replace: refused, exit 2, the database and its session untouched.
+    let short = [
+        "demo",
+        "--database",
+        &database.name,
+        "--duration",
+        "2s",
+        "--jobs",
+        "2",
+        "--variants",
+        "1",
+    ];
+    let refused = retrylog_in(&cwd, &url, &short).await;
+    assert_eq!(refused.code, Some(2), "{refused:#?}");
+    assert!(
+        refused.problem_lines()[0].starts_with(&format!(
+            "retrylog: database {} exists (an earlier `demo --keep` left it",
+            database.name
+        )) && refused.stderr.contains("--replace"),
+        "{refused:#?}"
+    );
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM my_notes")
+        .fetch_one(&kept)
+        .await
+        .expect("the kept database and its session are still there");
+    assert_eq!(notes, 0);
+    kept.close().await;
+
+    // 2. With --replace (and --keep): it says so, runs, and its hints run as printed.
+    let mut replace = short.to_vec();
+    replace.extend(["--replace", "--keep", "--seed", "7"]);
+    let demo = retrylog_in(&cwd, &url, &replace).await;
+    assert_eq!(demo.code, Some(0), "{demo:#?}");
+    assert!(demo.stderr.contains(&format!(
+        "dropping the {} database an earlier --keep left (--replace)",
+        database.name
+    )));
+    let hints: Vec<&str> = demo
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("The database is kept; explore it with:"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|line| line.contains(" --database-url "))
+        .collect();
+    assert!(hints.len() >= 2, "{}", demo.stdout);
+    for hint in hints {
+        assert!(
+            hint.starts_with(&format!(
+                "{} --database-url ",
+                env!("CARGO_BIN_EXE_retrylog")
+            )),
+            "{hint}"
+        );
+        let ran = Command::new("sh")
+            .args(["-c", hint])
+            .current_dir(cwd.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .await
+            .unwrap();
+        assert!(ran.status.success(), "{hint}: {ran:?}");
+    }
+    assert!(database.exists(&pool).await, "kept with --keep");
 }
 
 #[tokio::test]
