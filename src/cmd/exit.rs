@@ -64,6 +64,12 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        // `project` by a role without the operator capability.
+        .or_else(|| {
+            cause
+                .downcast_ref::<super::project::ProjectorNotPermitted>()
+                .map(as_dyn)
+        })
         .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<HttpConfigError>().map(as_dyn))
 }
