@@ -74,6 +74,10 @@ pub enum Command {
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
     /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
+    ///
+    /// The table lists the mismatches (none when clean). --format json prints one object: clean
+    /// (true or false), the events and streams checked, and the mismatches (an array of the
+    /// table's rows); --format csv the mismatches' rows.
     Verify(VerifyArgs),
     /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
     Project(ProjectArgs),

@@ -231,7 +231,7 @@ async fn replay_of_one_projection_rebuilds_that_one_and_leaves_the_other(pool: P
     .await
     .unwrap();
     let problems = |run: &Run| -> Vec<String> {
-        run.json()
+        run.json()["mismatches"]
             .as_array()
             .unwrap()
             .iter()
