@@ -59,6 +59,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// How stderr is written: `serve --log-format json` makes every line of it a JSON object
+    /// (the log, and the lines every command prints, see `cmd::notice`); everything else
+    /// writes text.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(args) => args.log_format,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
+/// Whether raw arguments ask for `--log-format json`: for a command line clap refused, whose
+/// error must then be a JSON line as well (a unit's settings with a typo, read by a journal
+/// that expects JSON).
+pub fn asks_for_json_log<I, S>(args: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut previous_was_flag = false;
+    for arg in args {
+        let arg = arg.as_ref();
+        if arg == "--log-format=json" || (previous_was_flag && arg == "json") {
+            return true;
+        }
+        previous_was_flag = arg == "--log-format";
+    }
+    false
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -325,7 +356,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(i64).range(1..))]
     pub projector_batch: i64,
 
-    /// Log lines as JSON objects instead of text.
+    /// Every line on stderr as a JSON object instead of text: the log, the line naming the
+    /// database, and an error serve stops on.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 use crate::connect::{self, ConnectSettings, Connected, DatabaseUse};
 use crate::migrate;
 
@@ -70,9 +70,20 @@ fn schema_rule(command: &Command) -> Schema {
     }
 }
 
+/// One line for the user on stderr, `retrylog: <text>`; under `--log-format json` an info
+/// event of the log instead, so that every line on stderr is one JSON object of the same shape
+/// (`2>&1 | jq` reads them all).
+pub fn notice(format: LogFormat, text: &str) {
+    match format {
+        LogFormat::Text => eprintln!("retrylog: {text}"),
+        LogFormat::Json => tracing::info!("{text}"),
+    }
+}
+
 /// Connects (saying on stderr which database), checks or migrates the schema, and runs the
 /// command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format();
     crate::output::fit_tables(cli.wide);
     // The commands about retrylog itself and its private cluster need no database.
     let cli = match cli.command {
@@ -100,8 +111,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         rule => rule,
     };
     match &connected.private_cluster {
-        Some(private) => local::announce(&connected.description, private, cli.data_dir.is_some()),
-        None => eprintln!("retrylog: using {}", connected.description),
+        Some(private) => local::announce(
+            log_format,
+            &connected.description,
+            private,
+            cli.data_dir.is_some(),
+        ),
+        None => notice(log_format, &format!("using {}", connected.description)),
     }
     match rule {
         Schema::Migrate => migrate::run(&connected.pool)

@@ -2,7 +2,8 @@
 //! pseudo-terminal made by util-linux `script`), a trend that shows the rows with data, one
 //! duration grammar for every flag, the demo that keeps a kept database and prints hints that
 //! work as printed, the help without empty env values, the actor without `$USER`, `serve`
-//! naming its database once, `--version` with the schema, completions and man pages.
+//! naming its database once and writing only JSON lines under `--log-format json`,
+//! `--version` with the schema, completions and man pages.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -256,6 +257,109 @@ async fn serve_names_its_database_once(pool: PgPool) {
         .filter(|line| line.contains(&format!("database {database} on ")))
         .count();
     assert_eq!(naming, 1, "{log}");
+}
+
+/// Each line of `stderr` parsed as JSON; a line that is not fails the test.
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}\n{stderr}"))
+        })
+        .collect()
+}
+
+/// Under `--log-format json` every line on stderr is one JSON object — the line naming the
+/// database, the log, the shutdown, and the refusals too — so `2>&1 | jq` reads them all.
+#[sqlx::test(migrations = false)]
+async fn under_log_format_json_every_line_on_stderr_is_a_json_object(pool: PgPool) {
+    pipeline(&pool).await;
+    let mut serve = serve_command(&pool, &["--log-format", "json"])
+        .await
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+    let mut log = read_until(&mut lines, "running the recovery watchdog").await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("serve ends within 10 s of SIGTERM")
+        .unwrap()
+    {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(serve.wait().await.unwrap().success(), "{log}");
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let messages: Vec<String> = json_lines(&log)
+        .iter()
+        .map(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        messages[0].starts_with(&format!("using database {database} on ")),
+        "{log}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "SIGTERM: shutting down"),
+        "{log}"
+    );
+
+    // The refusals: a value clap refuses, a database that does not exist, no server at all.
+    let missing = TestDatabase::new(&pool, "missing");
+    let url = database_url(&pool).await;
+    for (url, args, said) in [
+        (
+            url.as_str(),
+            &["serve", "--log-format", "json", "--stuck-after", "2y"][..],
+            "invalid value '2y' for '--stuck-after <DURATION>'",
+        ),
+        (
+            &missing.url(&pool),
+            &["serve", "--log-format", "json"],
+            "does not exist on",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/retrylog",
+            &["serve", "--log-format=json"],
+            "cannot reach PostgreSQL at 127.0.0.1:1",
+        ),
+    ] {
+        let run = tokio::time::timeout(Duration::from_secs(30), retrylog_at(url, args))
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} on {url} still runs after 30 s"));
+        assert!(matches!(run.code, Some(2 | 69)), "{args:?}: {run:#?}");
+        let errors: Vec<Value> = json_lines(&run.stderr)
+            .into_iter()
+            .filter(|line| line["level"] == "ERROR")
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {run:#?}");
+        assert!(
+            errors[0]["fields"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(said),
+            "{args:?}: {run:#?}"
+        );
+    }
+    assert!(
+        !missing.exists(&pool).await,
+        "serve created {}",
+        missing.name
+    );
 }
 
 #[sqlx::test(migrations = false)]
