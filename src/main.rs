@@ -14,6 +14,16 @@ async fn main() -> ExitCode {
     let cli = match retrylog::cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if !error.use_stderr() => error.exit(),
+        // `--log-format json` promises JSON lines on stderr: the refusal is one too.
+        Err(error) if retrylog::cli::asks_for_json_log(std::env::args_os()) => {
+            let text = error.render().to_string();
+            let logger = tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .finish();
+            tracing::subscriber::with_default(logger, || tracing::error!("{}", text.trim_end()));
+            return ExitCode::from(error.exit_code() as u8);
+        }
         Err(error) => {
             let text = error.render().to_string();
             for line in text.lines() {
@@ -23,10 +33,11 @@ async fn main() -> ExitCode {
         }
     };
     // The service logs what it does; one-shot commands only warn. RETRYLOG_LOG overrides.
-    let (default_level, log_format) = match &cli.command {
-        Command::Serve(args) => ("info", args.log_format),
-        _ => ("warn", LogFormat::Text),
+    let default_level = match &cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
     };
+    let log_format = cli.log_format();
     let filter = EnvFilter::try_from_env("RETRYLOG_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("retrylog={default_level},warn")));
     let logger = tracing_subscriber::fmt()
@@ -41,7 +52,13 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             let line = cmd::one_line(&error);
-            eprintln!("retrylog: {}", retrylog::text::for_terminal(&line));
+            match log_format {
+                LogFormat::Text => {
+                    eprintln!("retrylog: {}", retrylog::text::for_terminal(&line))
+                }
+                // JSON escapes whatever the line holds.
+                LogFormat::Json => tracing::error!("{line}"),
+            }
             ExitCode::from(cmd::exit::code(&error))
         }
     }

@@ -17,7 +17,7 @@ pub fn options(
     name: &str,
     application_name: &str,
 ) -> anyhow::Result<PgConnectOptions> {
-    if connected.options.get_database() == Some(name) {
+    if connected.configured_database == name {
         anyhow::bail!(
             "the configured database is {name}, the name this command drops and recreates; \
              point retrylog at another database"

@@ -10,9 +10,14 @@ use std::process::Stdio;
 use anyhow::{ensure, Context};
 use retrylog::connect::{
     connect, start_private_cluster, stop_private_cluster, ConnectError, ConnectSettings,
+    DatabaseUse,
 };
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
+
+#[path = "common/temp.rs"]
+mod temp;
+use temp::TempPath;
 
 /// The test server, from `DATABASE_URL`: where the suite's other tests run too.
 fn server() -> PgConnectOptions {
@@ -25,11 +30,13 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// Settings for `url` as `migrate` connects: creating the database it names when missing.
 fn settings(url: &str) -> ConnectSettings {
     ConnectSettings {
         database_url: Some(url.to_owned()),
         max_connections: 2,
         data_dir: None,
+        database: DatabaseUse::Create,
     }
 }
 
@@ -42,7 +49,7 @@ async fn drop_database(name: &str) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> {
+async fn explicit_url_creates_the_database_when_it_may_and_connects() -> anyhow::Result<()> {
     let name = unique("retrylog_conn");
     // Trust authentication ignores the password; it is only there to prove it is never shown.
     let server = server();
@@ -50,6 +57,24 @@ async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> 
     let url = format!("postgres://{user}:not-shown@{host}:{port}/{name}");
 
     let outcome = async {
+        // A command that does not install the schema is told the database is missing.
+        let existing = ConnectSettings {
+            database: DatabaseUse::Existing,
+            ..settings(&url)
+        };
+        let error = connect(&existing)
+            .await
+            .err()
+            .context("connected to a database that does not exist")?;
+        let message = error.to_string();
+        ensure!(
+            matches!(error, ConnectError::MissingDatabase { .. })
+                && message.starts_with(&format!(
+                    "database \"{name}\" does not exist on {host}:{port}; "
+                )),
+            "message: {message}"
+        );
+
         // Two at once: both race to CREATE DATABASE and both must succeed.
         let s = settings(&url);
         let (first, second) = tokio::join!(connect(&s), connect(&s));
@@ -90,9 +115,10 @@ async fn explicit_url_creates_the_database_and_connects() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn explicit_url_to_nothing_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
-    let data_dir = std::env::temp_dir().join(unique("retrylog_nofallback"));
+    // A path that must stay absent; its guard removes it if a private cluster was made there.
+    let data_dir = TempPath::new("nofallback");
     let s = ConnectSettings {
-        data_dir: Some(data_dir.clone()),
+        data_dir: Some(data_dir.to_path_buf()),
         ..settings("postgres://127.0.0.1:1/retrylog")
     };
 
@@ -136,16 +162,13 @@ async fn invalid_url_is_named() -> anyhow::Result<()> {
 #[tokio::test]
 async fn private_cluster_starts_once_and_is_reused() -> anyhow::Result<()> {
     // A 0700 parent: when the test runs as root, the cluster runs as `postgres`, which
-    // must be granted passage, as under /root in real use. Short, for the socket path.
-    let base = std::env::temp_dir().join(unique("rlpc"));
-    std::fs::create_dir(&base)?;
-    std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    // must be granted passage, as under /root in real use.
+    let base = TempPath::private_dir("pc");
     let data_dir = base.join("d");
 
     let outcome = exercise_private_cluster(&data_dir).await;
 
     let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     stopped?;
     Ok(())
@@ -233,7 +256,7 @@ fn running_as_root() -> bool {
 async fn with_nothing_configured_and_no_server_answering_a_command_uses_the_private_cluster(
 ) -> anyhow::Result<()> {
     // Short, for the socket path; 0700 like a home directory the cluster must be let through.
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(&unique("fb")[..11]);
+    let base = TempPath::under(Path::new(env!("CARGO_TARGET_TMPDIR")), "fb");
     std::fs::create_dir_all(&base)?;
     std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let data_dir = base.join("d");
@@ -241,7 +264,6 @@ async fn with_nothing_configured_and_no_server_answering_a_command_uses_the_priv
     let outcome = fall_back(&data_dir).await;
 
     let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     stopped?;
     Ok(())
@@ -347,16 +369,15 @@ async fn as_nobody(cwd: &Path, args: &[&str]) -> anyhow::Result<std::process::Ou
 #[tokio::test]
 async fn with_nothing_configured_a_server_refusing_the_login_gives_way_to_the_private_cluster(
 ) -> anyhow::Result<()> {
-    let base = std::env::temp_dir().join(&unique("rlrf")[..13]);
-    std::fs::create_dir_all(&base)?;
+    let base = TempPath::dir("refused");
     let data_dir = base.join("d");
 
     let outcome = refused_then_private(&base, &data_dir).await;
 
-    // Whatever happened: stop the cluster the same way it was started, then remove it.
+    // Whatever happened: stop the cluster the same way it was started (its guard then
+    // removes it).
     let dir = data_dir.to_string_lossy().into_owned();
     let stopped = as_nobody(&base, &["--data-dir", &dir, "local", "stop"]).await;
-    std::fs::remove_dir_all(&base)?;
     outcome?;
     ensure!(stopped?.status.success(), "local stop failed");
     Ok(())
@@ -463,7 +484,8 @@ async fn refused_then_private(base: &Path, data_dir: &Path) -> anyhow::Result<()
 /// PGUSER set, no private cluster, exit 69 and the server's reason.
 #[tokio::test]
 async fn with_pguser_set_a_refused_login_is_an_error_and_starts_no_cluster() -> anyhow::Result<()> {
-    let data_dir = std::env::temp_dir().join(unique("rlnofb"));
+    // A path that must stay absent; its guard removes it if a private cluster was made there.
+    let data_dir = TempPath::new("nofb");
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"));
     for name in CONFIGURING {
         command.env_remove(name);
@@ -471,7 +493,7 @@ async fn with_pguser_set_a_refused_login_is_an_error_and_starts_no_cluster() -> 
     let output = command
         .env("PGUSER", "no_such_role_here")
         .arg("--data-dir")
-        .arg(&data_dir)
+        .arg(data_dir.path())
         .arg("status")
         .stdin(Stdio::null())
         .output()

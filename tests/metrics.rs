@@ -12,6 +12,8 @@
 #[allow(dead_code)]
 #[path = "retrylog/fixtures.rs"]
 mod fixtures;
+#[path = "common/temp.rs"]
+mod temp;
 
 use std::time::{Duration, Instant};
 

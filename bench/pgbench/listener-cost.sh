@@ -3,7 +3,7 @@
 # "Footprint"; migration 0012): PostgreSQL signals every backend that listens in a database at
 # the commit of every transaction there that sent a NOTIFY, whatever the channel. One scratch
 # database, rl_listener_cost: a table of 40,000 rows with a per-row NOTIFY trigger on
-# 'pipeline_changes' (DESIGN.md's pipeline), and a heartbeat UPDATE of a random row as the
+# 'pipeline_changes' (a pipeline whose workers listen for their rows' changes), and a heartbeat UPDATE of a random row as the
 # pgbench script. Rounds alternate without and with an idle session that LISTENs on another
 # channel (what the watchdog did until 0012); PIPELINE_LISTENER=1 keeps a session listening on
 # 'pipeline_changes' throughout (the pipeline's own workers). Prints round, side, tps.

@@ -1,5 +1,6 @@
 -- The pipeline's own change trigger of the footprint's "pipeline notifies" world: a per-row
--- NOTIFY on every insert and update, the shape DESIGN.md's pipeline uses to react to a touch.
+-- NOTIFY on every insert and update, the shape a pipeline whose workers listen for their rows'
+-- changes uses to react to a touch.
 -- `retrylog-bench footprint` (bench/src/footprint.rs) and footprint.sh (PIPELINE_NOTIFY=1)
 -- both install this file.
 CREATE FUNCTION pipeline_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$

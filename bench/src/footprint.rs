@@ -13,7 +13,7 @@
 //!    (the order flips every slice), so a burst of machine noise hits both alike.
 //! 4. Twice: as the tables come (world "plain"), and with a pipeline NOTIFY trigger of the
 //!    pipeline's own on both databases (world "pipeline notifies"), a per-row NOTIFY like the
-//!    one DESIGN.md's pipeline uses to react to touches.
+//!    one a pipeline whose workers listen for their rows' changes uses to react to touches.
 //!
 //! The goal: every ratio ≥ 0.95 (docs/performance.md, "Footprint").
 
@@ -161,7 +161,8 @@ impl World {
 }
 
 /// The pipeline's own change trigger of world "pipeline notifies": a per-row NOTIFY on every
-/// insert and update, the shape DESIGN.md's pipeline uses to react to a touch.
+/// insert and update, the shape a pipeline whose workers listen for their rows' changes uses to
+/// react to a touch.
 const PIPELINE_TRIGGER: &str = include_str!("../pgbench/pipeline-notify.sql");
 
 /// The goal every line is held to.

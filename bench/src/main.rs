@@ -42,7 +42,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use retrylog::cmd::{exit, one_line};
-use retrylog::connect::{self, ConnectSettings};
+use retrylog::connect::{self, ConnectSettings, DatabaseUse};
 
 /// The actor of every event the benchmarks append, and the watchdog's instance name.
 pub const ACTOR: &str = "retrylog-bench";
@@ -128,9 +128,11 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = ConnectSettings {
         database_url: cli.database_url,
-        // The configured database is only where the server is found, never queried.
+        // The configured database is only where the server is found: never opened, nor
+        // created; the pool is on the maintenance database.
         max_connections: 1,
         data_dir: cli.data_dir,
+        database: DatabaseUse::ServerOnly,
     };
     let connected = connect::connect(&settings).await?;
     eprintln!("retrylog-bench: using {}", connected.description);

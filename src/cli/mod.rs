@@ -31,12 +31,13 @@ pub use report::{
 ///
 /// The database: --database-url / DATABASE_URL, else the libpq variables (PGHOST, PGPORT,
 /// PGUSER, PGDATABASE, ...) and the local socket, else a private PostgreSQL cluster that
-/// retrylog starts from the installed binaries. Without a database name it uses `retrylog`,
-/// created if missing.
+/// retrylog starts from the installed binaries. Without a database name it uses `retrylog`.
+/// Only `migrate` creates a database that does not exist (`serve` and `grant` create the
+/// unnamed default `retrylog` too); every other command exits 69 on one.
 ///
 /// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
 /// unknown reason or target, invalid JSON, a refused retry); 3 `report alerts` listed
-/// something; 69 no database reachable; 70 any other failure.
+/// something; 69 no database reachable, or the one named does not exist; 70 any other failure.
 #[derive(Debug, Parser)]
 #[command(name = "retrylog", version, max_term_width = 100)]
 pub struct Cli {
@@ -58,6 +59,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// How stderr is written: `serve --log-format json` makes every line of it a JSON object
+    /// (the log, and the lines every command prints, see `cmd::notice`); everything else
+    /// writes text.
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Serve(args) => args.log_format,
+            _ => LogFormat::Text,
+        }
+    }
+}
+
+/// Whether raw arguments ask for `--log-format json`: for a command line clap refused, whose
+/// error must then be a JSON line as well (a unit's settings with a typo, read by a journal
+/// that expects JSON).
+pub fn asks_for_json_log<I, S>(args: I) -> bool
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut previous_was_flag = false;
+    for arg in args {
+        let arg = arg.as_ref();
+        if arg == "--log-format=json" || (previous_was_flag && arg == "json") {
+            return true;
+        }
+        previous_was_flag = arg == "--log-format";
+    }
+    false
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -73,6 +105,10 @@ pub enum Command {
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
     /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
+    ///
+    /// The table lists the mismatches (none when clean). --format json prints one object: clean
+    /// (true or false), the events and streams checked, and the mismatches (an array of the
+    /// table's rows); --format csv the mismatches' rows.
     Verify(VerifyArgs),
     /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
     Project(ProjectArgs),
@@ -85,8 +121,10 @@ pub enum Command {
     /// recovering it, in a scratch database; then the retries, the targets at the limit and a
     /// verify.
     ///
-    /// Runs in its own database, retrylog_demo, created on the configured server and dropped
-    /// at the end unless --keep; the configured database is never touched. Variants fail, the
+    /// Runs in its own database, retrylog_demo (--database names another), created on the
+    /// configured server and dropped at the end unless --keep; the configured database is never
+    /// touched: not opened, not created (the demo connects to the server's maintenance database,
+    /// postgres). Variants fail, the
     /// pipeline misses notifications and job completions on purpose, and a few flaky variants
     /// fail until they reach the retry limit; the watchdog of `serve` (stuck after 2s, sweeps
     /// every 1s, limit 3) recovers what it can. Each miss, retry and limit is shown as it
@@ -320,7 +358,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(i64).range(1..))]
     pub projector_batch: i64,
 
-    /// Log lines as JSON objects instead of text.
+    /// Every line on stderr as a JSON object instead of text: the log, the line naming the
+    /// database, and an error serve stops on.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
@@ -396,11 +435,18 @@ pub struct DemoArgs {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
 
-    /// Keep the retrylog_demo database at the end, to explore with the other commands.
+    /// The scratch database the demo creates, runs in and drops: lowercase letters, digits and
+    /// _, at most 63, not starting with a digit. Another name lets two demos run on one server
+    /// side by side, or keep one demo while running the next.
+    #[arg(long, value_name = "NAME", default_value = crate::cmd::demo::DEMO_DATABASE,
+          value_parser = parse_database_name)]
+    pub database: String,
+
+    /// Keep the demo's database at the end, to explore with the other commands.
     #[arg(long)]
     pub keep: bool,
 
-    /// Drop a retrylog_demo database an earlier `demo --keep` left (ending its sessions);
+    /// Drop a database of that name an earlier `demo --keep` left (ending its sessions);
     /// without it the demo refuses to start while that database exists.
     #[arg(long)]
     pub replace: bool,
@@ -426,6 +472,18 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Parses `demo --database`: a plain identifier, so that it needs no quoting in SQL and reads
+/// back the same in a URL.
+fn parse_database_name(name: &str) -> Result<String, String> {
+    crate::config::parse_channel(name).map_err(|_| {
+        format!(
+            "invalid database name \"{}\": lowercase letters, digits and _, at most 63, not \
+             starting with a digit",
+            name.escape_debug()
+        )
+    })
 }
 
 /// Parses `--projection`.

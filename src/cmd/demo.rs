@@ -1,9 +1,10 @@
 //! `retrylog demo`: a live pipeline that goes wrong in every way the watchdog knows, the real
 //! watchdog recovering it, and what the log holds afterwards.
 //!
-//! 1. A scratch database, `retrylog_demo`, created fresh on the configured server (the
-//!    configured database is never touched) and dropped at the end unless `--keep`. One an
-//!    earlier `--keep` left is dropped only with `--replace`.
+//! 1. A scratch database, `retrylog_demo` or the one `--database` names, created fresh on the
+//!    configured server (the configured database is never touched: the demo connects to the
+//!    server's maintenance database, see `cmd::Schema::Untouched`) and dropped at the end
+//!    unless `--keep`. One an earlier `--keep` left is dropped only with `--replace`.
 //! 2. The pipeline's own change trigger (`demo/pipeline.rs`), and the watchdog's settings,
 //!    scaled to seconds, published to `retrylog_settings` as `serve` does; the watchdog
 //!    listens on the pipeline's channel (`pipeline_channel`), besides polling the failures.
@@ -39,7 +40,7 @@ use live::{AboveTheBar, Labels, LiveView};
 use pipeline::{Pipeline, PipelineCounts, Plan};
 use summary::{RunFacts, Summary};
 
-/// The scratch database the demo runs in.
+/// The scratch database the demo runs in unless `--database` names another.
 pub const DEMO_DATABASE: &str = "retrylog_demo";
 
 /// The watchdog's thresholds, scaled from minutes to seconds so the demo shows them at work.
@@ -57,11 +58,13 @@ const VIEW_CONNECTIONS: u32 = 2;
 /// would end the sessions of whoever explores it (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "database {DEMO_DATABASE} exists (an earlier `demo --keep` left it, and someone may be \
+    "database {database} exists (an earlier `demo --keep` left it, and someone may be \
      exploring it); explore it with --database-url {url}, or run the demo with --replace to \
      drop it and start over"
 )]
 pub struct KeptDemoDatabase {
+    /// The kept database's name.
+    pub database: String,
     /// Where the kept database is, for --database-url.
     pub url: String,
 }
@@ -75,18 +78,19 @@ impl crate::error::CallerMistake for KeptDemoDatabase {
 
 pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let began = Instant::now();
-    let options = scratch::options(connected, DEMO_DATABASE, "retrylog demo")?;
+    let database = args.database.as_str();
+    let options = scratch::options(connected, database, "retrylog demo")?;
     // 0. Never drop a database an earlier --keep left without being asked to.
-    if scratch::exists(connected, DEMO_DATABASE).await? {
+    if scratch::exists(connected, database).await? {
         if !args.replace {
             return Err(KeptDemoDatabase {
+                database: database.to_owned(),
                 url: database_url(&options),
             }
             .into());
         }
         eprintln!(
-            "retrylog demo: dropping the {DEMO_DATABASE} database an earlier --keep left \
-             (--replace)"
+            "retrylog demo: dropping the {database} database an earlier --keep left (--replace)"
         );
     }
     // A short default seed: it is printed to be typed again.
@@ -94,7 +98,7 @@ pub async fn run(connected: &Connected, args: DemoArgs) -> anyhow::Result<ExitCo
         .seed
         .unwrap_or_else(|| rand::thread_rng().gen_range(0..1_000_000));
     let outcome = run_in_scratch(connected, &options, &args, seed).await;
-    scratch::release(connected, DEMO_DATABASE, args.keep).await;
+    scratch::release(connected, database, args.keep).await;
     let (summary, timings) = outcome?;
 
     let explore = args.keep.then(|| database_url(&options));
@@ -130,7 +134,7 @@ async fn run_in_scratch(
 ) -> anyhow::Result<(Summary, Timings)> {
     let began = Instant::now();
     // 1. The database, and pools of its own for each side so neither starves the other.
-    let pool = scratch::create(connected, DEMO_DATABASE, options, PIPELINE_CONNECTIONS).await?;
+    let pool = scratch::create(connected, &args.database, options, PIPELINE_CONNECTIONS).await?;
     let connect = |connections| {
         PgPoolOptions::new()
             .max_connections(connections)
@@ -257,8 +261,8 @@ async fn run_in_scratch(
 fn introduce(plan: &Plan, settings: &WatchdogSettings, seed: u64, args: &DemoArgs) {
     let steps = settings.steps.names().join(" → ");
     eprintln!(
-        "retrylog demo: seed {seed} (repeat with --seed {seed}), in database {DEMO_DATABASE}, \
-         for {}",
+        "retrylog demo: seed {seed} (repeat with --seed {seed}), in database {}, for {}",
+        args.database,
         humantime::format_duration(args.duration)
     );
     eprintln!(
@@ -294,9 +298,11 @@ fn plural(count: usize, noun: &str) -> String {
     format!("{count} {noun}{ending}")
 }
 
-/// A URL for the demo database that the other commands and psql accept, without the
-/// password. A unix socket goes in the `host` parameter (the URL's host cannot be a path).
+/// A URL for the demo database (the one `options` name) that the other commands and psql
+/// accept, without the password. A unix socket goes in the `host` parameter (the URL's host
+/// cannot be a path).
 fn database_url(options: &PgConnectOptions) -> String {
+    let database = url_encode(options.get_database().unwrap_or(DEMO_DATABASE));
     let user = url_encode(options.get_username());
     let port = options.get_port();
     let host = options.get_host();
@@ -306,11 +312,11 @@ fn database_url(options: &PgConnectOptions) -> String {
     };
     match socket {
         Some(dir) => format!(
-            "postgres://{user}@localhost:{port}/{DEMO_DATABASE}?host={}",
+            "postgres://{user}@localhost:{port}/{database}?host={}",
             url_encode(&dir)
         ),
-        None if host.contains(':') => format!("postgres://{user}@[{host}]:{port}/{DEMO_DATABASE}"),
-        None => format!("postgres://{user}@{host}:{port}/{DEMO_DATABASE}"),
+        None if host.contains(':') => format!("postgres://{user}@[{host}]:{port}/{database}"),
+        None => format!("postgres://{user}@{host}:{port}/{database}"),
     }
 }
 
@@ -338,7 +344,7 @@ mod tests {
             .port(5433)
             .username("alice")
             .password("secret")
-            .database("retrylog");
+            .database("retrylog_demo");
         assert_eq!(
             database_url(&tcp),
             "postgres://alice@db.example:5433/retrylog_demo"
@@ -346,10 +352,11 @@ mod tests {
         let socket = PgConnectOptions::new()
             .socket("/run/my pg")
             .port(5432)
-            .username("bob");
+            .username("bob")
+            .database("my_demo");
         assert_eq!(
             database_url(&socket),
-            "postgres://bob@localhost:5432/retrylog_demo?host=/run/my%20pg"
+            "postgres://bob@localhost:5432/my_demo?host=/run/my%20pg"
         );
     }
 }

@@ -19,7 +19,8 @@ pub const MISMATCH: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `report alerts` listed something.
 pub const ALERTS: u8 = 3;
-/// No database could be reached or started (sysexits EX_UNAVAILABLE).
+/// No database could be reached or started, or the one named does not exist and this command
+/// does not create it (sysexits EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Anything else (sysexits EX_SOFTWARE).
 pub const FAILURE: u8 = 70;
@@ -63,6 +64,12 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        // `project` by a role without the operator capability.
+        .or_else(|| {
+            cause
+                .downcast_ref::<super::project::ProjectorNotPermitted>()
+                .map(as_dyn)
+        })
         .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<HttpConfigError>().map(as_dyn))
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use super::invocation;
-use crate::cli::{LocalAction, LocalArgs};
+use crate::cli::{LocalAction, LocalArgs, LogFormat};
 use crate::connect::{self, ConnectError, PrivateClusterUse};
 use crate::output::Rows;
 
@@ -27,14 +27,22 @@ pub fn stop_command(data_dir: &Path, given: bool) -> String {
 
 /// The first line a command prints when it uses the private cluster (where it is, that it
 /// keeps running, how to stop it), then, when the machine's server refused the login, why
-/// that server was not used and how to use it instead.
-pub fn announce(description: &str, private: &PrivateClusterUse, data_dir_given: bool) {
-    eprintln!(
-        "retrylog: using {description}; it keeps running in the background, stop it with: {}",
-        stop_command(&private.data_dir, data_dir_given)
+/// that server was not used and how to use it instead. JSON lines under `--log-format json`.
+pub fn announce(
+    format: LogFormat,
+    description: &str,
+    private: &PrivateClusterUse,
+    data_dir_given: bool,
+) {
+    super::notice(
+        format,
+        &format!(
+            "using {description}; it keeps running in the background, stop it with: {}",
+            stop_command(&private.data_dir, data_dir_given)
+        ),
     );
     if let Some(refused) = &private.refused {
-        eprintln!("retrylog: {refused}");
+        super::notice(format, refused);
     }
 }
 

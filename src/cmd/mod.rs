@@ -23,18 +23,19 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command};
-use crate::connect::{self, ConnectSettings, Connected};
+use crate::cli::{Cli, Command, LogFormat};
+use crate::connect::{self, ConnectSettings, Connected, DatabaseUse};
 use crate::migrate;
 
-/// What a command does about the schema before it runs.
+/// What a command does about the schema before it runs; which also decides whether it may
+/// create a missing database (see [`Schema::database_use`]).
 enum Schema {
     /// `migrate`: always applies the migrations and reinstalls the functions.
     Migrate,
     /// The owner's commands (`serve`, `grant`): migrate only when behind.
     MigrateIfBehind,
     /// `demo`: it runs in a scratch database that it migrates itself, so the configured
-    /// database is left exactly as it is.
+    /// database is left exactly as it is: not even opened, nor created.
     Untouched,
     /// `status`: shows where the schema stands, current or not.
     Report,
@@ -42,6 +43,21 @@ enum Schema {
     /// unless the schema is current. Reads nothing but the version; writes nothing. (On the
     /// private cluster retrylog started itself, these migrate when behind too.)
     RequireCurrent,
+}
+
+impl Schema {
+    /// Only the commands that install the schema create a missing database, and a database the
+    /// user named only `migrate`: everything else exits 69 on a missing database rather than
+    /// turn a mistyped name into a new, empty one. `demo` opens only the server's maintenance
+    /// database.
+    fn database_use(&self) -> DatabaseUse {
+        match self {
+            Schema::Migrate => DatabaseUse::Create,
+            Schema::MigrateIfBehind => DatabaseUse::CreateDefault,
+            Schema::Untouched => DatabaseUse::ServerOnly,
+            Schema::Report | Schema::RequireCurrent => DatabaseUse::Existing,
+        }
+    }
 }
 
 fn schema_rule(command: &Command) -> Schema {
@@ -54,9 +70,20 @@ fn schema_rule(command: &Command) -> Schema {
     }
 }
 
+/// One line for the user on stderr, `retrylog: <text>`; under `--log-format json` an info
+/// event of the log instead, so that every line on stderr is one JSON object of the same shape
+/// (`2>&1 | jq` reads them all).
+pub fn notice(format: LogFormat, text: &str) {
+    match format {
+        LogFormat::Text => eprintln!("retrylog: {text}"),
+        LogFormat::Json => tracing::info!("{text}"),
+    }
+}
+
 /// Connects (saying on stderr which database), checks or migrates the schema, and runs the
 /// command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format();
     crate::output::fit_tables(cli.wide);
     // The commands about retrylog itself and its private cluster need no database.
     let cli = match cli.command {
@@ -69,21 +96,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Token(args) = &cli.command {
         return token::run(args);
     }
+    let rule = schema_rule(&cli.command);
     let settings = ConnectSettings {
         database_url: cli.database_url.clone(),
         max_connections: 20,
         data_dir: cli.data_dir.clone(),
+        database: rule.database_use(),
     };
     let connected = connect::connect(&settings).await?;
-    let rule = match schema_rule(&cli.command) {
+    let rule = match rule {
         Schema::RequireCurrent | Schema::Report if connected.private_cluster.is_some() => {
             Schema::MigrateIfBehind
         }
         rule => rule,
     };
     match &connected.private_cluster {
-        Some(private) => local::announce(&connected.description, private, cli.data_dir.is_some()),
-        None => eprintln!("retrylog: using {}", connected.description),
+        Some(private) => local::announce(
+            log_format,
+            &connected.description,
+            private,
+            cli.data_dir.is_some(),
+        ),
+        None => notice(log_format, &format!("using {}", connected.description)),
     }
     match rule {
         Schema::Migrate => migrate::run(&connected.pool)

@@ -1,14 +1,16 @@
-//! `retrylog verify`: recompute hash chains and projections; exit 1 on any mismatch.
+//! `retrylog verify`: recompute hash chains and projections; exit 1 on any mismatch. With
+//! `--format json`, one object: `clean`, the `events` and `streams` checked, and the
+//! `mismatches` (the rows the table shows).
 
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use super::{exit, stderr_is_terminal};
 use crate::cli::VerifyArgs;
-use crate::output::Rows;
+use crate::output::{Format, Rows};
 use crate::replay::{self, Mismatch};
 
 pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -56,8 +58,22 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Value::from(mismatch.to_string()),
         ]);
     }
-    if !report.is_clean() || args.format.format != crate::output::Format::Table {
-        rows.print(args.format.format)?;
+    match args.format.format {
+        // One object, clean or not: what was checked, and what does not match. (A bare array
+        // printed `[]` when clean, which says nothing about how much was checked.)
+        Format::Json => {
+            let out = json!({
+                "clean": report.is_clean(),
+                "events": report.events,
+                "streams": report.streams,
+                "mismatches": rows.to_json(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        // CSV is rows: the mismatches (the header alone when clean).
+        Format::Csv => rows.print(Format::Csv)?,
+        Format::Table if !report.is_clean() => rows.print(Format::Table)?,
+        Format::Table => {}
     }
     if report.is_clean() {
         eprintln!(

@@ -16,7 +16,12 @@
 //!    a private cluster under the data directory, listening on a unix socket only, created
 //!    and started on first use and left running between commands (`retrylog local stop`
 //!    stops it). [`Connected::private_cluster`] says why it was chosen.
-//! 4. Whatever server answered: create the database if it is missing, then build the pool.
+//! 4. Whatever server answered: the database, then the pool. Only the commands that install
+//!    the schema create a missing database, and a database the user named only `migrate`
+//!    (see [`DatabaseUse`]); every other command stops on a missing one
+//!    ([`ConnectError::MissingDatabase`], exit 69), so a mistyped name never becomes a new,
+//!    empty database. `demo` and the benchmark open neither: only the server's maintenance
+//!    database ([`DatabaseUse::ServerOnly`]).
 //!
 //! Rules 1 and 2 and the description of where the pool points live here; probing a server and
 //! rule 4 in `probe.rs`; when rule 3 takes over in `fallback.rs`, and the private cluster in
@@ -42,7 +47,7 @@ pub use cluster::{
     ClusterStatus, PRIVATE_CLUSTER_USER,
 };
 use fallback::{login_refused, names_login, names_server, refused_login};
-use probe::{ensure_database, failure, probe, Probe};
+use probe::{ensure_database, failure, probe, Missing, Probe};
 
 /// Database name used when the configuration names none.
 pub const DEFAULT_DATABASE: &str = "retrylog";
@@ -65,11 +70,16 @@ pub struct Connected {
     pub pool: sqlx::PgPool,
     /// Human description: database name, host/socket, and which rule chose it, for the
     /// one line on stderr ("retrylog: using database retrylog on /var/run/postgresql:5432
-    /// as root (libpq defaults)"). Never contains a password.
+    /// as root (libpq defaults)"; with [`DatabaseUse::ServerOnly`], "the server at …" with no
+    /// database). Never contains a password.
     pub description: String,
-    /// The connect options used (so callers can derive options for other databases,
-    /// e.g. the bench database, with `options.clone().database("...")`).
+    /// The connect options the pool was opened with (so callers can derive options for other
+    /// databases, e.g. the bench database, with `options.clone().database("...")`).
     pub options: PgConnectOptions,
+    /// The database the configuration names (`retrylog` when it names none): the pool's own,
+    /// except with [`DatabaseUse::ServerOnly`], which leaves it alone. A scratch database never
+    /// takes this name.
+    pub configured_database: String,
     /// Set when rule 3 chose the private cluster: the binary tells the user it keeps running
     /// and how to stop it, and why the server at the libpq default was not used.
     pub private_cluster: Option<PrivateClusterUse>,
@@ -106,6 +116,8 @@ pub struct ConnectSettings {
     /// Data directory of the private cluster; default: $RETRYLOG_DATA_DIR, else
     /// $XDG_DATA_HOME/retrylog, else $HOME/.local/share/retrylog (see [`default_data_dir`]).
     pub data_dir: Option<PathBuf>,
+    /// Whether the configured database is opened, and created when missing.
+    pub database: DatabaseUse,
 }
 
 impl Default for ConnectSettings {
@@ -114,8 +126,32 @@ impl Default for ConnectSettings {
             database_url: None,
             max_connections: 5,
             data_dir: None,
+            database: DatabaseUse::default(),
         }
     }
+}
+
+/// What connecting does with the configured database: open it, create it first when it is
+/// missing, or leave it alone. The binary picks one per command (`cmd::Schema`): only the
+/// commands that install the schema create a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DatabaseUse {
+    /// Open it; it must exist: a missing one is [`ConnectError::MissingDatabase`]. Every
+    /// command that does not install the schema, for which a new database would only be an
+    /// empty one under a mistyped name. On the private cluster retrylog started itself, where
+    /// every command installs the schema, the unnamed default `retrylog` is still created.
+    #[default]
+    Existing,
+    /// Open it, creating it first when it is missing and the user named none (the default
+    /// `retrylog`): `serve` and `grant`, which install the schema when it is behind. A database
+    /// the user named (in the URL or `PGDATABASE`) must exist: `migrate` creates it.
+    CreateDefault,
+    /// Open it, creating it first when it is missing, named or not: `migrate`, where installing
+    /// the schema into that database is what the user asked for.
+    Create,
+    /// Never open it: the pool is on the server's maintenance database (`postgres`, else
+    /// `template1`), to find the server and create scratch databases. `demo` and the benchmark.
+    ServerOnly,
 }
 
 // Hand-written so that a URL with a password never reaches a log line.
@@ -125,6 +161,7 @@ impl fmt::Debug for ConnectSettings {
             .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
             .field("max_connections", &self.max_connections)
             .field("data_dir", &self.data_dir)
+            .field("database", &self.database)
             .finish()
     }
 }
@@ -158,6 +195,19 @@ pub enum ConnectError {
         target: String,
         /// The server's error.
         error: sqlx::Error,
+    },
+
+    /// The configured database does not exist, and this command does not create it (see
+    /// [`DatabaseUse`]).
+    #[error(
+        "database {database:?} does not exist on {target}; if the name is right, `retrylog \
+         migrate` creates it and installs the schema"
+    )]
+    MissingDatabase {
+        /// The database the configuration names.
+        database: String,
+        /// `host:port` or `socket-directory:port`.
+        target: String,
     },
 
     /// The target database is missing and could not be created.
@@ -230,22 +280,27 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         .as_deref()
         .map(str::trim)
         .filter(|url| !url.is_empty());
+    let usage = settings.database;
 
-    let (options, rule, private_cluster) = match explicit_url {
+    let (configured, opened, rule, private_cluster) = match explicit_url {
         Some(url) => {
-            let options = options_from_url(url)?;
-            tracing::debug!(server = %location(&options), "using DATABASE_URL");
-            ensure_database(&options, probe(&options).await).await?;
-            (options, Rule::DatabaseUrl, None)
+            let (configured, named) = options_from_url(url)?;
+            tracing::debug!(server = %location(&configured), "using DATABASE_URL");
+            let missing = Missing::of(usage, named, false);
+            let to_open = opened_options(&configured, usage);
+            let opened = ensure_database(&to_open, probe(&to_open).await, missing).await?;
+            (configured, opened, Rule::DatabaseUrl, None)
         }
         None => {
             let set = libpq_variables_set();
-            let options = libpq_options();
-            tracing::debug!(server = %location(&options), ?set, "trying the libpq conventions");
-            let refused = match probe(&options).await {
+            let configured = libpq_options();
+            let named = non_empty_var("PGDATABASE").is_some();
+            let to_open = opened_options(&configured, usage);
+            tracing::debug!(server = %location(&configured), ?set, "trying the libpq conventions");
+            let refused = match probe(&to_open).await {
                 Probe::NothingListening(error) if !names_server(&set) => {
                     tracing::info!(
-                        server = %location(&options),
+                        server = %location(&configured),
                         %error,
                         "no PostgreSQL server answers at the libpq default; using a private cluster"
                     );
@@ -254,11 +309,18 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
                 // Nothing configured and the server turned the login down: as good as no
                 // server for a user who configured nothing; say why and how to use it.
                 Probe::Failed(error) if login_refused(&error) && !names_login(&set) => {
-                    Some(refused_login(&options, &error))
+                    Some(refused_login(&configured, &error))
                 }
                 first => {
-                    ensure_database(&options, first).await?;
-                    return open_pool(settings, options, Rule::Libpq(set), None).await;
+                    let missing = Missing::of(usage, named, false);
+                    let opened = ensure_database(&to_open, first, missing).await?;
+                    let connected = Opened {
+                        configured,
+                        options: opened,
+                        rule: Rule::Libpq(set),
+                        private_cluster: None,
+                    };
+                    return open_pool(settings, connected).await;
                 }
             };
             let data_dir = match &settings.data_dir {
@@ -268,25 +330,58 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             let cluster = ensure_private_cluster(&data_dir).await?;
             // The database name still follows PGDATABASE, so a user who picked a database
             // name keeps it when the private cluster takes over.
-            let options = cluster.options.database(&database_name(&options));
-            ensure_database(&options, probe(&options).await).await?;
+            let configured = cluster.options.database(&database_name(&configured));
+            let missing = Missing::of(usage, named, true);
+            let to_open = opened_options(&configured, usage);
+            let opened = ensure_database(&to_open, probe(&to_open).await, missing).await?;
             let rule = Rule::PrivateCluster {
                 pgdata: cluster.pgdata,
                 started_from: cluster.started_from,
             };
-            (options, rule, Some(PrivateClusterUse { data_dir, refused }))
+            (
+                configured,
+                opened,
+                rule,
+                Some(PrivateClusterUse { data_dir, refused }),
+            )
         }
     };
-    open_pool(settings, options, rule, private_cluster).await
+    let connected = Opened {
+        configured,
+        options: opened,
+        rule,
+        private_cluster,
+    };
+    open_pool(settings, connected).await
 }
 
-/// Opens the pool on the server the rules chose.
-async fn open_pool(
-    settings: &ConnectSettings,
+/// What the rules chose, before the pool opens.
+struct Opened {
+    /// The configuration's options, with the database it names (or `retrylog`).
+    configured: PgConnectOptions,
+    /// The options the pool opens with: `configured`, or its maintenance database.
     options: PgConnectOptions,
     rule: Rule,
     private_cluster: Option<PrivateClusterUse>,
-) -> Result<Connected, ConnectError> {
+}
+
+/// The options the pool opens with: the configured database, or with
+/// [`DatabaseUse::ServerOnly`] the maintenance database.
+fn opened_options(configured: &PgConnectOptions, usage: DatabaseUse) -> PgConnectOptions {
+    match usage {
+        DatabaseUse::ServerOnly => configured.clone().database(MAINTENANCE_DATABASE),
+        _ => configured.clone(),
+    }
+}
+
+/// Opens the pool on the server the rules chose.
+async fn open_pool(settings: &ConnectSettings, opened: Opened) -> Result<Connected, ConnectError> {
+    let Opened {
+        configured,
+        options,
+        rule,
+        private_cluster,
+    } = opened;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -294,7 +389,9 @@ async fn open_pool(
         .await
         .map_err(|error| failure(&options, error))?;
 
-    let description = describe(&options, &rule);
+    let configured_database = database_name(&configured);
+    let database = (settings.database != DatabaseUse::ServerOnly).then_some(&*configured_database);
+    let description = describe(&options, database, &rule);
     // The binary prints the description on stderr itself: debug, so `serve` (which logs at
     // info) does not say it twice.
     tracing::debug!(%description, "connected");
@@ -302,6 +399,7 @@ async fn open_pool(
         pool,
         description,
         options,
+        configured_database,
         private_cluster,
     })
 }
@@ -309,8 +407,9 @@ async fn open_pool(
 // ---------------------------------------------------------------------------
 // Rules 1 and 2: options from a URL or the libpq environment.
 
-/// Parses an explicit URL; defaults the database to `retrylog` when the URL names none.
-fn options_from_url(url: &str) -> Result<PgConnectOptions, ConnectError> {
+/// Parses an explicit URL; defaults the database to `retrylog` when the URL names none. Also
+/// says whether the URL named one (a named database is created only by `migrate`).
+fn options_from_url(url: &str) -> Result<(PgConnectOptions, bool), ConnectError> {
     let invalid = |reason: String| ConnectError::InvalidUrl { reason };
     let parsed = parse_url(url, PgConnectOptions::from_url).map_err(invalid)?;
     // sqlx parses any scheme; a mysql:// URL would otherwise be tried as PostgreSQL.
@@ -329,9 +428,9 @@ fn options_from_url(url: &str) -> Result<PgConnectOptions, ConnectError> {
             .query_pairs()
             .any(|(key, value)| key == "dbname" && !value.is_empty());
     Ok(if names_database {
-        options
+        (options, true)
     } else {
-        options.database(DEFAULT_DATABASE)
+        (options.database(DEFAULT_DATABASE), false)
     })
 }
 
@@ -395,12 +494,17 @@ fn location(options: &PgConnectOptions) -> String {
     }
 }
 
-fn describe(options: &PgConnectOptions, rule: &Rule) -> String {
-    let database = database_name(options);
+/// The description of where the pool points; `database` is the configured database the pool
+/// is on, `None` when it is only on the server's maintenance database.
+fn describe(options: &PgConnectOptions, database: Option<&str>, rule: &Rule) -> String {
+    let on_server = || match database {
+        Some(database) => format!("database {database} on {}", location(options)),
+        None => format!("the server at {}", location(options)),
+    };
     match rule {
         Rule::DatabaseUrl => format!(
-            "database {database} on {} as {} (DATABASE_URL)",
-            location(options),
+            "{} as {} (DATABASE_URL)",
+            on_server(),
             options.get_username()
         ),
         Rule::Libpq(set) => {
@@ -409,11 +513,7 @@ fn describe(options: &PgConnectOptions, rule: &Rule) -> String {
             } else {
                 format!("libpq environment: {}", set.join(", "))
             };
-            format!(
-                "database {database} on {} as {} ({source})",
-                location(options),
-                options.get_username()
-            )
+            format!("{} as {} ({source})", on_server(), options.get_username())
         }
         Rule::PrivateCluster {
             pgdata,
@@ -423,10 +523,11 @@ fn describe(options: &PgConnectOptions, rule: &Rule) -> String {
                 Some(bindir) => format!("started from {}", bindir.display()),
                 None => "already running".to_owned(),
             };
-            format!(
-                "database {database} on private cluster {} ({how})",
-                pgdata.display()
-            )
+            let cluster = format!("private cluster {} ({how})", pgdata.display());
+            match database {
+                Some(database) => format!("database {database} on {cluster}"),
+                None => format!("the {cluster}"),
+            }
         }
     }
 }
@@ -440,24 +541,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_without_database_uses_retrylog() {
-        let options = options_from_url("postgres://someone@db.example:6543").unwrap();
+    fn url_without_database_uses_retrylog_unnamed() {
+        let (options, named) = options_from_url("postgres://someone@db.example:6543").unwrap();
         assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
+        assert!(!named);
         assert_eq!(options.get_host(), "db.example");
         assert_eq!(options.get_port(), 6543);
         assert_eq!(options.get_username(), "someone");
 
-        let options = options_from_url("postgresql://someone@db.example/").unwrap();
+        let (options, named) = options_from_url("postgresql://someone@db.example/").unwrap();
         assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
+        assert!(!named);
     }
 
     #[test]
-    fn url_database_is_used_exactly() {
-        let options = options_from_url("postgres://u@h/foo").unwrap();
+    fn url_database_is_used_exactly_and_named() {
+        let (options, named) = options_from_url("postgres://u@h/foo").unwrap();
         assert_eq!(options.get_database(), Some("foo"));
-        let options = options_from_url("postgres://u@h?dbname=bar").unwrap();
+        assert!(named);
+        let (options, named) = options_from_url("postgres://u@h?dbname=bar").unwrap();
         assert_eq!(options.get_database(), Some("bar"));
-        let options = options_from_url("postgres:///baz?host=/run/pg").unwrap();
+        assert!(named);
+        // Named even when it is the default's name: the user chose it.
+        let (_, named) = options_from_url("postgres://u@h/retrylog").unwrap();
+        assert!(named);
+        let (options, _) = options_from_url("postgres:///baz?host=/run/pg").unwrap();
         assert_eq!(options.get_database(), Some("baz"));
         assert_eq!(options.get_socket(), Some(&PathBuf::from("/run/pg")));
     }
@@ -498,10 +606,15 @@ mod tests {
 
     #[test]
     fn descriptions_follow_the_rule_and_hide_passwords() {
-        let options = options_from_url("postgres://postgres:hunter2@127.0.0.1:5432/foo").unwrap();
+        let (options, _) =
+            options_from_url("postgres://postgres:hunter2@127.0.0.1:5432/foo").unwrap();
         assert_eq!(
-            describe(&options, &Rule::DatabaseUrl),
+            describe(&options, Some("foo"), &Rule::DatabaseUrl),
             "database foo on 127.0.0.1:5432 as postgres (DATABASE_URL)"
+        );
+        assert_eq!(
+            describe(&options, None, &Rule::DatabaseUrl),
+            "the server at 127.0.0.1:5432 as postgres (DATABASE_URL)"
         );
 
         let options = PgConnectOptions::new_without_pgpass()
@@ -511,11 +624,15 @@ mod tests {
             .password("hunter2")
             .database("retrylog");
         assert_eq!(
-            describe(&options, &Rule::Libpq(vec![])),
+            describe(&options, Some("retrylog"), &Rule::Libpq(vec![])),
             "database retrylog on /var/run/postgresql:5432 as root (libpq defaults)"
         );
         assert_eq!(
-            describe(&options, &Rule::Libpq(vec!["PGHOST", "PGDATABASE"])),
+            describe(
+                &options,
+                Some("retrylog"),
+                &Rule::Libpq(vec!["PGHOST", "PGDATABASE"])
+            ),
             "database retrylog on /var/run/postgresql:5432 as root (libpq environment: PGHOST, PGDATABASE)"
         );
 
@@ -524,8 +641,12 @@ mod tests {
             started_from: Some(PathBuf::from("/usr/lib/postgresql/15/bin")),
         };
         assert_eq!(
-            describe(&options, &rule),
+            describe(&options, Some("retrylog"), &rule),
             "database retrylog on private cluster /root/.local/share/retrylog/pgdata (started from /usr/lib/postgresql/15/bin)"
+        );
+        assert_eq!(
+            describe(&options, None, &rule),
+            "the private cluster /root/.local/share/retrylog/pgdata (started from /usr/lib/postgresql/15/bin)"
         );
     }
 }

@@ -1,6 +1,7 @@
 //! Probing a server and connection rule 4 (see [`super`]): does a server answer at the
-//! chosen address, does the database exist, and if not, create it — the last step before the
-//! pool that every retry flows through (retry → store → projector → report/http) opens.
+//! chosen address, does the database exist, and if not, create it when this command may (or
+//! say it is missing) — the last step before the pool that every retry flows through (retry →
+//! store → projector → report/http) opens.
 
 use std::io;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, Executor, PgConnection};
 
-use super::{database_name, location, ConnectError, MAINTENANCE_DATABASE};
+use super::{database_name, location, ConnectError, DatabaseUse, MAINTENANCE_DATABASE};
 use crate::sqlstate;
 
 /// Fallback maintenance database when `postgres` was dropped (it always exists).
@@ -81,14 +82,62 @@ pub(super) fn failure(options: &PgConnectOptions, error: sqlx::Error) -> Connect
     }
 }
 
-/// Rule 4: given the probe of the target database, make sure it exists.
+/// What rule 4 does when the server says the database to open does not exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Missing {
+    /// Create it.
+    Create,
+    /// Stop: [`ConnectError::MissingDatabase`].
+    Refuse,
+    /// It was the maintenance database `postgres` (someone dropped it): open `template1`,
+    /// which cannot be dropped, instead.
+    OpenTemplate,
+}
+
+impl Missing {
+    /// The rule of [`DatabaseUse`]: `named` when the user named the database (URL,
+    /// `PGDATABASE`), `private_cluster` on the cluster retrylog started itself, where every
+    /// command installs the schema (so the unnamed default is created by any of them).
+    pub(super) fn of(usage: DatabaseUse, named: bool, private_cluster: bool) -> Self {
+        match usage {
+            DatabaseUse::ServerOnly => Missing::OpenTemplate,
+            DatabaseUse::Create => Missing::Create,
+            DatabaseUse::CreateDefault if !named => Missing::Create,
+            DatabaseUse::Existing if !named && private_cluster => Missing::Create,
+            DatabaseUse::CreateDefault | DatabaseUse::Existing => Missing::Refuse,
+        }
+    }
+}
+
+/// Rule 4: given the probe of the database to open, make sure it is there (or stop, as
+/// `missing` says); returns the options to open the pool with.
 pub(super) async fn ensure_database(
     options: &PgConnectOptions,
     probe: Probe,
-) -> Result<(), ConnectError> {
+    missing: Missing,
+) -> Result<PgConnectOptions, ConnectError> {
     match probe {
-        Probe::Ready => Ok(()),
-        Probe::MissingDatabase => create_database(options).await,
+        Probe::Ready => Ok(options.clone()),
+        Probe::MissingDatabase => match missing {
+            Missing::Create => create_database(options).await.map(|()| options.clone()),
+            Missing::Refuse => Err(ConnectError::MissingDatabase {
+                database: database_name(options),
+                target: location(options),
+            }),
+            Missing::OpenTemplate => {
+                let template = options.clone().database(TEMPLATE_DATABASE);
+                match self::probe(&template).await {
+                    Probe::Ready => Ok(template),
+                    Probe::MissingDatabase => Err(ConnectError::MissingDatabase {
+                        database: TEMPLATE_DATABASE.to_owned(),
+                        target: location(options),
+                    }),
+                    Probe::NothingListening(error) | Probe::Failed(error) => {
+                        Err(failure(&template, error))
+                    }
+                }
+            }
+        },
         Probe::NothingListening(error) | Probe::Failed(error) => Err(failure(options, error)),
     }
 }
@@ -150,6 +199,31 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_schema_installers_create_and_a_named_database_only_migrate() {
+        use DatabaseUse::*;
+        // (usage, named, private cluster) → what a missing database gets.
+        for (usage, named, private, expected) in [
+            (Create, true, false, Missing::Create),
+            (Create, false, false, Missing::Create),
+            (CreateDefault, false, false, Missing::Create),
+            (CreateDefault, true, false, Missing::Refuse),
+            (CreateDefault, true, true, Missing::Refuse),
+            (Existing, false, false, Missing::Refuse),
+            (Existing, true, false, Missing::Refuse),
+            (Existing, false, true, Missing::Create),
+            (Existing, true, true, Missing::Refuse),
+            (ServerOnly, false, false, Missing::OpenTemplate),
+            (ServerOnly, true, true, Missing::OpenTemplate),
+        ] {
+            assert_eq!(
+                Missing::of(usage, named, private),
+                expected,
+                "{usage:?}, named {named}, private cluster {private}"
+            );
+        }
+    }
 
     #[test]
     fn identifiers_are_quoted() {

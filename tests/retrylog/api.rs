@@ -606,9 +606,9 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
 #[sqlx::test(migrations = false)]
 async fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file(pool: PgPool) {
     migrated(&pool).await;
-    let bad = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
-    std::fs::write(&bad, "alice superuser 00\n").unwrap();
-    let bad = bad.to_str().unwrap().to_string();
+    let bad_file = TempPath::new("tokens");
+    std::fs::write(&bad_file, "alice superuser 00\n").unwrap();
+    let bad = bad_file.to_str().unwrap().to_string();
     let cases: [(&[&str], &str); 3] = [
         (
             &["serve", "--listen", "0.0.0.0:0"],
@@ -652,7 +652,7 @@ async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     let line = run.stdout.lines().last().unwrap().to_string();
     assert!(line.starts_with("ops-bob admin "), "{line}");
     assert!(!line.contains(&token), "the file's line holds no secret");
-    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
+    let path = TempPath::new("tokens");
     std::fs::write(&path, format!("{line}\n")).unwrap();
     assert!(Tokens::load(&path).is_ok());
 

@@ -1,7 +1,7 @@
 //! The `retrylog` binary as an operator runs it: what it prints, its exit codes, and how it
 //! turns a mistake into one line on stderr without writing anything.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -257,6 +257,15 @@ async fn verify_exits_zero_on_an_untouched_log(pool: PgPool) {
 
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert!(run.stderr.contains("verify clean"), "{run:#?}");
+
+    // JSON says what was checked, not just that nothing was found: one object, clean or not.
+    let json = retrylog(&pool, &["verify", "--format", "json"]).await;
+    assert_eq!(json.code, Some(0), "{json:#?}");
+    assert_eq!(
+        json.json(),
+        json!({"clean": true, "events": 3, "streams": 2, "mismatches": []}),
+        "{json:#?}"
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -289,8 +298,11 @@ async fn verify_exits_one_and_prints_the_target_of_a_tampered_event(pool: PgPool
 
     let json = retrylog(&pool, &["verify", "--format", "json"]).await;
     assert_eq!(json.code, Some(1), "{json:#?}");
-    let mismatches = json.json();
-    let mismatches = mismatches.as_array().unwrap();
+    let report = json.json();
+    assert_eq!(report["clean"], false, "{report:#?}");
+    assert_eq!(report["events"], 4, "{report:#?}");
+    assert_eq!(report["streams"], 2, "{report:#?}");
+    let mismatches = report["mismatches"].as_array().unwrap();
     assert_eq!(mismatches.len(), 1, "{mismatches:#?}");
     assert_eq!(mismatches[0]["problem"], "broken_link");
     assert_eq!(
@@ -312,7 +324,7 @@ async fn verify_exits_one_when_a_count_was_changed_by_hand(pool: PgPool) {
     let run = retrylog(&pool, &["verify", "--format", "json"]).await;
 
     assert_eq!(run.code, Some(1), "{run:#?}");
-    let mismatches = run.json();
+    let mismatches = run.json()["mismatches"].clone();
     assert_eq!(
         mismatches.as_array().map(Vec::len),
         Some(1),

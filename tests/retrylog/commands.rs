@@ -1,6 +1,7 @@
 //! The commands the README documents that the other modules do not drive: the exit code for
-//! an unreachable database, the line naming the database, `status`, `project`, `replay
-//! --projection`, `serve`'s refusals and its SIGINT, and a short `demo`.
+//! an unreachable database and for a named one that does not exist (which only `migrate`
+//! creates), the line naming the database, `status`, `project`, `replay --projection`,
+//! `serve`'s refusals and its SIGINT, and a short `demo` that leaves no database behind.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,6 +24,107 @@ async fn a_command_with_no_database_reachable_exits_69_naming_where_it_looked() 
             .starts_with("retrylog: cannot reach PostgreSQL at 127.0.0.1:1: "),
         "{run:#?}"
     );
+}
+
+/// Where the binary says a database is missing: the server of `pool`, as `host:port` or
+/// `socket-directory:port`.
+fn server_of(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    match options.get_socket() {
+        Some(dir) => format!("{}:{}", dir.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+/// The one line a command prints when the database it was given does not exist.
+fn missing_database_line(pool: &PgPool, database: &str) -> String {
+    format!(
+        "retrylog: database \"{database}\" does not exist on {}; if the name is right, \
+         `retrylog migrate` creates it and installs the schema",
+        server_of(pool)
+    )
+}
+
+/// A database the user named is never created by a command that does not install the schema
+/// — a mistyped name would become a new, empty database, and the next hint would send the
+/// user to migrate into it: exit 69 (no database), one line naming it, its server and
+/// `retrylog migrate`; and afterwards it still does not exist. Named in the URL or in
+/// PGDATABASE alike.
+#[sqlx::test(migrations = false)]
+async fn a_command_that_only_reads_a_named_database_that_does_not_exist_exits_69_and_creates_none(
+    pool: PgPool,
+) {
+    let typo = TestDatabase::new(&pool, "typo");
+    let url = typo.url(&pool);
+    let job = JOB_A.to_string();
+    for args in [
+        &["report", "alerts"][..],
+        &["history", "--job-id", &job],
+        &["verify"],
+        &["status"],
+        &["project"],
+        &["replay", "--dry-run"],
+    ] {
+        let run = retrylog_at(&url, args).await;
+        assert_eq!(run.code, Some(69), "{args:?}: {run:#?}");
+        assert_eq!(
+            run.only_problem_line(),
+            missing_database_line(&pool, &typo.name),
+            "{args:?}"
+        );
+        assert!(!typo.exists(&pool).await, "{args:?} created {}", typo.name);
+    }
+
+    // The same database named in PGDATABASE, the server in the other libpq variables.
+    let options = pool.connect_options();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args(["report", "alerts"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RETRYLOG_LOG")
+        .env("PGHOST", options.get_host())
+        .env("PGPORT", options.get_port().to_string())
+        .env("PGUSER", options.get_username())
+        .env("PGDATABASE", &typo.name)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(69), "{stderr}");
+    assert_eq!(stderr.trim_end(), missing_database_line(&pool, &typo.name));
+    assert!(
+        !typo.exists(&pool).await,
+        "PGDATABASE: created {}",
+        typo.name
+    );
+}
+
+/// Installing the schema is what `migrate` is asked for: it creates the database it was
+/// named, then installs the schema there. `grant` and `serve` install the schema too but create
+/// only the unnamed default `retrylog`: a named one must exist, so a service whose settings
+/// name a mistyped database stops (exit 69) rather than start on a new, empty one.
+#[sqlx::test(migrations = false)]
+async fn migrate_creates_the_named_database_it_installs_into_and_grant_does_not(pool: PgPool) {
+    let named = TestDatabase::new(&pool, "named");
+    let url = named.url(&pool);
+
+    let grant = retrylog_at(&url, &["grant", "reader", "no_such_role_here"]).await;
+    assert_eq!(grant.code, Some(69), "{grant:#?}");
+    assert_eq!(
+        grant.only_problem_line(),
+        missing_database_line(&pool, &named.name)
+    );
+    assert!(!named.exists(&pool).await, "grant created {}", named.name);
+
+    let migrate = retrylog_at(&url, &["migrate"]).await;
+    assert_eq!(migrate.code, Some(0), "{migrate:#?}");
+    assert!(
+        named.exists(&pool).await,
+        "migrate did not create {}",
+        named.name
+    );
+    let status = retrylog_at(&url, &["status"]).await;
+    assert_eq!(status.code, Some(0), "the schema is installed: {status:#?}");
 }
 
 #[sqlx::test(migrations = false)]
@@ -129,7 +231,7 @@ async fn replay_of_one_projection_rebuilds_that_one_and_leaves_the_other(pool: P
     .await
     .unwrap();
     let problems = |run: &Run| -> Vec<String> {
-        run.json()
+        run.json()["mismatches"]
             .as_array()
             .unwrap()
             .iter()
@@ -312,13 +414,22 @@ async fn stop_lets_the_retry_in_flight_commit(pool: &PgPool, signal: &str) {
     assert_verify_clean(&pool).await;
 }
 
-#[tokio::test]
-async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify() {
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL names the test server");
+/// The demo runs in a scratch database of the name `--database` gives (a name of this test's
+/// own, so that it drops no database a user kept, and two runs at once never meet), and leaves
+/// nothing behind: neither its own database nor the configured one, which it never opens, so
+/// a configured database that does not exist is not created either.
+#[sqlx::test(migrations = false)]
+async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify_leaving_no_database(
+    pool: PgPool,
+) {
+    let configured = TestDatabase::new(&pool, "configured");
+    let scratch = TestDatabase::new(&pool, "demo");
     let run = retrylog_at(
-        &server,
+        &configured.url(&pool),
         &[
             "demo",
+            "--database",
+            &scratch.name,
             "--duration",
             "3s",
             "--jobs",
@@ -327,12 +438,33 @@ async fn a_short_demo_runs_the_watchdog_and_ends_with_a_clean_verify() {
             "4242",
             "--format",
             "json",
-            // A retrylog_demo an interrupted earlier run left on the test server may go.
-            "--replace",
         ],
     )
     .await;
 
+    assert!(
+        run.stderr
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("retrylog: using the server at "),
+        "{run:#?}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("in database {}, for 3s", scratch.name)),
+        "{run:#?}"
+    );
+    assert!(
+        !configured.exists(&pool).await,
+        "the demo created the configured database {}",
+        configured.name
+    );
+    assert!(
+        !scratch.exists(&pool).await,
+        "the demo left its database {} behind",
+        scratch.name
+    );
     assert_eq!(run.code, Some(0), "{run:#?}");
     let summary: Value = run.json();
     assert_eq!(summary["seed"], 4242);

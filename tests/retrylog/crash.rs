@@ -22,7 +22,8 @@ use crate::security::serve_projector_only;
 /// The private cluster's data directory, removed (cluster stopped first) when dropped, also
 /// when the test fails.
 struct Scratch {
-    base: PathBuf,
+    /// A 0700 directory of the test's own; its guard removes it after `drop` below ran.
+    base: TempPath,
 }
 
 impl Scratch {
@@ -34,7 +35,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = stop_private_cluster(&self.data_dir());
-        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
@@ -105,19 +105,10 @@ async fn writer(
 
 #[tokio::test]
 async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers_by_itself() {
-    // A short 0700 base: the socket path must fit, and the cluster's user must get in.
+    // A 0700 base: the cluster's user must get in.
     let scratch = Scratch {
-        base: std::env::temp_dir().join(format!(
-            "rlcr_{}",
-            &Uuid::new_v4().simple().to_string()[..8]
-        )),
+        base: TempPath::private_dir("crash"),
     };
-    std::fs::create_dir(&scratch.base).unwrap();
-    std::fs::set_permissions(
-        &scratch.base,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )
-    .unwrap();
     let data_dir = scratch.data_dir();
     let server = start_private_cluster(&data_dir)
         .await

@@ -16,7 +16,7 @@
 //!   as the page says (and printing the refusals it shows); its `stats` and `trend` examples run
 //!   on the page's sample data and print exactly what the page shows.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use retrylog::event::{NewRetry, RetryReason};
@@ -244,14 +244,15 @@ fn runs_cargo(command: &str) -> bool {
 /// A home of the test's own (removed when dropped) where the docs' commands run: what they
 /// install or write stays in it.
 struct Sandbox {
-    home: PathBuf,
+    /// Removed, with all it holds, when the sandbox goes.
+    home: TempPath,
     path: String,
     url: String,
 }
 
 impl Sandbox {
     async fn new(pool: &PgPool) -> Sandbox {
-        let home = std::env::temp_dir().join(format!("rl-docs-{}", Uuid::new_v4().simple()));
+        let home = TempPath::dir("docs");
         // `--output docs/…` examples write under it.
         std::fs::create_dir_all(home.join("docs")).unwrap();
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_retrylog")).parent().unwrap();
@@ -272,7 +273,7 @@ impl Sandbox {
         Command::new("sh")
             .args(["-c", command])
             .current_dir(&self.home)
-            .env("HOME", &self.home)
+            .env("HOME", self.home.path())
             .env("PATH", &self.path)
             .env("DATABASE_URL", &self.url)
             .env("RETRYLOG_DATA_DIR", self.home.join("data"))
@@ -297,12 +298,6 @@ impl Sandbox {
                 String::from_utf8_lossy(&output.stderr)
             )
         })
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.home);
     }
 }
 

@@ -24,6 +24,8 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tower::ServiceExt;
 use uuid::{uuid, Uuid};
 
+pub use crate::temp::TempPath;
+
 /// `tests/fixtures/pipeline.sql`: job A (three variants) and job B (one), on retrylog's schema.
 pub const PIPELINE: &str = include_str!("../fixtures/pipeline.sql");
 /// `tests/fixtures/counter_era.sql`: the pipeline's own tables with nullable counters.
@@ -336,6 +338,11 @@ pub async fn database_url(pool: &PgPool) -> String {
         .fetch_one(pool)
         .await
         .expect("reading current_database()");
+    url_of(pool, &database)
+}
+
+/// A URL for the `retrylog` binary naming `database` on the same server as `pool`.
+pub fn url_of(pool: &PgPool, database: &str) -> String {
     let options = pool.connect_options();
     let user = options.get_username();
     let port = options.get_port();
@@ -345,6 +352,73 @@ pub async fn database_url(pool: &PgPool) -> String {
             socket.display()
         ),
         None => format!("postgres://{user}@{}:{port}/{database}", options.get_host()),
+    }
+}
+
+/// A database name of the test's own on the test server (`retrylog_test_<what>_<random>`:
+/// never a name a user's database or another run could have), not created here; whatever
+/// made it, it is dropped when the guard goes, also when the test fails.
+pub struct TestDatabase {
+    /// The name.
+    pub name: String,
+    /// How to reach the server's maintenance database, to drop it.
+    admin: sqlx::postgres::PgConnectOptions,
+}
+
+impl TestDatabase {
+    /// A fresh name on the server `pool` is on.
+    pub fn new(pool: &PgPool, what: &str) -> Self {
+        Self {
+            name: format!(
+                "retrylog_test_{what}_{}",
+                &Uuid::new_v4().simple().to_string()[..12]
+            ),
+            admin: (*pool.connect_options()).clone().database("postgres"),
+        }
+    }
+
+    /// A URL for the binary naming this database.
+    pub fn url(&self, pool: &PgPool) -> String {
+        url_of(pool, &self.name)
+    }
+
+    /// Whether the database exists now.
+    pub async fn exists(&self, pool: &PgPool) -> bool {
+        sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
+            .bind(&self.name)
+            .fetch_one(pool)
+            .await
+            .expect("reading pg_database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = self.admin.clone();
+        // Drop cannot await: a thread of its own with its own runtime drops the database
+        // (ending whatever sessions a failed test left on it).
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the database's cleanup");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                let mut conn = PgConnection::connect_with(&admin).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "could not drop the test database {}: {dropped:?}",
+                self.name
+            );
+        }
     }
 }
 
@@ -504,13 +578,14 @@ pub const ADMIN: &str = "admin-secret-0123456789";
 /// The read token (name `viewer`).
 pub const READER: &str = "read-secret-0123456789";
 
-/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path.
-pub fn tokens_file() -> std::path::PathBuf {
+/// A tokens file holding [`ADMIN`] and [`READER`], written to a fresh temporary path that is
+/// removed when the guard drops.
+pub fn tokens_file() -> TempPath {
     use sha2::{Digest, Sha256};
     let line = |name: &str, role: &str, token: &str| {
         format!("{name} {role} {}\n", hex::encode(Sha256::digest(token)))
     };
-    let path = std::env::temp_dir().join(format!("retrylog-tokens-{}", Uuid::new_v4()));
+    let path = TempPath::new("tokens");
     let text = format!(
         "# test tokens\n{}\n{}",
         line("ops-alice", "admin", ADMIN),

@@ -1,10 +1,11 @@
-//! Light on the pipeline (DESIGN.md invariant 10, migrations 0007, 0010 and 0012): with
-//! `serve` running, a failure the pipeline commits still wakes the watchdog at once (through
-//! a failure signal it polls: it holds no LISTEN that every notifying write would wake), the
-//! pipeline's everyday writes never fail or wait because of retrylog, what no failure reveals
-//! is found by the periodic sweep, a pipeline's own channel can wake the watchdog too, and the
-//! targets created are counted from the rows with no trigger on the pipeline's inserts. How
-//! fast those writes run is the benchmark's to say (`retrylog-bench footprint`), not a test's.
+//! Light on the pipeline (invariant 10 in docs/architecture.md, migrations 0007, 0010 and
+//! 0012): with `serve` running, a failure the pipeline commits still wakes the watchdog at once
+//! (through a failure signal it polls: it holds no LISTEN that every notifying write would
+//! wake), the pipeline's everyday writes never fail or wait because of retrylog, what no
+//! failure reveals is found by the periodic sweep, a pipeline's own channel can wake the
+//! watchdog too, and the targets created are counted from the rows with no trigger on the
+//! pipeline's inserts. How fast those writes run is the benchmark's to say (`retrylog-bench
+//! footprint`), not a test's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

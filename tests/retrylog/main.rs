@@ -17,7 +17,10 @@
 //! # Layout
 //!
 //! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
-//!   append through, and snapshots that prove a refused append wrote nothing.
+//!   append through, snapshots that prove a refused append wrote nothing, and database names
+//!   of a test's own that are dropped when it ends.
+//! - `temp` (`tests/common/temp.rs`): files and directories of a test's own, named
+//!   `retrylog-test-…` and removed when it ends.
 //! - `migrations`: an empty database, the counter-only era, running migrate again, a
 //!   database an earlier release migrated.
 //! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
@@ -28,8 +31,9 @@
 //! - `projector`: the asynchronous rollup projector: late commits, exactly-once, one runner.
 //! - `replay`: rebuilding the counts, dry runs, replay while appends run.
 //! - `cli`: the `retrylog` binary, its output and its exit codes.
-//! - `commands`: exit 69, the line naming the database, `status`, `project`, `replay
-//!   --projection`, `serve`'s refusals and SIGINT, a short `demo`.
+//! - `commands`: exit 69 (no server, or a named database only `migrate` creates), the line
+//!   naming the database, `status`, `project`, `replay --projection`, `serve`'s refusals and
+//!   SIGINT, a short `demo` that leaves no database behind.
 //! - `reports`: `report top-jobs|top-variants|stats|alerts|trend`, windows, `--as-of`.
 //! - `history`: the audit filters of `history` (reason, step, actor, since/until, as-of).
 //! - `docs`: every `sh` and `sql` block of the README and docs/ not fenced `… illustration`,
@@ -37,7 +41,7 @@
 //!   data, run as printed.
 //! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
 //!   with data, one duration grammar, the demo's kept database and hints, help, actor,
-//!   `--version`, completions and man pages.
+//!   `serve`'s JSON lines, `--version`, completions and man pages.
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `crash`: PostgreSQL killed (`pg_ctl -m immediate`) under 8 writers and `serve` on a
@@ -97,3 +101,5 @@ mod reports;
 mod security;
 mod sessions;
 mod slow_clients;
+#[path = "../common/temp.rs"]
+mod temp;

@@ -2,12 +2,12 @@
 //! pseudo-terminal made by util-linux `script`), a trend that shows the rows with data, one
 //! duration grammar for every flag, the demo that keeps a kept database and prints hints that
 //! work as printed, the help without empty env values, the actor without `$USER`, `serve`
-//! naming its database once, `--version` with the schema, completions and man pages.
+//! naming its database once and writing only JSON lines under `--log-format json`,
+//! `--version` with the schema, completions and man pages.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use retrylog::connect::{start_private_cluster, stop_private_cluster};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -20,8 +20,7 @@ use crate::fixtures::*;
 /// so only stdout is on the terminal) and returns what the terminal showed, without the
 /// carriage returns the terminal adds.
 async fn on_a_terminal(columns: u16, args: &[&str]) -> String {
-    let dir = std::env::temp_dir().join(format!("rl-pty-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("pty");
     let words: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_retrylog"))
         .chain(args.iter().copied())
         .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
@@ -39,7 +38,6 @@ async fn on_a_terminal(columns: u16, args: &[&str]) -> String {
         .await
         .expect("util-linux script runs");
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         output.status.success(),
         "retrylog {args:?} on a terminal: {}\n{stderr}",
@@ -261,6 +259,109 @@ async fn serve_names_its_database_once(pool: PgPool) {
     assert_eq!(naming, 1, "{log}");
 }
 
+/// Each line of `stderr` parsed as JSON; a line that is not fails the test.
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}\n{stderr}"))
+        })
+        .collect()
+}
+
+/// Under `--log-format json` every line on stderr is one JSON object — the line naming the
+/// database, the log, the shutdown, and the refusals too — so `2>&1 | jq` reads them all.
+#[sqlx::test(migrations = false)]
+async fn under_log_format_json_every_line_on_stderr_is_a_json_object(pool: PgPool) {
+    pipeline(&pool).await;
+    let mut serve = serve_command(&pool, &["--log-format", "json"])
+        .await
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(serve.stderr.take().unwrap()).lines();
+    let mut log = read_until(&mut lines, "running the recovery watchdog").await;
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &serve.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("serve ends within 10 s of SIGTERM")
+        .unwrap()
+    {
+        log.push_str(&line);
+        log.push('\n');
+    }
+    assert!(serve.wait().await.unwrap().success(), "{log}");
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let messages: Vec<String> = json_lines(&log)
+        .iter()
+        .map(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        messages[0].starts_with(&format!("using database {database} on ")),
+        "{log}"
+    );
+    assert!(
+        messages.iter().any(|m| m == "SIGTERM: shutting down"),
+        "{log}"
+    );
+
+    // The refusals: a value clap refuses, a database that does not exist, no server at all.
+    let missing = TestDatabase::new(&pool, "missing");
+    let url = database_url(&pool).await;
+    for (url, args, said) in [
+        (
+            url.as_str(),
+            &["serve", "--log-format", "json", "--stuck-after", "2y"][..],
+            "invalid value '2y' for '--stuck-after <DURATION>'",
+        ),
+        (
+            &missing.url(&pool),
+            &["serve", "--log-format", "json"],
+            "does not exist on",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/retrylog",
+            &["serve", "--log-format=json"],
+            "cannot reach PostgreSQL at 127.0.0.1:1",
+        ),
+    ] {
+        let run = tokio::time::timeout(Duration::from_secs(30), retrylog_at(url, args))
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} on {url} still runs after 30 s"));
+        assert!(matches!(run.code, Some(2 | 69)), "{args:?}: {run:#?}");
+        let errors: Vec<Value> = json_lines(&run.stderr)
+            .into_iter()
+            .filter(|line| line["level"] == "ERROR")
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {run:#?}");
+        assert!(
+            errors[0]["fields"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(said),
+            "{args:?}: {run:#?}"
+        );
+    }
+    assert!(
+        !missing.exists(&pool).await,
+        "serve created {}",
+        missing.name
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn without_user_set_a_recorded_retry_names_the_os_user(pool: PgPool) {
     pipeline(&pool).await;
@@ -348,129 +449,104 @@ async fn completions_and_man_pages_come_from_the_command_line_definitions() {
     assert!(page.starts_with(".ie \\n(.g .ds Aq \\(aq"), "{page}");
     assert!(page.contains(".TH retrylog 1") && page.contains("retrylog\\-local(1)"));
 
-    let dir = std::env::temp_dir().join(format!("rl-man-{}", uuid::Uuid::new_v4().simple()));
+    // The command makes the directory.
+    let dir = TempPath::new("man");
     let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
         .args(["man", "--dir"])
-        .arg(&dir)
+        .arg(dir.path())
         .output()
         .await
         .unwrap();
     let written = ["retrylog.1", "retrylog-local.1", "retrylog-report-trend.1"]
         .map(|page| dir.join(page).is_file());
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(written, [true; 3]);
 }
 
-/// A private cluster of the test's own (the demo's database name is fixed, so the demo runs
-/// where no other test can see it), removed afterwards.
-async fn with_private_cluster<F, Fut>(test: F)
-where
-    F: FnOnce(String) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let base = std::env::temp_dir().join(&format!("rldm{}", uuid::Uuid::new_v4().simple())[..12]);
-    std::fs::create_dir_all(&base).unwrap();
-    let data_dir = base.join("d");
-    let started = start_private_cluster(&data_dir).await;
-    let outcome = match started {
-        Ok(_) => {
-            let url = format!(
-                "postgres://postgres@localhost:5432/retrylog?host={}",
-                data_dir.display()
-            );
-            tokio::spawn(test(url)).await
-        }
-        Err(error) => panic!("the private cluster starts: {error}"),
-    };
-    let stopped = stop_private_cluster(&data_dir);
-    std::fs::remove_dir_all(&base).unwrap();
-    stopped.expect("the private cluster stops");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic.into_panic());
-    }
-}
-
-#[tokio::test]
-async fn demo_keeps_a_kept_database_unless_replace_and_its_hints_work_as_printed() {
-    with_private_cluster(|url| async move {
-        let cwd = std::env::temp_dir();
-        let demo_url = url.replace("/retrylog?", "/retrylog_demo?");
-        // A database an earlier `demo --keep` left, with something someone was looking at.
-        let create = retrylog_in(&cwd, &url, &["migrate"]).await;
-        assert_eq!(create.code, Some(0), "{create:#?}");
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        sqlx::query("CREATE DATABASE retrylog_demo")
-            .execute(&admin)
-            .await
-            .unwrap();
-        let kept = sqlx::PgPool::connect(&demo_url).await.unwrap();
-        sqlx::query("CREATE TABLE my_notes (note text)")
-            .execute(&kept)
-            .await
-            .unwrap();
-
-        // 1. Without --replace: refused, exit 2, the database and its session untouched.
-        let short = ["demo", "--duration", "2s", "--jobs", "2", "--variants", "1"];
-        let refused = retrylog_in(&cwd, &url, &short).await;
-        assert_eq!(refused.code, Some(2), "{refused:#?}");
-        assert!(
-            refused.problem_lines()[0].starts_with(
-                "retrylog: database retrylog_demo exists (an earlier `demo --keep` left it"
-            ) && refused.stderr.contains("--replace"),
-            "{refused:#?}"
-        );
-        let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM my_notes")
-            .fetch_one(&kept)
-            .await
-            .expect("the kept database and its session are still there");
-        assert_eq!(notes, 0);
-        kept.close().await;
-
-        // 2. With --replace (and --keep): it says so, runs, and its hints run as printed.
-        let mut replace = short.to_vec();
-        replace.extend(["--replace", "--keep", "--seed", "7"]);
-        let demo = retrylog_in(&cwd, &url, &replace).await;
-        assert_eq!(demo.code, Some(0), "{demo:#?}");
-        assert!(demo
-            .stderr
-            .contains("dropping the retrylog_demo database an earlier --keep left (--replace)"));
-        let hints: Vec<&str> = demo
-            .stdout
-            .lines()
-            .skip_while(|line| !line.starts_with("The database is kept; explore it with:"))
-            .skip(1)
-            .map(str::trim)
-            .filter(|line| line.contains(" --database-url "))
-            .collect();
-        assert!(hints.len() >= 2, "{}", demo.stdout);
-        for hint in hints {
-            assert!(
-                hint.starts_with(&format!(
-                    "{} --database-url ",
-                    env!("CARGO_BIN_EXE_retrylog")
-                )),
-                "{hint}"
-            );
-            let ran = Command::new("sh")
-                .args(["-c", hint])
-                .current_dir(&cwd)
-                .env_remove("DATABASE_URL")
-                .output()
-                .await
-                .unwrap();
-            assert!(ran.status.success(), "{hint}: {ran:?}");
-        }
-        let gone: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT FROM pg_database WHERE datname = 'retrylog_demo')",
-        )
-        .fetch_one(&admin)
+/// The demo runs in a database name of the test's own (`--database`), on the test server:
+/// no user's kept demo is at stake, and two runs at once never meet.
+#[sqlx::test(migrations = false)]
+async fn demo_keeps_a_kept_database_unless_replace_and_its_hints_work_as_printed(pool: PgPool) {
+    // Outside the checkout, so the hints name the binary's path.
+    let cwd = TempPath::dir("cwd");
+    let url = database_url(&pool).await;
+    let database = TestDatabase::new(&pool, "kept");
+    let demo_url = database.url(&pool);
+    // A database an earlier `demo --keep` left, with something someone was looking at.
+    sqlx::query(&format!("CREATE DATABASE {}", database.name))
+        .execute(&pool)
         .await
         .unwrap();
-        assert!(gone, "kept with --keep");
-        admin.close().await;
-    })
-    .await;
+    let kept = sqlx::PgPool::connect(&demo_url).await.unwrap();
+    sqlx::query("CREATE TABLE my_notes (note text)")
+        .execute(&kept)
+        .await
+        .unwrap();
+
+    // 1. Without --replace: refused, exit 2, the database and its session untouched.
+    let short = [
+        "demo",
+        "--database",
+        &database.name,
+        "--duration",
+        "2s",
+        "--jobs",
+        "2",
+        "--variants",
+        "1",
+    ];
+    let refused = retrylog_in(&cwd, &url, &short).await;
+    assert_eq!(refused.code, Some(2), "{refused:#?}");
+    assert!(
+        refused.problem_lines()[0].starts_with(&format!(
+            "retrylog: database {} exists (an earlier `demo --keep` left it",
+            database.name
+        )) && refused.stderr.contains("--replace"),
+        "{refused:#?}"
+    );
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM my_notes")
+        .fetch_one(&kept)
+        .await
+        .expect("the kept database and its session are still there");
+    assert_eq!(notes, 0);
+    kept.close().await;
+
+    // 2. With --replace (and --keep): it says so, runs, and its hints run as printed.
+    let mut replace = short.to_vec();
+    replace.extend(["--replace", "--keep", "--seed", "7"]);
+    let demo = retrylog_in(&cwd, &url, &replace).await;
+    assert_eq!(demo.code, Some(0), "{demo:#?}");
+    assert!(demo.stderr.contains(&format!(
+        "dropping the {} database an earlier --keep left (--replace)",
+        database.name
+    )));
+    let hints: Vec<&str> = demo
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("The database is kept; explore it with:"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|line| line.contains(" --database-url "))
+        .collect();
+    assert!(hints.len() >= 2, "{}", demo.stdout);
+    for hint in hints {
+        assert!(
+            hint.starts_with(&format!(
+                "{} --database-url ",
+                env!("CARGO_BIN_EXE_retrylog")
+            )),
+            "{hint}"
+        );
+        let ran = Command::new("sh")
+            .args(["-c", hint])
+            .current_dir(cwd.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .await
+            .unwrap();
+        assert!(ran.status.success(), "{hint}: {ran:?}");
+    }
+    assert!(database.exists(&pool).await, "kept with --keep");
 }
 
 #[tokio::test]
@@ -574,8 +650,7 @@ async fn the_systemd_unit_runs_serve_hardened_with_settings_the_binary_knows() {
         return;
     };
     assert!(probe.status.success());
-    let dir = std::env::temp_dir().join(format!("rl-unit-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempPath::dir("unit");
     let copy = dir.join("retrylog.service");
     std::fs::write(
         &copy,
@@ -589,7 +664,41 @@ async fn the_systemd_unit_runs_serve_hardened_with_settings_the_binary_knows() {
         .output()
         .await
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert!(verify.status.success(), "{verify:?}");
     assert_eq!(String::from_utf8_lossy(&verify.stderr), "", "{verify:?}");
+
+    // The exposure docs/operations.md states is the one systemd-analyze computes: checked on
+    // the systemd version the page names (other versions weigh the settings differently), at
+    // most the 1.5 .ci/run holds it to on any.
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&copy)
+        .output()
+        .await
+        .unwrap();
+    assert!(security.status.success(), "{security:?}");
+    let said = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = said
+        .split_once("Overall exposure level for retrylog.service: ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|figure| figure.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {said}"));
+    assert!(exposure <= 1.5, "exposure {exposure}");
+    let operations = include_str!("../../docs/operations.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (documented, documented_on) = operations
+        .split_once("most 1.5 of 10; it is ")
+        .and_then(|(_, rest)| rest.split_once(" with systemd "))
+        .and_then(|(figure, rest)| Some((figure.parse::<f64>().ok()?, rest.split(',').next()?)))
+        .expect("docs/operations.md states the unit's exposure and the systemd version");
+    let version = String::from_utf8_lossy(&probe.stdout);
+    if version.split_whitespace().nth(1) == Some(documented_on) {
+        assert_eq!(
+            exposure, documented,
+            "docs/operations.md says the unit's exposure is {documented}; systemd-analyze \
+             {documented_on} says {exposure}"
+        );
+    }
 }

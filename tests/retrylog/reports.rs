@@ -967,7 +967,7 @@ async fn trend_draws_an_svg_chart_with_a_line_per_group(pool: PgPool) {
     )
     .await;
     append_n(&pool, variant(JOB_A, VARIANT_A2), 2).await;
-    let file = std::env::temp_dir().join(format!("retrylog-trend-{}.svg", Uuid::new_v4()));
+    let file = TempPath::new("trend");
     let run = retrylog(
         &pool,
         &[
@@ -987,7 +987,6 @@ async fn trend_draws_an_svg_chart_with_a_line_per_group(pool: PgPool) {
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.stdout, "", "the chart goes to the file");
     let svg = std::fs::read_to_string(&file).unwrap();
-    std::fs::remove_file(&file).unwrap();
     assert!(
         svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
         "{svg}"

@@ -228,7 +228,6 @@ async fn removing_a_token_from_the_file_ends_its_sessions_and_its_bearer_use(poo
         StatusCode::OK
     );
     assert_eq!(send(&app, bearer(ADMIN)).await.status, StatusCode::OK);
-    std::fs::remove_file(&file).unwrap();
 }
 
 #[sqlx::test(migrations = false)]

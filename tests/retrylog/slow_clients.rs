@@ -3,7 +3,6 @@
 //! hold 20,000 such connections, `/healthz` and an authenticated API read answer within a
 //! second, the watchdog retries a failure, and serve never runs out of open files.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ struct Served {
     child: Child,
     addr: String,
     log: Arc<Mutex<Vec<String>>>,
-    _tokens: PathBuf,
+    _tokens: TempPath,
 }
 
 async fn start_serve(pool: &PgPool, header_timeout: &str) -> Served {

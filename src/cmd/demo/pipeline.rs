@@ -179,8 +179,10 @@ struct VariantFacts {
 }
 
 /// The pipeline's own change trigger, installed in the demo database: a per-row NOTIFY on
-/// every insert and on every change of status, step or updated_at, the way DESIGN.md's
-/// pipeline re-triggers work when a row is touched. It is the pipeline's, not retrylog's
+/// every insert and on every change of status, step or updated_at, the way a pipeline whose
+/// workers listen for their rows' changes re-triggers work when a row is touched (such a
+/// pipeline gives its channel to `serve --pipeline-channel`, docs/operations.md). It is the
+/// pipeline's, not retrylog's
 /// (retrylog's own trigger notifies only transitions into `failed`, migration 0007); the
 /// demo's watchdog listens to it too (`pipeline_channel`).
 pub const CHANGE_TRIGGER: &str = "
