@@ -59,6 +59,9 @@
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
+//! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
+//!   characters refused by the text rule and escaped in every table and line, CSV cells a
+//!   spreadsheet would evaluate neutralised.
 
 mod api;
 mod append;
@@ -83,4 +86,5 @@ mod projector;
 mod recovery;
 mod replay;
 mod reports;
+mod screens;
 mod security;

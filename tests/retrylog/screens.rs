@@ -1,0 +1,186 @@
+//! What a reader's screen and spreadsheet receive (issue 21, finding 6): the one text rule
+//! refuses bidirectional and zero-width characters in every field it covers (so a look-alike
+//! scenario cannot become a trend group of its own), every table and line printed for people
+//! shows such characters escaped, and CSV cells a spreadsheet would evaluate are neutralised.
+
+use retrylog::error::CallerMistake;
+use retrylog::store::AppendError;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::fixtures::*;
+
+/// Characters that print as nothing or reorder the text around them: the zero-width ones
+/// and a sample of the bidirectional marks, embeddings, overrides and isolates.
+const INVISIBLE: [char; 9] = [
+    '\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{feff}', '\u{202e}', '\u{2066}', '\u{061c}',
+    '\u{200e}',
+];
+
+#[sqlx::test(migrations = false)]
+async fn zero_width_and_bidi_characters_are_refused_in_every_covered_field_naming_it_and_the_code_point(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let before = snapshot(&pool).await;
+    for character in INVISIBLE {
+        let code_point = format!("U+{:04X}", character as u32);
+        let value = format!("fail{character}ed");
+        for (field, argument) in [
+            ("step", "step => $2"),
+            ("actor", "actor => $2"),
+            ("from_status", "from_status => $2"),
+            ("to_status", "to_status => $2"),
+            (
+                "detail.scenario",
+                "detail => jsonb_build_object('scenario', $2::text)",
+            ),
+        ] {
+            let sql = format!(
+                "SELECT seq FROM record_retry(job_id => $1, reason => 'failed', {argument})"
+            );
+            let error = sqlx::query(&sql)
+                .bind(JOB_A)
+                .bind(&value)
+                .execute(&pool)
+                .await
+                .expect_err("the text rule refuses it");
+            let (code, message) = database_error(&error);
+            assert_eq!(code, "22023", "{field} {code_point}: {message}");
+            assert!(
+                message.starts_with(&format!("invalid {field}: \"fail\\u")),
+                "{field} {code_point}: {message}"
+            );
+            assert!(
+                message.contains(&format!("holds {code_point} (")),
+                "{field} {code_point}: {message}"
+            );
+            assert!(
+                !message.contains(character),
+                "the message quotes the value escaped: {message:?}"
+            );
+            let classified = AppendError::from(error);
+            assert!(
+                matches!(classified, AppendError::InvalidInput(_)),
+                "{classified:?}"
+            );
+        }
+    }
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "a refused value wrote something"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_look_alike_scenario_is_refused_at_every_door_and_never_becomes_a_trend_group(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let run = retrylog(
+        &pool,
+        &[
+            "record",
+            "--job-id",
+            &JOB_B.to_string(),
+            "--reason",
+            "failed",
+            "--detail",
+            r#"{"scenario": "failed"}"#,
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let before = snapshot(&pool).await;
+
+    // The CLI: exit 2, the field and the code point named, nothing raw on stderr.
+    let run = retrylog(
+        &pool,
+        &[
+            "record",
+            "--job-id",
+            &JOB_B.to_string(),
+            "--reason",
+            "failed",
+            "--detail",
+            "{\"scenario\": \"fail\u{200b}ed\"}",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    let line = run.only_problem_line();
+    assert!(
+        line.starts_with("retrylog: invalid detail.scenario: \"fail\\u200bed\" holds U+200B (a zero-width character) at character 5"),
+        "{line}"
+    );
+    assert!(!run.stderr.contains('\u{200b}'), "{run:#?}");
+
+    // The Rust door: the caller's mistake, with the same message.
+    let error = append(
+        &pool,
+        &retry(job(JOB_B)).with_detail(json!({"scenario": "fail\u{2060}ed"})),
+    )
+    .await
+    .expect_err("refused");
+    assert!(error.is_caller_mistake(), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("invalid detail.scenario: \"fail\\u2060ed\" holds U+2060"),
+        "{error}"
+    );
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "a refused append wrote something"
+    );
+
+    // One group, `failed`: the look-alike never reached the rollup.
+    let run = retrylog(
+        &pool,
+        &[
+            "report",
+            "trend",
+            "--since",
+            "1d",
+            "--by",
+            "scenario",
+            "--format",
+            "json",
+            "--non-empty",
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let groups: Vec<Value> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["group"].clone())
+        .collect();
+    assert_eq!(groups, [json!("failed")]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_rust_twin_of_the_text_rule_refuses_exactly_the_characters_the_sql_rule_refuses(
+    pool: PgPool,
+) {
+    migrated(&pool).await;
+    // Every Unicode scalar value but NUL, which PostgreSQL's text cannot hold.
+    let refused_by_sql: Vec<i32> = sqlx::query_scalar(
+        "SELECT n FROM generate_series(1, 1114111) n
+          WHERE n NOT BETWEEN 55296 AND 57343 AND chr(n) ~ retrylog_refused_characters()
+          ORDER BY n",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let refused_by_rust: Vec<i32> = (1..=0x10ffff_u32)
+        .filter_map(char::from_u32)
+        .filter(|c| retrylog::text::is_refused(*c))
+        .map(|c| c as i32)
+        .collect();
+    assert_eq!(refused_by_rust, refused_by_sql);
+}
