@@ -3,6 +3,10 @@
 //! `--wide`: the widest columns are cut (`…`), and a table with too many columns for the width
 //! becomes one record per row, like psql's expanded display. Anything else (a pipe, a file)
 //! gets every value whole.
+//!
+//! A table is for people: every cell shows control, bidirectional and zero-width characters
+//! escaped (`text::for_table`), wherever it goes — a `detail`, or a pipeline's own row, may
+//! hold any of them. JSON stays exact (JSON escapes what it must).
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -14,6 +18,7 @@ use serde_json::{Map, Value};
 use crate::event::RetryEvent;
 use crate::intervention::Intervention;
 use crate::outcome::{RetryOutcome, OPEN};
+use crate::text::for_table;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -67,7 +72,7 @@ impl Rows {
                 let cells: Vec<Vec<String>> = self
                     .rows
                     .iter()
-                    .map(|row| row.iter().map(cell_text).collect())
+                    .map(|row| row.iter().map(|cell| for_table(&cell_text(cell))).collect())
                     .collect();
                 match width.map(|width| fit(&self.columns, &cells, usize::from(width))) {
                     None | Some(Fit::Whole) => self.write_table(&cells, None, out),

@@ -46,6 +46,12 @@ pub fn for_terminal(line: &str) -> String {
     escape(line, 2000)
 }
 
+/// A cell of a table printed for people: refused characters escaped, nothing cut (the table
+/// fits itself to a terminal, and a pipe gets every value whole).
+pub fn for_table(cell: &str) -> String {
+    escape(cell, usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,12 +29,13 @@ pub fn stop_command(data_dir: &Path, given: bool) -> String {
 /// keeps running, how to stop it), then, when the machine's server refused the login, why
 /// that server was not used and how to use it instead.
 pub fn announce(description: &str, private: &PrivateClusterUse, data_dir_given: bool) {
-    eprintln!(
-        "retrylog: using {description}; it keeps running in the background, stop it with: {}",
+    let line = format!(
+        "using {description}; it keeps running in the background, stop it with: {}",
         stop_command(&private.data_dir, data_dir_given)
     );
+    eprintln!("retrylog: {}", crate::text::for_terminal(&line));
     if let Some(refused) = &private.refused {
-        eprintln!("retrylog: {refused}");
+        eprintln!("retrylog: {}", crate::text::for_terminal(refused));
     }
 }
 

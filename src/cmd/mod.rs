@@ -83,7 +83,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match &connected.private_cluster {
         Some(private) => local::announce(&connected.description, private, cli.data_dir.is_some()),
-        None => eprintln!("retrylog: using {}", connected.description),
+        None => eprintln!(
+            "retrylog: using {}",
+            crate::text::for_terminal(&connected.description)
+        ),
     }
     match rule {
         Schema::Migrate => migrate::run(&connected.pool)

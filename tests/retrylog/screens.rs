@@ -184,3 +184,58 @@ async fn the_rust_twin_of_the_text_rule_refuses_exactly_the_characters_the_sql_r
         .collect();
     assert_eq!(refused_by_rust, refused_by_sql);
 }
+
+/// Whether `text` holds a character the text rule refuses, other than the newlines that end
+/// lines.
+fn holds_raw(text: &str) -> bool {
+    text.chars()
+        .any(|c| c != '\n' && retrylog::text::is_refused(c))
+}
+
+#[sqlx::test(migrations = false)]
+async fn tables_show_invisible_bidi_and_control_characters_escaped_and_json_keeps_them_exact(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    // The rule covers neither a detail's other keys nor the pipeline's own rows.
+    let note = "paid\u{202e}dipnu\u{200b} \u{1b}[2J";
+    append_ok(
+        &pool,
+        &retry(job(JOB_A)).with_detail(json!({ "note": note })),
+    )
+    .await;
+    sqlx::query("UPDATE jobs SET current_step = 'seg\u{2066}ment\u{feff}' WHERE job_id = $1")
+        .bind(JOB_A)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let job_a = JOB_A.to_string();
+    for args in [
+        vec!["history", "--job-id", &job_a],
+        vec!["--wide", "history", "--job-id", &job_a],
+        vec!["report", "top-jobs"],
+    ] {
+        let run = retrylog(&pool, &args).await;
+        assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
+        assert!(
+            !holds_raw(&run.stdout),
+            "{args:?} printed raw: {}",
+            run.stdout
+        );
+        assert!(!holds_raw(&run.stderr), "{args:?}: {run:#?}");
+        let shown = if args.contains(&"top-jobs") {
+            "seg\\u{2066}ment\\u{feff}"
+        } else {
+            "paid\\u{202e}dipnu\\u{200b}"
+        };
+        assert!(run.stdout.contains(shown), "{args:?}: {}", run.stdout);
+    }
+
+    // JSON is for machines: the exact value, escaped only as JSON itself requires.
+    let run = retrylog(&pool, &["history", "--job-id", &job_a, "--format", "json"]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.json()[0]["detail"]["note"], note);
+    let run = retrylog(&pool, &["report", "top-jobs", "--format", "json"]).await;
+    assert_eq!(run.json()[0]["current_step"], "seg\u{2066}ment\u{feff}");
+}
