@@ -59,6 +59,8 @@
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
+//! - `odd_input`: numbers past jsonb's range refused at every door, the extremes a detail
+//!   holds read back exactly; the JSON API's writes take only JSON bodies.
 //! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
 //!   characters refused by the text rule and escaped in every table and line, CSV cells a
 //!   spreadsheet would evaluate neutralised.
@@ -80,6 +82,7 @@ mod integrity;
 mod manual;
 mod metrics;
 mod migrations;
+mod odd_input;
 mod operator;
 mod outcomes;
 mod projector;
