@@ -60,7 +60,7 @@
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
 //! - `odd_input`: numbers past jsonb's range refused at every door, the extremes a detail
-//!   holds read back exactly; the JSON API's writes take only JSON bodies.
+//!   holds read back exactly; the JSON API's writes take only bodies declared JSON (415).
 //! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
 //!   characters refused by the text rule and escaped in every table and line, CSV cells a
 //!   spreadsheet would evaluate neutralised.

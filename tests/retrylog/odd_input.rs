@@ -4,11 +4,15 @@
 //! through history, the reports, replay and verify; and the JSON API's writes take only JSON
 //! bodies (415 otherwise).
 
-use axum::http::StatusCode;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
 use retrylog::error::CallerMistake;
 use retrylog::store::AppendError;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use tower::ServiceExt;
 
 use crate::api::{call, router, ADMIN, READER};
 use crate::fixtures::*;
@@ -242,4 +246,104 @@ async fn the_largest_and_smallest_numbers_a_detail_holds_read_back_exactly_every
         assert_eq!(run.code, Some(0), "{args:?}: {run:#?}");
     }
     assert_verify_clean(&pool).await;
+}
+
+/// POSTs `body` as it is, with this `Content-Type` or none, and the admin token.
+async fn post_as(
+    router: &Router,
+    uri: &str,
+    content_type: Option<&str>,
+    body: &Value,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("authorization", format!("Bearer {ADMIN}"));
+    if let Some(content_type) = content_type {
+        request = request.header("content-type", content_type);
+    }
+    let request = request.body(Body::from(body.to_string())).unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_json_apis_writes_refuse_a_body_not_declared_json_with_415_and_write_nothing(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let api = router(&pool, true);
+    let document = call(&api, "/api/v1/openapi.json", Some(READER), None, &[])
+        .await
+        .json;
+    let writes = [
+        (
+            "/api/v1/record",
+            json!({"job_id": JOB_B, "reason": "stuck"}),
+        ),
+        (
+            "/api/v1/recover",
+            json!({"job_id": JOB_B, "note": "input fixed"}),
+        ),
+    ];
+    let before = snapshot(&pool).await;
+    for (uri, body) in &writes {
+        for (content_type, given) in [
+            (None, "none".to_string()),
+            (Some("text/plain"), "\"text/plain\"".to_string()),
+            (
+                Some("application/x-www-form-urlencoded"),
+                "\"application/x-www-form-urlencoded\"".to_string(),
+            ),
+            (
+                Some("application/json; charset=latin1"),
+                "\"application/json; charset=latin1\"".to_string(),
+            ),
+        ] {
+            let (status, answer) = post_as(&api, uri, content_type, body).await;
+            assert_eq!(
+                status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{uri} {content_type:?}: {answer}"
+            );
+            assert_eq!(
+                answer,
+                json!({
+                    "error": format!(
+                        "the request body must be JSON with Content-Type: application/json \
+                         (charset utf-8, if any); got {given}"
+                    )
+                }),
+                "{uri} {content_type:?}"
+            );
+        }
+        assert!(
+            document["paths"][uri]["post"]["responses"]
+                .get("415")
+                .is_some(),
+            "the OpenAPI document declares 415 for POST {uri}"
+        );
+    }
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "a refused body wrote something"
+    );
+
+    // JSON in UTF-8, said in any case, is accepted.
+    let (status, answer) = post_as(
+        &api,
+        writes[0].0,
+        Some("application/json; charset=utf-8"),
+        &writes[0].1,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let (status, answer) = post_as(&api, writes[1].0, Some("Application/JSON"), &writes[1].1).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
 }
