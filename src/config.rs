@@ -102,10 +102,12 @@ impl FromStr for Steps {
             if name.is_empty() {
                 return Err(format!("empty step name in \"{text}\""));
             }
-            if name.len() > 200 || name.chars().any(char::is_control) {
+            // A step is stored as the events' step: the log's text rule, checked at startup.
+            if name.len() > 200 || name.chars().any(crate::text::is_refused) {
                 return Err(format!(
-                    "invalid step \"{}\": at most 200 characters, no control characters",
-                    name.escape_debug()
+                    "invalid step \"{}\": at most 200 characters, no control, bidirectional or \
+                     zero-width characters",
+                    crate::text::escape(name, 40)
                 ));
             }
             if names.iter().any(|known| known == name) {
@@ -144,10 +146,11 @@ pub fn default_instance() -> String {
 /// The instance name is stored as the actor: the log's rules for actors apply.
 fn parse_instance(text: &str) -> Result<String, String> {
     let name = text.trim();
-    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > 200 || name.chars().any(crate::text::is_refused) {
         return Err(format!(
-            "invalid instance name \"{}\": 1 to 200 characters, no control characters",
-            text.escape_debug()
+            "invalid instance name \"{}\": 1 to 200 characters, no control, bidirectional or \
+             zero-width characters",
+            crate::text::escape(text, 40)
         ));
     }
     Ok(name.to_string())
@@ -196,6 +199,18 @@ mod tests {
             "step \"a\" is listed twice"
         );
         assert!("".parse::<Steps>().is_err());
+    }
+
+    #[test]
+    fn steps_and_instance_names_follow_the_logs_text_rule() {
+        assert_eq!(
+            "prepare,gen\u{200b}erate".parse::<Steps>().unwrap_err(),
+            "invalid step \"gen\\u{200b}erate\": at most 200 characters, no control, \
+             bidirectional or zero-width characters"
+        );
+        assert!("seg\u{202e}tnem".parse::<Steps>().is_err());
+        assert!(parse_instance("host\u{2066}:1").is_err());
+        assert!(parse_instance("host:1").is_ok());
     }
 
     #[test]

@@ -223,6 +223,114 @@ pub fn contains_nul(value: &serde_json::Value) -> bool {
     }
 }
 
+/// The most digits PostgreSQL's `numeric` — the type jsonb stores every JSON number as —
+/// holds before the decimal point.
+pub const NUMERIC_MAX_INTEGER_DIGITS: i64 = 131_072;
+/// The most digits `numeric` holds after the decimal point.
+pub const NUMERIC_MAX_SCALE: i64 = 16_383;
+
+/// A number in a detail that PostgreSQL's jsonb cannot hold: the server would refuse the
+/// whole value as `22003 value overflows numeric format`, naming neither.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{path} holds the number {number}, which PostgreSQL cannot store in jsonb (at most {} \
+     digits before the decimal point and {} after)",
+    NUMERIC_MAX_INTEGER_DIGITS,
+    NUMERIC_MAX_SCALE
+)]
+pub struct NumberOutOfRange {
+    /// Where in the detail, escaped and bounded: `detail.n`, `detail.list[2]`.
+    pub path: String,
+    /// The number's text, escaped and bounded (its length said when cut).
+    pub number: String,
+}
+
+/// The first number in `detail` that PostgreSQL's jsonb cannot hold, if any. Read from the
+/// number's text (serde_json's `arbitrary_precision` keeps every digit, and writes the
+/// exponent as `e+200000`: the text the server is sent), by the rules of
+/// PostgreSQL's numeric input: at most [`NUMERIC_MAX_INTEGER_DIGITS`] digits before the point
+/// once leading zeros are gone, at most [`NUMERIC_MAX_SCALE`] after it as written (trailing
+/// zeros count: `1.50e-16382` has a scale of 16,384), and an exponent below 1,073,741,823.
+pub fn number_out_of_range(detail: &serde_json::Value) -> Option<NumberOutOfRange> {
+    fn walk(value: &serde_json::Value, path: &mut String) -> Option<NumberOutOfRange> {
+        match value {
+            serde_json::Value::Number(number) => {
+                let written = number.to_string();
+                (!numeric_holds(&written)).then(|| NumberOutOfRange {
+                    path: crate::text::escape(path, 120),
+                    number: crate::text::escape(&written, 40),
+                })
+            }
+            serde_json::Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                path.truncate(len);
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+                let len = path.len();
+                let plain =
+                    !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if plain {
+                    path.push('.');
+                    path.push_str(key);
+                } else {
+                    path.push_str(&format!("[{}]", serde_json::Value::from(key.as_str())));
+                }
+                let found = walk(item, path);
+                path.truncate(len);
+                found
+            }),
+            _ => None,
+        }
+    }
+    walk(detail, &mut String::from("detail"))
+}
+
+/// Whether PostgreSQL's numeric input accepts the JSON number written `text` (the JSON
+/// grammar: `-? int frac? exp?`). Mirrors `set_var_from_str` and `make_result` of
+/// PostgreSQL's numeric.c; a test holds it to the server, edge by edge. PostgreSQL 16 and
+/// later also accept a zero with the exponent 1,073,741,823 exactly; this refuses it, as 15
+/// does.
+fn numeric_holds(text: &str) -> bool {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = unsigned.split_once(['e', 'E']).unwrap_or((unsigned, "0"));
+    let (integer, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let (negative, magnitude) = match exponent.as_bytes().first() {
+        Some(b'-') => (true, &exponent[1..]),
+        Some(b'+') => (false, &exponent[1..]),
+        _ => (false, exponent),
+    };
+    // PostgreSQL stops reading an exponent at INT_MAX / 2: "value overflows numeric format".
+    let magnitude = magnitude.trim_start_matches('0');
+    if magnitude.len() > 10 {
+        return false;
+    }
+    let magnitude: i64 = if magnitude.is_empty() {
+        0
+    } else {
+        magnitude.parse().unwrap_or(i64::MAX)
+    };
+    if magnitude >= 1_073_741_823 {
+        return false;
+    }
+    let exponent = if negative { -magnitude } else { magnitude };
+    // The scale: the digits written after the point, less the exponent.
+    if fraction.len() as i64 - exponent > NUMERIC_MAX_SCALE {
+        return false;
+    }
+    // The digits before the point: from the first non-zero digit (none: the value is 0).
+    match integer
+        .bytes()
+        .chain(fraction.bytes())
+        .position(|d| d != b'0')
+    {
+        None => true,
+        Some(first) => integer.len() as i64 - first as i64 + exponent <= NUMERIC_MAX_INTEGER_DIGITS,
+    }
+}
+
 /// One stored event: a row of `retry_history`.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RetryEvent {
@@ -337,6 +445,55 @@ impl CanonicalEvent<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_past_numerics_range_are_found_by_path_and_the_edges_are_kept() {
+        for held in [
+            "0",
+            "-0.0",
+            "1e131071",
+            "-9.99e131071",
+            "0.1e131072",
+            "0.0001e131075",
+            "1e-16383",
+            "0e-16383",
+            "100e-2",
+            "1E+3",
+            "0e999999",
+            "0e1073741822",
+            "1e-0016383",
+        ] {
+            assert!(numeric_holds(held), "{held}");
+        }
+        for refused in [
+            "1e200000",
+            "1e131072",
+            "10e131071",
+            "-1e131072",
+            "1.5e-16383",
+            "1e-16384",
+            "0e-16384",
+            "0e1073741823",
+            "0e9999999999",
+            "1e99999999999999999999",
+        ] {
+            assert!(!numeric_holds(refused), "{refused}");
+        }
+        let detail: serde_json::Value =
+            serde_json::from_str(r#"{"ok": 1e400, "runs": [1, {"n": -1e200000}]}"#).unwrap();
+        assert_eq!(
+            number_out_of_range(&detail).unwrap().to_string(),
+            "detail.runs[1].n holds the number -1e+200000, which PostgreSQL cannot store in \
+             jsonb (at most 131072 digits before the decimal point and 16383 after)"
+        );
+        let odd_key: serde_json::Value =
+            serde_json::from_str("{\"a b\\u202e\": 1e-20000}").unwrap();
+        assert_eq!(
+            number_out_of_range(&odd_key).unwrap().path,
+            "detail[\"a b\\u{202e}\"]"
+        );
+        assert_eq!(number_out_of_range(&serde_json::json!({"n": 1.5})), None);
+    }
 
     #[test]
     fn reasons_round_trip_through_their_names() {

@@ -3,6 +3,12 @@
 //! `--wide`: the widest columns are cut (`…`), and a table with too many columns for the width
 //! becomes one record per row, like psql's expanded display. Anything else (a pipe, a file)
 //! gets every value whole.
+//!
+//! A table is for people: every cell shows control, bidirectional and zero-width characters
+//! escaped (`text::for_table`), wherever it goes — a `detail`, or a pipeline's own row, may
+//! hold any of them. JSON stays exact (JSON escapes what it must). CSV is for spreadsheets:
+//! a text cell a spreadsheet would evaluate as a formula is neutralised ([`csv_cell`]); every
+//! CSV retrylog writes goes through here.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -14,6 +20,7 @@ use serde_json::{Map, Value};
 use crate::event::RetryEvent;
 use crate::intervention::Intervention;
 use crate::outcome::{RetryOutcome, OPEN};
+use crate::text::for_table;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,7 +29,9 @@ pub enum Format {
     Table,
     /// An array of row objects keyed by column name.
     Json,
-    /// A header line, then one line per row.
+    /// A header line, then one line per row; a text cell beginning with = + - @ ' tab or
+    /// carriage return gets a leading ' so a spreadsheet shows it rather than evaluating it
+    /// (numbers stay numbers; --format json is exact).
     Csv,
 }
 
@@ -67,7 +76,7 @@ impl Rows {
                 let cells: Vec<Vec<String>> = self
                     .rows
                     .iter()
-                    .map(|row| row.iter().map(cell_text).collect())
+                    .map(|row| row.iter().map(|cell| for_table(&cell_text(cell))).collect())
                     .collect();
                 match width.map(|width| fit(&self.columns, &cells, usize::from(width))) {
                     None | Some(Fit::Whole) => self.write_table(&cells, None, out),
@@ -83,7 +92,7 @@ impl Rows {
                 let mut writer = csv::Writer::from_writer(out);
                 writer.write_record(&self.columns)?;
                 for row in &self.rows {
-                    writer.write_record(row.iter().map(cell_text))?;
+                    writer.write_record(row.iter().map(csv_cell))?;
                 }
                 writer.flush()
             }
@@ -236,6 +245,32 @@ fn cell_text(value: &Value) -> String {
         Value::Null => String::new(),
         Value::String(text) => text.clone(),
         other => other.to_string(),
+    }
+}
+
+/// What a text cell may not begin with in CSV: OWASP's list of the characters that make a
+/// spreadsheet evaluate a cell (`=`, `+`, `-`, `@`, tab, carriage return), and `'`, the
+/// neutralising quote itself, so that the rule can be undone exactly.
+const FORMULA_STARTS: [char; 7] = ['=', '+', '-', '@', '\t', '\r', '\''];
+
+/// A cell as CSV writes it. A JSON number (`seq`, `attempt`, a count, a rate, seconds) is a
+/// number and is written as it is, `-3` included. Every other cell is text — also a text
+/// column's value that looks like a number, such as a step named `-3` — and text beginning
+/// with one of [`FORMULA_STARTS`] gets one leading `'` (OWASP's CSV injection rule): a
+/// spreadsheet shows `'=HYPERLINK(…)` instead of evaluating it. Since text that began with
+/// `'` gets one too, removing one leading `'` from every cell that has one gives back the
+/// exact values.
+fn csv_cell(value: &Value) -> String {
+    match value {
+        Value::Number(number) => number.to_string(),
+        other => {
+            let text = cell_text(other);
+            if text.starts_with(FORMULA_STARTS) {
+                format!("'{text}")
+            } else {
+                text
+            }
+        }
     }
 }
 
@@ -422,6 +457,38 @@ mod tests {
         assert_eq!(fit(&columns, &rows, 49), Fit::Whole);
         assert_eq!(fit(&columns, &rows, 30), Fit::Capped(21));
         assert_eq!(fit(&columns, &rows, 15), Fit::Records(15));
+    }
+
+    #[test]
+    fn csv_neutralises_text_a_spreadsheet_would_evaluate_and_keeps_numbers() {
+        for (text, written) in [
+            (
+                "=HYPERLINK(\"http://x\",\"y\")",
+                "'=HYPERLINK(\"http://x\",\"y\")",
+            ),
+            ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+            ("+1", "'+1"),
+            ("-3", "'-3"),
+            ("\tcmd", "'\tcmd"),
+            ("\rcmd", "'\rcmd"),
+            ("'quoted", "''quoted"),
+            ("a=b", "a=b"),
+            ("", ""),
+        ] {
+            assert_eq!(csv_cell(&Value::from(text)), written, "{text:?}");
+        }
+        assert_eq!(csv_cell(&Value::from(-3)), "-3");
+        assert_eq!(csv_cell(&Value::from(-0.5)), "-0.5");
+        assert_eq!(csv_cell(&Value::Null), "");
+        assert_eq!(csv_cell(&serde_json::json!({"a": "=1"})), "{\"a\":\"=1\"}");
+    }
+
+    #[test]
+    fn removing_one_leading_quote_gives_back_every_text_cell() {
+        for text in ["=1+1", "'=1+1", "''", "'", "plain", "-", "@"] {
+            let written = csv_cell(&Value::from(text));
+            assert_eq!(written.strip_prefix('\'').unwrap_or(&written), text);
+        }
     }
 
     #[test]

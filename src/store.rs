@@ -14,7 +14,7 @@ use uuid::Uuid;
 use chrono::{DateTime, Utc};
 
 use crate::error::CallerMistake;
-use crate::event::{contains_nul, NewRetry, RetryEvent, RetryReason, Target};
+use crate::event::{contains_nul, number_out_of_range, NewRetry, RetryEvent, RetryReason, Target};
 use crate::sqlstate;
 
 /// The columns of `retry_history` that [`RetryEvent`] reads (everything but `txid`).
@@ -124,6 +124,11 @@ pub async fn append(
         return Err(AppendError::InvalidInput(
             "detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into(),
         ));
+    }
+    // Nor a number outside numeric's range: the server would refuse the bound value before
+    // record_retry runs, as 22003 naming neither the detail nor the number.
+    if let Some(problem) = number_out_of_range(&retry.detail) {
+        return Err(AppendError::InvalidInput(problem.to_string()));
     }
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM record_retry(

@@ -1,21 +1,25 @@
 //! Text that reaches an operator's terminal: the Rust side of the one text rule of
 //! `sql/retrylog_text.sql`. Values are validated once, in record_retry; what the binary
-//! prints about a refused value (its own errors, the server's, clap's) goes through
-//! [`escape`] so no control character or bidirectional override reaches the terminal raw.
+//! prints for people (its tables, its own errors, the server's, clap's) goes through
+//! [`escape`] so no control character, bidirectional override or zero-width character
+//! reaches the terminal raw — also from a `detail`, which the rule does not cover.
 
 /// Whether the text rule refuses this character: C0 and C1 controls, DEL, the line and
-/// paragraph separators, and every bidirectional mark, embedding, override and isolate.
+/// paragraph separators, every bidirectional mark, embedding, override and isolate, and the
+/// zero-width characters (which print as nothing, so two different values would read the
+/// same). `retrylog_refused_characters()` in `sql/retrylog_text.sql` lists the same ones.
 pub fn is_refused(character: char) -> bool {
     character.is_control()
         || matches!(
             character,
             '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
+                | '\u{200b}'..='\u{200f}'
                 | '\u{2028}'
                 | '\u{2029}'
                 | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'
                 | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
         )
 }
 
@@ -42,6 +46,12 @@ pub fn for_terminal(line: &str) -> String {
     escape(line, 2000)
 }
 
+/// A cell of a table printed for people: refused characters escaped, nothing cut (the table
+/// fits itself to a terminal, and a pipe gets every value whole).
+pub fn for_table(cell: &str) -> String {
+    escape(cell, usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +62,16 @@ mod tests {
             escape("a\u{1b}[31m\nb\u{202e}c", 100),
             "a\\u{001b}[31m\\u{000a}b\\u{202e}c"
         );
+    }
+
+    #[test]
+    fn escape_writes_zero_width_characters_as_code_points() {
+        assert_eq!(
+            escape("fail\u{200b}ed\u{200c}\u{200d}\u{2060}\u{feff}", 100),
+            "fail\\u{200b}ed\\u{200c}\\u{200d}\\u{2060}\\u{feff}"
+        );
+        // Accented, wide and emoji characters stay as they are.
+        assert_eq!(escape("é界😀", 100), "é界😀");
     }
 
     #[test]

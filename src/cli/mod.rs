@@ -214,7 +214,8 @@ pub fn try_parse() -> Result<Cli, clap::Error> {
 /// `--format`, for every command that prints data.
 #[derive(Debug, Args)]
 pub struct FormatArg {
-    /// Output format.
+    /// Output format: a table for people (control, bidi and zero-width characters shown
+    /// escaped), JSON exact for scripts, CSV for spreadsheets (formula-like text neutralised).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }

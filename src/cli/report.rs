@@ -160,7 +160,9 @@ pub enum TrendFormat {
     Table,
     /// An array of row objects keyed by column name.
     Json,
-    /// A header line, then one line per row.
+    /// A header line, then one line per row; a text cell beginning with = + - @ ' tab or
+    /// carriage return gets a leading ' so a spreadsheet shows it rather than evaluating it
+    /// (numbers stay numbers; --format json is exact).
     Csv,
     /// A line chart: retries and retry rate per bucket, one line per group.
     Svg,

@@ -10,7 +10,8 @@ use crate::grant;
 pub async fn run(pool: &PgPool, args: GrantArgs) -> anyhow::Result<ExitCode> {
     let mut conn = pool.acquire().await?;
     for statement in grant::grant(&mut conn, args.capability, &args.role).await? {
-        println!("{statement};");
+        // The role's name is quoted in it as given: escaped like every line for people.
+        println!("{};", crate::text::for_terminal(&statement));
     }
     eprintln!(
         "retrylog: {} has the {} capability in this cluster",

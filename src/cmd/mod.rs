@@ -75,7 +75,8 @@ fn schema_rule(command: &Command) -> Schema {
 /// (`2>&1 | jq` reads them all).
 pub fn notice(format: LogFormat, text: &str) {
     match format {
-        LogFormat::Text => eprintln!("retrylog: {text}"),
+        // Names and descriptions may hold what a terminal would act on: escaped (src/text.rs).
+        LogFormat::Text => eprintln!("retrylog: {}", crate::text::for_terminal(text)),
         LogFormat::Json => tracing::info!("{text}"),
     }
 }

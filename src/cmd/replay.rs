@@ -98,7 +98,11 @@ pub async fn run(pool: &PgPool, args: ReplayArgs) -> anyhow::Result<ExitCode> {
         rows.print(args.format.format)?;
     }
     for drift in &report.unsettled {
-        eprintln!("retrylog: still drifting after replay (written by hand meanwhile?): {drift}");
+        // A drift names a rollup cell's step and scenario: text from the log, escaped.
+        eprintln!(
+            "retrylog: still drifting after replay (written by hand meanwhile?): {}",
+            crate::text::for_terminal(&drift.to_string())
+        );
     }
     let verb = if report.applied {
         "changed"

@@ -31,6 +31,9 @@ pub enum Error {
     /// 409: another writer got there first; retry.
     #[error("{0}")]
     Conflict(String),
+    /// 415: a write's body is not declared `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 503: the database is unreachable or not migrated (readiness).
     #[error("{0}")]
     Unavailable(String),
@@ -89,6 +92,7 @@ impl Error {
             Error::Forbidden(message) => (StatusCode::FORBIDDEN, message),
             Error::NotFound(message) => (StatusCode::NOT_FOUND, message),
             Error::Conflict(message) => (StatusCode::CONFLICT, message),
+            Error::UnsupportedMediaType(message) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, message),
             Error::Unavailable(message) => (StatusCode::SERVICE_UNAVAILABLE, message),
             Error::Internal(error) => {
                 tracing::error!(error = %one_line(&error), "request failed");

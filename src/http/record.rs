@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
@@ -35,9 +35,10 @@ struct RecordBody {
 pub async fn record(
     State(ctx): State<ApiContext>,
     admin: Admin,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Error> {
-    let body: RecordBody = body::parse(&bytes)?;
+    let body: RecordBody = body::parse(&headers, &bytes)?;
     let reason = RetryReason::parse(&body.reason).map_err(Error::BadRequest)?;
     let target = Target::from_columns(body.job_id, body.variant_id);
     let mut retry = NewRetry::new(target, reason, admin.name);

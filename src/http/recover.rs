@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
@@ -45,9 +45,10 @@ pub async fn recover_once(ctx: &ApiContext, request: &ManualRecovery) -> Result<
 pub async fn recover(
     State(ctx): State<ApiContext>,
     admin: Admin,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<(StatusCode, Json<Value>), Error> {
-    let body: RecoverBody = body::parse(&bytes)?;
+    let body: RecoverBody = body::parse(&headers, &bytes)?;
     let target = match (body.job_id, body.variant_id) {
         (None, Some(variant)) => ManualTarget::Variant(variant),
         (Some(job), None) => ManualTarget::Job(job),

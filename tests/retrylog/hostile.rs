@@ -1,6 +1,6 @@
-//! Hostile input, generated: arbitrary text (controls, bidi overrides, long, NUL), arbitrary
-//! JSON in `detail` (deep, huge and tiny numbers) and extreme times, through the SQL door,
-//! the Rust door and the CLI. Every case is either refused as the caller's mistake with
+//! Hostile input, generated: arbitrary text (controls, bidi overrides, zero-width characters,
+//! long, NUL), arbitrary JSON in `detail` (deep, huge and tiny numbers) and extreme times,
+//! through the SQL door, the Rust door and the CLI. Every case is either refused as the caller's mistake with
 //! nothing written, or accepted — and then the events still read back, the rollup still
 //! projects, the trend still reports, and verify is clean.
 //!
@@ -25,7 +25,8 @@ use sqlx::PgPool;
 
 use crate::fixtures::*;
 
-/// Characters a hostile caller likes: controls, separators, bidi marks, quotes, wide ones.
+/// Characters a hostile caller likes: controls, separators, bidi marks, zero-width ones,
+/// quotes, wide ones.
 fn nasty_char() -> impl Strategy<Value = char> {
     prop_oneof![
         4 => proptest::char::range(' ', '~'),
@@ -33,7 +34,8 @@ fn nasty_char() -> impl Strategy<Value = char> {
         1 => proptest::char::range('\u{7f}', '\u{9f}'),
         1 => prop::sample::select(vec![
             '\u{0}', '\u{61c}', '\u{200e}', '\u{200f}', '\u{2028}', '\u{2029}', '\u{202a}',
-            '\u{202e}', '\u{2066}', '\u{2069}', '"', '\\', '\'', '%', 'é', '界', '😀',
+            '\u{202e}', '\u{2066}', '\u{2069}', '\u{200b}', '\u{2060}', '\u{feff}', '"', '\\',
+            '\'', '%', 'é', '界', '😀',
         ]),
         1 => any::<char>(),
     ]

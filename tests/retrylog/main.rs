@@ -70,6 +70,11 @@
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
+//! - `odd_input`: numbers past jsonb's range refused at every door, the extremes a detail
+//!   holds read back exactly; the JSON API's writes take only bodies declared JSON (415).
+//! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
+//!   characters refused by the text rule and escaped in every table and line, CSV cells a
+//!   spreadsheet would evaluate neutralised.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
 //! its process counters are asserted exactly, so no test of this binary may move them.
@@ -91,6 +96,7 @@ mod hostile;
 mod integrity;
 mod manual;
 mod migrations;
+mod odd_input;
 mod operator;
 mod outcomes;
 mod pipeline_capability;
@@ -98,6 +104,7 @@ mod projector;
 mod recovery;
 mod replay;
 mod reports;
+mod screens;
 mod security;
 mod sessions;
 mod slow_clients;

@@ -265,7 +265,7 @@ impl Summary {
                 verify.events
             );
             for mismatch in &verify.mismatches {
-                println!("  {mismatch}");
+                println!("  {}", crate::text::for_terminal(&mismatch.to_string()));
             }
         }
 
