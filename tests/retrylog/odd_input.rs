@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-use crate::api::{call, router, ADMIN, READER};
 use crate::fixtures::*;
 
 /// `text` read as JSON: serde_json (with `arbitrary_precision`) holds numbers of any size.
