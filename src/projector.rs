@@ -234,26 +234,11 @@ pub enum Freshness {
     Behind(Lag),
 }
 
-/// Whether a failed batch is a lost session (the server went away, the backend was
-/// terminated) rather than something the projector will meet again on its next try.
-pub fn is_lost_connection(error: &sqlx::Error) -> bool {
-    match crate::sqlstate::of(error) {
-        Some(code) => {
-            code.starts_with(crate::sqlstate::CLASS_CONNECTION_EXCEPTION)
-                || code.starts_with(crate::sqlstate::CLASS_OPERATOR_INTERVENTION)
-        }
-        None => matches!(
-            error,
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-        ),
-    }
-}
-
 /// Records why a batch failed on the lease row, for `status` and `verify`; best effort, on
 /// the same session (its transaction has rolled back). Nothing to record for a lost
 /// connection, which says nothing about the projection.
 pub async fn record_failure(conn: &mut PgConnection, error: &sqlx::Error) {
-    if is_lost_connection(error) {
+    if crate::sqlstate::connection_lost(error) {
         return;
     }
     let cause = error
@@ -450,7 +435,7 @@ pub async fn run(pool: PgPool, settings: ProjectorSettings, mut shutdown: watch:
     while !*shutdown.borrow() {
         match lead_while_possible(&pool, &settings, &mut shutdown).await {
             Ok(()) => backoff = Duration::from_millis(250),
-            Err(error) if is_lost_connection(&error) => {
+            Err(error) if crate::sqlstate::connection_lost(&error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "projector lost its connection");
                 if shutdown::sleep(backoff, &mut shutdown).await {
                     return;

@@ -66,3 +66,25 @@ pub fn hint(error: &sqlx::Error) -> Option<&str> {
         .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
         .and_then(|pg| pg.hint())
 }
+
+/// True when `error` means the database did not answer or the session is gone (network, no
+/// connection within the pool's acquire timeout, server shutdown, the backend terminated)
+/// rather than that one statement failed: the watchdog and the projector wait and reconnect,
+/// the binary exits 69, the API answers 503 with Retry-After.
+pub fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        // Class 08: connection exception; class 57: the server shuts down or an administrator
+        // terminated the backend (pg_terminate_backend raises 57P01).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with(CLASS_CONNECTION_EXCEPTION)
+                || code.starts_with(CLASS_OPERATOR_INTERVENTION)
+        }),
+        _ => false,
+    }
+}

@@ -37,6 +37,7 @@ fn settings(url: &str) -> ConnectSettings {
         max_connections: 2,
         data_dir: None,
         database: DatabaseUse::Create,
+        ..ConnectSettings::default()
     }
 }
 

@@ -133,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         max_connections: 1,
         data_dir: cli.data_dir,
         database: DatabaseUse::ServerOnly,
+        ..ConnectSettings::default()
     };
     let connected = connect::connect(&settings).await?;
     eprintln!("retrylog-bench: using {}", connected.description);

@@ -45,6 +45,13 @@ pub struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// How long a command, or a request to serve, waits for a database connection before it
+    /// gives up: the command exits 69, the API answers 503 with Retry-After (500ms, 5s, 30s).
+    #[arg(long, env = "RETRYLOG_DB_TIMEOUT", global = true, hide_env_values = true,
+          value_name = "DURATION", default_value = crate::connect::DEFAULT_DB_TIMEOUT,
+          value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
     /// Where the private cluster lives when no server is reachable
     /// [default: /var/lib/retrylog for root, else $XDG_DATA_HOME/retrylog or ~/.local/share/retrylog].
     #[arg(long, env = "RETRYLOG_DATA_DIR", global = true, hide_env_values = true)]

@@ -19,8 +19,9 @@ pub const MISMATCH: u8 = 1;
 pub const USAGE: u8 = 2;
 /// `report alerts` listed something.
 pub const ALERTS: u8 = 3;
-/// No database could be reached or started, or the one named does not exist and this command
-/// does not create it (sysexits EX_UNAVAILABLE).
+/// No database could be reached or started, the one named does not exist and this command
+/// does not create it, or the database stopped answering mid-command (sysexits
+/// EX_UNAVAILABLE).
 pub const UNAVAILABLE: u8 = 69;
 /// Anything else (sysexits EX_SOFTWARE).
 pub const FAILURE: u8 = 70;
@@ -28,6 +29,15 @@ pub const FAILURE: u8 = 70;
 /// The exit code for an error: the caller's mistakes, an unreachable database and everything
 /// else are told apart so scripts can react. The first cause in the chain that knows wins.
 pub fn code(error: &anyhow::Error) -> u8 {
+    // The database stopped answering (no connection within --db-timeout, or the session
+    // lost): unavailable, whichever operation was running.
+    if error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(crate::sqlstate::connection_lost)
+    }) {
+        return UNAVAILABLE;
+    }
     for cause in error.chain() {
         if cause.is::<ConnectError>() {
             return UNAVAILABLE;

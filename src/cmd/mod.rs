@@ -103,6 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         max_connections: 20,
         data_dir: cli.data_dir.clone(),
         database: rule.database_use(),
+        db_timeout: cli.db_timeout,
     };
     let connected = connect::connect(&settings).await?;
     let rule = match rule {

@@ -47,7 +47,7 @@ pub use cluster::{
     ClusterStatus, PRIVATE_CLUSTER_USER,
 };
 use fallback::{login_refused, names_login, names_server, refused_login};
-use probe::{ensure_database, failure, probe, Missing, Probe};
+use probe::{ensure_database, failure, probe_within, Missing, Probe};
 
 /// Database name used when the configuration names none.
 pub const DEFAULT_DATABASE: &str = "retrylog";
@@ -58,8 +58,9 @@ pub const DATA_DIR_ENV: &str = "RETRYLOG_DATA_DIR";
 /// Maintenance database used to issue `CREATE DATABASE`.
 const MAINTENANCE_DATABASE: &str = "postgres";
 
-/// How long a caller waits for a pooled connection before giving up.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default of `--db-timeout`: how long a caller waits for a connection (a probe's, or the
+/// pool's) before it calls the database unreachable.
+pub const DEFAULT_DB_TIMEOUT: &str = "5s";
 
 /// `sun_path` is 108 bytes on Linux, including the terminating NUL.
 const UNIX_SOCKET_PATH_MAX: usize = 107;
@@ -118,6 +119,8 @@ pub struct ConnectSettings {
     pub data_dir: Option<PathBuf>,
     /// Whether the configured database is opened, and created when missing.
     pub database: DatabaseUse,
+    /// How long a probe or the pool waits for a connection (`--db-timeout`).
+    pub db_timeout: Duration,
 }
 
 impl Default for ConnectSettings {
@@ -127,6 +130,7 @@ impl Default for ConnectSettings {
             max_connections: 5,
             data_dir: None,
             database: DatabaseUse::default(),
+            db_timeout: crate::config::parse_duration(DEFAULT_DB_TIMEOUT).expect("a valid default"),
         }
     }
 }
@@ -288,7 +292,12 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             tracing::debug!(server = %location(&configured), "using DATABASE_URL");
             let missing = Missing::of(usage, named, false);
             let to_open = opened_options(&configured, usage);
-            let opened = ensure_database(&to_open, probe(&to_open).await, missing).await?;
+            let opened = ensure_database(
+                &to_open,
+                probe_within(&to_open, settings.db_timeout).await,
+                missing,
+            )
+            .await?;
             (configured, opened, Rule::DatabaseUrl, None)
         }
         None => {
@@ -297,7 +306,7 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             let named = non_empty_var("PGDATABASE").is_some();
             let to_open = opened_options(&configured, usage);
             tracing::debug!(server = %location(&configured), ?set, "trying the libpq conventions");
-            let refused = match probe(&to_open).await {
+            let refused = match probe_within(&to_open, settings.db_timeout).await {
                 Probe::NothingListening(error) if !names_server(&set) => {
                     tracing::info!(
                         server = %location(&configured),
@@ -333,7 +342,12 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             let configured = cluster.options.database(&database_name(&configured));
             let missing = Missing::of(usage, named, true);
             let to_open = opened_options(&configured, usage);
-            let opened = ensure_database(&to_open, probe(&to_open).await, missing).await?;
+            let opened = ensure_database(
+                &to_open,
+                probe_within(&to_open, settings.db_timeout).await,
+                missing,
+            )
+            .await?;
             let rule = Rule::PrivateCluster {
                 pgdata: cluster.pgdata,
                 started_from: cluster.started_from,
@@ -384,7 +398,7 @@ async fn open_pool(settings: &ConnectSettings, opened: Opened) -> Result<Connect
     } = opened;
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(settings.db_timeout)
         .connect_with(options.clone())
         .await
         .map_err(|error| failure(&options, error))?;

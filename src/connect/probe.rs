@@ -15,7 +15,8 @@ use crate::sqlstate;
 /// Fallback maintenance database when `postgres` was dropped (it always exists).
 const TEMPLATE_DATABASE: &str = "template1";
 
-/// How long one probing connection may take before we call the server unreachable.
+/// How long one probing connection of the private cluster's may take before we call it
+/// unreachable (the configured server gets `--db-timeout`).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 // SQLSTATEs we act on.
@@ -33,7 +34,12 @@ pub(super) enum Probe {
 }
 
 pub(super) async fn probe(options: &PgConnectOptions) -> Probe {
-    match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(options)).await {
+    probe_within(options, PROBE_TIMEOUT).await
+}
+
+/// [`probe`], giving the server `timeout` to answer (`--db-timeout` for the configured one).
+pub(super) async fn probe_within(options: &PgConnectOptions, timeout: Duration) -> Probe {
+    match tokio::time::timeout(timeout, PgConnection::connect_with(options)).await {
         Ok(Ok(conn)) => {
             // A failed goodbye does not make the server less reachable.
             if let Err(error) = conn.close().await {
@@ -50,7 +56,7 @@ pub(super) async fn probe(options: &PgConnectOptions) -> Probe {
         Ok(Err(error)) => Probe::Failed(error),
         Err(_) => Probe::Failed(sqlx::Error::Io(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("no answer within {} s", PROBE_TIMEOUT.as_secs()),
+            format!("no answer within {timeout:?}"),
         ))),
     }
 }

@@ -34,7 +34,8 @@ pub enum Error {
     /// 415: a write's body is not declared `application/json`.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// 503: the database is unreachable or not migrated (readiness).
+    /// 503 with `Retry-After`: the database gave no connection within `--db-timeout` or lost
+    /// the session, or (readiness) it is not migrated.
     #[error("{0}")]
     Unavailable(String),
     /// 500: a fault; logged, never shown.
@@ -45,6 +46,13 @@ pub enum Error {
 impl From<anyhow::Error> for Error {
     /// Classifies by the first cause in the chain that knows, as the CLI's exit code does.
     fn from(error: anyhow::Error) -> Self {
+        if let Some(lost) = error
+            .chain()
+            .filter_map(|cause| cause.downcast_ref::<sqlx::Error>())
+            .find(|cause| crate::sqlstate::connection_lost(cause))
+        {
+            return database_unavailable(lost);
+        }
         for cause in error.chain() {
             let unknown = matches!(
                 cause.downcast_ref::<ReadError>(),
@@ -79,9 +87,21 @@ impl From<anyhow::Error> for Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
+        if crate::sqlstate::connection_lost(&error) {
+            return database_unavailable(&error);
+        }
         Error::Internal(error.into())
     }
 }
+
+/// 503: the database gave no connection within `--db-timeout`, or the session was lost.
+fn database_unavailable(error: &sqlx::Error) -> Error {
+    tracing::warn!(%error, "the database does not answer");
+    Error::Unavailable("the database does not answer; try again shortly".into())
+}
+
+/// How long a client is asked to wait after a 503 (`Retry-After`, seconds).
+pub const RETRY_AFTER_SECONDS: &str = "5";
 
 impl Error {
     /// The status and what the client may read; a fault is logged here.
@@ -109,6 +129,12 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, message) = self.status_and_message();
         let mut response = (status, Json(json!({ "error": message }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

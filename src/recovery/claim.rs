@@ -48,7 +48,7 @@ pub enum RecoveryError {
 
 impl RecoveryError {
     fn for_target(target: Target, error: sqlx::Error) -> Self {
-        if connection_lost(&error) {
+        if sqlstate::connection_lost(&error) {
             RecoveryError::ConnectionLost(error)
         } else {
             RecoveryError::Target {
@@ -56,26 +56,6 @@ impl RecoveryError {
                 source: error,
             }
         }
-    }
-}
-
-/// True when `error` means the session is gone (network, server shutdown, the backend
-/// terminated) rather than that one statement failed.
-pub fn connection_lost(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        // Class 08: connection exception; class 57: the server shuts down or an administrator
-        // terminated the backend (pg_terminate_backend raises 57P01).
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with(sqlstate::CLASS_CONNECTION_EXCEPTION)
-                || code.starts_with(sqlstate::CLASS_OPERATOR_INTERVENTION)
-        }),
-        _ => false,
     }
 }
 

@@ -33,7 +33,7 @@ mod manual;
 mod scenario;
 mod sweep;
 
-pub use claim::{connection_lost, recover, Outcome, RecoveryError};
+pub use claim::{recover, Outcome, RecoveryError};
 pub use manual::{
     recover_by_hand, request_event_id, ManualRecovery, ManualRecoveryError, ManualTarget,
     Recovered, MAX_NOTE_CHARS, STATUSES,

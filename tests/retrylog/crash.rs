@@ -21,13 +21,13 @@ use crate::security::serve_projector_only;
 
 /// The private cluster's data directory, removed (cluster stopped first) when dropped, also
 /// when the test fails.
-struct Scratch {
+pub(crate) struct Scratch {
     /// A 0700 directory of the test's own; its guard removes it after `drop` below ran.
-    base: TempPath,
+    pub base: TempPath,
 }
 
 impl Scratch {
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.base.join("d")
     }
 }

@@ -46,6 +46,9 @@
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `crash`: PostgreSQL killed (`pg_ctl -m immediate`) under 8 writers and `serve` on a
 //!   private cluster: no acknowledged retry lost, serve recovers by itself, verify clean.
+//! - `outage`: the database stopped under `serve`: `/healthz` and `/readyz` within a second,
+//!   reads and writes 503 with Retry-After within `--db-timeout`, a command's exit 69, and
+//!   serve ready again by itself when the server returns.
 //! - `hostile`: generated hostile input (text, JSON, times) through the SQL door, the Rust
 //!   door and the CLI: refused cleanly with nothing written, or every read still works.
 //! - `security`: fresh LOGIN roles with one capability each (writer, operator, reader): what
@@ -98,6 +101,7 @@ mod manual;
 mod migrations;
 mod odd_input;
 mod operator;
+mod outage;
 mod outcomes;
 mod pipeline_capability;
 mod projector;

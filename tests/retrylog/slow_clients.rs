@@ -16,30 +16,31 @@ use crate::fixtures::*;
 use crate::footprint::{fail_at, first_sweep_done, seconds_to_retry};
 
 /// A running `serve` with the tests' tokens: its address and every line of its log so far.
-struct Served {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Served {
+    pub child: Child,
+    pub addr: String,
+    pub log: Arc<Mutex<Vec<String>>>,
     _tokens: TempPath,
 }
 
-async fn start_serve(pool: &PgPool, header_timeout: &str) -> Served {
+/// `serve` with the tests' tokens, the periodic sweep an hour away, and `args`.
+pub(crate) async fn start_serve(pool: &PgPool, args: &[&str]) -> Served {
     let tokens = tokens_file();
-    let mut child = serve_command(
+    let mut command = serve_command(
         pool,
         &[
-            "--tokens-file",
-            tokens.to_str().unwrap(),
-            "--header-timeout",
-            header_timeout,
-            "--sweep-every",
-            "1h",
-        ],
+            &[
+                "--tokens-file",
+                tokens.to_str().unwrap(),
+                "--sweep-every",
+                "1h",
+            ],
+            args,
+        ]
+        .concat(),
     )
-    .await
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    .await;
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     // The log is read to its end, so serve never blocks on a full pipe.
     let log = Arc::new(Mutex::new(Vec::new()));
     let (found, addr) = tokio::sync::oneshot::channel();
@@ -68,29 +69,56 @@ async fn start_serve(pool: &PgPool, header_timeout: &str) -> Served {
     }
 }
 
-/// One GET on a fresh connection: its status line's code and how long the answer took.
-async fn probe(addr: &str, path: &str, token: Option<&str>) -> (u16, Duration) {
+/// One request on a fresh connection (a POST when `body` is given, as JSON): the whole
+/// response as text, and how long it took.
+pub(crate) async fn exchange(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (String, Duration) {
     let started = Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let auth = token
             .map(|token| format!("Authorization: Bearer {token}\r\n"))
             .unwrap_or_default();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+        let (method, content) = match body {
+            Some(body) => (
+                "POST",
+                format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                ),
+            ),
+            None => ("GET", "\r\n".to_string()),
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n{content}"
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
         response
     })
     .await
-    .unwrap_or_else(|_| panic!("GET {path} answered within 10 s"));
-    let code = answer
+    .unwrap_or_else(|_| panic!("{path} answered within 30 s"));
+    (answer, started.elapsed())
+}
+
+/// A response's status code.
+pub(crate) fn status_of(response: &str) -> u16 {
+    response
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (code, started.elapsed())
+        .unwrap_or(0)
+}
+
+/// One GET: its status code and how long the answer took.
+async fn probe(addr: &str, path: &str, token: Option<&str>) -> (u16, Duration) {
+    let (response, took) = exchange(addr, path, token, None).await;
+    (status_of(&response), took)
 }
 
 /// `tests/slow_clients.py`: `count` connections trickling a header byte every `gap` seconds
@@ -138,7 +166,7 @@ fn open_files(pid: u32) -> usize {
 #[sqlx::test(migrations = false)]
 async fn a_request_whose_headers_never_finish_is_closed_after_the_header_timeout(pool: PgPool) {
     pipeline(&pool).await;
-    let served = start_serve(&pool, "2s").await;
+    let served = start_serve(&pool, &["--header-timeout", "2s"]).await;
 
     // 200 connections, a header byte every half second, for 7 seconds: each is closed two
     // seconds after serve took it, and its replacement too.
@@ -157,7 +185,7 @@ async fn twenty_thousand_stalled_connections_leave_health_the_api_and_the_watchd
     pool: PgPool,
 ) {
     pipeline(&pool).await;
-    let served = start_serve(&pool, "3s").await;
+    let served = start_serve(&pool, &["--header-timeout", "3s"]).await;
     first_sweep_done(&pool).await;
     let pid = served.child.id().unwrap();
 
