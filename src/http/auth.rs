@@ -84,7 +84,11 @@ pub enum TokensError {
     },
     #[error("tokens file {0} holds no token")]
     Empty(String),
-    #[error("invalid token name \"{0}\": 1 to 64 characters, no blanks or control characters")]
+    #[error(
+        "invalid token name \"{}\": 1 to 64 characters, no blanks, control, bidi or zero-width \
+         characters",
+        crate::text::escape(.0, 64)
+    )]
     Name(String),
 }
 
@@ -94,11 +98,14 @@ impl CallerMistake for TokensError {
     }
 }
 
-/// A name is a single word: it is the token file's first field and an event's actor.
+/// A name is a single word: it is the token file's first field and an event's actor, so it
+/// follows the text rule of every actor (no control, bidi or zero-width character).
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= 64
-        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || crate::text::is_refused(c))
 }
 
 impl Tokens {
@@ -196,7 +203,10 @@ fn read_tokens(path: &Path) -> Result<Vec<Token>, TokensError> {
             return Err(bad(format!("{} fields", fields.len())));
         };
         if !valid_name(name) {
-            return Err(bad(format!("invalid name \"{name}\"")));
+            return Err(bad(format!(
+                "invalid name \"{}\"",
+                crate::text::escape(name, 64)
+            )));
         }
         let role: Role = role
             .parse()

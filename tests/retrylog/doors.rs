@@ -138,3 +138,23 @@ async fn serve_with_no_http_listens_on_no_port(pool: PgPool) {
     assert!(connected.is_err(), "something listens on {listen}");
     stop_serve(serve).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_token_name_follows_the_text_rule_of_every_actor(pool: PgPool) {
+    migrated(&pool).await;
+    for name in ["ops\u{202e}evil", "ops\u{200b}alice", "ops\u{1b}[31m"] {
+        let run = retrylog(&pool, &["token", "new", name, "admin"]).await;
+        assert_eq!(run.code, Some(2), "{name:?}: {run:#?}");
+        assert!(run.stderr.contains("invalid token name"), "{run:#?}");
+        assert!(
+            !run.stderr.contains(name),
+            "the name is printed escaped: {run:#?}"
+        );
+        // A line with such a name in a tokens file is refused too.
+        let file = TempPath::new("tokens");
+        std::fs::write(&file, format!("{name} read {}\n", "0".repeat(64))).unwrap();
+        let error = retrylog::http::Tokens::load(&file).unwrap_err().to_string();
+        assert!(error.contains("invalid name"), "{error}");
+        assert!(!error.contains(name), "{error}");
+    }
+}
