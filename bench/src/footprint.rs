@@ -11,6 +11,10 @@
 //!    status change running ↔ done, a step change, a job inserted with four variants — each
 //!    at every `--connections` count, in slices that alternate between the two databases
 //!    (the order flips every slice), so a burst of machine noise hits both alike.
+//!    The pipeline's four statements run as a LOGIN role made for the run that holds exactly
+//!    the pipeline capability (`retrylog grant pipeline`) in the retrylog database and, in the
+//!    twin, the table rights the pipeline had before (SELECT, INSERT, UPDATE); the counter bump,
+//!    which no pipeline role may make with retrylog, runs as the bench's own role on both sides.
 //! 4. Twice: as the tables come (world "plain"), and with a pipeline NOTIFY trigger of the
 //!    pipeline's own on both databases (world "pipeline notifies"), a per-row NOTIFY like the
 //!    one a pipeline whose workers listen for their rows' changes uses to react to touches.
@@ -181,6 +185,84 @@ struct Figure {
 /// The variants the updates pick from: the same ids in both databases.
 type Targets = Arc<Vec<Uuid>>;
 
+/// The LOGIN role the pipeline's statements run as, made for one run (roles are cluster-wide:
+/// its name is the run's own) and dropped at its end.
+struct PipelineRole {
+    name: String,
+    /// A random password, for a server that does not trust local logins.
+    password: String,
+}
+
+impl PipelineRole {
+    /// Creates the role: the pipeline capability in the retrylog database, and in the twin
+    /// the rights the pipeline's roles had before retrylog (the old documented recipe).
+    async fn create(with: &PgPool, without: &PgPool) -> anyhow::Result<PipelineRole> {
+        let role = PipelineRole {
+            name: format!(
+                "retrylog_bench_pipeline_{}",
+                &Uuid::new_v4().simple().to_string()[..8]
+            ),
+            password: Uuid::new_v4().simple().to_string(),
+        };
+        sqlx::query(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{}'",
+            role.name, role.password
+        ))
+        .execute(with)
+        .await
+        .context("creating the pipeline's role (the bench's role needs CREATEROLE)")?;
+        let mut conn = with.acquire().await?;
+        retrylog::grant::grant(&mut conn, retrylog::grant::Capability::Pipeline, &role.name)
+            .await
+            .context("granting the pipeline capability")?;
+        sqlx::query(&format!(
+            "GRANT SELECT, INSERT, UPDATE ON jobs, jobs_variants TO {}",
+            role.name
+        ))
+        .execute(without)
+        .await
+        .context("granting the pipeline's old rights in the twin")?;
+        eprintln!(
+            "retrylog-bench: footprint: the pipeline's statements run as {}, with the pipeline \
+             capability (the twin: SELECT, INSERT, UPDATE on its tables)",
+            role.name
+        );
+        Ok(role)
+    }
+
+    /// `options` logged in as the role.
+    fn options(&self, options: &PgConnectOptions) -> PgConnectOptions {
+        options
+            .clone()
+            .username(&self.name)
+            .password(&self.password)
+    }
+
+    /// Removes its rights from both databases and drops it; best effort, said on failure.
+    async fn remove(&self, with: &PgPool, without: &PgPool) {
+        for pool in [with, without] {
+            if let Err(error) = sqlx::query(&format!("DROP OWNED BY {}", self.name))
+                .execute(pool)
+                .await
+            {
+                eprintln!(
+                    "retrylog-bench: footprint: DROP OWNED BY {}: {error}",
+                    self.name
+                );
+            }
+        }
+        if let Err(error) = sqlx::query(&format!("DROP ROLE {}", self.name))
+            .execute(with)
+            .await
+        {
+            eprintln!(
+                "retrylog-bench: footprint: DROP ROLE {}: {error}",
+                self.name
+            );
+        }
+    }
+}
+
 pub async fn run(connected: &Connected, args: FootprintArgs) -> anyhow::Result<ExitCode> {
     let figures = in_bench_database(
         connected,
@@ -230,6 +312,20 @@ async fn measure_worlds(
         crate::twin::twin_database()?
     );
     let targets = seed(&[&with, &without], args.variants as usize).await?;
+    let role = PipelineRole::create(&with, &without).await?;
+    let figures = measure_with_role(&with, &without, options, &targets, args, &role).await;
+    role.remove(&with, &without).await;
+    figures
+}
+
+async fn measure_with_role(
+    with: &PgPool,
+    without: &PgPool,
+    options: &PgConnectOptions,
+    targets: &Targets,
+    args: &FootprintArgs,
+    role: &PipelineRole,
+) -> anyhow::Result<Vec<Figure>> {
     // A tenth of the variants have an open retry, so the watchdog's look at the pipeline's
     // rows (the outcomes' observation, every sweep) has rows to join while the writes run.
     let open: i64 = sqlx::query_scalar(
@@ -239,14 +335,14 @@ async fn measure_worlds(
     )
     .bind((args.variants / 10) as i64)
     .bind(ACTOR)
-    .fetch_one(&with)
+    .fetch_one(with)
     .await
     .context("recording the open retries")?;
     eprintln!("retrylog-bench: {open} variants have an open retry in the retrylog database");
     let mut figures = Vec::new();
     for world in [World::Plain, World::PipelineNotifies] {
         if world == World::PipelineNotifies {
-            for pool in [&with, &without] {
+            for pool in [with, without] {
                 sqlx::raw_sql(PIPELINE_TRIGGER)
                     .execute(pool)
                     .await
@@ -270,7 +366,7 @@ async fn measure_worlds(
             ProjectorSettings::default(),
             stopped,
         ));
-        let measured = measure_world(world, options, &targets, args).await;
+        let measured = measure_world(world, options, role, targets, args).await;
         stop.send_replace(true);
         watchdog.await.context("the watchdog panicked")?;
         projector.await.context("the projector panicked")?;
@@ -304,6 +400,7 @@ async fn seed(pools: &[&PgPool], variants: usize) -> anyhow::Result<Targets> {
 async fn measure_world(
     world: World,
     options: &PgConnectOptions,
+    role: &PipelineRole,
     targets: &Targets,
     args: &FootprintArgs,
 ) -> anyhow::Result<Vec<Figure>> {
@@ -311,12 +408,23 @@ async fn measure_world(
     let timing = &args.slices;
     let mut figures = Vec::new();
     for &connections in &timing.connections {
-        // [0]: with retrylog, [1]: the twin without; each sized to the connection count.
-        let pools = [
+        // [0]: with retrylog, [1]: the twin without; each sized to the connection count: the
+        // pipeline's role for its statements, the bench's own for the counter bump.
+        let as_pipeline = role.options(options);
+        let pipeline_pools = [
+            open_pool(as_pipeline.clone(), connections).await?,
+            open_pool(crate::twin::twin_options(&as_pipeline)?, connections).await?,
+        ];
+        let own_pools = [
             open_pool(options.clone(), connections).await?,
             open_pool(crate::twin::twin_options(options)?, connections).await?,
         ];
         for statement in Statement::ALL {
+            let pools = if statement == Statement::CounterBump {
+                &own_pools
+            } else {
+                &pipeline_pools
+            };
             let mut counted = [0u64; 2];
             for round in 0..timing.slices as usize {
                 for offset in 0..2 {
@@ -352,7 +460,7 @@ async fn measure_world(
                 without: timing.rate(counted[1]),
             });
         }
-        for pool in pools {
+        for pool in pipeline_pools.into_iter().chain(own_pools) {
             pool.close().await;
         }
     }
