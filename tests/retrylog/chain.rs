@@ -14,6 +14,7 @@ use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::fixtures::*;
+use crate::integrity::{behind_the_guard, seq_of};
 
 /// The body of a GET without a token (the router is read-only), and its status.
 async fn fetch(router: &Router, uri: &str) -> (StatusCode, String) {
@@ -59,26 +60,6 @@ async fn verify_problems(pool: &PgPool, target: Target) -> Value {
         .filter(|m| m.target() == Some(target))
         .collect();
     serde_json::to_value(problems).unwrap()
-}
-
-/// Runs `sql` on one connection with every trigger off, as a superuser can.
-async fn behind_the_guard(pool: &PgPool, sql: &str) {
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::raw_sql(sql).execute(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
-}
-
-async fn seq_of(pool: &PgPool, job_variants_id: Uuid, attempt: i32) -> i64 {
-    sqlx::query_scalar("SELECT seq FROM retry_history WHERE job_variants_id = $1 AND attempt = $2")
-        .bind(job_variants_id)
-        .bind(attempt)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -132,7 +113,7 @@ async fn a_changed_event_is_broken_at_its_attempt_on_the_page_in_the_api_and_in_
     append_n(&pool, variant(JOB_A, VARIANT_A1), 3).await;
     append_n(&pool, variant(JOB_A, VARIANT_A2), 2).await;
     append_n(&pool, variant(JOB_A, VARIANT_A3), 1).await;
-    let seq = seq_of(&pool, VARIANT_A1, 2).await;
+    let seq = seq_of(&pool, variant(JOB_A, VARIANT_A1), 2).await;
     behind_the_guard(
         &pool,
         &format!("UPDATE retry_history SET actor = 'mallory' WHERE seq = {seq}"),
@@ -188,7 +169,7 @@ async fn a_missing_attempt_is_named_on_the_page_as_verify_names_it(pool: PgPool)
     pipeline(&pool).await;
     lift_retry_limit(&pool).await;
     append_n(&pool, variant(JOB_A, VARIANT_A1), 4).await;
-    let seq = seq_of(&pool, VARIANT_A1, 3).await;
+    let seq = seq_of(&pool, variant(JOB_A, VARIANT_A1), 3).await;
     behind_the_guard(
         &pool,
         &format!("DELETE FROM retry_history WHERE seq = {seq}"),
@@ -273,7 +254,7 @@ async fn events_hashed_in_format_v1_and_mixed_streams_are_intact_everywhere(pool
     );
 
     // A v1 event changed is broken like a v2 one.
-    let seq = seq_of(&pool, VARIANT_A1, 2).await;
+    let seq = seq_of(&pool, variant(JOB_A, VARIANT_A1), 2).await;
     behind_the_guard(
         &pool,
         &format!("UPDATE retry_history SET step = 'forged' WHERE seq = {seq}"),
@@ -362,8 +343,8 @@ async fn the_docs_by_hand_recipe_runs_as_written_and_agrees_with_verify(pool: Pg
     assert!(rows.iter().all(|(.., ok)| *ok), "{rows:?}");
 
     // One v2 and one v1 event changed: the recipe flags exactly the links verify does.
-    for (variant, attempt) in [(VARIANT_A1, 3), (VARIANT_A2, 1)] {
-        let seq = seq_of(&pool, variant, attempt).await;
+    for (changed, attempt) in [(VARIANT_A1, 3), (VARIANT_A2, 1)] {
+        let seq = seq_of(&pool, variant(JOB_A, changed), attempt).await;
         behind_the_guard(
             &pool,
             &format!("UPDATE retry_history SET detail = '{{\"forged\": 1}}' WHERE seq = {seq}"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use retrylog::connect::{start_private_cluster, stop_private_cluster};
 use retrylog::event::{NewRetry, RetryReason, Target};
 use retrylog::projector;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -27,6 +27,29 @@ pub(crate) struct Scratch {
 }
 
 impl Scratch {
+    /// A private cluster started under a 0700 directory of the test's own (the cluster's user
+    /// must get in), with the database `database` created on it; returns where that database
+    /// is.
+    pub async fn with_database(what: &str, database: &str) -> (Scratch, PgConnectOptions) {
+        let scratch = Scratch {
+            base: TempPath::private_dir(what),
+        };
+        let server = start_private_cluster(&scratch.data_dir())
+            .await
+            .expect("the private cluster starts");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(server.clone())
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        (scratch, server.database(database))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.base.join("d")
     }
@@ -105,28 +128,12 @@ async fn writer(
 
 #[tokio::test]
 async fn postgres_killed_mid_load_loses_no_acknowledged_retry_and_serve_recovers_by_itself() {
-    // A 0700 base: the cluster's user must get in.
-    let scratch = Scratch {
-        base: TempPath::private_dir("crash"),
-    };
+    let (scratch, database) = Scratch::with_database("crash", "retrylog_crash").await;
     let data_dir = scratch.data_dir();
-    let server = start_private_cluster(&data_dir)
-        .await
-        .expect("the private cluster starts");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(server.clone())
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE retrylog_crash")
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(12)
         .acquire_timeout(Duration::from_secs(30))
-        .connect_with(server.clone().database("retrylog_crash"))
+        .connect_with(database)
         .await
         .unwrap();
     migrated(&pool).await;

@@ -393,32 +393,38 @@ impl TestDatabase {
 }
 
 impl Drop for TestDatabase {
+    /// Drops the database, ending whatever sessions a failed test left on it.
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin = self.admin.clone();
-        // Drop cannot await: a thread of its own with its own runtime drops the database
-        // (ending whatever sessions a failed test left on it).
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the database's cleanup");
-            runtime.block_on(async move {
-                use sqlx::Connection;
-                let mut conn = PgConnection::connect_with(&admin).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "could not drop the test database {}: {dropped:?}",
-                self.name
-            );
-        }
+        clean_up_from_drop(&format!("the test database {name}"), async move {
+            use sqlx::Connection;
+            let mut conn = PgConnection::connect_with(&admin).await?;
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        });
+    }
+}
+
+/// Runs `cleanup` from a `Drop`, which cannot await: on a thread of its own with a runtime of
+/// its own, waiting for it. A failure is said on stderr, not raised: the test may be failing
+/// already, and a leftover named `what` is the next run's to drop.
+pub fn clean_up_from_drop(
+    what: &str,
+    cleanup: impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+) {
+    let done = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the cleanup")
+            .block_on(cleanup)
+    })
+    .join();
+    if !matches!(done, Ok(Ok(()))) {
+        eprintln!("could not drop {what}: {done:?}");
     }
 }
 

@@ -17,7 +17,7 @@ async fn three_streams(pool: &PgPool) {
 }
 
 /// Runs `sql` on one connection with every trigger off, as a superuser can.
-async fn behind_the_guard(pool: &PgPool, sql: &str) {
+pub(crate) async fn behind_the_guard(pool: &PgPool, sql: &str) {
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL session_replication_role = replica")
         .execute(&mut *tx)
@@ -36,7 +36,7 @@ async fn refusal(pool: &PgPool, sql: &str) -> (String, String) {
     database_error(&error)
 }
 
-async fn seq_of(pool: &PgPool, target: Target, attempt: i32) -> i64 {
+pub(crate) async fn seq_of(pool: &PgPool, target: Target, attempt: i32) -> i64 {
     sqlx::query_scalar(
         "SELECT seq FROM retry_history
           WHERE job_id = $1 AND job_variants_id IS NOT DISTINCT FROM $2 AND attempt = $3",

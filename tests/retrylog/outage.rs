@@ -23,26 +23,11 @@ fn retry_after(response: &str) -> Option<&str> {
 
 #[tokio::test]
 async fn with_the_database_down_serve_answers_503_fast_and_is_ready_again_when_it_returns() {
-    let scratch = Scratch {
-        base: TempPath::private_dir("outage"),
-    };
+    let (scratch, database) = Scratch::with_database("outage", "retrylog_outage").await;
     let data_dir = scratch.data_dir();
-    let server = start_private_cluster(&data_dir)
-        .await
-        .expect("the private cluster starts");
-    let admin = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(server.clone())
-        .await
-        .unwrap();
-    sqlx::query("CREATE DATABASE retrylog_outage")
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect_with(server.clone().database("retrylog_outage"))
+        .connect_with(database)
         .await
         .unwrap();
     pipeline(&pool).await;

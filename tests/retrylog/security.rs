@@ -60,39 +60,29 @@ impl TestRole {
 }
 
 impl Drop for TestRole {
+    /// Ends the role's sessions (so that the test database can be dropped too) and drops it.
     fn drop(&mut self) {
         let name = self.name.clone();
         let admin = self.admin.clone();
-        // Drop cannot await: a thread of its own with its own runtime ends the role's
-        // sessions (so that the test database can be dropped too) and drops the role.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the role's cleanup");
-            runtime.block_on(async move {
-                let mut conn = PgConnection::connect_with(&admin).await?;
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                )
-                .bind(&name)
+        clean_up_from_drop(&format!("the test role {name}"), async move {
+            use sqlx::Connection;
+            let mut conn = PgConnection::connect_with(&admin).await?;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            )
+            .bind(&name)
+            .execute(&mut conn)
+            .await?;
+            // Its direct grants in the test's database go first (a role that holds a
+            // privilege cannot be dropped); memberships go with the role.
+            sqlx::query(&format!("DROP OWNED BY {name}"))
                 .execute(&mut conn)
                 .await?;
-                // Its direct grants in the test's database go first (a role that holds a
-                // privilege cannot be dropped); memberships go with the role.
-                sqlx::query(&format!("DROP OWNED BY {name}"))
-                    .execute(&mut conn)
-                    .await?;
-                sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test role {}: {dropped:?}", self.name);
-        }
+            sqlx::query(&format!("DROP ROLE IF EXISTS {name}"))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        });
     }
 }
 
