@@ -18,7 +18,10 @@ pub(crate) const STORED_EVENTS: &str =
             attempt, actor, db_role, occurred_at, detail::text AS detail_text, hash
        FROM retry_history";
 
-/// One event as stored, with everything its hash covers and the hash itself.
+/// One event as stored, with everything its hash covers and the hash itself: a
+/// [`RetryEvent`](crate::event::RetryEvent) but for its detail, read as jsonb's text (the
+/// form the hash covers) and never parsed, which keeps `verify`'s pass over the whole log
+/// cheap.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
     /// The log position, named in a broken link.
