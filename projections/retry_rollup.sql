@@ -291,7 +291,8 @@ $$;
 
 -- Targets created per UTC hour and kind: the rows of jobs and jobs_variants whose created_at
 -- is at or after `since` (NULL: every row), found through the BRIN indexes on created_at
--- (migration 0010). Nothing on the pipeline's inserts counts them (invariant 10 in docs/architecture.md).
+-- (migration 0010). Nothing on the pipeline's inserts counts them (invariant 10 in
+-- docs/architecture.md).
 CREATE OR REPLACE FUNCTION retry_rollup_created_expected(since timestamptz)
 RETURNS TABLE (hour timestamptz, kind text, created bigint)
 LANGUAGE sql STABLE AS $$
