@@ -61,6 +61,14 @@ pub struct WatchdogSettings {
     #[arg(long, env = "RETRYLOG_PIPELINE_CHANNEL", hide_env_values = true, value_name = "NAME",
           value_parser = parse_channel)]
     pub pipeline_channel: Option<String>,
+
+    /// A text column of jobs and/or jobs_variants where the pipeline keeps a row's last error:
+    /// each retry keeps the target's value then in its detail.error (its first 1000
+    /// characters, control, bidi and zero-width characters escaped). Checked at start: serve
+    /// refuses a name neither table has as text.
+    #[arg(long, env = "RETRYLOG_ERROR_COLUMN", hide_env_values = true, value_name = "NAME",
+          value_parser = parse_column)]
+    pub error_column: Option<String>,
 }
 
 impl Default for WatchdogSettings {
@@ -73,6 +81,7 @@ impl Default for WatchdogSettings {
             instance: default_instance(),
             channel: DEFAULT_CHANNEL.to_string(),
             pipeline_channel: None,
+            error_column: None,
         }
     }
 }
@@ -156,6 +165,20 @@ fn parse_instance(text: &str) -> Result<String, String> {
     Ok(name.to_string())
 }
 
+/// A column name as PostgreSQL stores it: 1 to 63 bytes (longer names are cut by the server),
+/// none of the characters the text rule refuses. Whether the tables have it is checked at
+/// start (`recovery::check_error_column`); the name is only ever bound as a value.
+fn parse_column(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > 63 || text.chars().any(crate::text::is_refused) {
+        return Err(format!(
+            "invalid column name \"{}\": 1 to 63 bytes, no control, bidirectional or \
+             zero-width characters",
+            crate::text::escape(text, 63)
+        ));
+    }
+    Ok(text.to_string())
+}
+
 /// A channel name LISTEN and the trigger agree on without quoting: lowercase letters, digits
 /// and underscores, at most 63 characters, not starting with a digit.
 pub fn parse_channel(text: &str) -> Result<String, String> {
@@ -214,6 +237,20 @@ mod tests {
     }
 
     #[test]
+    fn an_error_column_is_any_name_postgresql_keeps_whole_without_refused_characters() {
+        assert_eq!(parse_column("last_error"), Ok("last_error".into()));
+        assert_eq!(parse_column("Last Error"), Ok("Last Error".into()));
+        assert_eq!(
+            parse_column("err\u{202e}").unwrap_err(),
+            "invalid column name \"err\\u{202e}\": 1 to 63 bytes, no control, bidirectional \
+             or zero-width characters"
+        );
+        assert!(parse_column("").is_err());
+        assert!(parse_column(&"é".repeat(32)).is_err(), "64 bytes");
+        assert!(parse_column(&"e".repeat(63)).is_ok());
+    }
+
+    #[test]
     fn durations_read_seconds_minutes_and_hours() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
@@ -241,6 +278,7 @@ mod tests {
         assert_eq!(settings.max_retries, 3);
         assert_eq!(settings.stuck_after, Duration::from_secs(300));
         assert_eq!(settings.sweep_every, Duration::from_secs(30));
+        assert_eq!(settings.error_column, None);
         assert!(settings
             .instance
             .ends_with(&format!(":{}", std::process::id())));

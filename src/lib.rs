@@ -38,7 +38,8 @@
 //!   write operations as the CLI, with tokens and roles (`http/pages/`, `templates/`,
 //!   `assets/`); [`metrics`]: what `/metrics` exposes.
 //! - [`cli`]: every command and flag of the `retrylog` binary; [`cmd`]: one file per command;
-//!   [`output`]: tables, JSON and CSV.
+//!   [`output`]: tables, JSON and CSV; [`why`]: each retry's why in words, the `why` column
+//!   of every listing of retries.
 //!
 //! Around the flow: [`connect`] finds the database (DATABASE_URL, libpq defaults, a private
 //! cluster: `connect/cluster.rs`); [`scratch`] makes throwaway databases on the same server,
@@ -81,4 +82,5 @@ pub mod shutdown;
 pub mod sqlstate;
 pub mod store;
 pub mod text;
+pub mod why;
 pub mod window;

@@ -21,6 +21,7 @@ use crate::event::RetryEvent;
 use crate::intervention::Intervention;
 use crate::outcome::{RetryOutcome, OPEN};
 use crate::text::for_table;
+use crate::why::why;
 
 /// How a command prints its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -283,6 +284,7 @@ pub const EVENT_COLUMNS: &[&str] = &[
     "attempt",
     "reason",
     "step",
+    "why",
     "from_status",
     "to_status",
     "actor",
@@ -295,7 +297,8 @@ pub const EVENT_COLUMNS: &[&str] = &[
 ];
 
 /// Events as rows. The table is for people, so it leaves out the ids a target label already
-/// says and shortens the hash; JSON and CSV keep every column whole.
+/// says and shortens the hash; JSON and CSV keep every column whole. `why` is each event's
+/// reason, step and detail in words ([`crate::why`]).
 pub fn event_rows(events: &[RetryEvent], format: Format) -> Rows {
     let table = format == Format::Table;
     let columns: Vec<&'static str> = EVENT_COLUMNS
@@ -323,6 +326,7 @@ pub fn event_rows(events: &[RetryEvent], format: Format) -> Rows {
                 "attempt" => Value::from(event.attempt),
                 "reason" => Value::from(event.reason.to_string()),
                 "step" => event.step.clone().map_or(Value::Null, Value::from),
+                "why" => Value::from(why(event.reason, event.step.as_deref(), &event.detail)),
                 "from_status" => event.from_status.clone().map_or(Value::Null, Value::from),
                 "to_status" => event.to_status.clone().map_or(Value::Null, Value::from),
                 "actor" => Value::from(event.actor.clone()),
@@ -345,7 +349,8 @@ pub fn event_rows(events: &[RetryEvent], format: Format) -> Rows {
 /// A history: the events, with each note of a target the retry limit stopped placed where it
 /// happened, under an extra first column `entry` (`retry` or `needs_intervention`). A note has
 /// no seq, attempt, event id or hash; its `from_status` is the status the target kept, its
-/// `reason` the one the retry would have had, its times when it was noted.
+/// `reason` the one the retry would have had (and its `why` that retry's), its times when it
+/// was noted.
 ///
 /// After `to_status`, each retry's outcome (`open` when `outcomes` has none), when it was
 /// resolved (JSON and CSV) and the seconds from the retry to its result.
@@ -420,6 +425,7 @@ fn note_cells(note: &Intervention, columns: &[&'static str], format: Format) -> 
                 .map_or(Value::Null, |id| Value::from(id.to_string())),
             "reason" => Value::from(note.reason.to_string()),
             "step" => note.step.clone().map_or(Value::Null, Value::from),
+            "why" => Value::from(why(note.reason, note.step.as_deref(), &note.detail)),
             "from_status" => note.status.clone().map_or(Value::Null, Value::from),
             "actor" => Value::from(note.actor.clone()),
             "occurred_at" | "recorded_at" => Value::from(timestamp(note.noted_at, table)),

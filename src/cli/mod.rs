@@ -250,7 +250,8 @@ pub struct RecordArgs {
     #[arg(long)]
     pub actor: Option<String>,
 
-    /// A JSON object with anything worth keeping (scenario, error text, ticket, ...).
+    /// A JSON object with anything worth keeping (scenario, ticket, ...). The error that
+    /// caused the retry goes in "error" (or "message"): the why of every listing shows it.
     #[arg(long, value_name = "JSON", value_parser = parse_detail)]
     pub detail: Option<serde_json::Value>,
 

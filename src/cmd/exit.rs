@@ -8,7 +8,7 @@ use crate::error::CallerMistake;
 use crate::grant::GrantError;
 use crate::http::{HttpConfigError, TokensError};
 use crate::migrate::SchemaError;
-use crate::recovery::ManualRecoveryError;
+use crate::recovery::{ErrorColumnError, ManualRecoveryError};
 use crate::report::ReportError;
 use crate::store::{AppendError, ReadError};
 use crate::window::WindowError;
@@ -74,6 +74,8 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        // `serve --error-column` naming no text column of the pipeline tables.
+        .or_else(|| cause.downcast_ref::<ErrorColumnError>().map(as_dyn))
         // `project` by a role without the operator capability.
         .or_else(|| {
             cause

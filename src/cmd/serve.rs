@@ -19,6 +19,22 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Signals first: one that arrives while starting up still means a clean exit.
     let mut terminate = signal(SignalKind::terminate())?;
     let (stop, stopped) = watch::channel(false);
+    // The error column next: a name the pipeline tables do not have as text stops serve
+    // before it listens or retries anything.
+    if let (false, Some(column)) = (args.no_watchdog, &args.watchdog.error_column) {
+        let tables = recovery::check_error_column(pool, column).await?;
+        let without = ["jobs", "jobs_variants"]
+            .into_iter()
+            .find(|table| !tables.iter().any(|found| found == table))
+            .map(|table| format!("; {table} has no such column: its retries keep none"))
+            .unwrap_or_default();
+        tracing::info!(
+            error_column = %column,
+            tables = %tables.join(","),
+            "each retry keeps the target's {column} in its detail.error (read from {}{without})",
+            tables.join(" and ")
+        );
+    }
     // HTTP's settings are checked, and its port bound, before anything else starts: a
     // mistake there stops serve at once.
     let http = if args.no_http {

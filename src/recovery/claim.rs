@@ -1,10 +1,12 @@
 //! One retry by the watchdog, the step that hands it to `store::append` (retry → store → projector
 //! → report/http): claim → limit → state change → append → commit, in one transaction (the
-//! numbered steps in [`crate::recovery`]).
+//! numbered steps in [`crate::recovery`]). With `--error-column`, the target's error text is
+//! read right after the claim and kept in the event's (or the note's) `detail.error`.
 
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
+use super::error_column;
 use super::scenario::{Candidate, Scenario};
 use crate::config::WatchdogSettings;
 use crate::event::{NewRetry, RetryEvent, Target};
@@ -102,9 +104,22 @@ pub async fn recover(
         ));
     }
 
+    // The pipeline's error text, if it keeps one: read under the claim's lock and before the
+    // state change, it is the error that caused this retry (or the note).
+    let error = match &settings.error_column {
+        Some(column) => error_column::capture(&mut tx, target, column)
+            .await
+            .map_err(fail)?,
+        None => None,
+    };
+
     // 2. The limit: note the target once, change nothing.
     if claimed.retry_count >= limit {
-        let noted = note_intervention(&mut tx, scenario, &claimed, settings, limit)
+        let detail = with_error(
+            intervention_detail(&claimed, scenario, settings, limit),
+            error,
+        );
+        let noted = note_intervention(&mut tx, scenario, &claimed, settings, limit, detail)
             .await
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
@@ -132,7 +147,7 @@ pub async fn recover(
 
     // 4. The event, in the same transaction.
     let mut retry = NewRetry::new(target, scenario.reason(), settings.instance.clone())
-        .with_detail(claimed.detail(scenario, settings))
+        .with_detail(with_error(claimed.detail(scenario, settings), error))
         .with_status_change(claimed.status.clone(), scenario.to_status())
         .with_expected_attempt(candidate.last_attempt.unwrap_or(0) + 1)
         .with_max_retries(limit);
@@ -184,6 +199,7 @@ async fn note_intervention(
     candidate: &Candidate,
     settings: &WatchdogSettings,
     limit: i32,
+    detail: serde_json::Value,
 ) -> Result<bool, sqlx::Error> {
     intervention::note(
         tx,
@@ -196,10 +212,18 @@ async fn note_intervention(
             step: candidate.step.as_deref(),
             status: &candidate.status,
             actor: &settings.instance,
-            detail: intervention_detail(candidate, scenario, settings, limit),
+            detail,
         },
     )
     .await
+}
+
+/// `detail` with the pipeline's error text as `error`, when there is one.
+fn with_error(mut detail: serde_json::Value, error: Option<String>) -> serde_json::Value {
+    if let (Some(fields), Some(error)) = (detail.as_object_mut(), error) {
+        fields.insert("error".into(), json!(error));
+    }
+    detail
 }
 
 /// A note's `detail`: the facts of the retry it did not make, the count and the limit.

@@ -25,15 +25,19 @@
 //! - `scenario`: the four [`Scenario`]s, their SQL, and [`detect`];
 //! - `claim`: [`recover`], the five steps above for one [`Candidate`]; a target at the limit
 //!   is noted through [`crate::intervention`].
+//! - `error_column`: with `--error-column`, the pipeline's own error text, kept in each
+//!   retry's `detail.error` ([`check_error_column`] at start, the capture in the claim);
 //! - `manual`: [`recover_by_hand`], an operator's recovery of one target past the limit, with
 //!   a note: the one operation behind `retrylog recover`, the API and the dashboard.
 
 mod claim;
+mod error_column;
 mod manual;
 mod scenario;
 mod sweep;
 
 pub use claim::{recover, Outcome, RecoveryError};
+pub use error_column::{check_error_column, ErrorColumnError, MAX_ERROR_CHARS};
 pub use manual::{
     recover_by_hand, request_event_id, ManualRecovery, ManualRecoveryError, ManualTarget,
     Recovered, MAX_NOTE_CHARS, STATUSES,

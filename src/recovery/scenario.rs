@@ -91,7 +91,10 @@ impl Scenario {
                 "{}
                    FROM jobs j JOIN jobs_variants v ON v.job_id = j.job_id
                    CROSS JOIN LATERAL (
-                       SELECT o.job_variants_id, o.current_step
+                       -- the furthest sibling, and (the window runs before the LIMIT) how
+                       -- many are ahead at all
+                       SELECT o.job_variants_id, o.current_step,
+                              count(*) OVER ()::int AS siblings
                          FROM jobs_variants o
                         WHERE o.job_id = v.job_id AND o.job_variants_id <> v.job_variants_id
                           AND array_position($1::text[], o.current_step)
@@ -116,7 +119,7 @@ impl Scenario {
                           WHERE h.job_id = j.job_id AND h.job_variants_id IS NULL
                           ORDER BY h.attempt DESC LIMIT 1) AS last_attempt,
                         NULL::uuid AS ahead_variant_id, NULL::text AS ahead_step,
-                        agg.variants
+                        NULL::int AS siblings_ahead, agg.variants
                    FROM jobs j
                    CROSS JOIN LATERAL (
                        SELECT count(*)::int AS variants,
@@ -193,10 +196,14 @@ impl Scenario {
 
 /// The columns every variant scenario reads. Only the stale scenario has a variant `ahead`.
 fn variant_columns(ahead: bool) -> String {
-    let (ahead_id, ahead_step) = if ahead {
-        ("ahead.job_variants_id", "ahead.current_step")
+    let (ahead_id, ahead_step, siblings) = if ahead {
+        (
+            "ahead.job_variants_id",
+            "ahead.current_step",
+            "ahead.siblings",
+        )
     } else {
-        ("NULL::uuid", "NULL::text")
+        ("NULL::uuid", "NULL::text", "NULL::int")
     };
     format!(
         "SELECT v.job_id, v.job_variants_id, j.status AS job_status,
@@ -207,7 +214,7 @@ fn variant_columns(ahead: bool) -> String {
                   WHERE h.job_id = v.job_id AND h.job_variants_id = v.job_variants_id
                   ORDER BY h.attempt DESC LIMIT 1) AS last_attempt,
                 {ahead_id} AS ahead_variant_id, {ahead_step} AS ahead_step,
-                NULL::int AS variants"
+                {siblings} AS siblings_ahead, NULL::int AS variants"
     )
 }
 
@@ -234,9 +241,11 @@ pub struct Candidate {
     pub retry_count: i32,
     /// The last attempt in the target's stream when detection read it.
     pub last_attempt: Option<i32>,
-    /// Stale: the variant that moved further, and its step.
+    /// Stale: the variant that moved furthest, and its step.
     pub ahead_variant_id: Option<Uuid>,
     pub ahead_step: Option<String>,
+    /// Stale: how many of the variant's siblings are at a later step.
+    pub siblings_ahead: Option<i32>,
     /// Final step: how many variants the job has.
     pub variants: Option<i32>,
 }
@@ -267,6 +276,9 @@ impl Candidate {
         if let Some(ahead) = &self.ahead_variant_id {
             fields.insert("ahead_variant_id".into(), json!(ahead));
             fields.insert("ahead_step".into(), json!(self.ahead_step));
+        }
+        if let Some(siblings) = self.siblings_ahead {
+            fields.insert("siblings_ahead".into(), json!(siblings));
         }
         if let Some(variants) = self.variants {
             fields.insert("variants_done".into(), json!(variants));

@@ -201,6 +201,7 @@ pub async fn run(pool: PgPool, settings: WatchdogSettings, mut shutdown: watch::
         sweep_every = ?settings.sweep_every,
         channel = %settings.channel,
         pipeline_channel = settings.pipeline_channel.as_deref().unwrap_or("none"),
+        error_column = settings.error_column.as_deref().unwrap_or("none"),
         "recovery watchdog started"
     );
     let mut backoff = MIN_BACKOFF;

@@ -78,6 +78,10 @@
 //! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
 //!   characters refused by the text rule and escaped in every table and line, CSV cells a
 //!   spreadsheet would evaluate neutralised.
+//! - `why`: each retry's why in words, from a real sweep of every scenario, a recovery and a
+//!   record by hand, through `history`, the API and the dashboard; `--error-column`: the
+//!   pipeline's error kept with its retry, hostile text bounded and escaped, a bad name
+//!   refused at start.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
 //! its process counters are asserted exactly, so no test of this binary may move them.
@@ -114,3 +118,4 @@ mod sessions;
 mod slow_clients;
 #[path = "../common/temp.rs"]
 mod temp;
+mod why;

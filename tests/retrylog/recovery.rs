@@ -430,6 +430,7 @@ async fn a_stale_variant_is_touched_with_one_stuck_event_naming_the_variant_ahea
             "variant_step": "generate",
             "ahead_variant_id": STALE_AHEAD,
             "ahead_step": "segment",
+            "siblings_ahead": 1,
         }),
         600..=900,
     );
