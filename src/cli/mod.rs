@@ -107,7 +107,7 @@ pub enum Command {
     /// Show a target's retry events in order, with the watchdog's notes where the retry limit
     /// stopped it; a job's history includes its variants'.
     History(HistoryArgs),
-    /// Audit and trend reports: top-jobs, top-variants, stats, alerts, trend.
+    /// Audit, trend and outcome reports: top-jobs, top-variants, stats, alerts, trend, outcomes.
     Report(ReportArgs),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),

@@ -403,6 +403,48 @@ async fn help_never_shows_an_environment_variable_as_set_to_empty() {
     }
 }
 
+/// The summary of `report` (in `retrylog --help` and atop `report --help`) names every report
+/// clap knows, so a new report cannot be left out of it again (outcomes was).
+#[tokio::test]
+async fn the_summary_of_report_names_every_report() {
+    let report = retrylog::cli::command()
+        .find_subcommand("report")
+        .expect("report is a command")
+        .clone();
+    let reports: Vec<String> = report
+        .get_subcommands()
+        .map(|command| command.get_name().to_string())
+        .filter(|name| name != "help")
+        .collect();
+    assert!(reports.contains(&"outcomes".to_string()), "{reports:?}");
+    for args in [&["--help"][..], &["report", "--help"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let help = String::from_utf8(output.stdout).unwrap();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        // The list after "reports: ": words ending in a comma, then the last one.
+        let (_, list) = help
+            .split_once("reports: ")
+            .unwrap_or_else(|| panic!("{args:?}: no summary of report: {help}"));
+        let mut listed = Vec::new();
+        for word in list.split(' ') {
+            listed.push(word.trim_end_matches([',', '.']));
+            if !word.ends_with(',') {
+                break;
+            }
+        }
+        for name in &reports {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{args:?}: the summary of report lists {listed:?}, not {name}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn version_names_the_schema_version_the_binary_expects() {
     let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
