@@ -90,9 +90,11 @@ impl Rows {
             }
             Format::Csv => {
                 let mut writer = csv::Writer::from_writer(out);
-                writer.write_record(&self.columns)?;
+                writer.write_record(&self.columns).map_err(csv_io)?;
                 for row in &self.rows {
-                    writer.write_record(row.iter().map(csv_cell))?;
+                    writer
+                        .write_record(row.iter().map(csv_cell))
+                        .map_err(csv_io)?;
                 }
                 writer.flush()
             }
@@ -246,6 +248,19 @@ fn cell_text(value: &Value) -> String {
         Value::String(text) => text.clone(),
         other => other.to_string(),
     }
+}
+
+/// A CSV writer's error as the I/O error it wraps when it is one: csv's own conversion hides
+/// the cause (its error has no `source`), and a closed pipe must stay recognisable as one
+/// (`cmd::exit::closed_pipe`).
+fn csv_io(error: csv::Error) -> std::io::Error {
+    if error.is_io_error() {
+        if let csv::ErrorKind::Io(io) = error.into_kind() {
+            return io;
+        }
+        unreachable!("is_io_error says it is one");
+    }
+    std::io::Error::other(error)
 }
 
 /// What a text cell may not begin with in CSV: OWASP's list of the characters that make a

@@ -3,7 +3,8 @@
 //! duration grammar for every flag, the demo that keeps a kept database and prints hints that
 //! work as printed, the help without empty env values, the actor without `$USER`, `serve`
 //! naming its database once and writing only JSON lines under `--log-format json`,
-//! `--version` with the schema, completions and man pages.
+//! `--version` with the schema, completions and man pages, `report`'s summary naming every
+//! report, and a closed pipe (`| head -1`) ending any command quietly.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -400,6 +401,89 @@ async fn help_never_shows_an_environment_variable_as_set_to_empty() {
         let help = String::from_utf8(output.stdout).unwrap();
         assert!(help.contains("[env: "), "{args:?}: {help}");
         assert!(!help.contains("=]"), "{args:?}: {help}");
+    }
+}
+
+/// Runs `retrylog <args>` (the test's database named by `url`, when given) with stdout on a
+/// pipe that is closed after one line has been read, as `| head -1` does; returns the exit
+/// status and what it said on stderr. Also checks that the whole output is more than a pipe
+/// holds (64 KiB on Linux), so the command was surely still writing when the pipe closed.
+async fn closed_after_one_line(url: Option<&str>, args: &[&str]) -> (Option<i32>, String) {
+    let command = |stdout: Stdio| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retrylog"));
+        if let Some(url) = url {
+            command.args(["--database-url", url]);
+        }
+        command
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped());
+        command
+    };
+    let whole = command(Stdio::piped()).output().await.unwrap();
+    assert!(whole.status.success(), "{args:?}: {whole:?}");
+    assert!(
+        whole.stdout.len() > 64 * 1024,
+        "{args:?} prints only {} bytes: a pipe holds all of it",
+        whole.stdout.len()
+    );
+
+    let mut child = command(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.unwrap();
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    drop(stdout);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the command ends once its reader is gone")
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `| head -1` is not an error: a command whose reader closed the pipe stops and exits 0
+/// without a word (no panic, no `Broken pipe`), whatever it printed: a completion script, a
+/// history as a table, CSV or JSON, a report.
+#[sqlx::test(migrations = false)]
+async fn a_closed_pipe_ends_a_command_quietly_with_0(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    // Five events with a 15 KB detail: every format of the history is over 64 KiB.
+    let detail = json!({"error": "x".repeat(15_000)});
+    for _ in 0..5 {
+        append_ok(&pool, &retry(job(JOB_B)).with_detail(detail.clone())).await;
+    }
+    let url = database_url(&pool).await;
+    let job_b = JOB_B.to_string();
+    let quiet = |stderr: &str| {
+        stderr
+            .lines()
+            .all(|line| line.starts_with("retrylog: using database "))
+    };
+
+    let (code, stderr) = closed_after_one_line(None, &["completions", "zsh"]).await;
+    assert_eq!(code, Some(0), "completions zsh: {stderr}");
+    assert!(quiet(&stderr), "completions zsh: {stderr}");
+    for format in ["table", "csv", "json"] {
+        let args = ["history", "--job-id", &job_b, "--format", format];
+        let (code, stderr) = closed_after_one_line(Some(&url), &args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(quiet(&stderr), "{args:?}: {stderr}");
+    }
+    // Eight weeks of hours, two kinds each: the full grid.
+    for format in ["csv", "json"] {
+        let args = [
+            "report", "trend", "--since", "8w", "--bucket", "hour", "--format", format,
+        ];
+        let (code, stderr) = closed_after_one_line(Some(&url), &args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(quiet(&stderr), "{args:?}: {stderr}");
     }
 }
 
