@@ -157,8 +157,8 @@ pub enum Command {
     /// done variant goes to done at its step (the step re-runs); a running or failed job goes
     /// to done at the final step, back to running elsewhere.
     Recover(RecoverArgs),
-    /// Make API tokens: `token new NAME read|admin` prints a fresh token once and the line to
-    /// add to the tokens file (which keeps only the token's sha256).
+    /// Make API tokens: `token new NAME read|admin >> FILE` appends the token's line to the
+    /// tokens file (which keeps only its sha256) and shows the fresh token once, on stderr.
     Token(TokenArgs),
 }
 
@@ -574,7 +574,8 @@ pub struct TokenArgs {
 /// What `token` does.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a fresh random token (once: it is not stored) and its tokens-file line.
+    /// Print a fresh random token's tokens-file line on stdout, and the token (once: it is not
+    /// stored) on stderr, so that `>> FILE` appends only the line.
     New(TokenNewArgs),
 }
 

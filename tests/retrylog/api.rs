@@ -636,20 +636,66 @@ async fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file(poo
     }
 }
 
+/// The token `token new` showed on stderr.
+fn token_on(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("retrylog: token: "))
+        .unwrap_or_else(|| panic!("no token on stderr: {stderr}"))
+        .to_string()
+}
+
+/// `retrylog token new NAME ROLE >> tokens`, the way one makes a tokens file, leaves a file
+/// `serve` loads, and each token shown on the terminal (stderr) is accepted by it: stdout holds
+/// the file's line and nothing else.
+#[tokio::test]
+async fn token_new_appended_to_a_tokens_file_leaves_a_valid_file_whose_tokens_it_accepts() {
+    let dir = TempPath::dir("token-new");
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# the API's tokens\n").unwrap();
+    let mut shown = Vec::new();
+    for (name, role) in [("ops-carol", "admin"), ("grafana", "read")] {
+        let line = format!(
+            "'{}' token new {name} {role} >> '{}' 2> '{}'",
+            env!("CARGO_BIN_EXE_retrylog"),
+            file.display(),
+            dir.join("stderr").display()
+        );
+        let run = tokio::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .await
+            .unwrap();
+        assert!(run.status.success(), "{line}: {run:?}");
+        let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+        shown.push((name, role, token_on(&stderr)));
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "a comment and one line per token: {text}"
+    );
+    let tokens = Tokens::load(&file).unwrap_or_else(|error| panic!("{error}: {text}"));
+    for (name, role, token) in shown {
+        assert!(!text.contains(&token), "the file holds no token: {text}");
+        let (found, found_role, _) = tokens
+            .login(&token)
+            .unwrap_or_else(|| panic!("the token shown for {name} is not accepted: {text}"));
+        assert_eq!(
+            (found.as_str(), found_role.to_string()),
+            (name, role.into())
+        );
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     pipeline(&pool).await;
     let run = retrylog(&pool, &["token", "new", "ops-bob", "admin"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
-    let token = run
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("token: ")
-        .unwrap()
-        .to_string();
-    let line = run.stdout.lines().last().unwrap().to_string();
+    let token = token_on(&run.stderr);
+    let line = run.stdout.trim_end().to_string();
     assert!(line.starts_with("ops-bob admin "), "{line}");
     assert!(!line.contains(&token), "the file's line holds no secret");
     let path = TempPath::new("tokens");
