@@ -104,20 +104,24 @@ impl Rows {
     /// The rows as `--format json` prints them (and the HTTP API answers): an array of
     /// objects keyed by column name.
     pub fn to_json(&self) -> Value {
-        let objects: Vec<Value> = self
-            .rows
+        Value::Array(
+            (0..self.rows.len())
+                .filter_map(|i| self.object(i))
+                .collect(),
+        )
+    }
+
+    /// Row `index` as one object keyed by column name (the element of [`Rows::to_json`]):
+    /// what the API answers for a write, which stores one event.
+    pub fn object(&self, index: usize) -> Option<Value> {
+        let row = self.rows.get(index)?;
+        let object: Map<String, Value> = self
+            .columns
             .iter()
-            .map(|row| {
-                let object: Map<String, Value> = self
-                    .columns
-                    .iter()
-                    .map(|column| column.to_string())
-                    .zip(row.iter().cloned())
-                    .collect();
-                Value::Object(object)
-            })
+            .map(|column| column.to_string())
+            .zip(row.iter().cloned())
             .collect();
-        Value::Array(objects)
+        Some(Value::Object(object))
     }
 
     /// Prints the rows on stdout: a table fitted to the terminal (see [`fit_tables`]).
