@@ -86,10 +86,10 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
-        // `project` by a role without the operator capability.
+        // A command run by a role without the capability it needs.
         .or_else(|| {
             cause
-                .downcast_ref::<super::project::ProjectorNotPermitted>()
+                .downcast_ref::<super::permission::NotPermitted>()
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
