@@ -202,7 +202,10 @@ pub fn recovery_refused(error: &ManualRecoveryError) {
     let cause = match error {
         ManualRecoveryError::EmptyNote | ManualRecoveryError::NoteTooLong(_) => "invalid_note",
         ManualRecoveryError::UnknownStatus(_) => "invalid_input",
-        ManualRecoveryError::UnknownTarget { .. } => "unknown_target",
+        // An id of the other kind is an unknown target of the kind asked, as record counts it.
+        ManualRecoveryError::UnknownTarget { .. } | ManualRecoveryError::WrongKind(_) => {
+            "unknown_target"
+        }
         ManualRecoveryError::NotRecoverable { .. } => "not_recoverable",
         ManualRecoveryError::Refused(append) => return append_refused(append),
         ManualRecoveryError::Database(_) => return,

@@ -74,7 +74,15 @@ impl From<sqlx::Error> for AppendError {
                 | sqlstate::CHARACTER_NOT_IN_REPERTOIRE
                 | sqlstate::UNTRANSLATABLE_CHARACTER,
             ) => AppendError::InvalidInput(message),
-            Some(sqlstate::UNKNOWN_TARGET) => AppendError::UnknownTarget(message),
+            // An id of the other kind of target: the flag it belongs in (`--variant-id` is
+            // the CLI's and the API's name of `job_variants_id`).
+            Some(sqlstate::UNKNOWN_TARGET) => match sqlstate::column(&error) {
+                Some("job_id") => AppendError::UnknownTarget(format!("{message}: use --job-id")),
+                Some("job_variants_id") => {
+                    AppendError::UnknownTarget(format!("{message}: use --variant-id"))
+                }
+                _ => AppendError::UnknownTarget(message),
+            },
             Some(sqlstate::WRONG_JOB) => AppendError::WrongJob(message),
             // The limit's hint tells an operator how to recover the target anyway.
             Some(sqlstate::LIMIT_REACHED) => {
@@ -157,19 +165,63 @@ pub async fn append(
     Ok(event)
 }
 
+/// An id given as one kind of target (`--variant-id`) that names the other (a job): said as
+/// such, with the flag it belongs in, rather than as an unknown target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{id} is a {is}, not a {asked}: use --{is}-id")]
+pub struct WrongKind {
+    /// The id given.
+    pub id: Uuid,
+    /// What it names: `job` or `variant`.
+    pub is: &'static str,
+    /// What it was given as.
+    pub asked: &'static str,
+}
+
+impl WrongKind {
+    /// `Some` when `id`, unknown as a `asked` (`job` or `variant`), names a target of the other
+    /// kind: a row of the pipeline's tables, or events in the log.
+    pub async fn check(
+        conn: &mut PgConnection,
+        asked: &'static str,
+        id: Uuid,
+    ) -> Result<Option<WrongKind>, sqlx::Error> {
+        let (is, sql) = match asked {
+            "variant" => (
+                "job",
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
+                     OR EXISTS (SELECT 1 FROM retry_history WHERE job_id = $1)",
+            ),
+            _ => (
+                "variant",
+                "SELECT EXISTS (SELECT 1 FROM jobs_variants WHERE job_variants_id = $1)
+                     OR EXISTS (SELECT 1 FROM retry_history WHERE job_variants_id = $1)",
+            ),
+        };
+        let other: bool = sqlx::query_scalar(sql).bind(id).fetch_one(conn).await?;
+        Ok(other.then_some(WrongKind { id, is, asked }))
+    }
+}
+
 /// Why a read of the log could not answer.
 #[derive(Debug, Error)]
 pub enum ReadError {
     /// Neither the pipeline tables nor the log know the id.
     #[error("unknown {kind} {id}: no such row and no retries recorded for it")]
     UnknownTarget { kind: &'static str, id: Uuid },
+    /// The id names a target of the other kind.
+    #[error(transparent)]
+    WrongKind(#[from] WrongKind),
     #[error("database error while reading the retry log")]
     Database(#[from] sqlx::Error),
 }
 
 impl CallerMistake for ReadError {
     fn is_caller_mistake(&self) -> bool {
-        matches!(self, ReadError::UnknownTarget { .. })
+        matches!(
+            self,
+            ReadError::UnknownTarget { .. } | ReadError::WrongKind(_)
+        )
     }
 }
 
@@ -291,6 +343,9 @@ pub async fn load_job_history_filtered(
         .fetch_one(&mut *conn)
         .await?;
         if !known {
+            if let Some(wrong) = WrongKind::check(conn, "job", job_id).await? {
+                return Err(wrong.into());
+            }
             return Err(ReadError::UnknownTarget {
                 kind: "job",
                 id: job_id,
@@ -344,6 +399,9 @@ pub async fn load_variant_history_filtered(
         .fetch_one(&mut *conn)
         .await?;
         if !logged {
+            if let Some(wrong) = WrongKind::check(conn, "variant", job_variants_id).await? {
+                return Err(wrong.into());
+            }
             return Err(ReadError::UnknownTarget {
                 kind: "variant",
                 id: job_variants_id,

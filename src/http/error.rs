@@ -54,12 +54,14 @@ impl From<anyhow::Error> for Error {
             return database_unavailable(lost);
         }
         for cause in error.chain() {
+            // An id of the other kind is not found as the kind asked either (as record_retry's
+            // RL001 says), with the parameter it belongs in.
             let unknown = matches!(
                 cause.downcast_ref::<ReadError>(),
-                Some(ReadError::UnknownTarget { .. })
+                Some(ReadError::UnknownTarget { .. } | ReadError::WrongKind(_))
             ) || matches!(
                 cause.downcast_ref::<ManualRecoveryError>(),
-                Some(ManualRecoveryError::UnknownTarget { .. })
+                Some(ManualRecoveryError::UnknownTarget { .. } | ManualRecoveryError::WrongKind(_))
             ) || matches!(
                 cause.downcast_ref::<AppendError>(),
                 Some(AppendError::UnknownTarget(_))

@@ -436,6 +436,105 @@ async fn record_for_an_unknown_variant_names_it_on_one_line(pool: PgPool) {
     .await;
 }
 
+/// A job's id given to --variant-id (or a variant's to --job-id) is said to be one, with the
+/// flag it belongs in, by every command that takes a target — not "unknown variant". Through
+/// the SQL door the same refusal is RL001, its COLUMN the parameter the id belongs in.
+#[sqlx::test(migrations = false)]
+async fn an_id_of_the_other_kind_of_target_is_said_to_be_one_with_the_flag_it_belongs_in(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let (job_a, a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+    let a_job = format!("retrylog: {job_a} is a job, not a variant: use --job-id");
+    let a_variant = format!("retrylog: {a2} is a variant, not a job: use --variant-id");
+    let cases: [(&[&str], String); 7] = [
+        (&["history", "--variant-id", &job_a], a_job.clone()),
+        (&["history", "--job-id", &a2], a_variant.clone()),
+        (
+            &["recover", "--variant-id", &job_a, "--note", "x"],
+            a_job.clone(),
+        ),
+        (
+            &["recover", "--job-id", &a2, "--note", "x"],
+            a_variant.clone(),
+        ),
+        (
+            &[
+                "record",
+                "--job-id",
+                &job_a,
+                "--variant-id",
+                &job_a,
+                "--reason",
+                "stuck",
+            ],
+            a_job.clone(),
+        ),
+        (
+            &[
+                "record",
+                "--job-id",
+                &JOB_B.to_string(),
+                "--variant-id",
+                &job_a,
+                "--reason",
+                "stuck",
+            ],
+            a_job,
+        ),
+        (
+            &["record", "--job-id", &a2, "--reason", "failed"],
+            format!("retrylog: {a2} is a variant of job {job_a}, not a job: use --variant-id"),
+        ),
+    ];
+    for (args, line) in cases {
+        assert_user_mistake(&pool, args, &[]).await;
+        let run = retrylog(&pool, args).await;
+        assert_eq!(run.only_problem_line(), line, "{args:?}");
+    }
+    // A job known only to the log (its row deleted) is still a job.
+    sqlx::query("DELETE FROM jobs_variants WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    append_ok(&pool, &retry(job(JOB_B))).await;
+    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = retrylog(&pool, &["history", "--variant-id", &JOB_B.to_string()]).await;
+    assert_eq!(
+        run.only_problem_line(),
+        format!("retrylog: {JOB_B} is a job, not a variant: use --job-id")
+    );
+
+    // The SQL door: RL001, the id's kind said, COLUMN the parameter it belongs in.
+    let error =
+        sqlx::query("SELECT record_retry(job_id => $1, job_variants_id => $1, reason => 'stuck')")
+            .bind(JOB_A)
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    let db = error.as_database_error().unwrap();
+    let pg = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .unwrap();
+    assert_eq!(
+        (pg.code(), pg.message(), pg.column()),
+        (
+            "RL001",
+            format!("{JOB_A} is a job, not a variant").as_str(),
+            Some("job_id")
+        )
+    );
+    assert_eq!(
+        pg.hint(),
+        Some("pass it as job_id, with job_variants_id NULL")
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn record_for_a_variant_of_another_job_names_both_on_one_line(pool: PgPool) {
     pipeline(&pool).await;
