@@ -222,11 +222,16 @@ BEGIN
     retry_limit := least(retry_limit, record_retry.max_retries);
     IF retry_limit IS NOT NULL AND cur_count >= retry_limit THEN
         IF NOT coalesce(force, false) THEN
+            -- The hint is for SQL callers: the documented way (recover, which changes the
+            -- status and records the event together), and the forced append for a state
+            -- change made elsewhere. The CLI and the API say their own way instead.
             RAISE EXCEPTION 'retry limit reached: % has % retries (limit %)',
                 target, cur_count, retry_limit USING ERRCODE = 'RL004',
-                HINT = 'an operator can still recover it: retrylog record --reason '
-                       'manual_recovery --force, or record_retry(..., reason => '
-                       '''manual_recovery'', force => true)';
+                HINT = format('an operator recovers it by hand: retrylog recover --%s-id %s '
+                              '--note ''why''; from SQL, record_retry(..., reason => '
+                              '''manual_recovery'', force => true) by a member of '
+                              'retrylog_operator records a recovery made elsewhere',
+                              split_part(target, ' ', 1), split_part(target, ' ', 2));
         END IF;
         detail := detail || jsonb_build_object('forced_past_limit', retry_limit);
     END IF;

@@ -188,7 +188,7 @@ pub fn append_refused(error: &AppendError) {
         AppendError::InvalidInput(_) => "invalid_input",
         AppendError::UnknownTarget(_) => "unknown_target",
         AppendError::WrongJob(_) => "wrong_job",
-        AppendError::LimitReached(_) => "limit_reached",
+        AppendError::LimitReached { .. } => "limit_reached",
         AppendError::EventIdReused(_) => "event_id_reused",
         AppendError::Conflict(_) => "conflict",
         AppendError::NotPermitted(_) => "not_permitted",

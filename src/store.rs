@@ -35,8 +35,16 @@ pub enum AppendError {
     #[error("{0}")]
     WrongJob(String),
     /// The target's retry_count already reached the retry limit (shared or the caller's).
-    #[error("{0}")]
-    LimitReached(String),
+    /// Said with the documented way past it, `retrylog recover` for the target (the API says
+    /// its own, `POST /api/v1/recover`).
+    #[error("{refusal}; an operator recovers it by hand: {}", recover_command(.target))]
+    LimitReached {
+        /// record_retry's message: the target, its count and the limit.
+        refusal: String,
+        /// The target, when the door knows it (`append` does; an error converted alone
+        /// does not).
+        target: Option<Target>,
+    },
     /// The event_id is already recorded for another target.
     #[error("{0}")]
     EventIdReused(String),
@@ -50,6 +58,20 @@ pub enum AppendError {
     /// Anything else: the database failed, not the input.
     #[error("database error while appending a retry")]
     Database(#[source] sqlx::Error),
+}
+
+/// `retrylog recover` for `target`, as the limit's refusal names it; the command alone when
+/// the target is not known.
+fn recover_command(target: &Option<Target>) -> String {
+    match target {
+        Some(Target::Job { job_id }) => {
+            format!("retrylog recover --job-id {job_id} --note \"why\"")
+        }
+        Some(Target::Variant {
+            job_variants_id, ..
+        }) => format!("retrylog recover --variant-id {job_variants_id} --note \"why\""),
+        None => "retrylog recover".into(),
+    }
 }
 
 impl CallerMistake for AppendError {
@@ -84,13 +106,11 @@ impl From<sqlx::Error> for AppendError {
                 _ => AppendError::UnknownTarget(message),
             },
             Some(sqlstate::WRONG_JOB) => AppendError::WrongJob(message),
-            // The limit's hint tells an operator how to recover the target anyway.
-            Some(sqlstate::LIMIT_REACHED) => {
-                let hint = sqlstate::hint(&error)
-                    .map(|hint| format!("; {hint}"))
-                    .unwrap_or_default();
-                AppendError::LimitReached(format!("{message}{hint}"))
-            }
+            // The SQL hint is for SQL callers; this door says the CLI's way (see Display).
+            Some(sqlstate::LIMIT_REACHED) => AppendError::LimitReached {
+                refusal: message,
+                target: None,
+            },
             Some(sqlstate::EVENT_ID_REUSED) => AppendError::EventIdReused(message),
             Some(sqlstate::INSUFFICIENT_PRIVILEGE) => AppendError::NotPermitted(message),
             Some(sqlstate::ATTEMPT_CONFLICT) => AppendError::Conflict(message),
@@ -161,7 +181,14 @@ pub async fn append(
         .bind(retry.force)
         .persistent(true)
         .fetch_one(&mut **tx)
-        .await?;
+        .await
+        .map_err(|error| match AppendError::from(error) {
+            AppendError::LimitReached { refusal, .. } => AppendError::LimitReached {
+                refusal,
+                target: Some(retry.target),
+            },
+            refused => refused,
+        })?;
     Ok(event)
 }
 

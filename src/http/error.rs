@@ -9,6 +9,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::cmd::{exit, one_line};
+use crate::event::Target;
 use crate::recovery::ManualRecoveryError;
 use crate::store::{AppendError, ReadError};
 
@@ -54,6 +55,13 @@ impl From<anyhow::Error> for Error {
             return database_unavailable(lost);
         }
         for cause in error.chain() {
+            // The limit: the API's way past it, not the CLI's.
+            if let Some(AppendError::LimitReached { refusal, target }) = cause.downcast_ref() {
+                return Error::BadRequest(format!(
+                    "{refusal}; an operator recovers it by hand: {}",
+                    recover_request(target)
+                ));
+            }
             // An id of the other kind is not found as the kind asked either (as record_retry's
             // RL001 says), with the parameter it belongs in.
             let unknown = matches!(
@@ -94,6 +102,18 @@ impl From<sqlx::Error> for Error {
         }
         Error::Internal(error.into())
     }
+}
+
+/// `POST /api/v1/recover` for `target`, as the API's refusal at the limit names it.
+fn recover_request(target: &Option<Target>) -> String {
+    let body = match target {
+        Some(Target::Job { job_id }) => format!(r#" with {{"job_id": "{job_id}", "note": "why"}}"#),
+        Some(Target::Variant {
+            job_variants_id, ..
+        }) => format!(r#" with {{"variant_id": "{job_variants_id}", "note": "why"}}"#),
+        None => String::new(),
+    };
+    format!("POST /api/v1/recover{body}")
 }
 
 /// 503: the database gave no connection within `--db-timeout`, or the session was lost.

@@ -643,6 +643,94 @@ async fn record_past_the_limit_says_so_on_one_line(pool: PgPool) {
     .await;
 }
 
+/// The refusal at the limit points to `retrylog recover`, the documented way, for the target
+/// itself, and the command runs as printed once the note says why; a SQL caller's hint names
+/// it and the forced append, and the API names its own recover with the body to send.
+#[sqlx::test(migrations = false)]
+async fn the_limits_refusal_names_retrylog_recover_for_the_target_which_runs_as_printed(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let a2 = variant(JOB_A, VARIANT_A2);
+    append_n(&pool, a2, 3).await;
+    let (job_a, variant_a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+    let refused = retrylog(
+        &pool,
+        &[
+            "record",
+            "--job-id",
+            &job_a,
+            "--variant-id",
+            &variant_a2,
+            "--reason",
+            "failed",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, Some(2), "{refused:#?}");
+    let command = format!("retrylog recover --variant-id {variant_a2} --note \"why\"");
+    assert_eq!(
+        refused.only_problem_line(),
+        format!(
+            "retrylog: retry limit reached: variant {variant_a2} has 3 retries (limit 3); an \
+             operator recovers it by hand: {command}"
+        )
+    );
+
+    // The SQL door's hint: the same command, and the forced append for SQL callers.
+    let error = record_via_sql(&mut pool.acquire().await.unwrap(), a2, "failed")
+        .await
+        .unwrap_err();
+    let hint = error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|pg| pg.hint())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        hint,
+        format!(
+            "an operator recovers it by hand: retrylog recover --variant-id {variant_a2} --note \
+             'why'; from SQL, record_retry(..., reason => 'manual_recovery', force => true) by a \
+             member of retrylog_operator records a recovery made elsewhere"
+        )
+    );
+
+    // The API names its own way, with the body to send; sent, it recovers the target.
+    let api = router(&pool, true);
+    let body = json!({"job_id": JOB_A, "variant_id": VARIANT_A2, "reason": "failed"});
+    let answer = call(&api, "/api/v1/record", Some(ADMIN), Some(body), &[]).await;
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.json);
+    assert_eq!(
+        answer.json["error"],
+        format!(
+            "retry limit reached: variant {variant_a2} has 3 retries (limit 3); an operator \
+             recovers it by hand: POST /api/v1/recover with {{\"variant_id\": \"{variant_a2}\", \
+             \"note\": \"why\"}}"
+        )
+    );
+
+    // The command as printed (the program's path for `retrylog`) recovers the target.
+    let line = command.replacen(
+        "retrylog",
+        &format!(
+            "'{}' --database-url '{}'",
+            env!("CARGO_BIN_EXE_retrylog"),
+            database_url(&pool).await
+        ),
+        1,
+    );
+    let ran = tokio::process::Command::new("sh")
+        .args(["-c", &line])
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(ran.status.success(), "{line}: {ran:?}");
+    assert_eq!(retry_count(&pool, a2).await, 4);
+    assert_verify_clean(&pool).await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn record_with_a_stale_expected_attempt_says_so_on_one_line(pool: PgPool) {
     pipeline(&pool).await;
