@@ -59,7 +59,8 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Print tables at their full width even on a terminal (by default a table on a terminal
-    /// is fitted to its width, long cells wrapped and elided; pipes always get full values).
+    /// is fitted to its width: headers wrapped, long cells elided, never an id; a table that
+    /// cannot fit its ids becomes one record per row; pipes always get full values).
     #[arg(long, global = true)]
     pub wide: bool,
 

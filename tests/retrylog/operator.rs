@@ -99,6 +99,56 @@ async fn history_fits_a_100_column_terminal_while_wide_and_pipes_keep_every_valu
     assert!(widest(&piped.stdout) > 300);
 }
 
+/// Ids are never cut on a terminal: other columns give way (headers wrap, long cells are cut),
+/// and a table that cannot fit its ids becomes one record per row with the ids whole; a narrow
+/// table whose headers are long (`report stats`) stays a table on 80 columns.
+#[sqlx::test(migrations = false)]
+async fn ids_are_never_cut_on_a_terminal_and_a_narrow_table_stays_a_table(pool: PgPool) {
+    pipeline(&pool).await;
+    append_n(&pool, job(JOB_A), 2).await;
+    append_n(&pool, variant(JOB_A, VARIANT_A2), 3).await;
+    let url = database_url(&pool).await;
+    let on = |columns: u16, report: &'static str| {
+        let url = url.clone();
+        async move { on_a_terminal(columns, &["--database-url", &url, "report", report]).await }
+    };
+    let (job_a, a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+
+    // top-jobs on 100 columns: a table whose id is whole (it was cut to `0a000000-0000-40…`).
+    let jobs = on(100, "top-jobs").await;
+    assert!(jobs.starts_with('┌'), "{jobs}");
+    assert!(widest(&jobs) <= 100, "wider than 100:\n{jobs}");
+    assert!(
+        jobs.lines()
+            .any(|line| line.starts_with(&format!("│ {job_a} ┆"))),
+        "{jobs}"
+    );
+
+    // top-variants cannot fit two ids and six columns in 100: records, both ids whole.
+    let variants = on(100, "top-variants").await;
+    assert!(variants.starts_with("─[ 1 ]"), "{variants}");
+    for line in [
+        format!("job_variants_id  │ {a2}"),
+        format!("job_id           │ {job_a}"),
+    ] {
+        assert!(variants.lines().any(|shown| shown == line), "{variants}");
+    }
+
+    // stats on 80: still a table, its long headers wrapped at `_`, every count shown.
+    let stats = on(80, "stats").await;
+    assert!(stats.starts_with('┌'), "a table, not records:\n{stats}");
+    assert!(widest(&stats) <= 80, "wider than 80:\n{stats}");
+    assert!(!stats.contains('…'), "nothing cut:\n{stats}");
+    assert!(
+        stats.lines().any(|line| line.starts_with("│ variant ┆ 4 ")),
+        "{stats}"
+    );
+    for piece in ["avg_", "retry_", "count"] {
+        assert!(stats.contains(piece), "{stats}");
+    }
+    assert!(!stats.contains('\u{1b}'), "{stats}");
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_trend_table_shows_the_rows_with_data_and_counts_the_rest_json_keeps_the_grid(
     pool: PgPool,
