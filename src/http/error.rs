@@ -1,7 +1,8 @@
 //! How the HTTP layer answers a refusal or a fault: the library's own answer to "whose
 //! mistake?" (`error::CallerMistake`) picks 4xx or 5xx, and the message is the one the CLI
-//! prints. A fault is logged with its whole chain and shown to the client only as "internal
-//! error".
+//! prints, in the API's terms: each `--flag` read as its query parameter or JSON key
+//! (`flags::parameter_terms`). A fault is logged with its whole chain and shown to the client
+//! only as "internal error".
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -126,8 +127,15 @@ fn database_unavailable(error: &sqlx::Error) -> Error {
 pub const RETRY_AFTER_SECONDS: &str = "5";
 
 impl Error {
-    /// The status and what the client may read; a fault is logged here.
+    /// The status and what the client may read, naming parameters and keys where the CLI's
+    /// message named flags; a fault is logged here.
     pub fn status_and_message(self) -> (StatusCode, String) {
+        let (status, message) = self.status_and_cli_message();
+        (status, super::flags::parameter_terms(&message))
+    }
+
+    /// The status and the message as the library wrote it, for the CLI.
+    fn status_and_cli_message(self) -> (StatusCode, String) {
         match self {
             Error::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Error::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message),

@@ -95,41 +95,125 @@ async fn every_report_answers_the_rows_the_cli_prints_for_the_same_flags(pool: P
     }
 }
 
+/// A bad parameter is a 400 with the CLI's message in the API's terms: the query parameter
+/// or JSON key where the CLI names its flag (`since`, not `--since`; `limit`, not `--limit
+/// <LIMIT>`), whether the message is clap's or the library's.
 #[sqlx::test(migrations = false)]
-async fn a_bad_parameter_is_a_400_with_the_clis_message(pool: PgPool) {
+async fn a_bad_parameter_is_a_400_with_the_clis_message_naming_the_parameter(pool: PgPool) {
     audited(&pool).await;
     let api = router(&pool, true);
-    let cases: [(&str, &[&str]); 4] = [
-        ("/api/v1/reports/stats?since=soonish", &["report", "stats", "--since", "soonish"]),
-        ("/api/v1/reports/trend?bucket=hour&since=3000d", &["report", "trend", "--bucket", "hour", "--since", "3000d"]),
+    // The URI, the same flags on the command line, and each flag's parameter.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
+        ("/api/v1/reports/stats?since=soonish", &["report", "stats", "--since", "soonish"], &[("--since", "since")]),
+        ("/api/v1/reports/trend?bucket=hour&since=3000d", &["report", "trend", "--bucket", "hour", "--since", "3000d"],
+         &[("--bucket", "bucket"), ("--since", "since")]),
         ("/api/v1/history?job_id=0a000000-0000-4000-8000-000000000000&since=2026-02-01&until=2026-01-01",
-         &["history", "--job-id", "0a000000-0000-4000-8000-000000000000", "--since", "2026-02-01", "--until", "2026-01-01"]),
-        ("/api/v1/reports/alerts?as_of=next+week", &["report", "alerts", "--as-of", "next week"]),
+         &["history", "--job-id", "0a000000-0000-4000-8000-000000000000", "--since", "2026-02-01", "--until", "2026-01-01"],
+         &[("--since", "since"), ("--until", "until")]),
+        ("/api/v1/reports/alerts?as_of=next+week", &["report", "alerts", "--as-of", "next week"], &[("--as-of", "as_of")]),
     ];
-    for (uri, args) in cases {
+    for (uri, args, flags) in cases {
         let answer = get(&api, uri).await;
         let run = retrylog(&pool, args).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(run.code, Some(2), "{run:#?}");
-        assert_eq!(answer.json["error"], cli_message(&run), "{uri}");
+        let cli = cli_message(&run);
+        let mut api_terms = cli.clone();
+        for (flag, parameter) in flags {
+            assert!(cli.contains(flag), "{cli}");
+            api_terms = api_terms.replace(flag, parameter);
+        }
+        assert_eq!(answer.json["error"], api_terms, "{uri}");
     }
-    // Flags clap refuses, and parameters the API does not take.
-    for uri in [
-        "/api/v1/reports/top-jobs?limit=0",
-        "/api/v1/reports/top-jobs?colour=blue",
-        "/api/v1/reports/top-jobs?format=csv",
-        "/api/v1/history",
-        "/api/v1/history?job_id=not-a-uuid",
+    // Flags clap refuses, parameters the API does not take, a history without its target.
+    for (uri, message) in [
+        (
+            "/api/v1/reports/top-jobs?limit=0",
+            "invalid value '0' for 'limit': 0 is not in 1..9223372036854775807",
+        ),
+        (
+            "/api/v1/reports/top-jobs?colour=blue",
+            "unknown parameter \"colour\"",
+        ),
+        (
+            "/api/v1/reports/top-jobs?format=csv",
+            "unknown parameter \"format\"",
+        ),
+        (
+            "/api/v1/reports/top-jobs?limt=3",
+            "unknown parameter \"limt\" (a similar one exists: limit)",
+        ),
+        (
+            "/api/v1/reports/trend?bucket=year",
+            "invalid value 'year' for 'bucket' [possible values: hour, day, week]",
+        ),
+        (
+            "/api/v1/history",
+            "history needs a target: give the parameter job_id or variant_id",
+        ),
+        (
+            "/api/v1/history?reason=stuck",
+            "history needs a target: give the parameter job_id or variant_id",
+        ),
     ] {
         let answer = get(&api, uri).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
-        assert!(!answer.json["error"].as_str().unwrap().is_empty(), "{uri}");
+        assert_eq!(answer.json["error"], message, "{uri}");
     }
-    let answer = get(&api, "/api/v1/reports/top-jobs?limit=0").await;
+    let answer = get(&api, "/api/v1/history?job_id=not-a-uuid").await;
+    let error = answer.json["error"].as_str().unwrap();
     assert!(
-        answer.json["error"].as_str().unwrap().contains("--limit"),
-        "{}",
-        answer.json
+        error.starts_with("invalid value 'not-a-uuid' for 'job_id': "),
+        "{error}"
+    );
+
+    // The JSON bodies' keys likewise; an id of the other kind names the key it belongs in.
+    let record = call(
+        &api,
+        "/api/v1/record",
+        Some(ADMIN),
+        Some(json!({"job_id": JOB_A, "variant_id": JOB_A, "reason": "stuck"})),
+        &[],
+    )
+    .await;
+    assert_eq!(record.status, StatusCode::NOT_FOUND, "{}", record.json);
+    assert_eq!(
+        record.json["error"],
+        format!("{JOB_A} is a job, not a variant: use job_id")
+    );
+    let recover = call(
+        &api,
+        "/api/v1/recover",
+        Some(ADMIN),
+        Some(json!({"variant_id": JOB_B, "note": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        recover.json["error"],
+        format!("{JOB_B} is a job, not a variant: use job_id")
+    );
+    sqlx::query("UPDATE jobs SET status = 'done' WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let recover = call(
+        &api,
+        "/api/v1/recover",
+        Some(ADMIN),
+        Some(json!({"job_id": JOB_B, "note": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(recover.status, StatusCode::BAD_REQUEST, "{}", recover.json);
+    assert_eq!(
+        recover.json["error"],
+        format!(
+            "job {JOB_B} is done: a recovery by hand changes only running or failed jobs (name \
+             the status with to_status to set another)"
+        )
     );
 }
 
@@ -322,7 +406,7 @@ async fn bad_bodies_are_400_and_write_nothing(pool: PgPool) {
         (
             "/api/v1/recover",
             json!({"variant_id": VARIANT_A2, "note": "  "}),
-            "a recovery needs a note saying why (--note): it is empty",
+            "a recovery needs a note saying why (note): it is empty",
         ),
         (
             "/api/v1/recover",
