@@ -17,12 +17,41 @@ use super::Error;
 /// Flags the API fixes itself: it always answers JSON, in the response.
 const NOT_PARAMETERS: &[&str] = &["format", "output"];
 
+/// Why parameters could not be read as flags: the API's message, and for a page's form the
+/// parameter, the value and what is wrong with it, when clap says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The API's message (`invalid value '0' for 'limit': …`).
+    pub message: String,
+    /// The parameter refused, when one is.
+    pub parameter: Option<String>,
+    /// What is wrong with its value, in a form's terms (`"year" is not one of hour, day,
+    /// week`); `None` when the parameter itself is (unknown, repeated).
+    pub problem: Option<String>,
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Self {
+        Error::BadRequest(refusal.message)
+    }
+}
+
 /// Parses `params` as the flags of `A` (`as_of` → `--as-of`).
 pub fn parse<A: Args + FromArgMatches>(params: &[(String, String)]) -> Result<A, Error> {
+    Ok(try_parse(params)?)
+}
+
+/// [`parse`], saying which parameter was refused and why: for a page, which shows the
+/// refusal beside the field.
+pub fn try_parse<A: Args + FromArgMatches>(params: &[(String, String)]) -> Result<A, Refusal> {
     let mut args = Vec::with_capacity(params.len());
     for (name, value) in params {
         if NOT_PARAMETERS.contains(&name.as_str()) || name.starts_with('-') {
-            return Err(Error::BadRequest(format!("unknown parameter \"{name}\"")));
+            return Err(Refusal {
+                message: format!("unknown parameter \"{name}\""),
+                parameter: Some(name.clone()),
+                problem: None,
+            });
         }
         // `--name=value`: a value starting with '-' stays a value.
         args.push(format!("--{}={value}", name.replace('_', "-")));
@@ -35,12 +64,56 @@ pub fn parse<A: Args + FromArgMatches>(params: &[(String, String)]) -> Result<A,
             .disable_help_flag(true),
     );
     command.build();
+    let refusal = |error: clap::Error| Refusal {
+        message: in_parameter_terms(&error, &command),
+        parameter: parameters(error.get(ContextKind::InvalidArg))
+            .into_iter()
+            .next(),
+        problem: value_problem(&error),
+    };
     let matches = command
         .clone()
         .try_get_matches_from(args)
-        .map_err(|error| Error::BadRequest(in_parameter_terms(&error, &command)))?;
-    A::from_arg_matches(&matches)
-        .map_err(|error| Error::BadRequest(in_parameter_terms(&error, &command)))
+        .map_err(refusal)?;
+    A::from_arg_matches(&matches).map_err(refusal)
+}
+
+/// What is wrong with the value clap refused, in a form's terms: `"year" is not one of hour,
+/// day, week`, `"0" is not in 1..2147483647`; `None` when clap refused no value.
+fn value_problem(error: &clap::Error) -> Option<String> {
+    let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else {
+        return None;
+    };
+    let shown = crate::text::escape(value, 40);
+    if let Some(ContextValue::Strings(valid)) = error.get(ContextKind::ValidValue) {
+        return Some(format!("\"{shown}\" is not one of {}", valid.join(", ")));
+    }
+    let why = std::error::Error::source(error)
+        .map(|source| source.to_string())
+        .unwrap_or_else(|| "is not valid".into());
+    // A validator's message often starts with the value (`0 is not in 1..=2147483647`); a
+    // range open above reads as a lower bound.
+    let Some(rest) = why.strip_prefix(value.as_str()) else {
+        return Some(format!("\"{shown}\" is not valid: {why}"));
+    };
+    let lower_bound = rest
+        .strip_prefix(" is not in ")
+        .and_then(|range| range.split_once(".."))
+        .filter(|(_, upper)| {
+            let upper = upper.trim_start_matches('=');
+            [
+                i32::MAX.to_string(),
+                i64::MAX.to_string(),
+                u32::MAX.to_string(),
+            ]
+            .iter()
+            .any(|max| max == upper)
+        })
+        .map(|(lower, _)| lower.to_string());
+    Some(match lower_bound {
+        Some(lower) => format!("\"{shown}\" is less than {lower}"),
+        None => format!("\"{shown}\"{rest}"),
+    })
 }
 
 /// A flag as clap names it (`--limit <LIMIT>`, `--non-empty`) as the parameter (`limit`).
