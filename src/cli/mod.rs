@@ -36,9 +36,10 @@ pub use report::{
 /// unnamed default `retrylog` too); every other command exits 69 on one.
 ///
 /// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
-/// unknown reason or target, invalid JSON, a refused retry); 3 `report alerts` listed
-/// something; 69 no database reachable, or the one named does not exist; 70 any other failure.
-/// A closed pipe (`| head`) ends a command quietly with 0.
+/// unknown reason or target, invalid JSON, a refused retry) or a role without the capability
+/// the command needs (the message names the grant); 3 `report alerts` listed something; 69
+/// no database reachable, or the one named does not exist; 70 any other failure. A closed
+/// pipe (`| head`) ends a command quietly with 0.
 #[derive(Debug, Parser)]
 #[command(name = "retrylog", version, max_term_width = 100)]
 pub struct Cli {
