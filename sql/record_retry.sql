@@ -6,7 +6,8 @@
 -- (docs/architecture.md has the table, with the Rust error and CLI exit of each):
 --   22023  invalid input (reason, step, actor, status, detail, occurred_at, force, ...)
 --   42501  force by a role without the operator capability
---   RL001  unknown target (no such job or variant)
+--   RL001  unknown target (no such job or variant); when the id names a target of the other
+--          kind, the message says so and COLUMN names the parameter it belongs in
 --   RL002  the variant belongs to another job
 --   RL004  the target reached the retry limit (the shared one or the caller's)
 --   RL005  event_id already recorded for another target
@@ -142,6 +143,15 @@ BEGIN
           FROM jobs j WHERE j.job_id = record_retry.job_id
            FOR NO KEY UPDATE;
         IF NOT FOUND THEN
+            -- A variant's id passed as job_id: say so (only on this error path, so no append
+            -- pays for it). COLUMN names the parameter the id belongs in, for every door.
+            SELECT v.job_id INTO owner_job
+              FROM jobs_variants v WHERE v.job_variants_id = record_retry.job_id;
+            IF FOUND THEN
+                RAISE EXCEPTION '% is a variant of job %, not a job', record_retry.job_id,
+                    owner_job USING ERRCODE = 'RL001', COLUMN = 'job_variants_id',
+                    HINT = 'pass it as job_variants_id, and its job as job_id';
+            END IF;
             RAISE EXCEPTION 'unknown job %', record_retry.job_id USING ERRCODE = 'RL001';
         END IF;
     ELSE
@@ -151,6 +161,12 @@ BEGIN
           FROM jobs_variants v WHERE v.job_variants_id = record_retry.job_variants_id
            FOR NO KEY UPDATE;
         IF NOT FOUND THEN
+            -- A job's id passed as job_variants_id: say so, as above.
+            IF EXISTS (SELECT 1 FROM jobs j WHERE j.job_id = record_retry.job_variants_id) THEN
+                RAISE EXCEPTION '% is a job, not a variant', record_retry.job_variants_id
+                    USING ERRCODE = 'RL001', COLUMN = 'job_id',
+                    HINT = 'pass it as job_id, with job_variants_id NULL';
+            END IF;
             RAISE EXCEPTION 'unknown variant %', record_retry.job_variants_id
                 USING ERRCODE = 'RL001';
         END IF;
@@ -206,11 +222,16 @@ BEGIN
     retry_limit := least(retry_limit, record_retry.max_retries);
     IF retry_limit IS NOT NULL AND cur_count >= retry_limit THEN
         IF NOT coalesce(force, false) THEN
+            -- The hint is for SQL callers: the documented way (recover, which changes the
+            -- status and records the event together), and the forced append for a state
+            -- change made elsewhere. The CLI and the API say their own way instead.
             RAISE EXCEPTION 'retry limit reached: % has % retries (limit %)',
                 target, cur_count, retry_limit USING ERRCODE = 'RL004',
-                HINT = 'an operator can still recover it: retrylog record --reason '
-                       'manual_recovery --force, or record_retry(..., reason => '
-                       '''manual_recovery'', force => true)';
+                HINT = format('an operator recovers it by hand: retrylog recover --%s-id %s '
+                              '--note ''why''; from SQL, record_retry(..., reason => '
+                              '''manual_recovery'', force => true) by a member of '
+                              'retrylog_operator records a recovery made elsewhere',
+                              split_part(target, ' ', 1), split_part(target, ' ', 2));
         END IF;
         detail := detail || jsonb_build_object('forced_past_limit', retry_limit);
     END IF;

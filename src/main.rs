@@ -50,6 +50,8 @@ async fn main() -> ExitCode {
     }
     match cmd::run(cli).await {
         Ok(code) => code,
+        // `| head`: the reader closed the pipe; nothing went wrong that anyone needs told.
+        Err(error) if cmd::exit::closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             let line = cmd::one_line(&error);
             match log_format {

@@ -188,7 +188,7 @@ pub fn append_refused(error: &AppendError) {
         AppendError::InvalidInput(_) => "invalid_input",
         AppendError::UnknownTarget(_) => "unknown_target",
         AppendError::WrongJob(_) => "wrong_job",
-        AppendError::LimitReached(_) => "limit_reached",
+        AppendError::LimitReached { .. } => "limit_reached",
         AppendError::EventIdReused(_) => "event_id_reused",
         AppendError::Conflict(_) => "conflict",
         AppendError::NotPermitted(_) => "not_permitted",
@@ -202,7 +202,10 @@ pub fn recovery_refused(error: &ManualRecoveryError) {
     let cause = match error {
         ManualRecoveryError::EmptyNote | ManualRecoveryError::NoteTooLong(_) => "invalid_note",
         ManualRecoveryError::UnknownStatus(_) => "invalid_input",
-        ManualRecoveryError::UnknownTarget { .. } => "unknown_target",
+        // An id of the other kind is an unknown target of the kind asked, as record counts it.
+        ManualRecoveryError::UnknownTarget { .. } | ManualRecoveryError::WrongKind(_) => {
+            "unknown_target"
+        }
         ManualRecoveryError::NotRecoverable { .. } => "not_recoverable",
         ManualRecoveryError::Refused(append) => return append_refused(append),
         ManualRecoveryError::Database(_) => return,

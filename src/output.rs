@@ -1,8 +1,11 @@
 //! Printing data: the same rows as a human table, JSON (an array of objects keyed by column
 //! name, for scripts) or CSV. A table printed on a terminal is fitted to its width unless
-//! `--wide`: the widest columns are cut (`…`), and a table with too many columns for the width
-//! becomes one record per row, like psql's expanded display. Anything else (a pipe, a file)
-//! gets every value whole.
+//! `--wide`: headers wrap at their `_`, the widest columns other than ids are cut (`…`), and a
+//! table that cannot fit its ids (or too many columns) becomes one record per row, like psql's
+//! expanded display. Ids are never cut, in a table or a record: a column is an id when its
+//! name is one of [`ID_COLUMNS`] (`job_id`, `job_variants_id`, `event_id`, `id`, and `target`,
+//! which reads `variant <uuid>`), the names every table of retrylog gives its ids. Anything
+//! else (a pipe, a file) gets every value whole.
 //!
 //! A table is for people: every cell shows control, bidirectional and zero-width characters
 //! escaped (`text::for_table`), wherever it goes — a `detail`, or a pipeline's own row, may
@@ -81,7 +84,7 @@ impl Rows {
                     .collect();
                 match width.map(|width| fit(&self.columns, &cells, usize::from(width))) {
                     None | Some(Fit::Whole) => self.write_table(&cells, None, out),
-                    Some(Fit::Capped(cap)) => self.write_table(&cells, Some(cap), out),
+                    Some(Fit::Columns(widths)) => self.write_table(&cells, Some(&widths), out),
                     Some(Fit::Records(width)) => self.write_records(&cells, width, out),
                 }
             }
@@ -91,9 +94,11 @@ impl Rows {
             }
             Format::Csv => {
                 let mut writer = csv::Writer::from_writer(out);
-                writer.write_record(&self.columns)?;
+                writer.write_record(&self.columns).map_err(csv_io)?;
                 for row in &self.rows {
-                    writer.write_record(row.iter().map(csv_cell))?;
+                    writer
+                        .write_record(row.iter().map(csv_cell))
+                        .map_err(csv_io)?;
                 }
                 writer.flush()
             }
@@ -103,20 +108,24 @@ impl Rows {
     /// The rows as `--format json` prints them (and the HTTP API answers): an array of
     /// objects keyed by column name.
     pub fn to_json(&self) -> Value {
-        let objects: Vec<Value> = self
-            .rows
+        Value::Array(
+            (0..self.rows.len())
+                .filter_map(|i| self.object(i))
+                .collect(),
+        )
+    }
+
+    /// Row `index` as one object keyed by column name (the element of [`Rows::to_json`]):
+    /// what the API answers for a write, which stores one event.
+    pub fn object(&self, index: usize) -> Option<Value> {
+        let row = self.rows.get(index)?;
+        let object: Map<String, Value> = self
+            .columns
             .iter()
-            .map(|row| {
-                let object: Map<String, Value> = self
-                    .columns
-                    .iter()
-                    .map(|column| column.to_string())
-                    .zip(row.iter().cloned())
-                    .collect();
-                Value::Object(object)
-            })
+            .map(|column| column.to_string())
+            .zip(row.iter().cloned())
             .collect();
-        Value::Array(objects)
+        Some(Value::Object(object))
     }
 
     /// Prints the rows on stdout: a table fitted to the terminal (see [`fit_tables`]).
@@ -125,25 +134,33 @@ impl Rows {
         self.write_fitted(format, width, &mut std::io::stdout().lock())
     }
 
-    /// The table, each cell cut to `cap` characters (`…` where cut) when given.
+    /// The table; with `widths`, each column that wide: headers wrapped at `_`, the cells of
+    /// every column but an id cut (`…` where cut).
     fn write_table(
         &self,
         cells: &[Vec<String>],
-        cap: Option<usize>,
+        widths: Option<&[usize]>,
         out: &mut impl Write,
     ) -> std::io::Result<()> {
-        let cut = |text: &str| cap.map_or_else(|| text.to_string(), |cap| elide(text, cap));
         let mut table = comfy_table::Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
-        table.set_header(self.columns.iter().map(|column| cut(column)));
+        table.set_header(self.columns.iter().enumerate().map(|(i, column)| {
+            widths.map_or_else(
+                || column.to_string(),
+                |widths| wrap_header(column, widths[i]),
+            )
+        }));
         for row in cells {
-            table.add_row(row.iter().map(|cell| cut(cell)));
+            table.add_row(row.iter().enumerate().map(|(i, cell)| match widths {
+                Some(widths) if !is_id(self.columns[i]) => elide(cell, widths[i]),
+                _ => cell.clone(),
+            }));
         }
         writeln!(out, "{table}")
     }
 
     /// Each row as a record, one `column │ value` line per column (psql's expanded display),
-    /// values cut to what `width` leaves them.
+    /// values cut to what `width` leaves them, ids whole (the terminal wraps one too long).
     fn write_records(
         &self,
         cells: &[Vec<String>],
@@ -162,7 +179,11 @@ impl Rows {
             let rule = "─".repeat(width.saturating_sub(title.chars().count()));
             writeln!(out, "{title}{rule}")?;
             for (column, value) in self.columns.iter().zip(row) {
-                writeln!(out, "{column:<label$} │ {}", elide(value, room))?;
+                if is_id(column) {
+                    writeln!(out, "{column:<label$} │ {value}")?;
+                } else {
+                    writeln!(out, "{column:<label$} │ {}", elide(value, room))?;
+                }
             }
         }
         if cells.is_empty() {
@@ -172,48 +193,126 @@ impl Rows {
     }
 }
 
+/// The column names whose values are ids: UUIDs, or a target's label (`variant <uuid>`). An id
+/// cut with `…` cannot be searched for, pasted into `--variant-id` or told from its siblings
+/// (they share their first 30 characters), so ids are never cut on a terminal: other columns
+/// give way first, and a table that cannot fit its ids becomes records. The dashboard links
+/// the cells of the same columns to target pages.
+pub const ID_COLUMNS: &[&str] = &["job_id", "job_variants_id", "event_id", "id", "target"];
+
+/// Whether the column holds ids (see [`ID_COLUMNS`]).
+fn is_id(column: &str) -> bool {
+    ID_COLUMNS.contains(&column)
+}
+
 /// How a table meets a width.
 #[derive(Debug, PartialEq, Eq)]
 enum Fit {
     /// It fits as it is.
     Whole,
-    /// It fits with every cell cut to this many characters (the widest columns give way
-    /// first; none below [`MIN_FITTED_COLUMN`]).
-    Capped(usize),
-    /// Too many columns for the width: one record per row instead, this wide.
+    /// It fits with each column this wide: ids whole, headers wrapped at their `_`, the widest
+    /// other columns cut to a common cap (none below [`MIN_FITTED_COLUMN`]).
+    Columns(Vec<usize>),
+    /// Its ids, or its columns at their narrowest, do not fit: one record per row instead,
+    /// this wide.
     Records(usize),
 }
 
-/// The narrowest a capped column gets before the table turns into records.
+/// The narrowest a cut column gets before the table turns into records.
 const MIN_FITTED_COLUMN: usize = 12;
 
-/// How `columns` and `cells` fit into `width` characters: as they are, with the widest
-/// columns cut to a common cap, or as records.
-fn fit(columns: &[&str], cells: &[Vec<String>], width: usize) -> Fit {
-    let natural: Vec<usize> = columns
+/// A header's pieces, each ending after a `_` (`avg_`, `retry_`, `count`): where it may wrap.
+fn header_pieces(header: &str) -> Vec<&str> {
+    header.split_inclusive('_').collect()
+}
+
+/// `header` on lines at most `width` wide, broken after a `_`; a piece wider than `width`
+/// is cut.
+fn wrap_header(header: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in header_pieces(header) {
+        if !line.is_empty() && line.chars().count() + piece.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        line.push_str(piece);
+    }
+    lines.push(line);
+    lines
         .iter()
-        .enumerate()
-        .map(|(i, column)| {
+        .map(|line| elide(line, width.max(1)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How `columns` and `cells` fit into `width` characters: as they are; with headers wrapped,
+/// ids whole and the widest other columns cut to a common cap; or as records.
+fn fit(columns: &[&str], cells: &[Vec<String>], width: usize) -> Fit {
+    let count = columns.len();
+    let cell_width: Vec<usize> = (0..count)
+        .map(|i| {
             cells
                 .iter()
                 .map(|row| row[i].chars().count())
-                .chain(std::iter::once(column.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let header_width: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
+    let header_piece: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            header_pieces(c)
+                .iter()
+                .map(|piece| piece.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     // UTF8_FULL_CONDENSED: a border before each column and after the last, one space of
     // padding on each side of a cell.
-    let room = width.saturating_sub(3 * columns.len() + 1);
-    let needed = |cap: usize| natural.iter().map(|w| (*w).min(cap)).sum::<usize>();
-    let widest = natural.iter().copied().max().unwrap_or(0);
-    if needed(widest) <= room {
+    let room = width.saturating_sub(3 * count + 1);
+    let natural: usize = (0..count).map(|i| cell_width[i].max(header_width[i])).sum();
+    if natural <= room {
         return Fit::Whole;
     }
-    (MIN_FITTED_COLUMN..widest)
-        .rev()
-        .find(|cap| needed(*cap) <= room)
-        .map_or(Fit::Records(width), Fit::Capped)
+    // Each column's width when the cells of all but the ids are cut to `cap`, every header
+    // wrapped as far as it goes.
+    let widths = |cap: usize| -> Vec<usize> {
+        (0..count)
+            .map(|i| {
+                if is_id(columns[i]) {
+                    cell_width[i].max(header_piece[i])
+                } else {
+                    cell_width[i].min(cap).max(header_piece[i].min(cap))
+                }
+            })
+            .collect()
+    };
+    let widest = (0..count)
+        .filter(|i| !is_id(columns[*i]))
+        .map(|i| cell_width[i])
+        .max()
+        .unwrap_or(0)
+        .max(MIN_FITTED_COLUMN);
+    for cap in (MIN_FITTED_COLUMN..=widest).rev() {
+        let mut widths = widths(cap);
+        let used: usize = widths.iter().sum();
+        if used > room {
+            continue;
+        }
+        // What is left unwraps headers, leftmost first, each only as a whole.
+        let mut spare = room - used;
+        for (i, width) in widths.iter_mut().enumerate() {
+            let more = header_width[i].saturating_sub(*width);
+            if more > 0 && more <= spare {
+                *width += more;
+                spare -= more;
+            }
+        }
+        return Fit::Columns(widths);
+    }
+    Fit::Records(width)
 }
 
 /// `text` cut to `max` characters, the last one `…` when anything was cut.
@@ -247,6 +346,19 @@ fn cell_text(value: &Value) -> String {
         Value::String(text) => text.clone(),
         other => other.to_string(),
     }
+}
+
+/// A CSV writer's error as the I/O error it wraps when it is one: csv's own conversion hides
+/// the cause (its error has no `source`), and a closed pipe must stay recognisable as one
+/// (`cmd::exit::closed_pipe`).
+fn csv_io(error: csv::Error) -> std::io::Error {
+    if error.is_io_error() {
+        if let csv::ErrorKind::Io(io) = error.into_kind() {
+            return io;
+        }
+        unreachable!("is_io_error says it is one");
+    }
+    std::io::Error::other(error)
 }
 
 /// What a text cell may not begin with in CSV: OWASP's list of the characters that make a
@@ -457,12 +569,80 @@ mod tests {
 
     #[test]
     fn a_table_that_fits_stays_whole_else_its_widest_columns_give_way_first() {
-        let columns = ["id", "detail"];
+        let columns = ["n", "detail"];
         let rows = cells(&[&["1", &"x".repeat(40)]]);
         // Borders and padding take 3 × 2 + 1 = 7.
         assert_eq!(fit(&columns, &rows, 49), Fit::Whole);
-        assert_eq!(fit(&columns, &rows, 30), Fit::Capped(21));
+        assert_eq!(fit(&columns, &rows, 30), Fit::Columns(vec![1, 22]));
         assert_eq!(fit(&columns, &rows, 15), Fit::Records(15));
+    }
+
+    #[test]
+    fn ids_are_never_cut_other_columns_give_way_and_a_table_that_cannot_fit_them_is_records() {
+        let id = "0a000000-0000-4000-8000-000000000002";
+        let target = format!("variant {id}");
+        let columns = ["job_id", "target", "detail"];
+        let rows = cells(&[&[id, &target, &"x".repeat(60)]]);
+        // 36 + 44 + 60 and 10 of borders: 150 whole.
+        assert_eq!(fit(&columns, &rows, 150), Fit::Whole);
+        // The detail gives way, down to 12; the ids stay whole.
+        assert_eq!(fit(&columns, &rows, 120), Fit::Columns(vec![36, 44, 30]));
+        assert_eq!(fit(&columns, &rows, 102), Fit::Columns(vec![36, 44, 12]));
+        // Less: records, the ids whole in them too.
+        assert_eq!(fit(&columns, &rows, 101), Fit::Records(101));
+        let mut out = Vec::new();
+        let rows_of = Rows {
+            columns: columns.to_vec(),
+            rows: vec![vec![
+                Value::from(id),
+                Value::from(target.clone()),
+                Value::from("x".repeat(60)),
+            ]],
+        };
+        rows_of
+            .write_fitted(Format::Table, Some(40), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!("job_id │ {id}\n")), "{text}");
+        assert!(text.contains(&format!("target │ {target}\n")), "{text}");
+        assert!(
+            text.contains(&format!("detail │ {}…\n", "x".repeat(30))),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn headers_wrap_at_their_underscores_before_a_narrow_table_becomes_records() {
+        // report stats: numbers under long headers.
+        let columns = ["kind", "total", "avg_retry_count", "max_retry_count"];
+        let rows = cells(&[&["variant", "4", "0.75", "3"]]);
+        // Whole: 7 + 5 + 15 + 15 and 13 of borders = 55.
+        assert_eq!(fit(&columns, &rows, 55), Fit::Whole);
+        // One short: both long headers could wrap; the room left unwraps the first again.
+        assert_eq!(fit(&columns, &rows, 54), Fit::Columns(vec![7, 5, 15, 6]));
+        assert_eq!(fit(&columns, &rows, 40), Fit::Columns(vec![7, 5, 6, 6]));
+        assert_eq!(wrap_header("avg_retry_count", 6), "avg_\nretry_\ncount");
+        assert_eq!(wrap_header("avg_retry_count", 10), "avg_retry_\ncount");
+        let mut out = Vec::new();
+        let stats = Rows {
+            columns: columns.to_vec(),
+            rows: vec![vec![
+                Value::from("variant"),
+                Value::from(4),
+                Value::from(0.75),
+                Value::from(3),
+            ]],
+        };
+        stats
+            .write_fitted(Format::Table, Some(40), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with('┌'), "{text}");
+        assert!(
+            text.lines().all(|line| line.chars().count() <= 40),
+            "{text}"
+        );
+        assert!(text.contains("┆ 0.75   ┆"), "{text}");
     }
 
     #[test]

@@ -67,6 +67,16 @@ pub fn hint(error: &sqlx::Error) -> Option<&str> {
         .and_then(|pg| pg.hint())
 }
 
+/// The COLUMN field of a database error: for `RL001`, the parameter of `record_retry` the id
+/// given belongs in (`job_id` for a job's id passed as a variant's, `job_variants_id` for the
+/// other way round).
+pub fn column(error: &sqlx::Error) -> Option<&str> {
+    error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<PgDatabaseError>())
+        .and_then(|pg| pg.column())
+}
+
 /// True when `error` means the database did not answer or the session is gone (network, no
 /// connection within the pool's acquire timeout, server shutdown, the backend terminated)
 /// rather than that one statement failed: the watchdog and the projector wait and reconnect,

@@ -35,8 +35,16 @@ pub enum AppendError {
     #[error("{0}")]
     WrongJob(String),
     /// The target's retry_count already reached the retry limit (shared or the caller's).
-    #[error("{0}")]
-    LimitReached(String),
+    /// Said with the documented way past it, `retrylog recover` for the target (the API says
+    /// its own, `POST /api/v1/recover`).
+    #[error("{refusal}; an operator recovers it by hand: {}", recover_command(.target))]
+    LimitReached {
+        /// record_retry's message: the target, its count and the limit.
+        refusal: String,
+        /// The target, when the door knows it (`append` does; an error converted alone
+        /// does not).
+        target: Option<Target>,
+    },
     /// The event_id is already recorded for another target.
     #[error("{0}")]
     EventIdReused(String),
@@ -50,6 +58,20 @@ pub enum AppendError {
     /// Anything else: the database failed, not the input.
     #[error("database error while appending a retry")]
     Database(#[source] sqlx::Error),
+}
+
+/// `retrylog recover` for `target`, as the limit's refusal names it; the command alone when
+/// the target is not known.
+fn recover_command(target: &Option<Target>) -> String {
+    match target {
+        Some(Target::Job { job_id }) => {
+            format!("retrylog recover --job-id {job_id} --note \"why\"")
+        }
+        Some(Target::Variant {
+            job_variants_id, ..
+        }) => format!("retrylog recover --variant-id {job_variants_id} --note \"why\""),
+        None => "retrylog recover".into(),
+    }
 }
 
 impl CallerMistake for AppendError {
@@ -74,15 +96,21 @@ impl From<sqlx::Error> for AppendError {
                 | sqlstate::CHARACTER_NOT_IN_REPERTOIRE
                 | sqlstate::UNTRANSLATABLE_CHARACTER,
             ) => AppendError::InvalidInput(message),
-            Some(sqlstate::UNKNOWN_TARGET) => AppendError::UnknownTarget(message),
+            // An id of the other kind of target: the flag it belongs in (`--variant-id` is
+            // the CLI's and the API's name of `job_variants_id`).
+            Some(sqlstate::UNKNOWN_TARGET) => match sqlstate::column(&error) {
+                Some("job_id") => AppendError::UnknownTarget(format!("{message}: use --job-id")),
+                Some("job_variants_id") => {
+                    AppendError::UnknownTarget(format!("{message}: use --variant-id"))
+                }
+                _ => AppendError::UnknownTarget(message),
+            },
             Some(sqlstate::WRONG_JOB) => AppendError::WrongJob(message),
-            // The limit's hint tells an operator how to recover the target anyway.
-            Some(sqlstate::LIMIT_REACHED) => {
-                let hint = sqlstate::hint(&error)
-                    .map(|hint| format!("; {hint}"))
-                    .unwrap_or_default();
-                AppendError::LimitReached(format!("{message}{hint}"))
-            }
+            // The SQL hint is for SQL callers; this door says the CLI's way (see Display).
+            Some(sqlstate::LIMIT_REACHED) => AppendError::LimitReached {
+                refusal: message,
+                target: None,
+            },
             Some(sqlstate::EVENT_ID_REUSED) => AppendError::EventIdReused(message),
             Some(sqlstate::INSUFFICIENT_PRIVILEGE) => AppendError::NotPermitted(message),
             Some(sqlstate::ATTEMPT_CONFLICT) => AppendError::Conflict(message),
@@ -153,8 +181,53 @@ pub async fn append(
         .bind(retry.force)
         .persistent(true)
         .fetch_one(&mut **tx)
-        .await?;
+        .await
+        .map_err(|error| match AppendError::from(error) {
+            AppendError::LimitReached { refusal, .. } => AppendError::LimitReached {
+                refusal,
+                target: Some(retry.target),
+            },
+            refused => refused,
+        })?;
     Ok(event)
+}
+
+/// An id given as one kind of target (`--variant-id`) that names the other (a job): said as
+/// such, with the flag it belongs in, rather than as an unknown target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{id} is a {is}, not a {asked}: use --{is}-id")]
+pub struct WrongKind {
+    /// The id given.
+    pub id: Uuid,
+    /// What it names: `job` or `variant`.
+    pub is: &'static str,
+    /// What it was given as.
+    pub asked: &'static str,
+}
+
+impl WrongKind {
+    /// `Some` when `id`, unknown as a `asked` (`job` or `variant`), names a target of the other
+    /// kind: a row of the pipeline's tables, or events in the log.
+    pub async fn check(
+        conn: &mut PgConnection,
+        asked: &'static str,
+        id: Uuid,
+    ) -> Result<Option<WrongKind>, sqlx::Error> {
+        let (is, sql) = match asked {
+            "variant" => (
+                "job",
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1)
+                     OR EXISTS (SELECT 1 FROM retry_history WHERE job_id = $1)",
+            ),
+            _ => (
+                "variant",
+                "SELECT EXISTS (SELECT 1 FROM jobs_variants WHERE job_variants_id = $1)
+                     OR EXISTS (SELECT 1 FROM retry_history WHERE job_variants_id = $1)",
+            ),
+        };
+        let other: bool = sqlx::query_scalar(sql).bind(id).fetch_one(conn).await?;
+        Ok(other.then_some(WrongKind { id, is, asked }))
+    }
 }
 
 /// Why a read of the log could not answer.
@@ -163,13 +236,19 @@ pub enum ReadError {
     /// Neither the pipeline tables nor the log know the id.
     #[error("unknown {kind} {id}: no such row and no retries recorded for it")]
     UnknownTarget { kind: &'static str, id: Uuid },
+    /// The id names a target of the other kind.
+    #[error(transparent)]
+    WrongKind(#[from] WrongKind),
     #[error("database error while reading the retry log")]
     Database(#[from] sqlx::Error),
 }
 
 impl CallerMistake for ReadError {
     fn is_caller_mistake(&self) -> bool {
-        matches!(self, ReadError::UnknownTarget { .. })
+        matches!(
+            self,
+            ReadError::UnknownTarget { .. } | ReadError::WrongKind(_)
+        )
     }
 }
 
@@ -291,6 +370,9 @@ pub async fn load_job_history_filtered(
         .fetch_one(&mut *conn)
         .await?;
         if !known {
+            if let Some(wrong) = WrongKind::check(conn, "job", job_id).await? {
+                return Err(wrong.into());
+            }
             return Err(ReadError::UnknownTarget {
                 kind: "job",
                 id: job_id,
@@ -344,6 +426,9 @@ pub async fn load_variant_history_filtered(
         .fetch_one(&mut *conn)
         .await?;
         if !logged {
+            if let Some(wrong) = WrongKind::check(conn, "variant", job_variants_id).await? {
+                return Err(wrong.into());
+            }
             return Err(ReadError::UnknownTarget {
                 kind: "variant",
                 id: job_variants_id,

@@ -38,6 +38,38 @@ pub enum WindowError {
     EmptyRange(String),
 }
 
+impl WindowError {
+    /// The field a form names the flag by (`since` for `--since`) and what is wrong with its
+    /// value in the form's terms (`"7x" is not a duration or a time`), for a page that shows
+    /// the refusal beside the field; `None` for two flags that contradict each other.
+    pub fn in_form_terms(&self) -> Option<(String, String)> {
+        let field = |flag: &str| flag.trim_start_matches('-').replace('-', "_");
+        let shown = |value: &str| crate::text::escape(value, 40);
+        match self {
+            WindowError::InvalidTime { flag, value } => Some((
+                field(flag),
+                format!(
+                    "\"{}\" is not a duration or a time (like 7d, 12h or 2026-11-01)",
+                    shown(value)
+                ),
+            )),
+            WindowError::TimeOutOfRange {
+                flag,
+                value,
+                problem,
+            } => Some((field(flag), format!("\"{}\": {problem}", shown(value)))),
+            WindowError::CalendarUnit { flag, value } => Some((
+                field(flag),
+                format!(
+                    "\"{}\": months and years vary in length; write days or weeks (90d, 104w)",
+                    shown(value)
+                ),
+            )),
+            WindowError::EmptyRange(_) => None,
+        }
+    }
+}
+
 impl CallerMistake for WindowError {
     /// Every variant is about the flags the caller gave.
     fn is_caller_mistake(&self) -> bool {

@@ -36,8 +36,10 @@ pub use report::{
 /// unnamed default `retrylog` too); every other command exits 69 on one.
 ///
 /// Exit codes: 0 success; 1 verify found a mismatch; 2 a mistake in the input (bad id,
-/// unknown reason or target, invalid JSON, a refused retry); 3 `report alerts` listed
-/// something; 69 no database reachable, or the one named does not exist; 70 any other failure.
+/// unknown reason or target, invalid JSON, a refused retry) or a role without the capability
+/// the command needs (the message names the grant); 3 `report alerts` listed something; 69
+/// no database reachable, or the one named does not exist; 70 any other failure. A closed
+/// pipe (`| head`) ends a command quietly with 0.
 #[derive(Debug, Parser)]
 #[command(name = "retrylog", version, max_term_width = 100)]
 pub struct Cli {
@@ -58,7 +60,8 @@ pub struct Cli {
     pub data_dir: Option<PathBuf>,
 
     /// Print tables at their full width even on a terminal (by default a table on a terminal
-    /// is fitted to its width, long cells wrapped and elided; pipes always get full values).
+    /// is fitted to its width: headers wrapped, long cells elided, never an id; a table that
+    /// cannot fit its ids becomes one record per row; pipes always get full values).
     #[arg(long, global = true)]
     pub wide: bool,
 
@@ -107,7 +110,7 @@ pub enum Command {
     /// Show a target's retry events in order, with the watchdog's notes where the retry limit
     /// stopped it; a job's history includes its variants'.
     History(HistoryArgs),
-    /// Audit and trend reports: top-jobs, top-variants, stats, alerts, trend.
+    /// Audit, trend and outcome reports: top-jobs, top-variants, stats, alerts, trend, outcomes.
     Report(ReportArgs),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
@@ -156,8 +159,8 @@ pub enum Command {
     /// done variant goes to done at its step (the step re-runs); a running or failed job goes
     /// to done at the final step, back to running elsewhere.
     Recover(RecoverArgs),
-    /// Make API tokens: `token new NAME read|admin` prints a fresh token once and the line to
-    /// add to the tokens file (which keeps only the token's sha256).
+    /// Make API tokens: `token new NAME read|admin >> FILE` appends the token's line to the
+    /// tokens file (which keeps only its sha256) and shows the fresh token once, on stderr.
     Token(TokenArgs),
 }
 
@@ -574,7 +577,8 @@ pub struct TokenArgs {
 /// What `token` does.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Print a fresh random token (once: it is not stored) and its tokens-file line.
+    /// Print a fresh random token's tokens-file line on stdout, and the token (once: it is not
+    /// stored) on stderr, so that `>> FILE` appends only the line.
     New(TokenNewArgs),
 }
 

@@ -53,6 +53,18 @@ pub fn code(error: &anyhow::Error) -> u8 {
     FAILURE
 }
 
+/// Whether the error is stdout closed under a command that was still printing (`retrylog
+/// history … | head -1`): the reader has what it wanted, so the binary ends quietly with 0,
+/// as ripgrep and most Unix tools do, rather than report a failure nobody asked about. (Rust
+/// ignores SIGPIPE, so the write returns EPIPE instead of killing the process with 141.)
+pub fn closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// The library's error types that can tell a mistake from a fault.
 pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn CallerMistake> {
     fn as_dyn<T: CallerMistake>(error: &T) -> &dyn CallerMistake {
@@ -76,10 +88,10 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
         // `serve --error-column` naming no text column of the pipeline tables.
         .or_else(|| cause.downcast_ref::<ErrorColumnError>().map(as_dyn))
-        // `project` by a role without the operator capability.
+        // A command run by a role without the capability it needs.
         .or_else(|| {
             cause
-                .downcast_ref::<super::project::ProjectorNotPermitted>()
+                .downcast_ref::<super::permission::NotPermitted>()
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))

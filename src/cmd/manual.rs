@@ -1,6 +1,7 @@
 //! `retrylog completions SHELL` and `retrylog man`: the shell completions and the man pages,
 //! generated from the same clap definitions as `--help` (`cli/`), so they cannot drift.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,7 +11,14 @@ use crate::cli::{self, CompletionsArgs, ManArgs};
 /// Prints the completion script for the shell on stdout.
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
     let mut command = cli::command();
-    clap_complete::generate(args.shell, &mut command, "retrylog", &mut std::io::stdout());
+    // clap_complete panics when its writer fails (a closed pipe: `| head`): it writes into
+    // memory, and the one write to stdout returns its error like every other command's.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "retrylog", &mut script);
+    std::io::stdout()
+        .lock()
+        .write_all(&script)
+        .context("writing the completion script")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@ pub mod history;
 pub mod invocation;
 mod local;
 mod manual;
+pub mod permission;
 mod project;
 mod record;
 mod recover;
@@ -84,7 +85,6 @@ pub fn notice(format: LogFormat, text: &str) {
 /// Connects (saying on stderr which database), checks or migrates the schema, and runs the
 /// command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let log_format = cli.log_format();
     crate::output::fit_tables(cli.wide);
     // The commands about retrylog itself and its private cluster need no database.
     let cli = match cli.command {
@@ -112,6 +112,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         rule => rule,
     };
+    // A statement PostgreSQL refuses for want of a privilege, from the schema check on, is
+    // told as the capability the command needs and the grant that gives it.
+    let needs = permission::needed(&cli.command);
+    match run_connected(cli, &connected, rule).await {
+        Err(error) => Err(permission::explain(&connected.pool, needs, error).await),
+        done => done,
+    }
+}
+
+/// Says which database, checks or migrates the schema as `rule` says, and runs the command.
+async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow::Result<ExitCode> {
+    let log_format = cli.log_format();
     match &connected.private_cluster {
         Some(private) => local::announce(
             log_format,
@@ -137,7 +149,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             migrate::ensure_current(&connected.pool).await?;
         }
     }
-    let Connected { pool, .. } = &connected;
+    let Connected { pool, .. } = connected;
     match cli.command {
         Command::Migrate => {
             eprintln!("retrylog: schema is up to date");
@@ -151,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Project(args) => project::run(pool, args).await,
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
-        Command::Demo(args) => demo::run(&connected, args).await,
+        Command::Demo(args) => demo::run(connected, args).await,
         Command::Grant(args) => grant::run(pool, args).await,
         Command::Local(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("answered before connecting")

@@ -6,41 +6,23 @@ use std::process::ExitCode;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::permission::NotPermitted;
 use crate::cli::ProjectArgs;
+use crate::grant::Capability;
 use crate::output::Rows;
 use crate::projector::{self, Freshness};
-
-/// `project` by a role that may not run the projector: a caller's mistake (exit 2). Without
-/// this check the lease it could not take read as "another instance runs the projector"
-/// while `status` showed none.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "role {role} may not run the projector: it lacks the operator capability; the schema's \
-     owner grants it with `retrylog grant operator {role}`"
-)]
-pub struct ProjectorNotPermitted {
-    /// The session's role, escaped for the terminal.
-    pub role: String,
-}
-
-impl crate::error::CallerMistake for ProjectorNotPermitted {
-    /// The caller runs the projector as a role without the right to.
-    fn is_caller_mistake(&self) -> bool {
-        true
-    }
-}
 
 pub async fn run(pool: &PgPool, args: ProjectArgs) -> anyhow::Result<ExitCode> {
     {
         let mut conn = pool.acquire().await?;
         if !projector::may_run(&mut conn).await? {
+            // Asked first: without the right, the lease it could not take would read as
+            // "another instance runs the projector" while `status` shows none.
             let role: String = sqlx::query_scalar("SELECT session_user::text")
                 .fetch_one(&mut *conn)
                 .await?;
-            return Err(ProjectorNotPermitted {
-                role: crate::text::escape(&role, 64),
-            }
-            .into());
+            let operator = [Capability::Operator];
+            return Err(NotPermitted::new("project", &operator, &operator, &role).into());
         }
     }
     let applied = match projector::catch_up_once(pool, args.batch).await? {

@@ -2,6 +2,7 @@
 //! `--format json`, one object: `clean`, the `events` and `streams` checked, and the
 //! `mismatches` (the rows the table shows).
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -68,7 +69,11 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 "streams": report.streams,
                 "mismatches": rows.to_json(),
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::to_string_pretty(&out)?
+            )?;
         }
         // CSV is rows: the mismatches (the header alone when clean).
         Format::Csv => rows.print(Format::Csv)?,

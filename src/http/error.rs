@@ -1,7 +1,8 @@
 //! How the HTTP layer answers a refusal or a fault: the library's own answer to "whose
 //! mistake?" (`error::CallerMistake`) picks 4xx or 5xx, and the message is the one the CLI
-//! prints. A fault is logged with its whole chain and shown to the client only as "internal
-//! error".
+//! prints, in the API's terms: each `--flag` read as its query parameter or JSON key
+//! (`flags::parameter_terms`). A fault is logged with its whole chain and shown to the client
+//! only as "internal error".
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -9,6 +10,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::cmd::{exit, one_line};
+use crate::event::Target;
 use crate::recovery::ManualRecoveryError;
 use crate::store::{AppendError, ReadError};
 
@@ -54,12 +56,21 @@ impl From<anyhow::Error> for Error {
             return database_unavailable(lost);
         }
         for cause in error.chain() {
+            // The limit: the API's way past it, not the CLI's.
+            if let Some(AppendError::LimitReached { refusal, target }) = cause.downcast_ref() {
+                return Error::BadRequest(format!(
+                    "{refusal}; an operator recovers it by hand: {}",
+                    recover_request(target)
+                ));
+            }
+            // An id of the other kind is not found as the kind asked either (as record_retry's
+            // RL001 says), with the parameter it belongs in.
             let unknown = matches!(
                 cause.downcast_ref::<ReadError>(),
-                Some(ReadError::UnknownTarget { .. })
+                Some(ReadError::UnknownTarget { .. } | ReadError::WrongKind(_))
             ) || matches!(
                 cause.downcast_ref::<ManualRecoveryError>(),
-                Some(ManualRecoveryError::UnknownTarget { .. })
+                Some(ManualRecoveryError::UnknownTarget { .. } | ManualRecoveryError::WrongKind(_))
             ) || matches!(
                 cause.downcast_ref::<AppendError>(),
                 Some(AppendError::UnknownTarget(_))
@@ -94,6 +105,18 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+/// `POST /api/v1/recover` for `target`, as the API's refusal at the limit names it.
+fn recover_request(target: &Option<Target>) -> String {
+    let body = match target {
+        Some(Target::Job { job_id }) => format!(r#" with {{"job_id": "{job_id}", "note": "why"}}"#),
+        Some(Target::Variant {
+            job_variants_id, ..
+        }) => format!(r#" with {{"variant_id": "{job_variants_id}", "note": "why"}}"#),
+        None => String::new(),
+    };
+    format!("POST /api/v1/recover{body}")
+}
+
 /// 503: the database gave no connection within `--db-timeout`, or the session was lost.
 fn database_unavailable(error: &sqlx::Error) -> Error {
     tracing::warn!(%error, "the database does not answer");
@@ -104,8 +127,15 @@ fn database_unavailable(error: &sqlx::Error) -> Error {
 pub const RETRY_AFTER_SECONDS: &str = "5";
 
 impl Error {
-    /// The status and what the client may read; a fault is logged here.
+    /// The status and what the client may read, naming parameters and keys where the CLI's
+    /// message named flags; a fault is logged here.
     pub fn status_and_message(self) -> (StatusCode, String) {
+        let (status, message) = self.status_and_cli_message();
+        (status, super::flags::parameter_terms(&message))
+    }
+
+    /// The status and the message as the library wrote it, for the CLI.
+    fn status_and_cli_message(self) -> (StatusCode, String) {
         match self {
             Error::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
             Error::Unauthorized(message) => (StatusCode::UNAUTHORIZED, message),

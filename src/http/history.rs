@@ -16,6 +16,15 @@ pub async fn history(
     _: Reader,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, Error> {
+    // clap would name --job-id alone as missing; either parameter names a target.
+    if !params
+        .iter()
+        .any(|(name, _)| name == "job_id" || name == "variant_id")
+    {
+        return Err(Error::BadRequest(
+            "history needs a target: give the parameter job_id or variant_id".into(),
+        ));
+    }
     let args: HistoryArgs = flags::parse(&params)?;
     let rows = history::rows(&ctx.pool, &args, Format::Json).await?;
     Ok(Json(rows.to_json()))

@@ -147,7 +147,7 @@ pub enum HttpConfigError {
     /// Without tokens every reader is anonymous: only this machine may connect.
     #[error(
         "--listen {0} is not a loopback address: serving beyond this machine needs a tokens \
-         file (--tokens-file; make one with `retrylog token new NAME read|admin`)"
+         file (--tokens-file; make one with `retrylog token new NAME read|admin >> FILE`)"
     )]
     OpenWithoutTokens(SocketAddr),
     /// `--base-path` must look like `/retrylog`.

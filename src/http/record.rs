@@ -1,7 +1,7 @@
 //! `POST /api/v1/record`: one retry through `store::append`, like `retrylog record`; the
 //! body's fields are the command's flags, the actor is the admin token's name. Answers the
-//! stored event as `record --format json` prints it (201; for an event id already recorded,
-//! the original event, as the CLI does).
+//! stored event as one JSON object, the one `record --format json` prints in its array (201;
+//! for an event id already recorded, the original event, as the CLI does).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -56,8 +56,8 @@ pub async fn record(
         Error::from(anyhow::Error::from(error))
     })?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(event_rows(&[event], Format::Json).to_json()),
-    ))
+    let answer = event_rows(&[event], Format::Json)
+        .object(0)
+        .expect("one event, one row");
+    Ok((StatusCode::CREATED, Json(answer)))
 }

@@ -1,7 +1,8 @@
 //! `POST /api/v1/recover`: an operator's recovery of one target, through the one operation
 //! `retrylog recover` and the dashboard call (`recovery::recover_by_hand`); the actor is the
-//! admin token's name. Answers the `manual_recovery` event as `recover --format json` prints
-//! it: 201, or 200 for a repeated `request_id` (nothing changed).
+//! admin token's name. Answers the `manual_recovery` event as one JSON object, the one
+//! `recover --format json` prints in its array: 201, or 200 for a repeated `request_id`
+//! (nothing changed).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -78,8 +79,8 @@ pub async fn recover(
     } else {
         StatusCode::CREATED
     };
-    Ok((
-        status,
-        Json(event_rows(&[recovered.event], Format::Json).to_json()),
-    ))
+    let answer = event_rows(&[recovered.event], Format::Json)
+        .object(0)
+        .expect("one event, one row");
+    Ok((status, Json(answer)))
 }

@@ -161,7 +161,7 @@ pub async fn recover(
                 "retried by another instance since detection",
             ));
         }
-        Err(AppendError::LimitReached(_)) => {
+        Err(AppendError::LimitReached { .. }) => {
             // The shared limit was lowered since this sweep read it; the next sweep notes it.
             return Ok(Outcome::Skipped(
                 "the shared retry limit was lowered meanwhile",

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::config::Steps;
 use crate::error::CallerMistake;
 use crate::event::{NewRetry, RetryEvent, RetryReason, Target};
-use crate::store::{self, AppendError, EVENT_COLUMNS};
+use crate::store::{self, AppendError, WrongKind, EVENT_COLUMNS};
 
 /// The statuses of `jobs` and `jobs_variants` (their CHECK constraint).
 pub const STATUSES: &[&str] = &["pending", "running", "done", "failed"];
@@ -108,6 +108,9 @@ pub enum ManualRecoveryError {
     /// No job or variant with that id.
     #[error("unknown {kind} {id}: no such row")]
     UnknownTarget { kind: &'static str, id: Uuid },
+    /// The id names a target of the other kind (a job's id as the variant).
+    #[error(transparent)]
+    WrongKind(WrongKind),
     /// The target is in a status no recovery changes.
     #[error(
         "{target} is {status}: a recovery by hand changes only {recoverable} {kind}s \
@@ -187,14 +190,17 @@ pub async fn recover_by_hand(
         }
     };
     let id = request.target.id();
-    let locked: Locked = sqlx::query_as(lock)
+    let locked: Option<Locked> = sqlx::query_as(lock)
         .bind(id)
         .fetch_optional(&mut **tx)
-        .await?
-        .ok_or(ManualRecoveryError::UnknownTarget {
-            kind: request.target.kind(),
-            id,
-        })?;
+        .await?;
+    let Some(locked) = locked else {
+        let kind = request.target.kind();
+        if let Some(wrong) = WrongKind::check(tx, kind, id).await? {
+            return Err(ManualRecoveryError::WrongKind(wrong));
+        }
+        return Err(ManualRecoveryError::UnknownTarget { kind, id });
+    };
     let target = match request.target {
         ManualTarget::Job(job_id) => Target::Job { job_id },
         ManualTarget::Variant(job_variants_id) => Target::Variant {

@@ -95,41 +95,125 @@ async fn every_report_answers_the_rows_the_cli_prints_for_the_same_flags(pool: P
     }
 }
 
+/// A bad parameter is a 400 with the CLI's message in the API's terms: the query parameter
+/// or JSON key where the CLI names its flag (`since`, not `--since`; `limit`, not `--limit
+/// <LIMIT>`), whether the message is clap's or the library's.
 #[sqlx::test(migrations = false)]
-async fn a_bad_parameter_is_a_400_with_the_clis_message(pool: PgPool) {
+async fn a_bad_parameter_is_a_400_with_the_clis_message_naming_the_parameter(pool: PgPool) {
     audited(&pool).await;
     let api = router(&pool, true);
-    let cases: [(&str, &[&str]); 4] = [
-        ("/api/v1/reports/stats?since=soonish", &["report", "stats", "--since", "soonish"]),
-        ("/api/v1/reports/trend?bucket=hour&since=3000d", &["report", "trend", "--bucket", "hour", "--since", "3000d"]),
+    // The URI, the same flags on the command line, and each flag's parameter.
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
+        ("/api/v1/reports/stats?since=soonish", &["report", "stats", "--since", "soonish"], &[("--since", "since")]),
+        ("/api/v1/reports/trend?bucket=hour&since=3000d", &["report", "trend", "--bucket", "hour", "--since", "3000d"],
+         &[("--bucket", "bucket"), ("--since", "since")]),
         ("/api/v1/history?job_id=0a000000-0000-4000-8000-000000000000&since=2026-02-01&until=2026-01-01",
-         &["history", "--job-id", "0a000000-0000-4000-8000-000000000000", "--since", "2026-02-01", "--until", "2026-01-01"]),
-        ("/api/v1/reports/alerts?as_of=next+week", &["report", "alerts", "--as-of", "next week"]),
+         &["history", "--job-id", "0a000000-0000-4000-8000-000000000000", "--since", "2026-02-01", "--until", "2026-01-01"],
+         &[("--since", "since"), ("--until", "until")]),
+        ("/api/v1/reports/alerts?as_of=next+week", &["report", "alerts", "--as-of", "next week"], &[("--as-of", "as_of")]),
     ];
-    for (uri, args) in cases {
+    for (uri, args, flags) in cases {
         let answer = get(&api, uri).await;
         let run = retrylog(&pool, args).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
         assert_eq!(run.code, Some(2), "{run:#?}");
-        assert_eq!(answer.json["error"], cli_message(&run), "{uri}");
+        let cli = cli_message(&run);
+        let mut api_terms = cli.clone();
+        for (flag, parameter) in flags {
+            assert!(cli.contains(flag), "{cli}");
+            api_terms = api_terms.replace(flag, parameter);
+        }
+        assert_eq!(answer.json["error"], api_terms, "{uri}");
     }
-    // Flags clap refuses, and parameters the API does not take.
-    for uri in [
-        "/api/v1/reports/top-jobs?limit=0",
-        "/api/v1/reports/top-jobs?colour=blue",
-        "/api/v1/reports/top-jobs?format=csv",
-        "/api/v1/history",
-        "/api/v1/history?job_id=not-a-uuid",
+    // Flags clap refuses, parameters the API does not take, a history without its target.
+    for (uri, message) in [
+        (
+            "/api/v1/reports/top-jobs?limit=0",
+            "invalid value '0' for 'limit': 0 is not in 1..9223372036854775807",
+        ),
+        (
+            "/api/v1/reports/top-jobs?colour=blue",
+            "unknown parameter \"colour\"",
+        ),
+        (
+            "/api/v1/reports/top-jobs?format=csv",
+            "unknown parameter \"format\"",
+        ),
+        (
+            "/api/v1/reports/top-jobs?limt=3",
+            "unknown parameter \"limt\" (a similar one exists: limit)",
+        ),
+        (
+            "/api/v1/reports/trend?bucket=year",
+            "invalid value 'year' for 'bucket' [possible values: hour, day, week]",
+        ),
+        (
+            "/api/v1/history",
+            "history needs a target: give the parameter job_id or variant_id",
+        ),
+        (
+            "/api/v1/history?reason=stuck",
+            "history needs a target: give the parameter job_id or variant_id",
+        ),
     ] {
         let answer = get(&api, uri).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
-        assert!(!answer.json["error"].as_str().unwrap().is_empty(), "{uri}");
+        assert_eq!(answer.json["error"], message, "{uri}");
     }
-    let answer = get(&api, "/api/v1/reports/top-jobs?limit=0").await;
+    let answer = get(&api, "/api/v1/history?job_id=not-a-uuid").await;
+    let error = answer.json["error"].as_str().unwrap();
     assert!(
-        answer.json["error"].as_str().unwrap().contains("--limit"),
-        "{}",
-        answer.json
+        error.starts_with("invalid value 'not-a-uuid' for 'job_id': "),
+        "{error}"
+    );
+
+    // The JSON bodies' keys likewise; an id of the other kind names the key it belongs in.
+    let record = call(
+        &api,
+        "/api/v1/record",
+        Some(ADMIN),
+        Some(json!({"job_id": JOB_A, "variant_id": JOB_A, "reason": "stuck"})),
+        &[],
+    )
+    .await;
+    assert_eq!(record.status, StatusCode::NOT_FOUND, "{}", record.json);
+    assert_eq!(
+        record.json["error"],
+        format!("{JOB_A} is a job, not a variant: use job_id")
+    );
+    let recover = call(
+        &api,
+        "/api/v1/recover",
+        Some(ADMIN),
+        Some(json!({"variant_id": JOB_B, "note": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        recover.json["error"],
+        format!("{JOB_B} is a job, not a variant: use job_id")
+    );
+    sqlx::query("UPDATE jobs SET status = 'done' WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let recover = call(
+        &api,
+        "/api/v1/recover",
+        Some(ADMIN),
+        Some(json!({"job_id": JOB_B, "note": "x"})),
+        &[],
+    )
+    .await;
+    assert_eq!(recover.status, StatusCode::BAD_REQUEST, "{}", recover.json);
+    assert_eq!(
+        recover.json["error"],
+        format!(
+            "job {JOB_B} is done: a recovery by hand changes only running or failed jobs (name \
+             the status with to_status to set another)"
+        )
     );
 }
 
@@ -306,7 +390,11 @@ async fn tokens_roles_and_origins_decide_and_a_refused_request_writes_nothing(po
         "{}",
         same_origin.json
     );
-    assert_eq!(same_origin.json[0]["actor"], "ops-alice");
+    assert_eq!(
+        same_origin.json["actor"], "ops-alice",
+        "{}",
+        same_origin.json
+    );
 }
 
 #[sqlx::test(migrations = false)]
@@ -318,7 +406,7 @@ async fn bad_bodies_are_400_and_write_nothing(pool: PgPool) {
         (
             "/api/v1/recover",
             json!({"variant_id": VARIANT_A2, "note": "  "}),
-            "a recovery needs a note saying why (--note): it is empty",
+            "a recovery needs a note saying why (note): it is empty",
         ),
         (
             "/api/v1/recover",
@@ -407,7 +495,9 @@ async fn recover_over_the_api_is_the_clis_operation_with_the_tokens_name_and_is_
     )
     .await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.json);
-    let event = &first.json[0];
+    // One object, the event: not an array of one.
+    assert!(first.json.is_object(), "{}", first.json);
+    let event = &first.json;
     assert_eq!(event["actor"], "ops-alice");
     assert_eq!(event["reason"], RetryReason::ManualRecovery.to_string());
     assert_eq!(
@@ -565,13 +655,28 @@ async fn the_openapi_document_lists_every_route_and_every_documented_path_answer
             answer.status,
             answer.json
         );
-        // Every documented status is one the operation declares.
+        // Every documented status is one the operation declares, and a JSON answer has the
+        // shape its schema says: an array, or one object (record and recover answer one event).
         let declared = &document["paths"][path][method]["responses"];
         assert!(
             declared.get(answer.status.as_str()).is_some(),
             "{method} {path} answers {}",
             answer.status
         );
+        let mut schema = &declared[answer.status.as_str()]["content"]["application/json"]["schema"];
+        if let Some(name) = schema["$ref"].as_str() {
+            let name = name.strip_prefix("#/components/schemas/").unwrap();
+            schema = &document["components"]["schemas"][name];
+        }
+        if !schema.is_null() {
+            let array = schema["type"] == "array";
+            assert_eq!(
+                answer.json.is_array(),
+                array,
+                "{method} {path}: the document says {schema}, the answer is {}",
+                answer.json
+            );
+        }
     }
 }
 
@@ -636,20 +741,66 @@ async fn serve_refuses_a_public_address_without_tokens_and_a_bad_tokens_file(poo
     }
 }
 
+/// The token `token new` showed on stderr.
+fn token_on(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("retrylog: token: "))
+        .unwrap_or_else(|| panic!("no token on stderr: {stderr}"))
+        .to_string()
+}
+
+/// `retrylog token new NAME ROLE >> tokens`, the way one makes a tokens file, leaves a file
+/// `serve` loads, and each token shown on the terminal (stderr) is accepted by it: stdout holds
+/// the file's line and nothing else.
+#[tokio::test]
+async fn token_new_appended_to_a_tokens_file_leaves_a_valid_file_whose_tokens_it_accepts() {
+    let dir = TempPath::dir("token-new");
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# the API's tokens\n").unwrap();
+    let mut shown = Vec::new();
+    for (name, role) in [("ops-carol", "admin"), ("grafana", "read")] {
+        let line = format!(
+            "'{}' token new {name} {role} >> '{}' 2> '{}'",
+            env!("CARGO_BIN_EXE_retrylog"),
+            file.display(),
+            dir.join("stderr").display()
+        );
+        let run = tokio::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .await
+            .unwrap();
+        assert!(run.status.success(), "{line}: {run:?}");
+        let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+        shown.push((name, role, token_on(&stderr)));
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        3,
+        "a comment and one line per token: {text}"
+    );
+    let tokens = Tokens::load(&file).unwrap_or_else(|error| panic!("{error}: {text}"));
+    for (name, role, token) in shown {
+        assert!(!text.contains(&token), "the file holds no token: {text}");
+        let (found, found_role, _) = tokens
+            .login(&token)
+            .unwrap_or_else(|| panic!("the token shown for {name} is not accepted: {text}"));
+        assert_eq!(
+            (found.as_str(), found_role.to_string()),
+            (name, role.into())
+        );
+    }
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     pipeline(&pool).await;
     let run = retrylog(&pool, &["token", "new", "ops-bob", "admin"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
-    let token = run
-        .stdout
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("token: ")
-        .unwrap()
-        .to_string();
-    let line = run.stdout.lines().last().unwrap().to_string();
+    let token = token_on(&run.stderr);
+    let line = run.stdout.trim_end().to_string();
     assert!(line.starts_with("ops-bob admin "), "{line}");
     assert!(!line.contains(&token), "the file's line holds no secret");
     let path = TempPath::new("tokens");

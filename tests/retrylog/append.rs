@@ -268,7 +268,10 @@ async fn a_refused_append_takes_the_callers_state_change_down_with_it(pool: PgPo
     )
     .await
     .expect_err("the limit of 0 refuses the retry");
-    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(
+        matches!(error, AppendError::LimitReached { .. }),
+        "{error:?}"
+    );
     // A caller that commits anyway commits nothing: the transaction is aborted.
     let _ = tx.commit().await;
 
@@ -556,7 +559,10 @@ async fn a_retry_past_the_limit_is_refused_naming_the_target_and_limit(pool: PgP
     append_ok(&pool, &retry(target).with_max_retries(2)).await;
     let error = refused(&pool, &retry(target).with_max_retries(2)).await;
 
-    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(
+        matches!(error, AppendError::LimitReached { .. }),
+        "{error:?}"
+    );
     let message = error.to_string();
     assert!(
         message.starts_with(&format!(
@@ -565,14 +571,20 @@ async fn a_retry_past_the_limit_is_refused_naming_the_target_and_limit(pool: PgP
         "{message}"
     );
     assert!(
-        message.contains("--reason manual_recovery --force"),
+        message.ends_with(&format!(
+            "; an operator recovers it by hand: retrylog recover --variant-id {VARIANT_A2} \
+             --note \"why\""
+        )),
         "{message}"
     );
     assert_eq!(retry_count(&pool, target).await, 2);
 
     // A limit of 0 refuses the first retry; no limit lets it through.
     let error = refused(&pool, &retry(job(JOB_A)).with_max_retries(0)).await;
-    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(
+        matches!(error, AppendError::LimitReached { .. }),
+        "{error:?}"
+    );
     append_ok(&pool, &retry(target)).await;
     assert_eq!(retry_count(&pool, target).await, 3);
 }
@@ -589,7 +601,10 @@ async fn the_default_limit_of_three_refuses_a_fourth_retry_through_every_door(po
     append_n(&pool, target, 3).await;
 
     let error = refused(&pool, &retry(target)).await;
-    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(
+        matches!(error, AppendError::LimitReached { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("(limit 3)"), "{error}");
     let (code, message, _) = refused_via_sql(
         &pool,
@@ -609,7 +624,10 @@ async fn the_shared_limit_wins_over_a_callers_higher_max_retries(pool: PgPool) {
     append_n(&pool, target, 2).await;
 
     let error = refused(&pool, &retry(target).with_max_retries(10)).await;
-    assert!(matches!(error, AppendError::LimitReached(_)), "{error:?}");
+    assert!(
+        matches!(error, AppendError::LimitReached { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("(limit 2)"), "{error}");
     let (code, message, _) = refused_via_sql(
         &pool,

@@ -436,6 +436,105 @@ async fn record_for_an_unknown_variant_names_it_on_one_line(pool: PgPool) {
     .await;
 }
 
+/// A job's id given to --variant-id (or a variant's to --job-id) is said to be one, with the
+/// flag it belongs in, by every command that takes a target — not "unknown variant". Through
+/// the SQL door the same refusal is RL001, its COLUMN the parameter the id belongs in.
+#[sqlx::test(migrations = false)]
+async fn an_id_of_the_other_kind_of_target_is_said_to_be_one_with_the_flag_it_belongs_in(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let (job_a, a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+    let a_job = format!("retrylog: {job_a} is a job, not a variant: use --job-id");
+    let a_variant = format!("retrylog: {a2} is a variant, not a job: use --variant-id");
+    let cases: [(&[&str], String); 7] = [
+        (&["history", "--variant-id", &job_a], a_job.clone()),
+        (&["history", "--job-id", &a2], a_variant.clone()),
+        (
+            &["recover", "--variant-id", &job_a, "--note", "x"],
+            a_job.clone(),
+        ),
+        (
+            &["recover", "--job-id", &a2, "--note", "x"],
+            a_variant.clone(),
+        ),
+        (
+            &[
+                "record",
+                "--job-id",
+                &job_a,
+                "--variant-id",
+                &job_a,
+                "--reason",
+                "stuck",
+            ],
+            a_job.clone(),
+        ),
+        (
+            &[
+                "record",
+                "--job-id",
+                &JOB_B.to_string(),
+                "--variant-id",
+                &job_a,
+                "--reason",
+                "stuck",
+            ],
+            a_job,
+        ),
+        (
+            &["record", "--job-id", &a2, "--reason", "failed"],
+            format!("retrylog: {a2} is a variant of job {job_a}, not a job: use --variant-id"),
+        ),
+    ];
+    for (args, line) in cases {
+        assert_user_mistake(&pool, args, &[]).await;
+        let run = retrylog(&pool, args).await;
+        assert_eq!(run.only_problem_line(), line, "{args:?}");
+    }
+    // A job known only to the log (its row deleted) is still a job.
+    sqlx::query("DELETE FROM jobs_variants WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    append_ok(&pool, &retry(job(JOB_B))).await;
+    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = retrylog(&pool, &["history", "--variant-id", &JOB_B.to_string()]).await;
+    assert_eq!(
+        run.only_problem_line(),
+        format!("retrylog: {JOB_B} is a job, not a variant: use --job-id")
+    );
+
+    // The SQL door: RL001, the id's kind said, COLUMN the parameter it belongs in.
+    let error =
+        sqlx::query("SELECT record_retry(job_id => $1, job_variants_id => $1, reason => 'stuck')")
+            .bind(JOB_A)
+            .execute(&pool)
+            .await
+            .unwrap_err();
+    let db = error.as_database_error().unwrap();
+    let pg = db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .unwrap();
+    assert_eq!(
+        (pg.code(), pg.message(), pg.column()),
+        (
+            "RL001",
+            format!("{JOB_A} is a job, not a variant").as_str(),
+            Some("job_id")
+        )
+    );
+    assert_eq!(
+        pg.hint(),
+        Some("pass it as job_id, with job_variants_id NULL")
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn record_for_a_variant_of_another_job_names_both_on_one_line(pool: PgPool) {
     pipeline(&pool).await;
@@ -542,6 +641,94 @@ async fn record_past_the_limit_says_so_on_one_line(pool: PgPool) {
         &["retry limit reached", &VARIANT_A2.to_string(), "limit 3"],
     )
     .await;
+}
+
+/// The refusal at the limit points to `retrylog recover`, the documented way, for the target
+/// itself, and the command runs as printed once the note says why; a SQL caller's hint names
+/// it and the forced append, and the API names its own recover with the body to send.
+#[sqlx::test(migrations = false)]
+async fn the_limits_refusal_names_retrylog_recover_for_the_target_which_runs_as_printed(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let a2 = variant(JOB_A, VARIANT_A2);
+    append_n(&pool, a2, 3).await;
+    let (job_a, variant_a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+    let refused = retrylog(
+        &pool,
+        &[
+            "record",
+            "--job-id",
+            &job_a,
+            "--variant-id",
+            &variant_a2,
+            "--reason",
+            "failed",
+        ],
+    )
+    .await;
+    assert_eq!(refused.code, Some(2), "{refused:#?}");
+    let command = format!("retrylog recover --variant-id {variant_a2} --note \"why\"");
+    assert_eq!(
+        refused.only_problem_line(),
+        format!(
+            "retrylog: retry limit reached: variant {variant_a2} has 3 retries (limit 3); an \
+             operator recovers it by hand: {command}"
+        )
+    );
+
+    // The SQL door's hint: the same command, and the forced append for SQL callers.
+    let error = record_via_sql(&mut pool.acquire().await.unwrap(), a2, "failed")
+        .await
+        .unwrap_err();
+    let hint = error
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+        .and_then(|pg| pg.hint())
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        hint,
+        format!(
+            "an operator recovers it by hand: retrylog recover --variant-id {variant_a2} --note \
+             'why'; from SQL, record_retry(..., reason => 'manual_recovery', force => true) by a \
+             member of retrylog_operator records a recovery made elsewhere"
+        )
+    );
+
+    // The API names its own way, with the body to send; sent, it recovers the target.
+    let api = router(&pool, true);
+    let body = json!({"job_id": JOB_A, "variant_id": VARIANT_A2, "reason": "failed"});
+    let answer = call(&api, "/api/v1/record", Some(ADMIN), Some(body), &[]).await;
+    assert_eq!(answer.status.as_u16(), 400, "{}", answer.json);
+    assert_eq!(
+        answer.json["error"],
+        format!(
+            "retry limit reached: variant {variant_a2} has 3 retries (limit 3); an operator \
+             recovers it by hand: POST /api/v1/recover with {{\"variant_id\": \"{variant_a2}\", \
+             \"note\": \"why\"}}"
+        )
+    );
+
+    // The command as printed (the program's path for `retrylog`) recovers the target.
+    let line = command.replacen(
+        "retrylog",
+        &format!(
+            "'{}' --database-url '{}'",
+            env!("CARGO_BIN_EXE_retrylog"),
+            database_url(&pool).await
+        ),
+        1,
+    );
+    let ran = tokio::process::Command::new("sh")
+        .args(["-c", &line])
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(ran.status.success(), "{line}: {ran:?}");
+    assert_eq!(retry_count(&pool, a2).await, 4);
+    assert_verify_clean(&pool).await;
 }
 
 #[sqlx::test(migrations = false)]

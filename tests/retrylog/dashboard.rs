@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver (WebDriver,
 //! `fantoccini`), against the router served on a free port. The overview with data and a drawn
-//! chart; a retry recorded through SQL showing up without a reload; filters in the URL; the
-//! Recover flow as an admin and its refusal for a read token; dark mode; no console errors.
+//! chart; a retry recorded through SQL showing up without a reload; filters in the URL, and a
+//! bad one refused beside its field; the Recover flow as an admin and its refusal for a read
+//! token; dark mode; no console errors.
 //!
 //! `RETRYLOG_SCREENSHOTS=1` also saves the README's pictures under docs/screenshots/.
 
@@ -377,6 +378,94 @@ async fn a_filter_changes_the_url_and_a_reload_keeps_it(pool: PgPool) {
         .await
         .contains("Retries per hour by kind"));
     browser.assert_no_console_problems().await;
+    browser.close().await;
+}
+
+/// A filter the page cannot use keeps the page: `?since=7x` shows the overview's form as
+/// typed with the refusal beside the field, in the page's terms, and 400 — not a bare error
+/// page; the fixed filter brings the overview back. The alerts' filters likewise.
+#[sqlx::test(migrations = false)]
+async fn a_bad_filter_keeps_the_page_with_its_form_and_the_error_beside_the_field(pool: PgPool) {
+    busy_pipeline(&pool).await;
+    let router = router(&pool, false);
+    for (uri, status) in [
+        ("/?since=7x", 400),
+        ("/?bucket=year", 400),
+        ("/alerts?within=soon", 400),
+        ("/alerts?min=0", 400),
+        ("/?since=2d", 200),
+    ] {
+        let answer = call(&router, uri, None, None, &[]).await;
+        assert_eq!(answer.status.as_u16(), status, "{uri}");
+        let kind = answer.headers["content-type"].to_str().unwrap();
+        assert!(kind.starts_with("text/html"), "{uri}: {kind}");
+    }
+
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    // Typed and changed as a user does: the page's script submits the form on a change.
+    let type_since = |value: &'static str| {
+        browser.client.execute(
+            "const field = document.getElementById('since'); field.value = arguments[0];
+             field.dispatchEvent(new Event('change', { bubbles: true }));",
+            vec![json!(value)],
+        )
+    };
+    type_since("7x").await.unwrap();
+    browser.wait_for_url(|url| url.contains("since=7x")).await;
+    // The page, its form as typed, and the refusal beside the field it is about.
+    assert_eq!(browser.count("#error").await, 0, "not the error page");
+    assert_eq!(
+        browser.text("#since-error").await,
+        "since: \"7x\" is not a duration or a time (like 7d, 12h or 2026-11-01)"
+    );
+    let beside = browser
+        .client
+        .execute(
+            "const field = document.getElementById('since');
+             return [field.value, field.getAttribute('aria-describedby'),
+                     field.closest('label').nextElementSibling.id,
+                     document.querySelectorAll('#bucket, #by').length];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(beside, json!(["7x", "since-error", "since-error", 2]));
+    // Fixed, the overview is back, chart and all.
+    type_since("2d").await.unwrap();
+    browser.wait_for_url(|url| url.contains("since=2d")).await;
+    assert_eq!(browser.count("#since-error").await, 0);
+    assert!(browser
+        .text("#chart")
+        .await
+        .contains("Retries per day by kind"));
+
+    for (path, field, message) in [
+        (
+            "/?bucket=year",
+            "bucket",
+            "bucket: \"year\" is not one of hour, day, week",
+        ),
+        (
+            "/alerts?within=soon",
+            "within",
+            "within: \"soon\" is not a duration or a time (like 7d, 12h or 2026-11-01)",
+        ),
+        ("/alerts?min=0", "min", "min: \"0\" is less than 1"),
+    ] {
+        browser.goto(&format!("{}{path}", served.base)).await;
+        assert_eq!(
+            browser.count("#error").await,
+            0,
+            "{path}: not the error page"
+        );
+        assert_eq!(
+            browser.text(&format!("#{field}-error")).await,
+            message,
+            "{path}"
+        );
+    }
     browser.close().await;
 }
 

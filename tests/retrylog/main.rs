@@ -41,7 +41,7 @@
 //!   data, run as printed.
 //! - `operator`: the operator's first hour: tables fitted to a terminal, the trend's rows
 //!   with data, one duration grammar, the demo's kept database and hints, help, actor,
-//!   `serve`'s JSON lines, `--version`, completions and man pages.
+//!   `serve`'s JSON lines, `--version`, completions and man pages, `| head -1`.
 //! - `recovery`: the watchdog: each scenario and its near misses, the retry limit through
 //!   every door, two watchdogs at once, rollback, notifications, reconnect, shutdown.
 //! - `crash`: PostgreSQL killed (`pg_ctl -m immediate`) under 8 writers and `serve` on a

@@ -261,7 +261,7 @@ async fn appends_after_the_counter_era_add_to_the_opening_balance(pool: PgPool) 
     .await
     .expect_err("the limit of 5 is already reached by the opening balance");
     assert!(
-        matches!(refused, AppendError::LimitReached(_)),
+        matches!(refused, AppendError::LimitReached { .. }),
         "{refused:?}"
     );
     assert_eq!(snapshot(&pool).await, before);

@@ -3,7 +3,8 @@
 //! duration grammar for every flag, the demo that keeps a kept database and prints hints that
 //! work as printed, the help without empty env values, the actor without `$USER`, `serve`
 //! naming its database once and writing only JSON lines under `--log-format json`,
-//! `--version` with the schema, completions and man pages.
+//! `--version` with the schema, completions and man pages, `report`'s summary naming every
+//! report, and a closed pipe (`| head -1`) ending any command quietly.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -96,6 +97,56 @@ async fn history_fits_a_100_column_terminal_while_wide_and_pipes_keep_every_valu
     assert_eq!(piped.code, Some(0), "{piped:#?}");
     assert!(piped.stdout.contains(long.trim()));
     assert!(widest(&piped.stdout) > 300);
+}
+
+/// Ids are never cut on a terminal: other columns give way (headers wrap, long cells are cut),
+/// and a table that cannot fit its ids becomes one record per row with the ids whole; a narrow
+/// table whose headers are long (`report stats`) stays a table on 80 columns.
+#[sqlx::test(migrations = false)]
+async fn ids_are_never_cut_on_a_terminal_and_a_narrow_table_stays_a_table(pool: PgPool) {
+    pipeline(&pool).await;
+    append_n(&pool, job(JOB_A), 2).await;
+    append_n(&pool, variant(JOB_A, VARIANT_A2), 3).await;
+    let url = database_url(&pool).await;
+    let on = |columns: u16, report: &'static str| {
+        let url = url.clone();
+        async move { on_a_terminal(columns, &["--database-url", &url, "report", report]).await }
+    };
+    let (job_a, a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+
+    // top-jobs on 100 columns: a table whose id is whole (it was cut to `0a000000-0000-40…`).
+    let jobs = on(100, "top-jobs").await;
+    assert!(jobs.starts_with('┌'), "{jobs}");
+    assert!(widest(&jobs) <= 100, "wider than 100:\n{jobs}");
+    assert!(
+        jobs.lines()
+            .any(|line| line.starts_with(&format!("│ {job_a} ┆"))),
+        "{jobs}"
+    );
+
+    // top-variants cannot fit two ids and six columns in 100: records, both ids whole.
+    let variants = on(100, "top-variants").await;
+    assert!(variants.starts_with("─[ 1 ]"), "{variants}");
+    for line in [
+        format!("job_variants_id  │ {a2}"),
+        format!("job_id           │ {job_a}"),
+    ] {
+        assert!(variants.lines().any(|shown| shown == line), "{variants}");
+    }
+
+    // stats on 80: still a table, its long headers wrapped at `_`, every count shown.
+    let stats = on(80, "stats").await;
+    assert!(stats.starts_with('┌'), "a table, not records:\n{stats}");
+    assert!(widest(&stats) <= 80, "wider than 80:\n{stats}");
+    assert!(!stats.contains('…'), "nothing cut:\n{stats}");
+    assert!(
+        stats.lines().any(|line| line.starts_with("│ variant ┆ 4 ")),
+        "{stats}"
+    );
+    for piece in ["avg_", "retry_", "count"] {
+        assert!(stats.contains(piece), "{stats}");
+    }
+    assert!(!stats.contains('\u{1b}'), "{stats}");
 }
 
 #[sqlx::test(migrations = false)]
@@ -400,6 +451,131 @@ async fn help_never_shows_an_environment_variable_as_set_to_empty() {
         let help = String::from_utf8(output.stdout).unwrap();
         assert!(help.contains("[env: "), "{args:?}: {help}");
         assert!(!help.contains("=]"), "{args:?}: {help}");
+    }
+}
+
+/// Runs `retrylog <args>` (the test's database named by `url`, when given) with stdout on a
+/// pipe that is closed after one line has been read, as `| head -1` does; returns the exit
+/// status and what it said on stderr. Also checks that the whole output is more than a pipe
+/// holds (64 KiB on Linux), so the command was surely still writing when the pipe closed.
+async fn closed_after_one_line(url: Option<&str>, args: &[&str]) -> (Option<i32>, String) {
+    let command = |stdout: Stdio| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retrylog"));
+        if let Some(url) = url {
+            command.args(["--database-url", url]);
+        }
+        command
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped());
+        command
+    };
+    let whole = command(Stdio::piped()).output().await.unwrap();
+    assert!(whole.status.success(), "{args:?}: {whole:?}");
+    assert!(
+        whole.stdout.len() > 64 * 1024,
+        "{args:?} prints only {} bytes: a pipe holds all of it",
+        whole.stdout.len()
+    );
+
+    let mut child = command(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.unwrap();
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    drop(stdout);
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the command ends once its reader is gone")
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `| head -1` is not an error: a command whose reader closed the pipe stops and exits 0
+/// without a word (no panic, no `Broken pipe`), whatever it printed: a completion script, a
+/// history as a table, CSV or JSON, a report.
+#[sqlx::test(migrations = false)]
+async fn a_closed_pipe_ends_a_command_quietly_with_0(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    // Five events with a 15 KB detail: every format of the history is over 64 KiB.
+    let detail = json!({"error": "x".repeat(15_000)});
+    for _ in 0..5 {
+        append_ok(&pool, &retry(job(JOB_B)).with_detail(detail.clone())).await;
+    }
+    let url = database_url(&pool).await;
+    let job_b = JOB_B.to_string();
+    let quiet = |stderr: &str| {
+        stderr
+            .lines()
+            .all(|line| line.starts_with("retrylog: using database "))
+    };
+
+    let (code, stderr) = closed_after_one_line(None, &["completions", "zsh"]).await;
+    assert_eq!(code, Some(0), "completions zsh: {stderr}");
+    assert!(quiet(&stderr), "completions zsh: {stderr}");
+    for format in ["table", "csv", "json"] {
+        let args = ["history", "--job-id", &job_b, "--format", format];
+        let (code, stderr) = closed_after_one_line(Some(&url), &args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(quiet(&stderr), "{args:?}: {stderr}");
+    }
+    // Eight weeks of hours, two kinds each: the full grid.
+    for format in ["csv", "json"] {
+        let args = [
+            "report", "trend", "--since", "8w", "--bucket", "hour", "--format", format,
+        ];
+        let (code, stderr) = closed_after_one_line(Some(&url), &args).await;
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert!(quiet(&stderr), "{args:?}: {stderr}");
+    }
+}
+
+/// The summary of `report` (in `retrylog --help` and atop `report --help`) names every report
+/// clap knows, so a new report cannot be left out of it again (outcomes was).
+#[tokio::test]
+async fn the_summary_of_report_names_every_report() {
+    let report = retrylog::cli::command()
+        .find_subcommand("report")
+        .expect("report is a command")
+        .clone();
+    let reports: Vec<String> = report
+        .get_subcommands()
+        .map(|command| command.get_name().to_string())
+        .filter(|name| name != "help")
+        .collect();
+    assert!(reports.contains(&"outcomes".to_string()), "{reports:?}");
+    for args in [&["--help"][..], &["report", "--help"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_retrylog"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let help = String::from_utf8(output.stdout).unwrap();
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        // The list after "reports: ": words ending in a comma, then the last one.
+        let (_, list) = help
+            .split_once("reports: ")
+            .unwrap_or_else(|| panic!("{args:?}: no summary of report: {help}"));
+        let mut listed = Vec::new();
+        for word in list.split(' ') {
+            listed.push(word.trim_end_matches([',', '.']));
+            if !word.ends_with(',') {
+                break;
+            }
+        }
+        for name in &reports {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{args:?}: the summary of report lists {listed:?}, not {name}"
+            );
+        }
     }
 }
 

@@ -317,8 +317,11 @@ async fn replay_by_a_writer_is_refused_and_writes_nothing_and_an_operator_may(po
     let before = snapshot(&pool).await;
     let checkpoint = checkpoint(&pool).await;
     let run = retrylog_at(&writer.url(&pool).await, &["replay"]).await;
-    assert_ne!(run.code, Some(0), "{run:#?}");
-    assert!(run.stderr.contains("permission denied"), "{run:#?}");
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert_eq!(
+        run.only_problem_line(),
+        needs("replay", "operator", &writer.name)
+    );
     assert_eq!(before, snapshot(&pool).await);
     assert_eq!(checkpoint, self::checkpoint(&pool).await);
 
@@ -504,11 +507,7 @@ async fn project_as_a_role_without_the_operator_capability_names_the_grant_and_e
         assert_eq!(run.code, Some(2), "{}: {run:#?}", role.name);
         assert_eq!(
             run.only_problem_line(),
-            format!(
-                "retrylog: role {0} may not run the projector: it lacks the operator \
-                 capability; the schema's owner grants it with `retrylog grant operator {0}`",
-                role.name
-            )
+            needs("project", "operator", &role.name)
         );
     }
     assert_eq!(before, snapshot(&pool).await);
@@ -520,6 +519,150 @@ async fn project_as_a_role_without_the_operator_capability_names_the_grant_and_e
     let run = retrylog_at(&reader.url(&pool).await, &["project", "--format", "json"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.json()[0]["applied"], json!(1), "{run:#?}");
+}
+
+/// The line a command refused for want of a capability prints.
+fn needs(command: &str, capability: &str, role: &str) -> String {
+    format!(
+        "retrylog: {command} needs the {capability} capability, which role {role} lacks: \
+         retrylog grant {capability} {role} (as the schema owner)"
+    )
+}
+
+/// Every command a reader or a writer may try and be refused — record as a reader, record
+/// --force, recover and replay as either, the reads as a writer, anything as a role with
+/// another capability — says which capability it needs and the grant that gives it, and
+/// exits 2, instead of PostgreSQL's `permission denied for table jobs` and exit 70. `recover`
+/// needs two: the operator's force and the pipeline's right to change the target's status.
+/// Nothing is written; the grants run as printed are all the role lacked.
+#[sqlx::test(migrations = false)]
+async fn every_refusal_for_lack_of_rights_names_the_capability_and_its_grant_and_exits_2(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    append_n(&pool, job(JOB_A), 3).await;
+    let reader = TestRole::create(&pool, &[Reader]).await;
+    let writer = TestRole::create(&pool, &[Writer]).await;
+    let operator = TestRole::create(&pool, &[Operator]).await;
+    let pipeline_role = TestRole::create(&pool, &[Pipeline]).await;
+    let before = snapshot(&pool).await;
+    let checkpoint = checkpoint(&pool).await;
+    let (job_a, a2) = (JOB_A.to_string(), VARIANT_A2.to_string());
+    let record = ["record", "--job-id", &job_a, "--reason", "stuck"];
+    let force = [
+        "record",
+        "--job-id",
+        &job_a,
+        "--reason",
+        "manual_recovery",
+        "--force",
+    ];
+    let recover_job = ["recover", "--job-id", &job_a, "--note", "by hand"];
+    let recover_variant = ["recover", "--variant-id", &a2, "--note", "by hand"];
+    let history = ["history", "--job-id", &job_a];
+    let recover_needs = |role: &TestRole| {
+        format!(
+            "retrylog: recover needs the operator and pipeline capabilities, which role {0} \
+             lacks: retrylog grant operator {0} and retrylog grant pipeline {0} (as the schema \
+             owner)",
+            role.name
+        )
+    };
+    let mut cases: Vec<(&TestRole, &[&str], String)> = vec![
+        (&reader, &record, needs("record", "writer", &reader.name)),
+        (
+            &reader,
+            &force,
+            needs("record --force", "operator", &reader.name),
+        ),
+        (&reader, &recover_job, recover_needs(&reader)),
+        (&reader, &recover_variant, recover_needs(&reader)),
+        (
+            &reader,
+            &["replay"],
+            needs("replay", "operator", &reader.name),
+        ),
+        (
+            &reader,
+            &["replay", "--dry-run"],
+            needs("replay --dry-run", "operator", &reader.name),
+        ),
+        (
+            &writer,
+            &force,
+            needs("record --force", "operator", &writer.name),
+        ),
+        (&writer, &recover_job, recover_needs(&writer)),
+        (&writer, &recover_variant, recover_needs(&writer)),
+        (
+            &writer,
+            &["replay"],
+            needs("replay", "operator", &writer.name),
+        ),
+        (&writer, &history, needs("history", "reader", &writer.name)),
+        (
+            &writer,
+            &["verify"],
+            needs("verify", "reader", &writer.name),
+        ),
+        (
+            &writer,
+            &["status"],
+            needs("status", "reader", &writer.name),
+        ),
+        (
+            &operator,
+            &recover_variant,
+            format!(
+                "retrylog: recover needs the operator and pipeline capabilities; role {0} lacks \
+                 pipeline: retrylog grant pipeline {0} (as the schema owner)",
+                operator.name
+            ),
+        ),
+        (
+            &pipeline_role,
+            &history,
+            needs("history", "reader", &pipeline_role.name),
+        ),
+        (
+            &pipeline_role,
+            &record,
+            needs("record", "writer", &pipeline_role.name),
+        ),
+    ];
+    let reports = [
+        ["report", "top-jobs"],
+        ["report", "top-variants"],
+        ["report", "stats"],
+        ["report", "alerts"],
+        ["report", "trend"],
+        ["report", "outcomes"],
+    ];
+    for args in &reports {
+        let command = args.join(" ");
+        cases.push((&writer, args, needs(&command, "reader", &writer.name)));
+    }
+    for (role, args, expected) in cases {
+        let run = retrylog_at(&role.url(&pool).await, args).await;
+        assert_eq!(run.code, Some(2), "{args:?} as {}: {run:#?}", role.name);
+        // `status` says where the schema stands before it reads the projections.
+        let problems: Vec<&str> = run
+            .problem_lines()
+            .into_iter()
+            .filter(|line| !line.starts_with("retrylog: schema at migration"))
+            .collect();
+        assert_eq!(problems, [expected], "{args:?} as {}", role.name);
+    }
+    assert_eq!(before, snapshot(&pool).await);
+    assert_eq!(checkpoint, self::checkpoint(&pool).await, "no batch ran");
+
+    // The grants as printed are what the reader lacked to recover.
+    for capability in ["operator", "pipeline"] {
+        let grant = retrylog(&pool, &["grant", capability, &reader.name]).await;
+        assert_eq!(grant.code, Some(0), "{grant:#?}");
+    }
+    let run = retrylog_at(&reader.url(&pool).await, &recover_variant).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
 }
 
 #[sqlx::test(migrations = false)]

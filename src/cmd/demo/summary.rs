@@ -4,6 +4,7 @@
 //! limit, what became of the retries (the success rate by scenario), and `verify`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -187,7 +188,12 @@ impl Summary {
     pub fn print(&self, format: DemoFormat, explore: Option<&str>) -> anyhow::Result<()> {
         match format {
             DemoFormat::Json => {
-                println!("{}", serde_json::to_string_pretty(&self.json(explore))?);
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&self.json(explore))?
+                )?;
                 Ok(())
             }
             DemoFormat::Table => self.print_table(explore),
@@ -195,11 +201,14 @@ impl Summary {
     }
 
     fn print_table(&self, explore: Option<&str>) -> anyhow::Result<()> {
+        // Written, not println!: a closed pipe is an error to return, not a panic.
+        let out = &mut std::io::stdout().lock();
         let facts = &self.facts;
         let jobs = &self.jobs;
         let counts = &self.pipeline;
-        println!();
-        println!(
+        writeln!(out)?;
+        writeln!(
+            out,
             "retrylog demo, seed {} ({} × {}, {} flaky, {} s{}):",
             facts.seed,
             super::plural(facts.jobs, "job"),
@@ -211,13 +220,15 @@ impl Summary {
             } else {
                 ""
             }
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  jobs: {} started, {} done ({} of them by the watchdog's final_step recovery), {} \
              still running ({} held up by a target at the limit)",
             jobs.started, jobs.done, jobs.done_by_watchdog, jobs.running, jobs.held_up
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "  pipeline: {} step runs, {} failed; {} done notifications acted on, {} missed and \
              {} job completions missed on purpose",
             counts["runs"],
@@ -225,70 +236,79 @@ impl Summary {
             counts["notifications_acted_on"],
             counts["notifications_missed"],
             counts["completions_missed"]
-        );
+        )?;
 
-        println!(
+        writeln!(
+            out,
             "\nRetries by scenario, and what became of them (watchdog {}; success_rate = \
              recovered / resolved):",
             self.settings.instance
-        );
+        )?;
         self.retry_rows().print(Format::Table)?;
 
-        println!("\nMost retried targets:");
+        writeln!(out, "\nMost retried targets:")?;
         if self.top.rows.is_empty() {
-            println!("  none");
+            writeln!(out, "  none")?;
         } else {
             self.top.print(Format::Table)?;
         }
 
-        println!(
+        writeln!(
+            out,
             "\nNeeding manual intervention (the limit is {} retries):",
             self.settings.max_retries
-        );
+        )?;
         if self.interventions.is_empty() {
-            println!("  none");
+            writeln!(out, "  none")?;
         } else {
             self.intervention_rows().print(Format::Table)?;
         }
 
         let verify = &self.verify;
         if verify.is_clean() {
-            println!(
+            writeln!(
+                out,
                 "\nverify: clean — {} events in {} streams, every hash link, retry_count and \
                  outcome matches the log",
                 verify.events, verify.streams
-            );
+            )?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "\nverify: {} mismatch(es) in {} events:",
                 verify.mismatches.len(),
                 verify.events
-            );
+            )?;
             for mismatch in &verify.mismatches {
-                println!("  {}", crate::text::for_terminal(&mismatch.to_string()));
+                writeln!(
+                    out,
+                    "  {}",
+                    crate::text::for_terminal(&mismatch.to_string())
+                )?;
             }
         }
 
         if let Some(url) = explore {
-            println!("\nThe database is kept; explore it with:");
+            writeln!(out, "\nThe database is kept; explore it with:")?;
             // A command that works as printed, installed or not (`cmd/invocation.rs`).
             let retrylog = format!(
                 "{} --database-url '{url}'",
                 crate::cmd::invocation::program()
             );
-            println!("  {retrylog} report top-variants");
+            writeln!(out, "  {retrylog} report top-variants")?;
             if let Some(variant) = self.most_retried_variant {
-                println!("  {retrylog} history --variant-id {variant}");
+                writeln!(out, "  {retrylog} history --variant-id {variant}")?;
             }
-            println!("  {retrylog} report stats");
-            println!("  {retrylog} report outcomes --by step");
-            println!("  psql '{url}' -c 'SELECT * FROM retry_intervention'");
+            writeln!(out, "  {retrylog} report stats")?;
+            writeln!(out, "  {retrylog} report outcomes --by step")?;
+            writeln!(out, "  psql '{url}' -c 'SELECT * FROM retry_intervention'")?;
         } else {
-            println!(
+            writeln!(
+                out,
                 "\nRun again with --seed {} to repeat this run, with --keep to explore the \
                  database afterwards.",
                 facts.seed
-            );
+            )?;
         }
         Ok(())
     }

@@ -1,16 +1,20 @@
 //! `GET /alerts`: the rows `report alerts` gives (needing intervention first, then high retry
 //! counts; `min` and `within` from the URL), each with a Recover form for an admin.
-//! `GET /ui/live/alerts` is the table alone, fetched again every second.
+//! `GET /ui/live/alerts` is the table alone, fetched again every second. A filter the report
+//! cannot use (`?within=soon`) keeps the page: the form as typed, the refusal beside its
+//! field, 400.
 
 use askama::Template;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use uuid::Uuid;
 
-use super::{error_page, render, Chrome, Table, Viewer};
+use super::{error_page, render, typed, Chrome, FilterError, Table, Viewer};
 use crate::cli::AlertsArgs;
 use crate::cmd::report;
 use crate::http::{flags, ApiContext, Error};
+use crate::window::{Moment, TimeSpec};
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -18,9 +22,38 @@ type Params = Query<Vec<(String, String)>>;
 #[template(path = "alerts.html")]
 struct Page {
     page: Chrome,
-    min: i32,
+    min: String,
     within: String,
     live: String,
+    /// A filter the report cannot use: the page shows the form and this, and no live part.
+    problem: Option<FilterError>,
+}
+
+/// The fields of the alerts' form.
+const FIELDS: &[&str] = &["min", "within"];
+
+impl Page {
+    /// The refusal to show beside `field`.
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.beside(field))
+    }
+
+    /// A refusal of no field of the form (`as_of`, an unknown parameter), shown above it.
+    fn other_error(&self) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.above(FIELDS))
+    }
+}
+
+/// The alerts the URL asks for, their times checked as the report will check them.
+fn filters(params: &[(String, String)]) -> Result<AlertsArgs, FilterError> {
+    let args: AlertsArgs = flags::try_parse(params)?;
+    Moment::from_flag(args.options.as_of.as_deref())?;
+    TimeSpec::parse("--within", &args.within)?;
+    Ok(args)
 }
 
 #[derive(Template)]
@@ -39,9 +72,20 @@ pub async fn page(
     viewer: Viewer,
     Query(params): Params,
 ) -> Response {
-    let args: AlertsArgs = match flags::parse(&params) {
+    let args = match filters(&params) {
         Ok(args) => args,
-        Err(error) => return error_page(&ctx, &viewer, error),
+        Err(problem) => {
+            // The form as typed, the refusal beside its field; the defaults where none given.
+            let defaults: AlertsArgs = flags::parse(&[]).expect("the defaults parse");
+            let page = Page {
+                page: Chrome::new(&ctx, &viewer, "Alerts"),
+                min: typed(&params, "min", &defaults.min.to_string()),
+                within: typed(&params, "within", &defaults.within),
+                live: String::new(),
+                problem: Some(problem),
+            };
+            return (StatusCode::BAD_REQUEST, render(&page)).into_response();
+        }
     };
     let live = match body(&ctx, &viewer, &args)
         .await
@@ -52,9 +96,10 @@ pub async fn page(
     };
     let page = Page {
         page: Chrome::new(&ctx, &viewer, "Alerts"),
-        min: args.min,
+        min: args.min.to_string(),
         within: args.within.clone(),
         live,
+        problem: None,
     };
     render(&page).into_response()
 }

@@ -201,3 +201,71 @@ pub fn error_page(ctx: &ApiContext, viewer: &Viewer, error: Error) -> Response {
     };
     (status, render(&page).into_response()).into_response()
 }
+
+/// A filter of a page's form that the page cannot use: the field it belongs to and what is
+/// wrong, in the page's terms (`since: "7x" is not a duration or a time (…)`). The page shows
+/// itself again, 400, with the form as typed and the message beside the field: a bad filter
+/// keeps the page, it does not replace it with an error page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterError {
+    /// The parameter refused (`since`); `None` when no one parameter is to blame.
+    pub field: Option<String>,
+    /// The message, starting with the parameter's name when there is one.
+    pub message: String,
+}
+
+impl FilterError {
+    /// The message when it belongs beside `field`.
+    pub fn beside(&self, field: &str) -> Option<&str> {
+        (self.field.as_deref() == Some(field)).then_some(self.message.as_str())
+    }
+
+    /// The message when it belongs to none of the form's `fields`: shown above the form.
+    pub fn above(&self, fields: &[&str]) -> Option<&str> {
+        let beside_one = self
+            .field
+            .as_deref()
+            .is_some_and(|field| fields.contains(&field));
+        (!beside_one).then_some(self.message.as_str())
+    }
+}
+
+impl From<super::flags::Refusal> for FilterError {
+    fn from(refusal: super::flags::Refusal) -> Self {
+        match (refusal.parameter, refusal.problem) {
+            (Some(field), Some(problem)) => FilterError {
+                message: format!("{field}: {problem}"),
+                field: Some(field),
+            },
+            (field, _) => FilterError {
+                field,
+                message: refusal.message,
+            },
+        }
+    }
+}
+
+impl From<crate::window::WindowError> for FilterError {
+    fn from(error: crate::window::WindowError) -> Self {
+        match error.in_form_terms() {
+            Some((field, problem)) => FilterError {
+                message: format!("{field}: {problem}"),
+                field: Some(field),
+            },
+            None => FilterError {
+                field: None,
+                message: super::flags::parameter_terms(&error.to_string()),
+            },
+        }
+    }
+}
+
+/// The value of parameter `name` as the user typed it (the last one given), else `default`:
+/// what the form shows again when a filter is refused.
+pub fn typed(params: &[(String, String)], name: &str, default: &str) -> String {
+    params
+        .iter()
+        .rev()
+        .find(|(given, _)| given == name)
+        .map_or_else(|| default.to_string(), |(_, value)| value.clone())
+}

@@ -2,22 +2,26 @@
 //! rollup), targets needing intervention, the watchdog's last sweep and the projector's lag, the
 //! trend chart (`report trend`'s SVG, filtered by the URL's `bucket`, `since`, `by`), the top
 //! jobs and variants (reused for a few seconds), the latest retries. `GET /ui/live/overview` is the same body alone, which
-//! the page fetches every second.
+//! the page fetches every second. A filter the chart cannot use (`?since=7x`) keeps the page:
+//! the form as typed, the refusal beside its field, 400.
 
 use std::time::{Duration, Instant};
 
 use askama::Template;
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use tokio::sync::Mutex;
 
-use super::{error_page, render, Chrome, Table, Viewer};
+use super::{error_page, render, typed, Chrome, FilterError, Table, Viewer};
 use crate::cli::{TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
 use crate::event::RetryEvent;
 use crate::http::{flags, ApiContext, Error};
 use crate::output::{event_rows, Format};
+use crate::report::{check_window, TrendQuery};
 use crate::store::EVENT_COLUMNS;
+use crate::window::{Moment, TimeSpec};
 
 type Params = Query<Vec<(String, String)>>;
 
@@ -29,6 +33,45 @@ struct Page {
     by: String,
     since: String,
     live: String,
+    /// A filter the chart cannot use: the page shows the form and this, and no live part.
+    problem: Option<FilterError>,
+}
+
+/// The fields of the overview's form.
+const FIELDS: &[&str] = &["bucket", "by", "since"];
+
+impl Page {
+    /// The refusal to show beside `field`.
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.beside(field))
+    }
+
+    /// A refusal of no field of the form (`as_of`, an unknown parameter), shown above it.
+    fn other_error(&self) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.above(FIELDS))
+    }
+}
+
+/// The trend the URL asks for, checked as the chart will check it (the flags, the times, the
+/// number of buckets), so that a refusal can be told beside its field.
+fn filters(params: &[(String, String)]) -> Result<TrendArgs, FilterError> {
+    let trend: TrendArgs = flags::try_parse(params)?;
+    let moment = Moment::from_flag(trend.as_of.as_deref())?;
+    let since = TimeSpec::parse("--since", &trend.since)?.resolve(moment.time());
+    let query = TrendQuery {
+        bucket: trend.bucket,
+        by: trend.by,
+        since,
+    };
+    check_window(&query, moment).map_err(|error| FilterError {
+        field: Some("since".into()),
+        message: format!("since: {}", flags::parameter_terms(&error.to_string())),
+    })?;
+    Ok(trend)
 }
 
 #[derive(Template)]
@@ -54,9 +97,21 @@ pub async fn page(
     viewer: Viewer,
     Query(params): Params,
 ) -> Response {
-    let trend: TrendArgs = match flags::parse(&params) {
-        Ok(args) => args,
-        Err(error) => return error_page(&ctx, &viewer, error),
+    let trend = match filters(&params) {
+        Ok(trend) => trend,
+        Err(problem) => {
+            // The form as typed, the refusal beside its field; the defaults where none given.
+            let defaults: TrendArgs = flags::parse(&[]).expect("the defaults parse");
+            let page = Page {
+                page: Chrome::new(&ctx, &viewer, "Overview"),
+                bucket: typed(&params, "bucket", defaults.bucket.as_ref()),
+                by: typed(&params, "by", defaults.by.as_ref()),
+                since: typed(&params, "since", &defaults.since),
+                live: String::new(),
+                problem: Some(problem),
+            };
+            return (StatusCode::BAD_REQUEST, render(&page)).into_response();
+        }
     };
     let live = match live_body(&ctx, &trend).await.and_then(|live| render(&live)) {
         Ok(Html(live)) => live,
@@ -68,6 +123,7 @@ pub async fn page(
         by: trend.by.to_string(),
         since: trend.since.clone(),
         live,
+        problem: None,
     };
     render(&page).into_response()
 }
