@@ -80,5 +80,6 @@ pub mod scratch;
 pub mod shutdown;
 pub mod sqlstate;
 pub mod store;
+pub mod targets;
 pub mod text;
 pub mod window;

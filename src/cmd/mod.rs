@@ -16,6 +16,7 @@ mod replay;
 pub mod report;
 mod serve;
 mod status;
+pub mod targets;
 mod token;
 mod verify;
 
@@ -146,6 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Record(args) => record::run(pool, args).await,
         Command::History(args) => history::run(pool, args).await,
         Command::Report(args) => report::run(pool, args).await,
+        Command::Targets(args) => targets::run(pool, args).await,
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
         Command::Project(args) => project::run(pool, args).await,
