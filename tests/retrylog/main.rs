@@ -112,5 +112,6 @@ mod screens;
 mod security;
 mod sessions;
 mod slow_clients;
+mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
