@@ -26,7 +26,7 @@ use crate::reports::at;
 /// | B1 (running)         | 1 | 05:00 stuck, generate, watchdog-2, message "Timeout 50%_done" | retrying |
 ///
 /// A3 was never retried: it is not a target of the list.
-async fn targets_log(pool: &PgPool) {
+pub async fn targets_log(pool: &PgPool) {
     pipeline(pool).await;
     let a1 = variant(JOB_A, VARIANT_A1);
     let a2 = variant(JOB_A, VARIANT_A2);
