@@ -417,7 +417,7 @@ async fn cursors_list_no_row_twice_and_skip_none_while_other_tasks_append(pool: 
                     // Every third writer's turn retries an old target (every 7th one of them);
                     // the others retry a new job.
                     let (job_id, variant_id) = targets[(w * 7 + n * 21) % targets.len()];
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         append_ok(&pool, &retry(variant(job_id, variant_id))).await;
                         retried.insert(variant_id);
                     } else {
