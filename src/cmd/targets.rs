@@ -98,7 +98,7 @@ pub async fn listing(pool: &PgPool, args: &TargetsArgs, steps: &Steps) -> anyhow
     targets::page(&mut conn, &filter, &stuck, args.sort, &position, args.limit).await
 }
 
-/// "1,234", or "more than 10,000" past the bound.
+/// "1,234", or "more than 1,000" past the bound.
 pub fn count_text(page: &Page) -> String {
     let grouped = |n: i64| {
         let digits = n.to_string();

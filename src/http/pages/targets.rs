@@ -25,7 +25,7 @@ struct Page {
     reasons: Vec<String>,
     sorts: Vec<String>,
     table: Table,
-    /// "12", or "more than 10,000".
+    /// "12", or "more than 1,000".
     count: String,
     /// The Previous and Next links, with every filter.
     previous: Option<String>,
