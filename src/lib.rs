@@ -34,6 +34,8 @@
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts),
 //!   the trend from the rollup (`report/trend.rs`) and the outcomes from theirs
 //!   (`report/outcomes.rs`), with their `--as-of` reconstructions from the log.
+//! - [`targets`]: the targets list (`retrylog targets`, `GET /api/v1/targets`, the Targets
+//!   page): every retried job and variant with its last retry, by state, a keyset page at a time.
 //! - [`http`]: the HTTP API and the dashboard inside `serve`, over the same report rows and
 //!   write operations as the CLI, with tokens and roles (`http/pages/`, `templates/`,
 //!   `assets/`); [`metrics`]: what `/metrics` exposes.
@@ -81,6 +83,7 @@ pub mod scratch;
 pub mod shutdown;
 pub mod sqlstate;
 pub mod store;
+pub mod targets;
 pub mod text;
 pub mod why;
 pub mod window;

@@ -13,6 +13,7 @@
 //!   streams against onto long ones.
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
 //! - `http`: `retrylog-bench http`, the dashboard, /metrics and the API over a million events.
+//! - `targets`: `retrylog-bench targets`, the targets list's pages against OFFSET paging.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
 //! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
@@ -34,6 +35,7 @@ mod recovery;
 mod replay;
 mod reports;
 mod slices;
+mod targets;
 mod twin;
 
 use std::path::PathBuf;
@@ -109,6 +111,10 @@ enum Command {
     /// /metrics at p50/p99, the API's history of one target, 64 clients on the overview for
     /// 20 s, memory before and after.
     Http(http::HttpArgs),
+    /// The targets list (`retrylog targets`, the API and the Targets page) over 100,000 jobs
+    /// × 4 variants and a million events: every filter the page offers, the first page and a
+    /// later one at p50/p99, against DISTINCT ON + OFFSET.
+    Targets(targets::TargetsBenchArgs),
 }
 
 #[tokio::main]
@@ -176,6 +182,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             http::run(&connected, args).await
+        }
+        Command::Targets(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            targets::run(&connected, args).await
         }
     }
 }

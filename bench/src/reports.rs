@@ -48,7 +48,7 @@ use crate::log::load_log;
 use crate::progress;
 
 mod history;
-mod outcomes;
+pub(crate) mod outcomes;
 pub(crate) mod realistic_log;
 mod trend;
 

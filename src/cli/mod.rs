@@ -14,11 +14,13 @@ use crate::event::RetryReason;
 use crate::output::Format;
 
 mod report;
+mod targets;
 
 pub use report::{
     AlertsArgs, OutcomesArgs, Report, ReportArgs, ReportOptions, StatsArgs, TopJobsArgs,
     TopVariantsArgs, TrendArgs, TrendFormat,
 };
+pub use targets::{TargetsArgs, TargetsCommand};
 
 /// Event-sourced retry history for job pipelines on PostgreSQL.
 ///
@@ -112,6 +114,10 @@ pub enum Command {
     History(HistoryArgs),
     /// Audit, trend and outcome reports: top-jobs, top-variants, stats, alerts, trend, outcomes.
     Report(ReportArgs),
+    /// Browse the jobs and variants that were retried, each with its last retry, filtered by
+    /// state (failed, running, stuck, retrying, needs_intervention, recovered, gave_up) and by
+    /// the last retry's facts, a page at a time (--after/--before with the cursors it prints).
+    Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
     /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.

@@ -17,6 +17,7 @@ mod replay;
 pub mod report;
 mod serve;
 mod status;
+pub mod targets;
 mod token;
 mod verify;
 
@@ -158,6 +159,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Record(args) => record::run(pool, args).await,
         Command::History(args) => history::run(pool, args).await,
         Command::Report(args) => report::run(pool, args).await,
+        Command::Targets(args) => targets::run(pool, args).await,
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
         Command::Project(args) => project::run(pool, args).await,

@@ -130,6 +130,7 @@ pub fn needed(command: &Command) -> Option<Needs> {
         Command::History(_) => ("history".into(), &[Reader]),
         Command::Verify(_) => ("verify".into(), &[Reader]),
         Command::Status(_) => ("status".into(), &[Reader]),
+        Command::Targets(_) => ("targets".into(), &[Reader]),
         Command::Report(args) => {
             let report = match args.report {
                 Report::TopJobs(_) => "top-jobs",

@@ -11,7 +11,7 @@
 //!   `session`: the dashboard's logins, kept in the database;
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
-//! - `reports`, `history`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
+//! - `reports`, `history`, `targets`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
 //!   resource;
 //! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets);
 //! - `server`: the accept loop: the header timeout, the connection cap, the graceful stop.
@@ -31,6 +31,7 @@ pub(crate) mod recover;
 mod reports;
 mod server;
 mod session;
+mod targets;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/reports/trend"),
     ("get", "/api/v1/reports/outcomes"),
     ("get", "/api/v1/history"),
+    ("get", "/api/v1/targets"),
     ("get", "/api/v1/chain"),
     ("post", "/api/v1/record"),
     ("post", "/api/v1/recover"),
@@ -101,6 +103,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/api/v1/reports/trend", get(reports::trend))
         .route("/api/v1/reports/outcomes", get(reports::outcomes))
         .route("/api/v1/history", get(history::history))
+        .route("/api/v1/targets", get(targets::targets))
         .route("/api/v1/chain", get(chain::chain))
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))

@@ -156,6 +156,23 @@ impl Scenario {
         format!("{} ORDER BY {order} LIMIT $4", self.sql(scope))
     }
 
+    /// Every target some scenario would pick up now, as `(job_id, job_variants_id)` rows
+    /// (`job_variants_id` NULL for a job), over `$1` (the steps) and `$2` (stuck_after in
+    /// seconds): the targets page's `stuck` state, the detection's own conditions without
+    /// its order and batch limit, so the two cannot disagree.
+    pub fn candidates_sql() -> String {
+        Scenario::ALL
+            .iter()
+            .map(|scenario| {
+                format!(
+                    "SELECT c.job_id, c.job_variants_id FROM ({}) c",
+                    scenario.sql("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    }
+
     /// Claim: the same condition for the one target `$3`, locking its row unless another
     /// transaction holds it. NO KEY UPDATE, the lock `record_retry` takes as well, so a
     /// pipeline inserting variants (a key-share lock on the job) is not held up.

@@ -640,3 +640,92 @@ async fn the_pages_follow_the_systems_dark_mode(pool: PgPool) {
         browser.close().await;
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_targets_page_takes_its_state_from_the_url_and_pages_forward_and_back(pool: PgPool) {
+    crate::targets::targets_log(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, READER).await;
+    browser
+        .goto(&format!("{}/targets?state=running&limit=1", served.base))
+        .await;
+    let selected = browser
+        .client
+        .find(Locator::Css("#state option[selected]"))
+        .await
+        .unwrap()
+        .attr("value")
+        .await
+        .unwrap();
+    assert_eq!(selected.as_deref(), Some("running"));
+    assert_eq!(browser.text("#count").await, "3 matching");
+    // state=running, newest last retry first: variant B1, job B, job A, one per page.
+    let expected = [VARIANT_B1, JOB_B, JOB_A];
+    let first_id = || async { browser.text("main table tbody tr td:nth-child(2)").await };
+    // A click loads the next page: wait until its row shows (the URL alone may already match).
+    let shows = |id: uuid::Uuid| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while first_id().await != id.to_string() {
+            assert!(Instant::now() < deadline, "the page never showed {id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(first_id().await, expected[0].to_string());
+    assert_eq!(
+        browser.count("#previous").await,
+        0,
+        "the first page has no Previous"
+    );
+    for id in &expected[1..] {
+        browser
+            .client
+            .find(Locator::Id("next"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        shows(*id).await;
+        let url = browser.url().await;
+        assert!(
+            url.contains("state=running") && url.contains("limit=1"),
+            "{url}"
+        );
+    }
+    assert_eq!(browser.count("#next").await, 0, "the last page has no Next");
+    for id in expected[..2].iter().rev() {
+        browser
+            .client
+            .find(Locator::Id("previous"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        shows(*id).await;
+        let url = browser.url().await;
+        assert!(
+            url.contains("state=running") && url.contains("before="),
+            "{url}"
+        );
+    }
+    assert_eq!(
+        browser.count("#previous").await,
+        0,
+        "back on the first page"
+    );
+    // The id links to its target page, whole.
+    let link = browser
+        .client
+        .find(Locator::Css("main table tbody tr td:nth-child(2) a"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap();
+    assert_eq!(link, Some(format!("/targets/variant/{VARIANT_B1}")));
+    browser.screenshot("targets").await;
+    browser.assert_no_console_problems().await;
+    browser.close().await;
+}

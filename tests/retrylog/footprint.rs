@@ -437,7 +437,8 @@ async fn the_pipelines_tables_carry_only_the_failure_triggers(pool: PgPool) {
     ]
     .map(|(table, name)| (table.to_string(), name.to_string()));
     assert_eq!(triggers, expected);
-    // What retrylog adds to their indexes: one BRIN index each, on created_at.
+    // What retrylog adds to their indexes: one BRIN index each, on created_at (migration 0015
+    // adds none to them: see its header).
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT indexrelid::regclass::text, am.amname FROM pg_index i
            JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
@@ -452,7 +453,7 @@ async fn the_pipelines_tables_carry_only_the_failure_triggers(pool: PgPool) {
         indexes,
         [
             ("retrylog_jobs_created_at", "brin"),
-            ("retrylog_jobs_variants_created_at", "brin")
+            ("retrylog_jobs_variants_created_at", "brin"),
         ]
         .map(|(index, method)| (index.to_string(), method.to_string()))
     );

@@ -116,6 +116,7 @@ mod screens;
 mod security;
 mod sessions;
 mod slow_clients;
+mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
 mod why;

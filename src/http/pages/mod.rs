@@ -7,6 +7,7 @@
 //!
 //! - `overview`: counts, the trend chart, the top targets, the latest retries;
 //! - `alerts`: `report alerts`' rows, each with a Recover form for an admin;
+//! - `targets`: the targets list, every filter in the URL, paged by cursor;
 //! - `target`: one job or variant — state, timeline, hash chain, variants — and search;
 //! - `recover`: the Recover form's POST, through `recovery::recover_by_hand`;
 //! - `login`: the token form and its cookie; `assets`: the embedded CSS and script.
@@ -19,6 +20,7 @@ mod overview;
 pub use overview::OverviewCache;
 mod recover;
 mod target;
+mod targets;
 
 use askama::Template;
 use axum::extract::FromRequestParts;
@@ -38,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ui/live/overview"),
     ("get", "/alerts"),
     ("get", "/ui/live/alerts"),
+    ("get", "/targets"),
     ("get", "/targets/{kind}/{id}"),
     ("get", "/search"),
     ("post", "/ui/recover"),
@@ -54,6 +57,7 @@ pub fn routes() -> Router<ApiContext> {
         .route("/ui/live/overview", get(overview::live))
         .route("/alerts", get(alerts::page))
         .route("/ui/live/alerts", get(alerts::live))
+        .route("/targets", get(targets::page))
         .route("/targets/{kind}/{id}", get(target::page))
         .route("/search", get(target::search))
         .route("/ui/recover", post(recover::recover))

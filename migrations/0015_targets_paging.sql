@@ -1,0 +1,13 @@
+-- The targets list (issue 22, Browse: `retrylog targets`, GET /api/v1/targets, the Targets
+-- page) pages by keyset in two orders; each order reads one index from its start, so the first
+-- page and the thousandth cost the same.
+--
+--   * retry_history (occurred_at, seq): the last-retry order (most recent first, ties by seq),
+--     and the since/until window on the last retry. The page walks the log backwards in time
+--     and keeps each retry that is the latest of its stream (a probe of the stream key).
+--   * the retry-count order (ties by id) reads the pipeline tables' own idx_*_retry_count
+--     indexes, with an incremental sort on the id within each count. A (retry_count, id)
+--     btree on jobs and jobs_variants would make its later pages cheaper, but would cost every
+--     pipeline insert one index entry more (invariant 10: the pipeline's writes keep >= 0.95x
+--     their speed), so none is added before the footprint benchmark has measured it.
+CREATE INDEX IF NOT EXISTS retry_history_occurred_at_seq ON retry_history (occurred_at, seq);

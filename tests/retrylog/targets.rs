@@ -1,0 +1,483 @@
+//! The targets list (`retrylog targets`, `GET /api/v1/targets`): every filter against rows
+//! computed by hand, both orders paged forward and back, cursors that stay stable while other
+//! tasks append, and the refusals of a malformed cursor or limit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use retrylog::event::{NewRetry, RetryReason, Target};
+use retrylog::intervention::{self, NewIntervention};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::fixtures::*;
+use crate::reports::at;
+
+/// The pipeline fixture with this log (every time on 2026-11-01, UTC):
+///
+/// | target | retries | last retry: time, reason, step, actor, scenario, detail | state |
+/// |---|---|---|---|
+/// | job A (running)      | 1 | 01:00 stuck, segment, cli:alice, error "OOM killed"    | retrying |
+/// | A1 (done, lagging)   | 2 | 02:00 stuck, generate, watchdog-1, lagging (first at prepare) | retrying, stuck |
+/// | A2 (failed)          | 3 | 03:00 failed, segment, watchdog-1, failed; then noted at the limit | gave_up, needs_intervention |
+/// | job B (running)      | 1 | 04:00 manual_recovery, generate, cli:bob, note "rerun after fix" | recovered |
+/// | B1 (running)         | 1 | 05:00 stuck, generate, watchdog-2, message "Timeout 50%_done" | retrying |
+///
+/// A3 was never retried: it is not a target of the list.
+pub async fn targets_log(pool: &PgPool) {
+    pipeline(pool).await;
+    let a1 = variant(JOB_A, VARIANT_A1);
+    let a2 = variant(JOB_A, VARIANT_A2);
+    let entry = |target: Target, reason, time: &str, step: &str, actor: &str, detail: Value| {
+        NewRetry::new(target, reason, actor)
+            .with_step(step)
+            .with_detail(detail)
+            .with_occurred_at(at(&format!("2026-11-01T{time}:00Z")))
+    };
+    let log = [
+        entry(
+            job(JOB_A),
+            RetryReason::Stuck,
+            "01:00",
+            "segment",
+            "cli:alice",
+            json!({"error": "OOM killed"}),
+        ),
+        entry(
+            a1,
+            RetryReason::Stuck,
+            "01:30",
+            "prepare",
+            "watchdog-1",
+            json!({"scenario": "lagging"}),
+        ),
+        entry(
+            a1,
+            RetryReason::Stuck,
+            "02:00",
+            "generate",
+            "watchdog-1",
+            json!({"scenario": "lagging"}),
+        ),
+        entry(
+            a2,
+            RetryReason::Failed,
+            "02:20",
+            "segment",
+            "watchdog-1",
+            json!({"scenario": "failed"}),
+        ),
+        entry(
+            a2,
+            RetryReason::Failed,
+            "02:40",
+            "segment",
+            "watchdog-1",
+            json!({"scenario": "failed"}),
+        ),
+        entry(
+            a2,
+            RetryReason::Failed,
+            "03:00",
+            "segment",
+            "watchdog-1",
+            json!({"scenario": "failed"}),
+        ),
+        entry(
+            job(JOB_B),
+            RetryReason::ManualRecovery,
+            "04:00",
+            "generate",
+            "cli:bob",
+            json!({"note": "rerun after fix"}),
+        ),
+        entry(
+            variant(JOB_B, VARIANT_B1),
+            RetryReason::Stuck,
+            "05:00",
+            "generate",
+            "watchdog-2",
+            json!({"message": "Timeout 50%_done"}),
+        ),
+    ];
+    let mut seqs = Vec::new();
+    for retry in &log {
+        seqs.push(append_ok(pool, retry).await.seq);
+    }
+    // A2 at the limit: the watchdog's note, which decides its open retry gave_up.
+    let mut tx = pool.begin().await.unwrap();
+    assert!(intervention::note(
+        &mut tx,
+        &NewIntervention {
+            target: a2,
+            retry_count: 3,
+            max_retries: 3,
+            scenario: "failed",
+            reason: RetryReason::Failed,
+            step: Some("segment"),
+            status: "failed",
+            actor: "watchdog-test",
+            detail: json!({"scenario": "failed"}),
+        },
+    )
+    .await
+    .unwrap());
+    tx.commit().await.unwrap();
+    // Job B recovered, as the watchdog's observation records it.
+    sqlx::query(
+        "WITH decided AS (DELETE FROM retry_open WHERE seq = $1 RETURNING seq, occurred_at)
+         INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+         SELECT seq, 'recovered', occurred_at, 'test', '{}' FROM decided",
+    )
+    .bind(seqs[6])
+    .execute(pool)
+    .await
+    .unwrap();
+    // A1 has sat still at its lagging step for an hour: the lagging scenario's candidate.
+    sqlx::query("UPDATE jobs_variants SET updated_at = now() - interval '1 hour'")
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// The ids of a page's rows, in order.
+fn ids(page: &Value) -> Vec<Uuid> {
+    page["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a page with rows: {page}"))
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Each filter, as query parameters, and the rows it must give, in order.
+fn cases() -> Vec<(&'static str, Vec<Uuid>)> {
+    let (a, a1, a2, b, b1) = (JOB_A, VARIANT_A1, VARIANT_A2, JOB_B, VARIANT_B1);
+    vec![
+        ("", vec![b1, b, a2, a1, a]),
+        ("state=failed", vec![a2]),
+        ("state=running", vec![b1, b, a]),
+        ("state=stuck", vec![a1]),
+        ("state=stuck&stuck_after=2h", vec![]),
+        ("state=retrying", vec![b1, a1, a]),
+        ("state=needs_intervention", vec![a2]),
+        ("state=recovered", vec![b]),
+        ("state=gave_up", vec![a2]),
+        ("kind=job", vec![b, a]),
+        ("kind=variant", vec![b1, a2, a1]),
+        ("step=generate", vec![b1, b, a1]),
+        // A1's first retry was at prepare; only the last retry counts.
+        ("step=prepare", vec![]),
+        ("reason=failed", vec![a2]),
+        ("reason=manual_recovery", vec![b]),
+        ("scenario=lagging", vec![a1]),
+        ("actor=watchdog-1", vec![a2, a1]),
+        ("since=2026-11-01T02:30:00Z", vec![b1, b, a2]),
+        ("until=2026-11-01T02:00:00Z", vec![a1, a]),
+        (
+            "since=2026-11-01T02:00:00Z&until=2026-11-01T04:00:00Z",
+            vec![b, a2, a1],
+        ),
+        ("min_retries=2", vec![a2, a1]),
+        ("q=oom", vec![a]),
+        ("q=RERUN", vec![b]),
+        // % and _ are the user's text, not a pattern.
+        ("q=50%25_", vec![b1]),
+        ("q=50%25x", vec![]),
+        ("kind=variant&state=retrying&actor=watchdog-1", vec![a1]),
+        ("sort=retry_count", vec![a2, a1, b1, b, a]),
+        ("sort=retry_count&kind=job", vec![b, a]),
+        (
+            "sort=retry_count&state=running&min_retries=1",
+            vec![b1, b, a],
+        ),
+    ]
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_filter_of_the_api_gives_the_rows_computed_by_hand(pool: PgPool) {
+    targets_log(&pool).await;
+    let router = router(&pool, true);
+    for (query, expected) in cases() {
+        let answer = call(
+            &router,
+            &format!("/api/v1/targets?{query}"),
+            Some(READER),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{query}: {}", answer.json);
+        assert_eq!(ids(&answer.json), expected, "{query}");
+        assert_eq!(answer.json["count"], json!(expected.len()), "{query}");
+        assert_eq!(answer.json["count_exact"], json!(true), "{query}");
+    }
+    // A row in full: every id whole, the last retry's reason, outcome and time.
+    let answer = call(
+        &router,
+        "/api/v1/targets?state=gave_up",
+        Some(READER),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        answer.json["rows"][0],
+        json!({
+            "kind": "variant", "id": VARIANT_A2.to_string(), "job_id": JOB_A.to_string(),
+            "status": "failed", "step": "segment", "retry_count": 3, "last_reason": "failed",
+            "last_outcome": "gave_up", "last_retry_at": "2026-11-01T03:00:00.000000Z",
+        })
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_filter_of_the_command_gives_the_same_rows_as_the_api(pool: PgPool) {
+    targets_log(&pool).await;
+    for (query, expected) in cases() {
+        let mut args = vec!["targets".to_string(), "--format".into(), "json".into()];
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap();
+            args.push(format!(
+                "--{}={}",
+                name.replace('_', "-"),
+                value.replace("%25", "%")
+            ));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = retrylog(&pool, &args).await;
+        assert_eq!(run.code, Some(0), "{query}: {run:#?}");
+        assert_eq!(ids(&run.json()), expected, "{query}");
+    }
+    // The table says how many match and how to go on, on stderr.
+    let run = retrylog(&pool, &["targets", "--limit", "2"]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert!(run.stdout.contains(&VARIANT_B1.to_string()), "{run:#?}");
+    assert!(
+        run.stderr.contains("5 matching; next page: --after "),
+        "{run:#?}"
+    );
+    let run = retrylog(&pool, &["targets", "--format", "csv", "--state", "failed"]).await;
+    assert_eq!(
+        run.stdout.lines().next(),
+        Some("kind,id,job_id,status,step,retry_count,last_reason,last_outcome,last_retry_at")
+    );
+    assert_eq!(run.stdout.lines().count(), 2, "{run:#?}");
+}
+
+/// Pages `query` forward with `limit`, then back from the last page with the `previous`
+/// cursors: the ids in order both ways.
+async fn page_through(router: &axum::Router, query: &str, limit: usize) -> (Vec<Uuid>, Vec<Uuid>) {
+    let fetch = |cursor: String| {
+        let uri = format!("/api/v1/targets?{query}&limit={limit}{cursor}");
+        async move {
+            let answer = call(router, &uri, Some(READER), None, &[]).await;
+            assert_eq!(answer.status, 200, "{uri}: {}", answer.json);
+            answer.json
+        }
+    };
+    let mut forward = Vec::new();
+    let mut page = fetch(String::new()).await;
+    assert_eq!(
+        page["previous"],
+        Value::Null,
+        "the first page has no previous"
+    );
+    loop {
+        let rows = ids(&page);
+        assert!(rows.len() <= limit);
+        forward.extend(rows);
+        match page["next"].as_str() {
+            Some(next) => page = fetch(format!("&after={next}")).await,
+            None => break,
+        }
+    }
+    let mut backward = ids(&page);
+    while let Some(previous) = page["previous"].as_str() {
+        page = fetch(format!("&before={previous}")).await;
+        let mut rows = ids(&page);
+        assert_eq!(rows.len(), limit, "a previous page is full");
+        rows.extend(backward);
+        backward = rows;
+    }
+    (forward, backward)
+}
+
+#[sqlx::test(migrations = false)]
+async fn both_orders_page_forward_and_back_to_the_same_rows(pool: PgPool) {
+    targets_log(&pool).await;
+    let router = router(&pool, true);
+    for (query, expected) in cases() {
+        for limit in [1, 2, 3] {
+            let (forward, backward) = page_through(&router, query, limit).await;
+            assert_eq!(forward, expected, "{query} forward by {limit}");
+            if !expected.is_empty() {
+                assert_eq!(backward, expected, "{query} back by {limit}");
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_cursor_or_limit_is_refused_naming_the_parameter(pool: PgPool) {
+    targets_log(&pool).await;
+    let router = router(&pool, true);
+    let first = call(&router, "/api/v1/targets?limit=1", Some(READER), None, &[]).await;
+    let next = first.json["next"].as_str().unwrap().to_string();
+    for (query, named) in [
+        ("after=not-a-cursor", "'after'"),
+        ("after=eyJ4IjoxfQ", "'after'"),
+        ("before=%7B%7D", "'before'"),
+        (&format!("sort=retry_count&after={next}") as &str, "after"),
+        ("limit=0", "'limit'"),
+        ("limit=501", "'limit'"),
+        ("limit=ten", "'limit'"),
+        ("min_retries=0", "'min_retries'"),
+        ("state=asleep", "'state'"),
+        ("since=soon", "since"),
+        (&format!("after={next}&before={next}"), "before"),
+    ] {
+        let answer = call(
+            &router,
+            &format!("/api/v1/targets?{query}"),
+            Some(READER),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{query}: {}", answer.json);
+        let error = answer.json["error"].as_str().unwrap();
+        // API errors name query parameters, never the CLI's flags.
+        assert!(
+            error.contains(named) && !error.contains("--"),
+            "{query}: {error}"
+        );
+    }
+    let run = retrylog(&pool, &["targets", "--after", "garbage"]).await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.only_problem_line().contains("--after"), "{run:#?}");
+    let run = retrylog(
+        &pool,
+        &["targets", "--sort", "retry_count", "--after", &next],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(run.only_problem_line().contains("--after"), "{run:#?}");
+}
+
+/// `n` jobs, each with one variant, each retried once at its own minute of 2026-11-02.
+async fn crowd(pool: &PgPool, n: usize) -> Vec<(Uuid, Uuid)> {
+    migrated(pool).await;
+    lift_retry_limit(pool).await;
+    let mut targets = Vec::new();
+    for i in 0..n {
+        let (job_id, variant_id) = (Uuid::new_v4(), Uuid::new_v4());
+        sqlx::query(
+            "INSERT INTO jobs (job_id, status, current_step) VALUES ($1, 'running', 'generate');
+             ",
+        )
+        .bind(job_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+             VALUES ($1, $2, 'running', 'generate')",
+        )
+        .bind(variant_id)
+        .bind(job_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        let when = at("2026-11-02T00:00:00Z") + chrono::Duration::minutes(i as i64);
+        append_ok(
+            pool,
+            &retry(variant(job_id, variant_id)).with_occurred_at(when),
+        )
+        .await;
+        append_ok(pool, &retry(job(job_id)).with_occurred_at(when)).await;
+        targets.push((job_id, variant_id));
+    }
+    targets
+}
+
+#[sqlx::test(migrations = false)]
+async fn cursors_list_no_row_twice_and_skip_none_while_other_tasks_append(pool: PgPool) {
+    let targets = crowd(&pool, 40).await;
+    let router = router(&pool, true);
+    for sort in ["last_retry", "retry_count"] {
+        // Writers, each a task of its own, retrying old targets and creating new ones while
+        // the pages are read.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..3usize {
+            let (pool, stop, targets) = (pool.clone(), stop.clone(), targets.clone());
+            writers.push(tokio::spawn(async move {
+                let mut retried = HashSet::new();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    // Every third writer's turn retries an old target (every 7th one of them);
+                    // the others retry a new job.
+                    let (job_id, variant_id) = targets[(w * 7 + n * 21) % targets.len()];
+                    if n.is_multiple_of(3) {
+                        append_ok(&pool, &retry(variant(job_id, variant_id))).await;
+                        retried.insert(variant_id);
+                    } else {
+                        let new_job = Uuid::new_v4();
+                        sqlx::query("INSERT INTO jobs (job_id, status) VALUES ($1, 'running')")
+                            .bind(new_job)
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                        append_ok(&pool, &retry(job(new_job))).await;
+                    }
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                retried
+            }));
+        }
+        let mut seen: HashMap<Uuid, usize> = HashMap::new();
+        let mut cursor = String::new();
+        let mut pages = 0;
+        loop {
+            let uri = format!("/api/v1/targets?sort={sort}&limit=7{cursor}");
+            let page = call(&router, &uri, Some(READER), None, &[]).await;
+            assert_eq!(page.status, 200, "{uri}: {}", page.json);
+            for id in ids(&page.json) {
+                *seen.entry(id).or_default() += 1;
+            }
+            pages += 1;
+            // Let the writers append between two fetches.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            match page.json["next"].as_str() {
+                Some(next) => cursor = format!("&after={next}"),
+                None => break,
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut retried = HashSet::new();
+        for writer in writers {
+            retried.extend(writer.await.unwrap());
+        }
+        assert!(pages > 5, "{sort}: the listing took several pages");
+        assert!(
+            !retried.is_empty(),
+            "{sort}: the writers retried old targets meanwhile"
+        );
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{sort}: listed twice: {twice:?}");
+        // Every old target whose sort key did not move while paging is listed.
+        for (job_id, variant_id) in &targets {
+            assert!(seen.contains_key(job_id), "{sort}: job {job_id} skipped");
+            if !retried.contains(variant_id) {
+                assert!(
+                    seen.contains_key(variant_id),
+                    "{sort}: variant {variant_id} skipped"
+                );
+            }
+        }
+    }
+}
