@@ -53,6 +53,15 @@ pub fn try_parse<A: Args + FromArgMatches>(params: &[(String, String)]) -> Resul
                 problem: None,
             });
         }
+        // A NUL can come only through a URL (a command line cannot hold one), and PostgreSQL
+        // refuses it in every text it is given: the parameter's mistake, said as such.
+        if value.contains('\0') {
+            return Err(Refusal {
+                message: format!("invalid {name}: it holds a NUL character (%00)"),
+                parameter: Some(name.clone()),
+                problem: None,
+            });
+        }
         // `--name=value`: a value starting with '-' stays a value.
         args.push(format!("--{}={value}", name.replace('_', "-")));
     }

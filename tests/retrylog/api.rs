@@ -156,6 +156,15 @@ async fn a_bad_parameter_is_a_400_with_the_clis_message_naming_the_parameter(poo
             "/api/v1/history?reason=stuck",
             "history needs a target: give the parameter job_id or variant_id",
         ),
+        // A NUL (a URL can hold one, a command line cannot): schemathesis found it a 500.
+        (
+            "/api/v1/targets?scenario=fail%00ed",
+            "invalid scenario: it holds a NUL character (%00)",
+        ),
+        (
+            "/api/v1/history?job_id=0a000000-0000-4000-8000-000000000000&step=a%00",
+            "invalid step: it holds a NUL character (%00)",
+        ),
     ] {
         let answer = get(&api, uri).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{uri}");
