@@ -556,13 +556,18 @@ pub async fn stop_serve(serve: tokio::process::Child) -> std::process::Output {
 /// Brings variant A2 (failed) to the limit of 3 and writes the watchdog's note for it, as a
 /// sweep would: the target `report alerts` lists as needing intervention.
 pub async fn a2_needs_intervention(pool: &PgPool) {
-    let a2 = variant(JOB_A, VARIANT_A2);
-    append_n(pool, a2, 3).await;
+    append_n(pool, variant(JOB_A, VARIANT_A2), 3).await;
+    note_a2_at_the_limit(pool).await;
+}
+
+/// The watchdog's note for variant A2 at the limit of 3 (its three retries made already),
+/// which decides A2's open retry `gave_up`.
+pub async fn note_a2_at_the_limit(pool: &PgPool) {
     let mut tx = pool.begin().await.unwrap();
     let noted = intervention::note(
         &mut tx,
         &NewIntervention {
-            target: a2,
+            target: variant(JOB_A, VARIANT_A2),
             retry_count: 3,
             max_retries: 3,
             scenario: "failed",

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use retrylog::event::{NewRetry, RetryReason, Target};
-use retrylog::intervention::{self, NewIntervention};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -107,24 +106,7 @@ pub async fn targets_log(pool: &PgPool) {
         seqs.push(append_ok(pool, retry).await.seq);
     }
     // A2 at the limit: the watchdog's note, which decides its open retry gave_up.
-    let mut tx = pool.begin().await.unwrap();
-    assert!(intervention::note(
-        &mut tx,
-        &NewIntervention {
-            target: a2,
-            retry_count: 3,
-            max_retries: 3,
-            scenario: "failed",
-            reason: RetryReason::Failed,
-            step: Some("segment"),
-            status: "failed",
-            actor: "watchdog-test",
-            detail: json!({"scenario": "failed"}),
-        },
-    )
-    .await
-    .unwrap());
-    tx.commit().await.unwrap();
+    note_a2_at_the_limit(pool).await;
     // Job B recovered, as the watchdog's observation records it.
     sqlx::query(
         "WITH decided AS (DELETE FROM retry_open WHERE seq = $1 RETURNING seq, occurred_at)
