@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use uuid::Uuid;
 
-use super::{error_page, render, typed, Chrome, FilterError, Table, Viewer};
+use super::{error_page, render, typed, Chrome, FilterError, FormProblem, Table, Viewer};
 use crate::cli::AlertsArgs;
 use crate::cmd::report;
 use crate::http::{flags, ApiContext, Error};
@@ -26,27 +26,11 @@ struct Page {
     within: String,
     live: String,
     /// A filter the report cannot use: the page shows the form and this, and no live part.
-    problem: Option<FilterError>,
+    problem: FormProblem,
 }
 
 /// The fields of the alerts' form.
 const FIELDS: &[&str] = &["min", "within"];
-
-impl Page {
-    /// The refusal to show beside `field`.
-    fn error_for(&self, field: &str) -> Option<&str> {
-        self.problem
-            .as_ref()
-            .and_then(|problem| problem.beside(field))
-    }
-
-    /// A refusal of no field of the form (`as_of`, an unknown parameter), shown above it.
-    fn other_error(&self) -> Option<&str> {
-        self.problem
-            .as_ref()
-            .and_then(|problem| problem.above(FIELDS))
-    }
-}
 
 /// The alerts the URL asks for, their times checked as the report will check them.
 fn filters(params: &[(String, String)]) -> Result<AlertsArgs, FilterError> {
@@ -82,7 +66,7 @@ pub async fn page(
                 min: typed(&params, "min", &defaults.min.to_string()),
                 within: typed(&params, "within", &defaults.within),
                 live: String::new(),
-                problem: Some(problem),
+                problem: FormProblem::new(Some(problem), FIELDS),
             };
             return (StatusCode::BAD_REQUEST, render(&page)).into_response();
         }
@@ -99,7 +83,7 @@ pub async fn page(
         min: args.min.to_string(),
         within: args.within.clone(),
         live,
-        problem: None,
+        problem: FormProblem::new(None, FIELDS),
     };
     render(&page).into_response()
 }

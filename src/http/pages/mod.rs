@@ -234,6 +234,40 @@ impl FilterError {
     }
 }
 
+/// A filter form's refusal, if any, with the form's fields: where its message shows.
+#[derive(Debug, Clone)]
+pub struct FormProblem {
+    /// What the URL's filters were refused for; `None` when they were fine.
+    problem: Option<FilterError>,
+    /// The parameters the form has a field for.
+    fields: &'static [&'static str],
+}
+
+impl FormProblem {
+    pub fn new(problem: Option<FilterError>, fields: &'static [&'static str]) -> Self {
+        FormProblem { problem, fields }
+    }
+
+    /// Whether the filters were refused (the page then shows the form and no live part).
+    pub fn refused(&self) -> bool {
+        self.problem.is_some()
+    }
+
+    /// The refusal to show beside `field`.
+    pub fn beside(&self, field: &str) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.beside(field))
+    }
+
+    /// A refusal of no field of the form (`as_of`, an unknown parameter), shown above it.
+    pub fn above(&self) -> Option<&str> {
+        self.problem
+            .as_ref()
+            .and_then(|problem| problem.above(self.fields))
+    }
+}
+
 impl From<super::flags::Refusal> for FilterError {
     fn from(refusal: super::flags::Refusal) -> Self {
         match (refusal.parameter, refusal.problem) {

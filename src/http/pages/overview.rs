@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use tokio::sync::Mutex;
 
-use super::{error_page, render, typed, Chrome, FilterError, Table, Viewer};
+use super::{error_page, render, typed, Chrome, FilterError, FormProblem, Table, Viewer};
 use crate::cli::{TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
 use crate::event::RetryEvent;
@@ -34,27 +34,11 @@ struct Page {
     since: String,
     live: String,
     /// A filter the chart cannot use: the page shows the form and this, and no live part.
-    problem: Option<FilterError>,
+    problem: FormProblem,
 }
 
 /// The fields of the overview's form.
 const FIELDS: &[&str] = &["bucket", "by", "since"];
-
-impl Page {
-    /// The refusal to show beside `field`.
-    fn error_for(&self, field: &str) -> Option<&str> {
-        self.problem
-            .as_ref()
-            .and_then(|problem| problem.beside(field))
-    }
-
-    /// A refusal of no field of the form (`as_of`, an unknown parameter), shown above it.
-    fn other_error(&self) -> Option<&str> {
-        self.problem
-            .as_ref()
-            .and_then(|problem| problem.above(FIELDS))
-    }
-}
 
 /// The trend the URL asks for, checked as the chart will check it (the flags, the times, the
 /// number of buckets), so that a refusal can be told beside its field.
@@ -108,7 +92,7 @@ pub async fn page(
                 by: typed(&params, "by", defaults.by.as_ref()),
                 since: typed(&params, "since", &defaults.since),
                 live: String::new(),
-                problem: Some(problem),
+                problem: FormProblem::new(Some(problem), FIELDS),
             };
             return (StatusCode::BAD_REQUEST, render(&page)).into_response();
         }
@@ -123,7 +107,7 @@ pub async fn page(
         by: trend.by.to_string(),
         since: trend.since.clone(),
         live,
-        problem: None,
+        problem: FormProblem::new(None, FIELDS),
     };
     render(&page).into_response()
 }
