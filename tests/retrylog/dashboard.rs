@@ -22,8 +22,8 @@ use crate::fixtures::*;
 static ONE_BROWSER: Semaphore = Semaphore::const_new(1);
 
 /// The dashboard served on a free loopback port until dropped.
-struct Served {
-    base: String,
+pub(crate) struct Served {
+    pub(crate) base: String,
     stop: watch::Sender<bool>,
 }
 
@@ -33,7 +33,7 @@ impl Drop for Served {
     }
 }
 
-async fn serve(pool: &PgPool) -> Served {
+pub(crate) async fn serve(pool: &PgPool) -> Served {
     let ctx = ApiContext {
         pool: pool.clone(),
         tokens: Some(Arc::new(Tokens::load(&tokens_file()).unwrap())),
@@ -53,8 +53,8 @@ async fn serve(pool: &PgPool) -> Served {
 }
 
 /// A headless Chromium with its own chromedriver.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
     _turn: SemaphorePermit<'static>,
 }
@@ -81,7 +81,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
 }
 
 impl Browser {
-    async fn open(dark: bool) -> Browser {
+    pub(crate) async fn open(dark: bool) -> Browser {
         let turn = ONE_BROWSER.acquire().await.unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -137,11 +137,11 @@ impl Browser {
         }
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap();
     }
 
-    async fn login(&self, served: &Served, token: &str) {
+    pub(crate) async fn login(&self, served: &Served, token: &str) {
         self.goto(&format!("{}/login", served.base)).await;
         let field = self.client.find(Locator::Id("token")).await.unwrap();
         field.send_keys(token).await.unwrap();
@@ -151,7 +151,7 @@ impl Browser {
 
     /// The text of the element `css` selects, read in one script call: the live refresh may
     /// replace the element between a find and a read.
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         let text = self
             .client
             .execute(
@@ -190,11 +190,11 @@ impl Browser {
         found == json!(mark)
     }
 
-    async fn count(&self, css: &str) -> usize {
+    pub(crate) async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
 
-    async fn url(&self) -> String {
+    pub(crate) async fn url(&self) -> String {
         self.client.current_url().await.unwrap().to_string()
     }
 
@@ -211,7 +211,7 @@ impl Browser {
     }
 
     /// The console's errors and warnings so far (CSP violations, failed loads, exceptions).
-    async fn console_problems(&self) -> Vec<String> {
+    pub(crate) async fn console_problems(&self) -> Vec<String> {
         let log = self.client.issue_cmd(ConsoleLog).await.unwrap();
         log.as_array()
             .map(|entries| {
@@ -224,13 +224,13 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    async fn assert_no_console_problems(&self) {
+    pub(crate) async fn assert_no_console_problems(&self) {
         let problems = self.console_problems().await;
         assert!(problems.is_empty(), "the console says: {problems:#?}");
     }
 
     /// Saves a screenshot under docs/screenshots when RETRYLOG_SCREENSHOTS is set.
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         if std::env::var_os("RETRYLOG_SCREENSHOTS").is_none() {
             return;
         }
@@ -240,13 +240,13 @@ impl Browser {
         std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.client.close().await.unwrap();
     }
 }
 
 /// Retries to every kind of target, applied to the rollup, and variant A2 at the limit.
-async fn busy_pipeline(pool: &PgPool) {
+pub(crate) async fn busy_pipeline(pool: &PgPool) {
     pipeline(pool).await;
     append_n(pool, variant(JOB_A, VARIANT_A1), 2).await;
     append_ok(pool, &retry(job(JOB_B))).await;

@@ -68,6 +68,12 @@
 //!   token, `Sec-Fetch-Site: none`, `serve --no-http` listening nowhere.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
 //!   live updates, filters in the URL, the Recover flow and its refusal, dark mode.
+//! - `layout`: every page in headless Chromium at 1400×1000 and 390×844, light and dark:
+//!   nothing leaves the viewport sideways outside a scroll box, no two tables overlap, the
+//!   alerts keep count, why and Recover in view, the chart takes the page's colours.
+//! - `timeline`: the target page's timeline filters from the URL (the same rows as
+//!   `GET /api/v1/history`), a bad one beside its field, each attempt's outcome and why, the
+//!   detail's key/values whole.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
@@ -101,6 +107,7 @@ mod footprint;
 mod history;
 mod hostile;
 mod integrity;
+mod layout;
 mod manual;
 mod migrations;
 mod odd_input;
@@ -119,4 +126,5 @@ mod slow_clients;
 mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
+mod timeline;
 mod why;

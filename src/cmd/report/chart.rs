@@ -2,6 +2,11 @@
 //! bucket on top (solid) with the recovered ones among them (dashed, the group's colour), the
 //! retry rate below, one colour per group, a shared time axis and a legend with each group's
 //! totals.
+//!
+//! Every colour that is not a group's is both an attribute, so the file stands alone (light),
+//! and a class (`chart-bg`, `chart-ink`, `chart-muted`, `chart-axis`, `chart-grid`,
+//! `chart-key`), so the dashboard's stylesheet recolours the chart it embeds from its own
+//! colour variables: dark with the page. CSS beats an SVG presentation attribute.
 
 use std::fmt::Write;
 
@@ -95,13 +100,13 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     );
     let _ = writeln!(
         svg,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/>"##
+        r##"<rect class="chart-bg" width="100%" height="100%" fill="#ffffff"/>"##
     );
 
     // 2. Title and what the chart was read from.
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="32" font-size="20" font-weight="bold" fill="#222">Retries per {bucket} by {by}</text>"##,
+        r##"<text x="{LEFT}" y="32" font-size="20" font-weight="bold" class="chart-ink" fill="#222">Retries per {bucket} by {by}</text>"##,
         by = trend.query.by,
     );
     let source = match (trend.source, moment) {
@@ -118,7 +123,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     };
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="54" fill="#555">{} to {} (buckets in UTC) · {}{}</text>"##,
+        r##"<text x="{LEFT}" y="54" class="chart-muted" fill="#555">{} to {} (buckets in UTC) · {}{}</text>"##,
         label(trend.from, bucket, true),
         label(trend.to, bucket, true),
         escape(&source),
@@ -128,7 +133,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     if buckets.is_empty() {
         let _ = writeln!(
             svg,
-            r##"<text x="{}" y="{}" text-anchor="middle" font-size="16" fill="#777">no buckets in this window</text></svg>"##,
+            r##"<text x="{}" y="{}" text-anchor="middle" font-size="16" class="chart-muted" fill="#777">no buckets in this window</text></svg>"##,
             WIDTH / 2.0,
             HEIGHT / 2.0
         );
@@ -183,7 +188,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#777">solid: retries · dashed: of them recovered (the target moved on; outcome observed{})</text>"##,
+        r##"<text x="{LEFT}" y="{}" font-size="11" class="chart-muted" fill="#777">solid: retries · dashed: of them recovered (the target moved on; outcome observed{})</text>"##,
         TOP_Y - 8.0,
         match moment {
             Moment::AsOf(at) => format!(" by {}", at.format("%Y-%m-%d %H:%M UTC")),
@@ -224,7 +229,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{LEFT}" y="{}" font-size="11" fill="#777">rate = targets retried ÷ targets created in the bucket{}; gaps: nothing created</text>"##,
+        r##"<text x="{LEFT}" y="{}" font-size="11" class="chart-muted" fill="#777">rate = targets retried ÷ targets created in the bucket{}; gaps: nothing created</text>"##,
         RATE_Y - 8.0,
         if trend.query.by == crate::report::GroupBy::Kind {
             " of that kind"
@@ -242,7 +247,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         if labelled || buckets.len() <= 120 {
             let _ = writeln!(
                 svg,
-                r##"<line x1="{cx:.1}" y1="{}" x2="{cx:.1}" y2="{}" stroke="#999"/>"##,
+                r##"<line x1="{cx:.1}" y1="{}" x2="{cx:.1}" y2="{}" class="chart-axis" stroke="#999"/>"##,
                 RATE_Y + RATE_H,
                 RATE_Y + RATE_H + if labelled { 6.0 } else { 3.0 }
             );
@@ -250,7 +255,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         if labelled {
             let _ = writeln!(
                 svg,
-                r##"<text x="{cx:.1}" y="{}" text-anchor="middle" fill="#333">{}</text>"##,
+                r##"<text x="{cx:.1}" y="{}" text-anchor="middle" class="chart-ink" fill="#333">{}</text>"##,
                 RATE_Y + RATE_H + 20.0,
                 label(*start, bucket, false)
             );
@@ -258,7 +263,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">{} (UTC)</text>"##,
+        r##"<text x="{}" y="{}" text-anchor="middle" class="chart-muted" fill="#555">{} (UTC)</text>"##,
         LEFT + plot_w / 2.0,
         HEIGHT - 22.0,
         match bucket {
@@ -273,7 +278,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     let legend_x = WIDTH - RIGHT + 24.0;
     let _ = writeln!(
         svg,
-        r##"<text x="{legend_x}" y="{TOP_Y}" font-weight="bold" fill="#222">{}<tspan font-weight="normal" font-size="11" fill="#555"> (retries / recovered)</tspan></text>"##,
+        r##"<text x="{legend_x}" y="{TOP_Y}" font-weight="bold" class="chart-ink" fill="#222">{}<tspan font-weight="normal" font-size="11" class="chart-muted" fill="#555"> (retries / recovered)</tspan></text>"##,
         trend.query.by
     );
     for (row, (name, dash)) in [("retries", None), ("recovered", Some(DASH))]
@@ -283,7 +288,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         let y = TOP_Y + 20.0 + 18.0 * row as f64;
         let _ = writeln!(
             svg,
-            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="#555" stroke-width="2"{}/><text x="{}" y="{}" font-size="11" fill="#555">{name}</text>"##,
+            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" class="chart-key" stroke="#555" stroke-width="2"{}/><text x="{}" y="{}" font-size="11" class="chart-muted" fill="#555">{name}</text>"##,
             legend_x + 22.0,
             dash.map_or_else(String::new, |dash| format!(r#" stroke-dasharray="{dash}""#)),
             legend_x + 30.0,
@@ -297,7 +302,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
         let recovered: i64 = s.recovered.iter().sum();
         let _ = writeln!(
             svg,
-            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}" fill="#222">{} ({total} / {recovered})</text>"##,
+            r##"<line x1="{legend_x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}" class="chart-ink" fill="#222">{} ({total} / {recovered})</text>"##,
             legend_x + 22.0,
             PALETTE[index % PALETTE.len()],
             legend_x + 30.0,
@@ -308,7 +313,7 @@ pub fn render(trend: &Trend, moment: Moment) -> String {
     if series.len() > LEGEND_GROUPS {
         let _ = writeln!(
             svg,
-            r##"<text x="{legend_x}" y="{}" fill="#777">… and {} more</text>"##,
+            r##"<text x="{legend_x}" y="{}" class="chart-muted" fill="#777">… and {} more</text>"##,
             first_group_y + 20.0 * LEGEND_GROUPS as f64,
             series.len() - LEGEND_GROUPS
         );
@@ -334,8 +339,13 @@ fn panel(
         let ty = y + height - height * value / top;
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{}" y2="{ty:.1}" stroke="{}"/><text x="{}" y="{:.1}" text-anchor="end" fill="#333">{}</text>"##,
+            r##"<line x1="{LEFT}" y1="{ty:.1}" x2="{}" y2="{ty:.1}" class="{}" stroke="{}"/><text x="{}" y="{:.1}" text-anchor="end" class="chart-ink" fill="#333">{}</text>"##,
             LEFT + plot_w,
+            if tick == 0 {
+                "chart-axis"
+            } else {
+                "chart-grid"
+            },
             if tick == 0 { "#999" } else { "#e5e5e5" },
             LEFT - 8.0,
             ty + 4.0,
@@ -344,7 +354,7 @@ fn panel(
     }
     let _ = writeln!(
         svg,
-        r##"<text transform="translate({}, {}) rotate(-90)" text-anchor="middle" fill="#555">{title}</text>"##,
+        r##"<text transform="translate({}, {}) rotate(-90)" text-anchor="middle" class="chart-muted" fill="#555">{title}</text>"##,
         LEFT - 52.0,
         y + height / 2.0
     );
@@ -368,7 +378,7 @@ fn line(svg: &mut String, points: &[Option<(f64, f64)>], stroke: Stroke, dots: b
         let _ = if dashed {
             writeln!(
                 svg,
-                r##"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" fill="#ffffff" stroke="{colour}" stroke-width="1.4"/>"##
+                r##"<circle cx="{px:.1}" cy="{py:.1}" r="2.6" class="chart-bg" fill="#ffffff" stroke="{colour}" stroke-width="1.4"/>"##
             )
         } else {
             writeln!(

@@ -9,6 +9,7 @@
 //! - `alerts`: `report alerts`' rows, each with a Recover form for an admin;
 //! - `targets`: the targets list, every filter in the URL, paged by cursor;
 //! - `target`: one job or variant — state, timeline, hash chain, variants — and search;
+//!   `timeline`: its timeline, filtered by the URL as `GET /api/v1/history` is;
 //! - `recover`: the Recover form's POST, through `recovery::recover_by_hand`;
 //! - `login`: the token form and its cookie; `assets`: the embedded CSS and script.
 
@@ -21,6 +22,7 @@ pub use overview::OverviewCache;
 mod recover;
 mod target;
 mod targets;
+mod timeline;
 
 use askama::Template;
 use axum::extract::FromRequestParts;

@@ -1,19 +1,22 @@
 //! `GET /targets/{job|variant}/{id}`: one target — its state, its timeline of events and the
-//! watchdog's notes (`history`'s rows), its hash-chain status, for a job its variants — with a
-//! Recover form for an admin. `GET /search?q=ID` finds a job, a variant or an event by id.
+//! watchdog's notes (`history`'s rows, filtered by the URL's `reason`, `step`, `actor`,
+//! `since`, `until`: see [`super::timeline`]), its hash-chain status, for a job its variants —
+//! with a Recover form for an admin. A filter the history refuses keeps the page: the form as
+//! typed, the refusal beside its field, 400. `GET /search?q=ID` finds a job, a variant or an
+//! event by id.
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::timeline::{self, Timeline};
 use super::{error_page, render, Chrome, Table, Viewer};
 use crate::chain::{self, TargetChains};
-use crate::cli::{FormatArg, HistoryArgs};
-use crate::cmd::history;
 use crate::http::{ApiContext, Error};
-use crate::output::{Format, Rows};
+use crate::output::Rows;
 
 #[derive(Template)]
 #[template(path = "target.html")]
@@ -24,7 +27,7 @@ struct Page {
     /// The row's status, step, count and last update (absent when only the log knows it).
     state: Option<(String, String, i32, String)>,
     job_id: String,
-    timeline: Table,
+    timeline: Timeline,
     /// The target's own chain, and for a job its variants' (the one check `verify` runs).
     chain: TargetChains,
     variants: Table,
@@ -35,14 +38,24 @@ pub async fn page(
     State(ctx): State<ApiContext>,
     viewer: Viewer,
     Path((kind, id)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    match body(&ctx, &viewer, &kind, &id).await {
+    match body(&ctx, &viewer, &kind, &id, &params).await {
+        Ok(page) if page.timeline.problem.refused() => {
+            (StatusCode::BAD_REQUEST, render(&page)).into_response()
+        }
         Ok(page) => render(&page).into_response(),
         Err(error) => error_page(&ctx, &viewer, error),
     }
 }
 
-async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result<Page, Error> {
+async fn body(
+    ctx: &ApiContext,
+    viewer: &Viewer,
+    kind: &str,
+    id: &str,
+    params: &[(String, String)],
+) -> Result<Page, Error> {
     let uuid: Uuid = id
         .parse()
         .map_err(|_| Error::BadRequest(format!("invalid id \"{id}\": not a UUID")))?;
@@ -55,21 +68,8 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result
             )))
         }
     };
-    // 1. The timeline: `history`'s rows (also the 404 for an id nobody knows).
-    let args = HistoryArgs {
-        job_id: (!variant).then_some(uuid),
-        variant_id: variant.then_some(uuid),
-        reason: None,
-        step: None,
-        actor: None,
-        since: None,
-        until: None,
-        as_of: None,
-        format: FormatArg {
-            format: Format::Table,
-        },
-    };
-    let timeline = history::rows(&ctx.pool, &args, Format::Table).await?;
+    // 1. The timeline: `history`'s rows, filtered (also the 404 for an id nobody knows).
+    let timeline = timeline::load(ctx, params, variant, uuid).await?;
     let mut conn = ctx.pool.acquire().await?;
     // 2. The state, as the pipeline's row has it now.
     let sql = if variant {
@@ -123,7 +123,7 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result
         id: uuid.to_string(),
         state: row.map(|(status, step, count, updated, _)| (status, step, count, updated)),
         job_id: job_id.to_string(),
-        timeline: Table::from_rows(&timeline, &ctx.base_path),
+        timeline,
         chain,
         variants: Table::from_rows(&variants, &ctx.base_path),
         request_id: Uuid::new_v4().to_string(),
