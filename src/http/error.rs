@@ -55,6 +55,9 @@ impl From<anyhow::Error> for Error {
         {
             return database_unavailable(lost);
         }
+        if crate::connect::caused_by_recovery_conflict(&error) {
+            return replica_conflict(&error);
+        }
         for cause in error.chain() {
             // The limit: the API's way past it, not the CLI's.
             if let Some(AppendError::LimitReached { refusal, target }) = cause.downcast_ref() {
@@ -101,6 +104,9 @@ impl From<sqlx::Error> for Error {
         if crate::sqlstate::connection_lost(&error) {
             return database_unavailable(&error);
         }
+        if crate::connect::is_recovery_conflict(&error) {
+            return replica_conflict(&error);
+        }
         Error::Internal(error.into())
     }
 }
@@ -121,6 +127,15 @@ fn recover_request(target: &Option<Target>) -> String {
 fn database_unavailable(error: &sqlx::Error) -> Error {
     tracing::warn!(%error, "the database does not answer");
     Error::Unavailable("the database does not answer; try again shortly".into())
+}
+
+/// 503: the read replica cancelled the read twice to go on replaying the primary's changes.
+fn replica_conflict(error: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(%error, "the read replica cancelled a read twice");
+    Error::Unavailable(
+        "the read replica cancelled this read to replay the primary's changes; try again shortly"
+            .into(),
+    )
 }
 
 /// How long a client is asked to wait after a 503 (`Retry-After`, seconds).

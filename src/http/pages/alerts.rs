@@ -98,7 +98,7 @@ pub async fn live(
 }
 
 async fn body(ctx: &ApiContext, viewer: &Viewer, args: &AlertsArgs) -> Result<Live, Error> {
-    let rows = report::alerts_rows(&ctx.pool, args).await?;
+    let rows = report::alerts_rows(ctx.reads(), args).await?;
     let render_id = Uuid::new_v4();
     let targets = rows
         .rows

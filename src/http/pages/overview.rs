@@ -70,6 +70,8 @@ struct Live {
     last_sweep: String,
     lag_events: i64,
     lag_seconds: String,
+    /// With `--read-url`: how far the replica these numbers come from is behind.
+    replica_lag: Option<String>,
     chart: String,
     top_jobs: Table,
     top_variants: Table,
@@ -142,11 +144,11 @@ async fn tops(ctx: &ApiContext) -> Result<(Table, Table), Error> {
     let top: TopJobsArgs = flags::parse(&[("limit".into(), "5".into())])?;
     let top_variants: TopVariantsArgs = flags::parse(&[("limit".into(), "5".into())])?;
     let jobs = Table::from_rows(
-        &report::top_jobs_rows(&ctx.pool, &top, Format::Table).await?,
+        &report::top_jobs_rows(ctx.reads(), &top, Format::Table).await?,
         &ctx.base_path,
     );
     let variants = Table::from_rows(
-        &report::top_variants_rows(&ctx.pool, &top_variants).await?,
+        &report::top_variants_rows(ctx.reads(), &top_variants).await?,
         &ctx.base_path,
     );
     *cached = Some((Instant::now(), jobs.clone(), variants.clone()));
@@ -155,7 +157,7 @@ async fn tops(ctx: &ApiContext) -> Result<(Table, Table), Error> {
 
 /// Everything the live part shows; each read uses the rollup or an index.
 async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
-    let pool = &ctx.pool;
+    let pool = ctx.reads();
     let base = &ctx.base_path;
     let chart = report::trend_svg(pool, trend).await?;
     let mut conn = pool.acquire().await?;
@@ -176,6 +178,13 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         .map(|(_, count)| count)
         .sum();
     let lag = crate::projector::lag(&mut conn).await?;
+    let replica_lag = match ctx.read {
+        Some(_) => Some(match crate::connect::replica_lag(&mut conn).await?.seconds {
+            Some(seconds) => format!("{seconds:.1} s"),
+            None => "nothing replayed yet".into(),
+        }),
+        None => None,
+    };
     // 2. The latest retries, by the log's primary key.
     let sql = format!("SELECT {EVENT_COLUMNS} FROM retry_history ORDER BY seq DESC LIMIT 8");
     let latest: Vec<RetryEvent> = sqlx::query_as(&sql).fetch_all(&mut *conn).await?;
@@ -199,6 +208,7 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         ),
         lag_events: lag.events_behind,
         lag_seconds: format!("{:.1}", lag.seconds_behind),
+        replica_lag,
         chart,
         top_jobs,
         top_variants,

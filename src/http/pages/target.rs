@@ -69,8 +69,8 @@ async fn body(ctx: &ApiContext, viewer: &Viewer, kind: &str, id: &str) -> Result
             format: Format::Table,
         },
     };
-    let timeline = history::rows(&ctx.pool, &args, Format::Table).await?;
-    let mut conn = ctx.pool.acquire().await?;
+    let timeline = history::rows(ctx.reads(), &args, Format::Table).await?;
+    let mut conn = ctx.reads().acquire().await?;
     // 2. The state, as the pipeline's row has it now.
     let sql = if variant {
         "SELECT status, coalesce(current_step, ''), retry_count,
@@ -156,7 +156,7 @@ pub async fn search(
          LIMIT 1",
     )
     .bind(id)
-    .fetch_optional(&ctx.pool)
+    .fetch_optional(ctx.reads())
     .await;
     match found {
         Ok(Some((kind, id))) => {

@@ -63,7 +63,7 @@ pub async fn page(
         Ok(args) => args,
         Err(error) => return error_page(&ctx, &viewer, error),
     };
-    let listing = match targets::listing(&ctx.pool, &args, &ctx.steps).await {
+    let listing = match targets::listing(ctx.reads(), &args, &ctx.steps).await {
         Ok(listing) => listing,
         Err(error) => return error_page(&ctx, &viewer, error.into()),
     };
