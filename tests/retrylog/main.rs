@@ -111,12 +111,15 @@ mod pipeline_capability;
 mod projector;
 mod recovery;
 mod replay;
+mod replica;
 mod reports;
 mod screens;
 mod security;
 mod sessions;
 mod slow_clients;
 mod targets;
+#[path = "../common/standby.rs"]
+mod standby;
 #[path = "../common/temp.rs"]
 mod temp;
 mod why;
