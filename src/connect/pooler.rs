@@ -14,13 +14,16 @@
 //!
 //! So each checkout of a pooled connection is one transaction: `BEGIN` when the pool hands the
 //! connection out, `COMMIT` when it comes back. Inside, the pooler keeps one server session
-//! for us, so both round trips of every query meet the same statement; `DEALLOCATE ALL` right
-//! after the `BEGIN` clears whatever statements an earlier client left on that session, so no
-//! name collides. A transaction the code opens itself (`pool.begin()`) runs inside the
-//! checkout's (PostgreSQL warns "already a transaction in progress" and carries on) and its
-//! `COMMIT` is synchronous as always. Every write retrylog makes for a caller (an append, a
-//! recovery, a session) is such a transaction; a statement outside one commits when its
-//! connection goes back to the pool.
+//! for us, so both round trips of every query meet the same statement. The checkout's first
+//! message also clears whatever statements an earlier client left on that session, in a
+//! transaction of its own (`BEGIN; DEALLOCATE ALL; COMMIT; BEGIN`: one message, so one server
+//! session, and the checkout's transaction has run no query yet, so a `SET TRANSACTION
+//! ISOLATION LEVEL` of the code's still may). A transaction the code opens itself
+//! (`pool.begin()`) runs inside the checkout's, and its `COMMIT` is synchronous as always;
+//! PostgreSQL's "already a transaction in progress" warning for its `BEGIN` is silenced for
+//! the checkout (`SET LOCAL client_min_messages = error`: retrylog's SQL raises no notices).
+//! Every write retrylog makes for a caller (an append, a recovery, a session) is such a
+//! transaction; a statement outside one commits when its connection goes back to the pool.
 //!
 //! What this cannot give is a session: a lock or lease held past a transaction, a `LISTEN`.
 //! Those run on `--direct-url` (docs/scale.md, "Through a pooler").
@@ -43,16 +46,21 @@ pub(super) fn pool_options(pool: PgPoolOptions) -> PgPoolOptions {
         .after_release(|conn, _| Box::pin(async move { close_checkout(conn).await }))
 }
 
-/// Pins a server session for the checkout and clears the statements it may hold.
+/// Clears the statements the server session may hold, then pins it for the checkout.
 async fn open_checkout(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    conn.execute("BEGIN; DEALLOCATE ALL").await.map(|_| ())
+    conn.execute(
+        "BEGIN; DEALLOCATE ALL; COMMIT; BEGIN; SET LOCAL client_min_messages = error",
+    )
+    .await
+    .map(|_| ())
 }
 
-/// Commits what the checkout did outside a transaction of its own (after one, or after none,
-/// PostgreSQL only warns "there is no transaction in progress"). A connection whose commit
-/// fails is not kept.
+/// Commits what the checkout did outside a transaction of its own. After the code's own
+/// `COMMIT` there is none left, and the warning saying so is silenced (`set_config(…, true)`
+/// lasts for this one message). A connection whose commit fails is not kept.
 async fn close_checkout(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    match conn.execute("COMMIT").await {
+    let commit = "SELECT set_config('client_min_messages', 'error', true); COMMIT";
+    match conn.execute(commit).await {
         Ok(_) => Ok(true),
         Err(error) => {
             tracing::warn!(%error, "committing a pooled connection's checkout failed");

@@ -107,7 +107,10 @@ mod odd_input;
 mod operator;
 mod outage;
 mod outcomes;
+#[path = "../common/pgbouncer.rs"]
+mod pgbouncer;
 mod pipeline_capability;
+mod pooler;
 mod projector;
 mod recovery;
 mod replay;
