@@ -94,7 +94,13 @@ pub struct DatabaseRoutes {
     /// A hot standby of the database (streaming replication) for the reads: reports,
     /// history, targets, status, and serve's pages and API reads. Writes, sessions, the
     /// watchdog, the projector and migrate stay on DATABASE_URL. Its schema must be current.
-    #[arg(long, env = "RETRYLOG_READ_URL", global = true, hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "RETRYLOG_READ_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub read_url: Option<String>,
 
     /// What stands between retrylog and DATABASE_URL (and --read-url): `none`, or
@@ -108,7 +114,13 @@ pub struct DatabaseRoutes {
     /// transaction pooler: migrate (a session lock), the projector (a lease named by its
     /// session) and the watchdog (LISTEN). Required by serve and migrate with --pooler
     /// transaction.
-    #[arg(long, env = "RETRYLOG_DIRECT_URL", global = true, hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "RETRYLOG_DIRECT_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     pub direct_url: Option<String>,
 }
 

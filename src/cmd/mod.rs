@@ -139,9 +139,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
     let pooler = cli.routes.pooler;
     let migrations = || async {
         let pool = sessions(pooler, connected, "applies the migrations")?;
-        migrate::run(pool)
-            .await
-            .context("applying the migrations")
+        migrate::run(pool).await.context("applying the migrations")
     };
     match rule {
         Schema::Migrate => migrations().await?,

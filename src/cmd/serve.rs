@@ -94,11 +94,7 @@ pub async fn run(
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
     };
-    let projector = tokio::spawn(projector::run(
-        sessions.clone(),
-        settings,
-        stopped.clone(),
-    ));
+    let projector = tokio::spawn(projector::run(sessions.clone(), settings, stopped.clone()));
     let watchdog = if args.no_watchdog {
         tracing::info!("retrylog serve: running the retry_rollup projector only");
         None

@@ -199,7 +199,10 @@ impl fmt::Debug for ConnectSettings {
             .field("data_dir", &self.data_dir)
             .field("database", &self.database)
             .field("read_url", &self.routes.read_url.as_ref().map(|_| "<set>"))
-            .field("direct_url", &self.routes.direct_url.as_ref().map(|_| "<set>"))
+            .field(
+                "direct_url",
+                &self.routes.direct_url.as_ref().map(|_| "<set>"),
+            )
             .field("pooler", &self.routes.pooler)
             .finish()
     }
@@ -516,7 +519,14 @@ async fn open_route(
     pooled: bool,
 ) -> Result<(sqlx::PgPool, String), ConnectError> {
     let (options, _) = options_from_url(url, which)?;
-    let options = for_pooler(options, if pooled { Pooler::Transaction } else { Pooler::None });
+    let options = for_pooler(
+        options,
+        if pooled {
+            Pooler::Transaction
+        } else {
+            Pooler::None
+        },
+    );
     let probe = probe_within(&options, settings.db_timeout).await;
     let options = ensure_database(&options, probe, Missing::Refuse).await?;
     let pool = pool_options(settings, pooled)

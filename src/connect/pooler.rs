@@ -48,11 +48,9 @@ pub(super) fn pool_options(pool: PgPoolOptions) -> PgPoolOptions {
 
 /// Clears the statements the server session may hold, then pins it for the checkout.
 async fn open_checkout(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    conn.execute(
-        "BEGIN; DEALLOCATE ALL; COMMIT; BEGIN; SET LOCAL client_min_messages = error",
-    )
-    .await
-    .map(|_| ())
+    conn.execute("BEGIN; DEALLOCATE ALL; COMMIT; BEGIN; SET LOCAL client_min_messages = error")
+        .await
+        .map(|_| ())
 }
 
 /// Commits what the checkout did outside a transaction of its own. After the code's own

@@ -19,8 +19,7 @@ pub async fn top_jobs(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: TopJobsArgs = flags::parse(&params)?;
-    let rows =
-        read_retrying(|| report::top_jobs_rows(ctx.reads(), &args, Format::Json)).await?;
+    let rows = read_retrying(|| report::top_jobs_rows(ctx.reads(), &args, Format::Json)).await?;
     Ok(Json(rows.to_json()))
 }
 
@@ -31,7 +30,9 @@ pub async fn top_variants(
 ) -> Result<Json<Value>, Error> {
     let args: TopVariantsArgs = flags::parse(&params)?;
     Ok(Json(
-        read_retrying(|| report::top_variants_rows(ctx.reads(), &args)).await?.to_json(),
+        read_retrying(|| report::top_variants_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }
 
@@ -41,7 +42,11 @@ pub async fn stats(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: StatsArgs = flags::parse(&params)?;
-    Ok(Json(read_retrying(|| report::stats_rows(ctx.reads(), &args)).await?.to_json()))
+    Ok(Json(
+        read_retrying(|| report::stats_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
+    ))
 }
 
 pub async fn alerts(
@@ -50,7 +55,11 @@ pub async fn alerts(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: AlertsArgs = flags::parse(&params)?;
-    Ok(Json(read_retrying(|| report::alerts_rows(ctx.reads(), &args)).await?.to_json()))
+    Ok(Json(
+        read_retrying(|| report::alerts_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
+    ))
 }
 
 pub async fn trend(
@@ -60,7 +69,9 @@ pub async fn trend(
 ) -> Result<Json<Value>, Error> {
     let args: TrendArgs = flags::parse(&params)?;
     Ok(Json(
-        read_retrying(|| report::trend_json_rows(ctx.reads(), &args)).await?.to_json(),
+        read_retrying(|| report::trend_json_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }
 
@@ -71,6 +82,8 @@ pub async fn outcomes(
 ) -> Result<Json<Value>, Error> {
     let args: OutcomesArgs = flags::parse(&params)?;
     Ok(Json(
-        read_retrying(|| report::outcomes_rows(ctx.reads(), &args)).await?.to_json(),
+        read_retrying(|| report::outcomes_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }

@@ -107,11 +107,8 @@ fn give_to_cluster_user(path: &Path) {
             .status()
             .unwrap();
         assert!(status.success());
-        std::fs::set_permissions(
-            path,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
     }
 }
 
@@ -126,7 +123,9 @@ fn is_root() -> bool {
 /// A URL of a private cluster's database, for the binary's flags: the socket directory as
 /// `host`.
 pub fn url(options: &PgConnectOptions) -> String {
-    let socket = options.get_socket().expect("a private cluster listens on a socket");
+    let socket = options
+        .get_socket()
+        .expect("a private cluster listens on a socket");
     format!(
         "postgres://postgres@localhost/{}?host={}&port={}",
         options.get_database().expect("a database"),

@@ -120,9 +120,9 @@ mod screens;
 mod security;
 mod sessions;
 mod slow_clients;
-mod targets;
 #[path = "../common/standby.rs"]
 mod standby;
+mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
 mod why;

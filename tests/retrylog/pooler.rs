@@ -53,7 +53,11 @@ async fn without_the_setting_pgbouncer_refuses_the_connection_with_it_connects(p
     let (bouncer, url) = bouncer(&pool, 2).await;
     // sqlx's startup parameter extra_float_digits is one pgbouncer 1.18 does not track.
     let refused = pooled(&url, Pooler::None, 1).await.unwrap_err();
-    assert!(refused.contains("extra_float_digits"), "{refused}\n{}", bouncer.log());
+    assert!(
+        refused.contains("extra_float_digits"),
+        "{refused}\n{}",
+        bouncer.log()
+    );
     let through = pooled(&url, Pooler::Transaction, 1).await.unwrap();
     let one: i32 = sqlx::query_scalar("SELECT $1::int")
         .bind(1)
@@ -75,12 +79,22 @@ async fn record_history_report_and_verify_work_through_pgbouncer(pool: PgPool) {
     let (job, a1) = (JOB_A.to_string(), VARIANT_A1.to_string());
     for _ in 0..2 {
         let args = through(&[
-            "record", "--job-id", &job, "--variant-id", &a1, "--reason", "stuck",
+            "record",
+            "--job-id",
+            &job,
+            "--variant-id",
+            &a1,
+            "--reason",
+            "stuck",
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = retrylog_at(&url, &args).await;
         assert_eq!(run.code, Some(0), "{}\n{}", run.stderr, bouncer.log());
-        assert!(run.stderr.contains("through a transaction pooler"), "{}", run.stderr);
+        assert!(
+            run.stderr.contains("through a transaction pooler"),
+            "{}",
+            run.stderr
+        );
     }
     let args = through(&["history", "--variant-id", &a1, "--format", "json"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -119,7 +133,13 @@ async fn migrate_and_serve_through_a_transaction_pooler_need_the_direct_url(pool
     let direct = database_url(&pool).await;
     let run = retrylog_at(
         &url,
-        &["--pooler", "transaction", "--direct-url", &direct, "migrate"],
+        &[
+            "--pooler",
+            "transaction",
+            "--direct-url",
+            &direct,
+            "migrate",
+        ],
     )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -141,7 +161,13 @@ async fn serves_api_works_through_pgbouncer(pool: PgPool) {
             &[],
         )
         .await;
-        assert_eq!(recorded.status, StatusCode::CREATED, "{}\n{}", recorded.json, bouncer.log());
+        assert_eq!(
+            recorded.status,
+            StatusCode::CREATED,
+            "{}\n{}",
+            recorded.json,
+            bouncer.log()
+        );
     }
     let history = call(
         &app,
@@ -152,7 +178,12 @@ async fn serves_api_works_through_pgbouncer(pool: PgPool) {
     )
     .await;
     assert_eq!(history.status, StatusCode::OK, "{}", history.json);
-    assert_eq!(history.json.as_array().unwrap().len(), 3, "{}", history.json);
+    assert_eq!(
+        history.json.as_array().unwrap().len(),
+        3,
+        "{}",
+        history.json
+    );
     for uri in [
         "/api/v1/reports/top-jobs",
         "/api/v1/reports/trend",
@@ -188,7 +219,9 @@ async fn concurrent_appends_through_pgbouncer_stay_gapless(pool: PgPool) {
         }));
     }
     for writer in writers {
-        writer.await.unwrap_or_else(|error| panic!("{error}\n{}", bouncer.log()));
+        writer
+            .await
+            .unwrap_or_else(|error| panic!("{error}\n{}", bouncer.log()));
     }
     assert_gapless(&pool, target, 200).await;
     assert_verify_clean(&pool).await;

@@ -53,7 +53,10 @@ async fn replayed(primary: &PgPool, standby: &PgPool) {
         if done {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "the standby replays within 30 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the standby replays within 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -117,7 +120,10 @@ async fn serve_reads_from_the_standby_and_writes_to_the_primary() {
         "{metrics}"
     );
     let lag = lag_seconds(&metrics).expect("the lag is on /metrics");
-    assert!(lag >= 1.0, "replay paused for a second: lag {lag}\n{metrics}");
+    assert!(
+        lag >= 1.0,
+        "replay paused for a second: lag {lag}\n{metrics}"
+    );
 
     // Once replayed, the retry is there; an idle primary then means no lag.
     sqlx::query("SELECT pg_wal_replay_resume()")
@@ -128,7 +134,10 @@ async fn serve_reads_from_the_standby_and_writes_to_the_primary() {
     let after = call(&app, &history, Some(READER), None, &[]).await;
     assert_eq!(attempts_of(&after.json), [1, 2], "{}", after.json);
     let lag = lag_seconds(&metrics_text(&app).await).expect("the lag is on /metrics");
-    assert_eq!(lag, 0.0, "a standby that replayed all it received is not behind");
+    assert_eq!(
+        lag, 0.0,
+        "a standby that replayed all it received is not behind"
+    );
 }
 
 async fn metrics_text(app: &axum::Router) -> String {
@@ -185,14 +194,22 @@ async fn the_read_commands_answer_from_the_standby_once_its_schema_is_current() 
     ];
     let run = retrylog_at(&primary_url, &history).await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("read replica (--read-url)"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("read replica (--read-url)"),
+        "{}",
+        run.stderr
+    );
 
     // Replayed: the command answers, and says where it read.
     resume().await.unwrap();
     replayed(&primary, &standby).await;
     let run = retrylog_at(&primary_url, &history).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("reads from database retrylog on"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reads from database retrylog on"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(attempts_of(&run.json()), [1]);
 
     // What the standby has not replayed, the command does not show: it read the standby.
@@ -201,7 +218,14 @@ async fn the_read_commands_answer_from_the_standby_once_its_schema_is_current() 
     let run = retrylog_at(&primary_url, &history).await;
     assert_eq!(attempts_of(&run.json()), [1], "{}", run.stderr);
     // Reports too (the trend's catch-up stays off a standby, which can write nothing).
-    let trend = ["--read-url", &standby_url, "report", "trend", "--format", "json"];
+    let trend = [
+        "--read-url",
+        &standby_url,
+        "report",
+        "trend",
+        "--format",
+        "json",
+    ];
     let run = retrylog_at(&primary_url, &trend).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     resume().await.unwrap();
@@ -254,7 +278,9 @@ async fn a_read_the_standby_cancels_is_read_once_more_then_answered_503() {
     let tries = AtomicU32::new(0);
     let answer = retrylog::connect::read_retrying(|| async {
         if tries.fetch_add(1, Ordering::SeqCst) == 0 {
-            return Err(anyhow::Error::from(provoke_conflict(&primary, &standby).await));
+            return Err(anyhow::Error::from(
+                provoke_conflict(&primary, &standby).await,
+            ));
         }
         let count: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
             .fetch_one(&standby)
@@ -269,7 +295,9 @@ async fn a_read_the_standby_cancels_is_read_once_more_then_answered_503() {
     let tries = AtomicU32::new(0);
     let error = retrylog::connect::read_retrying(|| async {
         tries.fetch_add(1, Ordering::SeqCst);
-        Err::<(), _>(anyhow::Error::from(provoke_conflict(&primary, &standby).await))
+        Err::<(), _>(anyhow::Error::from(
+            provoke_conflict(&primary, &standby).await,
+        ))
     })
     .await
     .unwrap_err();

@@ -179,10 +179,12 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         .sum();
     let lag = crate::projector::lag(&mut conn).await?;
     let replica_lag = match ctx.read {
-        Some(_) => Some(match crate::connect::replica_lag(&mut conn).await?.seconds {
-            Some(seconds) => format!("{seconds:.1} s"),
-            None => "nothing replayed yet".into(),
-        }),
+        Some(_) => Some(
+            match crate::connect::replica_lag(&mut conn).await?.seconds {
+                Some(seconds) => format!("{seconds:.1} s"),
+                None => "nothing replayed yet".into(),
+            },
+        ),
         None => None,
     };
     // 2. The latest retries, by the log's primary key.
