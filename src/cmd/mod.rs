@@ -117,10 +117,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A statement PostgreSQL refuses for want of a privilege, from the schema check on, is
     // told as the capability the command needs and the grant that gives it.
     let needs = permission::needed(&cli.command);
-    match run_connected(cli, &connected, rule).await {
+    let outcome = match run_connected(cli, &connected, rule).await {
         Err(error) => Err(permission::explain(&connected.pool, needs, error).await),
         done => done,
-    }
+    };
+    connected.settle().await;
+    outcome
 }
 
 /// Says which database, checks or migrates the schema as `rule` says, and runs the command.
@@ -173,7 +175,9 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Targets(args) => targets::run(read, args).await,
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
-        Command::Project(args) => project::run(pool, args).await,
+        Command::Project(args) => {
+            project::run(sessions(pooler, connected, "runs the projector")?, args).await
+        }
         Command::Status(args) => status::run(read, args).await,
         Command::Serve(args) => {
             let sessions = sessions(pooler, connected, "runs the projector and the watchdog")?;

@@ -108,6 +108,23 @@ impl Connected {
         self.read.as_ref().unwrap_or(&self.pool)
     }
 
+    /// Waits (5 s at most) until every connection is back in its pool. Behind a transaction
+    /// pooler a checkout commits as its connection comes back (`pooler.rs`), on a task of its
+    /// own: a command that returned must not exit before that commit has run.
+    pub async fn settle(&self) {
+        let pools = [Some(&self.pool), self.read.as_ref(), self.direct.as_ref()];
+        let busy = || {
+            pools
+                .iter()
+                .flatten()
+                .any(|pool| pool.num_idle() < pool.size() as usize)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Where the work that needs a session of its own goes (migrate, the projector, the
     /// watchdog): `--direct-url`, else the primary's pool.
     pub fn session_pool(&self) -> &sqlx::PgPool {

@@ -22,8 +22,15 @@
 //! (`pool.begin()`) runs inside the checkout's, and its `COMMIT` is synchronous as always;
 //! PostgreSQL's "already a transaction in progress" warning for its `BEGIN` is silenced for
 //! the checkout (`SET LOCAL client_min_messages = error`: retrylog's SQL raises no notices).
+//! The checkout is also marked (`SET LOCAL retrylog.pooled = on`) so that a trend read does
+//! not try to lead the projector through the pooler (`projector::may_run`).
+//!
 //! Every write retrylog makes for a caller (an append, a recovery, a session) is such a
 //! transaction; a statement outside one commits when its connection goes back to the pool.
+//!
+//! One rule follows for the code: after its own `COMMIT`, a checkout is outside any
+//! transaction, so it takes a new connection for anything more rather than go on with the one
+//! it has (the projector's catch-up does go on, which is why it never runs through a pooler).
 //!
 //! What this cannot give is a session: a lock or lease held past a transaction, a `LISTEN`.
 //! Those run on `--direct-url` (docs/scale.md, "Through a pooler").
@@ -48,9 +55,12 @@ pub(super) fn pool_options(pool: PgPoolOptions) -> PgPoolOptions {
 
 /// Clears the statements the server session may hold, then pins it for the checkout.
 async fn open_checkout(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    conn.execute("BEGIN; DEALLOCATE ALL; COMMIT; BEGIN; SET LOCAL client_min_messages = error")
-        .await
-        .map(|_| ())
+    conn.execute(
+        "BEGIN; DEALLOCATE ALL; COMMIT; BEGIN; SET LOCAL client_min_messages = error;
+         SET LOCAL retrylog.pooled = on",
+    )
+    .await
+    .map(|_| ())
 }
 
 /// Commits what the checkout did outside a transaction of its own. After the code's own

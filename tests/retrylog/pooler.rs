@@ -122,10 +122,38 @@ async fn record_history_report_and_verify_work_through_pgbouncer(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_grant_through_pgbouncer_is_committed_before_the_command_exits(pool: PgPool) {
+    pipeline(&pool).await;
+    let role = format!(
+        "rl_pooled_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    sqlx::query(&format!("CREATE ROLE {role} NOLOGIN"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_bouncer, url) = bouncer(&pool, 2).await;
+    // GRANT runs outside a transaction of its own: it commits as the checkout ends.
+    let run = retrylog_at(&url, &["--pooler", "transaction", "grant", "reader", &role]).await;
+    let may_read: bool =
+        sqlx::query_scalar("SELECT has_table_privilege($1, 'retry_history', 'SELECT')")
+            .bind(&role)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::raw_sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(may_read, "the grant was committed");
+}
+
+#[sqlx::test(migrations = false)]
 async fn migrate_and_serve_through_a_transaction_pooler_need_the_direct_url(pool: PgPool) {
     pipeline(&pool).await;
     let (_bouncer, url) = bouncer(&pool, 2).await;
-    for command in ["migrate", "serve"] {
+    for command in ["migrate", "serve", "project"] {
         let run = retrylog_at(&url, &["--pooler", "transaction", command]).await;
         assert_eq!(run.code, Some(2), "{command}: {}", run.stderr);
         assert!(run.stderr.contains("--direct-url"), "{}", run.stderr);
@@ -193,6 +221,21 @@ async fn serves_api_works_through_pgbouncer(pool: PgPool) {
         assert_eq!(answer.status, StatusCode::OK, "{uri}: {}", answer.json);
     }
     assert_gapless(&pool, variant(JOB_A, VARIANT_A2), 3).await;
+    // The trend read the rollup as it stands: no projector lease was taken through the pooler.
+    let held: Option<i32> =
+        sqlx::query_scalar("SELECT holder_pid FROM projector_lease WHERE holder_pid IS NOT NULL")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(held, None);
+    let lag = retrylog::projector::lag(&mut *pool.acquire().await.unwrap())
+        .await
+        .unwrap()
+        .events_behind;
+    assert_eq!(
+        lag, 3,
+        "the trend through the pooler did not catch the rollup up"
+    );
 }
 
 #[sqlx::test(migrations = false)]
