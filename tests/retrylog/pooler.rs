@@ -228,7 +228,7 @@ async fn serves_api_works_through_pgbouncer(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(held, None);
-    let lag = retrylog::projector::lag(&mut *pool.acquire().await.unwrap())
+    let lag = retrylog::projector::lag(&mut pool.acquire().await.unwrap())
         .await
         .unwrap()
         .events_behind;
