@@ -14,6 +14,7 @@ use retrylog::http::{self, ApiContext, Tokens};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use crate::fixtures::*;
 use crate::standby::{url, Pair};
@@ -229,6 +230,53 @@ async fn the_read_commands_answer_from_the_standby_once_its_schema_is_current() 
     let run = retrylog_at(&primary_url, &trend).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     resume().await.unwrap();
+    replayed(&primary, &standby).await;
+
+    // `serve --read-url`: its API reads the standby and its /metrics shows the standby.
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args(["--database-url", &primary_url, "--read-url", &standby_url])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("DATABASE_URL")
+        .env_remove("RETRYLOG_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(serve.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            if let Some(rest) = line.split("HTTP on http://").nth(1) {
+                return rest.split('/').next().unwrap().to_string();
+            }
+        }
+        panic!("serve ended without saying where it listens");
+    })
+    .await
+    .expect("serve listens within 30 s");
+    let metrics = get(&addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("retrylog_read_replica_in_recovery 1"),
+        "{metrics}"
+    );
+    let history = get(&addr, &format!("/api/v1/history?variant_id={VARIANT_A1}")).await;
+    assert!(history.starts_with("HTTP/1.1 200"), "{history}");
+    assert_eq!(history.matches("\"attempt\":").count(), 2, "{history}");
+    // The rest of its log is read, not cut off: a closed stderr would fail its last lines.
+    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    stop_serve(serve).await;
+}
+
+/// One GET to a running serve; the whole response, headers included.
+async fn get(addr: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 /// Starts a read on the standby that still sees `t`'s rows while the primary deletes and
