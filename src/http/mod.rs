@@ -43,6 +43,7 @@ use axum::Router;
 use sqlx::PgPool;
 
 pub use auth::{new_token, Admin, Reader, Role, Tokens, TokensError};
+use error::page_retrying;
 pub use error::Error;
 pub use openapi::DOCUMENT as OPENAPI;
 pub use pages::OverviewCache;

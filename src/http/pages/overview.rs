@@ -17,7 +17,7 @@ use super::{error_page, render, typed, Chrome, FilterError, FormProblem, Table, 
 use crate::cli::{TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
 use crate::event::RetryEvent;
-use crate::http::{flags, ApiContext, Error};
+use crate::http::{flags, page_retrying, ApiContext, Error};
 use crate::output::{event_rows, Format};
 use crate::report::{check_window, TrendQuery};
 use crate::store::EVENT_COLUMNS;
@@ -99,7 +99,8 @@ pub async fn page(
             return (StatusCode::BAD_REQUEST, render(&page)).into_response();
         }
     };
-    let live = match live_body(&ctx, &trend).await.and_then(|live| render(&live)) {
+    let live = page_retrying(|| live_body(&ctx, &trend)).await;
+    let live = match live.and_then(|live| render(&live)) {
         Ok(Html(live)) => live,
         Err(error) => return error_page(&ctx, &viewer, error),
     };
@@ -120,7 +121,7 @@ pub async fn live(
     Query(params): Params,
 ) -> Result<Html<String>, Error> {
     let trend: TrendArgs = flags::parse(&params)?;
-    render(&live_body(&ctx, &trend).await?)
+    render(&page_retrying(|| live_body(&ctx, &trend)).await?)
 }
 
 /// How long the overview's top lists are reused: `report top-variants` sorts every variant

@@ -12,7 +12,7 @@ use super::{error_page, render, Chrome, Table, Viewer};
 use crate::chain::{self, TargetChains};
 use crate::cli::{FormatArg, HistoryArgs};
 use crate::cmd::history;
-use crate::http::{ApiContext, Error};
+use crate::http::{page_retrying, ApiContext, Error};
 use crate::output::{Format, Rows};
 
 #[derive(Template)]
@@ -36,7 +36,7 @@ pub async fn page(
     viewer: Viewer,
     Path((kind, id)): Path<(String, String)>,
 ) -> Response {
-    match body(&ctx, &viewer, &kind, &id).await {
+    match page_retrying(|| body(&ctx, &viewer, &kind, &id)).await {
         Ok(page) => render(&page).into_response(),
         Err(error) => error_page(&ctx, &viewer, error),
     }
