@@ -122,6 +122,43 @@ async fn record_history_report_and_verify_work_through_pgbouncer(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn the_sql_door_works_through_pgbouncer_from_clients_of_every_kind(pool: PgPool) {
+    pipeline(&pool).await;
+    let (bouncer, url) = bouncer(&pool, 2).await;
+    // psql: the simple protocol, one statement one transaction.
+    let sql = format!(
+        "SELECT attempt FROM record_retry(job_id => '{JOB_A}', job_variants_id => '{VARIANT_A3}', \
+         reason => 'stuck', actor => 'psql')"
+    );
+    for expected in ["1", "2"] {
+        let out = tokio::process::Command::new("psql")
+            .args([url.as_str(), "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", &sql])
+            .output()
+            .await
+            .expect("psql runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            bouncer.log()
+        );
+        assert_eq!(stdout.trim(), expected);
+    }
+    // A pooled client of retrylog's connect, in a transaction of its own as retrylog's writes
+    // are (a lone statement would commit only as its connection comes back to the pool).
+    let through = pooled(&url, Pooler::Transaction, 2).await.unwrap();
+    let mut tx = through.begin().await.unwrap();
+    let attempt = record_via_sql(&mut tx, variant(JOB_A, VARIANT_A3), "failed")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(attempt, 3);
+    through.close().await;
+    assert_gapless(&pool, variant(JOB_A, VARIANT_A3), 3).await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_grant_through_pgbouncer_is_committed_before_the_command_exits(pool: PgPool) {
     pipeline(&pool).await;
     let role = format!(
