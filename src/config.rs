@@ -1,11 +1,12 @@
-//! The watchdog's settings: each one a flag and an environment variable, with its default and
-//! its validation here and nowhere else. `serve --help` shows them as they are declared.
+//! The watchdog's settings, and where the database's reads and session work go: each one a
+//! flag and an environment variable, with its default and its validation here and nowhere
+//! else. `serve --help` shows them as they are declared.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 /// The steps a pipeline runs, in order, when `RETRYLOG_STEPS` is not set.
 pub const DEFAULT_STEPS: &str = "prepare,generate,segment,iou_eval";
@@ -83,6 +84,68 @@ impl Default for WatchdogSettings {
             pipeline_channel: None,
             error_column: None,
         }
+    }
+}
+
+/// Where reads, and the work that needs a session of its own, connect: beside `DATABASE_URL`,
+/// for every command (docs/scale.md says what runs where).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DatabaseRoutes {
+    /// A hot standby of the database (streaming replication) for the reads: reports,
+    /// history, targets, status, and serve's pages and API reads. Writes, sessions, the
+    /// watchdog, the projector and migrate stay on DATABASE_URL. Its schema must be current.
+    #[arg(
+        long,
+        env = "RETRYLOG_READ_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub read_url: Option<String>,
+
+    /// What stands between retrylog and DATABASE_URL (and --read-url): `none`, or
+    /// `transaction` for a pooler in transaction mode (pgbouncer pool_mode = transaction),
+    /// where each connection checkout runs as one transaction and no statement outlives it.
+    #[arg(long, env = "RETRYLOG_POOLER", global = true, hide_env_values = true, value_enum,
+          default_value_t = Pooler::None)]
+    pub pooler: Pooler,
+
+    /// A direct (unpooled) URL of the primary, for what needs a session of its own behind a
+    /// transaction pooler: migrate (a session lock), the projector (a lease named by its
+    /// session) and the watchdog (LISTEN). Required by serve and migrate with --pooler
+    /// transaction.
+    #[arg(
+        long,
+        env = "RETRYLOG_DIRECT_URL",
+        global = true,
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub direct_url: Option<String>,
+}
+
+/// What stands between retrylog and PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: a connection is one session.
+    #[default]
+    None,
+    /// A pooler in transaction mode: a server session is ours only inside a transaction.
+    Transaction,
+}
+
+/// Work that needs a session of its own, asked for through a transaction pooler without
+/// `--direct-url`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "retrylog {0} on a session of its own, which a transaction pooler (--pooler transaction) \
+     does not keep: give the primary's direct URL with --direct-url (RETRYLOG_DIRECT_URL)"
+)]
+pub struct NeedsDirectUrl(pub &'static str);
+
+impl crate::error::CallerMistake for NeedsDirectUrl {
+    fn is_caller_mistake(&self) -> bool {
+        true
     }
 }
 

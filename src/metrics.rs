@@ -72,6 +72,7 @@ struct ProcessMetrics {
     last_sweep: Gauge<f64, AtomicU64>,
     refused: Family<CauseLabel, Counter>,
     http_requests: Family<RouteLabels, Counter>,
+    replica_conflicts: Counter,
 }
 
 static PROCESS: LazyLock<ProcessMetrics> = LazyLock::new(|| {
@@ -112,6 +113,12 @@ static PROCESS: LazyLock<ProcessMetrics> = LazyLock::new(|| {
         "HTTP requests this instance answered, by route template and status class",
         http_requests.clone(),
     );
+    let replica_conflicts = Counter::default();
+    registry.register(
+        "retrylog_read_replica_conflicts",
+        "Reads the read replica cancelled for a conflict with recovery, each read once more",
+        replica_conflicts.clone(),
+    );
     let build = Family::<VersionLabel, Gauge>::default();
     build
         .get_or_create(&VersionLabel {
@@ -131,6 +138,7 @@ static PROCESS: LazyLock<ProcessMetrics> = LazyLock::new(|| {
         last_sweep,
         refused,
         http_requests,
+        replica_conflicts,
     }
 });
 
@@ -233,12 +241,26 @@ pub fn http_request(route: &str, status: u16) {
         .inc();
 }
 
-/// The exposition (OpenMetrics text): this process's counters, then the database's snapshot.
-pub async fn render(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+/// Counts one read the read replica cancelled for a recovery conflict (and that was read once
+/// more).
+pub fn replica_conflict() {
+    PROCESS.replica_conflicts.inc();
+}
+
+/// The exposition (OpenMetrics text): this process's counters, then the database's snapshot,
+/// then — with `--read-url` — the read replica's lag, measured on `replica`.
+pub async fn render(
+    conn: &mut PgConnection,
+    replica: Option<&mut PgConnection>,
+) -> Result<String, sqlx::Error> {
     let snapshot = database_snapshot(conn).await?;
     let mut text = String::new();
     encode_registry(&mut text, &PROCESS.registry).expect("writing to a String");
     encode_registry(&mut text, &snapshot).expect("writing to a String");
+    if let Some(replica) = replica {
+        let lag = crate::connect::replica_lag(replica).await?;
+        encode_registry(&mut text, &replica_registry(lag)).expect("writing to a String");
+    }
     encode_eof(&mut text).expect("writing to a String");
     Ok(text)
 }
@@ -299,4 +321,29 @@ async fn database_snapshot(conn: &mut PgConnection) -> Result<Registry, sqlx::Er
         seconds,
     );
     Ok(registry)
+}
+
+/// The read replica's series (docs/metrics.md): the same on every instance that reads it.
+fn replica_registry(lag: crate::connect::ReplicaLag) -> Registry {
+    let mut registry = Registry::default();
+    let standby = Gauge::<i64>::default();
+    standby.set(i64::from(lag.in_recovery));
+    registry.register(
+        "retrylog_read_replica_in_recovery",
+        "1 when --read-url is a hot standby, 0 when it names a primary",
+        standby,
+    );
+    // A standby that has replayed no transaction since it started has no replay time: the
+    // series is left out rather than reported as 0.
+    if let Some(seconds) = lag.seconds {
+        let gauge = Gauge::<f64, AtomicU64>::default();
+        gauge.set(seconds);
+        registry.register(
+            "retrylog_read_replica_lag_seconds",
+            "Age of the last transaction the read replica replayed; 0 while it streams and has \
+             replayed all it received (an idle primary sends nothing to replay)",
+            gauge,
+        );
+    }
+    registry
 }

@@ -260,11 +260,16 @@ pub async fn record_failure(conn: &mut PgConnection, error: &sqlx::Error) {
 
 /// Whether this session's role may run the projector (UPDATE on its lease and checkpoint):
 /// the owner and the operator capability. A reader's `report trend` reads the rollup as it
-/// stands instead.
+/// stands instead, and so does any trend read on a hot standby (`--read-url`), which can
+/// write nothing, or through a transaction pooler (`connect/pooler.rs` marks those
+/// checkouts), where the lease would outlive the session that took it: there the projector of
+/// `serve` (on the primary, on `--direct-url`) keeps the rollup.
 pub async fn may_run(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT has_table_privilege('projector_lease', 'UPDATE')
-            AND has_table_privilege('projection_checkpoint', 'UPDATE')",
+            AND has_table_privilege('projection_checkpoint', 'UPDATE')
+            AND NOT pg_is_in_recovery()
+            AND current_setting('retrylog.pooled', true) IS DISTINCT FROM 'on'",
     )
     .fetch_one(conn)
     .await

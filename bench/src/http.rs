@@ -157,6 +157,7 @@ async fn measure(
         .await?;
     let ctx = ApiContext {
         pool: server_pool.clone(),
+        read: None,
         tokens: None,
         steps: retrylog::config::DEFAULT_STEPS
             .parse()

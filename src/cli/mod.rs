@@ -67,6 +67,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub wide: bool,
 
+    /// Where reads (--read-url) and session work (--direct-url) connect, and the pooler.
+    #[command(flatten)]
+    pub routes: crate::config::DatabaseRoutes,
+
     #[command(subcommand)]
     pub command: Command,
 }

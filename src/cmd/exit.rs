@@ -96,6 +96,12 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
         })
         .or_else(|| cause.downcast_ref::<TokensError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<HttpConfigError>().map(as_dyn))
+        // Session work asked for through a transaction pooler without --direct-url.
+        .or_else(|| {
+            cause
+                .downcast_ref::<crate::config::NeedsDirectUrl>()
+                .map(as_dyn)
+        })
         // A targets cursor from a listing in the other order.
         .or_else(|| {
             cause

@@ -105,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         data_dir: cli.data_dir.clone(),
         database: rule.database_use(),
         db_timeout: cli.db_timeout,
+        routes: cli.routes.clone(),
     };
     let connected = connect::connect(&settings).await?;
     let rule = match rule {
@@ -116,10 +117,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A statement PostgreSQL refuses for want of a privilege, from the schema check on, is
     // told as the capability the command needs and the grant that gives it.
     let needs = permission::needed(&cli.command);
-    match run_connected(cli, &connected, rule).await {
+    let outcome = match run_connected(cli, &connected, rule).await {
         Err(error) => Err(permission::explain(&connected.pool, needs, error).await),
         done => done,
-    }
+    };
+    connected.settle().await;
+    outcome
 }
 
 /// Says which database, checks or migrates the schema as `rule` says, and runs the command.
@@ -134,15 +137,17 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         ),
         None => notice(log_format, &format!("using {}", connected.description)),
     }
+    // The migrations hold a session lock: through a transaction pooler, on --direct-url.
+    let pooler = cli.routes.pooler;
+    let migrations = || async {
+        let pool = sessions(pooler, connected, "applies the migrations")?;
+        migrate::run(pool).await.context("applying the migrations")
+    };
     match rule {
-        Schema::Migrate => migrate::run(&connected.pool)
-            .await
-            .context("applying the migrations")?,
+        Schema::Migrate => migrations().await?,
         Schema::MigrateIfBehind => {
             if migrate::ensure_current(&connected.pool).await.is_err() {
-                migrate::run(&connected.pool)
-                    .await
-                    .context("applying the migrations")?;
+                migrations().await?;
             }
         }
         Schema::Report | Schema::Untouched => {}
@@ -150,21 +155,34 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
             migrate::ensure_current(&connected.pool).await?;
         }
     }
-    let Connected { pool, .. } = connected;
+    // A read replica answers only for the schema it has replayed.
+    if let (Some(read), Schema::RequireCurrent | Schema::MigrateIfBehind) = (&connected.read, &rule)
+    {
+        migrate::ensure_current(read)
+            .await
+            .context("checking the schema of the read replica (--read-url)")?;
+    }
+    let pool = &connected.pool;
+    let read = connected.read_pool();
     match cli.command {
         Command::Migrate => {
             eprintln!("retrylog: schema is up to date");
             Ok(ExitCode::SUCCESS)
         }
         Command::Record(args) => record::run(pool, args).await,
-        Command::History(args) => history::run(pool, args).await,
-        Command::Report(args) => report::run(pool, args).await,
-        Command::Targets(args) => targets::run(pool, args).await,
+        Command::History(args) => history::run(read, args).await,
+        Command::Report(args) => report::run(read, args).await,
+        Command::Targets(args) => targets::run(read, args).await,
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
-        Command::Project(args) => project::run(pool, args).await,
-        Command::Status(args) => status::run(pool, args).await,
-        Command::Serve(args) => serve::run(pool, args).await,
+        Command::Project(args) => {
+            project::run(sessions(pooler, connected, "runs the projector")?, args).await
+        }
+        Command::Status(args) => status::run(read, args).await,
+        Command::Serve(args) => {
+            let sessions = sessions(pooler, connected, "runs the projector and the watchdog")?;
+            serve::run(pool, connected.read.as_ref(), sessions, args).await
+        }
         Command::Demo(args) => demo::run(connected, args).await,
         Command::Grant(args) => grant::run(pool, args).await,
         Command::Local(_) | Command::Completions(_) | Command::Man(_) => {
@@ -173,6 +191,19 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Recover(args) => recover::run(pool, args).await,
         Command::Token(_) => unreachable!("answered before connecting"),
     }
+}
+
+/// The pool for work that needs a session of its own (`what` it does): `--direct-url`, else the
+/// primary's — unless that goes through a transaction pooler, which keeps no session.
+fn sessions<'c>(
+    pooler: crate::config::Pooler,
+    connected: &'c Connected,
+    what: &'static str,
+) -> Result<&'c sqlx::PgPool, crate::config::NeedsDirectUrl> {
+    if connected.direct.is_none() && pooler == crate::config::Pooler::Transaction {
+        return Err(crate::config::NeedsDirectUrl(what));
+    }
+    Ok(connected.session_pool())
 }
 
 /// The error as one line: each cause in the chain once. sqlx's errors repeat their source's

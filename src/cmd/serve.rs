@@ -1,6 +1,11 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
 //! projector and the HTTP API until SIGINT or SIGTERM; then lets the transaction in flight (a
 //! retry, a projector batch, a request) finish and exits 0.
+//!
+//! Three pools, the same one unless configured apart (docs/scale.md): `pool` (the primary:
+//! writes and sessions of the dashboard), `read` (`--read-url`, a hot standby: the pages' and
+//! the API's reads) and `sessions` (`--direct-url` behind a transaction pooler: the projector's
+//! lease and the watchdog's LISTEN need a session of their own).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +20,12 @@ use crate::http::{self, ApiContext, Tokens};
 use crate::projector::{self, ProjectorSettings};
 use crate::recovery;
 
-pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    pool: &PgPool,
+    read: Option<&PgPool>,
+    sessions: &PgPool,
+    args: ServeArgs,
+) -> anyhow::Result<ExitCode> {
     // Signals first: one that arrives while starting up still means a clean exit.
     let mut terminate = signal(SignalKind::terminate())?;
     let (stop, stopped) = watch::channel(false);
@@ -66,6 +76,7 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         let ctx = ApiContext {
             pool: pool.clone(),
+            read: read.cloned(),
             tokens,
             steps: args.watchdog.steps.clone(),
             base_path: args.base_path.clone(),
@@ -83,17 +94,17 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
     };
-    let projector = tokio::spawn(projector::run(pool.clone(), settings, stopped.clone()));
+    let projector = tokio::spawn(projector::run(sessions.clone(), settings, stopped.clone()));
     let watchdog = if args.no_watchdog {
         tracing::info!("retrylog serve: running the retry_rollup projector only");
         None
     } else {
-        recovery::publish_settings(pool, &args.watchdog)
+        recovery::publish_settings(sessions, &args.watchdog)
             .await
             .context("writing the retry limit and channel to retrylog_settings")?;
         tracing::info!("retrylog serve: running the recovery watchdog and the projector");
         Some(tokio::spawn(recovery::run(
-            pool.clone(),
+            sessions.clone(),
             args.watchdog,
             stopped,
         )))

@@ -23,13 +23,20 @@
 //!    empty database. `demo` and the benchmark open neither: only the server's maintenance
 //!    database ([`DatabaseUse::ServerOnly`]).
 //!
+//! Beside that pool, two more may open from explicit URLs (see [`DatabaseRoutes`]): the read
+//! pool on a hot standby (`--read-url`, `replica.rs`) and the direct pool for what needs a
+//! session of its own when `DATABASE_URL` goes through a transaction pooler (`--direct-url`,
+//! `pooler.rs` says what such a pooler changes).
+//!
 //! Rules 1 and 2 and the description of where the pool points live here; probing a server and
 //! rule 4 in `probe.rs`; when rule 3 takes over in `fallback.rs`, and the private cluster in
 //! `cluster.rs`, which runs PostgreSQL's programs through `runner.rs`.
 
 mod cluster;
 mod fallback;
+mod pooler;
 mod probe;
+mod replica;
 mod runner;
 
 use std::ffi::OsString;
@@ -41,6 +48,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::ConnectOptions;
 
+use crate::config::{DatabaseRoutes, Pooler};
 use cluster::ensure_private_cluster;
 pub use cluster::{
     default_data_dir, private_cluster_status, start_private_cluster, stop_private_cluster,
@@ -48,6 +56,10 @@ pub use cluster::{
 };
 use fallback::{login_refused, names_login, names_server, refused_login};
 use probe::{ensure_database, failure, probe_within, Missing, Probe};
+pub use replica::{
+    caused_by_recovery_conflict, is_recovery_conflict, lag as replica_lag, read_retrying,
+    ReplicaLag,
+};
 
 /// Database name used when the configuration names none.
 pub const DEFAULT_DATABASE: &str = "retrylog";
@@ -84,6 +96,40 @@ pub struct Connected {
     /// Set when rule 3 chose the private cluster: the binary tells the user it keeps running
     /// and how to stop it, and why the server at the libpq default was not used.
     pub private_cluster: Option<PrivateClusterUse>,
+    /// The pool on the hot standby `--read-url` names, when it does.
+    pub read: Option<sqlx::PgPool>,
+    /// The pool on the primary `--direct-url` names (a session each connection), when it does.
+    pub direct: Option<sqlx::PgPool>,
+}
+
+impl Connected {
+    /// Where the reads go: the read replica, else the primary.
+    pub fn read_pool(&self) -> &sqlx::PgPool {
+        self.read.as_ref().unwrap_or(&self.pool)
+    }
+
+    /// Waits (5 s at most) until every connection is back in its pool. Behind a transaction
+    /// pooler a checkout commits as its connection comes back (`pooler.rs`), on a task of its
+    /// own: a command that returned must not exit before that commit has run.
+    pub async fn settle(&self) {
+        let pools = [Some(&self.pool), self.read.as_ref(), self.direct.as_ref()];
+        let busy = || {
+            pools
+                .iter()
+                .flatten()
+                .any(|pool| pool.num_idle() < pool.size() as usize)
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Where the work that needs a session of its own goes (migrate, the projector, the
+    /// watchdog): `--direct-url`, else the primary's pool.
+    pub fn session_pool(&self) -> &sqlx::PgPool {
+        self.direct.as_ref().unwrap_or(&self.pool)
+    }
 }
 
 /// Why and where the private cluster is used (rule 3), for the lines on stderr.
@@ -121,6 +167,8 @@ pub struct ConnectSettings {
     pub database: DatabaseUse,
     /// How long a probe or the pool waits for a connection (`--db-timeout`).
     pub db_timeout: Duration,
+    /// `--read-url`, `--direct-url` and `--pooler`.
+    pub routes: DatabaseRoutes,
 }
 
 impl Default for ConnectSettings {
@@ -131,6 +179,7 @@ impl Default for ConnectSettings {
             data_dir: None,
             database: DatabaseUse::default(),
             db_timeout: crate::config::parse_duration(DEFAULT_DB_TIMEOUT).expect("a valid default"),
+            routes: DatabaseRoutes::default(),
         }
     }
 }
@@ -166,6 +215,12 @@ impl fmt::Debug for ConnectSettings {
             .field("max_connections", &self.max_connections)
             .field("data_dir", &self.data_dir)
             .field("database", &self.database)
+            .field("read_url", &self.routes.read_url.as_ref().map(|_| "<set>"))
+            .field(
+                "direct_url",
+                &self.routes.direct_url.as_ref().map(|_| "<set>"),
+            )
+            .field("pooler", &self.routes.pooler)
             .finish()
     }
 }
@@ -175,9 +230,11 @@ impl fmt::Debug for ConnectSettings {
 /// deliberately not exposed as `source()` so that `{:#}` does not repeat them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The explicit URL does not parse, or is not a `postgres://`/`postgresql://` URL.
-    #[error("DATABASE_URL is not a valid PostgreSQL URL: {reason}")]
+    /// An explicit URL does not parse, or is not a `postgres://`/`postgresql://` URL.
+    #[error("{which} is not a valid PostgreSQL URL: {reason}")]
     InvalidUrl {
+        /// Which setting holds it: `DATABASE_URL`, `--read-url`, `--direct-url`.
+        which: &'static str,
         /// What is wrong with it (never the URL itself: it may hold a password).
         reason: String,
     },
@@ -288,7 +345,8 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
 
     let (configured, opened, rule, private_cluster) = match explicit_url {
         Some(url) => {
-            let (configured, named) = options_from_url(url)?;
+            let (configured, named) = options_from_url(url, "DATABASE_URL")?;
+            let configured = for_pooler(configured, settings.routes.pooler);
             tracing::debug!(server = %location(&configured), "using DATABASE_URL");
             let missing = Missing::of(usage, named, false);
             let to_open = opened_options(&configured, usage);
@@ -302,7 +360,7 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
         }
         None => {
             let set = libpq_variables_set();
-            let configured = libpq_options();
+            let configured = for_pooler(libpq_options(), settings.routes.pooler);
             let named = non_empty_var("PGDATABASE").is_some();
             let to_open = opened_options(&configured, usage);
             tracing::debug!(server = %location(&configured), ?set, "trying the libpq conventions");
@@ -328,6 +386,7 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
                         options: opened,
                         rule: Rule::Libpq(set),
                         private_cluster: None,
+                        pooled: settings.routes.pooler == Pooler::Transaction,
                     };
                     return open_pool(settings, connected).await;
                 }
@@ -360,11 +419,13 @@ pub async fn connect(settings: &ConnectSettings) -> Result<Connected, ConnectErr
             )
         }
     };
+    let pooled = private_cluster.is_none() && settings.routes.pooler == Pooler::Transaction;
     let connected = Opened {
         configured,
         options: opened,
         rule,
         private_cluster,
+        pooled,
     };
     open_pool(settings, connected).await
 }
@@ -377,6 +438,16 @@ struct Opened {
     options: PgConnectOptions,
     rule: Rule,
     private_cluster: Option<PrivateClusterUse>,
+    /// Whether the connections go through a transaction pooler (`--pooler transaction`).
+    pooled: bool,
+}
+
+/// The options for a server behind `pooler`.
+fn for_pooler(options: PgConnectOptions, pooler: Pooler) -> PgConnectOptions {
+    match pooler {
+        Pooler::None => options,
+        Pooler::Transaction => pooler::options(options),
+    }
 }
 
 /// The options the pool opens with: the configured database, or with
@@ -395,17 +466,36 @@ async fn open_pool(settings: &ConnectSettings, opened: Opened) -> Result<Connect
         options,
         rule,
         private_cluster,
+        pooled,
     } = opened;
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections.max(1))
-        .acquire_timeout(settings.db_timeout)
+    let pool = pool_options(settings, pooled)
         .connect_with(options.clone())
         .await
         .map_err(|error| failure(&options, error))?;
 
     let configured_database = database_name(&configured);
     let database = (settings.database != DatabaseUse::ServerOnly).then_some(&*configured_database);
-    let description = describe(&options, database, &rule);
+    let mut description = describe(&options, database, &rule);
+    if pooled {
+        description.push_str(" through a transaction pooler");
+    }
+    let routes = &settings.routes;
+    let read = match explicit(&routes.read_url) {
+        Some(url) => {
+            let (pool, at) = open_route(settings, url, "--read-url", pooled).await?;
+            description.push_str(&format!("; reads from {at} (--read-url)"));
+            Some(pool)
+        }
+        None => None,
+    };
+    let direct = match explicit(&routes.direct_url) {
+        Some(url) => {
+            let (pool, at) = open_route(settings, url, "--direct-url", false).await?;
+            description.push_str(&format!("; sessions on {at} (--direct-url)"));
+            Some(pool)
+        }
+        None => None,
+    };
     // The binary prints the description on stderr itself: debug, so `serve` (which logs at
     // info) does not say it twice.
     tracing::debug!(%description, "connected");
@@ -415,7 +505,58 @@ async fn open_pool(settings: &ConnectSettings, opened: Opened) -> Result<Connect
         options,
         configured_database,
         private_cluster,
+        read,
+        direct,
     })
+}
+
+/// The pool's options: its size and wait, and a transaction pooler's hooks when `pooled`.
+fn pool_options(settings: &ConnectSettings, pooled: bool) -> PgPoolOptions {
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(1))
+        .acquire_timeout(settings.db_timeout);
+    if pooled {
+        pooler::pool_options(pool)
+    } else {
+        pool
+    }
+}
+
+/// A URL that is set and not blank.
+fn explicit(url: &Option<String>) -> Option<&str> {
+    url.as_deref().map(str::trim).filter(|url| !url.is_empty())
+}
+
+/// Opens the pool of `--read-url` or `--direct-url` (`which`): explicit, so never a fallback;
+/// its database must exist (no command creates one there). Returns the pool and where it is.
+async fn open_route(
+    settings: &ConnectSettings,
+    url: &str,
+    which: &'static str,
+    pooled: bool,
+) -> Result<(sqlx::PgPool, String), ConnectError> {
+    let (options, _) = options_from_url(url, which)?;
+    let options = for_pooler(
+        options,
+        if pooled {
+            Pooler::Transaction
+        } else {
+            Pooler::None
+        },
+    );
+    let probe = probe_within(&options, settings.db_timeout).await;
+    let options = ensure_database(&options, probe, Missing::Refuse).await?;
+    let pool = pool_options(settings, pooled)
+        .connect_with(options.clone())
+        .await
+        .map_err(|error| failure(&options, error))?;
+    let at = format!(
+        "database {} on {} as {}",
+        database_name(&options),
+        location(&options),
+        options.get_username()
+    );
+    Ok((pool, at))
 }
 
 // ---------------------------------------------------------------------------
@@ -423,8 +564,11 @@ async fn open_pool(settings: &ConnectSettings, opened: Opened) -> Result<Connect
 
 /// Parses an explicit URL; defaults the database to `retrylog` when the URL names none. Also
 /// says whether the URL named one (a named database is created only by `migrate`).
-fn options_from_url(url: &str) -> Result<(PgConnectOptions, bool), ConnectError> {
-    let invalid = |reason: String| ConnectError::InvalidUrl { reason };
+fn options_from_url(
+    url: &str,
+    which: &'static str,
+) -> Result<(PgConnectOptions, bool), ConnectError> {
+    let invalid = |reason: String| ConnectError::InvalidUrl { which, reason };
     let parsed = parse_url(url, PgConnectOptions::from_url).map_err(invalid)?;
     // sqlx parses any scheme; a mysql:// URL would otherwise be tried as PostgreSQL.
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
@@ -554,32 +698,36 @@ fn non_empty_var(name: &str) -> Option<OsString> {
 mod tests {
     use super::*;
 
+    fn options_from_url_(url: &str) -> Result<(PgConnectOptions, bool), ConnectError> {
+        options_from_url(url, "DATABASE_URL")
+    }
+
     #[test]
     fn url_without_database_uses_retrylog_unnamed() {
-        let (options, named) = options_from_url("postgres://someone@db.example:6543").unwrap();
+        let (options, named) = options_from_url_("postgres://someone@db.example:6543").unwrap();
         assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
         assert!(!named);
         assert_eq!(options.get_host(), "db.example");
         assert_eq!(options.get_port(), 6543);
         assert_eq!(options.get_username(), "someone");
 
-        let (options, named) = options_from_url("postgresql://someone@db.example/").unwrap();
+        let (options, named) = options_from_url_("postgresql://someone@db.example/").unwrap();
         assert_eq!(options.get_database(), Some(DEFAULT_DATABASE));
         assert!(!named);
     }
 
     #[test]
     fn url_database_is_used_exactly_and_named() {
-        let (options, named) = options_from_url("postgres://u@h/foo").unwrap();
+        let (options, named) = options_from_url_("postgres://u@h/foo").unwrap();
         assert_eq!(options.get_database(), Some("foo"));
         assert!(named);
-        let (options, named) = options_from_url("postgres://u@h?dbname=bar").unwrap();
+        let (options, named) = options_from_url_("postgres://u@h?dbname=bar").unwrap();
         assert_eq!(options.get_database(), Some("bar"));
         assert!(named);
         // Named even when it is the default's name: the user chose it.
-        let (_, named) = options_from_url("postgres://u@h/retrylog").unwrap();
+        let (_, named) = options_from_url_("postgres://u@h/retrylog").unwrap();
         assert!(named);
-        let (options, _) = options_from_url("postgres:///baz?host=/run/pg").unwrap();
+        let (options, _) = options_from_url_("postgres:///baz?host=/run/pg").unwrap();
         assert_eq!(options.get_database(), Some("baz"));
         assert_eq!(options.get_socket(), Some(&PathBuf::from("/run/pg")));
     }
@@ -591,7 +739,7 @@ mod tests {
             "not a url hunter2",
             "postgres://u:hunter2@h:notaport/db",
         ] {
-            let error = options_from_url(url).unwrap_err();
+            let error = options_from_url(url, "DATABASE_URL").unwrap_err();
             assert!(matches!(error, ConnectError::InvalidUrl { .. }), "{url}");
             let message = error.to_string();
             assert!(
@@ -621,7 +769,7 @@ mod tests {
     #[test]
     fn descriptions_follow_the_rule_and_hide_passwords() {
         let (options, _) =
-            options_from_url("postgres://postgres:hunter2@127.0.0.1:5432/foo").unwrap();
+            options_from_url_("postgres://postgres:hunter2@127.0.0.1:5432/foo").unwrap();
         assert_eq!(
             describe(&options, Some("foo"), &Rule::DatabaseUrl),
             "database foo on 127.0.0.1:5432 as postgres (DATABASE_URL)"

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::{ApiContext, Error, Reader};
 use crate::chain::{self, TargetChains};
+use crate::connect::read_retrying;
 
 pub async fn chain(
     State(ctx): State<ApiContext>,
@@ -24,11 +25,12 @@ pub async fn chain(
     let id: Uuid = value
         .parse()
         .map_err(|_| Error::BadRequest(format!("{name} \"{value}\" is not a UUID")))?;
-    let mut conn = ctx.pool.acquire().await?;
-    let target = chain::find_target(&mut conn, id, variant)
-        .await
-        .map_err(anyhow::Error::from)?;
-    Ok(Json(chain::check_target(&mut conn, target).await?))
+    let check = || async {
+        let mut conn = ctx.reads().acquire().await?;
+        let target = chain::find_target(&mut conn, id, variant).await?;
+        anyhow::Ok(chain::check_target(&mut conn, target).await?)
+    };
+    Ok(Json(read_retrying(check).await?))
 }
 
 fn needs_one_target() -> Error {

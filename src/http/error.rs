@@ -55,6 +55,9 @@ impl From<anyhow::Error> for Error {
         {
             return database_unavailable(lost);
         }
+        if crate::connect::caused_by_recovery_conflict(&error) {
+            return replica_conflict(&error);
+        }
         for cause in error.chain() {
             // The limit: the API's way past it, not the CLI's.
             if let Some(AppendError::LimitReached { refusal, target }) = cause.downcast_ref() {
@@ -101,6 +104,9 @@ impl From<sqlx::Error> for Error {
         if crate::sqlstate::connection_lost(&error) {
             return database_unavailable(&error);
         }
+        if crate::connect::is_recovery_conflict(&error) {
+            return replica_conflict(&error);
+        }
         Error::Internal(error.into())
     }
 }
@@ -121,6 +127,32 @@ fn recover_request(target: &Option<Target>) -> String {
 fn database_unavailable(error: &sqlx::Error) -> Error {
     tracing::warn!(%error, "the database does not answer");
     Error::Unavailable("the database does not answer; try again shortly".into())
+}
+
+/// What a client is told when the read replica cancelled its read twice.
+const REPLICA_CONFLICT: &str =
+    "the read replica cancelled this read to replay the primary's changes; try again shortly";
+
+/// 503: the read replica cancelled the read to go on replaying the primary's changes.
+fn replica_conflict(error: &dyn std::fmt::Display) -> Error {
+    tracing::warn!(%error, "the read replica cancelled a read");
+    Error::Unavailable(REPLICA_CONFLICT.into())
+}
+
+/// [`crate::connect::read_retrying`] for a page, whose parts answer [`Error`] already: a read
+/// the replica cancelled is read once more, a second cancellation is the 503.
+pub async fn page_retrying<T, F, Fut>(read: F) -> Result<T, Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    match read().await {
+        Err(Error::Unavailable(message)) if message == REPLICA_CONFLICT => {
+            crate::metrics::replica_conflict();
+            read().await
+        }
+        done => done,
+    }
 }
 
 /// How long a client is asked to wait after a 503 (`Retry-After`, seconds).

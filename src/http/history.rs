@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::{flags, ApiContext, Error, Reader};
 use crate::cli::HistoryArgs;
 use crate::cmd::history;
+use crate::connect::read_retrying;
 use crate::output::Format;
 
 pub async fn history(
@@ -26,6 +27,6 @@ pub async fn history(
         ));
     }
     let args: HistoryArgs = flags::parse(&params)?;
-    let rows = history::rows(&ctx.pool, &args, Format::Json).await?;
+    let rows = read_retrying(|| history::rows(ctx.reads(), &args, Format::Json)).await?;
     Ok(Json(rows.to_json()))
 }

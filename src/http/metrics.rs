@@ -13,7 +13,13 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 pub async fn metrics(State(ctx): State<ApiContext>, _: Reader) -> Result<Response, Error> {
     let mut conn = ctx.pool.acquire().await?;
-    let text = crate::metrics::render(&mut conn).await?;
+    let text = match &ctx.read {
+        Some(read) => {
+            let mut replica = read.acquire().await?;
+            crate::metrics::render(&mut conn, Some(&mut replica)).await?
+        }
+        None => crate::metrics::render(&mut conn, None).await?,
+    };
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response())
 }
 

@@ -43,6 +43,7 @@ use axum::Router;
 use sqlx::PgPool;
 
 pub use auth::{new_token, Admin, Reader, Role, Tokens, TokensError};
+use error::page_retrying;
 pub use error::Error;
 pub use openapi::DOCUMENT as OPENAPI;
 pub use pages::OverviewCache;
@@ -54,8 +55,10 @@ use crate::error::CallerMistake;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiContext {
-    /// The database every request reads and writes.
+    /// The primary: every write, the sessions, and the reads when there is no replica.
     pub pool: PgPool,
+    /// The hot standby of `--read-url`, when there is one: the pages' and the API's reads.
+    pub read: Option<PgPool>,
     /// The accepted tokens; `None`: no tokens file, the server is read-only.
     pub tokens: Option<Arc<Tokens>>,
     /// The pipeline's steps: the last one is where a recovered job goes to `done`.
@@ -64,6 +67,13 @@ pub struct ApiContext {
     pub base_path: String,
     /// The overview's top lists, reused for a few seconds (`Default::default()`).
     pub overview_cache: Arc<OverviewCache>,
+}
+
+impl ApiContext {
+    /// Where the pages and the API read: the replica, else the primary.
+    pub fn reads(&self) -> &PgPool {
+        self.read.as_ref().unwrap_or(&self.pool)
+    }
 }
 
 /// Every route, as `(method, path)` under the base path: the list the OpenAPI test holds the

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::{flags, ApiContext, Error, Reader};
 use crate::cli::{AlertsArgs, OutcomesArgs, StatsArgs, TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
+use crate::connect::read_retrying;
 use crate::output::Format;
 
 type Params = Query<Vec<(String, String)>>;
@@ -18,7 +19,7 @@ pub async fn top_jobs(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: TopJobsArgs = flags::parse(&params)?;
-    let rows = report::top_jobs_rows(&ctx.pool, &args, Format::Json).await?;
+    let rows = read_retrying(|| report::top_jobs_rows(ctx.reads(), &args, Format::Json)).await?;
     Ok(Json(rows.to_json()))
 }
 
@@ -29,7 +30,9 @@ pub async fn top_variants(
 ) -> Result<Json<Value>, Error> {
     let args: TopVariantsArgs = flags::parse(&params)?;
     Ok(Json(
-        report::top_variants_rows(&ctx.pool, &args).await?.to_json(),
+        read_retrying(|| report::top_variants_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }
 
@@ -39,7 +42,11 @@ pub async fn stats(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: StatsArgs = flags::parse(&params)?;
-    Ok(Json(report::stats_rows(&ctx.pool, &args).await?.to_json()))
+    Ok(Json(
+        read_retrying(|| report::stats_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
+    ))
 }
 
 pub async fn alerts(
@@ -48,7 +55,11 @@ pub async fn alerts(
     Query(params): Params,
 ) -> Result<Json<Value>, Error> {
     let args: AlertsArgs = flags::parse(&params)?;
-    Ok(Json(report::alerts_rows(&ctx.pool, &args).await?.to_json()))
+    Ok(Json(
+        read_retrying(|| report::alerts_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
+    ))
 }
 
 pub async fn trend(
@@ -58,7 +69,9 @@ pub async fn trend(
 ) -> Result<Json<Value>, Error> {
     let args: TrendArgs = flags::parse(&params)?;
     Ok(Json(
-        report::trend_json_rows(&ctx.pool, &args).await?.to_json(),
+        read_retrying(|| report::trend_json_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }
 
@@ -69,6 +82,8 @@ pub async fn outcomes(
 ) -> Result<Json<Value>, Error> {
     let args: OutcomesArgs = flags::parse(&params)?;
     Ok(Json(
-        report::outcomes_rows(&ctx.pool, &args).await?.to_json(),
+        read_retrying(|| report::outcomes_rows(ctx.reads(), &args))
+            .await?
+            .to_json(),
     ))
 }

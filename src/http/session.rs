@@ -24,6 +24,9 @@ pub async fn open(
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let id = hex::encode(bytes);
+    // A transaction of its own, committed before the cookie is set: behind a transaction
+    // pooler a lone statement would commit only as its connection goes back to the pool.
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "WITH gone AS (DELETE FROM retrylog_http_session
                         WHERE expires_at < now() - interval '1 day')
@@ -34,8 +37,9 @@ pub async fn open(
     .bind(token_name)
     .bind(&token_hash[..])
     .bind(f64::from(LIFETIME_SECONDS))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(id)
 }
 
@@ -53,13 +57,16 @@ pub async fn token_of(pool: &PgPool, id: &str) -> Result<Option<[u8; 32]>, sqlx:
 
 /// Revokes the session `id` (logout); a revoked or unknown one is left as it is.
 pub async fn revoke(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
+    // Committed before the answer, as a login is (see `open`).
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "UPDATE retrylog_http_session SET revoked_at = now()
           WHERE id_hash = $1 AND revoked_at IS NULL",
     )
     .bind(&hash(id)[..])
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

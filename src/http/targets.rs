@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::{flags, ApiContext, Error, Reader};
 use crate::cli::TargetsArgs;
 use crate::cmd::targets;
+use crate::connect::read_retrying;
 
 pub async fn targets(
     State(ctx): State<ApiContext>,
@@ -16,6 +17,6 @@ pub async fn targets(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, Error> {
     let args: TargetsArgs = flags::parse(&params)?;
-    let page = targets::listing(&ctx.pool, &args, &ctx.steps).await?;
+    let page = read_retrying(|| targets::listing(ctx.reads(), &args, &ctx.steps)).await?;
     Ok(Json(targets::to_json(&page)))
 }

@@ -694,6 +694,7 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
     migrated(&pool).await;
     let ctx = ApiContext {
         pool: pool.clone(),
+        read: None,
         tokens: None,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: "/retrylog".into(),

@@ -36,6 +36,7 @@ impl Drop for Served {
 pub(crate) async fn serve(pool: &PgPool) -> Served {
     let ctx = ApiContext {
         pool: pool.clone(),
+        read: None,
         tokens: Some(Arc::new(Tokens::load(&tokens_file()).unwrap())),
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),

@@ -611,6 +611,7 @@ pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
     let tokens = with_tokens.then(|| Arc::new(Tokens::load(&tokens_file()).unwrap()));
     let ctx = ApiContext {
         pool: pool.clone(),
+        read: None,
         tokens,
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),

@@ -84,6 +84,11 @@
 //! - `screens`: what a reader's terminal and spreadsheet receive: invisible and bidi
 //!   characters refused by the text rule and escaped in every table and line, CSV cells a
 //!   spreadsheet would evaluate neutralised.
+//! - `replica`: `--read-url` on a streaming standby of a private primary
+//!   (`tests/common/standby.rs`): reads from the standby, writes to the primary, its schema
+//!   checked, its lag on `/metrics`, a real recovery conflict read once more, then 503.
+//! - `pooler`: through a real pgbouncer in transaction mode (`tests/common/pgbouncer.rs`): the
+//!   commands, serve's API, concurrent appends, a grant committed, `--direct-url` asked for.
 //! - `why`: each retry's why in words, from a real sweep of every scenario, a recovery and a
 //!   record by hand, through `history`, the API and the dashboard; `--error-column`: the
 //!   pipeline's error kept with its retry, hostile text bounded and escaped, a bad name
@@ -114,15 +119,21 @@ mod odd_input;
 mod operator;
 mod outage;
 mod outcomes;
+#[path = "../common/pgbouncer.rs"]
+mod pgbouncer;
 mod pipeline_capability;
+mod pooler;
 mod projector;
 mod recovery;
 mod replay;
+mod replica;
 mod reports;
 mod screens;
 mod security;
 mod sessions;
 mod slow_clients;
+#[path = "../common/standby.rs"]
+mod standby;
 mod targets;
 #[path = "../common/temp.rs"]
 mod temp;

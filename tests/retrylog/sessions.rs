@@ -21,6 +21,7 @@ use crate::fixtures::*;
 fn router_with(pool: &PgPool, tokens: &Path) -> Router {
     http::app(ApiContext {
         pool: pool.clone(),
+        read: None,
         tokens: Some(Arc::new(Tokens::load(tokens).unwrap())),
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{error_page, render, typed, Chrome, FilterError, FormProblem, Table, Viewer};
 use crate::cli::AlertsArgs;
 use crate::cmd::report;
-use crate::http::{flags, ApiContext, Error};
+use crate::http::{flags, page_retrying, ApiContext, Error};
 use crate::window::{Moment, TimeSpec};
 
 type Params = Query<Vec<(String, String)>>;
@@ -71,7 +71,7 @@ pub async fn page(
             return (StatusCode::BAD_REQUEST, render(&page)).into_response();
         }
     };
-    let live = match body(&ctx, &viewer, &args)
+    let live = match page_retrying(|| body(&ctx, &viewer, &args))
         .await
         .and_then(|live| render(&live))
     {
@@ -94,11 +94,11 @@ pub async fn live(
     Query(params): Params,
 ) -> Result<Html<String>, Error> {
     let args: AlertsArgs = flags::parse(&params)?;
-    render(&body(&ctx, &viewer, &args).await?)
+    render(&page_retrying(|| body(&ctx, &viewer, &args)).await?)
 }
 
 async fn body(ctx: &ApiContext, viewer: &Viewer, args: &AlertsArgs) -> Result<Live, Error> {
-    let rows = report::alerts_rows(&ctx.pool, args).await?;
+    let rows = report::alerts_rows(ctx.reads(), args).await?;
     let render_id = Uuid::new_v4();
     let targets = rows
         .rows

@@ -17,7 +17,7 @@ use super::{error_page, render, typed, Chrome, FilterError, FormProblem, Table, 
 use crate::cli::{TopJobsArgs, TopVariantsArgs, TrendArgs};
 use crate::cmd::report;
 use crate::event::RetryEvent;
-use crate::http::{flags, ApiContext, Error};
+use crate::http::{flags, page_retrying, ApiContext, Error};
 use crate::output::{event_rows, Format};
 use crate::report::{check_window, TrendQuery};
 use crate::store::EVENT_COLUMNS;
@@ -70,6 +70,8 @@ struct Live {
     last_sweep: String,
     lag_events: i64,
     lag_seconds: String,
+    /// With `--read-url`: how far the replica these numbers come from is behind.
+    replica_lag: Option<String>,
     chart: String,
     top_jobs: Table,
     top_variants: Table,
@@ -97,7 +99,8 @@ pub async fn page(
             return (StatusCode::BAD_REQUEST, render(&page)).into_response();
         }
     };
-    let live = match live_body(&ctx, &trend).await.and_then(|live| render(&live)) {
+    let live = page_retrying(|| live_body(&ctx, &trend)).await;
+    let live = match live.and_then(|live| render(&live)) {
         Ok(Html(live)) => live,
         Err(error) => return error_page(&ctx, &viewer, error),
     };
@@ -118,7 +121,7 @@ pub async fn live(
     Query(params): Params,
 ) -> Result<Html<String>, Error> {
     let trend: TrendArgs = flags::parse(&params)?;
-    render(&live_body(&ctx, &trend).await?)
+    render(&page_retrying(|| live_body(&ctx, &trend)).await?)
 }
 
 /// How long the overview's top lists are reused: `report top-variants` sorts every variant
@@ -142,11 +145,11 @@ async fn tops(ctx: &ApiContext) -> Result<(Table, Table), Error> {
     let top: TopJobsArgs = flags::parse(&[("limit".into(), "5".into())])?;
     let top_variants: TopVariantsArgs = flags::parse(&[("limit".into(), "5".into())])?;
     let jobs = Table::from_rows(
-        &report::top_jobs_rows(&ctx.pool, &top, Format::Table).await?,
+        &report::top_jobs_rows(ctx.reads(), &top, Format::Table).await?,
         &ctx.base_path,
     );
     let variants = Table::from_rows(
-        &report::top_variants_rows(&ctx.pool, &top_variants).await?,
+        &report::top_variants_rows(ctx.reads(), &top_variants).await?,
         &ctx.base_path,
     );
     *cached = Some((Instant::now(), jobs.clone(), variants.clone()));
@@ -155,7 +158,7 @@ async fn tops(ctx: &ApiContext) -> Result<(Table, Table), Error> {
 
 /// Everything the live part shows; each read uses the rollup or an index.
 async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
-    let pool = &ctx.pool;
+    let pool = ctx.reads();
     let base = &ctx.base_path;
     let chart = report::trend_svg(pool, trend).await?;
     let mut conn = pool.acquire().await?;
@@ -176,6 +179,15 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         .map(|(_, count)| count)
         .sum();
     let lag = crate::projector::lag(&mut conn).await?;
+    let replica_lag = match ctx.read {
+        Some(_) => Some(
+            match crate::connect::replica_lag(&mut conn).await?.seconds {
+                Some(seconds) => format!("{seconds:.1} s"),
+                None => "nothing replayed yet".into(),
+            },
+        ),
+        None => None,
+    };
     // 2. The latest retries, by the log's primary key.
     let sql = format!("SELECT {EVENT_COLUMNS} FROM retry_history ORDER BY seq DESC LIMIT 8");
     let latest: Vec<RetryEvent> = sqlx::query_as(&sql).fetch_all(&mut *conn).await?;
@@ -199,6 +211,7 @@ async fn live_body(ctx: &ApiContext, trend: &TrendArgs) -> Result<Live, Error> {
         ),
         lag_events: lag.events_behind,
         lag_seconds: format!("{:.1}", lag.seconds_behind),
+        replica_lag,
         chart,
         top_jobs,
         top_variants,

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::timeline::{self, Timeline};
 use super::{error_page, render, Chrome, Table, Viewer};
 use crate::chain::{self, TargetChains};
-use crate::http::{ApiContext, Error};
+use crate::http::{page_retrying, ApiContext, Error};
 use crate::output::Rows;
 
 #[derive(Template)]
@@ -40,7 +40,7 @@ pub async fn page(
     Path((kind, id)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
-    match body(&ctx, &viewer, &kind, &id, &params).await {
+    match page_retrying(|| body(&ctx, &viewer, &kind, &id, &params)).await {
         Ok(page) if page.timeline.problem.refused() => {
             (StatusCode::BAD_REQUEST, render(&page)).into_response()
         }
@@ -70,7 +70,7 @@ async fn body(
     };
     // 1. The timeline: `history`'s rows, filtered (also the 404 for an id nobody knows).
     let timeline = timeline::load(ctx, params, variant, uuid).await?;
-    let mut conn = ctx.pool.acquire().await?;
+    let mut conn = ctx.reads().acquire().await?;
     // 2. The state, as the pipeline's row has it now.
     let sql = if variant {
         "SELECT status, coalesce(current_step, ''), retry_count,
@@ -156,7 +156,7 @@ pub async fn search(
          LIMIT 1",
     )
     .bind(id)
-    .fetch_optional(&ctx.pool)
+    .fetch_optional(ctx.reads())
     .await;
     match found {
         Ok(Some((kind, id))) => {

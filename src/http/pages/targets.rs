@@ -63,7 +63,9 @@ pub async fn page(
         Ok(args) => args,
         Err(error) => return error_page(&ctx, &viewer, error),
     };
-    let listing = match targets::listing(&ctx.pool, &args, &ctx.steps).await {
+    let listing =
+        crate::connect::read_retrying(|| targets::listing(ctx.reads(), &args, &ctx.steps));
+    let listing = match listing.await {
         Ok(listing) => listing,
         Err(error) => return error_page(&ctx, &viewer, error.into()),
     };

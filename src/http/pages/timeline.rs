@@ -166,7 +166,7 @@ pub async fn load(
         Ok(args) => args,
         Err(problem) => return refused(timeline, problem),
     };
-    let rows = match history::rows(&ctx.pool, &args, Format::Table).await {
+    let rows = match history::rows(ctx.reads(), &args, Format::Table).await {
         Ok(rows) => rows,
         Err(error) => match error.downcast::<WindowError>() {
             Ok(window) => return refused(timeline, window.into()),
