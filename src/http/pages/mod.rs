@@ -7,13 +7,15 @@
 //!
 //! - `overview`: counts, the trend chart, the top targets, the latest retries;
 //! - `alerts`: `report alerts`' rows, each with a Recover form for an admin;
-//! - `targets`: the targets list, every filter in the URL, paged by cursor;
+//! - `targets`: the targets list, every filter in the URL, paged by cursor, rows to select;
+//! - `bulk`: the selected or all matching targets recovered: preview, confirmation, result;
 //! - `target`: one job or variant — state, timeline, hash chain, variants — and search;
 //! - `recover`: the Recover form's POST, through `recovery::recover_by_hand`;
 //! - `login`: the token form and its cookie; `assets`: the embedded CSS and script.
 
 mod alerts;
 mod assets;
+mod bulk;
 mod login;
 mod overview;
 
@@ -41,9 +43,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/alerts"),
     ("get", "/ui/live/alerts"),
     ("get", "/targets"),
+    ("get", "/targets/recover"),
+    ("get", "/targets/recovered"),
     ("get", "/targets/{kind}/{id}"),
     ("get", "/search"),
     ("post", "/ui/recover"),
+    ("post", "/ui/recover/bulk"),
     ("get", "/login"),
     ("post", "/login"),
     ("post", "/logout"),
@@ -58,9 +63,12 @@ pub fn routes() -> Router<ApiContext> {
         .route("/alerts", get(alerts::page))
         .route("/ui/live/alerts", get(alerts::live))
         .route("/targets", get(targets::page))
+        .route("/targets/recover", get(bulk::preview))
+        .route("/targets/recovered", get(bulk::result))
         .route("/targets/{kind}/{id}", get(target::page))
         .route("/search", get(target::search))
         .route("/ui/recover", post(recover::recover))
+        .route("/ui/recover/bulk", post(bulk::recover))
         .route("/login", get(login::form).post(login::login))
         .route("/logout", post(login::logout))
         .route("/assets/{file}", get(assets::asset))
