@@ -2,11 +2,10 @@
 -- POST /api/v1/recover/bulk, the Targets page's bulk form) is idempotent by its request id:
 -- one row per request that ran, holding the request as it was asked and the result it gave.
 --
---   * The row is inserted when the request starts, in a transaction that stays open until the
---     result is written: a duplicate sent meanwhile waits on the primary key, then finds the
---     row committed and answers its result; only one of them recovers anything. A request
---     that fails half-way rolls its row back (the targets it recovered keep their events, whose
---     ids derive from the request id, so running it again adds no second event).
+--   * The row is inserted when the request starts, in the transaction the whole request runs
+--     in (every target's state change and event, then the result): a duplicate sent
+--     meanwhile waits on the primary key, then finds the row committed and answers its
+--     result; only one of them recovers anything. A request that fails rolls back whole.
 --   * `request` is compared whole (jsonb equality): the same request id with another filter,
 --     note, max, selection or actor is refused, naming request_id.
 --   * A dry run or a refused request (more matches than max) writes no row.

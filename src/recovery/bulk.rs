@@ -10,35 +10,44 @@
 //!    records none; `max` within 1..=500); nothing is read before;
 //! 2. a dry run (the preview) stops after step 4's match and writes nothing: it answers every
 //!    matching target with the last attempt it saw ([`Seen`]);
-//! 3. claim the request id: insert its row in `retrylog_bulk_recovery` in a transaction that
-//!    stays open until step 7. A duplicate sent meanwhile waits on the primary key, then finds
-//!    the row committed and answers the stored result (another body under that id is refused,
-//!    [`BulkError::RequestIdReused`]): only one of them recovers anything;
+//! 3. claim the request id: insert its row in `retrylog_bulk_recovery`, in the transaction
+//!    the whole request then runs in. A duplicate sent meanwhile waits on the primary key,
+//!    then finds the row committed and answers the stored result (another body under that id
+//!    is refused, [`BulkError::RequestIdReused`]): only one of them recovers anything;
 //! 4. match: the filter, narrowed to the preview's targets when the request carries them, at
-//!    most `max` + 1 rows. More than `max` refuses the request with the count, and the claim
-//!    rolls back: nothing was written;
+//!    most `max` + 1 rows. More than `max` refuses the request with the count, and the
+//!    transaction rolls back: nothing was written;
 //! 5. plan: each matched target expects the attempt after the one it was seen at (the
 //!    preview's, else this match's); a previewed target whose attempt moved, or that no longer
 //!    matches, is skipped, not forced;
-//! 6. execute the plan ([`execute`]): each target's recovery in a transaction of its own,
+//! 6. execute the plan ([`execute`]): each target's recovery under a savepoint of its own,
 //!    through [`recover_expecting`] with its expected attempt, so a retry recorded between the
 //!    match and the target's lock is `record_retry`'s RL009 and a skip, not a second retry. A
-//!    refusal that belongs to the target (changed, not recoverable, gone) is a skip; anything
-//!    else (a fault, a missing right) ends the request, whose claim then rolls back;
-//! 7. store the result under the request id and commit the claim.
+//!    refusal that belongs to the target (changed, not recoverable, gone) rolls back to its
+//!    savepoint and is a skip; anything else (a fault, a missing right) ends the request;
+//! 7. store the result under the request id and commit: the events, the state changes and the
+//!    result land together, or (a fault anywhere) nothing does, and the request may be sent
+//!    again as it was.
 //!
-//! Each target's event id derives from the request id and the target, so a request that ended
-//! half-way (a fault in step 6) and is sent again records no second event for the targets it
-//! recovered: they no longer match, or their repeated recovery returns the first event.
+//! One transaction, not one per target: a duplicate waiting on step 3 holds no more than its
+//! own connection while the first finishes (with a transaction per target, eight duplicates
+//! could take every connection of the pool and leave the first none to recover with), and a
+//! request is never half-done. The price: the recovered rows stay locked until the commit, so
+//! the pipeline's own update of one of them waits that long (a second or two for 500 targets,
+//! docs/performance.md); the watchdog skips locked rows. Targets are locked in id order, so two
+//! bulk requests over the same targets queue rather than deadlock.
 //!
-//! The per-target step is [`execute`] alone: a batch path (one transaction per batch of
-//! targets, savepoints for the refusals) replaces its body and keeps its input and output.
+//! Each target's event id derives from the request id and the target, which also tells a bulk
+//! recovery's events apart in the log.
+//!
+//! The per-target step is [`execute`] alone: a batch path (`store::append_many`) replaces its
+//! body and keeps its input and output.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::PgPool;
+use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::manual::{
@@ -275,7 +284,7 @@ pub async fn recover_many(
         "max": request.max,
         "actor": request.actor,
     });
-    let mut claim = pool.begin().await?;
+    let mut tx = pool.begin().await?;
     let claimed = sqlx::query(
         "INSERT INTO retrylog_bulk_recovery (request_id, request, actor) VALUES ($1, $2, $3)
          ON CONFLICT (request_id) DO NOTHING",
@@ -283,7 +292,7 @@ pub async fn recover_many(
     .bind(&request.request_id)
     .bind(&asked)
     .bind(&request.actor)
-    .execute(&mut *claim)
+    .execute(&mut *tx)
     .await?
     .rows_affected()
         == 1;
@@ -293,7 +302,7 @@ pub async fn recover_many(
               WHERE request_id = $1 AND result IS NOT NULL",
         )
         .bind(&request.request_id)
-        .fetch_one(&mut *claim)
+        .fetch_one(&mut *tx)
         .await?;
         if stored != asked {
             return Err(BulkError::RequestIdReused(request.request_id.clone()).into());
@@ -303,8 +312,8 @@ pub async fn recover_many(
         return Ok(result);
     }
 
-    // 4. Match (in the claim's transaction: each statement reads what is committed now).
-    let rows = matching(&mut claim, &filter, &request.stuck, request.max).await?;
+    // 4. Match (in the request's transaction: each statement reads what is committed now).
+    let rows = matching(&mut tx, &filter, &request.stuck, request.max).await?;
 
     // 5. Plan.
     let mut skipped = Vec::new();
@@ -351,7 +360,7 @@ pub async fn recover_many(
         previewed: seen.is_some(),
     };
     let mut recovered = Vec::new();
-    for (planned, done) in plan.iter().zip(execute(pool, &plan, &recovery, steps).await?) {
+    for (planned, done) in plan.iter().zip(execute(&mut tx, &plan, &recovery, steps).await?) {
         match done {
             Done::Recovered(event) => recovered.push(event),
             Done::Skipped { reason, message } => skipped.push(Skipped {
@@ -363,7 +372,7 @@ pub async fn recover_many(
         }
     }
 
-    // 7. Store the result and commit the claim.
+    // 7. Store the result and commit.
     let result = BulkResult {
         request_id: request.request_id.clone(),
         dry_run: false,
@@ -379,9 +388,9 @@ pub async fn recover_many(
     )
     .bind(&request.request_id)
     .bind(serde_json::to_value(&result)?)
-    .execute(&mut *claim)
+    .execute(&mut *tx)
     .await?;
-    claim.commit().await?;
+    tx.commit().await?;
     Ok(result)
 }
 
@@ -492,20 +501,25 @@ pub enum Done {
     },
 }
 
-/// Recovers each planned target, in order, one transaction per target: a target's refusal
-/// rolls back that target alone. Answers one [`Done`] per target, in the plan's order; an
-/// error that is not the target's ends the run (the targets before it stay recovered).
+/// Recovers each planned target in `tx`, under a savepoint each: a target's refusal rolls
+/// back that target alone. The targets are locked in id order (two requests over the same
+/// targets queue, never deadlock); the answer has one [`Done`] per target, in the plan's
+/// order. An error that is not the target's ends the run, and the caller's transaction with
+/// it.
 ///
-/// The only place a bulk recovery writes the targets: a batch path (many targets per
-/// transaction, a savepoint per target for its refusal) replaces this body, same signature.
+/// The only place a bulk recovery writes the targets: a batch path (one `store::append_many`
+/// for the targets that passed their checks) replaces this body, same signature.
 pub async fn execute(
-    pool: &PgPool,
+    tx: &mut Transaction<'_, Postgres>,
     plan: &[Planned],
     recovery: &Recovery,
     steps: &Steps,
 ) -> Result<Vec<Done>, BulkError> {
-    let mut done = Vec::with_capacity(plan.len());
-    for planned in plan {
+    let mut order: Vec<usize> = (0..plan.len()).collect();
+    order.sort_by_key(|&i| plan[i].id);
+    let mut done: Vec<Option<Done>> = vec![None; plan.len()];
+    for i in order {
+        let planned = &plan[i];
         let request = ManualRecovery {
             target: match planned.kind {
                 Kind::Job => ManualTarget::Job(planned.id),
@@ -520,28 +534,35 @@ pub async fn execute(
                 planned.id,
             )),
         };
-        let mut tx = pool.begin().await?;
-        match recover_expecting(&mut tx, &request, steps, Some(planned.expected_attempt)).await {
+        let mut savepoint = tx.begin().await?;
+        let outcome =
+            recover_expecting(&mut savepoint, &request, steps, Some(planned.expected_attempt))
+                .await;
+        done[i] = Some(match outcome {
             Ok(recovered) => {
-                tx.commit().await?;
-                let event = event_rows(&[recovered.event], Format::Json)
-                    .object(0)
-                    .expect("one event, one row");
-                done.push(Done::Recovered(event));
+                savepoint.commit().await?;
+                Done::Recovered(
+                    event_rows(&[recovered.event], Format::Json)
+                        .object(0)
+                        .expect("one event, one row"),
+                )
             }
-            Err(error) => match skip(&error, recovery.previewed) {
-                Some((reason, message)) => done.push(Done::Skipped { reason, message }),
-                None => {
-                    return Err(BulkError::Target {
-                        kind: planned.kind,
-                        id: planned.id,
-                        source: error,
-                    })
+            Err(error) => {
+                savepoint.rollback().await?;
+                match skip(&error, recovery.previewed) {
+                    Some((reason, message)) => Done::Skipped { reason, message },
+                    None => {
+                        return Err(BulkError::Target {
+                            kind: planned.kind,
+                            id: planned.id,
+                            source: error,
+                        })
+                    }
                 }
-            },
-        }
+            }
+        });
     }
-    Ok(done)
+    Ok(done.into_iter().flatten().collect())
 }
 
 /// A refusal that belongs to the target, as a skip; `None` for one that belongs to the
