@@ -2,7 +2,8 @@
 //! page's bulk form): what a filter matches and recovers against rows computed by hand, a dry
 //! run that writes nothing, idempotency by request id (a repeat, another body, concurrent
 //! duplicates from real concurrent clients), the `max` refusal with its count, a target that
-//! changed since the preview skipped, and the rights each door needs, as real roles and tokens.
+//! changed since the preview skipped, the rights each door needs, as real roles and tokens; and
+//! the Targets page's flow in Chromium: tick rows, preview, confirm, the result page.
 
 use retrylog::grant::Capability::{Operator, Pipeline, Reader};
 use retrylog::recovery::bulk::{self, Done, Planned, Recovery};
@@ -474,4 +475,114 @@ async fn a_bulk_recovery_without_the_rights_exits_2_naming_the_grants_and_writes
     )
     .await;
     assert_eq!(read.status, 403, "{}", read.json);
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_targets_page_recovers_ticked_rows_after_a_preview_and_names_what_it_skipped(
+    pool: PgPool,
+) {
+    use crate::dashboard::{serve, Browser};
+    use fantoccini::Locator;
+
+    targets_log(&pool).await;
+    let served = serve(&pool).await;
+    let browser = Browser::open(false).await;
+    browser.login(&served, ADMIN).await;
+    browser
+        .goto(&format!("{}/targets?state=retrying", served.base))
+        .await;
+    assert_eq!(browser.text("#recover-all").await, "Recover all 3 matching…");
+    for value in [format!("variant:{VARIANT_B1}"), format!("job:{JOB_A}")] {
+        browser
+            .client
+            .find(Locator::Css(&format!("input[name=target][value='{value}']")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    browser
+        .client
+        .find(Locator::Id("recover-selected"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .wait_for_url(|url| url.contains("/targets/recover?"))
+        .await;
+    assert!(
+        browser
+            .text("#preview-count")
+            .await
+            .starts_with("2 matching."),
+        "{}",
+        browser.text("#preview-count").await
+    );
+    let preview = browser.text("#preview").await;
+    assert!(
+        preview.contains(&VARIANT_B1.to_string()) && preview.contains(&JOB_A.to_string()),
+        "{preview}"
+    );
+    assert!(!preview.contains(&VARIANT_A1.to_string()), "{preview}");
+
+    // Job A is retried while the admin reads the preview.
+    append_ok(&pool, &retry(job(JOB_A))).await;
+    let events = event_count(&pool).await;
+    browser
+        .client
+        .find(Locator::Css("#bulk-confirm textarea"))
+        .await
+        .unwrap()
+        .send_keys("queue drained")
+        .await
+        .unwrap();
+    browser
+        .client
+        .find(Locator::Css("#bulk-confirm input[name=confirm]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .client
+        .form(Locator::Id("bulk-confirm"))
+        .await
+        .unwrap()
+        .submit()
+        .await
+        .unwrap();
+    browser
+        .wait_for_url(|url| url.contains("/targets/recovered?request_id="))
+        .await;
+    assert_eq!(
+        browser.text("#result-count").await.split(" (").next(),
+        Some("2 matched, 1 recovered, 1 skipped")
+    );
+    assert!(browser
+        .text("#recovered")
+        .await
+        .contains(&VARIANT_B1.to_string()));
+    let skipped = browser.text("#skipped").await;
+    assert!(
+        skipped.contains(&JOB_A.to_string())
+            && skipped.contains("changed since the preview: its last attempt is 2, the preview saw 1"),
+        "{skipped}"
+    );
+
+    assert_eq!(event_count(&pool).await, events + 1);
+    let (actor, note): (String, String) = sqlx::query_as(
+        "SELECT actor, detail->>'note' FROM retry_history
+          WHERE reason = 'manual_recovery' AND job_variants_id = $1",
+    )
+    .bind(VARIANT_B1)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((actor.as_str(), note.as_str()), ("ops-alice", "queue drained"));
+    browser.assert_no_console_problems().await;
+    browser.close().await;
 }

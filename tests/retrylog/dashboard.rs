@@ -22,8 +22,8 @@ use crate::fixtures::*;
 static ONE_BROWSER: Semaphore = Semaphore::const_new(1);
 
 /// The dashboard served on a free loopback port until dropped.
-struct Served {
-    base: String,
+pub(crate) struct Served {
+    pub(crate) base: String,
     stop: watch::Sender<bool>,
 }
 
@@ -33,7 +33,7 @@ impl Drop for Served {
     }
 }
 
-async fn serve(pool: &PgPool) -> Served {
+pub(crate) async fn serve(pool: &PgPool) -> Served {
     let ctx = ApiContext {
         pool: pool.clone(),
         tokens: Some(Arc::new(Tokens::load(&tokens_file()).unwrap())),
@@ -53,8 +53,8 @@ async fn serve(pool: &PgPool) -> Served {
 }
 
 /// A headless Chromium with its own chromedriver.
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     _driver: tokio::process::Child,
     _turn: SemaphorePermit<'static>,
 }
@@ -81,7 +81,7 @@ impl fantoccini::wd::WebDriverCompatibleCommand for ConsoleLog {
 }
 
 impl Browser {
-    async fn open(dark: bool) -> Browser {
+    pub(crate) async fn open(dark: bool) -> Browser {
         let turn = ONE_BROWSER.acquire().await.unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -137,11 +137,11 @@ impl Browser {
         }
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap();
     }
 
-    async fn login(&self, served: &Served, token: &str) {
+    pub(crate) async fn login(&self, served: &Served, token: &str) {
         self.goto(&format!("{}/login", served.base)).await;
         let field = self.client.find(Locator::Id("token")).await.unwrap();
         field.send_keys(token).await.unwrap();
@@ -151,7 +151,7 @@ impl Browser {
 
     /// The text of the element `css` selects, read in one script call: the live refresh may
     /// replace the element between a find and a read.
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         let text = self
             .client
             .execute(
@@ -190,7 +190,7 @@ impl Browser {
         found == json!(mark)
     }
 
-    async fn count(&self, css: &str) -> usize {
+    pub(crate) async fn count(&self, css: &str) -> usize {
         self.client.find_all(Locator::Css(css)).await.unwrap().len()
     }
 
@@ -198,7 +198,7 @@ impl Browser {
         self.client.current_url().await.unwrap().to_string()
     }
 
-    async fn wait_for_url(&self, done: impl Fn(&str) -> bool) {
+    pub(crate) async fn wait_for_url(&self, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let url = self.url().await;
@@ -224,7 +224,7 @@ impl Browser {
             .unwrap_or_default()
     }
 
-    async fn assert_no_console_problems(&self) {
+    pub(crate) async fn assert_no_console_problems(&self) {
         let problems = self.console_problems().await;
         assert!(problems.is_empty(), "the console says: {problems:#?}");
     }
@@ -240,7 +240,7 @@ impl Browser {
         std::fs::write(format!("{dir}/{name}.png"), png).unwrap();
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.client.close().await.unwrap();
     }
 }
