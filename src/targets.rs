@@ -518,7 +518,10 @@ fn push_filters(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
             .push_bind(pattern);
     }
     if !filter.ids.is_empty() {
-        query.push(" AND t.id = ANY(").push_bind(filter.ids.clone()).push(")");
+        query
+            .push(" AND t.id = ANY(")
+            .push_bind(filter.ids.clone())
+            .push(")");
     }
     let Some(state) = filter.state else {
         return;

@@ -70,9 +70,12 @@ struct Figures {
 }
 
 pub async fn run(connected: &Connected, args: BulkArgs) -> anyhow::Result<ExitCode> {
-    let figures = in_bench_database(connected, "retrylog-bench bulk", args.keep, async |options| {
-        measure(connected, options, &args).await
-    })
+    let figures = in_bench_database(
+        connected,
+        "retrylog-bench bulk",
+        args.keep,
+        async |options| measure(connected, options, &args).await,
+    )
     .await?;
     let n = args.targets as usize;
     let per_second = |events: usize, took: Duration| events as f64 / took.as_secs_f64();
@@ -235,7 +238,11 @@ async fn seed(pool: &PgPool, n: i64) -> anyhow::Result<Vec<Uuid>> {
 
 /// Each variant recovered by the single operation, in a transaction of its own; the time of
 /// them all.
-async fn recover_singles(pool: &PgPool, variants: &[Uuid], steps: &Steps) -> anyhow::Result<Duration> {
+async fn recover_singles(
+    pool: &PgPool,
+    variants: &[Uuid],
+    steps: &Steps,
+) -> anyhow::Result<Duration> {
     let mut conn = pool.acquire().await?;
     let started = Instant::now();
     for &variant in variants {

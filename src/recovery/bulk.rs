@@ -360,7 +360,10 @@ pub async fn recover_many(
         previewed: seen.is_some(),
     };
     let mut recovered = Vec::new();
-    for (planned, done) in plan.iter().zip(execute(&mut tx, &plan, &recovery, steps).await?) {
+    for (planned, done) in plan
+        .iter()
+        .zip(execute(&mut tx, &plan, &recovery, steps).await?)
+    {
         match done {
             Done::Recovered(event) => recovered.push(event),
             Done::Skipped { reason, message } => skipped.push(Skipped {
@@ -445,7 +448,7 @@ async fn matching(
         return Err(BulkError::TooMany { count, max }.into());
     }
     let mut rows = page.rows;
-    rows.sort_by(|a, b| (b.last_retry_at, b.last_seq).cmp(&(a.last_retry_at, a.last_seq)));
+    rows.sort_by_key(|row| std::cmp::Reverse((row.last_retry_at, row.last_seq)));
     Ok(rows)
 }
 
@@ -535,9 +538,13 @@ pub async fn execute(
             )),
         };
         let mut savepoint = tx.begin().await?;
-        let outcome =
-            recover_expecting(&mut savepoint, &request, steps, Some(planned.expected_attempt))
-                .await;
+        let outcome = recover_expecting(
+            &mut savepoint,
+            &request,
+            steps,
+            Some(planned.expected_attempt),
+        )
+        .await;
         done[i] = Some(match outcome {
             Ok(recovered) => {
                 savepoint.commit().await?;

@@ -42,8 +42,8 @@ mod sweep;
 pub use claim::{recover, Outcome, RecoveryError};
 pub use error_column::{check_error_column, ErrorColumnError, MAX_ERROR_CHARS};
 pub use manual::{
-    recover_by_hand, recover_expecting, request_event_id, ManualRecovery, ManualRecoveryError, ManualTarget,
-    Recovered, MAX_NOTE_CHARS, STATUSES,
+    recover_by_hand, recover_expecting, request_event_id, ManualRecovery, ManualRecoveryError,
+    ManualTarget, Recovered, MAX_NOTE_CHARS, STATUSES,
 };
 pub use scenario::{detect, Candidate, Scenario, Scope, DETECT_BATCH};
 pub use sweep::{effective_limit, publish_settings, run, sweep, SweepSummary};

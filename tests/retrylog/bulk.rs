@@ -69,7 +69,10 @@ async fn a_filter_recovers_each_match_with_its_own_event_and_skips_what_no_recov
     assert_eq!(result["matched"], 2);
     assert_eq!(ids(&result["targets"]), [JOB_B, JOB_A]);
     assert_eq!(result["targets"][1]["attempt"], 1);
-    assert_eq!(result["targets"][1]["why"], "stuck at step segment; error: OOM killed");
+    assert_eq!(
+        result["targets"][1]["why"],
+        "stuck at step segment; error: OOM killed"
+    );
     // Job A, running at segment (not the final step), goes back to running: attempt 2.
     assert_eq!(ids(&result["recovered"]), [JOB_A]);
     let event = &result["recovered"][0];
@@ -143,7 +146,10 @@ async fn a_dry_run_answers_each_match_with_its_attempt_and_writes_nothing(pool: 
     .await;
     assert_eq!(answer.status, 200, "{}", answer.json);
     // state=retrying: B1 (05:00, attempt 1), A1 (02:00, attempt 2), job A (01:00, attempt 1).
-    assert_eq!(ids(&answer.json["targets"]), [VARIANT_B1, VARIANT_A1, JOB_A]);
+    assert_eq!(
+        ids(&answer.json["targets"]),
+        [VARIANT_B1, VARIANT_A1, JOB_A]
+    );
     let seen: Vec<i64> = answer.json["targets"]
         .as_array()
         .unwrap()
@@ -158,9 +164,7 @@ async fn a_dry_run_answers_each_match_with_its_attempt_and_writes_nothing(pool: 
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_repeated_request_id_answers_the_stored_result_and_another_body_is_refused(
-    pool: PgPool,
-) {
+async fn a_repeated_request_id_answers_the_stored_result_and_another_body_is_refused(pool: PgPool) {
     targets_log(&pool).await;
     let body = json!({"filter": {"state": "needs_intervention"}, "note": "fixed input",
                       "request_id": "ticket-9"});
@@ -236,7 +240,11 @@ async fn more_matches_than_max_are_refused_with_their_count_writing_nothing(pool
         "3 targets match, more than max 2: nothing was recovered (narrow the filter, or raise \
          max up to 500)"
     );
-    let above = post(&pool, json!({"filter": {"state": "retrying"}, "note": "x", "max": 501})).await;
+    let above = post(
+        &pool,
+        json!({"filter": {"state": "retrying"}, "note": "x", "max": 501}),
+    )
+    .await;
     assert_eq!(above.status, 400, "{}", above.json);
     assert!(above.json["error"]
         .as_str()
@@ -248,7 +256,11 @@ async fn more_matches_than_max_are_refused_with_their_count_writing_nothing(pool
         .as_str()
         .unwrap()
         .starts_with("name the targets"));
-    let bad_key = post(&pool, json!({"filter": {"sort": "retry_count"}, "note": "x"})).await;
+    let bad_key = post(
+        &pool,
+        json!({"filter": {"sort": "retry_count"}, "note": "x"}),
+    )
+    .await;
     assert_eq!(bad_key.status, 400, "{}", bad_key.json);
     assert!(
         bad_key.json["error"].as_str().unwrap().contains("sort"),
@@ -293,9 +305,7 @@ async fn a_target_retried_since_the_preview_is_skipped_not_forced(pool: PgPool) 
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_retry_between_the_match_and_the_lock_is_record_retrys_conflict_and_a_skip(
-    pool: PgPool,
-) {
+async fn a_retry_between_the_match_and_the_lock_is_record_retrys_conflict_and_a_skip(pool: PgPool) {
     targets_log(&pool).await;
     // A1's last attempt is 2; a plan made before a third would expect 3. The third lands
     // first: record_retry refuses attempt 3 again (RL009), and the target is skipped.
@@ -393,11 +403,16 @@ async fn the_command_previews_with_dry_run_then_recovers_what_matches(pool: PgPo
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((actor.as_str(), note.as_str(), to.as_str()), ("ops:bo", "fixed", "done"));
+    assert_eq!(
+        (actor.as_str(), note.as_str(), to.as_str()),
+        ("ops:bo", "fixed", "done")
+    );
 
     let too_many = retrylog(
         &pool,
-        &["recover", "--state", "retrying", "--max", "2", "--note", "x"],
+        &[
+            "recover", "--state", "retrying", "--max", "2", "--note", "x",
+        ],
     )
     .await;
     assert_eq!(too_many.code, Some(2), "{too_many:#?}");
@@ -412,7 +427,15 @@ async fn the_command_previews_with_dry_run_then_recovers_what_matches(pool: PgPo
     assert!(nothing.only_problem_line().contains("name the targets"));
     let both = retrylog(
         &pool,
-        &["recover", "--job-id", &JOB_A.to_string(), "--state", "failed", "--note", "x"],
+        &[
+            "recover",
+            "--job-id",
+            &JOB_A.to_string(),
+            "--state",
+            "failed",
+            "--note",
+            "x",
+        ],
     )
     .await;
     assert_eq!(both.code, Some(2), "{both:#?}");
@@ -424,13 +447,7 @@ async fn a_bulk_recovery_without_the_rights_exits_2_naming_the_grants_and_writes
 ) {
     targets_log(&pool).await;
     let before = snapshot(&pool).await;
-    let args = [
-        "recover",
-        "--state",
-        "needs_intervention",
-        "--note",
-        "x",
-    ];
+    let args = ["recover", "--state", "needs_intervention", "--note", "x"];
     let reader = TestRole::create(&pool, &[Reader]).await;
     let refused = retrylog_at(&reader.url(&pool).await, &args).await;
     assert_eq!(refused.code, Some(2), "{refused:#?}");
@@ -444,7 +461,11 @@ async fn a_bulk_recovery_without_the_rights_exits_2_naming_the_grants_and_writes
         )
     );
     // A reader may preview.
-    let dry = retrylog_at(&reader.url(&pool).await, &[&args[..], &["--dry-run"]].concat()).await;
+    let dry = retrylog_at(
+        &reader.url(&pool).await,
+        &[&args[..], &["--dry-run"]].concat(),
+    )
+    .await;
     assert_eq!(dry.code, Some(0), "{dry:#?}");
 
     let operator = TestRole::create(&pool, &[Operator]).await;
@@ -463,7 +484,10 @@ async fn a_bulk_recovery_without_the_rights_exits_2_naming_the_grants_and_writes
     let both = TestRole::create(&pool, &[Operator, Pipeline]).await;
     let done = retrylog_at(&both.url(&pool).await, &args).await;
     assert_eq!(done.code, Some(0), "{done:#?}");
-    assert_eq!(attempts(&pool, variant(JOB_A, VARIANT_A2)).await, [1, 2, 3, 4]);
+    assert_eq!(
+        attempts(&pool, variant(JOB_A, VARIANT_A2)).await,
+        [1, 2, 3, 4]
+    );
 
     // The API: a read token is refused, whatever the body.
     let read = call(
@@ -491,11 +515,16 @@ async fn the_targets_page_recovers_ticked_rows_after_a_preview_and_names_what_it
     browser
         .goto(&format!("{}/targets?state=retrying", served.base))
         .await;
-    assert_eq!(browser.text("#recover-all").await, "Recover all 3 matching…");
+    assert_eq!(
+        browser.text("#recover-all").await,
+        "Recover all 3 matching…"
+    );
     for value in [format!("variant:{VARIANT_B1}"), format!("job:{JOB_A}")] {
         browser
             .client
-            .find(Locator::Css(&format!("input[name=target][value='{value}']")))
+            .find(Locator::Css(&format!(
+                "input[name=target][value='{value}']"
+            )))
             .await
             .unwrap()
             .click()
@@ -569,7 +598,8 @@ async fn the_targets_page_recovers_ticked_rows_after_a_preview_and_names_what_it
     let skipped = browser.text("#skipped").await;
     assert!(
         skipped.contains(&JOB_A.to_string())
-            && skipped.contains("changed since the preview: its last attempt is 2, the preview saw 1"),
+            && skipped
+                .contains("changed since the preview: its last attempt is 2, the preview saw 1"),
         "{skipped}"
     );
 
@@ -582,7 +612,10 @@ async fn the_targets_page_recovers_ticked_rows_after_a_preview_and_names_what_it
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((actor.as_str(), note.as_str()), ("ops-alice", "queue drained"));
+    assert_eq!(
+        (actor.as_str(), note.as_str()),
+        ("ops-alice", "queue drained")
+    );
     browser.assert_no_console_problems().await;
     browser.close().await;
 }
