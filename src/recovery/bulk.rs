@@ -152,6 +152,9 @@ pub enum BulkError {
     /// The note (or another field a single recovery checks) is refused.
     #[error(transparent)]
     Invalid(ManualRecoveryError),
+    /// The note holds a NUL character (only JSON can send one).
+    #[error("invalid --note: it holds a NUL character (\\u0000)")]
+    NoteHasNul,
     /// `max` outside 1..=500.
     #[error(
         "--max {0} is out of range: a bulk recovery acts on 1 to {MAX_TARGETS} targets (narrow \
@@ -234,6 +237,10 @@ pub async fn recover_many(
     let note_chars = note.chars().count();
     if !request.dry_run && note_chars > MAX_NOTE_CHARS {
         return Err(BulkError::Invalid(ManualRecoveryError::NoteTooLong(note_chars)).into());
+    }
+    // The request is stored whole (jsonb), which cannot hold a NUL.
+    if note.contains('\0') {
+        return Err(BulkError::NoteHasNul.into());
     }
     if !(1..=MAX_TARGETS).contains(&request.max) {
         return Err(BulkError::MaxOutOfRange(request.max).into());

@@ -256,6 +256,17 @@ async fn more_matches_than_max_are_refused_with_their_count_writing_nothing(pool
         .as_str()
         .unwrap()
         .starts_with("name the targets"));
+    let nul = post(
+        &pool,
+        json!({"filter": {"state": "failed"}, "note": "a\0b"}),
+    )
+    .await;
+    assert_eq!(nul.status, 400, "{}", nul.json);
+    assert!(
+        nul.json["error"].as_str().unwrap().contains("note"),
+        "{}",
+        nul.json
+    );
     let bad_key = post(
         &pool,
         json!({"filter": {"sort": "retry_count"}, "note": "x"}),
@@ -499,6 +510,16 @@ async fn a_bulk_recovery_without_the_rights_exits_2_naming_the_grants_and_writes
     )
     .await;
     assert_eq!(read.status, 403, "{}", read.json);
+    // Nor may it preview on the dashboard.
+    let preview = call(
+        &router(&pool, true),
+        "/targets/recover?state=failed&selection=all",
+        Some(READER),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(preview.status, 403);
 }
 
 #[sqlx::test(migrations = false)]
