@@ -67,9 +67,23 @@ pub enum State {
 }
 
 /// A job or a variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, strum::Display, strum::AsRefStr)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    clap::ValueEnum,
+    strum::Display,
+    strum::AsRefStr,
+    strum::EnumString,
+    Serialize,
+    Deserialize,
+)]
 #[strum(serialize_all = "snake_case")]
 #[value(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     Job,
     Variant,
@@ -110,6 +124,9 @@ pub struct Filter {
     /// Text in the last retry's `detail.error`, `detail.message` or `detail.note`
     /// (case-insensitive substring).
     pub q: Option<String>,
+    /// Only these targets (job or variant ids): a selection of rows, as a bulk recovery
+    /// narrows its filter to the rows an operator ticked. Empty: no narrowing.
+    pub ids: Vec<Uuid>,
 }
 
 /// What `stuck` needs to know: the watchdog's steps and its stuck_after.
@@ -209,14 +226,25 @@ pub struct TargetRow {
     pub status: String,
     pub step: Option<String>,
     pub retry_count: i32,
-    /// The last retry: its seq, reason, outcome (`None` while open) and time.
+    /// The last retry: its seq, attempt, reason, step, detail, outcome (`None` while open)
+    /// and time. The attempt is what a bulk recovery's preview saw: the recovery expects the
+    /// next one, so a retry recorded in between makes it skip the target.
     pub last_seq: i64,
+    pub last_attempt: i32,
     pub last_reason: String,
+    pub last_step: Option<String>,
+    pub last_detail: serde_json::Value,
     pub last_outcome: Option<String>,
     pub last_retry_at: DateTime<Utc>,
 }
 
 impl TargetRow {
+    /// The last retry's why, in the words of every listing (`crate::why`).
+    pub fn why(&self) -> String {
+        let reason = RetryReason::parse(&self.last_reason).expect("the log holds known reasons");
+        crate::why::why(reason, self.last_step.as_deref(), &self.last_detail)
+    }
+
     fn cursor(&self, sort: Sort) -> Cursor {
         match sort {
             Sort::LastRetry => Cursor::LastRetry {
@@ -351,7 +379,8 @@ fn push_matches(
             ));
     }
     const COLUMNS: &str = "SELECT t.kind, t.id, t.job_id, t.status, t.current_step AS step,
-                t.retry_count, h.seq AS last_seq, h.reason::text AS last_reason,
+                t.retry_count, h.seq AS last_seq, h.attempt AS last_attempt,
+                h.reason::text AS last_reason, h.step AS last_step, h.detail AS last_detail,
                 o.outcome::text AS last_outcome, h.occurred_at AS last_retry_at";
     let beyond = if forward { "<" } else { ">" };
     match sort {
@@ -403,6 +432,13 @@ fn push_matches(
                     ));
                     if let Some(min) = filter.min_retries {
                         query.push(" AND retry_count >= ").push_bind(min);
+                    }
+                    // A selection is read by primary key, not found in a scan.
+                    if !filter.ids.is_empty() {
+                        query
+                            .push(format!(" AND {id} = ANY("))
+                            .push_bind(filter.ids.clone())
+                            .push(")");
                     }
                     if let Some(Cursor::RetryCount { c, id: after }) = cursor {
                         query
@@ -480,6 +516,12 @@ fn push_filters(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
                                 h.detail->>'note') ILIKE ",
             )
             .push_bind(pattern);
+    }
+    if !filter.ids.is_empty() {
+        query
+            .push(" AND t.id = ANY(")
+            .push_bind(filter.ids.clone())
+            .push(")");
     }
     let Some(state) = filter.state else {
         return;

@@ -14,6 +14,7 @@
 //! - `recovery`: `retrylog-bench recovery`, the watchdog over a seeded pipeline.
 //! - `http`: `retrylog-bench http`, the dashboard, /metrics and the API over a million events.
 //! - `targets`: `retrylog-bench targets`, the targets list's pages against OFFSET paging.
+//! - `bulk`: `retrylog-bench bulk`, one bulk recovery against as many single recoveries.
 //! - `database`: the scratch database they run in; `pipeline`: the jobs and variants they
 //!   retry; `log`: generated hash-chained logs, loaded by COPY.
 //! - `footprint`: `retrylog-bench footprint`, the pipeline's own writes with retrylog
@@ -23,6 +24,7 @@
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
+mod bulk;
 mod catchup;
 mod database;
 mod figures;
@@ -115,6 +117,9 @@ enum Command {
     /// × 4 variants and a million events: every filter the page offers, the first page and a
     /// later one at p50/p99, against DISTINCT ON + OFFSET.
     Targets(targets::TargetsBenchArgs),
+    /// One bulk recovery of 500 targets needing intervention (`recover --state …`) against
+    /// 500 single recoveries of the same kind of targets: seconds, events/s, the ratio.
+    Bulk(bulk::BulkArgs),
 }
 
 #[tokio::main]
@@ -188,6 +193,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             targets::run(&connected, args).await
+        }
+        Command::Bulk(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            bulk::run(&connected, args).await
         }
     }
 }

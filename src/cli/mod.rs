@@ -20,7 +20,7 @@ pub use report::{
     AlertsArgs, OutcomesArgs, Report, ReportArgs, ReportOptions, StatsArgs, TopJobsArgs,
     TopVariantsArgs, TrendArgs, TrendFormat,
 };
-pub use targets::{TargetsArgs, TargetsCommand};
+pub use targets::{FilterArgs, TargetsArgs, TargetsCommand};
 
 /// Event-sourced retry history for job pipelines on PostgreSQL.
 ///
@@ -167,7 +167,9 @@ pub enum Command {
     /// Recover one target by hand: change its status and record a manual_recovery event with
     /// your note, in one transaction, past the retry limit. Defaults: a failed, running or
     /// done variant goes to done at its step (the step re-runs); a running or failed job goes
-    /// to done at the final step, back to running elsewhere.
+    /// to done at the final step, back to running elsewhere. With the filters of `targets`
+    /// instead of an id (`--state needs_intervention --step prepare`), every target they
+    /// match, each with its own event; --dry-run lists them first.
     Recover(RecoverArgs),
     /// Make API tokens: `token new NAME read|admin >> FILE` appends the token's line to the
     /// tokens file (which keeps only its sha256) and shows the fresh token once, on stderr.
@@ -536,23 +538,54 @@ pub struct GrantArgs {
     pub role: String,
 }
 
+/// The flags of a bulk recovery, which one target's flags exclude.
+const BULK_ONLY: [&str; 12] = [
+    "state",
+    "kind",
+    "step",
+    "reason",
+    "scenario",
+    "actor",
+    "since",
+    "until",
+    "min_retries",
+    "q",
+    "dry_run",
+    "max",
+];
+
 /// `retrylog recover`.
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
     /// The job to recover.
-    #[arg(long, value_name = "UUID", required_unless_present = "variant_id")]
+    #[arg(long, value_name = "UUID", conflicts_with_all = BULK_ONLY)]
     pub job_id: Option<Uuid>,
 
     /// The variant to recover.
-    #[arg(long, value_name = "UUID", conflicts_with = "job_id")]
+    #[arg(long, value_name = "UUID", conflicts_with = "job_id", conflicts_with_all = BULK_ONLY)]
     pub variant_id: Option<Uuid>,
+
+    /// Many targets at once: every target `retrylog targets` lists with these filters, each
+    /// recovered with its own event (at most --max; a larger match is refused with its count).
+    #[command(flatten)]
+    pub filter: crate::cli::FilterArgs,
+
+    /// Only list what the filters match, with the attempt each was seen at: recover nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The most targets the filters may match (1 to 500); more refuses the whole request.
+    #[arg(long, value_name = "N", default_value_t = crate::recovery::bulk::MAX_TARGETS,
+          value_parser = clap::value_parser!(i64).range(1..=crate::recovery::bulk::MAX_TARGETS))]
+    pub max: i64,
 
     /// Why you recover it (required; kept in the event's detail.note).
     #[arg(long, value_name = "TEXT")]
     pub note: String,
 
-    /// The status to set instead of the default: pending, running, done or failed.
-    #[arg(long, value_name = "STATUS")]
+    /// The status to set instead of the default: pending, running, done or failed (one
+    /// target only).
+    #[arg(long, value_name = "STATUS", conflicts_with_all = BULK_ONLY)]
     pub to_status: Option<String>,
 
     /// Idempotency key: the same request id again prints the first recovery's event and
@@ -560,13 +593,14 @@ pub struct RecoverArgs {
     #[arg(long, value_name = "TEXT", conflicts_with = "event_id")]
     pub request_id: Option<String>,
 
-    /// The event's id, as an idempotency key of your own.
-    #[arg(long, value_name = "UUID")]
+    /// The event's id, as an idempotency key of your own (one target only).
+    #[arg(long, value_name = "UUID", conflicts_with_all = BULK_ONLY)]
     pub event_id: Option<Uuid>,
 
-    /// Who recovers [default: cli:$USER].
-    #[arg(long)]
-    pub actor: Option<String>,
+    /// Who recovers, the events' actor [default: cli:$USER]. (`--actor` is the targets'
+    /// filter, as in `retrylog targets`.)
+    #[arg(long = "by", value_name = "ACTOR")]
+    pub by: Option<String>,
 
     /// The pipeline's ordered steps; the last is the final step, where a job goes to done.
     #[arg(long, env = "RETRYLOG_STEPS", hide_env_values = true, value_name = "STEP,...",

@@ -1,6 +1,8 @@
 //! `retrylog targets`' flags, which are also `GET /api/v1/targets`' and the Targets page's
 //! query parameters (`http/flags.rs` parses them with this struct): one validation for the
-//! three doors.
+//! three doors. The filters alone ([`FilterArgs`]) are also `retrylog recover`'s, the keys of
+//! `POST /api/v1/recover/bulk`'s `filter` and the bulk recovery form's: what a listing shows
+//! is what a bulk recovery acts on.
 
 use std::time::Duration;
 
@@ -11,9 +13,9 @@ use crate::event::RetryReason;
 use crate::output::Format;
 use crate::targets::{Cursor, Kind, Sort, State, DEFAULT_LIMIT, MAX_LIMIT};
 
-/// The filters, order and page of a targets listing.
+/// The filters of a targets listing: which targets, in any order.
 #[derive(Debug, Clone, Args)]
-pub struct TargetsArgs {
+pub struct FilterArgs {
     /// Only targets in this state: failed or running (the target's status), stuck (a watchdog
     /// scenario would pick it up now), retrying (its last retry is still open),
     /// needs_intervention (the retry limit stopped it, as in `report alerts`), recovered or
@@ -60,6 +62,35 @@ pub struct TargetsArgs {
     #[arg(long, value_name = "TEXT")]
     pub q: Option<String>,
 
+    /// How long a target may sit still before `--state stuck` counts it (the watchdog's
+    /// --stuck-after; 90s, 5m, 1h30m).
+    #[arg(long, env = "RETRYLOG_STUCK_AFTER", hide_env_values = true, value_name = "DURATION",
+          default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
+    pub stuck_after: Duration,
+}
+
+impl FilterArgs {
+    /// Whether any filter is given (`--stuck-after` alone filters nothing).
+    pub fn any(&self) -> bool {
+        self.state.is_some()
+            || self.kind.is_some()
+            || self.step.is_some()
+            || self.reason.is_some()
+            || self.scenario.is_some()
+            || self.actor.is_some()
+            || self.since.is_some()
+            || self.until.is_some()
+            || self.min_retries.is_some()
+            || self.q.is_some()
+    }
+}
+
+/// The filters, order and page of a targets listing.
+#[derive(Debug, Clone, Args)]
+pub struct TargetsArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
     /// The order, descending: last_retry (most recent last retry first) or retry_count (most
     /// retried first).
     #[arg(long, value_enum, default_value_t = Sort::LastRetry)]
@@ -77,12 +108,6 @@ pub struct TargetsArgs {
     /// The previous page: the `previous` cursor a page gave.
     #[arg(long, value_name = "CURSOR", value_parser = Cursor::parse)]
     pub before: Option<Cursor>,
-
-    /// How long a target may sit still before `--state stuck` counts it (the watchdog's
-    /// --stuck-after; 90s, 5m, 1h30m).
-    #[arg(long, env = "RETRYLOG_STUCK_AFTER", hide_env_values = true, value_name = "DURATION",
-          default_value = DEFAULT_STUCK_AFTER, value_parser = parse_duration)]
-    pub stuck_after: Duration,
 
     /// Output format. JSON prints one object: rows, next, previous, count, count_exact.
     #[arg(long, value_enum, default_value_t = Format::Table)]

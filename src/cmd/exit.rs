@@ -86,6 +86,12 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
                 .map(as_dyn)
         })
         .or_else(|| cause.downcast_ref::<ManualRecoveryError>().map(as_dyn))
+        // A bulk recovery refused (no filter, too many matches, a reused request id).
+        .or_else(|| {
+            cause
+                .downcast_ref::<crate::recovery::bulk::BulkError>()
+                .map(as_dyn)
+        })
         // `serve --error-column` naming no text column of the pipeline tables.
         .or_else(|| cause.downcast_ref::<ErrorColumnError>().map(as_dyn))
         // A command run by a role without the capability it needs.

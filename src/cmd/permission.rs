@@ -123,6 +123,8 @@ pub fn needed(command: &Command) -> Option<Needs> {
     let (name, capabilities): (String, &'static [Capability]) = match command {
         Command::Record(args) if args.force => ("record --force".into(), &[Operator]),
         Command::Record(_) => ("record".into(), &[Writer]),
+        // A bulk recovery's dry run only lists what its filters match.
+        Command::Recover(args) if args.dry_run => ("recover --dry-run".into(), &[Reader]),
         Command::Recover(_) => ("recover".into(), &[Operator, Pipeline]),
         Command::Replay(args) if args.dry_run => ("replay --dry-run".into(), &[Operator]),
         Command::Replay(_) => ("replay".into(), &[Operator]),

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::cli::{TargetsArgs, TargetsCommand};
+use crate::cli::{FilterArgs, TargetsArgs, TargetsCommand};
 use crate::config::Steps;
 use crate::output::{Format, Rows};
 use crate::targets::{self, Filter, Page, Position, StuckRule, COUNT_BOUND};
 use crate::window::{TimeSpec, WindowError};
 
-/// The columns of a row, in order. (`why` will join them when history rows carry it.)
+/// The columns of a row, in order.
 pub const COLUMNS: &[&str] = &[
     "kind",
     "id",
@@ -24,6 +24,7 @@ pub const COLUMNS: &[&str] = &[
     "last_reason",
     "last_outcome",
     "last_retry_at",
+    "why",
 ];
 
 pub async fn run(pool: &PgPool, command: TargetsCommand) -> anyhow::Result<ExitCode> {
@@ -50,7 +51,7 @@ pub async fn run(pool: &PgPool, command: TargetsCommand) -> anyhow::Result<ExitC
 }
 
 /// The filter the flags ask for, times resolved against now.
-pub fn filter(args: &TargetsArgs) -> Result<Filter, WindowError> {
+pub fn filter(args: &FilterArgs) -> Result<Filter, WindowError> {
     let now = chrono::Utc::now();
     let resolve = |flag: &'static str, text: &Option<String>| {
         text.as_deref()
@@ -79,12 +80,13 @@ pub fn filter(args: &TargetsArgs) -> Result<Filter, WindowError> {
         until,
         min_retries: args.min_retries,
         q: args.q.clone().filter(|q| !q.is_empty()),
+        ids: Vec::new(),
     })
 }
 
 /// The page the flags ask for; `steps` are the watchdog's, for `--state stuck`.
 pub async fn listing(pool: &PgPool, args: &TargetsArgs, steps: &Steps) -> anyhow::Result<Page> {
-    let filter = filter(args)?;
+    let filter = filter(&args.filter)?;
     let position = match (&args.after, &args.before) {
         (Some(after), _) => Position::After(after.clone()),
         (None, Some(before)) => Position::Before(before.clone()),
@@ -92,7 +94,7 @@ pub async fn listing(pool: &PgPool, args: &TargetsArgs, steps: &Steps) -> anyhow
     };
     let stuck = StuckRule {
         steps: steps.clone(),
-        stuck_after: args.stuck_after,
+        stuck_after: args.filter.stuck_after,
     };
     let mut conn = pool.acquire().await?;
     targets::page(&mut conn, &filter, &stuck, args.sort, &position, args.limit).await
@@ -143,6 +145,7 @@ pub fn rows(page: &Page, format: Format) -> Rows {
                     .unwrap_or_else(|| crate::outcome::OPEN.to_string()),
             ),
             Value::from(at),
+            Value::from(row.why()),
         ]);
     }
     rows

@@ -84,6 +84,9 @@ impl From<anyhow::Error> for Error {
             if matches!(
                 cause.downcast_ref::<AppendError>(),
                 Some(AppendError::Conflict(_))
+            ) || matches!(
+                cause.downcast_ref::<crate::recovery::bulk::BulkError>(),
+                Some(crate::recovery::bulk::BulkError::RequestIdReused(_))
             ) {
                 return Error::Conflict(one_line(&error));
             }

@@ -11,8 +11,8 @@
 //!   `session`: the dashboard's logins, kept in the database;
 //! - `error`: [`Error`], a refusal or fault as a JSON response (4xx or logged 5xx);
 //! - `flags`, `body`: query parameters and bodies, read as the CLI's flags;
-//! - `reports`, `history`, `targets`, `chain`, `record`, `recover`, `health`, `openapi`, `metrics`: one file per
-//!   resource;
+//! - `reports`, `history`, `targets`, `chain`, `record`, `recover`, `recover_bulk`, `health`,
+//!   `openapi`, `metrics`: one file per resource;
 //! - `pages`: the dashboard (overview, alerts, target pages, search, login, assets);
 //! - `server`: the accept loop: the header timeout, the connection cap, the graceful stop.
 
@@ -28,6 +28,7 @@ mod openapi;
 mod pages;
 mod record;
 pub(crate) mod recover;
+pub(crate) mod recover_bulk;
 mod reports;
 mod server;
 mod session;
@@ -93,6 +94,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/chain"),
     ("post", "/api/v1/record"),
     ("post", "/api/v1/recover"),
+    ("post", "/api/v1/recover/bulk"),
     ("get", "/metrics"),
 ];
 
@@ -117,6 +119,7 @@ pub fn app(ctx: ApiContext) -> Router {
         .route("/api/v1/chain", get(chain::chain))
         .route("/api/v1/record", post(record::record))
         .route("/api/v1/recover", post(recover::recover))
+        .route("/api/v1/recover/bulk", post(recover_bulk::recover_bulk))
         .route("/metrics", get(metrics::metrics))
         .merge(pages::routes())
         .fallback(not_found)

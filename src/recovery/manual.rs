@@ -164,6 +164,19 @@ pub async fn recover_by_hand(
     request: &ManualRecovery,
     steps: &Steps,
 ) -> Result<Recovered, ManualRecoveryError> {
+    recover_expecting(tx, request, steps, None).await
+}
+
+/// [`recover_by_hand`], recording the event only as attempt `expected_attempt` (the attempt
+/// after the last one a preview saw): a retry recorded since is `record_retry`'s RL009, the
+/// `Refused(AppendError::Conflict)` a bulk recovery reports as "changed since the preview".
+/// The state change of step 4 is rolled back with the caller's transaction.
+pub async fn recover_expecting(
+    tx: &mut Transaction<'_, Postgres>,
+    request: &ManualRecovery,
+    steps: &Steps,
+    expected_attempt: Option<i32>,
+) -> Result<Recovered, ManualRecoveryError> {
     // Input first: a refused request does not even take a lock.
     let note = request.note.trim();
     if note.is_empty() {
@@ -256,6 +269,9 @@ pub async fn recover_by_hand(
     }
     if let Some(event_id) = request.event_id {
         retry = retry.with_event_id(event_id);
+    }
+    if let Some(attempt) = expected_attempt {
+        retry = retry.with_expected_attempt(attempt);
     }
     let event = store::append(tx, &retry).await?;
     Ok(Recovered {

@@ -28,8 +28,11 @@
 //! - `error_column`: with `--error-column`, the pipeline's own error text, kept in each
 //!   retry's `detail.error` ([`check_error_column`] at start, the capture in the claim);
 //! - `manual`: [`recover_by_hand`], an operator's recovery of one target past the limit, with
-//!   a note: the one operation behind `retrylog recover`, the API and the dashboard.
+//!   a note: the one operation behind `retrylog recover`, the API and the dashboard;
+//! - `bulk`: [`bulk::recover_many`], that operation for every target a filter of the targets
+//!   list matches, idempotent by request id.
 
+pub mod bulk;
 mod claim;
 mod error_column;
 mod manual;
@@ -39,8 +42,8 @@ mod sweep;
 pub use claim::{recover, Outcome, RecoveryError};
 pub use error_column::{check_error_column, ErrorColumnError, MAX_ERROR_CHARS};
 pub use manual::{
-    recover_by_hand, request_event_id, ManualRecovery, ManualRecoveryError, ManualTarget,
-    Recovered, MAX_NOTE_CHARS, STATUSES,
+    recover_by_hand, recover_expecting, request_event_id, ManualRecovery, ManualRecoveryError,
+    ManualTarget, Recovered, MAX_NOTE_CHARS, STATUSES,
 };
 pub use scenario::{detect, Candidate, Scenario, Scope, DETECT_BATCH};
 pub use sweep::{effective_limit, publish_settings, run, sweep, SweepSummary};

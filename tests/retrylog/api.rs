@@ -651,6 +651,10 @@ async fn the_openapi_document_lists_every_route_and_every_documented_path_answer
                 path.clone(),
                 Some(json!({"job_id": JOB_B, "reason": "stuck"})),
             ),
+            ("post", "/api/v1/recover/bulk") => (
+                path.clone(),
+                Some(json!({"filter": {"kind": "job"}, "note": "documented", "dry_run": true})),
+            ),
             ("post", _) => (
                 path.clone(),
                 Some(json!({"job_id": JOB_B, "note": "documented"})),

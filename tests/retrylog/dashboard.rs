@@ -199,7 +199,7 @@ impl Browser {
         self.client.current_url().await.unwrap().to_string()
     }
 
-    async fn wait_for_url(&self, done: impl Fn(&str) -> bool) {
+    pub(crate) async fn wait_for_url(&self, done: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let url = self.url().await;

@@ -93,12 +93,16 @@
 //!   record by hand, through `history`, the API and the dashboard; `--error-column`: the
 //!   pipeline's error kept with its retry, hostile text bounded and escaped, a bad name
 //!   refused at start.
+//! - `bulk`: `recover --state …` and `POST /api/v1/recover/bulk`: hand-computed matches, a
+//!   dry run, idempotency by request id under concurrent duplicates, the max refusal, a target
+//!   changed since the preview, the rights of each role and token.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
 //! its process counters are asserted exactly, so no test of this binary may move them.
 
 mod api;
 mod append;
+mod bulk;
 mod chain;
 mod cli;
 mod commands;

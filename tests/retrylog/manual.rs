@@ -144,7 +144,7 @@ async fn a_recovery_passes_the_retry_limit_and_closes_the_watchdogs_note(pool: P
             &VARIANT_A2.to_string(),
             "--note",
             "fixed the input file",
-            "--actor",
+            "--by",
             "ops:bob",
             "--format",
             "json",

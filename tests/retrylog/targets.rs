@@ -211,6 +211,7 @@ async fn every_filter_of_the_api_gives_the_rows_computed_by_hand(pool: PgPool) {
             "kind": "variant", "id": VARIANT_A2.to_string(), "job_id": JOB_A.to_string(),
             "status": "failed", "step": "segment", "retry_count": 3, "last_reason": "failed",
             "last_outcome": "gave_up", "last_retry_at": "2026-11-01T03:00:00.000000Z",
+            "why": "failed at step segment",
         })
     );
 }
@@ -244,7 +245,7 @@ async fn every_filter_of_the_command_gives_the_same_rows_as_the_api(pool: PgPool
     let run = retrylog(&pool, &["targets", "--format", "csv", "--state", "failed"]).await;
     assert_eq!(
         run.stdout.lines().next(),
-        Some("kind,id,job_id,status,step,retry_count,last_reason,last_outcome,last_retry_at")
+        Some("kind,id,job_id,status,step,retry_count,last_reason,last_outcome,last_retry_at,why")
     );
     assert_eq!(run.stdout.lines().count(), 2, "{run:#?}");
 }

@@ -7,7 +7,8 @@
 //!
 //! - `overview`: counts, the trend chart, the top targets, the latest retries;
 //! - `alerts`: `report alerts`' rows, each with a Recover form for an admin;
-//! - `targets`: the targets list, every filter in the URL, paged by cursor;
+//! - `targets`: the targets list, every filter in the URL, paged by cursor, rows to select;
+//! - `bulk`: the selected or all matching targets recovered: preview, confirmation, result;
 //! - `target`: one job or variant — state, timeline, hash chain, variants — and search;
 //!   `timeline`: its timeline, filtered by the URL as `GET /api/v1/history` is;
 //! - `recover`: the Recover form's POST, through `recovery::recover_by_hand`;
@@ -15,6 +16,7 @@
 
 mod alerts;
 mod assets;
+mod bulk;
 mod login;
 mod overview;
 
@@ -43,9 +45,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/alerts"),
     ("get", "/ui/live/alerts"),
     ("get", "/targets"),
+    ("get", "/targets/recover"),
+    ("get", "/targets/recovered"),
     ("get", "/targets/{kind}/{id}"),
     ("get", "/search"),
     ("post", "/ui/recover"),
+    ("post", "/ui/recover/bulk"),
     ("get", "/login"),
     ("post", "/login"),
     ("post", "/logout"),
@@ -60,9 +65,12 @@ pub fn routes() -> Router<ApiContext> {
         .route("/alerts", get(alerts::page))
         .route("/ui/live/alerts", get(alerts::live))
         .route("/targets", get(targets::page))
+        .route("/targets/recover", get(bulk::preview))
+        .route("/targets/recovered", get(bulk::result))
         .route("/targets/{kind}/{id}", get(target::page))
         .route("/search", get(target::search))
         .route("/ui/recover", post(recover::recover))
+        .route("/ui/recover/bulk", post(bulk::recover))
         .route("/login", get(login::form).post(login::login))
         .route("/logout", post(login::logout))
         .route("/assets/{file}", get(assets::asset))

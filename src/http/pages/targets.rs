@@ -1,12 +1,14 @@
 //! `GET /targets`: the targets list (`cmd::targets::listing`, the rows of
 //! `GET /api/v1/targets`) with a form for every filter, the count, and Previous/Next links that
 //! carry the cursors; the URL holds every filter and the page, so any view can be bookmarked.
+//! For an admin each row has a checkbox, and the bulk form previews the ticked rows or all
+//! matching ones (`bulk.rs`).
 
 use askama::Template;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 
-use super::{error_page, render, Chrome, Table, Viewer};
+use super::{error_page, render, Cell, Chrome, Table, Viewer};
 use crate::cli::TargetsArgs;
 use crate::cmd::targets;
 use crate::http::{flags, ApiContext};
@@ -25,6 +27,10 @@ struct Page {
     reasons: Vec<String>,
     sorts: Vec<String>,
     table: Table,
+    /// For an admin, each row with its `kind:id`, the value of its checkbox in the bulk form.
+    selectable: Vec<(String, Vec<Cell>)>,
+    /// The filters given, carried by the bulk form as hidden fields.
+    filters: Vec<(String, String)>,
     /// "12", or "more than 1,000".
     count: String,
     /// The Previous and Next links, with every filter.
@@ -87,6 +93,7 @@ pub async fn page(
         query.push((cursor_name.to_string(), cursor.to_string()));
         format!("{}/targets?{}", ctx.base_path, encode(&query))
     };
+    let table = Table::from_rows(&targets::rows(&listing, Format::Table), &ctx.base_path);
     let page = Page {
         page: Chrome::new(&ctx, &viewer, "Targets"),
         field: Fields {
@@ -109,7 +116,22 @@ pub async fn page(
             .map(String::from)
             .to_vec(),
         sorts: names::<Sort>(),
-        table: Table::from_rows(&targets::rows(&listing, Format::Table), &ctx.base_path),
+        table: table.clone(),
+        selectable: if viewer.admin {
+            listing
+                .rows
+                .iter()
+                .map(|row| format!("{}:{}", row.kind, row.id))
+                .zip(table.rows)
+                .collect()
+        } else {
+            Vec::new()
+        },
+        filters: params
+            .iter()
+            .filter(|(key, _)| !matches!(key.as_str(), "sort" | "limit" | "after" | "before"))
+            .cloned()
+            .collect(),
         count: targets::count_text(&listing),
         previous: listing.previous.as_deref().map(|c| link("before", c)),
         next: listing.next.as_deref().map(|c| link("after", c)),
@@ -127,7 +149,7 @@ fn names<E: clap::ValueEnum>() -> Vec<String> {
 }
 
 /// `application/x-www-form-urlencoded`, as a form would send it.
-fn encode(params: &[(String, String)]) -> String {
+pub(super) fn encode(params: &[(String, String)]) -> String {
     fn escape(text: &str) -> String {
         text.bytes()
             .map(|byte| match byte {
