@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::chain::{ChainWalk, StoredEvent, STORED_EVENTS};
 use crate::event::Target;
@@ -317,30 +317,44 @@ pub async fn verify(
         }
     }
     progress(walk.events);
+    mismatches.extend(projection_mismatches(&mut tx).await?);
+    tx.rollback().await?;
+    Ok(VerifyReport {
+        events: walk.events,
+        streams: walk.streams,
+        mismatches,
+    })
+}
+
+/// Every projection compared with the log, in the caller's snapshot: the counts, the rollup up
+/// to its checkpoint, the outcomes and what derives from them, and a projection that cannot
+/// advance. Both the full `verify` and the plain one (`verify_state`) run it.
+pub async fn projection_mismatches(tx: &mut PgConnection) -> Result<Vec<Mismatch>, sqlx::Error> {
+    let mut mismatches = Vec::new();
     mismatches.extend(
-        projection::count_drift(&mut tx)
+        projection::count_drift(&mut *tx)
             .await?
             .into_iter()
             .map(Mismatch::Count),
     );
     // The rollup is asynchronous: it is checked up to its checkpoint, which this snapshot
     // reads together with the rows written in the same transaction.
-    let position = projection::rollup_position(&mut tx).await?;
+    let position = projection::rollup_position(&mut *tx).await?;
     mismatches.extend(
-        projection::rollup_drift(&mut tx, position)
+        projection::rollup_drift(&mut *tx, position)
             .await?
             .into_iter()
             .map(Mismatch::Rollup),
     );
     mismatches.extend(
-        projection::outcome_problems(&mut tx)
+        projection::outcome_problems(&mut *tx)
             .await?
             .into_iter()
-            .chain(projection::open_drift(&mut tx).await?)
-            .chain(projection::outcome_rollup_drift(&mut tx, position).await?)
+            .chain(projection::open_drift(&mut *tx).await?)
+            .chain(projection::outcome_rollup_drift(&mut *tx, position).await?)
             .map(Mismatch::Outcome),
     );
-    let lag = crate::projector::lag(&mut tx).await?;
+    let lag = crate::projector::lag(&mut *tx).await?;
     if let Some(failure) = lag.failure {
         mismatches.push(Mismatch::ProjectionStuck {
             projection: lag.projection,
@@ -349,10 +363,5 @@ pub async fn verify(
             failure,
         });
     }
-    tx.rollback().await?;
-    Ok(VerifyReport {
-        events: walk.events,
-        streams: walk.streams,
-        mismatches,
-    })
+    Ok(mismatches)
 }

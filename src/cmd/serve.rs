@@ -1,6 +1,7 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
-//! projector and the HTTP API until SIGINT or SIGTERM; then lets the transaction in flight (a
-//! retry, a projector batch, a request) finish and exits 0.
+//! projector, the HTTP API and (with `--verify-every`) a scheduled verify until SIGINT or
+//! SIGTERM; then lets the transaction in flight (a retry, a projector batch, a request)
+//! finish and exits 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::cli::ServeArgs;
 use crate::http::{self, ApiContext, Tokens};
 use crate::projector::{self, ProjectorSettings};
 use crate::recovery;
+use crate::verify_state;
 
 pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Signals first: one that arrives while starting up still means a clean exit.
@@ -79,6 +81,25 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
             stopped.clone(),
         )))
     };
+    // The scheduled verify records its runs and takes a lease: a role that may not is told
+    // now, not at the first period.
+    let verifier = match args.verify_every {
+        Some(every) => {
+            let may = verify_state::may_schedule(&mut *pool.acquire().await?).await?;
+            anyhow::ensure!(
+                may,
+                "--verify-every needs the operator capability (retrylog grant operator ROLE): \
+                 the scheduled verify records its runs in verify_state and takes verify_lease"
+            );
+            tracing::info!("retrylog serve: a plain verify every {every:?} on one instance");
+            Some(tokio::spawn(verify_state::run_every(
+                pool.clone(),
+                every,
+                stopped.clone(),
+            )))
+        }
+        None => None,
+    };
     let settings = ProjectorSettings {
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
@@ -106,6 +127,9 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Both check the flag between transactions: a retry or a batch in flight commits first.
     stop.send_replace(true);
     projector.await?;
+    if let Some(verifier) = verifier {
+        verifier.await?;
+    }
     if let Some(watchdog) = watchdog {
         watchdog.await?;
     }
