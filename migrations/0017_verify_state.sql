@@ -11,7 +11,7 @@
 --    txid range shows again.
 -- 3. Only a clean verify advances them; one that finds a mismatch records how many (and bumps
 --    the generation, so a clean verify that started before it cannot advance past it): a
---    tamper found stays found. Writing needs the operator capability; a reader's verify
+--    tamper found stays found (one that only --full finds stands until a --full is clean). Writing needs the operator capability; a reader's verify
 --    checks the same and writes nothing.
 -- 4. A lease row elects the one `serve --verify-every` instance that verifies on schedule: a
 --    row with an expiry, not a session advisory lock, which a pooler in transaction mode or
@@ -33,6 +33,9 @@ CREATE TABLE verify_state (
     -- The last verify that recorded itself, clean or not, and the mismatches it found.
     checked_at       timestamptz,
     mismatches       integer NOT NULL DEFAULT 0 CHECK (mismatches >= 0),
+    -- What the last --full found, standing until a --full is clean: a plain verify, which
+    -- does not re-read those events, fails while it stands.
+    full_mismatches  integer NOT NULL DEFAULT 0 CHECK (full_mismatches >= 0),
     -- Who ran it: the session role.
     checked_by       text
 );

@@ -18,8 +18,9 @@
 //! 3. **Only a clean run advances.** A run that finds a mismatch records how many and bumps
 //!    the generation; a clean run advances only if the generation is still the one it read,
 //!    so a clean run that started before a failing one cannot move the position past the
-//!    tamper the failing one found. Writing takes the operator capability; a reader's verify
-//!    checks the same and records nothing.
+//!    tamper the failing one found. What a `--full` finds stands until a `--full` is clean:
+//!    a plain run, which does not re-read those events, is not clean meanwhile. Writing takes
+//!    the operator capability; a reader's verify checks the same and records nothing.
 //! 4. **One scheduled verifier.** `serve --verify-every` runs a plain verify on the instance
 //!    holding the lease row (`verify_lease`, taken when expired, renewed by each run): a row
 //!    with an expiry, which works through a transaction-mode pooler where a session lock does
@@ -61,13 +62,15 @@ pub struct State {
     pub checked_at: Option<chrono::DateTime<chrono::Utc>>,
     /// What the last recorded run found.
     pub mismatches: i32,
+    /// What the last `--full` found, standing until a `--full` is clean.
+    pub full_mismatches: i32,
 }
 
 /// Reads the state.
 pub async fn load(conn: &mut PgConnection) -> Result<State, sqlx::Error> {
     sqlx::query_as(
         "SELECT horizon::text::bigint AS horizon, generation, events, verified_at,
-                full_verified_at, checked_at, mismatches
+                full_verified_at, checked_at, mismatches, full_mismatches
            FROM verify_state",
     )
     .fetch_one(conn)
@@ -101,6 +104,9 @@ pub struct Run {
     pub last_seq: Option<i64>,
     /// Events verified before this run and not read again (0 for a full run).
     pub verified_before: i64,
+    /// For a plain run, the mismatches the last `--full` found in events verified before,
+    /// which a plain run does not re-read: while any stand, a plain run is not clean.
+    pub standing_full_mismatches: i32,
     /// The events walked, their streams, and what does not match.
     #[serde(flatten)]
     pub report: VerifyReport,
@@ -245,7 +251,11 @@ pub async fn run(
         streams: walk.streams,
         mismatches,
     };
-    let recorded = record(&mut conn, scope, &state, up_to, &report, &heads).await?;
+    let standing = match scope {
+        Scope::New => state.full_mismatches,
+        Scope::Full => 0,
+    };
+    let recorded = record(&mut conn, scope, &state, up_to, &report, standing, &heads).await?;
     Ok(Run {
         scope,
         since_txid: since,
@@ -256,6 +266,7 @@ pub async fn run(
             Scope::New => state.events,
             Scope::Full => 0,
         },
+        standing_full_mismatches: standing,
         report,
         recorded,
     })
@@ -272,6 +283,7 @@ async fn record(
     read: &State,
     up_to: i64,
     report: &VerifyReport,
+    standing: i32,
     heads: &[Head],
 ) -> Result<Recorded, sqlx::Error> {
     let may_write: bool = sqlx::query_scalar("SELECT has_table_privilege('verify_state', 'UPDATE')")
@@ -281,13 +293,16 @@ async fn record(
         return Ok(Recorded::NotPermitted);
     }
     let mut tx = conn.begin().await?;
-    if !report.is_clean() {
+    if !report.is_clean() || standing > 0 {
+        let found = i32::try_from(report.mismatches.len()).unwrap_or(i32::MAX);
         sqlx::query(
             "UPDATE verify_state
                 SET generation = generation + 1, checked_at = now(), mismatches = $1,
+                    full_mismatches = CASE WHEN $2 THEN $1 ELSE full_mismatches END,
                     checked_by = session_user",
         )
-        .bind(i32::try_from(report.mismatches.len()).unwrap_or(i32::MAX))
+        .bind(found.saturating_add(standing))
+        .bind(scope == Scope::Full)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -302,7 +317,8 @@ async fn record(
                 events = CASE WHEN $3 THEN $4 ELSE events + $4 END,
                 verified_at = now(),
                 full_verified_at = CASE WHEN $3 THEN now() ELSE full_verified_at END,
-                checked_at = now(), mismatches = 0, checked_by = session_user
+                checked_at = now(), mismatches = 0, full_mismatches = 0,
+                checked_by = session_user
           WHERE generation = $2",
     )
     .bind(up_to)
@@ -389,7 +405,7 @@ pub async fn run_every(pool: PgPool, every: Duration, mut stopped: watch::Receiv
         }
         match scheduled_once(&pool, &holder, ttl).await {
             Ok(None) => tracing::debug!("verify: another instance holds the verify lease"),
-            Ok(Some(run)) if run.report.is_clean() => tracing::info!(
+            Ok(Some(run)) if run.is_clean() => tracing::info!(
                 events = run.report.events,
                 since_txid = run.since_txid,
                 up_to_txid = run.up_to_txid,
@@ -402,7 +418,8 @@ pub async fn run_every(pool: PgPool, every: Duration, mut stopped: watch::Receiv
                 }
                 tracing::error!(
                     mismatches = run.report.mismatches.len(),
-                    "verify found mismatches; the position stays until a verify is clean"
+                    standing_full_mismatches = run.standing_full_mismatches,
+                    "verify is not clean; the position stays until a verify is clean"
                 );
             }
             Err(error) => tracing::warn!(%error, "verify could not run; trying again next period"),
@@ -429,8 +446,8 @@ async fn scheduled_once(
 }
 
 impl Run {
-    /// Whether nothing was wrong.
+    /// Whether nothing was wrong: nothing found, and nothing standing from a `--full`.
     pub fn is_clean(&self) -> bool {
-        self.report.is_clean()
+        self.report.is_clean() && self.standing_full_mismatches == 0
     }
 }

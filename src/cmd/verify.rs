@@ -67,7 +67,7 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         // printed `[]` when clean, which says nothing about how much was checked.)
         Format::Json => {
             let out = json!({
-                "clean": report.is_clean(),
+                "clean": run.is_clean(),
                 "scope": run.scope,
                 "events": report.events,
                 "streams": report.streams,
@@ -76,6 +76,7 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 "first_seq": run.first_seq,
                 "last_seq": run.last_seq,
                 "verified_before": run.verified_before,
+                "standing_full_mismatches": run.standing_full_mismatches,
                 "recorded": run.recorded,
                 "mismatches": rows.to_json(),
             });
@@ -119,7 +120,15 @@ fn summary(run: &Run) -> String {
             )
         }
     };
-    if report.is_clean() {
+    if run.standing_full_mismatches > 0 {
+        format!(
+            "verify is not clean: {read}; {} mismatch(es) found in them, and the last verify \
+             --full found {} in events verified before, which stand until a verify --full is \
+             clean",
+            report.mismatches.len(),
+            run.standing_full_mismatches
+        )
+    } else if report.is_clean() {
         format!("verify clean: {read}; every hash link, count and outcome matches")
     } else {
         format!(

@@ -82,6 +82,9 @@
 //!   record by hand, through `history`, the API and the dashboard; `--error-column`: the
 //!   pipeline's error kept with its retry, hostile text bounded and escaped, a bad name
 //!   refused at start.
+//! - `verify_incremental`: a plain `verify` reads what is new since the last clean one, `--full`
+//!   everything: what each catches, the position under concurrent appenders and late commits,
+//!   who may advance it, `serve --verify-every` and its metrics.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
 //! its process counters are asserted exactly, so no test of this binary may move them.
@@ -119,4 +122,5 @@ mod slow_clients;
 mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
+mod verify_incremental;
 mod why;
