@@ -82,6 +82,9 @@
 //!   record by hand, through `history`, the API and the dashboard; `--error-column`: the
 //!   pipeline's error kept with its retry, hostile text bounded and escaped, a bad name
 //!   refused at start.
+//! - `citus_contract`: the schema's side of running on Citus, from pg_catalog: every key and
+//!   foreign key of a per-target table (one with `job_id`) includes `job_id`, and no function
+//!   writes several targets' rows in one statement, but for the named exceptions.
 //! - `verify_incremental`: a plain `verify` reads what is new since the last clean one, `--full`
 //!   everything: what each catches, the position under concurrent appenders and late commits,
 //!   who may advance it, `serve --verify-every` and its metrics.
@@ -92,6 +95,7 @@
 mod api;
 mod append;
 mod chain;
+mod citus_contract;
 mod cli;
 mod commands;
 mod concurrency;
