@@ -87,6 +87,6 @@ pub mod sqlstate;
 pub mod store;
 pub mod targets;
 pub mod text;
+pub mod verify_state;
 pub mod why;
 pub mod window;
-pub mod verify_state;

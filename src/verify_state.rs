@@ -286,9 +286,10 @@ async fn record(
     standing: i32,
     heads: &[Head],
 ) -> Result<Recorded, sqlx::Error> {
-    let may_write: bool = sqlx::query_scalar("SELECT has_table_privilege('verify_state', 'UPDATE')")
-        .fetch_one(&mut *conn)
-        .await?;
+    let may_write: bool =
+        sqlx::query_scalar("SELECT has_table_privilege('verify_state', 'UPDATE')")
+            .fetch_one(&mut *conn)
+            .await?;
     if !may_write {
         return Ok(Recorded::NotPermitted);
     }

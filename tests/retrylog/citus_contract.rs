@@ -148,13 +148,22 @@ const PER_TARGET: &str = "
 #[sqlx::test(migrations = false)]
 async fn every_unique_key_of_a_per_target_table_includes_job_id(pool: PgPool) {
     migrated(&pool).await;
-    let per_target: Vec<String> =
-        sqlx::query_scalar(&format!("SELECT c.oid::regclass::text FROM ({PER_TARGET}) t JOIN pg_class c ON c.oid = t.oid"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    for table in ["jobs", "jobs_variants", "retry_history", "verify_stream_head"] {
-        assert!(per_target.iter().any(|t| t == table), "{table} in {per_target:?}");
+    let per_target: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT c.oid::regclass::text FROM ({PER_TARGET}) t JOIN pg_class c ON c.oid = t.oid"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    for table in [
+        "jobs",
+        "jobs_variants",
+        "retry_history",
+        "verify_stream_head",
+    ] {
+        assert!(
+            per_target.iter().any(|t| t == table),
+            "{table} in {per_target:?}"
+        );
     }
     // Unique indexes, whether a constraint backs them or not, named by the constraint if any.
     let found: BTreeSet<String> = sqlx::query_scalar(&format!(
@@ -190,7 +199,10 @@ async fn every_foreign_key_between_per_target_tables_includes_job_id_on_both_sid
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(foreign_keys >= 1, "jobs_variants references jobs: the check sees it");
+    assert!(
+        foreign_keys >= 1,
+        "jobs_variants references jobs: the check sees it"
+    );
     let broken: Vec<String> = sqlx::query_scalar(&format!(
         "SELECT con.conname || ' on ' || con.conrelid::regclass::text
            FROM pg_constraint con
@@ -291,7 +303,10 @@ fn single_values(function: &str, parameters: &[String], words: &[String]) -> BTr
     names.extend([function.to_string(), "new".into(), "old".into()]);
     names.extend((1..=parameters.len().max(1)).map(|n| format!("${n}")));
     if let Some(start) = words.iter().position(|w| w == "declare") {
-        let end = words.iter().position(|w| w == "begin").unwrap_or(words.len());
+        let end = words
+            .iter()
+            .position(|w| w == "begin")
+            .unwrap_or(words.len());
         let mut at_start = true;
         for word in &words[start + 1..end.max(start + 1)] {
             if at_start {

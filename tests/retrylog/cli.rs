@@ -264,8 +264,20 @@ async fn verify_exits_zero_on_an_untouched_log(pool: PgPool) {
     assert_eq!(json.code, Some(0), "{json:#?}");
     let object = json.json();
     assert_eq!(
-        [&object["clean"], &object["scope"], &object["events"], &object["streams"], &object["mismatches"]],
-        [&json!(true), &json!("full"), &json!(3), &json!(2), &json!([])],
+        [
+            &object["clean"],
+            &object["scope"],
+            &object["events"],
+            &object["streams"],
+            &object["mismatches"]
+        ],
+        [
+            &json!(true),
+            &json!("full"),
+            &json!(3),
+            &json!(2),
+            &json!([])
+        ],
         "{json:#?}"
     );
 }

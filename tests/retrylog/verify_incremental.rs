@@ -29,7 +29,7 @@ async fn verify_json(pool: &PgPool, extra: &[&str]) -> (Option<i32>, Value, Run)
 
 /// The stored position (txid horizon) and the last recorded mismatches.
 async fn state(pool: &PgPool) -> verify_state::State {
-    verify_state::load(&mut *pool.acquire().await.unwrap())
+    verify_state::load(&mut pool.acquire().await.unwrap())
         .await
         .unwrap()
 }
@@ -80,14 +80,20 @@ async fn a_plain_verify_after_new_events_reads_only_those_and_full_reads_all(poo
     // Nothing new: nothing read, still clean.
     let (code, idle, _) = verify_json(&pool, &[]).await;
     assert_eq!(code, Some(0), "{idle:#?}");
-    assert_eq!((idle["events"].clone(), idle["streams"].clone()), (0.into(), 0.into()));
+    assert_eq!(
+        (idle["events"].clone(), idle["streams"].clone()),
+        (0.into(), 0.into())
+    );
     assert_eq!(idle["verified_before"], 15);
 
     // --full reads every event from each stream's start.
     let (code, full, _) = verify_json(&pool, &["--full"]).await;
     assert_eq!(code, Some(0), "{full:#?}");
     assert_eq!(full["scope"], "full");
-    assert_eq!((full["events"].clone(), full["streams"].clone()), (15.into(), 3.into()));
+    assert_eq!(
+        (full["events"].clone(), full["streams"].clone()),
+        (15.into(), 3.into())
+    );
     assert_eq!(full["since_txid"], 0);
     assert!(state(&pool).await.full_verified_at.is_some());
 }
@@ -105,13 +111,19 @@ async fn a_tampered_new_event_is_caught_by_a_plain_verify_and_stays_found(pool: 
     for round in 0..2 {
         let (code, found, _) = verify_json(&pool, &[]).await;
         assert_eq!(code, Some(1), "round {round}: {found:#?}");
-        assert_eq!(found["events"], 3, "only the new events are read: {found:#?}");
+        assert_eq!(
+            found["events"], 3,
+            "only the new events are read: {found:#?}"
+        );
         let mismatches = found["mismatches"].as_array().unwrap();
         assert_eq!(mismatches.len(), 1, "{found:#?}");
         assert_eq!(mismatches[0]["problem"], "broken_link");
         assert_eq!(found["recorded"], "failed");
         let now = state(&pool).await;
-        assert_eq!(now.horizon, before.horizon, "a failing verify keeps the position");
+        assert_eq!(
+            now.horizon, before.horizon,
+            "a failing verify keeps the position"
+        );
         assert_eq!(now.mismatches, 1);
     }
 }
@@ -128,11 +140,12 @@ async fn a_tampered_verified_event_is_caught_by_full_only_and_then_stands(pool: 
     let plain = retrylog(&pool, &["verify"]).await;
     assert_eq!(plain.code, Some(0), "{plain:#?}");
     assert!(
-        plain.stderr.contains(
-            "checked 0 new events in 0 streams since txid"
-        ) && plain
+        plain
             .stderr
-            .contains("the 3 events verified before are not read again (verify --full reads them)"),
+            .contains("checked 0 new events in 0 streams since txid")
+            && plain.stderr.contains(
+                "the 3 events verified before are not read again (verify --full reads them)"
+            ),
         "{plain:#?}"
     );
 
@@ -185,9 +198,7 @@ async fn drift_in_a_projection_is_caught_by_a_plain_verify_with_no_new_event(poo
 }
 
 #[sqlx::test(migrations = false)]
-async fn an_uncommitted_append_holds_the_position_back_and_is_read_once_it_commits(
-    pool: PgPool,
-) {
+async fn an_uncommitted_append_holds_the_position_back_and_is_read_once_it_commits(pool: PgPool) {
     pipeline(&pool).await;
     lift_retry_limit(&pool).await;
     let clients = clients(&pool, 4).await;
@@ -220,19 +231,21 @@ async fn an_uncommitted_append_holds_the_position_back_and_is_read_once_it_commi
 
     // 3. It commits late: the next plain verify reads it, and only it.
     held.commit().await.unwrap();
-    let late_seq: i64 = sqlx::query_scalar(
-        "SELECT seq FROM retry_history WHERE job_variants_id = $1",
-    )
-    .bind(VARIANT_A2)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let late_seq: i64 =
+        sqlx::query_scalar("SELECT seq FROM retry_history WHERE job_variants_id = $1")
+            .bind(VARIANT_A2)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     let run = verify_state::run(&clients.pool, Scope::New, |_| {})
         .await
         .unwrap();
     assert!(run.is_clean(), "{run:#?}");
     assert_eq!(run.report.events, 1, "{run:#?}");
-    assert_eq!((run.first_seq, run.last_seq), (Some(late_seq), Some(late_seq)));
+    assert_eq!(
+        (run.first_seq, run.last_seq),
+        (Some(late_seq), Some(late_seq))
+    );
     clients.close().await;
 }
 
@@ -289,14 +302,21 @@ async fn under_concurrent_appenders_and_late_commits_each_event_is_verified_exac
     }
     done.store(true, Ordering::SeqCst);
     let (mut walked, runs) = verifier.await.unwrap();
-    assert!(runs >= 2, "the verifier ran while appends ran ({runs} runs)");
+    assert!(
+        runs >= 2,
+        "the verifier ran while appends ran ({runs} runs)"
+    );
     let last = verify_state::run(&clients.pool, Scope::New, |_| {})
         .await
         .unwrap();
     assert!(last.is_clean(), "{last:#?}");
     walked += last.report.events;
 
-    assert_eq!(walked as i64, event_count(&pool).await, "each event walked once");
+    assert_eq!(
+        walked as i64,
+        event_count(&pool).await,
+        "each event walked once"
+    );
     let stale_heads: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (
              SELECT job_id, job_variants_id, max(attempt) AS attempt
@@ -320,9 +340,15 @@ async fn only_one_holder_has_the_verify_lease_until_it_expires(pool: PgPool) {
     let ttl = Duration::from_millis(600);
     assert!(verify_state::take_lease(&mut conn, "a", ttl).await.unwrap());
     assert!(!verify_state::take_lease(&mut conn, "b", ttl).await.unwrap());
-    assert!(verify_state::take_lease(&mut conn, "a", ttl).await.unwrap(), "renewed");
+    assert!(
+        verify_state::take_lease(&mut conn, "a", ttl).await.unwrap(),
+        "renewed"
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(verify_state::take_lease(&mut conn, "b", ttl).await.unwrap(), "expired");
+    assert!(
+        verify_state::take_lease(&mut conn, "b", ttl).await.unwrap(),
+        "expired"
+    );
     assert!(!verify_state::take_lease(&mut conn, "a", ttl).await.unwrap());
 }
 
@@ -342,11 +368,15 @@ async fn a_reader_verifies_and_records_nothing_an_operator_advances_and_a_writer
     assert_eq!(run.json()["events"], 2);
     assert_eq!(run.json()["recorded"], "not_permitted");
     assert!(
-        run.stderr.contains("takes the operator capability (retrylog grant operator ROLE)"),
+        run.stderr
+            .contains("takes the operator capability (retrylog grant operator ROLE)"),
         "{run:#?}"
     );
     let after = state(&pool).await;
-    assert_eq!((after.horizon, after.generation), (before.horizon, before.generation));
+    assert_eq!(
+        (after.horizon, after.generation),
+        (before.horizon, before.generation)
+    );
     assert_denied(
         &reader.pool,
         &[
@@ -359,28 +389,40 @@ async fn a_reader_verifies_and_records_nothing_an_operator_advances_and_a_writer
     // A reader cannot schedule verify either.
     let serve = retrylog_at(
         &reader.url(&pool).await,
-        &["serve", "--verify-every", "1s", "--no-watchdog", "--no-http"],
+        &[
+            "serve",
+            "--verify-every",
+            "1s",
+            "--no-watchdog",
+            "--no-http",
+        ],
     )
     .await;
     assert_ne!(serve.code, Some(0), "{serve:#?}");
     assert!(
-        serve.stderr.contains("--verify-every needs the operator capability"),
+        serve
+            .stderr
+            .contains("--verify-every needs the operator capability"),
         "{serve:#?}"
     );
 
     let run = retrylog_at(&operator.url(&pool).await, &["verify", "--format", "json"]).await;
     assert_eq!(run.code, Some(0), "{run:#?}");
     assert_eq!(run.json()["recorded"], "advanced");
-    let heads: Vec<(String,)> = sqlx::query_as("SELECT job_variants_id::text FROM verify_stream_head")
-        .fetch_all(&operator.pool)
-        .await
-        .unwrap();
+    let heads: Vec<(String,)> =
+        sqlx::query_as("SELECT job_variants_id::text FROM verify_stream_head")
+            .fetch_all(&operator.pool)
+            .await
+            .unwrap();
     assert_eq!(heads, [(VARIANT_A1.to_string(),)]);
     assert!(state(&pool).await.horizon > before.horizon);
 
     assert_denied(
         &writer.pool,
-        &["SELECT * FROM verify_state", "SELECT * FROM verify_stream_head"],
+        &[
+            "SELECT * FROM verify_state",
+            "SELECT * FROM verify_stream_head",
+        ],
     )
     .await;
 }
@@ -484,7 +526,11 @@ async fn serve_verify_every_runs_on_schedule_and_the_metrics_move(pool: PgPool) 
     assert!(last_success >= first_success);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let later = scrape(&addr).await;
-    assert_eq!(metric(&later, "retrylog_verify_mismatches"), 1.0, "it stays found");
+    assert_eq!(
+        metric(&later, "retrylog_verify_mismatches"),
+        1.0,
+        "it stays found"
+    );
     assert_eq!(
         metric(&later, "retrylog_verify_last_success_timestamp_seconds"),
         last_success,
