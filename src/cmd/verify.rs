@@ -113,26 +113,31 @@ fn summary(run: &Run) -> String {
                 (Some(first), Some(last)) => format!(", seq {first}..{last}"),
                 _ => String::new(),
             };
+            let before = match run.verified_before {
+                0 => String::new(),
+                n => format!(
+                    "; the {n} events verified before are not read again (verify --full reads \
+                     them)"
+                ),
+            };
             format!(
-                "checked {} new events in {} streams since txid {}{seqs}; the {} events verified \
-                 before are not read again (verify --full reads them)",
-                report.events, report.streams, run.since_txid, run.verified_before
+                "{} new events in {} streams since txid {}{seqs}{before}",
+                report.events, report.streams, run.since_txid
             )
         }
     };
     if run.standing_full_mismatches > 0 {
         format!(
-            "verify is not clean: {read}; {} mismatch(es) found in them, and the last verify \
-             --full found {} in events verified before, which stand until a verify --full is \
-             clean",
+            "verify is not clean: {} mismatch(es) in {read}; and the last verify --full found \
+             {} in events verified before, which stand until a verify --full is clean",
             report.mismatches.len(),
             run.standing_full_mismatches
         )
     } else if report.is_clean() {
-        format!("verify clean: {read}; every hash link, count and outcome matches")
+        format!("verify clean: checked {read}; every hash link, count and outcome matches")
     } else {
         format!(
-            "verify found {} mismatch(es): {read}",
+            "verify found {} mismatch(es) in {read}",
             report.mismatches.len()
         )
     }

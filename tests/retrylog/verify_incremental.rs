@@ -74,7 +74,8 @@ async fn a_plain_verify_after_new_events_reads_only_those_and_full_reads_all(poo
         "{run:#?}"
     );
     let after = state(&pool).await;
-    assert!(after.horizon > horizon, "{after:?}");
+    // Never back; forward once no older transaction in the cluster holds the xmin back.
+    assert!(after.horizon >= horizon, "{after:?}");
     assert_eq!(after.events, 15);
 
     // Nothing new: nothing read, still clean.
