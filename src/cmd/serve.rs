@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use super::permission::NotPermitted;
 use crate::cli::ServeArgs;
 use crate::http::{self, ApiContext, Tokens};
 use crate::projector::{self, ProjectorSettings};
@@ -85,12 +86,17 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // now, not at the first period.
     let verifier = match args.verify_every {
         Some(every) => {
-            let may = verify_state::may_schedule(&mut *pool.acquire().await?).await?;
-            anyhow::ensure!(
-                may,
-                "--verify-every needs the operator capability (retrylog grant operator ROLE): \
-                 the scheduled verify records its runs in verify_state and takes verify_lease"
-            );
+            let mut conn = pool.acquire().await?;
+            if !verify_state::may_schedule(&mut conn).await? {
+                let role: String = sqlx::query_scalar("SELECT session_user::text")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let operator = [crate::grant::Capability::Operator];
+                return Err(
+                    NotPermitted::new("serve --verify-every", &operator, &operator, &role).into(),
+                );
+            }
+            drop(conn);
             tracing::info!("retrylog serve: a plain verify every {every:?} on one instance");
             Some(tokio::spawn(verify_state::run_every(
                 pool.clone(),

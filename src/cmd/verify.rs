@@ -150,10 +150,10 @@ fn recorded(run: &Run) -> String {
             "verified up to txid {}: the next verify starts there",
             run.up_to_txid
         ),
-        Recorded::Failed => format!(
-            "recorded the mismatches; the position stays at txid {} until a verify is clean",
-            run.since_txid.max(0)
-        ),
+        Recorded::Failed => {
+            "recorded the mismatches; the position stays where it was until a verify is clean"
+                .to_string()
+        }
         Recorded::Superseded => {
             "another verify recorded itself meanwhile: this one left the position as it was"
                 .to_string()

@@ -399,11 +399,13 @@ async fn a_reader_verifies_and_records_nothing_an_operator_advances_and_a_writer
         ],
     )
     .await;
-    assert_ne!(serve.code, Some(0), "{serve:#?}");
+    assert_eq!(serve.code, Some(2), "{serve:#?}");
     assert!(
-        serve
-            .stderr
-            .contains("--verify-every needs the operator capability"),
+        serve.stderr.contains(&format!(
+            "serve --verify-every needs the operator capability, which role {0} lacks: retrylog \
+             grant operator {0} (as the schema owner)",
+            reader.name
+        )),
         "{serve:#?}"
     );
 
