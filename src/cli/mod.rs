@@ -120,8 +120,9 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
-    /// Recompute the hash chains of the events since the last clean verify and every
-    /// projection from the log (--full: every event); exit 1 on any mismatch.
+    /// Recompute the hash chains of the events since the last clean verify, and the counts
+    /// and outcomes from the log (--full: every event, and the rollups too); exit 1 on any
+    /// mismatch.
     ///
     /// A clean verify run by the operator capability (or the owner) records where it got to,
     /// so the next reads only what is new; one that finds a mismatch records it and keeps the

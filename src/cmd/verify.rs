@@ -1,5 +1,6 @@
-//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify
-//! (`--full`: of every event) and every projection; exit 1 on any mismatch. With `--format
+//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify and
+//! the counts and outcomes (`--full`: every event, and the rollups too); exit 1 on any
+//! mismatch. With `--format
 //! json`, one object: `clean`, what was read (`scope`, `events`, `streams`, the txid and seq
 //! range, `verified_before`), what was `recorded`, and the `mismatches` (the rows the table
 //! shows). The run itself is `verify_state::run`.
@@ -134,7 +135,13 @@ fn summary(run: &Run) -> String {
             run.standing_full_mismatches
         )
     } else if report.is_clean() {
-        format!("verify clean: checked {read}; every hash link, count and outcome matches")
+        format!(
+            "verify clean: checked {read}; every hash link, count and outcome matches{}",
+            match run.scope {
+                Scope::Full => ", and every rollup",
+                Scope::New => " (verify --full also checks the rollups)",
+            }
+        )
     } else {
         format!(
             "verify found {} mismatch(es) in {read}",

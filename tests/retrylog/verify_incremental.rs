@@ -176,7 +176,7 @@ async fn a_tampered_verified_event_is_caught_by_full_only_and_then_stands(pool: 
 }
 
 #[sqlx::test(migrations = false)]
-async fn drift_in_a_projection_is_caught_by_a_plain_verify_with_no_new_event(pool: PgPool) {
+async fn count_drift_is_caught_by_a_plain_verify_and_rollup_drift_by_full(pool: PgPool) {
     pipeline(&pool).await;
     append_n(&pool, job(JOB_B), 2).await;
     assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
@@ -196,6 +196,33 @@ async fn drift_in_a_projection_is_caught_by_a_plain_verify_with_no_new_event(poo
         .map(|m| m["problem"].as_str().unwrap())
         .collect();
     assert_eq!(problems, ["count"], "{found:#?}");
+
+    // The rollups are recomputed from every event: --full checks them, a plain verify not.
+    retrylog::projector::catch_up(&mut pool.acquire().await.unwrap(), 100)
+        .await
+        .unwrap();
+    let changed = sqlx::query("UPDATE retry_rollup SET retries = retries + 1")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert!(changed > 0, "the projector applied the events");
+    let (_, plain, _) = verify_json(&pool, &[]).await;
+    assert_eq!(
+        plain["mismatches"].as_array().unwrap().len(),
+        1,
+        "{plain:#?}"
+    );
+    let (code, full, _) = verify_json(&pool, &["--full"]).await;
+    assert_eq!(code, Some(1), "{full:#?}");
+    let mut problems: Vec<&str> = full["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["problem"].as_str().unwrap())
+        .collect();
+    problems.dedup();
+    assert_eq!(problems, ["count", "rollup"], "{full:#?}");
 }
 
 #[sqlx::test(migrations = false)]
