@@ -129,6 +129,21 @@ impl ChainWalk {
         self.next_attempt = event.attempt + 1;
         self.events += 1;
     }
+
+    /// The stream the walk is in, if any.
+    pub fn current(&self) -> Option<Target> {
+        self.current
+    }
+
+    /// Begins `target`'s stream after its verified head instead of at its genesis: the next
+    /// event must be `attempt + 1` and link to `hash`. A plain `verify` continues each
+    /// stream from the head an earlier verify stored (`verify_state`).
+    pub fn resume(&mut self, target: Target, attempt: i32, hash: &[u8]) {
+        self.current = Some(target);
+        self.streams += 1;
+        self.previous_hash = hash.to_vec();
+        self.next_attempt = attempt + 1;
+    }
 }
 
 /// One stream's verdict.

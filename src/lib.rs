@@ -29,6 +29,8 @@
 //! - [`replay`]: rebuild every projection; verify chains and counts.
 //! - [`chain`]: the one hash chain check, a walk over streams in attempt order: `verify` walks
 //!   every stream with it, the target page and `GET /api/v1/chain` one target's.
+//! - [`verify_state`]: what `verify` has verified (a txid position, each stream's head), so a
+//!   plain `verify` reads only what is new; `serve --verify-every`'s lease.
 //! - [`window`]: the time flags the readers take (`30m`, `7d`, RFC 3339, `--as-of`), their
 //!   durations in the one grammar of [`duration`], which the watchdog's settings use too.
 //! - [`report`]: the read-only audit reports (`report/audit.rs`: top targets, stats, alerts),
@@ -85,5 +87,6 @@ pub mod sqlstate;
 pub mod store;
 pub mod targets;
 pub mod text;
+pub mod verify_state;
 pub mod why;
 pub mod window;

@@ -1,7 +1,8 @@
 //! What `/metrics` says, beside the flow (retry → store → projector → report/http): the
 //! counters this process keeps as it works (the watchdog's retries and sweeps, refused
 //! appends, HTTP requests) and a snapshot read from the database at each scrape (the log's
-//! retries from the rollup, the targets needing intervention, the projector's lag).
+//! retries from the rollup, the targets needing intervention, the projector's lag, the last
+//! clean verify and the mismatches of the last one recorded).
 //!
 //! The two kinds differ when several `serve` instances run: a process counter counts what this
 //! instance did (sum it over instances); a database series is the same on every instance (take
@@ -319,6 +320,27 @@ async fn database_snapshot(conn: &mut PgConnection) -> Result<Registry, sqlx::Er
         "retrylog_projector_lag_seconds",
         "Age of the oldest event the rollup has not applied (same on every instance)",
         seconds,
+    );
+
+    // 4. Verify, from its state row: whichever instance or cron job ran it.
+    let state = crate::verify_state::load(conn).await?;
+    let last_success = Gauge::<f64, AtomicU64>::default();
+    last_success.set(
+        state
+            .verified_at
+            .map_or(0.0, |at| at.timestamp_millis() as f64 / 1000.0),
+    );
+    registry.register(
+        "retrylog_verify_last_success_timestamp_seconds",
+        "When a verify was last clean (Unix time; 0 if never; same on every instance)",
+        last_success,
+    );
+    let mismatches = Gauge::<i64>::default();
+    mismatches.set(i64::from(state.mismatches));
+    registry.register(
+        "retrylog_verify_mismatches",
+        "Mismatches the last recorded verify found; 0 once one is clean (same on every instance)",
+        mismatches,
     );
     Ok(registry)
 }

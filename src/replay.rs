@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use crate::chain::{ChainWalk, StoredEvent, STORED_EVENTS};
 use crate::event::Target;
@@ -317,30 +317,59 @@ pub async fn verify(
         }
     }
     progress(walk.events);
+    mismatches.extend(projection_mismatches(&mut tx, true).await?);
+    tx.rollback().await?;
+    Ok(VerifyReport {
+        events: walk.events,
+        streams: walk.streams,
+        mismatches,
+    })
+}
+
+/// The projections compared with the log, in the caller's snapshot: the counts, the outcomes
+/// and the open retries, a projection that cannot advance, and with `rollups` the trend's and
+/// the outcomes' rollups up to their checkpoint. The full `verify` checks them all; the plain
+/// one (`verify_state`) leaves out the rollups, whose expected rows are recomputed from every
+/// event with window functions: most of a full verify's time, for derived counts that
+/// `replay` rebuilds.
+pub async fn projection_mismatches(
+    tx: &mut PgConnection,
+    rollups: bool,
+) -> Result<Vec<Mismatch>, sqlx::Error> {
+    let mut mismatches = Vec::new();
     mismatches.extend(
-        projection::count_drift(&mut tx)
+        projection::count_drift(&mut *tx)
             .await?
             .into_iter()
             .map(Mismatch::Count),
     );
     // The rollup is asynchronous: it is checked up to its checkpoint, which this snapshot
     // reads together with the rows written in the same transaction.
-    let position = projection::rollup_position(&mut tx).await?;
+    let position = projection::rollup_position(&mut *tx).await?;
+    if rollups {
+        mismatches.extend(
+            projection::rollup_drift(&mut *tx, position)
+                .await?
+                .into_iter()
+                .map(Mismatch::Rollup),
+        );
+    }
     mismatches.extend(
-        projection::rollup_drift(&mut tx, position)
+        projection::outcome_problems(&mut *tx)
             .await?
             .into_iter()
-            .map(Mismatch::Rollup),
-    );
-    mismatches.extend(
-        projection::outcome_problems(&mut tx)
-            .await?
-            .into_iter()
-            .chain(projection::open_drift(&mut tx).await?)
-            .chain(projection::outcome_rollup_drift(&mut tx, position).await?)
+            .chain(projection::open_drift(&mut *tx).await?)
             .map(Mismatch::Outcome),
     );
-    let lag = crate::projector::lag(&mut tx).await?;
+    if rollups {
+        mismatches.extend(
+            projection::outcome_rollup_drift(&mut *tx, position)
+                .await?
+                .into_iter()
+                .map(Mismatch::Outcome),
+        );
+    }
+    let lag = crate::projector::lag(&mut *tx).await?;
     if let Some(failure) = lag.failure {
         mismatches.push(Mismatch::ProjectionStuck {
             projection: lag.projection,
@@ -349,10 +378,5 @@ pub async fn verify(
             failure,
         });
     }
-    tx.rollback().await?;
-    Ok(VerifyReport {
-        events: walk.events,
-        streams: walk.streams,
-        mismatches,
-    })
+    Ok(mismatches)
 }

@@ -124,11 +124,17 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
-    /// Recompute every projection and hash chain from the log; exit 1 on any mismatch.
+    /// Recompute the hash chains of the events since the last clean verify, and the counts
+    /// and outcomes from the log (--full: every event, and the rollups too); exit 1 on any
+    /// mismatch.
     ///
-    /// The table lists the mismatches (none when clean). --format json prints one object: clean
-    /// (true or false), the events and streams checked, and the mismatches (an array of the
-    /// table's rows); --format csv the mismatches' rows.
+    /// A clean verify run by the operator capability (or the owner) records where it got to,
+    /// so the next reads only what is new; one that finds a mismatch records it and keeps the
+    /// position. The table lists the mismatches (none when clean). --format json prints one
+    /// object: clean (true or false), the scope (new or full), the events and streams checked,
+    /// since_txid and up_to_txid, first_seq and last_seq, verified_before, recorded (advanced,
+    /// failed, superseded, not_permitted), and the mismatches (an array of the table's rows);
+    /// --format csv the mismatches' rows.
     Verify(VerifyArgs),
     /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
     Project(ProjectArgs),
@@ -351,6 +357,11 @@ pub struct ReplayArgs {
 /// `retrylog verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Re-read every event from each stream's start, not only those since the last clean
+    /// verify; catches a change to an event verified before (docs/security.md).
+    #[arg(long)]
+    pub full: bool,
+
     #[command(flatten)]
     pub format: FormatArg,
 }
@@ -401,6 +412,12 @@ pub struct ServeArgs {
     /// Serve no HTTP (a worker beside an HTTP-only replica).
     #[arg(long)]
     pub no_http: bool,
+
+    /// Run a plain verify this often (1h, 30m) on one instance at a time (a lease row elects
+    /// it); needs the operator capability. Off by default.
+    #[arg(long, env = "RETRYLOG_VERIFY_EVERY", hide_env_values = true, value_name = "DURATION",
+          value_parser = crate::config::parse_duration)]
+    pub verify_every: Option<Duration>,
 
     /// How long an HTTP client may take to send a request's line and headers (from its first
     /// byte, or from the previous response on a kept-alive connection) before the connection

@@ -1,6 +1,7 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
-//! projector and the HTTP API until SIGINT or SIGTERM; then lets the transaction in flight (a
-//! retry, a projector batch, a request) finish and exits 0.
+//! projector, the HTTP API and (with `--verify-every`) a scheduled verify until SIGINT or
+//! SIGTERM; then lets the transaction in flight (a retry, a projector batch, a request)
+//! finish and exits 0.
 //!
 //! Three pools, the same one unless configured apart (docs/scale.md): `pool` (the primary:
 //! writes and sessions of the dashboard), `read` (`--read-url`, a hot standby: the pages' and
@@ -15,10 +16,12 @@ use sqlx::PgPool;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use super::permission::NotPermitted;
 use crate::cli::ServeArgs;
 use crate::http::{self, ApiContext, Tokens};
 use crate::projector::{self, ProjectorSettings};
 use crate::recovery;
+use crate::verify_state;
 
 pub async fn run(
     pool: &PgPool,
@@ -90,6 +93,30 @@ pub async fn run(
             stopped.clone(),
         )))
     };
+    // The scheduled verify records its runs and takes a lease: a role that may not is told
+    // now, not at the first period.
+    let verifier = match args.verify_every {
+        Some(every) => {
+            let mut conn = pool.acquire().await?;
+            if !verify_state::may_schedule(&mut conn).await? {
+                let role: String = sqlx::query_scalar("SELECT session_user::text")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                let operator = [crate::grant::Capability::Operator];
+                return Err(
+                    NotPermitted::new("serve --verify-every", &operator, &operator, &role).into(),
+                );
+            }
+            drop(conn);
+            tracing::info!("retrylog serve: a plain verify every {every:?} on one instance");
+            Some(tokio::spawn(verify_state::run_every(
+                pool.clone(),
+                every,
+                stopped.clone(),
+            )))
+        }
+        None => None,
+    };
     let settings = ProjectorSettings {
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
@@ -117,6 +144,9 @@ pub async fn run(
     // Both check the flag between transactions: a retry or a batch in flight commits first.
     stop.send_replace(true);
     projector.await?;
+    if let Some(verifier) = verifier {
+        verifier.await?;
+    }
     if let Some(watchdog) = watchdog {
         watchdog.await?;
     }

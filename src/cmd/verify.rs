@@ -1,6 +1,9 @@
-//! `retrylog verify`: recompute hash chains and projections; exit 1 on any mismatch. With
-//! `--format json`, one object: `clean`, the `events` and `streams` checked, and the
-//! `mismatches` (the rows the table shows).
+//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify and
+//! the counts and outcomes (`--full`: every event, and the rollups too); exit 1 on any
+//! mismatch. With `--format
+//! json`, one object: `clean`, what was read (`scope`, `events`, `streams`, the txid and seq
+//! range, `verified_before`), what was `recorded`, and the `mismatches` (the rows the table
+//! shows). The run itself is `verify_state::run`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,14 +15,14 @@ use sqlx::PgPool;
 use super::{exit, stderr_is_terminal};
 use crate::cli::VerifyArgs;
 use crate::output::{Format, Rows};
-use crate::replay::{self, Mismatch};
+use crate::replay::Mismatch;
+use crate::verify_state::{self, Recorded, Run, Scope};
 
 pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    // The bar's length costs a count of the whole log: only worth it when someone watches.
+    let scope = if args.full { Scope::Full } else { Scope::New };
+    // The bar's length costs a count of what the run reads: only worth it when someone watches.
     let progress = if stderr_is_terminal() {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
-            .fetch_one(pool)
-            .await?;
+        let total = verify_state::pending(&mut *pool.acquire().await?, scope).await?;
         ProgressBar::new(total.max(0) as u64).with_style(
             ProgressStyle::with_template("verifying {bar:40} {pos}/{len} events [{elapsed}]")
                 .expect("the template is valid"),
@@ -27,8 +30,9 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    let report = replay::verify(pool, |done| progress.set_position(done)).await?;
+    let run = verify_state::run(pool, scope, |done| progress.set_position(done)).await?;
     progress.finish_and_clear();
+    let report = &run.report;
 
     let mut rows = Rows::new(&["target", "job_id", "job_variants_id", "problem", "message"]);
     for mismatch in &report.mismatches {
@@ -64,9 +68,17 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         // printed `[]` when clean, which says nothing about how much was checked.)
         Format::Json => {
             let out = json!({
-                "clean": report.is_clean(),
+                "clean": run.is_clean(),
+                "scope": run.scope,
                 "events": report.events,
                 "streams": report.streams,
+                "since_txid": run.since_txid,
+                "up_to_txid": run.up_to_txid,
+                "first_seq": run.first_seq,
+                "last_seq": run.last_seq,
+                "verified_before": run.verified_before,
+                "standing_full_mismatches": run.standing_full_mismatches,
+                "recorded": run.recorded,
                 "mismatches": rows.to_json(),
             });
             writeln!(
@@ -80,18 +92,81 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Format::Table if !report.is_clean() => rows.print(Format::Table)?,
         Format::Table => {}
     }
-    if report.is_clean() {
-        eprintln!(
-            "retrylog: verify clean: {} events in {} streams, every hash link, count and outcome matches",
-            report.events, report.streams
-        );
+    eprintln!("retrylog: {}", summary(&run));
+    eprintln!("retrylog: {}", recorded(&run));
+    if run.is_clean() {
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
-            "retrylog: verify found {} mismatch(es) in {} events",
-            report.mismatches.len(),
-            report.events
-        );
         Ok(ExitCode::from(exit::MISMATCH))
+    }
+}
+
+/// What the run read and found, in a line.
+fn summary(run: &Run) -> String {
+    let report = &run.report;
+    let read = match run.scope {
+        Scope::Full => format!(
+            "{} events in {} streams (the whole log)",
+            report.events, report.streams
+        ),
+        Scope::New => {
+            let seqs = match (run.first_seq, run.last_seq) {
+                (Some(first), Some(last)) => format!(", seq {first}..{last}"),
+                _ => String::new(),
+            };
+            let before = match run.verified_before {
+                0 => String::new(),
+                n => format!(
+                    "; the {n} events verified before are not read again (verify --full reads \
+                     them)"
+                ),
+            };
+            format!(
+                "{} new events in {} streams since txid {}{seqs}{before}",
+                report.events, report.streams, run.since_txid
+            )
+        }
+    };
+    if run.standing_full_mismatches > 0 {
+        format!(
+            "verify is not clean: {} mismatch(es) in {read}; and the last verify --full found \
+             {} in events verified before, which stand until a verify --full is clean",
+            report.mismatches.len(),
+            run.standing_full_mismatches
+        )
+    } else if report.is_clean() {
+        format!(
+            "verify clean: checked {read}; every hash link, count and outcome matches{}",
+            match run.scope {
+                Scope::Full => ", and every rollup",
+                Scope::New => " (verify --full also checks the rollups)",
+            }
+        )
+    } else {
+        format!(
+            "verify found {} mismatch(es) in {read}",
+            report.mismatches.len()
+        )
+    }
+}
+
+/// What became of the run in `verify_state`, in a line.
+fn recorded(run: &Run) -> String {
+    match run.recorded {
+        Recorded::Advanced => format!(
+            "verified up to txid {}: the next verify starts there",
+            run.up_to_txid
+        ),
+        Recorded::Failed => {
+            "recorded the mismatches; the position stays where it was until a verify is clean"
+                .to_string()
+        }
+        Recorded::Superseded => {
+            "another verify recorded itself meanwhile: this one left the position as it was"
+                .to_string()
+        }
+        Recorded::NotPermitted => "nothing recorded: recording where verify got to takes the \
+             operator capability (retrylog grant operator ROLE)"
+            .to_string(),
     }
 }

@@ -238,7 +238,7 @@ async fn replay_of_one_projection_rebuilds_that_one_and_leaves_the_other(pool: P
             .map(|m| m["problem"].as_str().unwrap().to_owned())
             .collect()
     };
-    let before = retrylog(&pool, &["verify", "--format", "json"]).await;
+    let before = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
     assert_eq!(before.code, Some(1), "{before:#?}");
     let mut found = problems(&before);
     found.dedup();
@@ -250,7 +250,7 @@ async fn replay_of_one_projection_rebuilds_that_one_and_leaves_the_other(pool: P
         rollup_only.stderr.contains("into retry_rollup; changed "),
         "{rollup_only:#?}"
     );
-    let after = retrylog(&pool, &["verify", "--format", "json"]).await;
+    let after = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
     assert_eq!(after.code, Some(1), "{after:#?}");
     assert_eq!(
         problems(&after),

@@ -550,7 +550,7 @@ async fn targets_created_are_recounted_from_the_rows_and_a_late_backfill_is_name
     insert_job(&pool, backfilled, 3).await;
     projector::catch_up(&mut conn, 100).await.unwrap();
     assert_eq!(created_counts(&pool).await, expected);
-    let run = retrylog(&pool, &["verify", "--format", "json"]).await;
+    let run = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
     assert_eq!(run.code, Some(1), "{run:#?}");
     let stamp = hour(backfilled).format("%Y-%m-%d %H:00Z");
     for (kind, rows) in [("job", 1), ("variant", 3)] {

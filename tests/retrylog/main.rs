@@ -96,6 +96,12 @@
 //! - `bulk`: `recover --state …` and `POST /api/v1/recover/bulk`: hand-computed matches, a
 //!   dry run, idempotency by request id under concurrent duplicates, the max refusal, a target
 //!   changed since the preview, the rights of each role and token.
+//! - `citus_contract`: the schema's side of running on Citus, from pg_catalog: every key and
+//!   foreign key of a per-target table (one with `job_id`) includes `job_id`, and no function
+//!   writes several targets' rows in one statement, but for the named exceptions.
+//! - `verify_incremental`: a plain `verify` reads what is new since the last clean one, `--full`
+//!   everything: what each catches, the position under concurrent appenders and late commits,
+//!   who may advance it, `serve --verify-every` and its metrics.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
 //! its process counters are asserted exactly, so no test of this binary may move them.
@@ -104,6 +110,7 @@ mod api;
 mod append;
 mod bulk;
 mod chain;
+mod citus_contract;
 mod cli;
 mod commands;
 mod concurrency;
@@ -142,4 +149,5 @@ mod targets;
 #[path = "../common/temp.rs"]
 mod temp;
 mod timeline;
+mod verify_incremental;
 mod why;

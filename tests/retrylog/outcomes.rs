@@ -525,7 +525,7 @@ async fn replay_rebuilds_what_derives_from_outcomes_and_verify_names_what_was_br
     .execute(&pool)
     .await
     .unwrap();
-    let broken = retrylog(&pool, &["verify", "--format", "json"]).await;
+    let broken = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
     assert_eq!(broken.code, Some(1), "{broken:#?}");
     let problems: Vec<String> = broken.json()["mismatches"]
         .as_array()
