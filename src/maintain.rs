@@ -69,3 +69,29 @@ pub async fn run_leased(
     tx.commit().await?;
     Ok(LeasedRun::Ran { created })
 }
+
+/// How often `serve` runs its maintenance step; the lease lasts two of these, so one instance
+/// keeps it while it runs and another takes over within two periods of its end.
+pub const SERVE_EVERY: Duration = Duration::from_secs(300);
+
+/// `serve`'s maintenance loop: a leased step at start and every [`SERVE_EVERY`] until stopping
+/// is requested. A failure is logged and tried again next time: an append never waits for
+/// maintenance (the DEFAULT partition catches what no partition covers yet).
+pub async fn run(pool: PgPool, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let holder = format!("serve {}", uuid::Uuid::new_v4());
+    loop {
+        match run_leased(&pool, &holder, SERVE_EVERY * 2).await {
+            Ok(LeasedRun::Ran { created }) if !created.is_empty() => {
+                tracing::info!(partitions = %created.join(", "), "created log partitions ahead");
+            }
+            Ok(LeasedRun::Ran { .. }) => tracing::debug!("partition maintenance: nothing due"),
+            Ok(LeasedRun::Skipped { holder }) => {
+                tracing::debug!(%holder, "partition maintenance is another instance's");
+            }
+            Err(error) => tracing::warn!(%error, "partition maintenance failed"),
+        }
+        if crate::shutdown::sleep(SERVE_EVERY, &mut shutdown).await {
+            return;
+        }
+    }
+}

@@ -8,6 +8,7 @@ mod grant;
 pub mod history;
 pub mod invocation;
 mod local;
+mod maintain;
 mod manual;
 pub mod permission;
 mod project;
@@ -164,6 +165,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Verify(args) => verify::run(pool, args).await,
         Command::Project(args) => project::run(pool, args).await,
         Command::Status(args) => status::run(pool, args).await,
+        Command::Maintain(args) => maintain::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(connected, args).await,
         Command::Grant(args) => grant::run(pool, args).await,

@@ -1,6 +1,6 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
-//! projector and the HTTP API until SIGINT or SIGTERM; then lets the transaction in flight (a
-//! retry, a projector batch, a request) finish and exits 0.
+//! projector, the leased partition maintenance and the HTTP API until SIGINT or SIGTERM; then
+//! lets the transaction in flight (a retry, a projector batch, a request) finish and exits 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -84,6 +84,7 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..ProjectorSettings::default()
     };
     let projector = tokio::spawn(projector::run(pool.clone(), settings, stopped.clone()));
+    let maintenance = tokio::spawn(crate::maintain::run(pool.clone(), stopped.clone()));
     let watchdog = if args.no_watchdog {
         tracing::info!("retrylog serve: running the retry_rollup projector only");
         None
@@ -106,6 +107,7 @@ pub async fn run(pool: &PgPool, args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Both check the flag between transactions: a retry or a batch in flight commits first.
     stop.send_replace(true);
     projector.await?;
+    maintenance.await?;
     if let Some(watchdog) = watchdog {
         watchdog.await?;
     }
