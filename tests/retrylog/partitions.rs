@@ -254,3 +254,22 @@ async fn a_stream_continues_across_partitions_from_its_head_row(pool: PgPool) {
     assert_verify_clean(&pool).await;
     assert_eq!(append_ok(&pool, &retry(target)).await.attempt, 5);
 }
+
+#[sqlx::test(migrations = false)]
+async fn retrylog_maintain_creates_what_is_due_and_then_nothing(pool: PgPool) {
+    pipeline(&pool).await;
+    // One month more ahead than migrate left.
+    sqlx::query("UPDATE retrylog_settings SET partitions_ahead = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = retrylog(&pool, &["maintain", "--format", "json"]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(
+        run.json(),
+        serde_json::json!([{ "created": month_partition(&pool, 3).await }])
+    );
+    let again = retrylog(&pool, &["maintain", "--format", "json"]).await;
+    assert_eq!(again.code, Some(0), "{again:#?}");
+    assert_eq!(again.json(), serde_json::json!([]));
+}
