@@ -97,21 +97,25 @@ LANGUAGE sql STABLE AS $$
      WHERE (s.seq, s.step, s.occurred_at) IS DISTINCT FROM (e.seq, e.step, e.occurred_at)
 $$;
 
--- Rebuilds retry_open from the log and the outcomes; returns the rows that were wrong. The
--- table is locked first, so no retry, note or observation decides anything meanwhile.
+-- Rebuilds retry_open from the log and the outcomes, and the rest of the append's inline
+-- state with it (the stream heads and event ids, sql/retry_stream_head.sql); returns the rows
+-- that were wrong. The table is locked first, so no retry, note or observation decides
+-- anything meanwhile.
 CREATE OR REPLACE FUNCTION retry_open_rebuild()
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     wrong bigint;
 BEGIN
-    LOCK TABLE retry_open IN EXCLUSIVE MODE;
+    -- The three, in the order an append writes them, so that no append holding one of them
+    -- waits for this rebuild while the rebuild waits for it.
+    LOCK TABLE retry_event_id, retry_stream_head, retry_open IN EXCLUSIVE MODE;
     SELECT count(*) INTO wrong FROM retry_open_drift();
     IF wrong > 0 THEN
         DELETE FROM retry_open;
         INSERT INTO retry_open SELECT * FROM retry_open_expected();
     END IF;
-    RETURN wrong;
+    RETURN wrong + retry_stream_head_rebuild();
 END
 $$;
 

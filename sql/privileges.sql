@@ -23,7 +23,8 @@ DECLARE
         'retrylog_horizon', 'retry_rollup_count_created', 'retrylog_notify_change',
         'retrylog_refuse_change', 'retry_outcome_gave_up', 'retry_outcome_observe',
         'retry_open_rebuild', 'retry_open_drift', 'retry_outcome_rollup_apply',
-        'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems'];
+        'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems',
+        'retry_stream_head_drift', 'retry_stream_head_rebuild', 'retry_history_maintain'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
         'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_keyed', 'retry_rollup_cells_of',
@@ -31,7 +32,7 @@ DECLARE
         'retry_rollup_created_expected', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
-        'retry_outcome_recovery_time_delta'];
+        'retry_outcome_recovery_time_delta', 'retry_stream_head_expected'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],
@@ -60,7 +61,11 @@ DECLARE
         ['retry_outcome_rollup_delta', 'retrylog_reader'],
         ['retry_outcome_recovery_time_delta', 'retrylog_reader'],
         ['retry_outcome_rollup_drift', 'retrylog_reader'],
-        ['retry_outcome_problems', 'retrylog_reader']];
+        ['retry_outcome_problems', 'retrylog_reader'],
+        ['retry_stream_head_expected', 'retrylog_reader'],
+        ['retry_stream_head_drift', 'retrylog_reader'],
+        ['retry_stream_head_rebuild', 'retrylog_operator'],
+        ['retry_history_maintain', 'retrylog_operator']];
     fn    regprocedure;
     pair  text[];
 BEGIN

@@ -62,6 +62,10 @@ DECLARE
     prev_hash    bytea;
     next_attempt integer;
     ev           retry_history;
+    known        retry_event_id;
+    head_stream  uuid;
+    has_head     boolean;
+    prev_recorded timestamptz;
     retry_limit  integer;
     -- Whether the caller gave these, before the defaults fill them in (an error says which).
     step_given   constant boolean := record_retry.step IS NOT NULL;
@@ -178,29 +182,40 @@ BEGIN
     END IF;
 
     -- 3. Idempotency: a known event_id returns the stored event. Checked under the target
-    --    lock, so two concurrent appends of one event_id cannot both pass.
+    --    lock, so two concurrent appends of one event_id to this target cannot both pass; the
+    --    event-id table's key settles two appends of one event_id to different targets (7).
     IF record_retry.event_id IS NOT NULL THEN
-        SELECT * INTO ev FROM retry_history h WHERE h.event_id = record_retry.event_id;
+        SELECT * INTO known FROM retry_event_id k WHERE k.event_id = record_retry.event_id;
         IF FOUND THEN
-            IF ev.job_id = record_retry.job_id
-               AND ev.job_variants_id IS NOT DISTINCT FROM record_retry.job_variants_id THEN
+            IF known.job_id = record_retry.job_id
+               AND known.job_variants_id IS NOT DISTINCT FROM record_retry.job_variants_id THEN
+                SELECT * INTO ev FROM retry_history h
+                 WHERE h.seq = known.seq AND h.recorded_at = known.recorded_at;
                 RETURN ev;
             END IF;
             RAISE EXCEPTION 'event_id % is already recorded for %', record_retry.event_id,
-                CASE WHEN ev.job_variants_id IS NULL THEN 'job ' || ev.job_id
-                     ELSE 'variant ' || ev.job_variants_id END
+                CASE WHEN known.job_variants_id IS NULL THEN 'job ' || known.job_id
+                     ELSE 'variant ' || known.job_variants_id END
                 USING ERRCODE = 'RL005';
         END IF;
     END IF;
 
-    -- 4. The stream's head: its last attempt and hash (one probe of the stream index).
-    IF record_retry.job_variants_id IS NULL THEN
-        SELECT h.attempt, h.hash INTO next_attempt, prev_hash
+    -- 4. The stream's head: its last attempt and hash, from its head row (kept by every
+    --    append under the target lock). A stream without one (its first append, or events
+    --    written before the head rows) reads its last event from the stream index instead.
+    head_stream := coalesce(record_retry.job_variants_id,
+                            '00000000-0000-0000-0000-000000000000');
+    SELECT hd.attempt, hd.hash, hd.last_recorded_at INTO next_attempt, prev_hash, prev_recorded
+      FROM retry_stream_head hd
+     WHERE hd.job_id = record_retry.job_id AND hd.stream = head_stream;
+    has_head := FOUND;
+    IF NOT has_head AND record_retry.job_variants_id IS NULL THEN
+        SELECT h.attempt, h.hash, h.recorded_at INTO next_attempt, prev_hash, prev_recorded
           FROM retry_history h
          WHERE h.job_id = record_retry.job_id AND h.job_variants_id IS NULL
          ORDER BY h.attempt DESC LIMIT 1;
-    ELSE
-        SELECT h.attempt, h.hash INTO next_attempt, prev_hash
+    ELSIF NOT has_head THEN
+        SELECT h.attempt, h.hash, h.recorded_at INTO next_attempt, prev_hash, prev_recorded
           FROM retry_history h
          WHERE h.job_id = record_retry.job_id
            AND h.job_variants_id = record_retry.job_variants_id
@@ -250,18 +265,46 @@ BEGIN
             CASE WHEN from_given THEN 'from_status' ELSE 'from_status (the target''s status)' END,
             from_status, 64);
     END IF;
+    -- The partition key, after the target lock and never below the stream's previous one,
+    -- so that attempt order is partition order (migrations/0016).
     INSERT INTO retry_history (
         event_id, job_id, job_variants_id, reason, step, from_status, to_status, attempt,
-        actor, detail, occurred_at, db_role, hash)
+        actor, detail, occurred_at, recorded_at, db_role, hash)
     VALUES (
         event_id, record_retry.job_id, record_retry.job_variants_id,
         record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
-        actor, detail, occurred_at, session_user,
+        actor, detail, occurred_at, greatest(clock_timestamp(), prev_recorded), session_user,
         retry_event_hash(prev_hash, retry_event_canonical_v2(
             event_id, record_retry.job_id, record_retry.job_variants_id,
             record_retry.reason::retry_reason, step, from_status, to_status, next_attempt,
             actor, detail, occurred_at, session_user)))
     RETURNING * INTO ev;
+    -- The event id, once across the log. A concurrent append of the same id to another
+    -- target waits here for that one to end; if it committed, this one is refused.
+    INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+    VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT * INTO known FROM retry_event_id k WHERE k.event_id = ev.event_id;
+        RAISE EXCEPTION 'event_id % is already recorded for %', ev.event_id,
+            CASE WHEN known.job_variants_id IS NULL THEN 'job ' || known.job_id
+                 ELSE 'variant ' || known.job_variants_id END
+            USING ERRCODE = 'RL005';
+    END IF;
+    -- The stream's new head, in place.
+    IF has_head THEN
+        UPDATE retry_stream_head hd
+           SET attempt = ev.attempt, hash = ev.hash, last_seq = ev.seq,
+               last_reason = ev.reason, last_step = ev.step,
+               last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at
+         WHERE hd.job_id = ev.job_id AND hd.stream = head_stream;
+    ELSE
+        INSERT INTO retry_stream_head (job_id, stream, job_variants_id, attempt, hash, last_seq,
+                                       last_reason, last_step, last_occurred_at,
+                                       last_recorded_at)
+        VALUES (ev.job_id, head_stream, ev.job_variants_id, ev.attempt, ev.hash, ev.seq,
+                ev.reason, ev.step, ev.occurred_at, ev.recorded_at);
+    END IF;
 
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.
     PERFORM retry_counts_apply(ev.seq, ev.seq);

@@ -72,6 +72,7 @@ pub mod event;
 pub mod grant;
 pub mod http;
 pub mod intervention;
+pub mod maintain;
 pub mod metrics;
 pub mod migrate;
 pub mod outcome;

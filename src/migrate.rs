@@ -17,10 +17,12 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// The live SQL functions of `sql/`, embedded at build time and installed (`CREATE OR
 /// REPLACE`) on every migrate, in this order: the hash chain's functions, then the append.
 /// Each is defined there and nowhere else; a migration only drops an old signature.
-const FUNCTIONS: [&str; 3] = [
+const FUNCTIONS: [&str; 5] = [
     include_str!("../sql/retry_event_hash.sql"),
     include_str!("../sql/retrylog_text.sql"),
     include_str!("../sql/record_retry.sql"),
+    include_str!("../sql/retry_stream_head.sql"),
+    include_str!("../sql/retry_partitions.sql"),
 ];
 
 /// Installed last, after the projections: pins search_path and sets EXECUTE per capability
@@ -95,6 +97,9 @@ pub async fn run(pool: &PgPool) -> Result<(), sqlx::Error> {
     }
     projection::install(&mut tx).await?;
     sqlx::raw_sql(PRIVILEGES).execute(&mut *tx).await?;
+    // 4. The log's partitions through `partitions_ahead` past the current one, so a database
+    //    migrated and then left alone still has a partition for the coming months.
+    crate::maintain::create_partitions(&mut tx).await?;
     sqlx::query(
         "INSERT INTO retrylog_install (sql_checksum) VALUES ($1)
          ON CONFLICT (singleton) DO UPDATE

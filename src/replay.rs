@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::chain::{ChainWalk, StoredEvent, STORED_EVENTS};
 use crate::event::Target;
@@ -92,6 +93,9 @@ pub async fn replay_projections(
                 report.outcome_changes = projection::open_drift(&mut tx).await?;
                 report
                     .outcome_changes
+                    .extend(stream_head_drift(&mut tx).await?);
+                report
+                    .outcome_changes
                     .extend(projection::outcome_rollup_drift(&mut tx, position).await?);
                 if dry_run {
                     tx.rollback().await?;
@@ -105,6 +109,23 @@ pub async fn replay_projections(
         }
     }
     Ok(report)
+}
+
+/// Head rows and event ids that differ from the log (`retry_stream_head_drift()`); the open
+/// retries' rebuild (`retry_open_rebuild()`) rebuilds them too.
+async fn stream_head_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
+    let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
+        "SELECT job_id, job_variants_id, problem FROM retry_stream_head_drift() ORDER BY 1, 2, 3",
+    )
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
+            target: Some(Target::from_columns(job_id, job_variants_id)),
+            problem,
+        })
+        .collect())
 }
 
 /// How many rebuild passes replay makes before it reports what still drifts.
@@ -194,6 +215,9 @@ pub enum Mismatch {
     /// An outcome contradicts the log or the notes, a retry followed by another has none, or
     /// something derived from the outcomes (the open retries, their rollup) differs.
     Outcome(OutcomeDrift),
+    /// A stream's head row or an event id (`retry_stream_head`, `retry_event_id`: the
+    /// append's next attempt, previous hash and idempotency key) differs from the log.
+    StreamHead(OutcomeDrift),
     /// An asynchronous projection cannot advance: its last batch failed and none has
     /// succeeded since. The projector records the failure (`projector_lease`).
     ProjectionStuck {
@@ -223,7 +247,7 @@ impl Mismatch {
             Mismatch::BrokenLink { target, .. } | Mismatch::AttemptGap { target, .. } => {
                 Some(*target)
             }
-            Mismatch::Outcome(drift) => drift.target,
+            Mismatch::Outcome(drift) | Mismatch::StreamHead(drift) => drift.target,
             Mismatch::Rollup(_) | Mismatch::ProjectionStuck { .. } => None,
         }
     }
@@ -234,7 +258,7 @@ impl std::fmt::Display for Mismatch {
         match self {
             Mismatch::Count(drift) => write!(f, "{drift}"),
             Mismatch::Rollup(drift) => write!(f, "{drift}"),
-            Mismatch::Outcome(drift) => write!(f, "{drift}"),
+            Mismatch::Outcome(drift) | Mismatch::StreamHead(drift) => write!(f, "{drift}"),
             Mismatch::ProjectionStuck {
                 projection,
                 checkpoint,
@@ -369,6 +393,12 @@ pub async fn projection_mismatches(
                 .map(Mismatch::Outcome),
         );
     }
+    mismatches.extend(
+        stream_head_drift(&mut tx)
+            .await?
+            .into_iter()
+            .map(Mismatch::StreamHead),
+    );
     let lag = crate::projector::lag(&mut *tx).await?;
     if let Some(failure) = lag.failure {
         mismatches.push(Mismatch::ProjectionStuck {

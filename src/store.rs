@@ -114,15 +114,14 @@ impl From<sqlx::Error> for AppendError {
             Some(sqlstate::EVENT_ID_REUSED) => AppendError::EventIdReused(message),
             Some(sqlstate::INSUFFICIENT_PRIVILEGE) => AppendError::NotPermitted(message),
             Some(sqlstate::ATTEMPT_CONFLICT) => AppendError::Conflict(message),
-            // The unique (stream, attempt) index is the backstop of the target lock.
+            // The head row's key is the backstop of the target lock (a stream's first
+            // append), the event-id table's key that of the idempotency check.
             Some(sqlstate::UNIQUE_VIOLATION)
-                if db.constraint() == Some("retry_history_stream_attempt_key") =>
+                if db.constraint() == Some("retry_stream_head_pkey") =>
             {
                 AppendError::Conflict(format!("conflict: {message}"))
             }
-            Some(sqlstate::UNIQUE_VIOLATION)
-                if db.constraint() == Some("retry_history_event_id_key") =>
-            {
+            Some(sqlstate::UNIQUE_VIOLATION) if db.constraint() == Some("retry_event_id_pkey") => {
                 AppendError::EventIdReused(message)
             }
             // The caller's transaction lost a race.

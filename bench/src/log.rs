@@ -101,7 +101,17 @@ pub async fn load_log(
     sqlx::raw_sql(
         "ALTER TABLE jobs SET (autovacuum_enabled = off);
          ALTER TABLE jobs_variants SET (autovacuum_enabled = off);
-         ALTER TABLE retry_history SET (autovacuum_enabled = off);",
+         DO $$
+         DECLARE
+             part regclass;
+         BEGIN
+             -- The log is partitioned: the setting belongs on each partition.
+             FOR part IN SELECT inhrelid::regclass FROM pg_inherits
+                          WHERE inhparent = 'retry_history'::regclass LOOP
+                 EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', part);
+             END LOOP;
+         END
+         $$;",
     )
     .execute(pool)
     .await?;
@@ -214,6 +224,10 @@ pub async fn load_log(
     let settle = progress::spinner();
     settle.set_message("setting the counts and vacuuming the loaded log");
     sqlx::query("SELECT retry_counts_rebuild()")
+        .execute(pool)
+        .await?;
+    // The head rows and event ids record_retry keeps, for the events COPY put past it.
+    sqlx::query("SELECT retry_stream_head_rebuild()")
         .execute(pool)
         .await?;
     sqlx::raw_sql("VACUUM ANALYZE").execute(pool).await?;

@@ -140,6 +140,9 @@ pub enum Command {
     Project(ProjectArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
+    /// Create the log's partitions that are due (the current one and `partitions_ahead` more)
+    /// and exit, for cron; `serve` does the same under a lease. Prints what it created.
+    Maintain(FormatArg),
     /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
     /// (dashboard, JSON API, /metrics), until SIGINT or SIGTERM.
     Serve(ServeArgs),

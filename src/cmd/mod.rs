@@ -8,6 +8,7 @@ mod grant;
 pub mod history;
 pub mod invocation;
 mod local;
+mod maintain;
 mod manual;
 pub mod permission;
 mod project;
@@ -179,6 +180,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
             project::run(sessions(pooler, connected, "runs the projector")?, args).await
         }
         Command::Status(args) => status::run(read, args).await,
+        Command::Maintain(args) => maintain::run(pool, args).await,
         Command::Serve(args) => {
             let sessions = sessions(pooler, connected, "runs the projector and the watchdog")?;
             serve::run(pool, connected.read.as_ref(), sessions, args).await

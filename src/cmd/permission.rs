@@ -129,6 +129,7 @@ pub fn needed(command: &Command) -> Option<Needs> {
         Command::Replay(args) if args.dry_run => ("replay --dry-run".into(), &[Operator]),
         Command::Replay(_) => ("replay".into(), &[Operator]),
         Command::Project(_) => ("project".into(), &[Operator]),
+        Command::Maintain(_) => ("maintain".into(), &[Operator]),
         Command::History(_) => ("history".into(), &[Reader]),
         Command::Verify(_) => ("verify".into(), &[Reader]),
         Command::Status(_) => ("status".into(), &[Reader]),

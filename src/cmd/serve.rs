@@ -1,7 +1,7 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
-//! projector, the HTTP API and (with `--verify-every`) a scheduled verify until SIGINT or
-//! SIGTERM; then lets the transaction in flight (a retry, a projector batch, a request)
-//! finish and exits 0.
+//! projector, the leased partition maintenance, the HTTP API and (with `--verify-every`) a
+//! scheduled verify until SIGINT or SIGTERM; then lets the transaction in flight (a retry, a
+//! projector batch, a request) finish and exits 0.
 //!
 //! Three pools, the same one unless configured apart (docs/scale.md): `pool` (the primary:
 //! writes and sessions of the dashboard), `read` (`--read-url`, a hot standby: the pages' and
@@ -122,6 +122,7 @@ pub async fn run(
         ..ProjectorSettings::default()
     };
     let projector = tokio::spawn(projector::run(sessions.clone(), settings, stopped.clone()));
+    let maintenance = tokio::spawn(crate::maintain::run(pool.clone(), stopped.clone()));
     let watchdog = if args.no_watchdog {
         tracing::info!("retrylog serve: running the retry_rollup projector only");
         None
@@ -144,6 +145,7 @@ pub async fn run(
     // Both check the flag between transactions: a retry or a batch in flight commits first.
     stop.send_replace(true);
     projector.await?;
+    maintenance.await?;
     if let Some(verifier) = verifier {
         verifier.await?;
     }

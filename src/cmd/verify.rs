@@ -43,6 +43,7 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::AttemptGap { .. } => "attempt_gap",
             Mismatch::Rollup(_) => "rollup",
             Mismatch::Outcome(_) => "outcome",
+            Mismatch::StreamHead(_) => "stream_head",
             Mismatch::ProjectionStuck { .. } => "projection_stuck",
         };
         rows.push(vec![

@@ -192,7 +192,8 @@ async fn a_missing_attempt_is_named_on_the_page_as_verify_names_it(pool: PgPool)
 }
 
 /// Rewrites `variant`'s stream as a log from before migration 0006 would hold it: attempts up
-/// to `v1_through` hashed in format v1 without a `db_role`, the rest re-chained in v2.
+/// to `v1_through` hashed in format v1 without a `db_role`, the rest re-chained in v2; then
+/// its head row as migration 0016 builds it from such a log.
 async fn rechain_as_format_v1(pool: &PgPool, variant: Uuid, v1_through: i32, events: i32) {
     let genesis = "decode(repeat('00', 32), 'hex')";
     for attempt in 1..=events {
@@ -228,6 +229,10 @@ async fn rechain_as_format_v1(pool: &PgPool, variant: Uuid, v1_through: i32, eve
         )
         .await;
     }
+    sqlx::query("SELECT retry_stream_head_rebuild()")
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 #[sqlx::test(migrations = false)]

@@ -272,7 +272,16 @@ async fn deleting_an_event_in_the_middle_behind_the_guard_is_named_by_verify(poo
         "{:#?}",
         report.mismatches
     );
-    assert_eq!(report.mismatches.len(), 5, "{:#?}", report.mismatches);
+    assert!(
+        report.mismatches.iter().any(|mismatch| matches!(
+            mismatch,
+            Mismatch::StreamHead(drift) if drift.target == Some(target)
+                && drift.problem.ends_with("which is not in the log")
+        )),
+        "the deleted event's id is still taken: {:#?}",
+        report.mismatches
+    );
+    assert_eq!(report.mismatches.len(), 6, "{:#?}", report.mismatches);
 }
 
 #[sqlx::test(migrations = false)]
@@ -289,10 +298,11 @@ async fn deleting_the_last_event_behind_the_guard_shows_as_count_drift(pool: PgP
     )
     .await;
 
-    // The count, and the outcomes: attempt 1's says it was retried again by the deleted event,
-    // and the open retry is the deleted one.
+    // The count, the outcomes (attempt 1's says it was retried again by the deleted event,
+    // and the open retry is the deleted one), and the append's state: the head row still
+    // holds attempt 2, and the deleted event's id is still taken.
     let report = verify(&pool).await;
-    assert_eq!(report.mismatches.len(), 3, "{:#?}", report.mismatches);
+    assert_eq!(report.mismatches.len(), 5, "{:#?}", report.mismatches);
     assert!(
         matches!(
             &report.mismatches[0],
@@ -302,9 +312,26 @@ async fn deleting_the_last_event_behind_the_guard_shows_as_count_drift(pool: PgP
         report.mismatches[0]
     );
     assert!(
-        report.mismatches[1..].iter().all(|mismatch| matches!(
+        report.mismatches[1..3].iter().all(|mismatch| matches!(
             mismatch,
             Mismatch::Outcome(drift) if drift.target == Some(target)
+        )),
+        "{:#?}",
+        report.mismatches
+    );
+    assert!(
+        report.mismatches[3..].iter().all(|mismatch| matches!(
+            mismatch,
+            Mismatch::StreamHead(drift) if drift.target == Some(target)
+        )),
+        "{:#?}",
+        report.mismatches
+    );
+    assert!(
+        report.mismatches.iter().any(|mismatch| matches!(
+            mismatch,
+            Mismatch::StreamHead(drift) if drift.problem
+                == "retry_stream_head holds attempt 2 (seq 7), the log says attempt 1 (seq 6)"
         )),
         "{:#?}",
         report.mismatches

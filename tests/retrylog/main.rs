@@ -76,6 +76,9 @@
 //!   detail's key/values whole.
 //! - `manual`: `recover`, an operator's recovery by hand: defaults, the limit, the closed
 //!   note, refusals that write nothing, idempotency by request id.
+//! - `partitions`: the partitioned log: partitions ahead, the DEFAULT safety net and its
+//!   repair, the TRUNCATE guard per partition, the maintenance lease, a stream across two
+//!   partitions from its head row.
 //! - `outcomes`: what became of each retry: every outcome from a real watchdog and a moving
 //!   pipeline, `history`'s columns, `report outcomes` against hand-computed rows and as of T,
 //!   replay and verify, one decision per retry under racing observers and writers.
@@ -132,6 +135,7 @@ mod outage;
 mod outcomes;
 #[path = "../common/pgbouncer.rs"]
 mod pgbouncer;
+mod partitions;
 mod pipeline_capability;
 mod pooler;
 mod projector;

@@ -644,3 +644,129 @@ async fn a_database_that_counted_creations_by_trigger_keeps_its_counts_and_loses
     assert_eq!(counted(pool.clone()).await, both);
     assert_verify_clean(&pool).await;
 }
+
+/// A log as the release before partitioning (migration 0015) leaves it: three events in each
+/// stream of the pipeline fixture, chained (format v2), counted, their outcomes decided and
+/// the last one open, written here as that release's record_retry wrote them.
+const UNPARTITIONED_EVENTS: &str = "
+DO $$
+DECLARE
+    t        record;
+    previous bytea;
+    stored   bigint;
+    before   bigint;
+    at       timestamptz;
+    id       uuid;
+BEGIN
+    FOR t IN SELECT job_id, NULL::uuid AS variant FROM jobs
+             UNION ALL SELECT job_id, job_variants_id FROM jobs_variants LOOP
+        previous := decode(repeat('00', 32), 'hex');
+        before := NULL;
+        FOR attempt IN 1..3 LOOP
+            at := date_trunc('second', now()) - make_interval(mins => 10 - attempt);
+            id := gen_random_uuid();
+            INSERT INTO retry_history (event_id, job_id, job_variants_id, reason, attempt,
+                                       actor, occurred_at, db_role, hash)
+            VALUES (id, t.job_id, t.variant, 'stuck', attempt, 'old-release', at,
+                    session_user,
+                    retry_event_hash(previous, retry_event_canonical_v2(
+                        id, t.job_id, t.variant, 'stuck', NULL, NULL, NULL, attempt,
+                        'old-release', '{}', at, session_user)))
+            RETURNING seq, hash INTO stored, previous;
+            IF before IS NOT NULL THEN
+                INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+                VALUES (before, 'retried_again', at, 'old-release',
+                        jsonb_build_object('next_seq', stored, 'attempt', attempt));
+            END IF;
+            before := stored;
+        END LOOP;
+        INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
+        VALUES (t.job_id, coalesce(t.variant, '00000000-0000-0000-0000-000000000000'),
+                t.variant, stored, NULL, at);
+        IF t.variant IS NULL THEN
+            UPDATE jobs SET retry_count = retry_count + 3 WHERE job_id = t.job_id;
+        ELSE
+            UPDATE jobs_variants SET retry_count = retry_count + 3
+             WHERE job_variants_id = t.variant;
+        END IF;
+    END LOOP;
+END
+$$;";
+
+#[sqlx::test(migrations = false)]
+async fn an_unpartitioned_log_migrates_onward_into_partitions_and_verifies_clean(pool: PgPool) {
+    // 1. The release before partitioning: migrations through 0015, its events.
+    apply_migrations_through(&pool, 15).await;
+    load(&pool, include_str!("../../sql/retry_event_hash.sql")).await;
+    load(&pool, PIPELINE).await;
+    load(&pool, UNPARTITIONED_EVENTS).await;
+    let events = event_count(&pool).await;
+    assert!(events >= 9, "{events}");
+    let before: Vec<(i64, uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, event_id, hash FROM retry_history ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let old_event = before[0].1;
+
+    // 2. This release's migrate carries every event into a partition, with a head row per
+    //    stream and an event id per event.
+    migrated(&pool).await;
+    let partitioned: bool = sqlx::query_scalar(
+        "SELECT relkind = 'p' FROM pg_class WHERE oid = 'retry_history'::regclass",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(partitioned);
+    let after: Vec<(i64, uuid::Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, event_id, hash FROM retry_history ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(after, before);
+    let in_default: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history_default")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        in_default, 0,
+        "every carried event has its month's partition"
+    );
+    let (heads, ids): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM retry_stream_head), (SELECT count(*) FROM retry_event_id)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((heads * 3, ids), (events, events));
+    assert_verify_clean(&pool).await;
+
+    // 3. Appends continue the streams; an old event id is still the old event's.
+    lift_retry_limit(&pool).await;
+    let next = append_ok(&pool, &retry(job(JOB_A))).await;
+    assert_eq!(next.attempt, 4);
+    assert_eq!(next.seq, before.last().unwrap().0 + 1);
+    let old_target: (uuid::Uuid, Option<uuid::Uuid>) =
+        sqlx::query_as("SELECT job_id, job_variants_id FROM retry_history WHERE event_id = $1")
+            .bind(old_event)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let target = Target::from_columns(old_target.0, old_target.1);
+    let again = append_ok(&pool, &retry(target).with_event_id(old_event)).await;
+    assert_eq!(again.seq, before[0].0, "the stored event, not a new one");
+    let other = if target == job(JOB_A) {
+        job(JOB_B)
+    } else {
+        job(JOB_A)
+    };
+    let refused = append(&pool, &retry(other).with_event_id(old_event))
+        .await
+        .expect_err("an old event id is refused for another target");
+    assert!(
+        matches!(refused, AppendError::EventIdReused(_)),
+        "{refused}"
+    );
+    assert_verify_clean(&pool).await;
+}
