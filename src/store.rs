@@ -217,8 +217,9 @@ pub async fn append_many(
     }
     let mut rows = Vec::with_capacity(retries.len());
     for (row, retry) in retries.iter().enumerate() {
-        let refused =
-            |problem: String| AppendError::InvalidInput(format!("row {row} ({}): {problem}", retry.target));
+        let refused = |problem: String| {
+            AppendError::InvalidInput(format!("row {row} ({}): {problem}", retry.target))
+        };
         // As in `append`, but for every text too: one NUL anywhere would fail the whole
         // jsonb parameter without naming the row.
         let texts = [
@@ -227,7 +228,10 @@ pub async fn append_many(
             ("from_status", retry.from_status.as_deref()),
             ("to_status", retry.to_status.as_deref()),
         ];
-        if let Some((field, _)) = texts.iter().find(|(_, text)| text.is_some_and(|t| t.contains('\0'))) {
+        if let Some((field, _)) = texts
+            .iter()
+            .find(|(_, text)| text.is_some_and(|t| t.contains('\0')))
+        {
             return Err(refused(format!(
                 "{field} contains a NUL character (\\u0000), which PostgreSQL cannot store"
             )));
@@ -296,7 +300,12 @@ fn batch_row(retry: &NewRetry) -> serde_json::Value {
 
 /// The row a `record_retries` error names (`row 37 (…): …`).
 fn refused_row(message: &str) -> Option<usize> {
-    message.strip_prefix("row ")?.split_once(' ')?.0.parse().ok()
+    message
+        .strip_prefix("row ")?
+        .split_once(' ')?
+        .0
+        .parse()
+        .ok()
 }
 
 /// An id given as one kind of target (`--variant-id`) that names the other (a job): said as
