@@ -308,6 +308,25 @@ fn refused_row(message: &str) -> Option<usize> {
         .ok()
 }
 
+impl AppendError {
+    /// The row of an [`append_many`] batch this refusal names; `None` for a refusal of the
+    /// batch as a whole, a fault, or an error of [`append`].
+    pub fn batch_row(&self) -> Option<usize> {
+        match self {
+            AppendError::InvalidInput(message)
+            | AppendError::UnknownTarget(message)
+            | AppendError::WrongJob(message)
+            | AppendError::EventIdReused(message)
+            | AppendError::Conflict(message)
+            | AppendError::NotPermitted(message)
+            | AppendError::LimitReached {
+                refusal: message, ..
+            } => refused_row(message),
+            AppendError::Database(_) => None,
+        }
+    }
+}
+
 /// An id given as one kind of target (`--variant-id`) that names the other (a job): said as
 /// such, with the flag it belongs in, rather than as an unknown target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
