@@ -12,13 +12,13 @@
 --    inside the pinned functions, or for a reader who can fool nobody but themselves.
 -- 2. EXECUTE revoked from PUBLIC on every function of retrylog, then granted per capability
 --    (the pipeline capability holds none; see 3):
---    writer: record_retry; operator: the rebuilds, the rollups' apply and reset and the
+--    writer: record_retry and record_retries; operator: the rebuilds, the rollups' apply and reset and the
 --    watchdog's observation of outcomes (the operator is also a writer and a reader); reader:
 --    what verify, status and the reports call. The owner keeps everything.
 DO $$
 DECLARE
     pinned constant text[] := ARRAY[
-        'record_retry', 'retry_counts_rebuild', 'retry_counts_expected',
+        'record_retry', 'record_retries', 'retry_counts_rebuild', 'retry_counts_expected',
         'retry_counts_drift', 'retry_rollup_apply', 'retry_rollup_reset', 'retry_rollup_drift',
         'retrylog_horizon', 'retry_rollup_count_created', 'retrylog_notify_change',
         'retrylog_refuse_change', 'retry_outcome_gave_up', 'retry_outcome_observe',
@@ -32,9 +32,11 @@ DECLARE
         'retry_rollup_created_expected', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
-        'retry_outcome_recovery_time_delta', 'retry_stream_head_expected'];
+        'retry_outcome_recovery_time_delta', 'retry_stream_head_expected',
+        'record_retries_target'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
+        ['record_retries', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],
         ['retry_rollup_apply', 'retrylog_operator'],
         ['retry_rollup_reset', 'retrylog_operator'],

@@ -18,6 +18,8 @@ pub const DEFAULT_STUCK_AFTER: &str = "5m";
 pub const DEFAULT_SWEEP_EVERY: &str = "30s";
 /// The channel the failure trigger notifies (migration 0005 installs it with this name).
 pub const DEFAULT_CHANNEL: &str = "retrylog_pipeline";
+/// Candidates a sweep retries per transaction.
+pub const DEFAULT_BATCH_SIZE: u16 = 100;
 
 /// What the recovery watchdog manages and how eagerly it retries.
 #[derive(Debug, Clone, Args)]
@@ -70,6 +72,12 @@ pub struct WatchdogSettings {
     #[arg(long, env = "RETRYLOG_ERROR_COLUMN", hide_env_values = true, value_name = "NAME",
           value_parser = parse_column)]
     pub error_column: Option<String>,
+
+    /// Candidates a sweep retries per transaction (1 to 1000): one commit for the batch, and
+    /// a target skipped, noted at the limit or refused undoes none of the others.
+    #[arg(long, env = "RETRYLOG_BATCH_SIZE", hide_env_values = true, value_name = "N",
+          default_value_t = DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_size: u16,
 }
 
 impl Default for WatchdogSettings {
@@ -83,6 +91,7 @@ impl Default for WatchdogSettings {
             channel: DEFAULT_CHANNEL.to_string(),
             pipeline_channel: None,
             error_column: None,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }

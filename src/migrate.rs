@@ -15,12 +15,14 @@ use crate::projection::{self, PROJECTIONS};
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// The live SQL functions of `sql/`, embedded at build time and installed (`CREATE OR
-/// REPLACE`) on every migrate, in this order: the hash chain's functions, then the append.
-/// Each is defined there and nowhere else; a migration only drops an old signature.
-const FUNCTIONS: [&str; 5] = [
+/// REPLACE`) on every migrate, in this order: the hash chain's functions, then the append,
+/// the batch door that calls it, the head rows' checks and the partitions' upkeep. Each is
+/// defined there and nowhere else; a migration only drops an old signature.
+const FUNCTIONS: [&str; 6] = [
     include_str!("../sql/retry_event_hash.sql"),
     include_str!("../sql/retrylog_text.sql"),
     include_str!("../sql/record_retry.sql"),
+    include_str!("../sql/record_retries.sql"),
     include_str!("../sql/retry_stream_head.sql"),
     include_str!("../sql/retry_partitions.sql"),
 ];

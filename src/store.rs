@@ -11,7 +11,8 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use thiserror::Error;
 use uuid::Uuid;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
 
 use crate::error::CallerMistake;
 use crate::event::{contains_nul, number_out_of_range, NewRetry, RetryEvent, RetryReason, Target};
@@ -189,6 +190,140 @@ pub async fn append(
             refused => refused,
         })?;
     Ok(event)
+}
+
+/// Rows `record_retries` takes in one call (sql/record_retries.sql); [`append_many`] refuses
+/// more before sending anything.
+pub const MAX_BATCH_ROWS: usize = 1000;
+
+/// Appends `retries` inside the caller's transaction in one round trip (the SQL batch door,
+/// `record_retries`) and returns the stored events in the order of `retries`.
+///
+/// Each row follows the rules of [`append`]; rows of one target get consecutive attempts in
+/// the order given. All or nothing: the first refused row fails the call, its error (mapped
+/// as [`append`]'s) names the row, counting from 0, and its target (`row 37 (variant …):
+/// …`), and nothing of the batch is written. The caller's transaction is then aborted, as
+/// after any failed statement: roll it back, or wrap the call in a savepoint to go on.
+pub async fn append_many(
+    tx: &mut Transaction<'_, Postgres>,
+    retries: &[NewRetry],
+) -> Result<Vec<RetryEvent>, AppendError> {
+    if retries.len() > MAX_BATCH_ROWS {
+        return Err(AppendError::InvalidInput(format!(
+            "a batch of {} retries is over the limit of {MAX_BATCH_ROWS} per call; split it",
+            retries.len()
+        )));
+    }
+    let mut rows = Vec::with_capacity(retries.len());
+    for (row, retry) in retries.iter().enumerate() {
+        let refused = |problem: String| {
+            AppendError::InvalidInput(format!("row {row} ({}): {problem}", retry.target))
+        };
+        // As in `append`, but for every text too: one NUL anywhere would fail the whole
+        // jsonb parameter without naming the row.
+        let texts = [
+            ("actor", Some(retry.actor.as_str())),
+            ("step", retry.step.as_deref()),
+            ("from_status", retry.from_status.as_deref()),
+            ("to_status", retry.to_status.as_deref()),
+        ];
+        if let Some((field, _)) = texts
+            .iter()
+            .find(|(_, text)| text.is_some_and(|t| t.contains('\0')))
+        {
+            return Err(refused(format!(
+                "{field} contains a NUL character (\\u0000), which PostgreSQL cannot store"
+            )));
+        }
+        if contains_nul(&retry.detail) {
+            return Err(refused(
+                "detail contains a NUL character (\\u0000), which PostgreSQL cannot store".into(),
+            ));
+        }
+        if let Some(problem) = number_out_of_range(&retry.detail) {
+            return Err(refused(problem.to_string()));
+        }
+        rows.push(batch_row(retry));
+    }
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM record_retries($1) WITH ORDINALITY AS e ORDER BY ordinality"
+    );
+    sqlx::query_as::<_, RetryEvent>(&sql)
+        .bind(serde_json::Value::Array(rows))
+        .persistent(true)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|error| match AppendError::from(error) {
+            AppendError::LimitReached { refusal, .. } => {
+                let target = refused_row(&refusal)
+                    .and_then(|row| retries.get(row))
+                    .map(|retry| retry.target);
+                AppendError::LimitReached { refusal, target }
+            }
+            refused => refused,
+        })
+}
+
+/// One row of `record_retries`' input: record_retry's parameter names, the unset ones left
+/// out (record_retry's defaults).
+fn batch_row(retry: &NewRetry) -> serde_json::Value {
+    let mut row = serde_json::Map::new();
+    let mut set = |key: &str, value: serde_json::Value| {
+        if !value.is_null() {
+            row.insert(key.into(), value);
+        }
+    };
+    set("job_id", json!(retry.target.job_id()));
+    set("job_variants_id", json!(retry.target.job_variants_id()));
+    set("reason", json!(retry.reason.as_ref()));
+    set("step", json!(retry.step));
+    set("actor", json!(retry.actor));
+    set("detail", retry.detail.clone());
+    set("event_id", json!(retry.event_id));
+    // RFC 3339 to the microsecond, as timestamptz keeps it (and as a bound value is sent).
+    set(
+        "occurred_at",
+        json!(retry
+            .occurred_at
+            .map(|at| at.to_rfc3339_opts(SecondsFormat::Micros, true))),
+    );
+    set("from_status", json!(retry.from_status));
+    set("to_status", json!(retry.to_status));
+    set("expected_attempt", json!(retry.expected_attempt));
+    set("max_retries", json!(retry.max_retries));
+    if retry.force {
+        set("force", json!(true));
+    }
+    serde_json::Value::Object(row)
+}
+
+/// The row a `record_retries` error names (`row 37 (…): …`).
+fn refused_row(message: &str) -> Option<usize> {
+    message
+        .strip_prefix("row ")?
+        .split_once(' ')?
+        .0
+        .parse()
+        .ok()
+}
+
+impl AppendError {
+    /// The row of an [`append_many`] batch this refusal names; `None` for a refusal of the
+    /// batch as a whole, a fault, or an error of [`append`].
+    pub fn batch_row(&self) -> Option<usize> {
+        match self {
+            AppendError::InvalidInput(message)
+            | AppendError::UnknownTarget(message)
+            | AppendError::WrongJob(message)
+            | AppendError::EventIdReused(message)
+            | AppendError::Conflict(message)
+            | AppendError::NotPermitted(message)
+            | AppendError::LimitReached {
+                refusal: message, ..
+            } => refused_row(message),
+            AppendError::Database(_) => None,
+        }
+    }
 }
 
 /// An id given as one kind of target (`--variant-id`) that names the other (a job): said as

@@ -13,6 +13,10 @@
 //!    in the bench database. Each approach has its own pool of variants (same size), each
 //!    worker picks random targets from it, and the three take turns slice by slice per
 //!    connection count. Then `verify` must be clean.
+//!    Beside them, **batches**: `store::append_many` (the SQL door `record_retries`), 100
+//!    random targets per transaction, in events per second against `store::append`'s in the
+//!    same run; and the **WAL per event** of each approach, measured alone on one connection
+//!    after the throughput slices (`appends/wal.rs`).
 //! 2. **Replay** (`replay.rs`) — the retry_counts replay (`retrylog replay --projection
 //!    retry_counts`) over `--replay-events` events (generated in Rust with valid hash chains,
 //!    loaded with COPY) against a hand-written set-based recount, from two starting states:
@@ -43,6 +47,8 @@ use crate::replay::{self, ReplayFigure};
 use crate::slices::{count_commits, open_pool, SliceArgs};
 use crate::twin::{fresh_twin, holds_retrylog_objects, release_twin, twin_options};
 use crate::{progress, ACTOR};
+
+mod wal;
 
 /// `retrylog-bench appends`.
 ///
@@ -89,6 +95,13 @@ const APPEND_VARIANTS: usize = 10_000;
 /// The connection count the append goals are set at.
 const GOAL_CONNECTIONS: u32 = 16;
 
+/// Retries per `store::append_many` call in the batch approach (issue 24's batches of 100).
+const BATCH_ROWS: usize = 100;
+
+/// What a batch must reach against single appends, in events per second, at 1 and at
+/// `GOAL_CONNECTIONS` connections.
+const BATCH_GOAL: f64 = 10.0;
+
 /// Baseline (a), the original change: bump the counter in place.
 const BARE_UPDATE: &str = "UPDATE jobs_variants SET retry_count = retry_count + 1, \
      updated_at = now() WHERE job_variants_id = $1";
@@ -119,16 +132,37 @@ enum Approach {
     BareUpdate,
     /// (b) a naive hand-written event append.
     NaiveEvent,
+    /// `store::append_many`: `BATCH_ROWS` retries of random targets in one transaction.
+    Batch,
 }
 
 impl Approach {
-    const ALL: [Approach; 3] = [Approach::Append, Approach::BareUpdate, Approach::NaiveEvent];
+    const ALL: [Approach; 4] = [
+        Approach::Append,
+        Approach::BareUpdate,
+        Approach::NaiveEvent,
+        Approach::Batch,
+    ];
+
+    /// Events one transaction of the approach records.
+    fn events(self) -> u64 {
+        match self {
+            Approach::Batch => BATCH_ROWS as u64,
+            _ => 1,
+        }
+    }
+
+    /// Whether it runs in the bench database (retrylog's) rather than the twin.
+    fn retrylog(self) -> bool {
+        matches!(self, Approach::Append | Approach::Batch)
+    }
 
     fn label(self) -> &'static str {
         match self {
             Approach::Append => "store::append",
             Approach::BareUpdate => "(a) bare UPDATE, no retrylog",
             Approach::NaiveEvent => "(b) naive event append, no retrylog",
+            Approach::Batch => "store::append_many, batches of 100",
         }
     }
 }
@@ -140,10 +174,12 @@ struct AppendFigures {
     ours: f64,
     bare_update: f64,
     naive_event: f64,
+    /// Events per second of the batches.
+    batch: f64,
 }
 
 pub async fn run(connected: &Connected, args: AppendsArgs) -> anyhow::Result<ExitCode> {
-    let (appends, append_verify, replays, replay_verify) = in_bench_database(
+    let (appends, wal, append_verify, replays, replay_verify) = in_bench_database(
         connected,
         "retrylog-bench appends",
         args.keep,
@@ -152,6 +188,7 @@ pub async fn run(connected: &Connected, args: AppendsArgs) -> anyhow::Result<Exi
     .await?;
 
     let mut lines = append_lines(&appends);
+    lines.extend(wal::lines(wal.as_ref()));
     if let Some(verify) = &append_verify {
         lines.push(Line::verify("after the appends", verify));
     }
@@ -174,6 +211,7 @@ pub async fn run(connected: &Connected, args: AppendsArgs) -> anyhow::Result<Exi
 
 type Outcome = (
     Vec<AppendFigures>,
+    Option<wal::WalFigures>,
     Option<VerifyFigure>,
     Vec<ReplayFigure>,
     Option<VerifyFigure>,
@@ -187,6 +225,7 @@ async fn run_phases(
     args: &AppendsArgs,
 ) -> anyhow::Result<Outcome> {
     let mut appends = Vec::new();
+    let mut wal = None;
     let mut append_verify = None;
     let mut replays = Vec::new();
     let mut replay_verify = None;
@@ -197,7 +236,9 @@ async fn run_phases(
         let measured = bench_appends(&pool, &twin, options, args).await;
         twin.close().await;
         release_twin(connected, args.keep).await;
-        appends = measured?;
+        let (measured, measured_wal) = measured?;
+        appends = measured;
+        wal = Some(measured_wal);
         append_verify = Some(timed_verify(&pool, "verifying the appended log").await?);
         pool.close().await;
     }
@@ -210,7 +251,7 @@ async fn run_phases(
         replay_verify = Some(timed_verify(&pool, "verifying the replayed log").await?);
         pool.close().await;
     }
-    Ok((appends, append_verify, replays, replay_verify))
+    Ok((appends, wal, append_verify, replays, replay_verify))
 }
 
 /// One line on stderr saying what the figures were measured on.
@@ -261,7 +302,7 @@ async fn bench_appends(
     twin: &PgPool,
     options: &PgConnectOptions,
     args: &AppendsArgs,
-) -> anyhow::Result<Vec<AppendFigures>> {
+) -> anyhow::Result<(Vec<AppendFigures>, wal::WalFigures)> {
     if holds_retrylog_objects(twin).await? {
         anyhow::bail!("the twin database holds retrylog objects; it must be the bare schema");
     }
@@ -271,6 +312,7 @@ async fn bench_appends(
         create_targets(pool).await?,
         create_targets(twin).await?,
         create_targets(twin).await?,
+        create_targets(pool).await?,
     ];
     sqlx::raw_sql(NAIVE_LOG_DDL).execute(twin).await?;
     for database in [pool, twin] {
@@ -288,7 +330,7 @@ async fn bench_appends(
         let before = open_pool(twin_options(options)?, connections)
             .await
             .context("opening the twin's benchmark pool")?;
-        let mut counted = [0u64; 3];
+        let mut counted = [0u64; Approach::ALL.len()];
         for round in 0..timing.slices as usize {
             for offset in 0..Approach::ALL.len() {
                 let index = (round + offset) % Approach::ALL.len();
@@ -299,11 +341,7 @@ async fn bench_appends(
                     round + 1,
                     timing.slices
                 ));
-                let pool = if approach == Approach::Append {
-                    &ours
-                } else {
-                    &before
-                };
+                let pool = if approach.retrylog() { &ours } else { &before };
                 let (pool, targets) = (pool.clone(), targets[index].clone());
                 counted[index] += count_commits(
                     connections,
@@ -312,7 +350,8 @@ async fn bench_appends(
                     move || transaction(pool.clone(), approach, targets.clone()),
                 )
                 .await
-                .with_context(|| format!("measuring {}", approach.label()))?;
+                .with_context(|| format!("measuring {}", approach.label()))?
+                    * approach.events();
             }
         }
         ours.close().await;
@@ -322,18 +361,35 @@ async fn bench_appends(
             ours: timing.rate(counted[0]),
             bare_update: timing.rate(counted[1]),
             naive_event: timing.rate(counted[2]),
+            batch: timing.rate(counted[3]),
         });
     }
+    progress.set_message("appends: WAL per event");
+    let wal = wal::measure(pool, twin, &targets).await?;
     progress.finish_and_clear();
-    Ok(figures)
+    Ok((figures, wal))
 }
 
-/// One transaction of `approach` on a random target: BEGIN, the approach's statements,
-/// COMMIT.
+/// One transaction of `approach` on a random target (`BATCH_ROWS` of them for a batch):
+/// BEGIN, the approach's statements, COMMIT.
 async fn transaction(pool: PgPool, approach: Approach, targets: Targets) -> anyhow::Result<()> {
-    let (job_id, job_variants_id) = targets[rand::thread_rng().gen_range(0..targets.len())];
+    let pick = || targets[rand::thread_rng().gen_range(0..targets.len())];
+    let (job_id, job_variants_id) = pick();
     let mut tx = pool.begin().await?;
     match approach {
+        Approach::Batch => {
+            let batch: Vec<NewRetry> = (0..BATCH_ROWS)
+                .map(|_| {
+                    let (job_id, job_variants_id) = pick();
+                    let target = Target::Variant {
+                        job_id,
+                        job_variants_id,
+                    };
+                    NewRetry::new(target, RetryReason::Stuck, ACTOR)
+                })
+                .collect();
+            store::append_many(&mut tx, &batch).await?;
+        }
         Approach::Append => {
             let retry = NewRetry::new(
                 Target::Variant {
@@ -393,6 +449,13 @@ fn append_lines(appends: &[AppendFigures]) -> Vec<Line> {
             }
             lines.push(line);
         }
+        let mut line = Line::new("events/s", condition, Unit::PerSecond, figure.batch)
+            .baseline(Approach::Append.label(), figure.ours)
+            .connections(figure.connections);
+        if figure.connections == 1 || figure.connections == GOAL_CONNECTIONS {
+            line = line.goal(Goal::AtLeast(BATCH_GOAL));
+        }
+        lines.push(line);
     }
     lines
 }

@@ -15,6 +15,8 @@ pub enum Unit {
     PerSecond,
     /// A time in milliseconds; the ratio is baseline ÷ retrylog ("times as fast").
     Millis,
+    /// A size in bytes (WAL per event); the ratio is baseline ÷ retrylog ("times as small").
+    Bytes,
 }
 
 /// What a line has to show to meet its goal.
@@ -136,7 +138,7 @@ impl Line {
         let (_, baseline) = self.baseline.as_ref()?;
         Some(match self.unit {
             Unit::PerSecond => ours / baseline,
-            Unit::Millis => baseline / ours,
+            Unit::Millis | Unit::Bytes => baseline / ours,
         })
     }
 
@@ -171,6 +173,8 @@ pub fn figure_table(lines: &[Line], format: Format, machine_columns: &[&'static 
         (Unit::PerSecond, false) => Value::from((value * 10.0).round() / 10.0),
         (Unit::Millis, true) => Value::from(millis(value)),
         (Unit::Millis, false) => Value::from((value * 1000.0).round() / 1000.0),
+        (Unit::Bytes, true) => Value::from(format!("{} B", thousands(value))),
+        (Unit::Bytes, false) => Value::from(value.round()),
     };
     let mut rows = Rows::new(&columns);
     for line in lines {
@@ -187,6 +191,7 @@ pub fn figure_table(lines: &[Line], format: Format, machine_columns: &[&'static 
                     (None, _) => Value::Null,
                     (Some(_), Unit::PerSecond) => Value::from("per second"),
                     (Some(_), Unit::Millis) => Value::from("ms"),
+                    (Some(_), Unit::Bytes) => Value::from("bytes"),
                 },
                 "retrylog" => line.ours.map_or(Value::Null, |ours| value(line.unit, ours)),
                 "baseline" => line
@@ -210,6 +215,7 @@ pub fn figure_table(lines: &[Line], format: Format, machine_columns: &[&'static 
                     Some(Goal::Under(limit)) => match line.unit {
                         Unit::Millis => Value::from(format!("< {} ms", short(limit))),
                         Unit::PerSecond => Value::from(format!("< {}/s", short(limit))),
+                        Unit::Bytes => Value::from(format!("< {} B", thousands(limit))),
                     },
                     Some(Goal::Holds(what)) => Value::from(what),
                     None => Value::Null,

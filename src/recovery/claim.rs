@@ -2,9 +2,17 @@
 //! → report/http): claim → limit → state change → append → commit, in one transaction (the
 //! numbered steps in [`crate::recovery`]). With `--error-column`, the target's error text is
 //! read right after the claim and kept in the event's (or the note's) `detail.error`.
+//!
+//! A sweep hands its candidates over in batches ([`recover_batch`]): the same steps for up
+//! to `--batch-size` targets in one transaction, appended through `store::append_many`, so a
+//! batch pays for one commit instead of one per retry. [`recover`] is the one-target form,
+//! and the fallback when a batch fails for a reason no single target explains.
+
+use std::collections::HashMap;
 
 use serde_json::json;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
+use uuid::Uuid;
 
 use super::error_column;
 use super::scenario::{Candidate, Scenario};
@@ -124,16 +132,7 @@ pub async fn recover(
             .map_err(fail)?;
         tx.commit().await.map_err(fail)?;
         if noted {
-            tracing::warn!(
-                target = %target,
-                job_id = %claimed.job_id,
-                reason = %scenario.reason(),
-                scenario = %scenario,
-                retry_count = claimed.retry_count,
-                max_retries = limit,
-                "{target} needs manual intervention: {} retries reached the limit of {limit}",
-                claimed.retry_count
-            );
+            warn_at_limit(scenario, &claimed, limit);
         }
         return Ok(Outcome::AtLimit { noted });
     }
@@ -146,38 +145,79 @@ pub async fn recover(
         .map_err(fail)?;
 
     // 4. The event, in the same transaction.
-    let mut retry = NewRetry::new(target, scenario.reason(), settings.instance.clone())
-        .with_detail(with_error(claimed.detail(scenario, settings), error))
-        .with_status_change(claimed.status.clone(), scenario.to_status())
-        .with_expected_attempt(candidate.last_attempt.unwrap_or(0) + 1)
-        .with_max_retries(limit);
-    if let Some(step) = &claimed.step {
-        retry = retry.with_step(step.clone());
-    }
+    let retry = new_retry(scenario, candidate, &claimed, settings, limit, error);
     let event = match store::append(&mut tx, &retry).await {
         Ok(event) => event,
-        Err(AppendError::Conflict(_)) => {
-            return Ok(Outcome::Skipped(
-                "retried by another instance since detection",
-            ));
-        }
-        Err(AppendError::LimitReached { .. }) => {
-            // The shared limit was lowered since this sweep read it; the next sweep notes it.
-            return Ok(Outcome::Skipped(
-                "the shared retry limit was lowered meanwhile",
-            ));
-        }
         Err(AppendError::Database(error)) => return Err(fail(error)),
-        Err(refused) => {
-            return Err(RecoveryError::Refused {
-                target,
-                source: refused,
-            })
-        }
+        Err(refused) => return refused_outcome(target, refused),
     };
 
     // 5. Commit both.
     tx.commit().await.map_err(fail)?;
+    log_retried(scenario, &claimed, &event);
+    Ok(Outcome::Retried(Box::new(event)))
+}
+
+/// The retry of `claimed`, as detection saw it in `candidate`: `expected_attempt` from what
+/// detection read, so a retry another instance recorded in between is a conflict.
+fn new_retry(
+    scenario: Scenario,
+    candidate: &Candidate,
+    claimed: &Candidate,
+    settings: &WatchdogSettings,
+    limit: i32,
+    error: Option<String>,
+) -> NewRetry {
+    let mut retry = NewRetry::new(
+        claimed.target(),
+        scenario.reason(),
+        settings.instance.clone(),
+    )
+    .with_detail(with_error(claimed.detail(scenario, settings), error))
+    .with_status_change(claimed.status.clone(), scenario.to_status())
+    .with_expected_attempt(candidate.last_attempt.unwrap_or(0) + 1)
+    .with_max_retries(limit);
+    if let Some(step) = &claimed.step {
+        retry = retry.with_step(step.clone());
+    }
+    retry
+}
+
+/// What a refused retry of `target` means for the sweep (never `AppendError::Database`).
+fn refused_outcome(target: Target, refused: AppendError) -> Result<Outcome, RecoveryError> {
+    match refused {
+        AppendError::Conflict(_) => Ok(Outcome::Skipped(
+            "retried by another instance since detection",
+        )),
+        // The shared limit was lowered since this sweep read it; the next sweep notes it.
+        AppendError::LimitReached { .. } => Ok(Outcome::Skipped(
+            "the shared retry limit was lowered meanwhile",
+        )),
+        refused => Err(RecoveryError::Refused {
+            target,
+            source: refused,
+        }),
+    }
+}
+
+/// The line an operator sees when a target is first noted at the limit.
+fn warn_at_limit(scenario: Scenario, claimed: &Candidate, limit: i32) {
+    let target = claimed.target();
+    tracing::warn!(
+        target = %target,
+        job_id = %claimed.job_id,
+        reason = %scenario.reason(),
+        scenario = %scenario,
+        retry_count = claimed.retry_count,
+        max_retries = limit,
+        "{target} needs manual intervention: {} retries reached the limit of {limit}",
+        claimed.retry_count
+    );
+}
+
+/// The line of a committed retry.
+fn log_retried(scenario: Scenario, claimed: &Candidate, event: &RetryEvent) {
+    let target = claimed.target();
     tracing::info!(
         target = %target,
         job_id = %event.job_id,
@@ -189,7 +229,6 @@ pub async fn recover(
         "retried {target} ({scenario}, attempt {})",
         event.attempt
     );
-    Ok(Outcome::Retried(Box::new(event)))
 }
 
 /// Records that `candidate` reached the limit; false when it was already noted at this count.
@@ -238,4 +277,172 @@ fn intervention_detail(
     fields.insert("retry_count".into(), json!(candidate.retry_count));
     fields.insert("max_retries".into(), json!(limit));
     detail
+}
+
+/// What became of each candidate of a batch, in the batch's order.
+pub type BatchOutcomes = Vec<Result<Outcome, RecoveryError>>;
+
+/// Handles `candidates` (at most [`store::MAX_BATCH_ROWS`]) in one transaction on `conn`: the
+/// numbered steps of [`crate::recovery`] for all of them at once, so the batch pays for one
+/// commit. A target another instance holds, out of the condition or retried since detection
+/// is skipped; one at the limit is noted; the others are changed and appended together
+/// (`store::append_many`). A retry the log refuses is taken out and the rest appended again
+/// (under a savepoint), so one target's refusal never undoes the others; each retried target's
+/// state change still commits with its event. Any other failure of the batch rolls it back
+/// and hands each candidate to [`recover`] alone, which says which one failed. Only a lost
+/// connection is the batch's error.
+pub async fn recover_batch(
+    conn: &mut PgConnection,
+    scenario: Scenario,
+    candidates: &[Candidate],
+    settings: &WatchdogSettings,
+    limit: i32,
+) -> Result<BatchOutcomes, RecoveryError> {
+    match try_batch(conn, scenario, candidates, settings, limit).await {
+        Ok(outcomes) => Ok(outcomes),
+        Err(error) if sqlstate::connection_lost(&error) => {
+            Err(RecoveryError::ConnectionLost(error))
+        }
+        Err(error) => {
+            tracing::warn!(%scenario, %error, candidates = candidates.len(),
+                           "the batch rolled back; retrying its candidates one at a time");
+            let mut outcomes = Vec::with_capacity(candidates.len());
+            for candidate in candidates {
+                match recover(conn, scenario, candidate, settings, limit).await {
+                    Err(lost @ RecoveryError::ConnectionLost(_)) => return Err(lost),
+                    outcome => outcomes.push(outcome),
+                }
+            }
+            Ok(outcomes)
+        }
+    }
+}
+
+/// [`recover_batch`] in one transaction; any database error rolls all of it back.
+async fn try_batch(
+    conn: &mut PgConnection,
+    scenario: Scenario,
+    candidates: &[Candidate],
+    settings: &WatchdogSettings,
+    limit: i32,
+) -> Result<BatchOutcomes, sqlx::Error> {
+    let id_of = |candidate: &Candidate| candidate.job_variants_id.unwrap_or(candidate.job_id);
+    let ids: Vec<Uuid> = candidates.iter().map(id_of).collect();
+    let mut tx = conn.begin().await?;
+
+    // 1. Claim them all, as `recover` claims one (a job waits for its variants first; in one
+    //    order, so two batches share-locking the same variants queue rather than deadlock).
+    if scenario == Scenario::FinalStep {
+        sqlx::query(
+            "SELECT 1 FROM jobs_variants WHERE job_id = ANY($1)
+              ORDER BY job_variants_id FOR SHARE",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let mut claimed: HashMap<Uuid, Candidate> = sqlx::query_as(&scenario.claim_many_sql())
+        .bind(settings.steps.names())
+        .bind(settings.stuck_after.as_secs_f64())
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|claimed: Candidate| (id_of(&claimed), claimed))
+        .collect();
+
+    // 2. Skip, note at the limit, or keep for the retry; as `recover` decides for one.
+    let mut outcomes: Vec<Option<Result<Outcome, RecoveryError>>> =
+        candidates.iter().map(|_| None).collect();
+    let mut noted = Vec::new();
+    let mut retries = Vec::new();
+    for (index, candidate) in candidates.iter().enumerate() {
+        let Some(claimed) = claimed.remove(&ids[index]) else {
+            outcomes[index] = Some(Ok(Outcome::Skipped(
+                "no longer in the condition, or held by another instance",
+            )));
+            continue;
+        };
+        if claimed.last_attempt != candidate.last_attempt {
+            outcomes[index] = Some(Ok(Outcome::Skipped(
+                "retried by another instance since detection",
+            )));
+            continue;
+        }
+        let error = match &settings.error_column {
+            Some(column) => error_column::capture(&mut tx, claimed.target(), column).await?,
+            None => None,
+        };
+        if claimed.retry_count >= limit {
+            let detail = with_error(
+                intervention_detail(&claimed, scenario, settings, limit),
+                error,
+            );
+            let first =
+                note_intervention(&mut tx, scenario, &claimed, settings, limit, detail).await?;
+            outcomes[index] = Some(Ok(Outcome::AtLimit { noted: first }));
+            if first {
+                noted.push(claimed);
+            }
+            continue;
+        }
+        retries.push((index, claimed, error));
+    }
+
+    // 3 and 4. The state changes and the events, under a savepoint: a retry the log refuses
+    //    is taken out and the rest go again.
+    let mut retried = Vec::new();
+    while !retries.is_empty() {
+        let mut savepoint = Connection::begin(&mut *tx).await?;
+        let targets: Vec<Uuid> = retries.iter().map(|(index, ..)| ids[*index]).collect();
+        sqlx::query(&scenario.state_change_many_sql())
+            .bind(&targets)
+            .execute(&mut *savepoint)
+            .await?;
+        let batch: Vec<NewRetry> = retries
+            .iter()
+            .map(|(index, claimed, error)| {
+                new_retry(
+                    scenario,
+                    &candidates[*index],
+                    claimed,
+                    settings,
+                    limit,
+                    error.clone(),
+                )
+            })
+            .collect();
+        match store::append_many(&mut savepoint, &batch).await {
+            Ok(events) => {
+                savepoint.commit().await?;
+                retried = retries.drain(..).zip(events).collect();
+            }
+            Err(AppendError::Database(error)) => return Err(error),
+            Err(refused) => {
+                savepoint.rollback().await?;
+                // A refusal of no row in particular is a fault of the batch.
+                let Some(row) = refused.batch_row().filter(|row| *row < retries.len()) else {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "record_retries refused the batch without naming a row: {refused}"
+                    )));
+                };
+                let (index, claimed, _) = retries.remove(row);
+                outcomes[index] = Some(refused_outcome(claimed.target(), refused));
+            }
+        }
+    }
+
+    // 5. Commit everything the batch decided.
+    tx.commit().await?;
+    for claimed in &noted {
+        warn_at_limit(scenario, claimed, limit);
+    }
+    for ((index, claimed, _), event) in retried {
+        log_retried(scenario, &claimed, &event);
+        outcomes[index] = Some(Ok(Outcome::Retried(Box::new(event))));
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every candidate of the batch has an outcome"))
+        .collect())
 }

@@ -17,14 +17,17 @@
 //! 5. commit: the state change and its event land together or not at all.
 //!
 //! `run` drives it: a sweep of every managed job at start and every `sweep_every`, and a
-//! sweep of the jobs a notification names as soon as it arrives.
+//! sweep of the jobs a notification names as soon as it arrives. A sweep takes these steps
+//! for up to `batch_size` candidates in one transaction ([`recover_batch`]); a target skipped
+//! at its claim, noted at the limit or refused by the log changes nothing and undoes none of
+//! the others, and every retried target's state change commits with its event.
 //!
 //! # Layout, in the order a retry is made
 //!
 //! - `sweep`: [`run`], the loop that listens and sweeps, and [`sweep`] itself;
 //! - `scenario`: the four [`Scenario`]s, their SQL, and [`detect`];
-//! - `claim`: [`recover`], the five steps above for one [`Candidate`]; a target at the limit
-//!   is noted through [`crate::intervention`].
+//! - `claim`: [`recover_batch`], the five steps above for a batch of [`Candidate`]s, and
+//!   [`recover`] for one; a target at the limit is noted through [`crate::intervention`].
 //! - `error_column`: with `--error-column`, the pipeline's own error text, kept in each
 //!   retry's `detail.error` ([`check_error_column`] at start, the capture in the claim);
 //! - `manual`: [`recover_by_hand`], an operator's recovery of one target past the limit, with
@@ -39,7 +42,7 @@ mod manual;
 mod scenario;
 mod sweep;
 
-pub use claim::{recover, Outcome, RecoveryError};
+pub use claim::{recover, recover_batch, BatchOutcomes, Outcome, RecoveryError};
 pub use error_column::{check_error_column, ErrorColumnError, MAX_ERROR_CHARS};
 pub use manual::{
     recover_by_hand, recover_expecting, request_event_id, ManualRecovery, ManualRecoveryError,

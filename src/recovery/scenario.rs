@@ -189,6 +189,27 @@ impl Scenario {
         }
     }
 
+    /// Claim of a batch: [`Scenario::claim_sql`] for every target of `$3` (their ids, uuid[])
+    /// at once; a target another transaction holds, or no longer in the condition, is not
+    /// returned.
+    pub(super) fn claim_many_sql(self) -> String {
+        match self {
+            Scenario::FinalStep => format!(
+                "{} FOR NO KEY UPDATE OF j SKIP LOCKED",
+                self.sql("AND j.job_id = ANY($3)")
+            ),
+            _ => format!(
+                "{} FOR NO KEY UPDATE OF v SKIP LOCKED",
+                self.sql("AND v.job_variants_id = ANY($3)")
+            ),
+        }
+    }
+
+    /// The state change of a batch, over `$1` (the targets' ids, uuid[]).
+    pub(super) fn state_change_many_sql(self) -> String {
+        self.state_change_sql().replace("= $1", "= ANY($1)")
+    }
+
     /// The state change that is the retry, over `$1` (the target's id).
     pub(super) fn state_change_sql(self) -> &'static str {
         match self {

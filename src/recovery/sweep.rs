@@ -1,7 +1,7 @@
 //! The watchdog's loop, before any retry exists (it produces the retries that flow into store →
 //! projector → report/http): a sweep at start, every `sweep_every` and whenever a failure signal
 //! (or a notification on the pipeline's own channel) names a job; each sweep detects every
-//! scenario's candidates and claims them one at a time.
+//! scenario's candidates and retries them in batches of `batch_size`, one transaction each.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber;
 use uuid::Uuid;
 
-use super::claim::{recover, Outcome, RecoveryError};
-use super::scenario::{detect, Scenario, Scope, DETECT_BATCH};
+use super::claim::{recover_batch, Outcome, RecoveryError};
+use super::scenario::{detect, Candidate, Scenario, Scope, DETECT_BATCH};
 use crate::config::WatchdogSettings;
 use crate::event::RetryEvent;
 use crate::shutdown;
@@ -63,8 +63,9 @@ pub async fn effective_limit(
         .await
 }
 
-/// Detects and handles every scenario within `scope`. Stops early, between two candidates,
-/// when `shutdown` turns true; a transaction in flight always finishes first.
+/// Detects and handles every scenario within `scope`, `batch_size` candidates per
+/// transaction. Stops early, between two batches, when `shutdown` turns true; a transaction
+/// in flight always finishes first.
 pub async fn sweep(
     pool: &PgPool,
     settings: &WatchdogSettings,
@@ -78,7 +79,7 @@ pub async fn sweep(
     let Some(conn) = shutdown::unless_requested(pool.acquire(), &mut stop).await else {
         return Ok(summary);
     };
-    // One connection serves the whole sweep: it handles one candidate at a time.
+    // One connection serves the whole sweep: it handles one batch at a time.
     let mut conn = conn.map_err(lost)?;
     let limit = effective_limit(&mut conn, settings).await.map_err(lost)?;
     summary.recovered = observe_outcomes(&mut conn, settings, scope)
@@ -91,32 +92,13 @@ pub async fn sweep(
                 .map_err(lost)?;
             summary.detected += candidates.len();
             let mut progressed = false;
-            for candidate in &candidates {
+            for batch in candidates.chunks(usize::from(settings.batch_size.max(1))) {
                 if *shutdown.borrow() {
                     return Ok(summary);
                 }
-                match recover(&mut conn, scenario, candidate, settings, limit).await {
-                    Ok(Outcome::Retried(event)) => {
-                        progressed = true;
-                        summary.retried.push((scenario, *event));
-                    }
-                    Ok(Outcome::AtLimit { noted }) => {
-                        progressed |= noted;
-                        summary.noted += usize::from(noted);
-                    }
-                    Ok(Outcome::Skipped(why)) => {
-                        tracing::debug!(target = %candidate.target(), %scenario, why, "skipped");
-                        summary.skipped += 1;
-                    }
-                    Err(error @ (RecoveryError::Target { .. } | RecoveryError::Refused { .. })) => {
-                        if let RecoveryError::Refused { source, .. } = &error {
-                            crate::metrics::append_refused(source);
-                        }
-                        tracing::error!(%scenario, error = %error, cause = %error_cause(&error),
-                                        "retry rolled back");
-                        summary.failed += 1;
-                    }
-                    Err(lost @ RecoveryError::ConnectionLost(_)) => return Err(lost),
+                let outcomes = recover_batch(&mut conn, scenario, batch, settings, limit).await?;
+                for (candidate, outcome) in batch.iter().zip(outcomes) {
+                    progressed |= tally(&mut summary, scenario, candidate, outcome);
                 }
             }
             // A full batch may hide more candidates; stop when a round made no progress, so
@@ -127,6 +109,40 @@ pub async fn sweep(
         }
     }
     Ok(summary)
+}
+
+/// Counts one candidate's outcome in `summary`; true when it changed something (a retry, a
+/// first note at the limit).
+fn tally(
+    summary: &mut SweepSummary,
+    scenario: Scenario,
+    candidate: &Candidate,
+    outcome: Result<Outcome, RecoveryError>,
+) -> bool {
+    match outcome {
+        Ok(Outcome::Retried(event)) => {
+            summary.retried.push((scenario, *event));
+            true
+        }
+        Ok(Outcome::AtLimit { noted }) => {
+            summary.noted += usize::from(noted);
+            noted
+        }
+        Ok(Outcome::Skipped(why)) => {
+            tracing::debug!(target = %candidate.target(), %scenario, why, "skipped");
+            summary.skipped += 1;
+            false
+        }
+        Err(error) => {
+            if let RecoveryError::Refused { source, .. } = &error {
+                crate::metrics::append_refused(source);
+            }
+            tracing::error!(%scenario, error = %error, cause = %error_cause(&error),
+                            "retry rolled back");
+            summary.failed += 1;
+            false
+        }
+    }
 }
 
 /// Writes this instance's limit and channel where every door and the trigger read them, and

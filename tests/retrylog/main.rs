@@ -25,6 +25,9 @@
 //!   database an earlier release migrated.
 //! - `append`: one writer: numbering, idempotency, atomicity, every refused input.
 //! - `concurrency`: many writers at once, through the Rust and the SQL doors.
+//! - `batch`: the batch door (`record_retries`, `store::append_many`): refusals naming the
+//!   row, consecutive attempts in the caller's order, concurrent batches, the writer
+//!   capability, the largest batch read back.
 //! - `integrity`: the append-only guard, tampering, `verify`.
 //! - `chain`: one chain verdict in `verify`, the target page and `GET /api/v1/chain`, for
 //!   clean, tampered, format-v1 and mixed streams; docs/architecture.md's by-hand recipe.
@@ -112,6 +115,7 @@
 mod api;
 mod append;
 mod bulk;
+mod batch;
 mod chain;
 mod citus_contract;
 mod cli;

@@ -1561,3 +1561,188 @@ async fn serve_runs_the_watchdog_logs_each_retry_and_exits_zero_on_sigterm(pool:
     assert_eq!(retried[1]["fields"]["attempt"], 2);
     assert_verify_clean(&pool).await;
 }
+
+// Batches: a sweep retries its candidates `batch_size` per transaction.
+
+#[sqlx::test(migrations = false)]
+async fn a_retry_the_log_refuses_at_the_limit_is_skipped_and_the_rest_of_its_batch_retried(
+    pool: PgPool,
+) {
+    recovery_fixture(&pool).await;
+    let again = variant(FAILED_AGAIN_JOB, FAILED_AGAIN_VARIANT);
+    append_n(&pool, again, 2).await;
+    // The shared limit drops to 2 as the batch changes this variant's state, after the sweep
+    // read 3: record_retries refuses its row (RL004) in the batch with FAILED_VARIANT.
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION lower_the_limit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             UPDATE retrylog_settings SET max_retries = 2;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER lower_the_limit AFTER UPDATE ON jobs_variants
+             FOR EACH ROW WHEN (NEW.job_variants_id = '{FAILED_AGAIN_VARIANT}')
+             EXECUTE FUNCTION lower_the_limit();"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let before = state(&pool, FAILED_AGAIN_VARIANT).await;
+
+    let summary = sweep(&pool, &settings(INSTANCE)).await;
+
+    assert_eq!(
+        (summary.skipped, summary.failed, summary.noted),
+        (1, 0, 0),
+        "{summary:#?}"
+    );
+    let mut got = retried(&summary);
+    got.sort_by_key(|(_, target)| target.to_string());
+    let mut wanted = vec![
+        (Scenario::Failed, variant(FAILED_JOB, FAILED_VARIANT)),
+        (Scenario::Lagging, variant(LAGGING_JOB, LAGGING_VARIANT)),
+        (Scenario::Stale, variant(STALE_JOB, STALE_VARIANT)),
+        (Scenario::FinalStep, job(FINAL_JOB)),
+    ];
+    wanted.sort_by_key(|(_, target)| target.to_string());
+    assert_eq!(
+        got, wanted,
+        "its batch-mate and every other candidate retried"
+    );
+    // The refused one: neither its state change nor the lowered limit survived.
+    assert_eq!(state(&pool, FAILED_AGAIN_VARIANT).await, before);
+    assert_eq!(events_of(&pool, FAILED_AGAIN_VARIANT).await.len(), 2);
+    let limit: Option<i32> = sqlx::query_scalar("SELECT max_retries FROM retrylog_settings")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(limit, Some(3));
+    assert_eq!(state(&pool, FAILED_VARIANT).await.status, "done");
+    assert_verify_clean(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_watchdogs_racing_in_small_batches_over_the_same_candidates_never_retry_twice(
+    pool: PgPool,
+) {
+    crowd(&pool).await;
+    // Batch sizes that cut the crowd differently, so the two claim overlapping batches.
+    let instances = [("watchdog-a", 7), ("watchdog-b", 13)];
+    let start = Arc::new(Barrier::new(instances.len()));
+    let mut tasks = Vec::new();
+    for (instance, batch_size) in instances {
+        let own = watchdog_pool(&pool, instance).await;
+        let start = Arc::clone(&start);
+        tasks.push(tokio::spawn(async move {
+            let settings = WatchdogSettings {
+                batch_size,
+                ..settings(instance)
+            };
+            start.wait().await;
+            let summary = sweep(&own, &settings).await;
+            own.close().await;
+            summary
+        }));
+    }
+    let mut summaries = Vec::new();
+    for task in tasks {
+        summaries.push(task.await.expect("a watchdog panicked"));
+    }
+    let retried: usize = summaries.iter().map(|s| s.retried.len()).sum();
+    let noted: usize = summaries.iter().map(|s| s.noted).sum();
+    let failed: usize = summaries.iter().map(|s| s.failed).sum();
+    assert_eq!((retried, noted, failed), (200, 20, 0), "{summaries:#?}");
+    assert_crowd_handled_exactly_once(&pool, &["watchdog-a", "watchdog-b"]).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_watchdog_cut_off_mid_batch_leaves_nothing_of_the_batch_and_the_next_sweep_does_it(
+    pool: PgPool,
+) {
+    crowd(&pool).await;
+    let before = snapshot(&pool).await;
+    let notes_before = interventions(&pool).await.len();
+    // The eleventh event of the batch waits on a lock the test holds: ten retries (state
+    // changes and events) are made in the batch's transaction by then, and the notes of the
+    // failed scenario's targets at the limit.
+    sqlx::raw_sql(
+        "CREATE FUNCTION hold_the_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF (SELECT count(*) FROM retry_history WHERE actor = 'watchdog-cut-off') = 10 THEN
+                 PERFORM pg_advisory_xact_lock(2424);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER hold_the_batch BEFORE INSERT ON retry_history
+             FOR EACH ROW EXECUTE FUNCTION hold_the_batch();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(2424)")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+
+    let own = watchdog_pool(&pool, "watchdog-cut-off").await;
+    let sweeping = tokio::spawn({
+        let own = own.clone();
+        async move {
+            let (_keep_running, shutdown) = watch::channel(false);
+            recovery::sweep(
+                &own,
+                &settings("watchdog-cut-off"),
+                &Scope::Everything,
+                &shutdown,
+            )
+            .await
+        }
+    });
+    let waiting = "EXISTS (SELECT 1 FROM pg_stat_activity
+                    WHERE application_name = 'watchdog-cut-off' AND wait_event_type = 'Lock'
+                      AND wait_event = 'advisory')";
+    wait_until(
+        &pool,
+        waiting,
+        Duration::from_secs(20),
+        "the batch waits mid-way",
+    )
+    .await;
+    // Mid-batch, nothing of it is visible.
+    assert_eq!(snapshot(&pool).await, before);
+    // The watchdog's session ends there (as in a crash of its host).
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = 'watchdog-cut-off' AND wait_event = 'advisory'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let cut_off = sweeping.await.expect("the sweep task ends");
+    assert!(
+        matches!(cut_off, Err(recovery::RecoveryError::ConnectionLost(_))),
+        "{cut_off:?}"
+    );
+    holder.rollback().await.unwrap();
+    own.close().await;
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "no half of the batch committed"
+    );
+    assert_eq!(interventions(&pool).await.len(), notes_before);
+    assert_verify_clean(&pool).await;
+
+    // The next sweep does all of it, once.
+    sqlx::query("DROP TRIGGER hold_the_batch ON retry_history")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let summary = sweep(&pool, &settings("watchdog-after")).await;
+    assert_eq!(
+        (summary.retried.len(), summary.noted),
+        (200, 20),
+        "{summary:#?}"
+    );
+    assert_crowd_handled_exactly_once(&pool, &["watchdog-after"]).await;
+}
