@@ -394,7 +394,7 @@ pub async fn projection_mismatches(
         );
     }
     mismatches.extend(
-        stream_head_drift(&mut tx)
+        stream_head_drift(&mut *tx)
             .await?
             .into_iter()
             .map(Mismatch::StreamHead),

@@ -114,8 +114,8 @@
 
 mod api;
 mod append;
-mod bulk;
 mod batch;
+mod bulk;
 mod chain;
 mod citus_contract;
 mod cli;
@@ -137,9 +137,9 @@ mod odd_input;
 mod operator;
 mod outage;
 mod outcomes;
+mod partitions;
 #[path = "../common/pgbouncer.rs"]
 mod pgbouncer;
-mod partitions;
 mod pipeline_capability;
 mod pooler;
 mod projector;
