@@ -531,7 +531,8 @@ async fn serve_verify_every_runs_on_schedule_and_the_metrics_move(pool: PgPool) 
     assert!(holder.is_some(), "serve holds the verify lease");
 
     // A new event changed behind the guard in the transaction that appends it, so no run sees
-    // it unchanged: the next scheduled run finds it, and every run after it.
+    // it unchanged: the next scheduled run finds it, and every run after it. The actor, which
+    // only the chain covers (a changed reason would also leave the stream's head row behind).
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL session_replication_role = replica")
         .execute(&mut *tx)
@@ -541,7 +542,7 @@ async fn serve_verify_every_runs_on_schedule_and_the_metrics_move(pool: PgPool) 
         .await
         .unwrap();
     sqlx::query(
-        "UPDATE retry_history SET reason = 'failed' WHERE job_variants_id = $1 AND attempt = 3",
+        "UPDATE retry_history SET actor = 'mallory' WHERE job_variants_id = $1 AND attempt = 3",
     )
     .bind(VARIANT_A1)
     .execute(&mut *tx)
