@@ -202,7 +202,10 @@ pub async fn rollup_position(conn: &mut PgConnection) -> Result<i64, sqlx::Error
     .await
 }
 
-/// Every rollup row that differs from the log below `up_to`.
+/// Every rollup row that differs from the log below `up_to`, from a week after the archive
+/// horizon on (`retry_archive_horizon()`, migration 0019): the hours before it keep what the
+/// archived events made them, and a day or week that began before it counts its first
+/// retries with events the log no longer holds.
 pub async fn rollup_drift(
     conn: &mut PgConnection,
     up_to: i64,
@@ -221,6 +224,7 @@ pub async fn rollup_drift(
         "SELECT hour, kind, reason::text, step, scenario, stored_retries, expected_retries,
                 problem
            FROM retry_rollup_drift($1::bigint::text::xid8)
+          WHERE hour >= retry_archive_horizon() + interval '7 days'
           ORDER BY 1, 2, 3, 4, 5",
     )
     .bind(up_to)

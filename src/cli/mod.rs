@@ -128,6 +128,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
     Project(ProjectArgs),
+    /// Move every whole partition of the log older than a date to a file and drop it, keeping
+    /// the audit: a JSON Lines file and a manifest per partition, recorded in the database, and
+    /// each stream's last archived hash as the base the remaining chain verifies from. The
+    /// schema owner's job (it detaches and drops partitions).
+    Archive(ArchiveArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
     /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
@@ -345,6 +350,27 @@ pub struct ReplayArgs {
 /// `retrylog verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
+    /// Check an archive instead of the log: a directory of archives, a manifest or an events
+    /// file, against the manifest and bases the database recorded; names any changed line.
+    #[arg(long, value_name = "DIR_OR_FILE")]
+    pub archive: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Archive every partition whose whole range lies before this time (`2026-01-01`, any RFC
+    /// 3339 time, or a duration back from now such as `400d`).
+    #[arg(long, value_name = "DATE")]
+    pub before: String,
+
+    /// The directory the files go to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub to: std::path::PathBuf,
+
     #[command(flatten)]
     pub format: FormatArg,
 }

@@ -2,6 +2,7 @@
 //! schema is current (see `Schema`) and dispatches; errors come back as `anyhow` and
 //! [`exit::code`] turns them into exit codes.
 
+mod archive;
 pub mod demo;
 pub mod exit;
 mod grant;
@@ -163,6 +164,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Replay(args) => replay::run(pool, args).await,
         Command::Verify(args) => verify::run(pool, args).await,
         Command::Project(args) => project::run(pool, args).await,
+        Command::Archive(args) => archive::run(pool, args).await,
         Command::Status(args) => status::run(pool, args).await,
         Command::Serve(args) => serve::run(pool, args).await,
         Command::Demo(args) => demo::run(connected, args).await,
