@@ -28,7 +28,8 @@ pub const FORMAT: u32 = 1;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Line {
-    Event(ArchivedEvent),
+    /// Boxed: an event is five times the size of a note's JSON value.
+    Event(Box<ArchivedEvent>),
     /// A `retry_intervention` row, as `to_jsonb` gives it.
     Intervention(serde_json::Value),
 }
@@ -259,7 +260,7 @@ pub async fn write(
                     .last_recorded_at
                     .map_or(event.recorded_at, |at| at.max(event.recorded_at)),
             );
-            line(&mut out, &Line::Event(event)).map_err(io(&partial))?;
+            line(&mut out, &Line::Event(Box::new(event))).map_err(io(&partial))?;
         }
     }
     let notes: Vec<(i64, serde_json::Value)> = sqlx::query_as(
