@@ -32,7 +32,8 @@ DECLARE
         'retry_rollup_created_expected', 'retrylog_excerpt', 'retrylog_check_text',
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
-        'retry_outcome_recovery_time_delta', 'retry_stream_head_expected'];
+        'retry_outcome_recovery_time_delta', 'retry_stream_head_expected',
+        'retry_archive_horizon'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['retry_counts_rebuild', 'retrylog_operator'],
@@ -61,6 +62,7 @@ DECLARE
         ['retry_outcome_rollup_delta', 'retrylog_reader'],
         ['retry_outcome_recovery_time_delta', 'retrylog_reader'],
         ['retry_outcome_rollup_drift', 'retrylog_reader'],
+        ['retry_archive_horizon', 'retrylog_reader'],
         ['retry_outcome_problems', 'retrylog_reader'],
         ['retry_stream_head_expected', 'retrylog_reader'],
         ['retry_stream_head_drift', 'retrylog_reader'],

@@ -383,7 +383,60 @@ pub async fn horizon(
         .await
 }
 
+/// The value of `--keep`: a number of whole months, written `13months` (or `1month`).
+pub fn parse_keep(text: &str) -> Result<u32, String> {
+    let number = text
+        .trim()
+        .strip_suffix("months")
+        .or_else(|| text.trim().strip_suffix("month"))
+        .ok_or_else(|| format!("{text:?} is not a number of months: write e.g. 13months"))?;
+    match number.parse::<u32>() {
+        Ok(months @ 1..=1200) => Ok(months),
+        _ => Err(format!(
+            "{text:?} is not a number of months between 1 and 1200: write e.g. 13months"
+        )),
+    }
+}
+
+/// Where a policy of keeping `months` whole months before the current one (UTC) puts the
+/// archive's `before`: the start of the month `months` months before the current month.
+pub fn keep_before(months: u32, now: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::{Datelike, TimeZone};
+    let month_start = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .expect("the first of a month at midnight UTC exists");
+    month_start - chrono::Months::new(months)
+}
+
 /// A partition name as an SQL identifier.
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_counts_whole_months_back_from_the_current_one() {
+        let now = "2026-12-06T14:00:00Z".parse().unwrap();
+        assert_eq!(
+            keep_before(13, now),
+            "2025-11-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            keep_before(1, now),
+            "2026-11-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn keep_is_a_number_of_months() {
+        assert_eq!(parse_keep("13months"), Ok(13));
+        assert_eq!(parse_keep("1month"), Ok(1));
+        for wrong in ["13", "0months", "13days", "months", "-1months"] {
+            assert!(parse_keep(wrong).is_err(), "{wrong}");
+        }
+    }
 }

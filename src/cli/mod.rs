@@ -364,8 +364,18 @@ pub struct VerifyArgs {
 pub struct ArchiveArgs {
     /// Archive every partition whose whole range lies before this time (`2026-01-01`, any RFC
     /// 3339 time, or a duration back from now such as `400d`).
-    #[arg(long, value_name = "DATE")]
-    pub before: String,
+    #[arg(
+        long,
+        value_name = "DATE",
+        required_unless_present = "keep",
+        conflicts_with = "keep"
+    )]
+    pub before: Option<String>,
+
+    /// The retention policy instead of a date: keep this many whole months before the
+    /// current one (`13months`), archive everything older.
+    #[arg(long, value_name = "Nmonths", value_parser = crate::archive::parse_keep)]
+    pub keep: Option<u32>,
 
     /// The directory the files go to (created if missing).
     #[arg(long, value_name = "DIR")]

@@ -13,7 +13,12 @@ use crate::output::Rows;
 use crate::window::TimeSpec;
 
 pub async fn run(pool: &PgPool, args: ArchiveArgs) -> anyhow::Result<ExitCode> {
-    let before = TimeSpec::parse("--before", &args.before)?.resolve(chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let before = match (&args.before, args.keep) {
+        (Some(before), _) => TimeSpec::parse("--before", before)?.resolve(now),
+        (None, Some(months)) => archive::keep_before(months, now),
+        (None, None) => unreachable!("clap requires --before or --keep"),
+    };
     let archived = archive::run(pool, before, &args.to).await?;
     let mut rows = Rows::new(&[
         "partition",

@@ -211,6 +211,27 @@ async fn archiving_the_oldest_month_keeps_counts_chains_and_appends(pool: PgPool
         counts
     );
 
+    // A replay rebuilds the counts from the bases and keeps the archived months' trend.
+    let archived_hours = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT sum(retries)::bigint FROM retry_rollup WHERE hour < retry_archive_horizon()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let trend_before = archived_hours().await;
+    assert_eq!(trend_before, Some(5));
+    let replay = retrylog(&pool, &["replay", "--format", "json"]).await;
+    assert_eq!(replay.code, Some(0), "{replay:#?}");
+    assert_eq!(
+        replay.json(),
+        serde_json::json!([]),
+        "nothing drifted: {replay:#?}"
+    );
+    assert_eq!(archived_hours().await, trend_before);
+    assert_cli_verify_clean(&pool).await;
+
     // Appends go on where the archived prefix ended, also on a stream with no event left.
     assert_eq!(append_n(&pool, job(JOB_A), 1).await[0].attempt, 7);
     assert_eq!(
@@ -223,8 +244,23 @@ async fn archiving_the_oldest_month_keeps_counts_chains_and_appends(pool: PgPool
     let check = retrylog(&pool, &["verify", "--archive", dir.to_str().unwrap()]).await;
     assert_eq!(check.code, Some(0), "{check:#?}");
 
-    // Running it again changes nothing.
+    // Running it again changes nothing, also as the policy that keeps last month.
     let again = archive_oldest(&pool, &dir).await;
+    assert_eq!(again.code, Some(0), "{again:#?}");
+    assert_eq!(again.json(), serde_json::json!([]));
+    let again = retrylog(
+        &pool,
+        &[
+            "archive",
+            "--keep",
+            "1month",
+            "--to",
+            dir.to_str().unwrap(),
+            "--format",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(again.code, Some(0), "{again:#?}");
     assert_eq!(again.json(), serde_json::json!([]));
     let archives: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_archive")
