@@ -265,6 +265,18 @@ async fn record_and_drop(
     let manifest = &written.manifest;
     let name = quote_ident(&partition.name);
     let mut tx = pool.begin().await?;
+    // Every table this step writes, locked up front in the order an append takes them (the
+    // log first): an append that got in before waits to be let finish, the rest wait for the
+    // commit, and none holds one of them while waiting for the log.
+    sqlx::query("LOCK TABLE retry_history IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "LOCK TABLE retry_event_id, retry_stream_base, retry_outcome, retry_open,
+                    retry_intervention IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(&format!(
         "ALTER TABLE retry_history DETACH PARTITION {name}"
     ))

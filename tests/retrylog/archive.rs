@@ -271,6 +271,63 @@ async fn archiving_the_oldest_month_keeps_counts_chains_and_appends(pool: PgPool
 }
 
 #[sqlx::test(migrations = false)]
+async fn appends_to_archived_streams_during_the_archive_stay_gapless_and_verify(pool: PgPool) {
+    three_months(&pool).await;
+    let clients = clients(&pool, 8).await;
+    let dir = TempPath::dir("archive");
+    // Eight writers, four on job A (its first three retries are being archived) and four on
+    // variant A1 (all of whose retries are), each appending until the archive is done.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|i| {
+            let (pool, done) = (clients.pool.clone(), done.clone());
+            let target = if i % 2 == 0 {
+                job(JOB_A)
+            } else {
+                variant(JOB_A, VARIANT_A1)
+            };
+            tokio::spawn(async move {
+                let mut appended = 0;
+                while appended < 5 || !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    append_ok(&pool, &retry(target)).await;
+                    appended += 1;
+                }
+                (i % 2, appended)
+            })
+        })
+        .collect();
+    let run = archive_oldest(&pool, &dir).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut appended = [0, 0];
+    for writer in writers {
+        let (which, n) = writer.await.unwrap();
+        appended[which] += n;
+    }
+    clients.close().await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    assert_eq!(run.json()[0]["events"], Value::from(5), "{run:#?}");
+    let [on_a, on_a1] = appended;
+    assert_eq!(retry_count(&pool, job(JOB_A)).await, 6 + on_a);
+    assert_eq!(
+        retry_count(&pool, variant(JOB_A, VARIANT_A1)).await,
+        2 + on_a1
+    );
+    assert_eq!(
+        attempts(&pool, job(JOB_A)).await,
+        (4..=6 + on_a).collect::<Vec<i32>>()
+    );
+    assert_eq!(
+        attempts(&pool, variant(JOB_A, VARIANT_A1)).await,
+        (3..=2 + on_a1).collect::<Vec<i32>>()
+    );
+    let project = retrylog(&pool, &["project"]).await;
+    assert_eq!(project.code, Some(0), "{project:#?}");
+    assert_cli_verify_clean(&pool).await;
+    let check = retrylog(&pool, &["verify", "--archive", dir.to_str().unwrap()]).await;
+    assert_eq!(check.code, Some(0), "{check:#?}");
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_changed_byte_in_an_archive_is_named_by_line_and_field(pool: PgPool) {
     three_months(&pool).await;
     let dir = TempPath::dir("archive");
