@@ -26,6 +26,11 @@ DECLARE
     horizon     timestamptz;
     part        text;
     stranded    boolean;
+    -- The log's schema: new tables go there, not into pg_catalog, which leads the pinned
+    -- search_path (sql/privileges.sql).
+    home        text := (SELECT n.nspname FROM pg_class c
+                           JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE c.oid = 'retry_history'::regclass);
 BEGIN
     SELECT s.partition_span, s.partitions_ahead INTO span, ahead FROM retrylog_settings s;
     horizon := date_trunc(span, at, 'UTC') + (ahead + 1) * ('1 ' || span)::interval;
@@ -49,9 +54,10 @@ BEGIN
             -- replaced, its events routed again, then dropped (DROP, not DELETE: the guard).
             ALTER TABLE retry_history DETACH PARTITION retry_history_default;
             ALTER TABLE retry_history_default RENAME TO retry_history_default_moving;
-            EXECUTE format('CREATE TABLE %I PARTITION OF retry_history '
-                           'FOR VALUES FROM (%L) TO (%L)', part, lower_bound, upper_bound);
-            CREATE TABLE retry_history_default PARTITION OF retry_history DEFAULT;
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF retry_history '
+                           'FOR VALUES FROM (%L) TO (%L)', home, part, lower_bound, upper_bound);
+            EXECUTE format('CREATE TABLE %I.retry_history_default PARTITION OF retry_history '
+                           'DEFAULT', home);
             CREATE TRIGGER retry_history_no_truncate
                 BEFORE TRUNCATE ON retry_history_default
                 FOR EACH STATEMENT EXECUTE FUNCTION retrylog_refuse_change();
@@ -60,9 +66,9 @@ BEGIN
             DROP TABLE retry_history_default_moving;
             part := part || ' (events moved from retry_history_default)';
         ELSE
-            EXECUTE format('CREATE TABLE %I (LIKE retry_history INCLUDING DEFAULTS '
+            EXECUTE format('CREATE TABLE %I.%I (LIKE retry_history INCLUDING DEFAULTS '
                            'INCLUDING CONSTRAINTS, CHECK (recorded_at >= %L AND recorded_at < %L))',
-                           part, lower_bound, upper_bound);
+                           home, part, lower_bound, upper_bound);
             EXECUTE format('ALTER TABLE retry_history ATTACH PARTITION %I '
                            'FOR VALUES FROM (%L) TO (%L)', part, lower_bound, upper_bound);
         END IF;

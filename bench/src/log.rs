@@ -101,7 +101,15 @@ pub async fn load_log(
     sqlx::raw_sql(
         "ALTER TABLE jobs SET (autovacuum_enabled = off);
          ALTER TABLE jobs_variants SET (autovacuum_enabled = off);
-         ALTER TABLE retry_history SET (autovacuum_enabled = off);",
+         -- The log is partitioned (migration 0016): the setting is each partition's.
+         DO $$
+         DECLARE part regclass;
+         BEGIN
+             FOR part IN SELECT relid FROM pg_partition_tree('retry_history') WHERE isleaf LOOP
+                 EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = off)', part);
+             END LOOP;
+         END
+         $$;",
     )
     .execute(pool)
     .await?;

@@ -20,6 +20,8 @@
 //!   installed against a twin database without it (`twin`: the counter-only "before", also
 //!   where the appends' baselines run); `slices`: the timing flags and commit-counting
 //!   workers both share.
+//! - `scale`: `retrylog-bench scale`, the same figures at two log sizes (appends, reads,
+//!   verify, archiving a month, a partition ahead, disk per million events) and their ratio.
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
@@ -34,6 +36,7 @@ mod progress;
 mod recovery;
 mod replay;
 mod reports;
+mod scale;
 mod slices;
 mod targets;
 mod twin;
@@ -115,6 +118,10 @@ enum Command {
     /// × 4 variants and a million events: every filter the page offers, the first page and a
     /// later one at p50/p99, against DISTINCT ON + OFFSET.
     Targets(targets::TargetsBenchArgs),
+    /// The same figures at 1M and 10M events in one run, with the 10M ÷ 1M ratio: appends at
+    /// 16 connections, history, trend and outcomes p99, verify, archiving one month, a
+    /// partition created ahead, and the disk per million events.
+    Scale(scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -188,6 +195,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             targets::run(&connected, args).await
+        }
+        Command::Scale(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            scale::run(&connected, args).await
         }
     }
 }
