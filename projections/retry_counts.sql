@@ -2,6 +2,9 @@
 --
 --   retry_count(target) = opening balance(target) + number of events in target's stream
 --
+-- where the events archived out of the log (migration 0019) are counted by the stream's base:
+-- attempts are gapless from 1, so an archived prefix ending at attempt k holds k events.
+--
 -- retry_counts_delta is the one definition of what a range of log positions contributes.
 -- The same SQL serves every path, so they cannot drift apart:
 --   * inline    record_retry calls retry_counts_apply(seq, seq) in the append's transaction;
@@ -51,13 +54,18 @@ END
 $$;
 
 -- Every existing target with its stored count and what the log says it should be:
--- opening balance + all of its events.
+-- opening balance + all of its events, the archived ones (its base's attempt) included.
 CREATE OR REPLACE FUNCTION retry_counts_expected()
 RETURNS TABLE (job_id uuid, job_variants_id uuid, retry_count integer,
                opening_balance integer, events bigint)
 LANGUAGE sql STABLE AS $$
     WITH log AS (
-        SELECT * FROM retry_counts_delta(1, 9223372036854775807)
+        SELECT coalesce(d.job_id, b.job_id) AS job_id,
+               coalesce(d.job_variants_id, b.job_variants_id) AS job_variants_id,
+               coalesce(d.events, 0) + coalesce(b.attempt, 0) AS events
+          FROM retry_counts_delta(1, 9223372036854775807) d
+          FULL JOIN retry_stream_base b
+            ON b.job_id = d.job_id AND b.job_variants_id IS NOT DISTINCT FROM d.job_variants_id
     )
     SELECT j.job_id, NULL::uuid, j.retry_count,
            coalesce(o.balance, 0), coalesce(log.events, 0)

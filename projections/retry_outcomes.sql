@@ -233,6 +233,8 @@ LANGUAGE sql STABLE AS $$
       FULL JOIN retry_outcome_rollup_delta('1', up_to) e
         ON (s.dimension, s.hour, s.value, s.outcome) = (e.dimension, e.hour, e.value, e.outcome)
      WHERE s.retries IS DISTINCT FROM e.retries
+       -- The hours before the archive horizon keep what the archived events made them.
+       AND coalesce(s.hour, e.hour) >= retry_archive_horizon()
     UNION ALL
     SELECT 'retry_outcome_recovery_time',
            concat_ws(' ', to_char(coalesce(s.day, e.day) AT TIME ZONE 'UTC', 'YYYY-MM-DD'),
@@ -244,6 +246,7 @@ LANGUAGE sql STABLE AS $$
                   WHERE recovered <> 0) e
         ON (s.dimension, s.day, s.value, s.ttr_ms) = (e.dimension, e.day, e.value, e.ttr_ms)
      WHERE s.recovered IS DISTINCT FROM e.recovered
+       AND coalesce(s.day, e.day) >= retry_archive_horizon()
 $$;
 
 -- Every outcome that disagrees with the log or the notes, and every retry the log says was

@@ -33,7 +33,7 @@ DECLARE
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
         'retry_outcome_recovery_time_delta', 'retry_stream_head_expected',
-        'record_retries_target'];
+        'record_retries_target', 'retry_archive_horizon'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['record_retries', 'retrylog_writer'],
@@ -63,6 +63,7 @@ DECLARE
         ['retry_outcome_rollup_delta', 'retrylog_reader'],
         ['retry_outcome_recovery_time_delta', 'retrylog_reader'],
         ['retry_outcome_rollup_drift', 'retrylog_reader'],
+        ['retry_archive_horizon', 'retrylog_reader'],
         ['retry_outcome_problems', 'retrylog_reader'],
         ['retry_stream_head_expected', 'retrylog_reader'],
         ['retry_stream_head_drift', 'retrylog_reader'],

@@ -6,7 +6,8 @@
 --
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate, after record_retry.
 
--- What retry_stream_head should hold: each stream's last event.
+-- What retry_stream_head should hold: each stream's last event, in the log or, for a stream
+-- whose events were all archived, its base (retry_stream_base, migration 0019).
 CREATE OR REPLACE FUNCTION retry_stream_head_expected()
 RETURNS SETOF retry_stream_head
 LANGUAGE sql STABLE AS $$
@@ -14,7 +15,13 @@ LANGUAGE sql STABLE AS $$
            h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
            h.job_variants_id, h.attempt, h.hash, h.seq, h.reason, h.step, h.occurred_at,
            h.recorded_at
-      FROM retry_history h
+      FROM (SELECT l.job_id, l.job_variants_id, l.attempt, l.hash, l.seq, l.reason, l.step,
+                   l.occurred_at, l.recorded_at
+              FROM retry_history l
+            UNION ALL
+            SELECT b.job_id, b.job_variants_id, b.attempt, b.hash, b.last_seq, b.last_reason,
+                   b.last_step, b.last_occurred_at, b.last_recorded_at
+              FROM retry_stream_base b) h
      ORDER BY h.job_id, h.job_variants_id, h.attempt DESC, h.seq DESC
 $$;
 

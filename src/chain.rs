@@ -96,6 +96,24 @@ impl Default for ChainWalk {
 }
 
 impl ChainWalk {
+    /// A walk over one stream whose events up to `attempt` were archived (`retrylog
+    /// archive`): its first remaining event must be `attempt + 1` and link to `hash`, the
+    /// stream's base, instead of attempt 1 and the genesis hash.
+    pub fn from_base(target: Target, attempt: i32, hash: &[u8]) -> Self {
+        ChainWalk {
+            current: Some(target),
+            previous_hash: hash.to_vec(),
+            next_attempt: attempt + 1,
+            events: 0,
+            streams: 1,
+        }
+    }
+
+    /// Where the walk stands: the last attempt it passed and that event's stored hash.
+    pub fn position(&self) -> (i32, &[u8]) {
+        (self.next_attempt - 1, &self.previous_hash)
+    }
+
     /// Checks the next event's link and number, pushing what is wrong to `problems`.
     ///
     /// Each link is checked against the *stored* previous hash, so one changed event is
@@ -311,8 +329,13 @@ pub async fn check_target(
     // One walk per stream, so each stream's count and problems are its own.
     let mut own = ChainVerdict::new(target, 0, Vec::new());
     let mut variants = Vec::new();
+    let bases = crate::archive::bases_of(&mut *conn, target.job_id()).await?;
     for stream in events.chunk_by(|a, b| a.target() == b.target()) {
-        let mut walk = ChainWalk::default();
+        // A stream whose prefix was archived walks from its base.
+        let mut walk = match bases.get(&stream[0].target()) {
+            Some(base) => ChainWalk::from_base(base.target, base.attempt, &base.hash),
+            None => ChainWalk::default(),
+        };
         let mut problems = Vec::new();
         for event in stream {
             walk.check(event, &mut problems);

@@ -61,6 +61,7 @@
 //! The benchmark is a crate of its own in the workspace (`bench/`, the `retrylog-bench`
 //! binary) that uses only this library's public API.
 
+pub mod archive;
 pub mod chain;
 pub mod cli;
 pub mod cmd;

@@ -202,7 +202,10 @@ pub async fn rollup_position(conn: &mut PgConnection) -> Result<i64, sqlx::Error
     .await
 }
 
-/// Every rollup row that differs from the log below `up_to`.
+/// Every rollup row that differs from the log below `up_to`, from a week after the archive
+/// horizon on (`retry_archive_horizon()`, migration 0019): the hours before it keep what the
+/// archived events made them, and a day or week that began before it counts its first
+/// retries with events the log no longer holds.
 pub async fn rollup_drift(
     conn: &mut PgConnection,
     up_to: i64,
@@ -221,6 +224,7 @@ pub async fn rollup_drift(
         "SELECT hour, kind, reason::text, step, scenario, stored_retries, expected_retries,
                 problem
            FROM retry_rollup_drift($1::bigint::text::xid8)
+          WHERE hour >= retry_archive_horizon() + interval '7 days'
           ORDER BY 1, 2, 3, 4, 5",
     )
     .bind(up_to)
@@ -257,6 +261,7 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
     let horizon: i64 = sqlx::query_scalar("SELECT retrylog_horizon()::text::bigint")
         .fetch_one(&mut **tx)
         .await?;
+    let kept = ArchivedHours::keep(tx, "retry_rollup", "hour").await?;
     sqlx::query("SELECT retry_rollup_reset()")
         .execute(&mut **tx)
         .await?;
@@ -268,6 +273,7 @@ pub async fn rebuild_rollup(tx: &mut Transaction<'_, Postgres>) -> Result<i64, s
     sqlx::query("SELECT retry_rollup_count_created('0')")
         .execute(&mut **tx)
         .await?;
+    kept.restore(tx).await?;
     rebuild_outcome_rollup(tx, horizon).await?;
     sqlx::query(
         "UPDATE projection_checkpoint
@@ -385,6 +391,10 @@ pub async fn rebuild_outcome_rollup(
     tx: &mut Transaction<'_, Postgres>,
     up_to: i64,
 ) -> Result<(), sqlx::Error> {
+    let kept = [
+        ArchivedHours::keep(tx, "retry_outcome_rollup", "hour").await?,
+        ArchivedHours::keep(tx, "retry_outcome_recovery_time", "day").await?,
+    ];
     sqlx::query("SELECT retry_outcome_rollup_reset()")
         .execute(&mut **tx)
         .await?;
@@ -392,5 +402,51 @@ pub async fn rebuild_outcome_rollup(
         .bind(up_to)
         .execute(&mut **tx)
         .await?;
+    for kept in kept {
+        kept.restore(tx).await?;
+    }
     Ok(())
+}
+
+/// A rollup's rows before the archive horizon (`retry_archive_horizon()`, migration 0019),
+/// set aside while a rebuild empties the table and put back after it: the log no longer holds
+/// the archived events those rows count, so a rebuild from the log would lose the archived
+/// months from the trend. Nothing is set aside before any archive.
+struct ArchivedHours {
+    table: &'static str,
+    column: &'static str,
+}
+
+impl ArchivedHours {
+    async fn keep(
+        tx: &mut Transaction<'_, Postgres>,
+        table: &'static str,
+        column: &'static str,
+    ) -> Result<Self, sqlx::Error> {
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE {table}_archived ON COMMIT DROP AS
+             SELECT * FROM {table} WHERE {column} < retry_archive_horizon()"
+        ))
+        .execute(&mut **tx)
+        .await?;
+        Ok(ArchivedHours { table, column })
+    }
+
+    async fn restore(self, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+        let ArchivedHours { table, column } = self;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE {column} < retry_archive_horizon()"
+        ))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {table} SELECT * FROM {table}_archived"
+        ))
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(&format!("DROP TABLE {table}_archived"))
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
 }

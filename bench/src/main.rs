@@ -21,6 +21,8 @@
 //!   installed against a twin database without it (`twin`: the counter-only "before", also
 //!   where the appends' baselines run); `slices`: the timing flags and commit-counting
 //!   workers both share.
+//! - `scale`: `retrylog-bench scale`, the same figures at two log sizes (appends, reads,
+//!   verify, archiving a month, a partition ahead, disk per million events) and their ratio.
 //! - `figures`: the table every benchmark prints; `progress`: spinners and bars on stderr.
 
 mod appends;
@@ -36,6 +38,7 @@ mod progress;
 mod recovery;
 mod replay;
 mod reports;
+mod scale;
 mod slices;
 mod targets;
 mod twin;
@@ -120,6 +123,10 @@ enum Command {
     /// One bulk recovery of 500 targets needing intervention (`recover --state …`) against
     /// 500 single recoveries of the same kind of targets: seconds, events/s, the ratio.
     Bulk(bulk::BulkArgs),
+    /// The same figures at 1M and 10M events in one run, with the 10M ÷ 1M ratio: appends at
+    /// 16 connections, history, trend and outcomes p99, verify, archiving one month, a
+    /// partition created ahead, and the disk per million events.
+    Scale(scale::ScaleArgs),
 }
 
 #[tokio::main]
@@ -199,6 +206,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.smoke();
             }
             bulk::run(&connected, args).await
+        }
+        Command::Scale(mut args) => {
+            if cli.smoke {
+                args.smoke();
+            }
+            scale::run(&connected, args).await
         }
     }
 }

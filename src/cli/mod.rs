@@ -138,6 +138,11 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Bring the trend rollup up to date once and exit (for cron); waits for no one.
     Project(ProjectArgs),
+    /// Move every whole partition of the log older than a date to a file and drop it, keeping
+    /// the audit: a JSON Lines file and a manifest per partition, recorded in the database, and
+    /// each stream's last archived hash as the base the remaining chain verifies from. The
+    /// schema owner's job (it detaches and drops partitions).
+    Archive(ArchiveArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
     /// Create the log's partitions that are due (the current one and `partitions_ahead` more)
@@ -364,6 +369,37 @@ pub struct VerifyArgs {
     /// verify; catches a change to an event verified before (docs/security.md).
     #[arg(long)]
     pub full: bool,
+
+    /// Check an archive instead of the log: a directory of archives, a manifest or an events
+    /// file, against the manifest and bases the database recorded; names any changed line.
+    #[arg(long, value_name = "DIR_OR_FILE", conflicts_with = "full")]
+    pub archive: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// `retrylog archive`.
+#[derive(Debug, Args)]
+pub struct ArchiveArgs {
+    /// Archive every partition whose whole range lies before this time (`2026-01-01`, any RFC
+    /// 3339 time, or a duration back from now such as `400d`).
+    #[arg(
+        long,
+        value_name = "DATE",
+        required_unless_present = "keep",
+        conflicts_with = "keep"
+    )]
+    pub before: Option<String>,
+
+    /// The retention policy instead of a date: keep this many whole months before the
+    /// current one (`13months`), archive everything older.
+    #[arg(long, value_name = "Nmonths", value_parser = crate::archive::parse_keep)]
+    pub keep: Option<u32>,
+
+    /// The directory the files go to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub to: std::path::PathBuf,
 
     #[command(flatten)]
     pub format: FormatArg,

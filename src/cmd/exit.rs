@@ -3,6 +3,8 @@
 
 use std::error::Error;
 
+use crate::archive::verify::CheckError;
+use crate::archive::ArchiveError;
 use crate::connect::ConnectError;
 use crate::error::CallerMistake;
 use crate::grant::GrantError;
@@ -78,6 +80,8 @@ pub fn as_caller_mistake<'a>(cause: &'a (dyn Error + 'static)) -> Option<&'a dyn
         // A time flag `history` could not use (`report` wraps it in ReportError).
         .or_else(|| cause.downcast_ref::<WindowError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<SchemaError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<ArchiveError>().map(as_dyn))
+        .or_else(|| cause.downcast_ref::<CheckError>().map(as_dyn))
         .or_else(|| cause.downcast_ref::<GrantError>().map(as_dyn))
         // `demo` asked to drop a database an earlier `demo --keep` left.
         .or_else(|| {

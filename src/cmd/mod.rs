@@ -2,6 +2,7 @@
 //! schema is current (see `Schema`) and dispatches; errors come back as `anyhow` and
 //! [`exit::code`] turns them into exit codes.
 
+mod archive;
 pub mod demo;
 pub mod exit;
 mod grant;
@@ -179,6 +180,7 @@ async fn run_connected(cli: Cli, connected: &Connected, rule: Schema) -> anyhow:
         Command::Project(args) => {
             project::run(sessions(pooler, connected, "runs the projector")?, args).await
         }
+        Command::Archive(args) => archive::run(pool, args).await,
         Command::Status(args) => status::run(read, args).await,
         Command::Maintain(args) => maintain::run(pool, args).await,
         Command::Serve(args) => {

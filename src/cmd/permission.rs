@@ -114,7 +114,7 @@ pub type Needs = (String, &'static [Capability]);
 
 /// The command as the user would name it and the capabilities it needs; `None` for the
 /// commands that need none (`token`, `local`, `completions`, `man`), the owner's (`migrate`,
-/// `grant`, `serve`'s watchdog) and `demo`, which runs in a database of its own.
+/// `grant`, `archive`, `serve`'s watchdog) and `demo`, which runs in a database of its own.
 ///
 /// `recover` needs two: the operator's `force` past the limit, and the pipeline's right to
 /// change the target's status, which it locks and sets in the same transaction.
@@ -146,6 +146,7 @@ pub fn needed(command: &Command) -> Option<Needs> {
             (format!("report {report}"), &[Reader])
         }
         Command::Migrate
+        | Command::Archive(_)
         | Command::Serve(_)
         | Command::Demo(_)
         | Command::Grant(_)

@@ -13,12 +13,16 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use super::{exit, stderr_is_terminal};
+use crate::archive;
 use crate::cli::VerifyArgs;
 use crate::output::{Format, Rows};
 use crate::replay::Mismatch;
 use crate::verify_state::{self, Recorded, Run, Scope};
 
 pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.archive {
+        return archive_check(pool, path, args.format.format).await;
+    }
     let scope = if args.full { Scope::Full } else { Scope::New };
     // The bar's length costs a count of what the run reads: only worth it when someone watches.
     let progress = if stderr_is_terminal() {
@@ -169,5 +173,54 @@ fn recorded(run: &Run) -> String {
         Recorded::NotPermitted => "nothing recorded: recording where verify got to takes the \
              operator capability (retrylog grant operator ROLE)"
             .to_string(),
+    }
+}
+
+/// `verify --archive`: each archive's problems, one row per problem; exit 1 if any.
+async fn archive_check(
+    pool: &PgPool,
+    path: &std::path::Path,
+    format: Format,
+) -> anyhow::Result<ExitCode> {
+    let checks = archive::verify::check(pool, path).await?;
+    let mut rows = Rows::new(&["partition", "file", "problem"]);
+    for check in &checks {
+        for problem in &check.problems {
+            rows.push(vec![
+                Value::from(check.partition.clone()),
+                Value::from(check.file.display().to_string()),
+                Value::from(problem.clone()),
+            ]);
+        }
+    }
+    let clean = rows.rows.is_empty();
+    match format {
+        Format::Json => writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "clean": clean,
+                "archives": checks.len(),
+                "events": checks.iter().map(|c| c.events).sum::<i64>(),
+                "problems": rows.to_json(),
+            }))?
+        )?,
+        Format::Table if clean => {}
+        format => rows.print(format)?,
+    }
+    let events: i64 = checks.iter().map(|c| c.events).sum();
+    if clean {
+        eprintln!(
+            "retrylog: archive clean: {} archive(s), {events} events, every digest, count, \
+             chain and base matches",
+            checks.len()
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "retrylog: archive check found {} problem(s)",
+            rows.rows.len()
+        );
+        Ok(ExitCode::from(exit::MISMATCH))
     }
 }

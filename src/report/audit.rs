@@ -20,14 +20,18 @@ use crate::window::Moment;
 const JOBS_NOW: &str = "SELECT job_id, status, current_step, retry_count, created_at, updated_at
        FROM jobs";
 
-/// `jobs` as of $1: opening balance + job-level events recorded at or before $1, and only
-/// jobs created by then. Reads the log up to $1 (it has no index on recorded_at).
+/// `jobs` as of $1: opening balance + job-level events recorded at or before $1 (those
+/// archived counted by the stream's base: [`in_log`] refuses a $1 before the archive
+/// horizon), and only jobs created by then. Reads the log up to $1 (it has no index on recorded_at).
 const JOBS_AS_OF: &str = "SELECT j.job_id, j.status, j.current_step,
-            (coalesce(o.balance, 0) + coalesce(e.events, 0))::integer AS retry_count,
+            (coalesce(o.balance, 0) + coalesce(b.attempt, 0) + coalesce(e.events, 0))::integer
+                AS retry_count,
             j.created_at, j.updated_at
        FROM jobs j
        LEFT JOIN retry_opening_balance o
               ON o.job_id = j.job_id AND o.job_variants_id IS NULL
+       LEFT JOIN retry_stream_base b
+              ON b.job_id = j.job_id AND b.job_variants_id IS NULL
        LEFT JOIN (SELECT job_id, count(*) AS events FROM retry_history
                    WHERE job_variants_id IS NULL AND recorded_at <= $1
                    GROUP BY job_id) e ON e.job_id = j.job_id
@@ -41,14 +45,29 @@ const VARIANTS_NOW: &str = "SELECT job_variants_id, job_id, creation_order, stat
 /// `jobs_variants` as of $1 (see [`JOBS_AS_OF`]).
 const VARIANTS_AS_OF: &str = "SELECT v.job_variants_id, v.job_id, v.creation_order, v.status,
             v.current_step,
-            (coalesce(o.balance, 0) + coalesce(e.events, 0))::integer AS retry_count,
+            (coalesce(o.balance, 0) + coalesce(b.attempt, 0) + coalesce(e.events, 0))::integer
+                AS retry_count,
             v.created_at, v.updated_at
        FROM jobs_variants v
        LEFT JOIN retry_opening_balance o ON o.job_variants_id = v.job_variants_id
+       LEFT JOIN retry_stream_base b ON b.job_variants_id = v.job_variants_id
        LEFT JOIN (SELECT job_variants_id, count(*) AS events FROM retry_history
                    WHERE job_variants_id IS NOT NULL AND recorded_at <= $1
                    GROUP BY job_variants_id) e ON e.job_variants_id = v.job_variants_id
       WHERE v.created_at <= $1";
+
+/// Refuses an as-of moment whose counts would need archived events (see
+/// [`super::ensure_in_log`]); today's counts need no log.
+async fn in_log(
+    conn: &mut PgConnection,
+    what: &'static str,
+    moment: Moment,
+) -> Result<(), ReportError> {
+    match moment {
+        Moment::Now(_) => Ok(()),
+        Moment::AsOf(at) => super::ensure_in_log(conn, what, at).await,
+    }
+}
 
 fn jobs_source(moment: Moment) -> &'static str {
     match moment {
@@ -83,6 +102,7 @@ pub async fn top_jobs(
     limit: i64,
     moment: Moment,
 ) -> Result<Vec<TopJob>, ReportError> {
+    in_log(&mut *conn, "report top-jobs --as-of", moment).await?;
     let sql = format!(
         "SELECT job_id, status, current_step, retry_count, created_at, updated_at
            FROM ({source}) j
@@ -122,6 +142,7 @@ pub async fn top_variants(
     limit: i64,
     moment: Moment,
 ) -> Result<Vec<TopVariant>, ReportError> {
+    in_log(&mut *conn, "report top-variants --as-of", moment).await?;
     let sql = format!(
         "SELECT v.job_variants_id, v.job_id, v.creation_order, v.status, v.current_step,
                 v.retry_count, j.status AS job_status, j.current_step AS job_current_step,
@@ -165,6 +186,7 @@ pub async fn stats(
     high: i32,
     moment: Moment,
 ) -> Result<Vec<KindStats>, ReportError> {
+    in_log(&mut *conn, "report stats --as-of", moment).await?;
     let aggregates = "count(*) AS total,
             count(*) FILTER (WHERE retry_count <= 0) AS no_retry,
             count(*) FILTER (WHERE retry_count > 0) AS has_retry,
@@ -243,6 +265,7 @@ pub async fn alerts(
     updated_since: DateTime<Utc>,
     moment: Moment,
 ) -> Result<Vec<Alert>, ReportError> {
+    in_log(&mut *conn, "report alerts --as-of", moment).await?;
     // One branch per kind and reason. On today's counts `status IN (...) AND retry_count >= $2`
     // is a range of the (status, retry_count) indexes; the notes drive their branches (a few
     // rows, each joined to its target by primary key).

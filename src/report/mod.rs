@@ -53,6 +53,18 @@ pub enum ReportError {
         buckets: i64,
         bucket: Bucket,
     },
+    /// The report would need events that were archived out of the log (`retrylog
+    /// archive`): answering from what is left would be a wrong number (exit code 2).
+    #[error(
+        "{what} needs events recorded before {horizon}, which were archived (the log's events \
+         recorded from {archived_from} to {horizon} are in archive files, retry_archive lists \
+         them): ask for a time from {horizon} on"
+    )]
+    Archived {
+        what: &'static str,
+        archived_from: DateTime<Utc>,
+        horizon: DateTime<Utc>,
+    },
     /// Anything else: the database failed, not the input.
     #[error("database error while reading a report")]
     Database(#[from] sqlx::Error),
@@ -61,5 +73,22 @@ pub enum ReportError {
 impl CallerMistake for ReportError {
     fn is_caller_mistake(&self) -> bool {
         !matches!(self, ReportError::Database(_))
+    }
+}
+
+/// Refuses a report read from the log (`--as-of`) that needs the events recorded from
+/// `needs_from` on, when some of those were archived: the log no longer holds them.
+async fn ensure_in_log(
+    conn: &mut sqlx::PgConnection,
+    what: &'static str,
+    needs_from: DateTime<Utc>,
+) -> Result<(), ReportError> {
+    match crate::archive::horizon(conn).await? {
+        Some((archived_from, horizon)) if needs_from < horizon => Err(ReportError::Archived {
+            what,
+            archived_from,
+            horizon,
+        }),
+        _ => Ok(()),
     }
 }

@@ -159,7 +159,9 @@ pub async fn outcomes(
         }
         Moment::AsOf(as_of) => {
             // The retries recorded by then, each with the outcome observed by then: what
-            // retrylog knew at that instant, by the projection's definitions.
+            // retrylog knew at that instant, by the projection's definitions. Events archived
+            // before the window's start cannot have occurred in it.
+            super::ensure_in_log(&mut *conn, "report outcomes --as-of", from).await?;
             let decided = format!(
                 "SELECT {group} AS value,
                         CASE WHEN r.observed_at <= $2 THEN r.outcome::text ELSE 'open' END

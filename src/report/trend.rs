@@ -264,7 +264,9 @@ pub async fn trend(
         }
         Moment::AsOf(as_of) => {
             // The rollup cannot forget events, so the past is read from the log: a scan
-            // of the window's events, and of the targets created in it.
+            // of the window's events, and of the targets created in it. Events archived
+            // before the window's start cannot have occurred in it.
+            super::ensure_in_log(&mut *conn, "report trend --as-of", from).await?;
             let retried = sqlx::query_as(&format!(
                 "SELECT date_trunc($1, occurred_at, 'UTC'), {group}, count(*),
                             count(DISTINCT (job_id, job_variants_id))

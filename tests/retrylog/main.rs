@@ -54,6 +54,9 @@
 //!   serve ready again by itself when the server returns.
 //! - `hostile`: generated hostile input (text, JSON, times) through the SQL door, the Rust
 //!   door and the CLI: refused cleanly with nothing written, or every read still works.
+//! - `archive`: `retrylog archive` of the oldest of three months: the file and manifest, verify
+//!   clean and counts kept after it, appends going on, `verify --archive` naming a changed or
+//!   deleted line, a report that would need archived events refused, the owner's job only.
 //! - `security`: fresh LOGIN roles with one capability each (writer, operator, reader): what
 //!   each may and may not do, forgery, shadowing, force, replay, read-only use, bounded keys
 //!   and text, a projection that cannot advance.
@@ -114,6 +117,7 @@
 
 mod api;
 mod append;
+mod archive;
 mod batch;
 mod bulk;
 mod chain;

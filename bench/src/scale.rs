@@ -1,0 +1,481 @@
+//! `retrylog-bench scale`: the same figures at two log sizes in one run (1M and 10M events by
+//! default), with the larger ÷ the smaller per line — what grows with the log and what stays
+//! flat (issue 23: everything but the full verify and the archive within 1.2×).
+//!
+//! The log is the reports benchmark's (`reports/realistic_log.rs`), loaded by COPY; each stage
+//! adds events to reach its size. The archive needs an old month: before it, the stage's first
+//! `--month-events` events in log order (a prefix of every stream they touch) are moved back
+//! to a past month's partition, as a log that ran through that month would hold them; so the
+//! archive's size is the same at both stages, and its time shows whether it follows the month
+//! or the log. This branch has no incremental verify yet: the "plain verify" is the full one.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use clap::Args;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::PgPool;
+
+use retrylog::cli::FormatArg;
+use retrylog::cmd::exit;
+use retrylog::connect::Connected;
+use retrylog::event::{NewRetry, RetryReason, Target};
+use retrylog::output::Rows;
+use retrylog::report::{self, Bucket, GroupBy, OutcomeGroupBy, TrendQuery};
+use retrylog::window::Moment;
+
+use crate::database::{fresh_database, in_bench_database, print_server};
+use crate::figures::{ms, percentile, thousands};
+use crate::log::{load_log, outcomes_from_log};
+use crate::reports::outcomes::measure_outcomes;
+use crate::reports::realistic_log::realistic_log;
+use crate::reports::WINDOW_DAYS;
+use crate::ACTOR;
+
+/// `retrylog-bench scale`.
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// The log sizes measured at, comma-separated, smallest first.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000000,10000000",
+        value_name = "N,N"
+    )]
+    pub sizes: Vec<u64>,
+
+    /// Events moved into a past month and archived at each stage.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub month_events: u64,
+
+    /// How long the 16 appending connections run.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub append_seconds: f64,
+
+    /// Timed runs of the history, the trend and the outcomes report (p99 reported).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub runs: u32,
+
+    /// Keep the retrylog_bench database at the end, for inspection.
+    #[arg(long)]
+    pub keep: bool,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+impl ScaleArgs {
+    /// `--smoke`: 2,000 then 4,000 events, a month of 200, a fraction of a second of appends.
+    pub fn smoke(&mut self) {
+        self.sizes = vec![2_000, 4_000];
+        self.month_events = 200;
+        self.append_seconds = 0.3;
+        self.runs = 5;
+    }
+}
+
+/// Appending connections.
+const CONNECTIONS: usize = 16;
+
+/// Every figure of one stage.
+#[derive(Debug, Default)]
+struct Stage {
+    events: u64,
+    appends_per_second: f64,
+    history_p99: f64,
+    trend_p99: f64,
+    outcomes_p99: f64,
+    verify_events_per_second: f64,
+    archive_seconds: f64,
+    archive_events_per_second: f64,
+    partition_ms: f64,
+    /// Bytes per million events: the log, its indexes (and the head and event-id tables),
+    /// the projections.
+    disk: [f64; 3],
+}
+
+pub async fn run(connected: &Connected, args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.sizes.len() == 2 && args.sizes[0] < args.sizes[1],
+        "--sizes takes two sizes, the smaller first"
+    );
+    let stages = in_bench_database(
+        connected,
+        "retrylog-bench scale",
+        args.keep,
+        async |options| measure(connected, options, &args).await,
+    )
+    .await?;
+    let Some(stages) = stages else {
+        return Ok(ExitCode::from(exit::MISMATCH));
+    };
+    let (small, large) = (&stages[0], &stages[1]);
+    let mut rows = Rows::new(&["figure", "unit", "small", "large", "large/small"]);
+    let mut line = |figure: &str, unit: &str, a: f64, b: f64| {
+        rows.push(vec![
+            Value::from(figure.to_string()),
+            Value::from(unit.to_string()),
+            Value::from(round(a)),
+            Value::from(round(b)),
+            Value::from(if a > 0.0 { round(b / a) } else { 0.0 }),
+        ]);
+    };
+    line("events", "events", small.events as f64, large.events as f64);
+    line(
+        "appends, 16 connections",
+        "appends/s",
+        small.appends_per_second,
+        large.appends_per_second,
+    );
+    line(
+        "history of a variant, p99",
+        "ms",
+        small.history_p99,
+        large.history_p99,
+    );
+    line(
+        "trend --since 30d --by reason, p99",
+        "ms",
+        small.trend_p99,
+        large.trend_p99,
+    );
+    line(
+        "outcomes --by reason, p99",
+        "ms",
+        small.outcomes_p99,
+        large.outcomes_p99,
+    );
+    line(
+        "verify (full; plain is the same on this branch)",
+        "events/s",
+        small.verify_events_per_second,
+        large.verify_events_per_second,
+    );
+    line(
+        "archive one month",
+        "s",
+        small.archive_seconds,
+        large.archive_seconds,
+    );
+    line(
+        "archive one month",
+        "events/s",
+        small.archive_events_per_second,
+        large.archive_events_per_second,
+    );
+    line(
+        "a partition created ahead",
+        "ms",
+        small.partition_ms,
+        large.partition_ms,
+    );
+    for (i, what) in ["log", "indexes", "projections"].into_iter().enumerate() {
+        line(
+            &format!("disk per million events: {what}"),
+            "MB",
+            small.disk[i] / 1e6,
+            large.disk[i] / 1e6,
+        );
+    }
+    rows.print(args.format.format)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+/// Both stages in a fresh bench database; `None` when a verify was not clean.
+async fn measure(
+    connected: &Connected,
+    options: &PgConnectOptions,
+    args: &ScaleArgs,
+) -> anyhow::Result<Option<Vec<Stage>>> {
+    let pool = fresh_database(connected, options).await?;
+    print_server(&pool).await?;
+    let end = Utc::now() - chrono::Duration::minutes(1);
+    let mut rng = StdRng::from_entropy();
+    let archive_dir =
+        std::env::temp_dir().join(format!("retrylog-bench-scale-{}", std::process::id()));
+    let mut stages = Vec::new();
+    let mut loaded = 0;
+    for (number, &size) in args.sizes.iter().enumerate() {
+        // The month to archive first: targets of its own whose retries occurred in that
+        // month, moved there; then the rest of the stage's events, in the last 30 days.
+        let months_back = 2 * (args.sizes.len() - number) as i32;
+        let first_seq: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(seq), 0) + 1 FROM retry_history")
+                .fetch_one(&pool)
+                .await?;
+        let in_month = month_start(&pool, months_back).await? + chrono::Duration::days(20);
+        load_log(
+            &pool,
+            realistic_log(args.month_events, in_month, &mut rng)?,
+            Some(1_000),
+        )
+        .await?;
+        move_to_past_month(&pool, first_seq, args.month_events as i64, months_back).await?;
+        load_log(
+            &pool,
+            realistic_log(size - loaded - args.month_events, end, &mut rng)?,
+            Some(1_000),
+        )
+        .await?;
+        loaded = size;
+        // COPY bypasses record_retry: the head rows, event ids and outcomes are derived
+        // once, and the targets created (backfilled into settled hours) counted again.
+        sqlx::query("SELECT retry_stream_head_rebuild()")
+            .execute(&pool)
+            .await?;
+        outcomes_from_log(&pool).await?;
+        sqlx::raw_sql(
+            "UPDATE retry_rollup_created_window SET recount_from = NULL, counted_at = NULL;
+             SELECT retry_rollup_count_created('0');",
+        )
+        .execute(&pool)
+        .await?;
+        catch_up(&pool).await?;
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+        eprintln!(
+            "retrylog-bench: scale: {} events loaded",
+            thousands(size as f64)
+        );
+
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_history")
+            .fetch_one(&pool)
+            .await?;
+        let mut stage = Stage {
+            events: events as u64,
+            ..Stage::default()
+        };
+        stage.disk = disk(&pool, stage.events).await?;
+        stage.appends_per_second = appends(&pool, args.append_seconds).await?;
+        stage.history_p99 = history_p99(&pool, args.runs).await?;
+        stage.trend_p99 = trend_p99(&pool, args.runs).await?;
+        stage.outcomes_p99 = ms(measure_outcomes(&pool, OutcomeGroupBy::Reason, args.runs)
+            .await?
+            .rollup[1]);
+        catch_up(&pool).await?;
+
+        let started = Instant::now();
+        let mut verify = retrylog::replay::verify(&pool, |_| {}).await?;
+        retrylog::archive::verify::rebase(&pool, &mut verify).await?;
+        stage.verify_events_per_second = verify.events as f64 / started.elapsed().as_secs_f64();
+        if !verify.is_clean() {
+            for mismatch in verify.mismatches.iter().take(10) {
+                eprintln!("retrylog-bench: verify: {mismatch}");
+            }
+            return Ok(None);
+        }
+
+        let before = month_start(&pool, months_back - 1).await?;
+        let started = Instant::now();
+        let archived = retrylog::archive::run(&pool, before, &archive_dir).await?;
+        stage.archive_seconds = started.elapsed().as_secs_f64();
+        let events: i64 = archived.iter().map(|a| a.events).sum();
+        anyhow::ensure!(
+            events == args.month_events as i64,
+            "archived {events} events"
+        );
+        stage.archive_events_per_second = events as f64 / stage.archive_seconds;
+
+        let ahead = month_start(&pool, -(12 * (number as i32 + 1))).await?;
+        let started = Instant::now();
+        sqlx::query("SELECT retry_history_maintain($1)")
+            .bind(ahead)
+            .execute(&pool)
+            .await?;
+        stage.partition_ms = ms(started.elapsed());
+        stages.push(stage);
+    }
+    let _ = std::fs::remove_dir_all(&archive_dir);
+    pool.close().await;
+    Ok(Some(stages))
+}
+
+/// The start of the UTC month `back` months before the current one (negative: ahead).
+async fn month_start(pool: &PgPool, back: i32) -> anyhow::Result<chrono::DateTime<Utc>> {
+    Ok(
+        sqlx::query_scalar(
+            "SELECT date_trunc('month', now(), 'UTC') - make_interval(months => $1)",
+        )
+        .bind(back)
+        .fetch_one(pool)
+        .await?,
+    )
+}
+
+/// Moves `count` events from `first_seq` on into a partition of the month `back` months ago
+/// (created here), with their event ids and head rows: see the module header.
+async fn move_to_past_month(
+    pool: &PgPool,
+    first_seq: i64,
+    count: i64,
+    back: i32,
+) -> anyhow::Result<()> {
+    let from = month_start(pool, back).await?;
+    let to = month_start(pool, back - 1).await?;
+    sqlx::query(&format!(
+        "CREATE TABLE retry_history_p{} PARTITION OF retry_history FOR VALUES FROM ('{}') TO ('{}')",
+        from.format("%Y%m%d"),
+        from.to_rfc3339(),
+        to.to_rfc3339()
+    ))
+    .execute(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await?;
+    let last = first_seq + count - 1;
+    for sql in [
+        "UPDATE retry_history SET recorded_at = $3 + (seq - $1) * interval '1 ms'
+          WHERE seq BETWEEN $1 AND $2",
+        "UPDATE retry_event_id SET recorded_at = $3 + (seq - $1) * interval '1 ms'
+          WHERE seq BETWEEN $1 AND $2",
+        "UPDATE retry_stream_head SET last_recorded_at = $3 + (last_seq - $1) * interval '1 ms'
+          WHERE last_seq BETWEEN $1 AND $2",
+    ] {
+        sqlx::query(sql)
+            .bind(first_seq)
+            .bind(last)
+            .bind(from + chrono::Duration::days(25))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn catch_up(pool: &PgPool) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    retrylog::projector::catch_up(
+        &mut conn,
+        retrylog::projector::ProjectorSettings::default().batch_events,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends per second over `seconds`, 16 connections appending to random variants.
+async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<f64> {
+    sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
+        .execute(pool)
+        .await?;
+    let variants: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        "SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000",
+    )
+    .fetch_all(pool)
+    .await?;
+    let variants = Arc::new(variants);
+    let clients = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(CONNECTIONS as u32)
+        .connect_with((*pool.connect_options()).clone())
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|worker| {
+            let (clients, stop, done, variants) = (
+                clients.clone(),
+                stop.clone(),
+                done.clone(),
+                variants.clone(),
+            );
+            tokio::spawn(async move {
+                let mut i = worker;
+                while !stop.load(Ordering::Relaxed) {
+                    let (job_id, job_variants_id) = variants[i % variants.len()];
+                    i += CONNECTIONS;
+                    let retry = NewRetry::new(
+                        Target::Variant {
+                            job_id,
+                            job_variants_id,
+                        },
+                        RetryReason::Stuck,
+                        ACTOR,
+                    );
+                    let mut tx = clients.begin().await?;
+                    retrylog::store::append(&mut tx, &retry).await?;
+                    tx.commit().await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await??;
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    clients.close().await;
+    Ok(rate)
+}
+
+/// A random variant's history, `runs` times: the p99 in milliseconds.
+async fn history_p99(pool: &PgPool, runs: u32) -> anyhow::Result<f64> {
+    let sample: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT job_variants_id FROM jobs_variants ORDER BY random() LIMIT $1")
+            .bind(i64::from(runs))
+            .fetch_all(pool)
+            .await?;
+    let mut conn = pool.acquire().await?;
+    let filter = retrylog::store::HistoryFilter::default();
+    let mut times = Vec::new();
+    for variant in sample {
+        let started = Instant::now();
+        retrylog::store::load_variant_history_filtered(&mut conn, variant, &filter).await?;
+        times.push(started.elapsed());
+    }
+    Ok(ms(percentile(&mut times, 0.99)))
+}
+
+/// The trend over the last 30 days by reason, `runs` times: the p99 in milliseconds.
+async fn trend_p99(pool: &PgPool, runs: u32) -> anyhow::Result<f64> {
+    let mut conn = pool.acquire().await?;
+    let now = Utc::now();
+    let query = TrendQuery {
+        bucket: Bucket::Day,
+        by: GroupBy::Reason,
+        since: now - chrono::Duration::days(WINDOW_DAYS),
+    };
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        report::trend(&mut conn, query, Moment::Now(now)).await?;
+        times.push(started.elapsed());
+    }
+    Ok(ms(percentile(&mut times, 0.99)))
+}
+
+/// Bytes per million events of the log's partitions, of their indexes with the head and
+/// event-id tables, and of the projections.
+async fn disk(pool: &PgPool, events: u64) -> anyhow::Result<[f64; 3]> {
+    let (log, indexes, projections): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT sum(pg_table_size(relid))::bigint FROM pg_partition_tree('retry_history')),
+                (SELECT sum(pg_indexes_size(relid))::bigint FROM pg_partition_tree('retry_history'))
+                  + pg_total_relation_size('retry_event_id')
+                  + pg_total_relation_size('retry_stream_head'),
+                (SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c
+                  WHERE c.relkind = 'r' AND c.relname IN ('retry_rollup', 'retry_rollup_cell',
+                        'retry_rollup_lowest', 'retry_rollup_created', 'retry_outcome',
+                        'retry_open', 'retry_outcome_rollup', 'retry_outcome_recovery_time'))",
+    )
+    .fetch_one(pool)
+    .await?;
+    let per_million = |bytes: i64| bytes as f64 * 1e6 / events as f64;
+    Ok([
+        per_million(log),
+        per_million(indexes),
+        per_million(projections),
+    ])
+}
