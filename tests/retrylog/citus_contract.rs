@@ -41,12 +41,8 @@ const KEYS_WITHOUT_JOB_ID: &[(&str, &str)] = &[
         "the pipeline's own key (job_variants_id): on Citus the pipeline declares PRIMARY KEY (job_id, job_variants_id); every retrylog write names the variant's job",
     ),
     (
-        "retry_history_pkey",
-        "the log's global position (seq): on Citus PRIMARY KEY (job_id, seq); seq stays unique but is no longer a global order",
-    ),
-    (
-        "retry_history_event_id_key",
-        "the idempotency key (event_id) is global: on Citus UNIQUE (job_id, event_id), so an event id is idempotent within its target only",
+        "retry_event_id_pkey",
+        "the idempotency key (event_id) is global across the log's partitions: on Citus PRIMARY KEY (job_id, event_id), so an event id is idempotent within its job only",
     ),
     (
         "retry_intervention_pkey",
@@ -89,6 +85,21 @@ const MULTI_TARGET_WRITES: &[(&str, &str, &str)] = &[
         "retry_open_rebuild",
         "retry_open",
         "replay's rebuild of the open retries: multi-shard, co-located with the log",
+    ),
+    (
+        "retry_history_maintain",
+        "retry_history",
+        "partition upkeep moves the events that landed in the DEFAULT partition into the partition made for them: a whole range, all targets, by design",
+    ),
+    (
+        "retry_stream_head_rebuild",
+        "retry_event_id",
+        "replay's rebuild of the event ids from the log: multi-shard, co-located with the log",
+    ),
+    (
+        "retry_stream_head_rebuild",
+        "retry_stream_head",
+        "replay's rebuild of the head rows from the log: multi-shard, co-located with the log",
     ),
     (
         "retry_outcome_observe",
