@@ -123,8 +123,8 @@ SELECT setval(pg_get_serial_sequence('retry_history', 'seq'),
 
 -- 6. The event ids: an event id is stored once across the whole log. Its key is the one key
 --    of a per-target table without job_id (docs/scale.md): an event id must be unique across
---    all targets (RL005), so on Citus this table is a reference table or distributed by
---    event_id, never co-located by job_id.
+--    all targets (RL005) on one server. On Citus its key becomes (job_id, event_id), co-located
+--    with the log, and an event id is then idempotent within its job only.
 CREATE TABLE retry_event_id (
     event_id        uuid PRIMARY KEY,
     job_id          uuid NOT NULL,
