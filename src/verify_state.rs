@@ -258,6 +258,11 @@ pub async fn run(
         Scope::New => state.full_mismatches,
         Scope::Full => 0,
     };
+    // Recorded on a checkout of its own: behind a transaction pooler the snapshot's ROLLBACK
+    // ended the checkout's transaction, and a statement after it may reach another server
+    // session (src/connect/pooler.rs).
+    drop(conn);
+    let mut conn = pool.acquire().await?;
     let recorded = record(&mut conn, scope, &state, up_to, &report, standing, &heads).await?;
     Ok(Run {
         scope,
