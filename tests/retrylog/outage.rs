@@ -34,6 +34,7 @@ async fn with_the_database_down_serve_answers_503_fast_and_is_ready_again_when_i
     let url = database_url(&pool).await;
     let served = start_serve(&pool, &["--db-timeout", "2s"]).await;
     let addr = served.addr.clone();
+    let _log_on_panic = served.log_on_panic();
     let (ready, _) = exchange(&addr, "/readyz", None, None).await;
     assert_eq!(status_of(&ready), 200, "{ready}");
     pool.close().await;

@@ -306,3 +306,79 @@ async fn concurrent_appends_through_pgbouncer_stay_gapless(pool: PgPool) {
     assert_gapless(&pool, target, 200).await;
     assert_verify_clean(&pool).await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn recover_bulk_recover_and_replay_work_through_pgbouncer(pool: PgPool) {
+    pipeline(&pool).await;
+    a2_needs_intervention(&pool).await;
+    append_n(&pool, variant(JOB_A, VARIANT_A1), 2).await;
+    // One server connection: every command's statements share it with whatever ran before.
+    let (bouncer, url) = bouncer(&pool, 1).await;
+    let run = |args: &'static [&'static str]| {
+        let url = url.clone();
+        async move {
+            let mut all = vec!["--pooler", "transaction"];
+            all.extend_from_slice(args);
+            retrylog_at(&url, &all).await
+        }
+    };
+
+    let dry = run(&[
+        "recover",
+        "--state",
+        "needs_intervention",
+        "--note",
+        "fixed upstream",
+        "--dry-run",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(dry.code, Some(0), "{dry:#?}\n{}", bouncer.log());
+    assert_eq!(dry.json()["targets"][0]["attempt"], 3, "{dry:#?}");
+    let bulk = run(&[
+        "recover",
+        "--state",
+        "needs_intervention",
+        "--note",
+        "fixed upstream",
+        "--by",
+        "ops:bo",
+    ])
+    .await;
+    assert_eq!(bulk.code, Some(0), "{bulk:#?}\n{}", bouncer.log());
+    assert_eq!(retry_count(&pool, variant(JOB_A, VARIANT_A2)).await, 4);
+
+    let single = run(&[
+        "recover",
+        "--job-id",
+        "0b000000-0000-4000-8000-000000000000",
+        "--note",
+        "restarted by hand",
+        "--by",
+        "ops:bo",
+    ])
+    .await;
+    assert_eq!(single.code, Some(0), "{single:#?}\n{}", bouncer.log());
+    let reason: String = sqlx::query_scalar(
+        "SELECT reason::text FROM retry_history WHERE job_id = $1 AND job_variants_id IS NULL
+          ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(JOB_B)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "manual_recovery");
+
+    // Counts wiped behind retrylog's back: replay through the pooler rebuilds them.
+    sqlx::query("UPDATE jobs_variants SET retry_count = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let replay = run(&["replay", "--format", "json"]).await;
+    assert_eq!(replay.code, Some(0), "{replay:#?}\n{}", bouncer.log());
+    assert_eq!(retry_count(&pool, variant(JOB_A, VARIANT_A1)).await, 2);
+    assert_eq!(retry_count(&pool, variant(JOB_A, VARIANT_A2)).await, 4);
+    let verify = run(&["verify"]).await;
+    assert_eq!(verify.code, Some(0), "{verify:#?}");
+}

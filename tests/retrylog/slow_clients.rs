@@ -23,6 +23,26 @@ pub(crate) struct Served {
     _tokens: TempPath,
 }
 
+impl Served {
+    /// A guard that prints serve's log so far if the test panics while it lives: a failure
+    /// that is serve's own (it stopped listening, say) then shows why.
+    pub fn log_on_panic(&self) -> LogOnPanic {
+        LogOnPanic(self.log.clone())
+    }
+}
+
+/// See [`Served::log_on_panic`].
+pub(crate) struct LogOnPanic(Arc<Mutex<Vec<String>>>);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.0.lock().map(|log| log.join("\n")).unwrap_or_default();
+            eprintln!("serve's log up to the failure:\n{log}");
+        }
+    }
+}
+
 /// `serve` with the tests' tokens, the periodic sweep an hour away, and `args`.
 pub(crate) async fn start_serve(pool: &PgPool, args: &[&str]) -> Served {
     let tokens = tokens_file();
@@ -79,7 +99,9 @@ pub(crate) async fn exchange(
 ) -> (String, Duration) {
     let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|error| panic!("connecting to serve at {addr} for {path}: {error}"));
         let auth = token
             .map(|token| format!("Authorization: Bearer {token}\r\n"))
             .unwrap_or_default();
