@@ -1,8 +1,9 @@
 //! Reads on a hot standby (`--read-url`): a primary and a streaming standby made with
 //! `pg_basebackup -R`, both private clusters of the test's own (`tests/common/standby.rs`).
 //! The API and the read commands answer from the standby — what it has not replayed yet they
-//! do not show — while writes go to the primary; `/metrics` shows the standby's lag; a read the
-//! standby cancels for a recovery conflict is read once more, and a second one is a 503.
+//! do not show — while writes go to the primary; `/metrics` and the dashboard's overview show
+//! the standby's lag; a read the standby cancels for a recovery conflict is read once more,
+//! and a second one is a 503.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -125,6 +126,13 @@ async fn serve_reads_from_the_standby_and_writes_to_the_primary() {
         lag >= 1.0,
         "replay paused for a second: lag {lag}\n{metrics}"
     );
+    // And on the dashboard's overview, as a card of its own.
+    let overview = overview_live(&app).await;
+    let shown = replica_lag_card(&overview).expect("the overview shows the replica's lag");
+    let seconds: f64 = shown.trim_end_matches(" s").parse().unwrap_or_else(|_| {
+        panic!("the card's lag is seconds: {shown:?}");
+    });
+    assert!(seconds >= 1.0, "replay paused for a second: {shown}");
 
     // Once replayed, the retry is there; an idle primary then means no lag.
     sqlx::query("SELECT pg_wal_replay_resume()")
@@ -139,6 +147,43 @@ async fn serve_reads_from_the_standby_and_writes_to_the_primary() {
         lag, 0.0,
         "a standby that replayed all it received is not behind"
     );
+}
+
+/// The overview's live part, as a reader logged in to the dashboard sees it.
+async fn overview_live(app: &axum::Router) -> String {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let login = axum::http::Request::post("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("host", "retrylog.test")
+        .body(axum::body::Body::from(format!("token={READER}")))
+        .unwrap();
+    let response = app.clone().oneshot(login).await.unwrap();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .expect("the login sets its session cookie")
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let request = axum::http::Request::get("/ui/live/overview")
+        .header("cookie", cookie)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The value of the overview's "read replica lag" card.
+fn replica_lag_card(html: &str) -> Option<&str> {
+    let card = html.split("read replica lag</span>").nth(1)?;
+    let value = card.split("<span class=\"value small\">").nth(1)?;
+    value.split("</span>").next()
 }
 
 async fn metrics_text(app: &axum::Router) -> String {
