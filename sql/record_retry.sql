@@ -65,6 +65,7 @@ DECLARE
     known        retry_event_id;
     head_stream  uuid;
     has_head     boolean;
+    counted      boolean := false;  -- step 2 took the lock by adding the event to the count
     was_open     boolean;      -- the head's last retry is still open (step 7, the head)
     open_seq     bigint;
     open_at      timestamptz;
@@ -73,6 +74,7 @@ DECLARE
     -- Whether the caller gave these, before the defaults fill them in (an error says which).
     step_given   constant boolean := record_retry.step IS NOT NULL;
     from_given   constant boolean := record_retry.from_status IS NOT NULL;
+    event_given  constant boolean := record_retry.event_id IS NOT NULL;
 BEGIN
     -- 1. Validate everything before touching anything: bad input writes nothing.
     IF record_retry.job_id IS NULL THEN
@@ -142,8 +144,28 @@ BEGIN
     END IF;
 
     -- 2. Lock the target's row. Every writer of a stream queues here, so attempts are gapless
-    --    without retries on conflict; the lock also proves the target exists.
-    IF record_retry.job_variants_id IS NULL THEN
+    --    without retries on conflict; the lock also proves the target exists. Without an
+    --    event_id (nothing to find already recorded, step 3) the lock is the count's own
+    --    update (step 8, taken early): one row version and no separate lock record. Every
+    --    refusal below raises, which undoes it with the rest of the statement.
+    IF record_retry.event_id IS NULL AND record_retry.job_variants_id IS NULL THEN
+        UPDATE jobs j SET retry_count = j.retry_count + 1
+         WHERE j.job_id = record_retry.job_id
+        RETURNING j.status, j.current_step, j.retry_count - 1
+             INTO cur_status, cur_step, cur_count;
+        counted := FOUND;
+    ELSIF record_retry.event_id IS NULL THEN
+        UPDATE jobs_variants v SET retry_count = v.retry_count + 1
+         WHERE v.job_variants_id = record_retry.job_variants_id
+           AND v.job_id = record_retry.job_id
+        RETURNING v.job_id, v.status, v.current_step, v.retry_count - 1
+             INTO owner_job, cur_status, cur_step, cur_count;
+        counted := FOUND;
+    END IF;
+    IF counted THEN
+        target := coalesce('variant ' || record_retry.job_variants_id,
+                           'job ' || record_retry.job_id);
+    ELSIF record_retry.job_variants_id IS NULL THEN
         target := 'job ' || record_retry.job_id;
         SELECT j.status, j.current_step, j.retry_count
           INTO cur_status, cur_step, cur_count
@@ -285,10 +307,17 @@ BEGIN
             actor, detail, occurred_at, session_user)))
     RETURNING * INTO ev;
     -- The event id, once across the log. A concurrent append of the same id to another
-    -- target waits here for that one to end; if it committed, this one is refused.
-    INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
-    VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at)
-    ON CONFLICT DO NOTHING;
+    -- target waits here for that one to end; if it committed, this one is refused. An id
+    -- generated here is new: a plain insert (no speculative insertion and its confirmation
+    -- record), its key still the backstop.
+    IF NOT event_given THEN
+        INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+        VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at);
+    ELSE
+        INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+        VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at)
+        ON CONFLICT DO NOTHING;
+    END IF;
     IF NOT FOUND THEN
         SELECT * INTO known FROM retry_event_id k WHERE k.event_id = ev.event_id;
         RAISE EXCEPTION 'event_id % is already recorded for %', ev.event_id,
@@ -342,8 +371,10 @@ BEGIN
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.
     --    The event adds one to its own target's count (projections/retry_counts.sql's delta
     --    of this one event), on the row step 2 locked, found by its primary key (and job_id,
-    --    the distribution column on Citus).
-    IF record_retry.job_variants_id IS NULL THEN
+    --    the distribution column on Citus); step 2 already did when there is no event_id.
+    IF counted THEN
+        NULL;
+    ELSIF record_retry.job_variants_id IS NULL THEN
         UPDATE jobs j SET retry_count = j.retry_count + 1
          WHERE j.job_id = record_retry.job_id;
     ELSE
