@@ -7,7 +7,10 @@
 --
 -- retry_counts_delta is the one definition of what a range of log positions contributes.
 -- The same SQL serves every path, so they cannot drift apart:
---   * inline    record_retry calls retry_counts_apply(seq, seq) in the append's transaction;
+--   * inline    record_retry adds its one event (the delta of seq..seq: +1 on its own
+--               target) to the row it locked, in the append's transaction, without reading
+--               the event back through the log's seq index (one probe per partition);
+--               retry_counts_apply(from, to) applies any range the same way;
 --   * replay    retry_counts_rebuild() resets every drifted count to its opening balance
 --               plus the delta of the whole log, in one statement;
 --   * verify    retry_counts_drift() lists every count that differs from that same sum.

@@ -2,9 +2,11 @@
 --
 -- Outcomes themselves are observations, append-only like the log: nothing here rebuilds them.
 -- Two things derive from the log and the outcomes, and are kept, rebuilt and verified here:
---   * retry_open            each target's latest retry while it has no outcome; kept inline
---                           by record_retry, the note trigger and retry_outcome_observe;
---                           retry_open_rebuild() resets it, retry_open_drift() compares it;
+--   * retry_open            each target's latest retry while it has no outcome: a view over
+--                           the head rows whose last_open is set (migration 0021), kept
+--                           inline by record_retry, the note trigger and
+--                           retry_outcome_observe; retry_open_rebuild() resets it,
+--                           retry_open_drift() compares it;
 --   * retry_outcome_rollup and retry_outcome_recovery_time, the reports' counts per hour and
 --                           times to recover per day; kept by the projector in the rollup's
 --                           batches (same range, same checkpoint):
@@ -35,8 +37,8 @@ LANGUAGE sql SECURITY DEFINER AS $$
     WITH clock AS (
         SELECT clock_timestamp() AS at
     ), moved AS (
-        SELECT o.seq, o.occurred_at, v.status, v.current_step, v.updated_at,
-               j.status AS job_status
+        SELECT o.job_id, o.stream, o.seq, o.occurred_at, v.status, v.current_step,
+               v.updated_at, j.status AS job_status
           FROM retry_open o
           JOIN jobs_variants v ON v.job_variants_id = o.job_variants_id
           JOIN jobs j ON j.job_id = v.job_id
@@ -46,7 +48,8 @@ LANGUAGE sql SECURITY DEFINER AS $$
            AND (array_position(steps, v.current_step) > array_position(steps, o.step)
                 OR (v.status = 'done' AND j.status = 'done'))
         UNION ALL
-        SELECT o.seq, o.occurred_at, j.status, j.current_step, j.updated_at, j.status
+        SELECT o.job_id, o.stream, o.seq, o.occurred_at, j.status, j.current_step,
+               j.updated_at, j.status
           FROM retry_open o
           JOIN jobs j ON j.job_id = o.job_id
          WHERE o.job_variants_id IS NULL
@@ -54,11 +57,14 @@ LANGUAGE sql SECURITY DEFINER AS $$
            AND o.occurred_at <= (SELECT at FROM clock)
            AND j.status = 'done'
     ), decided AS (
-        -- Takes each row's lock: a concurrent next retry or note that removed it first wins,
-        -- and the row is skipped here.
-        DELETE FROM retry_open o
-         USING moved m
-         WHERE o.seq = m.seq
+        -- Clears the open state on the head row, taking its lock: a concurrent next retry or
+        -- note that took it first wins (the flag is cleared, or the head is at another
+        -- event), and the row is skipped here.
+        UPDATE retry_stream_head hd
+           SET last_open = false
+          FROM moved m
+         WHERE hd.job_id = m.job_id AND hd.stream = m.stream AND hd.last_seq = m.seq
+           AND hd.last_open
         RETURNING m.*
     ), recorded AS (
         INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by, evidence)
@@ -99,23 +105,31 @@ $$;
 
 -- Rebuilds retry_open from the log and the outcomes, and the rest of the append's inline
 -- state with it (the stream heads and event ids, sql/retry_stream_head.sql); returns the rows
--- that were wrong. The table is locked first, so no retry, note or observation decides
--- anything meanwhile.
+-- that were wrong. The tables are locked first, so no retry, note or observation decides
+-- anything meanwhile. retry_open is the open state of the head rows (migration 0021): the
+-- head rows are rebuilt first, then their open state is set from the outcomes.
 CREATE OR REPLACE FUNCTION retry_open_rebuild()
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
     wrong bigint;
 BEGIN
-    -- The three, in the order an append writes them, so that no append holding one of them
-    -- waits for this rebuild while the rebuild waits for it.
-    LOCK TABLE retry_event_id, retry_stream_head, retry_open IN EXCLUSIVE MODE;
+    -- In the order an append writes them, so that no append holding one of them waits for
+    -- this rebuild while the rebuild waits for it.
+    LOCK TABLE retry_event_id, retry_stream_head IN EXCLUSIVE MODE;
     SELECT count(*) INTO wrong FROM retry_open_drift();
+    wrong := wrong + retry_stream_head_rebuild();
     IF wrong > 0 THEN
-        DELETE FROM retry_open;
-        INSERT INTO retry_open SELECT * FROM retry_open_expected();
+        UPDATE retry_stream_head hd
+           SET last_open = e.open
+          FROM (SELECT hd2.job_id, hd2.stream, x.seq IS NOT NULL AS open
+                  FROM retry_stream_head hd2
+                  LEFT JOIN retry_open_expected() x
+                         ON (x.job_id, x.stream, x.seq)
+                            = (hd2.job_id, hd2.stream, hd2.last_seq)) e
+         WHERE (hd.job_id, hd.stream) = (e.job_id, e.stream) AND hd.last_open <> e.open;
     END IF;
-    RETURN wrong + retry_stream_head_rebuild();
+    RETURN wrong;
 END
 $$;
 

@@ -65,11 +65,16 @@ DECLARE
     known        retry_event_id;
     head_stream  uuid;
     has_head     boolean;
+    counted      boolean := false;  -- step 2 took the lock by adding the event to the count
+    was_open     boolean;      -- the head's last retry is still open (step 7, the head)
+    open_seq     bigint;
+    open_at      timestamptz;
     prev_recorded timestamptz;
     retry_limit  integer;
     -- Whether the caller gave these, before the defaults fill them in (an error says which).
     step_given   constant boolean := record_retry.step IS NOT NULL;
     from_given   constant boolean := record_retry.from_status IS NOT NULL;
+    event_given  constant boolean := record_retry.event_id IS NOT NULL;
 BEGIN
     -- 1. Validate everything before touching anything: bad input writes nothing.
     IF record_retry.job_id IS NULL THEN
@@ -139,8 +144,28 @@ BEGIN
     END IF;
 
     -- 2. Lock the target's row. Every writer of a stream queues here, so attempts are gapless
-    --    without retries on conflict; the lock also proves the target exists.
-    IF record_retry.job_variants_id IS NULL THEN
+    --    without retries on conflict; the lock also proves the target exists. Without an
+    --    event_id (nothing to find already recorded, step 3) the lock is the count's own
+    --    update (step 8, taken early): one row version and no separate lock record. Every
+    --    refusal below raises, which undoes it with the rest of the statement.
+    IF record_retry.event_id IS NULL AND record_retry.job_variants_id IS NULL THEN
+        UPDATE jobs j SET retry_count = j.retry_count + 1
+         WHERE j.job_id = record_retry.job_id
+        RETURNING j.status, j.current_step, j.retry_count - 1
+             INTO cur_status, cur_step, cur_count;
+        counted := FOUND;
+    ELSIF record_retry.event_id IS NULL THEN
+        UPDATE jobs_variants v SET retry_count = v.retry_count + 1
+         WHERE v.job_variants_id = record_retry.job_variants_id
+           AND v.job_id = record_retry.job_id
+        RETURNING v.job_id, v.status, v.current_step, v.retry_count - 1
+             INTO owner_job, cur_status, cur_step, cur_count;
+        counted := FOUND;
+    END IF;
+    IF counted THEN
+        target := coalesce('variant ' || record_retry.job_variants_id,
+                           'job ' || record_retry.job_id);
+    ELSIF record_retry.job_variants_id IS NULL THEN
         target := 'job ' || record_retry.job_id;
         SELECT j.status, j.current_step, j.retry_count
           INTO cur_status, cur_step, cur_count
@@ -205,7 +230,9 @@ BEGIN
     --    written before the head rows) reads its last event from the stream index instead.
     head_stream := coalesce(record_retry.job_variants_id,
                             '00000000-0000-0000-0000-000000000000');
-    SELECT hd.attempt, hd.hash, hd.last_recorded_at INTO next_attempt, prev_hash, prev_recorded
+    SELECT hd.attempt, hd.hash, hd.last_recorded_at, hd.last_open, hd.last_seq,
+           hd.last_occurred_at
+      INTO next_attempt, prev_hash, prev_recorded, was_open, open_seq, open_at
       FROM retry_stream_head hd
      WHERE hd.job_id = record_retry.job_id AND hd.stream = head_stream;
     has_head := FOUND;
@@ -280,10 +307,17 @@ BEGIN
             actor, detail, occurred_at, session_user)))
     RETURNING * INTO ev;
     -- The event id, once across the log. A concurrent append of the same id to another
-    -- target waits here for that one to end; if it committed, this one is refused.
-    INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
-    VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at)
-    ON CONFLICT DO NOTHING;
+    -- target waits here for that one to end; if it committed, this one is refused. An id
+    -- generated here is new: a plain insert (no speculative insertion and its confirmation
+    -- record), its key still the backstop.
+    IF NOT event_given THEN
+        INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+        VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at);
+    ELSE
+        INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+        VALUES (ev.event_id, ev.job_id, ev.job_variants_id, ev.seq, ev.recorded_at)
+        ON CONFLICT DO NOTHING;
+    END IF;
     IF NOT FOUND THEN
         SELECT * INTO known FROM retry_event_id k WHERE k.event_id = ev.event_id;
         RAISE EXCEPTION 'event_id % is already recorded for %', ev.event_id,
@@ -291,42 +325,63 @@ BEGIN
                  ELSE 'variant ' || known.job_variants_id END
             USING ERRCODE = 'RL005';
     END IF;
-    -- The stream's new head, in place.
+    -- The stream's new head, in place, with its open retry (migration 0021): this one is
+    -- open until something decides it. Outcomes (migrations/0009): the stream's previous
+    -- retry, if still open, was retried again before it moved on. Taking the open state
+    -- decides: an observation or a note that cleared the flag first already did. Only they
+    -- change the head row without the target's lock, and only to clear the flag, so the
+    -- update below finds the flag as step 4 read it, or cleared: then it is read again under
+    -- the row's lock. An occurred_at given out of order never makes a result precede its
+    -- retry.
     IF has_head THEN
         UPDATE retry_stream_head hd
            SET attempt = ev.attempt, hash = ev.hash, last_seq = ev.seq,
                last_reason = ev.reason, last_step = ev.step,
-               last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at
-         WHERE hd.job_id = ev.job_id AND hd.stream = head_stream;
+               last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at,
+               last_open = true
+         WHERE hd.job_id = ev.job_id AND hd.stream = head_stream
+           AND hd.last_open = was_open;
+        IF NOT FOUND THEN
+            SELECT hd.last_open INTO was_open
+              FROM retry_stream_head hd
+             WHERE hd.job_id = ev.job_id AND hd.stream = head_stream
+               FOR NO KEY UPDATE;
+            UPDATE retry_stream_head hd
+               SET attempt = ev.attempt, hash = ev.hash, last_seq = ev.seq,
+                   last_reason = ev.reason, last_step = ev.step,
+                   last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at,
+                   last_open = true
+             WHERE hd.job_id = ev.job_id AND hd.stream = head_stream;
+        END IF;
+        IF was_open THEN
+            INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by,
+                                       evidence)
+            VALUES (open_seq, 'retried_again', greatest(open_at, ev.occurred_at),
+                    greatest(open_at, ev.occurred_at, clock_timestamp()), session_user,
+                    jsonb_build_object('next_seq', ev.seq, 'attempt', ev.attempt));
+        END IF;
     ELSE
         INSERT INTO retry_stream_head (job_id, stream, job_variants_id, attempt, hash, last_seq,
                                        last_reason, last_step, last_occurred_at,
-                                       last_recorded_at)
+                                       last_recorded_at, last_open)
         VALUES (ev.job_id, head_stream, ev.job_variants_id, ev.attempt, ev.hash, ev.seq,
-                ev.reason, ev.step, ev.occurred_at, ev.recorded_at);
+                ev.reason, ev.step, ev.occurred_at, ev.recorded_at, true);
     END IF;
 
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.
-    PERFORM retry_counts_apply(ev.seq, ev.seq);
-
-    -- 9. Outcomes (migrations/0009): the stream's previous retry, if still open, was retried
-    --    again before it moved on; this one is open until something decides it. Taking the
-    --    open row decides: an observation or a note that took it first already did. An
-    --    occurred_at given out of order never makes a result precede its retry.
-    WITH decided AS (
-        DELETE FROM retry_open o
-         WHERE o.job_id = ev.job_id
-           AND o.stream = coalesce(ev.job_variants_id, '00000000-0000-0000-0000-000000000000')
-        RETURNING o.seq, o.occurred_at
-    )
-    INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by, evidence)
-    SELECT d.seq, 'retried_again', greatest(d.occurred_at, ev.occurred_at),
-           greatest(d.occurred_at, ev.occurred_at, clock_timestamp()), session_user,
-           jsonb_build_object('next_seq', ev.seq, 'attempt', ev.attempt)
-      FROM decided d;
-    INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
-    VALUES (ev.job_id, coalesce(ev.job_variants_id, '00000000-0000-0000-0000-000000000000'),
-            ev.job_variants_id, ev.seq, ev.step, ev.occurred_at);
+    --    The event adds one to its own target's count (projections/retry_counts.sql's delta
+    --    of this one event), on the row step 2 locked, found by its primary key (and job_id,
+    --    the distribution column on Citus); step 2 already did when there is no event_id.
+    IF counted THEN
+        NULL;
+    ELSIF record_retry.job_variants_id IS NULL THEN
+        UPDATE jobs j SET retry_count = j.retry_count + 1
+         WHERE j.job_id = record_retry.job_id;
+    ELSE
+        UPDATE jobs_variants v SET retry_count = v.retry_count + 1
+         WHERE v.job_variants_id = record_retry.job_variants_id
+           AND v.job_id = record_retry.job_id;
+    END IF;
     RETURN ev;
 END
 $$;

@@ -7,14 +7,17 @@
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate, after record_retry.
 
 -- What retry_stream_head should hold: each stream's last event, in the log or, for a stream
--- whose events were all archived, its base (retry_stream_base, migration 0019).
+-- whose events were all archived, its base (retry_stream_base, migration 0019). last_open, the
+-- open state of the last retry (migration 0021), is false here: it derives from the outcomes
+-- too, and retry_open_expected()/retry_open_drift() (projections/retry_outcomes.sql) are where
+-- it is computed and compared, through the retry_open view.
 CREATE OR REPLACE FUNCTION retry_stream_head_expected()
 RETURNS SETOF retry_stream_head
 LANGUAGE sql STABLE AS $$
     SELECT DISTINCT ON (h.job_id, h.job_variants_id)
            h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
            h.job_variants_id, h.attempt, h.hash, h.seq, h.reason, h.step, h.occurred_at,
-           h.recorded_at
+           h.recorded_at, false
       FROM (SELECT l.job_id, l.job_variants_id, l.attempt, l.hash, l.seq, l.reason, l.step,
                    l.occurred_at, l.recorded_at
               FROM retry_history l
@@ -63,7 +66,9 @@ $$;
 -- Rebuilds both from the log; returns how many rows were wrong. Both tables are locked
 -- first, so no append changes them meanwhile (appends wait for the rebuild's commit), in the
 -- order an append writes them (event id, then head), so an append that holds one cannot wait
--- for this rebuild while it waits for the other.
+-- for this rebuild while it waits for the other. A head row that stays at its last event
+-- keeps its open state (last_open); one that moves to another event, or is new, starts
+-- closed: retry_open_rebuild() sets the open state from the outcomes afterwards.
 CREATE OR REPLACE FUNCTION retry_stream_head_rebuild()
 RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER AS $$
@@ -73,8 +78,16 @@ BEGIN
     LOCK TABLE retry_event_id, retry_stream_head IN EXCLUSIVE MODE;
     SELECT count(*) INTO wrong FROM retry_stream_head_drift();
     IF wrong > 0 THEN
+        CREATE TEMPORARY TABLE retry_stream_head_rebuilt ON COMMIT DROP AS
+        SELECT * FROM retry_stream_head_expected();
+        UPDATE retry_stream_head_rebuilt e
+           SET last_open = true
+          FROM retry_stream_head hd
+         WHERE (hd.job_id, hd.stream, hd.last_seq) = (e.job_id, e.stream, e.last_seq)
+           AND hd.last_open;
         DELETE FROM retry_stream_head;
-        INSERT INTO retry_stream_head SELECT * FROM retry_stream_head_expected();
+        INSERT INTO retry_stream_head SELECT * FROM retry_stream_head_rebuilt;
+        DROP TABLE retry_stream_head_rebuilt;
         DELETE FROM retry_event_id;
         -- A log whose event id was changed by hand may hold it twice: the first keeps it.
         INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)

@@ -49,10 +49,6 @@ const KEYS_WITHOUT_JOB_ID: &[(&str, &str)] = &[
         "a note keyed by its own seq: on Citus PRIMARY KEY (job_id, seq)",
     ),
     (
-        "retry_open_seq_key",
-        "an open retry's event seq: on Citus UNIQUE (job_id, seq)",
-    ),
-    (
         "retry_failure_signal_pkey",
         "a failure signal's queue id: on Citus PRIMARY KEY (job_id, id)",
     ),
@@ -83,7 +79,7 @@ const MULTI_TARGET_WRITES: &[(&str, &str, &str)] = &[
     ),
     (
         "retry_open_rebuild",
-        "retry_open",
+        "retry_stream_head",
         "replay's rebuild of the open retries: multi-shard, co-located with the log",
     ),
     (
@@ -103,7 +99,7 @@ const MULTI_TARGET_WRITES: &[(&str, &str, &str)] = &[
     ),
     (
         "retry_outcome_observe",
-        "retry_open",
+        "retry_stream_head",
         "the watchdog decides many open retries per statement: multi-shard, co-located with the log",
     ),
     (

@@ -647,3 +647,104 @@ async fn each_retry_is_decided_once_while_the_pipeline_the_observer_and_new_retr
     assert_eq!(recovered + retried_again + open, 96, "{counts:?}");
     assert_verify_clean(&pool).await;
 }
+
+/// The open retries live on the head rows (migration 0021): `retry_open` is a view of the
+/// head rows whose last retry is undecided. A next retry decides the open one and opens
+/// itself in the head row's one update; a write to the view sets or clears the head's flag;
+/// a row that is not its stream's last event cannot be opened.
+#[sqlx::test(migrations = false)]
+async fn the_open_retry_is_the_head_rows_flag_and_the_view_writes_it(pool: PgPool) {
+    migrated(&pool).await;
+    job_with_variants(&pool, 2, "failed").await;
+    lift_retry_limit(&pool).await;
+    let first = append_ok(&pool, &retry(variant(JOB, v(1)))).await;
+    let second = append_ok(&pool, &retry(variant(JOB, v(1)))).await;
+    let other = append_ok(&pool, &retry(variant(JOB, v(2)))).await;
+
+    let open = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT seq FROM retry_open ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(open(pool.clone()).await, vec![second.seq, other.seq]);
+    let flags: Vec<(Uuid, i64, bool)> = sqlx::query_as(
+        "SELECT stream, last_seq, last_open FROM retry_stream_head ORDER BY last_seq",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        flags,
+        vec![(v(1), second.seq, true), (v(2), other.seq, true)]
+    );
+    let decided: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, outcome::text FROM retry_outcome ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(decided, vec![(first.seq, "retried_again".to_string())]);
+
+    // A delete clears the flag and returns the row it cleared; the head row stays.
+    let deleted: Vec<i64> =
+        sqlx::query_scalar("DELETE FROM retry_open WHERE seq = $1 RETURNING seq")
+            .bind(other.seq)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(deleted, vec![other.seq]);
+    assert_eq!(open(pool.clone()).await, vec![second.seq]);
+    let heads: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_stream_head")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(heads, 2);
+
+    // Only a stream's last event can be open.
+    let refused = sqlx::query(
+        "INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
+         SELECT job_id, job_variants_id, job_variants_id, seq, step, occurred_at
+           FROM retry_history WHERE seq = $1",
+    )
+    .bind(first.seq)
+    .execute(&pool)
+    .await
+    .unwrap_err();
+    let (state, message) = database_error(&refused);
+    assert_eq!(state, "22023", "{message}");
+    assert!(
+        message.contains(&format!("seq {} is not the last event", first.seq)),
+        "{message}"
+    );
+    assert!(sqlx::query("UPDATE retry_open SET step = 'x'")
+        .execute(&pool)
+        .await
+        .is_err());
+
+    // The cleared retry is closed: a next retry of v2 decides nothing for it.
+    let next = append_ok(&pool, &retry(variant(JOB, v(2)))).await;
+    assert_eq!(open(pool.clone()).await, vec![second.seq, next.seq]);
+    let decided: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_outcome")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(decided, 1, "only v1's first retry is decided");
+
+    // The stream's last event can be opened again, through the view.
+    sqlx::query("DELETE FROM retry_open WHERE seq = $1")
+        .bind(second.seq)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open(pool.clone()).await, vec![next.seq]);
+    sqlx::query(
+        "INSERT INTO retry_open (job_id, stream, job_variants_id, seq, step, occurred_at)
+         SELECT job_id, job_variants_id, job_variants_id, seq, step, occurred_at
+           FROM retry_history WHERE seq = $1",
+    )
+    .bind(second.seq)
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open(pool.clone()).await, vec![second.seq, next.seq]);
+}
