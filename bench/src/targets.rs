@@ -7,7 +7,9 @@
 //! watchdog would), topped up with jobs never retried to `--jobs` jobs of 4 variants. The
 //! pipeline's rows are then varied so every state has members: some jobs failed or a step
 //! ahead of their variants (lagging, so `stuck`), some variants failed, some of those noted at
-//! the retry limit (`needs_intervention`), and the variants idle since they were created.
+//! the retry limit (`needs_intervention`), and the variants idle since they were created. One
+//! in 100 retried variants then gets an operator's forced re-run whose error text `q` finds
+//! (an OOM; one in 1,000 a CUDA error), recorded through the batch door.
 //!
 //! Each case is what the page sends (its query parameters), read through
 //! `cmd::targets::listing` — the page's query and its bounded count, as the API runs them.
@@ -127,6 +129,20 @@ const CASES: &[(&str, &str)] = &[
     ),
     ("min_retries=6", "t.retry_count >= 6"),
     (
+        "q=oom",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note') ILIKE '%oom%'",
+    ),
+    (
+        "q=cuda error",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note')
+             ILIKE '%cuda error%'",
+    ),
+    (
+        "q=no such text",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note')
+             ILIKE '%no such text%'",
+    ),
+    (
         "state=failed&kind=variant&reason=failed",
         "t.status = 'failed' AND h.job_variants_id IS NOT NULL AND h.reason = 'failed'",
     ),
@@ -236,9 +252,41 @@ async fn vary_pipeline(pool: &PgPool, extra: u64) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
+    // Error text for `q` to find: an operator's forced re-run of 1 in 100 retried variants
+    // with an OOM error, 1 in 1,000 of them a CUDA one, through the batch door (the head rows,
+    // outcomes and counts kept as an append keeps them).
+    sqlx::raw_sql(
+        "DO $$
+         DECLARE
+             batch jsonb;
+         BEGIN
+             FOR batch IN
+                 SELECT jsonb_agg(jsonb_build_object(
+                            'job_id', job_id, 'job_variants_id', job_variants_id,
+                            'reason', 'manual_recovery', 'actor', 'cli:bench-operator',
+                            'step', current_step, 'force', true,
+                            'detail', jsonb_build_object('error', CASE
+                                WHEN abs(hashtext(job_variants_id::text)) % 1000 = 7
+                                THEN 'CUDA error: device-side assert triggered'
+                                ELSE 'worker OOM killed at ' || current_step END)))
+                   FROM (SELECT job_id, job_variants_id, current_step,
+                                row_number() OVER (ORDER BY job_variants_id) / 1000 AS chunk
+                           FROM jobs_variants
+                          WHERE retry_count > 0
+                            AND abs(hashtext(job_variants_id::text)) % 100 = 7) v
+                  GROUP BY chunk
+             LOOP
+                 PERFORM record_retries(batch);
+             END LOOP;
+         END
+         $$",
+    )
+    .execute(pool)
+    .await?;
     // On its own: several statements in one call share a transaction, and VACUUM refuses one.
     sqlx::raw_sql(
-        "VACUUM ANALYZE jobs, jobs_variants, retry_intervention, retry_open, retry_outcome",
+        "VACUUM ANALYZE jobs, jobs_variants, retry_intervention, retry_open, retry_outcome,
+                        retry_stream_head, retry_history",
     )
     .execute(pool)
     .await?;
