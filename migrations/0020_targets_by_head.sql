@@ -14,12 +14,20 @@
 --     database suffices); otherwise `q` is checked on each candidate row, and the docs say
 --     what that costs.
 --
--- The states need nothing new: failed and running read the pipeline's own
+-- The other states need nothing new: failed and running read the pipeline's own
 -- idx_*_status_retry_count, retrying reads retry_open's key, needs_intervention
--- retry_intervention's (job_id, job_variants_id, retry_count) key, recovered and gave_up
+-- retry_intervention's (job_id, job_variants_id, retry_count) key, recovered
 -- retry_outcome's key; no index is added to jobs or jobs_variants (invariant 10).
 CREATE INDEX IF NOT EXISTS retry_stream_head_last_retry
     ON retry_stream_head (last_occurred_at, last_seq);
+--   * the same for the jobs' own streams alone (`kind=job`: a few in a hundred head rows,
+--     which the whole index would read past); written by job-level appends only.
+CREATE INDEX IF NOT EXISTS retry_stream_head_last_job_retry
+    ON retry_stream_head (last_occurred_at, last_seq) WHERE job_variants_id IS NULL;
+--   * retry_outcome (seq) WHERE outcome = 'gave_up': the retries that gave up, each then
+--     found in the log by seq and kept if it is its stream's last (`state=gave_up`).
+CREATE INDEX IF NOT EXISTS retry_outcome_gave_up
+    ON retry_outcome (seq) WHERE outcome = 'gave_up';
 
 DO $$
 DECLARE

@@ -459,6 +459,8 @@ enum Driver {
     Text,
     /// The open retries (`retry_open`).
     Open,
+    /// The retries that gave up (`retry_outcome_gave_up`), each found in the log by seq.
+    GaveUp,
 }
 
 /// What one page reads: the filter and what was looked up for it.
@@ -470,8 +472,9 @@ struct Reads<'a> {
 
 impl Reads<'_> {
     /// The smallest set the filter names, in this order: the stuck candidates and the open
-    /// notes (a few thousand at most), the text index, a status, the open retries; else the
-    /// head rows.
+    /// notes (a few thousand at most), the text index, a status, the open retries, the
+    /// retries that gave up, the targets retried at least `min_retries` times; else the head
+    /// rows.
     fn driver(&self) -> Driver {
         match self.filter.state {
             Some(State::Stuck) => return Driver::Stuck,
@@ -485,6 +488,9 @@ impl Reads<'_> {
             Some(State::Failed) => Driver::Status("failed"),
             Some(State::Running) => Driver::Status("running"),
             Some(State::Retrying) => Driver::Open,
+            Some(State::GaveUp) => Driver::GaveUp,
+            // The most retried, from the pipeline's own retry-count indexes.
+            _ if self.filter.min_retries.is_some() => Driver::Targets,
             _ => Driver::Head,
         }
     }
@@ -550,6 +556,17 @@ impl Reads<'_> {
                 query.push(head(&format!(
                     "s.job_id = hq.job_id AND s.stream = coalesce(hq.job_variants_id, {JOB_STREAM})
                      AND s.last_seq = hq.seq AND s.last_recorded_at = hq.recorded_at"
+                )));
+            }
+            Driver::GaveUp => {
+                query.push(
+                    " FROM retry_outcome og
+                      CROSS JOIN LATERAL (SELECT h.job_id, h.job_variants_id FROM retry_history h
+                                           WHERE h.seq = og.seq OFFSET 0) hg",
+                );
+                query.push(head(&format!(
+                    "s.job_id = hg.job_id AND s.stream = coalesce(hg.job_variants_id, {JOB_STREAM})
+                     AND s.last_seq = og.seq"
                 )));
             }
             Driver::Open => {
@@ -674,6 +691,9 @@ impl Reads<'_> {
         // The last retry's own row, by its seq within its partition (the head row holds the
         // partition key): always, so a stream whose events were all archived is no target,
         // as when the listing read the log itself; with the filters on its detail and actor.
+        // Each EXISTS here is a probe per row read (OFFSET 0 keeps it one): as a semi-join,
+        // the planner misjudged how many rows a filter on the detail keeps and hashed the
+        // whole log.
         query.push(
             " AND EXISTS (SELECT 1 FROM retry_history h
                            WHERE h.seq = s.last_seq AND h.recorded_at = s.last_recorded_at",
@@ -691,7 +711,16 @@ impl Reads<'_> {
                 .push(format!(" AND {} ILIKE ", detail_text("h")))
                 .push_bind(substring_pattern(q));
         }
-        query.push(")");
+        query.push(" OFFSET 0)");
+        if driver == Driver::GaveUp {
+            query.push(" AND og.outcome = 'gave_up'");
+        }
+        // A job's own retries have an index of their own (they are few among the head rows).
+        match filter.kind {
+            Some(Kind::Job) => query.push(" AND s.job_variants_id IS NULL"),
+            Some(Kind::Variant) => query.push(" AND s.job_variants_id IS NOT NULL"),
+            None => query,
+        };
         if let (Some(q), Driver::Text) = (&filter.q, driver) {
             // The driver's own rows: the text index finds them.
             query
@@ -714,19 +743,19 @@ impl Reads<'_> {
                 query.push(
                     " AND EXISTS (SELECT 1 FROM retry_open r2
                                    WHERE r2.job_id = s.job_id AND r2.stream = s.stream
-                                     AND r2.seq = s.last_seq)",
+                                     AND r2.seq = s.last_seq OFFSET 0)",
                 );
             }
             State::Recovered => {
                 query.push(
                     " AND EXISTS (SELECT 1 FROM retry_outcome o
-                                   WHERE o.seq = s.last_seq AND o.outcome = 'recovered')",
+                                   WHERE o.seq = s.last_seq AND o.outcome = 'recovered' OFFSET 0)",
                 );
             }
             State::GaveUp => {
                 query.push(
                     " AND EXISTS (SELECT 1 FROM retry_outcome o
-                                   WHERE o.seq = s.last_seq AND o.outcome = 'gave_up')",
+                                   WHERE o.seq = s.last_seq AND o.outcome = 'gave_up' OFFSET 0)",
                 );
             }
             // An open note: the limit noted the target at the count it still has.
@@ -735,7 +764,7 @@ impl Reads<'_> {
                     " AND EXISTS (SELECT 1 FROM retry_intervention i
                                    WHERE i.job_id = s.job_id
                                      AND i.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
-                                     AND i.retry_count = t.retry_count)",
+                                     AND i.retry_count = t.retry_count OFFSET 0)",
                 );
             }
             State::Stuck => {
