@@ -333,8 +333,10 @@ pub async fn page(
     let counted: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
     let count_exact = counted <= COUNT_BOUND;
 
-    // Every match was in the driving set: read it again and sort. Else walk the order.
-    let walk = if count_exact && driver != Driver::Head {
+    // Every match was in the driving set: read it again and sort. Else walk the order; but
+    // the stuck candidates, already in hand, are always the smaller read (as a condition on
+    // a walk, the planner probed the whole list per head row).
+    let walk = if (count_exact && driver != Driver::Head) || driver == Driver::Stuck {
         driver
     } else {
         match sort {
