@@ -10,6 +10,10 @@
 //! `retrying` is a row in `retry_open`; `recovered` and `gave_up` are the last retry's row in
 //! `retry_outcome`.
 //!
+//! A target's last retry is its stream's head row (`retry_stream_head`: seq, attempt, reason,
+//! step, time), read by key, with the event itself (its detail and actor) fetched by seq from
+//! its partition; the log is never scanned. The stuck candidates are read once per page.
+//!
 //! Paging is by keyset, never by offset: a page asks for the rows after (or before) the sort key
 //! of the row it ended on, so a page costs the same however deep it is, and rows appended
 //! between two fetches neither repeat nor shift the rows not yet shown. A target retried while
@@ -274,6 +278,12 @@ pub struct Page {
 }
 
 /// The page of targets `filter` keeps, in `sort` order, at `position`.
+///
+/// Two statements, the count first: it reads at most one match past [`COUNT_BOUND`], from
+/// the smallest set a filter names (a state's own rows, the text index) or else from the head
+/// rows in last-retry order. When that set held every match (the count is exact), the page
+/// reads the same set and sorts what matched; otherwise there are more than the bound, and
+/// the page walks its order's index from the cursor until the page is full.
 pub async fn page(
     conn: &mut PgConnection,
     filter: &Filter,
@@ -299,10 +309,58 @@ pub async fn page(
     }
     let cursor = cursor.map(|(_, cursor)| cursor);
 
-    let mut query = QueryBuilder::<Postgres>::new("");
-    push_matches(&mut query, filter, stuck, sort, cursor, forward);
-    query.push(order_by(sort, forward));
+    // `stuck` is the watchdog's detection over the whole pipeline: read once per page, its
+    // targets then bound to both statements.
+    let stuck = match filter.state {
+        Some(State::Stuck) => Some(stuck_targets(conn, stuck).await?),
+        _ => None,
+    };
+    let text_index = match &filter.q {
+        Some(_) => text_index(conn).await?,
+        None => false,
+    };
+    let reads = Reads {
+        filter,
+        stuck: stuck.as_ref(),
+        text_index,
+    };
+    let driver = reads.driver();
+
+    let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
+    reads.push_from(&mut count, driver);
+    reads.push_where(&mut count, driver, None);
+    count.push(" LIMIT ").push_bind(COUNT_BOUND + 1).push(") m");
+    let counted: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
+    let count_exact = counted <= COUNT_BOUND;
+
+    // Every match was in the driving set: read it again and sort. Else walk the order; but
+    // the stuck candidates, already in hand, are always the smaller read (as a condition on
+    // a walk, the planner probed the whole list per head row).
+    let walk = if (count_exact && driver != Driver::Head) || driver == Driver::Stuck {
+        driver
+    } else {
+        match sort {
+            Sort::LastRetry => Driver::Head,
+            Sort::RetryCount => Driver::Targets,
+        }
+    };
+    let mut query = QueryBuilder::<Postgres>::new(
+        "SELECT p.*,
+                (SELECT h.detail FROM retry_history h
+                  WHERE h.seq = p.last_seq AND h.recorded_at = p.last_recorded_at)
+                    AS last_detail,
+                (SELECT o.outcome::text FROM retry_outcome o WHERE o.seq = p.last_seq)
+                    AS last_outcome
+           FROM (SELECT t.kind, t.id, t.job_id, t.status, t.current_step AS step,
+                        t.retry_count, s.last_seq, s.attempt AS last_attempt,
+                        s.last_reason::text AS last_reason, s.last_step,
+                        s.last_occurred_at AS last_retry_at, s.last_recorded_at",
+    );
+    reads.push_from(&mut query, walk);
+    reads.push_where(&mut query, walk, cursor.map(|cursor| (cursor, forward)));
+    query.push(order_by(sort, forward, ""));
     query.push(" LIMIT ").push_bind(limit + 1);
+    query.push(") p").push(order_by(sort, forward, "p."));
     let mut rows: Vec<TargetRow> = query.build_query_as().fetch_all(&mut *conn).await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
@@ -323,222 +381,424 @@ pub async fn page(
         (rows.last().map(|row| row.cursor(sort)), previous)
     };
 
-    // The count reads at most one row past the bound, without order (an ORDER BY here made
-    // the planner re-read the stuck candidates per row: minutes). Each match costs a few index
-    // probes, so the bound is what keeps it affordable; see docs/performance.md, "Targets".
-    let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (");
-    push_matches(&mut count, filter, stuck, sort, None, true);
-    count.push(" LIMIT ").push_bind(COUNT_BOUND + 1).push(") m");
-    let counted: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
-
     Ok(Page {
         rows,
         next: next.map(|cursor| cursor.encode()),
         previous: previous.map(|cursor| cursor.encode()),
         count: counted.min(COUNT_BOUND),
-        count_exact: counted <= COUNT_BOUND,
+        count_exact,
     })
 }
 
-/// The sort key's ORDER BY: descending for a next page, ascending to read a previous one.
-fn order_by(sort: Sort, forward: bool) -> String {
+/// The sort key's ORDER BY (over `t` and `s`, or the page's `p.` columns): descending for a
+/// next page, ascending to read a previous one.
+fn order_by(sort: Sort, forward: bool, page: &str) -> String {
     let direction = if forward { "DESC" } else { "ASC" };
-    match sort {
-        Sort::LastRetry => format!(" ORDER BY h.occurred_at {direction}, h.seq {direction}"),
-        Sort::RetryCount => format!(" ORDER BY t.retry_count {direction}, t.id {direction}"),
+    match (sort, page) {
+        (Sort::LastRetry, "") => {
+            format!(" ORDER BY s.last_occurred_at {direction}, s.last_seq {direction}")
+        }
+        (Sort::LastRetry, p) => {
+            format!(" ORDER BY {p}last_retry_at {direction}, {p}last_seq {direction}")
+        }
+        (Sort::RetryCount, "") => {
+            format!(" ORDER BY t.retry_count {direction}, t.id {direction}")
+        }
+        (Sort::RetryCount, p) => format!(" ORDER BY {p}retry_count {direction}, {p}id {direction}"),
     }
 }
 
-/// The matching targets, as a SELECT of [`TargetRow`]'s columns over `h` (the last retry), `t`
-/// (the target) and `o` (the last retry's outcome), narrowed past `cursor` (forward: below it).
-/// Only the filters given become SQL, so each combination gets a plan of its own.
-fn push_matches(
-    query: &mut QueryBuilder<'_, Postgres>,
-    filter: &Filter,
+/// The stream key of a job's own retries (`retry_stream_head.stream`, `retry_open.stream`).
+const JOB_STREAM: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
+
+/// The targets some scenario of the watchdog would pick up now, as (job_id, stream) pairs.
+#[derive(Debug, Default)]
+struct StuckTargets {
+    job_ids: Vec<Uuid>,
+    streams: Vec<Uuid>,
+}
+
+/// [`Scenario::candidates_sql`] with the watchdog's steps ($1) and stuck_after ($2).
+async fn stuck_targets(
+    conn: &mut PgConnection,
     stuck: &StuckRule,
-    sort: Sort,
-    cursor: Option<&Cursor>,
-    forward: bool,
-) {
-    if filter.state == Some(State::Stuck) {
-        // The scenarios' conditions read $1 (the steps) and $2 (stuck_after): bound first, so
-        // they get those numbers. The candidates are computed once, before the page's scan.
-        query
-            .push("WITH stuck_rule AS (SELECT ")
-            .push_bind(stuck.steps.names().to_vec())
-            .push("::text[] AS steps, ")
-            .push_bind(stuck.stuck_after.as_secs_f64())
-            .push(format!(
-                "::float8 AS seconds),
-                 stuck AS MATERIALIZED (
-                     SELECT CASE WHEN c.job_variants_id IS NULL THEN 'job' ELSE 'variant' END
-                                AS kind,
-                            coalesce(c.job_variants_id, c.job_id) AS id
-                       FROM ({}) c) ",
-                Scenario::candidates_sql()
-            ));
-    }
-    const COLUMNS: &str = "SELECT t.kind, t.id, t.job_id, t.status, t.current_step AS step,
-                t.retry_count, h.seq AS last_seq, h.attempt AS last_attempt,
-                h.reason::text AS last_reason, h.step AS last_step, h.detail AS last_detail,
-                o.outcome::text AS last_outcome, h.occurred_at AS last_retry_at";
-    let beyond = if forward { "<" } else { ">" };
-    match sort {
-        Sort::LastRetry => {
-            // Driven by the log in time order (retry_history_occurred_at_seq): each retry that
-            // is the latest of its stream, joined to its target by primary key.
-            query.push(COLUMNS).push(
-                " FROM retry_history h
-                  CROSS JOIN LATERAL (
-                      SELECT 'job'::text AS kind, j.job_id AS id, j.job_id, j.status,
-                             j.current_step, j.retry_count
-                        FROM jobs j WHERE h.job_variants_id IS NULL AND j.job_id = h.job_id
-                      UNION ALL
-                      SELECT 'variant', v.job_variants_id, v.job_id, v.status, v.current_step,
-                             v.retry_count
-                        FROM jobs_variants v WHERE v.job_variants_id = h.job_variants_id) t
-                  LEFT JOIN retry_outcome o ON o.seq = h.seq
-                 WHERE NOT EXISTS (
-                       SELECT 1 FROM retry_history n
-                        WHERE n.job_id = h.job_id AND n.attempt > h.attempt
-                          AND (n.job_variants_id = h.job_variants_id
-                               OR (n.job_variants_id IS NULL AND h.job_variants_id IS NULL)))",
-            );
-            if let Some(Cursor::LastRetry { t, n }) = cursor {
-                query
-                    .push(format!(" AND (h.occurred_at, h.seq) {beyond} ("))
-                    .push_bind(*t)
-                    .push(", ")
-                    .push_bind(*n)
-                    .push(")");
-            }
-            match filter.kind {
-                Some(Kind::Job) => query.push(" AND h.job_variants_id IS NULL"),
-                Some(Kind::Variant) => query.push(" AND h.job_variants_id IS NOT NULL"),
-                None => query,
-            };
-            if let Some(min) = filter.min_retries {
-                query.push(" AND t.retry_count >= ").push_bind(min);
-            }
+) -> Result<StuckTargets, sqlx::Error> {
+    let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
+        "SELECT DISTINCT c.job_id, coalesce(c.job_variants_id, {JOB_STREAM})
+           FROM ({}) c",
+        Scenario::candidates_sql()
+    ))
+    .bind(stuck.steps.names().to_vec())
+    .bind(stuck.stuck_after.as_secs_f64())
+    .fetch_all(&mut *conn)
+    .await?;
+    let (job_ids, streams) = pairs.into_iter().unzip();
+    Ok(StuckTargets { job_ids, streams })
+}
+
+/// Whether the log has the trigram index on the text `q` searches (migration 0020 creates it
+/// only where pg_trgm could be installed).
+async fn text_index(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass('retry_history_detail_text') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Where a statement starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// The head rows in last-retry order (`retry_stream_head_last_retry`).
+    Head,
+    /// The targets in retry-count order (the pipeline's `idx_*_retry_count`).
+    Targets,
+    /// The targets of a status (the pipeline's `idx_*_status_retry_count`).
+    Status(&'static str),
+    /// The open notes (`retry_intervention`).
+    Notes,
+    /// The stuck candidates, bound.
+    Stuck,
+    /// The retries whose text matches `q` (`retry_history_detail_text`).
+    Text,
+    /// The open retries (`retry_open`).
+    Open,
+    /// The retries that gave up (`retry_outcome_gave_up`), each found in the log by seq.
+    GaveUp,
+}
+
+/// What one page reads: the filter and what was looked up for it.
+struct Reads<'a> {
+    filter: &'a Filter,
+    stuck: Option<&'a StuckTargets>,
+    text_index: bool,
+}
+
+impl Reads<'_> {
+    /// The smallest set the filter names, in this order: the stuck candidates and the open
+    /// notes (a few thousand at most), the text index, a status, the open retries, the
+    /// retries that gave up, the targets retried at least `min_retries` times; else the head
+    /// rows.
+    fn driver(&self) -> Driver {
+        match self.filter.state {
+            Some(State::Stuck) => return Driver::Stuck,
+            Some(State::NeedsIntervention) => return Driver::Notes,
+            _ => {}
         }
-        Sort::RetryCount => {
-            // Driven by the targets in count order (the (retry_count, id) indexes, merged),
-            // each joined to its latest retry through the stream key.
-            let target =
-                |query: &mut QueryBuilder<'_, Postgres>, kind: Kind, table: &str, id: &str| {
+        if self.filter.q.is_some() && self.text_index {
+            return Driver::Text;
+        }
+        match self.filter.state {
+            Some(State::Failed) => Driver::Status("failed"),
+            Some(State::Running) => Driver::Status("running"),
+            Some(State::Retrying) => Driver::Open,
+            Some(State::GaveUp) => Driver::GaveUp,
+            // The most retried, from the pipeline's own retry-count indexes.
+            _ if self.filter.min_retries.is_some() => Driver::Targets,
+            _ => Driver::Head,
+        }
+    }
+
+    /// FROM: `s` (the head row), `t` (the target) and whatever the driver reads first; each
+    /// table joined by its key, each lookup behind OFFSET 0 so the planner estimates it as
+    /// the one row it is (joined as a plain table, the head row's two-column key multiplied
+    /// its selectivities to "no row", and the plan sorted every target).
+    fn push_from(&self, query: &mut QueryBuilder<'_, Postgres>, driver: Driver) {
+        let head = |by: &str| {
+            format!(" CROSS JOIN LATERAL (SELECT * FROM retry_stream_head s WHERE {by} OFFSET 0) s")
+        };
+        match driver {
+            Driver::Head => {
+                query.push(" FROM retry_stream_head s");
+            }
+            Driver::Targets => {
+                query.push(" FROM (");
+                self.push_targets(query);
+                query.push(") t");
+                query.push(head("s.job_id = t.job_id AND s.stream = t.stream"));
+                return;
+            }
+            Driver::Status(status) => {
+                query.push(" FROM (");
+                let mut first = true;
+                for (_, table, stream) in self.tables() {
+                    if !first {
+                        query.push(" UNION ALL ");
+                    }
+                    first = false;
                     query.push(format!(
-                        "SELECT '{kind}'::text AS kind, {id} AS id, job_id, status, current_step,
-                            retry_count FROM {table} WHERE retry_count > 0"
+                        "SELECT job_id, {stream} AS stream FROM {table}
+                          WHERE status = '{status}' AND retry_count > 0"
                     ));
-                    if let Some(min) = filter.min_retries {
+                    if let Some(min) = self.filter.min_retries {
                         query.push(" AND retry_count >= ").push_bind(min);
                     }
-                    // A selection is read by primary key, not found in a scan.
-                    if !filter.ids.is_empty() {
-                        query
-                            .push(format!(" AND {id} = ANY("))
-                            .push_bind(filter.ids.clone())
-                            .push(")");
-                    }
-                    if let Some(Cursor::RetryCount { c, id: after }) = cursor {
-                        query
-                            .push(format!(" AND (retry_count, {id}) {beyond} ("))
-                            .push_bind(*c)
-                            .push(", ")
-                            .push_bind(*after)
-                            .push(")");
-                    }
-                };
-            query.push(COLUMNS).push(" FROM (");
-            match filter.kind {
-                Some(Kind::Job) => target(query, Kind::Job, "jobs", "job_id"),
-                Some(Kind::Variant) => {
-                    target(query, Kind::Variant, "jobs_variants", "job_variants_id")
                 }
-                None => {
-                    target(query, Kind::Job, "jobs", "job_id");
-                    query.push(" UNION ALL ");
-                    target(query, Kind::Variant, "jobs_variants", "job_variants_id");
+                query.push(") d");
+                query.push(head("s.job_id = d.job_id AND s.stream = d.stream"));
+            }
+            Driver::Notes => {
+                query.push(format!(
+                    " FROM (SELECT DISTINCT i.job_id,
+                                   coalesce(i.job_variants_id, {JOB_STREAM}) AS stream
+                              FROM retry_intervention i) d"
+                ));
+                query.push(head("s.job_id = d.job_id AND s.stream = d.stream"));
+            }
+            Driver::Stuck => {
+                let stuck = self.stuck.expect("stuck targets read for state=stuck");
+                query
+                    .push(" FROM unnest(")
+                    .push_bind(stuck.job_ids.clone())
+                    .push("::uuid[], ")
+                    .push_bind(stuck.streams.clone())
+                    .push("::uuid[]) d(job_id, stream)");
+                query.push(head("s.job_id = d.job_id AND s.stream = d.stream"));
+            }
+            Driver::Text => {
+                query.push(" FROM retry_history hq");
+                query.push(head(&format!(
+                    "s.job_id = hq.job_id AND s.stream = coalesce(hq.job_variants_id, {JOB_STREAM})
+                     AND s.last_seq = hq.seq AND s.last_recorded_at = hq.recorded_at"
+                )));
+            }
+            Driver::GaveUp => {
+                query.push(
+                    " FROM retry_outcome og
+                      CROSS JOIN LATERAL (SELECT h.job_id, h.job_variants_id FROM retry_history h
+                                           WHERE h.seq = og.seq OFFSET 0) hg",
+                );
+                query.push(head(&format!(
+                    "s.job_id = hg.job_id AND s.stream = coalesce(hg.job_variants_id, {JOB_STREAM})
+                     AND s.last_seq = og.seq"
+                )));
+            }
+            Driver::Open => {
+                query.push(" FROM retry_open r");
+                query.push(head(
+                    "s.job_id = r.job_id AND s.stream = r.stream AND s.last_seq = r.seq",
+                ));
+            }
+        }
+        // The target of the head row, by primary key.
+        query.push(" CROSS JOIN LATERAL (");
+        let mut first = true;
+        for (kind, table, _) in self.tables() {
+            if !first {
+                query.push(" UNION ALL ");
+            }
+            first = false;
+            let (id, by) = match kind {
+                Kind::Job => ("job_id", "s.job_variants_id IS NULL AND job_id = s.job_id"),
+                Kind::Variant => (
+                    "job_variants_id",
+                    "s.job_variants_id IS NOT NULL AND job_variants_id = s.job_variants_id",
+                ),
+            };
+            query.push(format!(
+                "SELECT '{kind}'::text AS kind, {id} AS id, job_id, status, current_step,
+                        retry_count FROM {table} WHERE {by}"
+            ));
+        }
+        query.push(" OFFSET 0) t");
+    }
+
+    /// The pipeline tables the kind filter keeps: kind, table, stream key.
+    fn tables(&self) -> Vec<(Kind, &'static str, &'static str)> {
+        let job = (Kind::Job, "jobs", JOB_STREAM);
+        let variant = (Kind::Variant, "jobs_variants", "job_variants_id");
+        match self.filter.kind {
+            Some(Kind::Job) => vec![job],
+            Some(Kind::Variant) => vec![variant],
+            None => vec![job, variant],
+        }
+    }
+
+    /// The targets (the driver [`Driver::Targets`]): no condition in the branches, so the
+    /// planner flattens the union and pushes the conditions on `t` into each table, reading
+    /// each in retry-count order from its own index and merging the two.
+    fn push_targets(&self, query: &mut QueryBuilder<'_, Postgres>) {
+        let mut first = true;
+        for (kind, table, stream) in self.tables() {
+            if !first {
+                query.push(" UNION ALL ");
+            }
+            first = false;
+            let id = match kind {
+                Kind::Job => "job_id",
+                Kind::Variant => "job_variants_id",
+            };
+            query.push(format!(
+                "SELECT '{kind}'::text AS kind, {id} AS id, job_id, {stream} AS stream, status,
+                        current_step, retry_count
+                   FROM {table}"
+            ));
+        }
+    }
+
+    /// WHERE, for the statement `driver` starts: the cursor (when given, with its direction)
+    /// and the filters, on `t` (the target), `s` (the head row) and the last retry's row.
+    fn push_where(
+        &self,
+        query: &mut QueryBuilder<'_, Postgres>,
+        driver: Driver,
+        cursor: Option<(&Cursor, bool)>,
+    ) {
+        let filter = self.filter;
+        query.push(" WHERE t.retry_count > 0");
+        if let Some((cursor, forward)) = cursor {
+            let beyond = if forward { "<" } else { ">" };
+            match cursor {
+                Cursor::LastRetry { t, n } => {
+                    query
+                        .push(format!(" AND (s.last_occurred_at, s.last_seq) {beyond} ("))
+                        .push_bind(*t)
+                        .push(", ")
+                        .push_bind(*n)
+                        .push(")");
+                }
+                Cursor::RetryCount { c, id } => {
+                    query
+                        .push(format!(" AND (t.retry_count, t.id) {beyond} ("))
+                        .push_bind(*c)
+                        .push(", ")
+                        .push_bind(*id)
+                        .push(")");
                 }
             }
-            query.push(
-                ") t
-                  CROSS JOIN LATERAL (
-                      SELECT * FROM retry_history l
-                       WHERE l.job_id = t.job_id
-                         AND (l.job_variants_id = t.id
-                              OR (t.kind = 'job' AND l.job_variants_id IS NULL))
-                       ORDER BY l.attempt DESC LIMIT 1) h
-                  LEFT JOIN retry_outcome o ON o.seq = h.seq
-                 WHERE true",
-            );
+        }
+        if let Some(min) = filter.min_retries {
+            query.push(" AND t.retry_count >= ").push_bind(min);
+        }
+        // A selection of rows, as a bulk recovery narrows its filter to the rows ticked.
+        if !filter.ids.is_empty() {
+            query
+                .push(" AND t.id = ANY(")
+                .push_bind(filter.ids.clone())
+                .push(")");
+        }
+        if let Some(step) = &filter.step {
+            query.push(" AND s.last_step = ").push_bind(step.clone());
+        }
+        if let Some(reason) = filter.reason {
+            query
+                .push(" AND s.last_reason = ")
+                .push_bind(reason.as_ref().to_string())
+                .push("::retry_reason");
+        }
+        if let Some(since) = filter.since {
+            query.push(" AND s.last_occurred_at >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until {
+            query.push(" AND s.last_occurred_at <= ").push_bind(until);
+        }
+        // The last retry's own row, by its seq within its partition (the head row holds the
+        // partition key): always, so a stream whose events were all archived is no target,
+        // as when the listing read the log itself; with the filters on its detail and actor.
+        // Each EXISTS here is a probe per row read (OFFSET 0 keeps it one): as a semi-join,
+        // the planner misjudged how many rows a filter on the detail keeps and hashed the
+        // whole log.
+        query.push(
+            " AND EXISTS (SELECT 1 FROM retry_history h
+                           WHERE h.seq = s.last_seq AND h.recorded_at = s.last_recorded_at",
+        );
+        if let Some(scenario) = &filter.scenario {
+            query
+                .push(" AND h.detail->>'scenario' = ")
+                .push_bind(scenario.clone());
+        }
+        if let Some(actor) = &filter.actor {
+            query.push(" AND h.actor = ").push_bind(actor.clone());
+        }
+        if let Some(q) = &filter.q {
+            query
+                .push(format!(" AND {} ILIKE ", detail_text("h")))
+                .push_bind(substring_pattern(q));
+        }
+        query.push(" OFFSET 0)");
+        if driver == Driver::GaveUp {
+            query.push(" AND og.outcome = 'gave_up'");
+        }
+        // A job's own retries have an index of their own (they are few among the head rows).
+        match filter.kind {
+            Some(Kind::Job) => query.push(" AND s.job_variants_id IS NULL"),
+            Some(Kind::Variant) => query.push(" AND s.job_variants_id IS NOT NULL"),
+            None => query,
+        };
+        if let (Some(q), Driver::Text) = (&filter.q, driver) {
+            // The driver's own rows: the text index finds them.
+            query
+                .push(format!(" AND {} ILIKE ", detail_text("hq")))
+                .push_bind(substring_pattern(q));
+        }
+        let Some(state) = filter.state else {
+            return;
+        };
+        match state {
+            State::Failed => {
+                query.push(" AND t.status = 'failed'");
+            }
+            State::Running => {
+                query.push(" AND t.status = 'running'");
+            }
+            // The open retry of the stream, if it is the last one: by the key retry_open has
+            // as a table and as a view over the head rows alike.
+            State::Retrying => {
+                query.push(
+                    " AND EXISTS (SELECT 1 FROM retry_open r2
+                                   WHERE r2.job_id = s.job_id AND r2.stream = s.stream
+                                     AND r2.seq = s.last_seq OFFSET 0)",
+                );
+            }
+            State::Recovered => {
+                query.push(
+                    " AND EXISTS (SELECT 1 FROM retry_outcome o
+                                   WHERE o.seq = s.last_seq AND o.outcome = 'recovered' OFFSET 0)",
+                );
+            }
+            State::GaveUp => {
+                query.push(
+                    " AND EXISTS (SELECT 1 FROM retry_outcome o
+                                   WHERE o.seq = s.last_seq AND o.outcome = 'gave_up' OFFSET 0)",
+                );
+            }
+            // An open note: the limit noted the target at the count it still has.
+            State::NeedsIntervention => {
+                query.push(
+                    " AND EXISTS (SELECT 1 FROM retry_intervention i
+                                   WHERE i.job_id = s.job_id
+                                     AND i.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
+                                     AND i.retry_count = t.retry_count OFFSET 0)",
+                );
+            }
+            State::Stuck => {
+                let stuck = self.stuck.expect("stuck targets read for state=stuck");
+                query
+                    .push(" AND (s.job_id, s.stream) IN (SELECT * FROM unnest(")
+                    .push_bind(stuck.job_ids.clone())
+                    .push("::uuid[], ")
+                    .push_bind(stuck.streams.clone())
+                    .push("::uuid[]))");
+            }
         }
     }
-    push_filters(query, filter);
 }
 
-/// The conditions on the last retry and the state, common to both orders.
-fn push_filters(query: &mut QueryBuilder<'_, Postgres>, filter: &Filter) {
-    if let Some(step) = &filter.step {
-        query.push(" AND h.step = ").push_bind(step.clone());
-    }
-    if let Some(reason) = filter.reason {
-        query
-            .push(" AND h.reason = ")
-            .push_bind(reason.as_ref().to_string())
-            .push("::retry_reason");
-    }
-    if let Some(scenario) = &filter.scenario {
-        query
-            .push(" AND h.detail->>'scenario' = ")
-            .push_bind(scenario.clone());
-    }
-    if let Some(actor) = &filter.actor {
-        query.push(" AND h.actor = ").push_bind(actor.clone());
-    }
-    if let Some(since) = filter.since {
-        query.push(" AND h.occurred_at >= ").push_bind(since);
-    }
-    if let Some(until) = filter.until {
-        query.push(" AND h.occurred_at <= ").push_bind(until);
-    }
-    if let Some(q) = &filter.q {
-        // A substring, not a pattern: the user's % and _ are literal.
-        let pattern = format!(
-            "%{}%",
-            q.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
-        query
-            .push(
-                " AND concat_ws(' ', h.detail->>'error', h.detail->>'message',
-                                h.detail->>'note') ILIKE ",
-            )
-            .push_bind(pattern);
-    }
-    if !filter.ids.is_empty() {
-        query
-            .push(" AND t.id = ANY(")
-            .push_bind(filter.ids.clone())
-            .push(")");
-    }
-    let Some(state) = filter.state else {
-        return;
-    };
-    query.push(match state {
-        State::Failed => " AND t.status = 'failed'",
-        State::Running => " AND t.status = 'running'",
-        State::Retrying => " AND EXISTS (SELECT 1 FROM retry_open r WHERE r.seq = h.seq)",
-        State::Recovered => " AND o.outcome = 'recovered'",
-        State::GaveUp => " AND o.outcome = 'gave_up'",
-        // An open note: the limit noted the target at the count it still has.
-        State::NeedsIntervention => {
-            " AND EXISTS (SELECT 1 FROM retry_intervention i
-                           WHERE i.job_id = t.job_id AND i.retry_count = t.retry_count
-                             AND (i.job_variants_id = t.id
-                                  OR (t.kind = 'job' AND i.job_variants_id IS NULL)))"
-        }
-        State::Stuck => " AND (t.kind, t.id) IN (SELECT s.kind, s.id FROM stuck s)",
-    });
+/// `q` as an ILIKE pattern of a substring: the user's `%`, `_` and `\` are literal.
+fn substring_pattern(q: &str) -> String {
+    format!(
+        "%{}%",
+        q.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+/// The text `q` searches in the retry `alias`: its `detail.error`, `detail.message` and
+/// `detail.note` joined by a space (what `concat_ws(' ', …)` gives), written with immutable
+/// operators only so that an index can hold it (migration 0020, `retry_history_detail_text`).
+fn detail_text(alias: &str) -> String {
+    format!(
+        "substr(coalesce(' ' || ({alias}.detail->>'error'), '')
+                || coalesce(' ' || ({alias}.detail->>'message'), '')
+                || coalesce(' ' || ({alias}.detail->>'note'), ''), 2)"
+    )
 }

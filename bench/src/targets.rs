@@ -7,7 +7,9 @@
 //! watchdog would), topped up with jobs never retried to `--jobs` jobs of 4 variants. The
 //! pipeline's rows are then varied so every state has members: some jobs failed or a step
 //! ahead of their variants (lagging, so `stuck`), some variants failed, some of those noted at
-//! the retry limit (`needs_intervention`), and the variants idle since they were created.
+//! the retry limit (`needs_intervention`), and the variants idle since they were created. One
+//! in 100 retried variants then gets an operator's forced re-run whose error text `q` finds
+//! (an OOM; one in 1,000 a CUDA error), recorded through the batch door.
 //!
 //! Each case is what the page sends (its query parameters), read through
 //! `cmd::targets::listing` — the page's query and its bounded count, as the API runs them.
@@ -63,6 +65,13 @@ pub struct TargetsBenchArgs {
     #[arg(long, default_value_t = 3, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub baseline_runs: u32,
+
+    /// Cancels each naive statement after this many seconds (statement_timeout) and counts
+    /// it as taking that long: at the full size one naive page sorts the whole log on disk,
+    /// a minute or more. The figure is then a lower bound, and says so.
+    #[arg(long, value_name = "S",
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub baseline_timeout: Option<u32>,
 
     /// The later page measured: this many `next` cursors from the first.
     #[arg(long, default_value_t = 20, value_name = "N",
@@ -126,6 +135,20 @@ const CASES: &[(&str, &str)] = &[
         "h.occurred_at BETWEEN now() - interval '20 days' AND now() - interval '10 days'",
     ),
     ("min_retries=6", "t.retry_count >= 6"),
+    (
+        "q=oom",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note') ILIKE '%oom%'",
+    ),
+    (
+        "q=cuda error",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note')
+             ILIKE '%cuda error%'",
+    ),
+    (
+        "q=no such text",
+        "concat_ws(' ', h.detail->>'error', h.detail->>'message', h.detail->>'note')
+             ILIKE '%no such text%'",
+    ),
     (
         "state=failed&kind=variant&reason=failed",
         "t.status = 'failed' AND h.job_variants_id IS NOT NULL AND h.reason = 'failed'",
@@ -236,9 +259,41 @@ async fn vary_pipeline(pool: &PgPool, extra: u64) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
+    // Error text for `q` to find: an operator's forced re-run of 1 in 100 retried variants
+    // with an OOM error, 1 in 1,000 of them a CUDA one, through the batch door (the head rows,
+    // outcomes and counts kept as an append keeps them).
+    sqlx::raw_sql(
+        "DO $$
+         DECLARE
+             batch jsonb;
+         BEGIN
+             FOR batch IN
+                 SELECT jsonb_agg(jsonb_build_object(
+                            'job_id', job_id, 'job_variants_id', job_variants_id,
+                            'reason', 'manual_recovery', 'actor', 'cli:bench-operator',
+                            'step', current_step, 'force', true,
+                            'detail', jsonb_build_object('error', CASE
+                                WHEN abs(hashtext(job_variants_id::text)) % 1000 = 7
+                                THEN 'CUDA error: device-side assert triggered'
+                                ELSE 'worker OOM killed at ' || current_step END)))
+                   FROM (SELECT job_id, job_variants_id, current_step,
+                                row_number() OVER (ORDER BY job_variants_id) / 1000 AS chunk
+                           FROM jobs_variants
+                          WHERE retry_count > 0
+                            AND abs(hashtext(job_variants_id::text)) % 100 = 7) v
+                  GROUP BY chunk
+             LOOP
+                 PERFORM record_retries(batch);
+             END LOOP;
+         END
+         $$",
+    )
+    .execute(pool)
+    .await?;
     // On its own: several statements in one call share a transaction, and VACUUM refuses one.
     sqlx::raw_sql(
-        "VACUUM ANALYZE jobs, jobs_variants, retry_intervention, retry_open, retry_outcome",
+        "VACUUM ANALYZE jobs, jobs_variants, retry_intervention, retry_open, retry_outcome,
+                        retry_stream_head, retry_history",
     )
     .execute(pool)
     .await?;
@@ -381,23 +436,51 @@ async fn naive(
     );
     let page = format!("{matches} ORDER BY {order} OFFSET $3 LIMIT {LIMIT}");
     let count = format!("SELECT count(*) FROM ({matches}) m WHERE $3::bigint IS NOT NULL");
+    let mut conn = pool.acquire().await?;
+    if let Some(seconds) = args.baseline_timeout {
+        sqlx::query(&format!("SET statement_timeout = '{seconds}s'"))
+            .execute(&mut *conn)
+            .await?;
+    }
     let mut samples = Vec::new();
     for _ in 0..args.baseline_runs {
-        let started = Instant::now();
+        let mut took = Duration::ZERO;
         for sql in [&page, &count] {
-            sqlx::query(sql)
+            let started = Instant::now();
+            let done = sqlx::query(sql)
                 .bind(steps.names())
                 .bind(300.0f64)
                 .bind(offset)
-                .fetch_all(pool)
-                .await?;
+                .fetch_all(&mut *conn)
+                .await;
+            match (done, args.baseline_timeout) {
+                (Ok(_), _) => took += started.elapsed(),
+                // Cancelled by statement_timeout: counted as the cap.
+                (Err(sqlx::Error::Database(error)), Some(seconds))
+                    if error.code().as_deref() == Some("57014") =>
+                {
+                    took += Duration::from_secs(u64::from(seconds));
+                }
+                (Err(error), _) => return Err(error.into()),
+            }
         }
-        samples.push(started.elapsed());
+        samples.push(took);
+    }
+    if args.baseline_timeout.is_some() {
+        sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(median(samples))
 }
 
 fn figure_lines(args: &TargetsBenchArgs, figures: &[CaseFigure], events: u64) -> Vec<Line> {
+    let baseline_label = match args.baseline_timeout {
+        Some(seconds) => {
+            format!("DISTINCT ON + OFFSET + count(*), median, each statement capped at {seconds} s")
+        }
+        None => "DISTINCT ON + OFFSET + count(*), median".to_string(),
+    };
     let mut lines = Vec::new();
     for figure in figures {
         let mut pages = vec![("first page", Some(figure.first), figure.naive_first)];
@@ -425,7 +508,7 @@ fn figure_lines(args: &TargetsBenchArgs, figures: &[CaseFigure], events: u64) ->
                     ms(p99),
                 )
                 .events(events)
-                .baseline("DISTINCT ON + OFFSET + count(*), median", ms(baseline))
+                .baseline(baseline_label.clone(), ms(baseline))
                 .goal(Goal::Under(PAGE_P99_MS)),
             );
         }

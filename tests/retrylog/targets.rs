@@ -464,3 +464,136 @@ async fn cursors_list_no_row_twice_and_skip_none_while_other_tasks_append(pool: 
         }
     }
 }
+
+/// 1,210 variants of one more job, each retried once or twice through the batch door (every
+/// retry at its own minute, the second ones interleaved with the first), 1,100 of them failed,
+/// every other one last retried at `prepare`, the OOM text on one in ten, every one at its
+/// count noted at the limit when it is a multiple of 5 (ids by their number).
+async fn crowded_log(pool: &PgPool) {
+    migrated(pool).await;
+    sqlx::raw_sql(
+        "INSERT INTO jobs (job_id, status, current_step) VALUES
+             ('0c000000-0000-4000-8000-000000000000', 'running', 'generate');
+         INSERT INTO jobs_variants (job_variants_id, job_id, status, current_step)
+         SELECT ('0c000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
+                '0c000000-0000-4000-8000-000000000000',
+                CASE WHEN n % 11 = 0 THEN 'done' ELSE 'failed' END, 'generate'
+           FROM generate_series(1, 1210) n;
+         DO $$
+         DECLARE
+             batch jsonb;
+         BEGIN
+             FOR batch IN
+                 SELECT jsonb_agg(jsonb_build_object(
+                            'job_id', '0c000000-0000-4000-8000-000000000000',
+                            'job_variants_id',
+                            '0c000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'),
+                            'reason', 'failed', 'actor', 'test', 'max_retries', 10,
+                            'step', CASE WHEN round = 2 OR n % 2 = 0 THEN 'prepare'
+                                         ELSE 'generate' END,
+                            'detail', CASE WHEN n % 10 = 0
+                                           THEN '{\"error\": \"OOM killed\"}'::jsonb
+                                           ELSE '{}'::jsonb END,
+                            'occurred_at',
+                            to_char(timestamptz '2026-11-01 00:00Z'
+                                    + make_interval(mins => (n * 7919 + round * 3) % 5000),
+                                    'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+                        ORDER BY round, n)
+                   FROM generate_series(1, 1210) n CROSS JOIN generate_series(1, 2) round
+                  WHERE round = 1 OR n % 3 = 0
+                  GROUP BY (round * 10000 + n) / 500
+                  ORDER BY 1
+             LOOP
+                 PERFORM record_retries(batch);
+             END LOOP;
+         END
+         $$;
+         INSERT INTO retry_intervention (job_id, job_variants_id, retry_count, max_retries,
+                                         scenario, reason, step, status, actor, detail)
+         SELECT job_id, job_variants_id, retry_count, 3, 'failed', 'failed', current_step,
+                status, 'test', '{}'
+           FROM jobs_variants
+          WHERE job_id = '0c000000-0000-4000-8000-000000000000'
+            AND ('x' || right(job_variants_id::text, 8))::bit(32)::int % 5 = 0;",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The ids `condition` keeps, in `order`, computed from the log itself: each stream's last
+/// event by attempt (the way the list was first written), never through the head rows.
+async fn by_hand(pool: &PgPool, condition: &str, order: &str) -> Vec<Uuid> {
+    sqlx::query_scalar(&format!(
+        "WITH last AS (
+             SELECT DISTINCT ON (job_id, job_variants_id) *
+               FROM retry_history ORDER BY job_id, job_variants_id, attempt DESC)
+         SELECT v.job_variants_id
+           FROM last h JOIN jobs_variants v ON v.job_variants_id = h.job_variants_id
+           LEFT JOIN retry_outcome o ON o.seq = h.seq
+          WHERE {condition}
+          ORDER BY {order}"
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn past_the_count_bound_every_filter_pages_the_rows_computed_from_the_log(pool: PgPool) {
+    crowded_log(&pool).await;
+    let router = router(&pool, true);
+    let last_retry = "h.occurred_at DESC, h.seq DESC";
+    let retry_count = "v.retry_count DESC, v.job_variants_id DESC";
+    // Each: more than the bound (each page then walks its order's index) or fewer (the page
+    // sorts the set the count read), in both orders.
+    let cases = [
+        ("", "true"),
+        ("state=failed", "v.status = 'failed'"),
+        (
+            "state=failed&step=prepare",
+            "v.status = 'failed' AND h.step = 'prepare'",
+        ),
+        ("state=retrying", "o.seq IS NULL"),
+        ("state=gave_up", "o.outcome = 'gave_up'"),
+        (
+            "state=needs_intervention",
+            "EXISTS (SELECT 1 FROM retry_intervention i
+                      WHERE i.job_variants_id = v.job_variants_id
+                        AND i.retry_count = v.retry_count)",
+        ),
+        ("min_retries=2", "v.retry_count >= 2"),
+        ("kind=variant&min_retries=1", "true"),
+        ("q=oom", "h.detail->>'error' ILIKE '%oom%'"),
+        (
+            "q=oom&state=failed&step=generate",
+            "h.detail->>'error' ILIKE '%oom%' AND v.status = 'failed'
+             AND h.step = 'generate'",
+        ),
+    ];
+    let mut walked = 0;
+    for (query, condition) in cases {
+        for (sort, order) in [("last_retry", last_retry), ("retry_count", retry_count)] {
+            let query = format!("{query}&sort={sort}");
+            let expected = by_hand(&pool, condition, order).await;
+            let exact = expected.len() <= 1_000;
+            walked += usize::from(!exact);
+            let first = call(
+                &router,
+                &format!("/api/v1/targets?{query}"),
+                Some(READER),
+                None,
+                &[],
+            )
+            .await;
+            assert_eq!(first.json["count_exact"], json!(exact), "{query}");
+            let count = expected.len().min(1_000);
+            assert_eq!(first.json["count"], json!(count), "{query}");
+            let (forward, backward) = page_through(&router, &query, 400).await;
+            assert_eq!(forward, expected, "{query} forward");
+            assert_eq!(backward, expected, "{query} back");
+        }
+    }
+    // Both ways were read: past the bound (the index walk) and within it (the sorted set).
+    assert!((6..=14).contains(&walked), "{walked} of 20 past the bound");
+}
