@@ -49,12 +49,14 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::Outcome(_) => "outcome",
             Mismatch::StreamHead(_) => "stream_head",
             Mismatch::ProjectionStuck { .. } => "projection_stuck",
+            Mismatch::PartitionDigest { .. } => "partition_digest",
         };
         rows.push(vec![
             target.map_or_else(
                 || {
                     Value::from(match mismatch {
                         Mismatch::Outcome(_) => "retry_outcome",
+                        Mismatch::PartitionDigest { partition, .. } => partition.as_str(),
                         _ => "retry_rollup",
                     })
                 },

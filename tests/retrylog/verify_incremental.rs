@@ -570,3 +570,189 @@ async fn serve_verify_every_runs_on_schedule_and_the_metrics_move(pool: PgPool) 
     drop(drain);
     stop_serve(serve).await;
 }
+
+/// Rows of the log read so far, by the server's own counters: sequential and index reads of
+/// every partition of retry_history.
+async fn log_rows_read(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::bigint
+           FROM pg_stat_user_tables
+          WHERE relid IN (SELECT relid FROM pg_partition_tree('retry_history'))",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A verify of `scope` on connections of its own, and the rows of the log it read: a
+/// connection's statistics reach the server's counters when its backend exits, which is
+/// awaited (the connections carry an application name to be found by).
+async fn rows_read_by(pool: &PgPool, scope: Scope) -> (verify_state::Run, i64) {
+    const NAME: &str = "retrylog verify under count";
+    let before = log_rows_read(pool).await;
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            pool.connect_options()
+                .as_ref()
+                .clone()
+                .application_name(NAME),
+        )
+        .await
+        .unwrap();
+    let run = verify_state::run(&own, scope, |_| {}).await.unwrap();
+    own.close().await;
+    for _ in 0..500 {
+        let alive: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+        )
+        .bind(NAME)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (run, log_rows_read(pool).await - before)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_plain_verify_reads_only_the_new_events_of_the_log_and_full_reads_them_all(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    for target in [
+        job(JOB_A),
+        variant(JOB_A, VARIANT_A1),
+        variant(JOB_A, VARIANT_A2),
+        job(JOB_B),
+    ] {
+        append_n(&pool, target, 150).await;
+    }
+    let (first, _) = rows_read_by(&pool, Scope::New).await;
+    assert!(first.is_clean(), "{:#?}", first.report);
+    assert_eq!(first.report.events, 600);
+    // The position is the cluster's xmin: a transaction of another database's test can hold
+    // it below these events for a while, and a plain verify reads every event above it (and
+    // skips those it walked). Verified again until the position passes them.
+    let last_txid: i64 = sqlx::query_scalar("SELECT max(txid)::text::bigint FROM retry_history")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if state(&pool).await.horizon > last_txid {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rows_read_by(&pool, Scope::New).await;
+    }
+    assert!(
+        state(&pool).await.horizon > last_txid,
+        "the position passed the log"
+    );
+    sqlx::raw_sql("ANALYZE").execute(&pool).await.unwrap();
+    // A verify also says whether the projector is stuck, which counts the events it has not
+    // applied yet: as `serve` would, it has applied them.
+    retrylog::projector::catch_up(&mut pool.acquire().await.unwrap(), 10_000)
+        .await
+        .unwrap();
+
+    append_n(&pool, variant(JOB_A, VARIANT_A1), 2).await;
+    append_n(&pool, variant(JOB_B, VARIANT_B1), 1).await;
+    let (plain, read) = rows_read_by(&pool, Scope::New).await;
+    assert!(plain.is_clean(), "{:#?}", plain.report);
+    assert_eq!((plain.report.events, plain.report.streams), (3, 2));
+    // The three new events, each read a few times (the walk, its event id, its outcome and
+    // open retry, the event it follows, the projector's lag) and a probe of every partition
+    // per lookup: tens of rows (about 60 when written), not the 603 of the log.
+    assert!(
+        read < 100,
+        "a plain verify read {read} rows of a log of 603"
+    );
+
+    let (full, read) = rows_read_by(&pool, Scope::Full).await;
+    assert!(full.is_clean(), "{:#?}", full.report);
+    assert_eq!(full.report.events, 603);
+    assert!(
+        read >= 603,
+        "a full verify read {read} rows of a log of 603"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_head_row_that_is_not_the_verified_chains_head_is_caught_by_a_plain_verify(pool: PgPool) {
+    pipeline(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    append_n(&pool, target, 3).await;
+    append_n(&pool, job(JOB_B), 1).await;
+    assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
+
+    // The head row and the count moved back together, as a hand that hides the last retry
+    // would: the counts agree with the head row, the verified chain does not.
+    behind_the_guard(
+        &pool,
+        &format!(
+            "UPDATE retry_stream_head SET attempt = 2,
+                    last_seq = (SELECT seq FROM retry_history
+                                 WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2)
+              WHERE job_id = '{JOB_A}' AND job_variants_id = '{VARIANT_A1}';
+             UPDATE jobs_variants SET retry_count = 2 WHERE job_variants_id = '{VARIANT_A1}'"
+        ),
+    )
+    .await;
+    let (code, found, _) = verify_json(&pool, &[]).await;
+    assert_eq!(code, Some(1), "{found:#?}");
+    assert_eq!(found["events"], 0, "{found:#?}");
+    let mismatches = found["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), 1, "{found:#?}");
+    assert_eq!(mismatches[0]["problem"], "stream_head");
+    let message = mismatches[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("retry_stream_head holds attempt 2")
+            && message.contains("the verified hash chain ends at attempt 3"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_new_events_missing_outcome_and_open_retry_are_caught_by_a_plain_verify(pool: PgPool) {
+    pipeline(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    append_n(&pool, target, 1).await;
+    assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
+    let new = append_n(&pool, target, 1).await;
+    // The outcome the append recorded for attempt 1 and the open retry of attempt 2, gone.
+    behind_the_guard(
+        &pool,
+        &format!(
+            "DELETE FROM retry_outcome WHERE seq = (SELECT seq FROM retry_history
+                                                   WHERE job_variants_id = '{VARIANT_A1}'
+                                                     AND attempt = 1);
+             DELETE FROM retry_open WHERE seq = {}",
+            new[0].seq
+        ),
+    )
+    .await;
+    let (code, found, _) = verify_json(&pool, &[]).await;
+    assert_eq!(code, Some(1), "{found:#?}");
+    let messages: Vec<&str> = found["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("was followed by attempt 2") && m.contains("has no outcome")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains(&format!(
+            "retry_open holds none, the log and the outcomes say seq {}",
+            new[0].seq
+        ))),
+        "{messages:#?}"
+    );
+}

@@ -1,9 +1,10 @@
 //! What `verify` remembers (migration 0017), so that a plain `verify` costs what is new: the
 //! events appended since the last clean verify, each stream's chain continued from its
-//! verified head, plus the drift of the counts, the outcomes and the open retries; `verify
-//! --full` re-reads the whole log and also recomputes the rollups. Beside
-//! the flow (retry → store → projector → report/http): it reads the log and the projections
-//! and writes only its own state.
+//! verified head, plus drift checks that read one row per target or what is new ([`drift`]);
+//! `verify --full` re-reads the whole log, runs every whole-log drift check, recomputes the
+//! rollups and compares the closed partitions with their digests ([`digest`]). Beside the
+//! flow (retry → store → projector → report/http): it reads the log and the projections and
+//! writes only its own state.
 //!
 //! 1. **The position is a txid horizon.** Each run reads in one REPEATABLE READ snapshot whose
 //!    first statement takes the snapshot's xmin: every transaction below it has ended, so every
@@ -26,6 +27,9 @@
 //!    holding the lease row (`verify_lease`, taken when expired, renewed by each run): a row
 //!    with an expiry, which works through a transaction-mode pooler where a session lock does
 //!    not.
+
+pub mod digest;
+pub mod drift;
 
 use std::time::Duration;
 
@@ -243,8 +247,26 @@ pub async fn run(
     }
     progress(walk.events);
 
-    // 3. The projections, in the same snapshot; the rollups only on a full run.
-    mismatches.extend(replay::projection_mismatches(&mut tx, scope == Scope::Full).await?);
+    // 3. The projections, in the same snapshot: on a full run every whole-log check, the
+    //    rollups and the closed partitions' digests; on a plain one the checks that read one
+    //    row per target or what is new, the heads just walked included.
+    match scope {
+        Scope::Full => {
+            mismatches.extend(replay::projection_mismatches(&mut tx, true).await?);
+            mismatches.extend(digest::mismatches(&mut tx).await?);
+        }
+        Scope::New => {
+            let walked = drift::RunHeads {
+                job_ids: heads.iter().map(|h| h.target.job_id()).collect(),
+                job_variants_ids: heads.iter().map(|h| h.target.job_variants_id()).collect(),
+                attempts: heads.iter().map(|h| h.attempt).collect(),
+                hashes: heads.iter().map(|h| h.hash.clone()).collect(),
+                seqs: heads.iter().map(|h| h.seq).collect(),
+            };
+            mismatches.extend(drift::new_mismatches(&mut tx, since, &walked).await?);
+            mismatches.extend(replay::projection_stuck(&mut tx).await?);
+        }
+    }
     tx.rollback().await?;
 
     let mut report = VerifyReport {
