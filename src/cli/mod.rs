@@ -145,9 +145,10 @@ pub enum Command {
     Archive(ArchiveArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
-    /// Create the log's partitions that are due (the current one and `partitions_ahead` more)
-    /// and exit, for cron; `serve` does the same under a lease. Prints what it created.
-    Maintain(FormatArg),
+    /// Create the log's partitions that are due (the current one and `partitions_ahead` more),
+    /// record the digests of closed ones and, with `--keep`, archive what is older, then exit,
+    /// for cron; `serve` does the same under a lease. Prints what it created.
+    Maintain(MaintainArgs),
     /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
     /// (dashboard, JSON API, /metrics), until SIGINT or SIGTERM.
     Serve(ServeArgs),
@@ -405,6 +406,45 @@ pub struct ArchiveArgs {
     pub format: FormatArg,
 }
 
+/// The retention policy of the maintenance step (`maintain`, `serve`): off unless both are
+/// given.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Keep this many whole months before the current one in the database (`13months`) and
+    /// archive every older partition of the log, as `retrylog archive --keep` does; needs
+    /// `--archive-to` and the schema owner. Off by default.
+    #[arg(long = "keep", env = "RETRYLOG_KEEP", hide_env_values = true, value_name = "Nmonths",
+          value_parser = crate::archive::parse_keep, requires = "archive_to")]
+    pub keep_months: Option<u32>,
+
+    /// The directory the retention policy's archive files go to (created if missing).
+    #[arg(
+        long,
+        env = "RETRYLOG_ARCHIVE_TO",
+        hide_env_values = true,
+        value_name = "DIR",
+        requires = "keep_months"
+    )]
+    pub archive_to: Option<std::path::PathBuf>,
+}
+
+impl RetentionArgs {
+    /// The policy, when both flags are given.
+    pub fn retention(&self) -> Option<crate::maintain::Retention> {
+        crate::maintain::Retention::from_flags(self.keep_months, self.archive_to.clone())
+    }
+}
+
+/// `retrylog maintain`.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
 /// `retrylog project`.
 #[derive(Debug, Args)]
 pub struct ProjectArgs {
@@ -457,6 +497,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RETRYLOG_VERIFY_EVERY", hide_env_values = true, value_name = "DURATION",
           value_parser = crate::config::parse_duration)]
     pub verify_every: Option<Duration>,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// How long an HTTP client may take to send a request's line and headers (from its first
     /// byte, or from the previous response on a kept-alive connection) before the connection
