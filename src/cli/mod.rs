@@ -124,9 +124,10 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
-    /// Recompute the hash chains of the events since the last clean verify, and the counts
-    /// and outcomes from the log (--full: every event, and the rollups too); exit 1 on any
-    /// mismatch.
+    /// Recompute the hash chains of the events since the last clean verify, check each count
+    /// against its head row and each head row against its verified chain, and the new events'
+    /// ids, outcomes and open retries (--full: every event, every whole-log check, the rollups
+    /// and the closed partitions' digests); exit 1 on any mismatch.
     ///
     /// A clean verify run by the operator capability (or the owner) records where it got to,
     /// so the next reads only what is new; one that finds a mismatch records it and keeps the
@@ -367,7 +368,8 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Re-read every event from each stream's start, not only those since the last clean
-    /// verify; catches a change to an event verified before (docs/security.md).
+    /// verify, and run the whole-log checks; catches a change to an event verified before
+    /// and to a closed partition (docs/security.md).
     #[arg(long)]
     pub full: bool,
 

@@ -1,6 +1,6 @@
-//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify and
-//! the counts and outcomes (`--full`: every event, and the rollups too); exit 1 on any
-//! mismatch. With `--format
+//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify,
+//! the counts from the head rows and what is new of the rest (`--full`: every event, every
+//! whole-log check, the rollups and the closed partitions' digests); exit 1 on any mismatch. With `--format
 //! json`, one object: `clean`, what was read (`scope`, `events`, `streams`, the txid and seq
 //! range, `verified_before`), what was `recorded`, and the `mismatches` (the rows the table
 //! shows). The run itself is `verify_state::run`.
@@ -143,10 +143,17 @@ fn summary(run: &Run) -> String {
         )
     } else if report.is_clean() {
         format!(
-            "verify clean: checked {read}; every hash link, count and outcome matches{}",
+            "verify clean: checked {read}; {}",
             match run.scope {
-                Scope::Full => ", and every rollup",
-                Scope::New => " (verify --full also checks the rollups)",
+                Scope::Full => {
+                    "every hash link, count, head row, event id, outcome, rollup and closed \
+                     partition's digest matches"
+                }
+                Scope::New => {
+                    "every new hash link matches, every count its head row and every head row \
+                     its verified chain, and the new events' ids, outcomes and open retries \
+                     (verify --full also checks the whole log's, the rollups and the digests)"
+                }
             }
         )
     } else {
