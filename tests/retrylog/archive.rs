@@ -624,3 +624,79 @@ async fn a_retention_policy_is_refused_to_a_role_that_does_not_own_the_log(pool:
         0
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn serve_with_a_retention_policy_archives_in_its_maintenance_step(pool: PgPool) {
+    three_months(&pool).await;
+    let dir = TempPath::dir("serve-retention");
+    let to = dir.to_str().unwrap();
+    let serve = serve_command(
+        &pool,
+        &["--no-http", "--keep", "1month", "--archive-to", to],
+    )
+    .await
+    .spawn()
+    .unwrap();
+    // The first step runs at start.
+    let file = archive_file(&dir, month_start(&pool, 2).await);
+    for _ in 0..300 {
+        let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_archive")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if archived > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop_serve(serve).await;
+    assert!(file.exists(), "{}", file.display());
+    let (holder, result): (String, String) =
+        sqlx::query_as("SELECT holder, last_result FROM retrylog_maintenance_lease")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(holder.starts_with("serve "), "{holder}");
+    let oldest = partition_of(month_start(&pool, 2).await);
+    assert!(
+        result.contains(&format!("digested {oldest}"))
+            && result.contains(&format!("archived {oldest}")),
+        "{result}"
+    );
+    assert_eq!(retry_count(&pool, job(JOB_A)).await, 6);
+    assert_cli_verify_clean(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_with_a_retention_policy_refuses_to_start_under_a_role_that_does_not_own_the_log(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let operator = TestRole::create(&pool, &[Operator]).await;
+    let dir = TempPath::dir("serve-retention-refused");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args([
+            "--database-url",
+            &operator.url(&pool).await,
+            "serve",
+            "--no-http",
+            "--keep",
+            "13months",
+            "--archive-to",
+            dir.to_str().unwrap(),
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("RETRYLOG_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), output)
+        .await
+        .expect("serve stops at once")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("archive needs the schema owner"),
+        "{stderr}"
+    );
+}
