@@ -115,37 +115,49 @@ pub async fn head_drift(
     conn: &mut PgConnection,
     heads: &RunHeads,
 ) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
+    // Hash joins by the stream key and expressions, no sort: per head row, the verified head
+    // is the furthest of the run's, the stored one and the base (`greatest` skips NULLs).
     let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
         "WITH run AS (
-             SELECT r.job_id, coalesce(r.job_variants_id, '00000000-0000-0000-0000-000000000000')
-                        AS stream,
-                    r.job_variants_id, r.attempt, r.hash, r.seq, 1 AS rank
+             SELECT r.job_id,
+                    coalesce(r.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
+                    r.job_variants_id, r.attempt, r.hash, r.seq
                FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bytea[], $5::bigint[])
                     AS r (job_id, job_variants_id, attempt, hash, seq)
-         ), verified AS (
-             SELECT DISTINCT ON (job_id, stream) *
-               FROM (SELECT * FROM run
-                     UNION ALL
-                     SELECT v.job_id,
-                            coalesce(v.job_variants_id, '00000000-0000-0000-0000-000000000000'),
-                            v.job_variants_id, v.attempt, v.hash, v.seq, 2
-                       FROM verify_stream_head v
-                     UNION ALL
-                     SELECT b.job_id, b.stream, b.job_variants_id, b.attempt, b.hash,
-                            b.last_seq, 3
-                       FROM retry_stream_base b) heads
-              ORDER BY job_id, stream, attempt DESC, rank
+         ), stored AS (
+             SELECT v.job_id,
+                    coalesce(v.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
+                    v.job_variants_id, v.attempt, v.hash, v.seq
+               FROM verify_stream_head v
+         ), compared AS (
+             SELECT s.job_id, s.job_variants_id, s.attempt, s.hash, s.last_seq,
+                    greatest(r.attempt, v.attempt, b.attempt) AS e_attempt,
+                    CASE greatest(r.attempt, v.attempt, b.attempt)
+                         WHEN r.attempt THEN r.hash WHEN v.attempt THEN v.hash ELSE b.hash
+                    END AS e_hash,
+                    CASE greatest(r.attempt, v.attempt, b.attempt)
+                         WHEN r.attempt THEN r.seq WHEN v.attempt THEN v.seq ELSE b.last_seq
+                    END AS e_seq
+               FROM retry_stream_head s
+               LEFT JOIN run r ON (r.job_id, r.stream) = (s.job_id, s.stream)
+               LEFT JOIN stored v ON (v.job_id, v.stream) = (s.job_id, s.stream)
+               LEFT JOIN retry_stream_base b ON (b.job_id, b.stream) = (s.job_id, s.stream)
          )
-         SELECT coalesce(s.job_id, e.job_id), coalesce(s.job_variants_id, e.job_variants_id),
-                'retry_stream_head holds '
-                || coalesce('attempt ' || s.attempt || ' (seq ' || s.last_seq || ')', 'no row')
-                || ', the verified hash chain ends at '
-                || coalesce('attempt ' || e.attempt || ' (seq ' || e.seq || ')', 'no event')
-                || CASE WHEN s.attempt = e.attempt AND s.last_seq = e.seq
+         SELECT job_id, job_variants_id,
+                'retry_stream_head holds attempt ' || attempt || ' (seq ' || last_seq
+                || '), the verified hash chain ends at '
+                || coalesce('attempt ' || e_attempt || ' (seq ' || e_seq || ')', 'no event')
+                || CASE WHEN attempt = e_attempt AND last_seq = e_seq
                         THEN ' with another hash' ELSE '' END
-           FROM retry_stream_head s
-           FULL JOIN verified e ON (s.job_id, s.stream) = (e.job_id, e.stream)
-          WHERE (s.attempt, s.hash, s.last_seq) IS DISTINCT FROM (e.attempt, e.hash, e.seq)
+           FROM compared
+          WHERE (attempt, hash, last_seq) IS DISTINCT FROM (e_attempt, e_hash, e_seq)
+         UNION ALL
+         SELECT h.job_id, h.job_variants_id,
+                'retry_stream_head holds no row, the verified hash chain ends at attempt '
+                || h.attempt || ' (seq ' || h.seq || ')'
+           FROM (SELECT * FROM run UNION ALL SELECT * FROM stored) h
+          WHERE NOT EXISTS (SELECT 1 FROM retry_stream_head s
+                             WHERE (s.job_id, s.stream) = (h.job_id, h.stream))
           ORDER BY 1, 2",
     )
     .bind(&heads.job_ids)

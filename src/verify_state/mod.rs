@@ -136,15 +136,23 @@ struct NewEvent {
 }
 
 /// The events a plain run reads: since the horizon and beyond their stream's head, grouped by
-/// stream in attempt order. Through the log's parent table by txid, whatever its layout.
+/// stream in attempt order. Through the log's parent table by txid, whatever its layout. Each
+/// event's head is one probe of `verify_stream_head`'s key (two cases: a job-level stream's
+/// NULL is indexable as `IS NULL`, not as `IS NOT DISTINCT FROM`), so the run reads no more
+/// heads than it has new events.
 fn new_events_sql() -> String {
     format!(
         "WITH new AS ({STORED_EVENTS} WHERE txid >= $1::bigint::text::xid8)
          SELECT new.*, v.attempt AS head_attempt, v.hash AS head_hash
            FROM new
-           LEFT JOIN verify_stream_head v
-             ON v.job_id = new.job_id
-            AND v.job_variants_id IS NOT DISTINCT FROM new.job_variants_id
+           LEFT JOIN LATERAL (
+                (SELECT v.attempt, v.hash FROM verify_stream_head v
+                  WHERE v.job_id = new.job_id AND v.job_variants_id = new.job_variants_id)
+                UNION ALL
+                (SELECT v.attempt, v.hash FROM verify_stream_head v
+                  WHERE new.job_variants_id IS NULL
+                    AND v.job_id = new.job_id AND v.job_variants_id IS NULL)
+                LIMIT 1) v ON true
           WHERE new.attempt > coalesce(v.attempt, 0)
           ORDER BY new.job_id, new.job_variants_id, new.attempt"
     )
