@@ -1,4 +1,4 @@
-//! A verify that costs what is new (issue 23, item 3; src/verify_state.rs): a plain `verify`
+//! A verify that costs what is new (issue 23; src/verify_state/): a plain `verify`
 //! reads the events since the last clean one, continuing each stream from its verified head,
 //! plus every projection; `--full` reads everything. What each catches (docs/security.md),
 //! the position under real concurrent appenders and late commits, who may advance it, and
