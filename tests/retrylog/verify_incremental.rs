@@ -1,6 +1,7 @@
 //! A verify that costs what is new (issue 23; src/verify_state/): a plain `verify`
 //! reads the events since the last clean one, continuing each stream from its verified head,
-//! plus every projection; `--full` reads everything. What each catches (docs/security.md),
+//! plus one row per target (counts, head rows) and what is new of the rest, and no more of the
+//! log than that; `--full` reads everything. What each catches (docs/security.md),
 //! the position under real concurrent appenders and late commits, who may advance it, and
 //! `serve --verify-every` with its metrics.
 
