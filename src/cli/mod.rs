@@ -378,6 +378,18 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DIR_OR_FILE", conflicts_with = "full")]
     pub archive: Option<std::path::PathBuf>,
 
+    /// Besides the streams its new events touched, a plain verify checks the counts and head
+    /// rows of this many others, continuing in key order where the last clean one stopped:
+    /// every target is checked again within ceil(streams / N) clean runs (--full: all at once).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::verify_state::rotation::DEFAULT_SLICE,
+        value_parser = clap::value_parser!(i64).range(1..),
+        conflicts_with_all = ["full", "archive"]
+    )]
+    pub slice: i64,
+
     #[command(flatten)]
     pub format: FormatArg,
 }

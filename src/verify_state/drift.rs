@@ -1,16 +1,19 @@
 //! The drift checks of a plain `verify`, which cost what is new (issue 23): each one reads
-//! either one row per target (the counts, the head rows) or the events and outcomes since the
-//! position (the event ids, the outcomes, the open retries), never the whole log. `verify
+//! either the rows of the streams walked and of one slice of the rotation (the counts, the
+//! head rows: [`super::rotation`]) or the events and outcomes since the position (the event
+//! ids, the outcomes, the open retries), never the whole log nor every target. `verify
 //! --full` runs the whole-log checks instead (`replay::projection_mismatches`); what each
 //! catches is in docs/security.md, "What verify catches".
 //!
 //! 1. **Counts from the head rows.** Attempts are gapless from 1 (the chain walk checks it),
 //!    so a stream's events, archived ones included, are its head row's attempt: a target's
-//!    `retry_count` must be its opening balance + that attempt. One row per target.
+//!    `retry_count` must be its opening balance + that attempt. For the targets walked and
+//!    those of the run's slice.
 //! 2. **Head rows from the verified chains.** After the walk, each stream's verified head
 //!    (this run's last event, else `verify_stream_head`, else its archive base, whichever is
 //!    furthest) must be the head row `record_retry` keeps (`retry_stream_head`): its attempt,
-//!    hash and seq. This is what ties check 1 to the hash chains. One row per stream.
+//!    hash and seq. This is what ties check 1 to the hash chains. For the streams walked and
+//!    those of the run's slice.
 //! 3. **What is new, by txid.** The event ids of the events since the position; the outcomes
 //!    recorded since it and the retries those events follow; and the open retry of each
 //!    stream that a new event or a new outcome touched. An outcome, like an event, carries
@@ -26,8 +29,9 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::rotation::{self, Slice};
 use crate::event::Target;
-use crate::projection::{CountDrift, OutcomeDrift};
+use crate::projection::OutcomeDrift;
 use crate::replay::Mismatch;
 
 /// The run's verified heads, as columns: (job_id, job_variants_id, attempt, hash, seq).
@@ -40,13 +44,14 @@ pub struct RunHeads {
 }
 
 /// Every drift a plain run checks, since the txid horizon `since`, given the heads the walk
-/// reached.
+/// reached and the run's slice of the rotation.
 pub async fn new_mismatches(
     conn: &mut PgConnection,
     since: i64,
     heads: &RunHeads,
+    slice: &Slice,
 ) -> Result<Vec<Mismatch>, sqlx::Error> {
-    let mut mismatches: Vec<Mismatch> = count_drift_by_heads(&mut *conn)
+    let mut mismatches: Vec<Mismatch> = rotation::count_drift(&mut *conn, heads, slice)
         .await?
         .into_iter()
         .map(Mismatch::Count)
@@ -59,115 +64,13 @@ pub async fn new_mismatches(
             .map(Mismatch::Outcome),
     );
     mismatches.extend(
-        head_drift(&mut *conn, heads)
+        rotation::head_drift(&mut *conn, heads, slice)
             .await?
             .into_iter()
             .chain(event_id_drift_since(&mut *conn, since).await?)
             .map(Mismatch::StreamHead),
     );
     Ok(mismatches)
-}
-
-/// Check 1: every target whose `retry_count` is not its opening balance + its head row's
-/// attempt (0 without a head row).
-pub async fn count_drift_by_heads(conn: &mut PgConnection) -> Result<Vec<CountDrift>, sqlx::Error> {
-    type Row = (Uuid, Option<Uuid>, i32, i32, i64);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT job_id, job_variants_id, retry_count, opening_balance, events
-           FROM (SELECT j.job_id, NULL::uuid AS job_variants_id, j.retry_count,
-                        coalesce(o.balance, 0) AS opening_balance,
-                        coalesce(h.attempt, 0)::bigint AS events
-                   FROM jobs j
-                   LEFT JOIN retry_opening_balance o
-                          ON o.job_id = j.job_id AND o.job_variants_id IS NULL
-                   LEFT JOIN retry_stream_head h
-                          ON h.job_id = j.job_id
-                         AND h.stream = '00000000-0000-0000-0000-000000000000'
-                 UNION ALL
-                 SELECT v.job_id, v.job_variants_id, v.retry_count,
-                        coalesce(o.balance, 0), coalesce(h.attempt, 0)::bigint
-                   FROM jobs_variants v
-                   LEFT JOIN retry_opening_balance o ON o.job_variants_id = v.job_variants_id
-                   LEFT JOIN retry_stream_head h
-                          ON h.job_id = v.job_id AND h.stream = v.job_variants_id) t
-          WHERE retry_count <> opening_balance + events
-          ORDER BY job_id, job_variants_id NULLS FIRST",
-    )
-    .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(job_id, job_variants_id, retry_count, opening_balance, events)| CountDrift {
-                target: Target::from_columns(job_id, job_variants_id),
-                retry_count,
-                expected: i64::from(opening_balance) + events,
-                opening_balance,
-                events,
-            },
-        )
-        .collect())
-}
-
-/// Check 2: every head row that is not its stream's verified head, and every verified head
-/// without a head row.
-pub async fn head_drift(
-    conn: &mut PgConnection,
-    heads: &RunHeads,
-) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    // Hash joins by the stream key and expressions, no sort: per head row, the verified head
-    // is the furthest of the run's, the stored one and the base (`greatest` skips NULLs).
-    let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
-        "WITH run AS (
-             SELECT r.job_id,
-                    coalesce(r.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
-                    r.job_variants_id, r.attempt, r.hash, r.seq
-               FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::bytea[], $5::bigint[])
-                    AS r (job_id, job_variants_id, attempt, hash, seq)
-         ), stored AS (
-             SELECT v.job_id,
-                    coalesce(v.job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
-                    v.job_variants_id, v.attempt, v.hash, v.seq
-               FROM verify_stream_head v
-         ), compared AS (
-             SELECT s.job_id, s.job_variants_id, s.attempt, s.hash, s.last_seq,
-                    greatest(r.attempt, v.attempt, b.attempt) AS e_attempt,
-                    CASE greatest(r.attempt, v.attempt, b.attempt)
-                         WHEN r.attempt THEN r.hash WHEN v.attempt THEN v.hash ELSE b.hash
-                    END AS e_hash,
-                    CASE greatest(r.attempt, v.attempt, b.attempt)
-                         WHEN r.attempt THEN r.seq WHEN v.attempt THEN v.seq ELSE b.last_seq
-                    END AS e_seq
-               FROM retry_stream_head s
-               LEFT JOIN run r ON (r.job_id, r.stream) = (s.job_id, s.stream)
-               LEFT JOIN stored v ON (v.job_id, v.stream) = (s.job_id, s.stream)
-               LEFT JOIN retry_stream_base b ON (b.job_id, b.stream) = (s.job_id, s.stream)
-         )
-         SELECT job_id, job_variants_id,
-                'retry_stream_head holds attempt ' || attempt || ' (seq ' || last_seq
-                || '), the verified hash chain ends at '
-                || coalesce('attempt ' || e_attempt || ' (seq ' || e_seq || ')', 'no event')
-                || CASE WHEN attempt = e_attempt AND last_seq = e_seq
-                        THEN ' with another hash' ELSE '' END
-           FROM compared
-          WHERE (attempt, hash, last_seq) IS DISTINCT FROM (e_attempt, e_hash, e_seq)
-         UNION ALL
-         SELECT h.job_id, h.job_variants_id,
-                'retry_stream_head holds no row, the verified hash chain ends at attempt '
-                || h.attempt || ' (seq ' || h.seq || ')'
-           FROM (SELECT * FROM run UNION ALL SELECT * FROM stored) h
-          WHERE NOT EXISTS (SELECT 1 FROM retry_stream_head s
-                             WHERE (s.job_id, s.stream) = (h.job_id, h.stream))
-          ORDER BY 1, 2",
-    )
-    .bind(&heads.job_ids)
-    .bind(&heads.job_variants_ids)
-    .bind(&heads.attempts)
-    .bind(&heads.hashes)
-    .bind(&heads.seqs)
-    .fetch_all(conn)
-    .await?;
-    Ok(drifts(rows))
 }
 
 /// Check 3, event ids: every event since the position whose `retry_event_id` row is missing
@@ -351,7 +254,7 @@ pub async fn open_drift_since(
 }
 
 /// Rows of (job_id, job_variants_id, problem) as drifts of their target.
-fn drifts(rows: Vec<(Uuid, Option<Uuid>, String)>) -> Vec<OutcomeDrift> {
+pub(super) fn drifts(rows: Vec<(Uuid, Option<Uuid>, String)>) -> Vec<OutcomeDrift> {
     rows.into_iter()
         .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
             target: Some(Target::from_columns(job_id, job_variants_id)),

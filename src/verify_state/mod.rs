@@ -30,6 +30,7 @@
 
 pub mod digest;
 pub mod drift;
+pub mod rotation;
 
 use std::time::Duration;
 
@@ -69,13 +70,27 @@ pub struct State {
     pub mismatches: i32,
     /// What the last `--full` found, standing until a `--full` is clean.
     pub full_mismatches: i32,
+    /// The rotation's cursor: the last head-row key a clean plain run checked (job_id, then
+    /// stream); `None` starts from the lowest.
+    pub rotation_job_id: Option<uuid::Uuid>,
+    pub rotation_stream: Option<uuid::Uuid>,
+    /// Whole rounds of the rotation clean plain runs completed.
+    pub rotation_rounds: i64,
+}
+
+impl State {
+    /// The rotation's cursor as a key.
+    pub fn rotation_cursor(&self) -> Option<rotation::Key> {
+        self.rotation_job_id.zip(self.rotation_stream)
+    }
 }
 
 /// Reads the state.
 pub async fn load(conn: &mut PgConnection) -> Result<State, sqlx::Error> {
     sqlx::query_as(
         "SELECT horizon::text::bigint AS horizon, generation, events, verified_at,
-                full_verified_at, checked_at, mismatches, full_mismatches
+                full_verified_at, checked_at, mismatches, full_mismatches, rotation_job_id,
+                rotation_stream, rotation_rounds
            FROM verify_state",
     )
     .fetch_one(conn)
@@ -112,6 +127,11 @@ pub struct Run {
     /// For a plain run, the mismatches the last `--full` found in events verified before,
     /// which a plain run does not re-read: while any stand, a plain run is not clean.
     pub standing_full_mismatches: i32,
+    /// A plain run's slice of the rotation: the other streams whose counts and head rows it
+    /// checked (`None` for a full run, which checks them all).
+    pub rotation: Option<rotation::Slice>,
+    /// Whole rounds of the rotation completed before this run.
+    pub rotation_rounds: i64,
     /// The events walked, their streams, and what does not match.
     #[serde(flatten)]
     pub report: VerifyReport,
@@ -179,10 +199,22 @@ pub async fn pending(conn: &mut PgConnection, scope: Scope) -> Result<i64, sqlx:
 }
 
 /// Verifies the log (all of it, or what is new) and the projections (the rollups on a full
-/// run only), then records the result if the role may. `progress` is called with the events walked so far.
+/// run only), then records the result if the role may; a plain run checks a slice of
+/// [`rotation::DEFAULT_SLICE`] streams besides those it walks. `progress` is called with the
+/// events walked so far.
 pub async fn run(
     pool: &PgPool,
     scope: Scope,
+    progress: impl FnMut(u64),
+) -> Result<Run, sqlx::Error> {
+    run_sliced(pool, scope, rotation::DEFAULT_SLICE, progress).await
+}
+
+/// [`run`], a plain run checking a slice of `slice` streams besides those it walks.
+pub async fn run_sliced(
+    pool: &PgPool,
+    scope: Scope,
+    slice_size: i64,
     mut progress: impl FnMut(u64),
 ) -> Result<Run, sqlx::Error> {
     let mut conn = pool.acquire().await?;
@@ -256,8 +288,9 @@ pub async fn run(
     progress(walk.events);
 
     // 3. The projections, in the same snapshot: on a full run every whole-log check, the
-    //    rollups and the closed partitions' digests; on a plain one the checks that read one
-    //    row per target or what is new, the heads just walked included.
+    //    rollups and the closed partitions' digests; on a plain one the counts and head rows
+    //    of the streams just walked and of the rotation's next slice, and what is new.
+    let mut slice = None;
     match scope {
         Scope::Full => {
             mismatches.extend(replay::projection_mismatches(&mut tx, true).await?);
@@ -271,7 +304,9 @@ pub async fn run(
                 hashes: heads.iter().map(|h| h.hash.clone()).collect(),
                 seqs: heads.iter().map(|h| h.seq).collect(),
             };
-            mismatches.extend(drift::new_mismatches(&mut tx, since, &walked).await?);
+            let taken = rotation::take(&mut tx, state.rotation_cursor(), slice_size).await?;
+            mismatches.extend(drift::new_mismatches(&mut tx, since, &walked, &taken).await?);
+            slice = Some(taken);
             mismatches.extend(replay::projection_stuck(&mut tx).await?);
         }
     }
@@ -293,7 +328,17 @@ pub async fn run(
     // session (src/connect/pooler.rs).
     drop(conn);
     let mut conn = pool.acquire().await?;
-    let recorded = record(&mut conn, scope, &state, up_to, &report, standing, &heads).await?;
+    let recorded = record(
+        &mut conn,
+        scope,
+        &state,
+        up_to,
+        &report,
+        standing,
+        &heads,
+        slice.as_ref(),
+    )
+    .await?;
     Ok(Run {
         scope,
         since_txid: since,
@@ -305,6 +350,8 @@ pub async fn run(
             Scope::Full => 0,
         },
         standing_full_mismatches: standing,
+        rotation: slice,
+        rotation_rounds: state.rotation_rounds,
         report,
         recorded,
     })
@@ -313,8 +360,10 @@ pub async fn run(
 /// Heads written per statement.
 const HEADS_PER_STATEMENT: usize = 10_000;
 
-/// Records a run: a clean one advances the position and the heads if no run recorded itself
-/// since it read the state; one with mismatches records them and keeps the position.
+/// Records a run: a clean one advances the position, the heads and (a plain one) the
+/// rotation's cursor if no run recorded itself since it read the state; one with mismatches
+/// records them and keeps the position and the cursor.
+#[allow(clippy::too_many_arguments)]
 async fn record(
     conn: &mut PgConnection,
     scope: Scope,
@@ -323,6 +372,7 @@ async fn record(
     report: &VerifyReport,
     standing: i32,
     heads: &[Head],
+    slice: Option<&rotation::Slice>,
 ) -> Result<Recorded, sqlx::Error> {
     let may_write: bool =
         sqlx::query_scalar("SELECT has_table_privilege('verify_state', 'UPDATE')")
@@ -357,13 +407,27 @@ async fn record(
                 verified_at = now(),
                 full_verified_at = CASE WHEN $3 THEN now() ELSE full_verified_at END,
                 checked_at = now(), mismatches = 0, full_mismatches = 0,
-                checked_by = session_user
+                checked_by = session_user,
+                rotation_job_id = CASE WHEN $5 THEN $6 ELSE rotation_job_id END,
+                rotation_stream = CASE WHEN $5 THEN $7 ELSE rotation_stream END,
+                rotation_rounds = rotation_rounds + CASE WHEN $5 AND $6 IS NULL THEN 1 ELSE 0 END
           WHERE generation = $2",
     )
     .bind(up_to)
     .bind(read.generation)
     .bind(scope == Scope::Full)
     .bind(report.events as i64)
+    .bind(slice.is_some())
+    .bind(
+        slice
+            .and_then(|s| s.next_cursor())
+            .map(|(job_id, _)| job_id),
+    )
+    .bind(
+        slice
+            .and_then(|s| s.next_cursor())
+            .map(|(_, stream)| stream),
+    )
     .execute(&mut *tx)
     .await?
     .rows_affected();
