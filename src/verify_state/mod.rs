@@ -228,6 +228,13 @@ pub async fn run_sliced(
             .fetch_one(&mut *tx)
             .await?;
     let state = load(&mut tx).await?;
+    if scope == Scope::New {
+        // A plain run reads by index only, what is new and its slice: a table read whole is
+        // never its plan, though it may look cheaper while the table is small.
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     let since = match scope {
         Scope::New => state.horizon,
         Scope::Full => 0,

@@ -255,8 +255,10 @@ pub async fn head_drift(
                   WHERE v.job_id BETWEEN $1 AND $3
                     AND (v.job_id, coalesce(v.job_variants_id, '{NIL}')) {op} ($1, $2)
                     AND (v.job_id, coalesce(v.job_variants_id, '{NIL}')) <= ($3, $4)) h
-          WHERE NOT EXISTS (SELECT 1 FROM retry_stream_head s
-                             WHERE (s.job_id, s.stream) = (h.job_id, h.stream))
+           LEFT JOIN LATERAL (SELECT 1 AS found FROM retry_stream_head s
+                               WHERE s.job_id = h.job_id AND s.stream = h.stream
+                               LIMIT 1) s ON true
+          WHERE s.found IS NULL
           ORDER BY 1, 2, 3"
     ))
     .bind(low_job)
