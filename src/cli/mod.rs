@@ -124,16 +124,18 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
-    /// Recompute the hash chains of the events since the last clean verify, check each count
-    /// against its head row and each head row against its verified chain, and the new events'
-    /// ids, outcomes and open retries (--full: every event, every whole-log check, the rollups
+    /// Recompute the hash chains of the events since the last clean verify, check the counts
+    /// against their head rows and the head rows against their verified chains for the streams
+    /// walked and a rotating slice of the others (--slice), and the new events' ids, outcomes
+    /// and open retries (--full: every event, every target, every whole-log check, the rollups
     /// and the closed partitions' digests); exit 1 on any mismatch.
     ///
     /// A clean verify run by the operator capability (or the owner) records where it got to,
     /// so the next reads only what is new; one that finds a mismatch records it and keeps the
     /// position. The table lists the mismatches (none when clean). --format json prints one
     /// object: clean (true or false), the scope (new or full), the events and streams checked,
-    /// since_txid and up_to_txid, first_seq and last_seq, verified_before, recorded (advanced,
+    /// since_txid and up_to_txid, first_seq and last_seq, verified_before, the rotation's slice
+    /// (rotation: after, through, streams, runs_per_round, wraps), recorded (advanced,
     /// failed, superseded, not_permitted), and the mismatches (an array of the table's rows);
     /// --format csv the mismatches' rows.
     Verify(VerifyArgs),

@@ -1,9 +1,10 @@
 //! `retrylog verify`: recompute the hash chains of what is new since the last clean verify,
-//! the counts from the head rows and what is new of the rest (`--full`: every event, every
-//! whole-log check, the rollups and the closed partitions' digests); exit 1 on any mismatch. With `--format
-//! json`, one object: `clean`, what was read (`scope`, `events`, `streams`, the txid and seq
-//! range, `verified_before`), what was `recorded`, and the `mismatches` (the rows the table
-//! shows). The run itself is `verify_state::run`.
+//! the counts from the head rows of the streams walked and of the rotation's slice, and what is
+//! new of the rest (`--full`: every event, every target, every whole-log check, the rollups and
+//! the closed partitions' digests); exit 1 on any mismatch. With `--format json`, one object:
+//! `clean`, what was read (`scope`, `events`, `streams`, the txid and seq range,
+//! `verified_before`, the `rotation`'s slice), what was `recorded`, and the `mismatches` (the
+//! rows the table shows). The run itself is `verify_state::run`.
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,6 +1,7 @@
 //! What `verify` remembers (migration 0017), so that a plain `verify` costs what is new: the
 //! events appended since the last clean verify, each stream's chain continued from its
-//! verified head, plus drift checks that read one row per target or what is new ([`drift`]);
+//! verified head, plus drift checks that read what is new and the counts and head rows of the
+//! streams walked and of one slice of the others ([`drift`], [`rotation`]);
 //! `verify --full` re-reads the whole log, runs every whole-log drift check, recomputes the
 //! rollups and compares the closed partitions with their digests ([`digest`]). Beside the
 //! flow (retry → store → projector → report/http): it reads the log and the projections and

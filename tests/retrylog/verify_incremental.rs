@@ -1,7 +1,8 @@
 //! A verify that costs what is new (issue 23; src/verify_state/): a plain `verify`
 //! reads the events since the last clean one, continuing each stream from its verified head,
-//! plus one row per target (counts, head rows) and what is new of the rest, and no more of the
-//! log than that; `--full` reads everything. What each catches (docs/security.md),
+//! the counts and head rows of the streams walked and of a rotating slice of the others (every
+//! target within a round), and what is new of the rest, and no more of the log or the targets
+//! than that; `--full` reads everything. What each catches (docs/security.md),
 //! the position under real concurrent appenders and late commits, who may advance it, and
 //! `serve --verify-every` with its metrics.
 
