@@ -41,7 +41,8 @@ pub struct Slice {
     pub through: Option<Key>,
     /// Head rows in the slice.
     pub streams: i64,
-    /// Head rows in all, as the planner's statistics estimate them (no count of the table).
+    /// Head rows in all, as the planner's statistics estimate them (no count of the table
+    /// once it has statistics).
     pub streams_estimate: i64,
     /// The budget per run.
     pub size: i64,
@@ -100,9 +101,12 @@ pub async fn take(
     .bind(size + 1)
     .fetch_all(&mut *conn)
     .await?;
+    // The statistics' row count; a table never analyzed (-1) is counted, which is cheap
+    // while it is young, the only time it has no statistics.
     let streams_estimate: i64 = sqlx::query_scalar(
-        "SELECT greatest(reltuples, 0)::bigint FROM pg_class
-          WHERE oid = 'retry_stream_head'::regclass",
+        "SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::bigint
+                     ELSE (SELECT count(*) FROM retry_stream_head) END
+           FROM pg_class c WHERE c.oid = 'retry_stream_head'::regclass",
     )
     .fetch_one(&mut *conn)
     .await?;
