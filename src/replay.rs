@@ -229,6 +229,14 @@ pub enum Mismatch {
         /// What the database said when the batch failed.
         failure: String,
     },
+    /// A closed month's partition no longer holds what its digest, recorded by the
+    /// maintenance step once the month was over, says it held (`retry_partition_digest`,
+    /// checked by `verify --full`): events were added, removed or their hashes changed.
+    PartitionDigest {
+        partition: String,
+        /// What was recorded and what is there now.
+        differs: String,
+    },
     /// The stream's attempts are not 1..n: events are missing.
     AttemptGap {
         target: Target,
@@ -248,7 +256,9 @@ impl Mismatch {
                 Some(*target)
             }
             Mismatch::Outcome(drift) | Mismatch::StreamHead(drift) => drift.target,
-            Mismatch::Rollup(_) | Mismatch::ProjectionStuck { .. } => None,
+            Mismatch::Rollup(_)
+            | Mismatch::ProjectionStuck { .. }
+            | Mismatch::PartitionDigest { .. } => None,
         }
     }
 }
@@ -259,6 +269,9 @@ impl std::fmt::Display for Mismatch {
             Mismatch::Count(drift) => write!(f, "{drift}"),
             Mismatch::Rollup(drift) => write!(f, "{drift}"),
             Mismatch::Outcome(drift) | Mismatch::StreamHead(drift) => write!(f, "{drift}"),
+            Mismatch::PartitionDigest { partition, differs } => {
+                write!(f, "{partition}: {differs}")
+            }
             Mismatch::ProjectionStuck {
                 projection,
                 checkpoint,
@@ -399,14 +412,18 @@ pub async fn projection_mismatches(
             .into_iter()
             .map(Mismatch::StreamHead),
     );
-    let lag = crate::projector::lag(&mut *tx).await?;
-    if let Some(failure) = lag.failure {
-        mismatches.push(Mismatch::ProjectionStuck {
-            projection: lag.projection,
-            checkpoint: lag.position,
-            seq: lag.failed_at_seq,
-            failure,
-        });
-    }
+    mismatches.extend(projection_stuck(&mut *tx).await?);
     Ok(mismatches)
+}
+
+/// The asynchronous projection, if it cannot advance (`projector_lease` records its last
+/// failure): one row, so both a plain and a full verify check it.
+pub async fn projection_stuck(tx: &mut PgConnection) -> Result<Option<Mismatch>, sqlx::Error> {
+    let lag = crate::projector::lag(&mut *tx).await?;
+    Ok(lag.failure.map(|failure| Mismatch::ProjectionStuck {
+        projection: lag.projection,
+        checkpoint: lag.position,
+        seq: lag.failed_at_seq,
+        failure,
+    }))
 }

@@ -196,8 +196,9 @@ pub async fn run(
     Ok(archived)
 }
 
-/// Refuses any role that does not own the log (a superuser owns everything).
-async fn ensure_owner(conn: &mut PgConnection) -> Result<(), ArchiveError> {
+/// Refuses any role that does not own the log (a superuser owns everything): `serve
+/// --keep` asks at start, so a role that could never archive is told then.
+pub async fn ensure_owner(conn: &mut PgConnection) -> Result<(), ArchiveError> {
     let (role, owner, owns): (String, String, bool) = sqlx::query_as(
         "SELECT session_user::text, pg_get_userbyid(c.relowner)::text,
                 pg_has_role(session_user, c.relowner, 'USAGE')

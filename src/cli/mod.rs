@@ -124,15 +124,18 @@ pub enum Command {
     Targets(TargetsCommand),
     /// Rebuild projections from the log: the retry_count columns and the trend rollup.
     Replay(ReplayArgs),
-    /// Recompute the hash chains of the events since the last clean verify, and the counts
-    /// and outcomes from the log (--full: every event, and the rollups too); exit 1 on any
-    /// mismatch.
+    /// Recompute the hash chains of the events since the last clean verify, check the counts
+    /// against their head rows and the head rows against their verified chains for the streams
+    /// walked and a rotating slice of the others (--slice), and the new events' ids, outcomes
+    /// and open retries (--full: every event, every target, every whole-log check, the rollups
+    /// and the closed partitions' digests); exit 1 on any mismatch.
     ///
     /// A clean verify run by the operator capability (or the owner) records where it got to,
     /// so the next reads only what is new; one that finds a mismatch records it and keeps the
     /// position. The table lists the mismatches (none when clean). --format json prints one
     /// object: clean (true or false), the scope (new or full), the events and streams checked,
-    /// since_txid and up_to_txid, first_seq and last_seq, verified_before, recorded (advanced,
+    /// since_txid and up_to_txid, first_seq and last_seq, verified_before, the rotation's slice
+    /// (rotation: after, through, streams, runs_per_round, wraps), recorded (advanced,
     /// failed, superseded, not_permitted), and the mismatches (an array of the table's rows);
     /// --format csv the mismatches' rows.
     Verify(VerifyArgs),
@@ -145,9 +148,10 @@ pub enum Command {
     Archive(ArchiveArgs),
     /// Show each projection's checkpoint, lag and runner.
     Status(FormatArg),
-    /// Create the log's partitions that are due (the current one and `partitions_ahead` more)
-    /// and exit, for cron; `serve` does the same under a lease. Prints what it created.
-    Maintain(FormatArg),
+    /// Create the log's partitions that are due (the current one and `partitions_ahead` more),
+    /// record the digests of closed ones and, with `--keep`, archive what is older, then exit,
+    /// for cron; `serve` does the same under a lease. Prints what it created.
+    Maintain(MaintainArgs),
     /// Run the service: the recovery watchdog, the asynchronous projector and the HTTP server
     /// (dashboard, JSON API, /metrics), until SIGINT or SIGTERM.
     Serve(ServeArgs),
@@ -366,7 +370,8 @@ pub struct ReplayArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Re-read every event from each stream's start, not only those since the last clean
-    /// verify; catches a change to an event verified before (docs/security.md).
+    /// verify, and run the whole-log checks; catches a change to an event verified before
+    /// and to a closed partition (docs/security.md).
     #[arg(long)]
     pub full: bool,
 
@@ -374,6 +379,18 @@ pub struct VerifyArgs {
     /// file, against the manifest and bases the database recorded; names any changed line.
     #[arg(long, value_name = "DIR_OR_FILE", conflicts_with = "full")]
     pub archive: Option<std::path::PathBuf>,
+
+    /// Besides the streams its new events touched, a plain verify checks the counts and head
+    /// rows of this many others, continuing in key order where the last clean one stopped:
+    /// every target is checked again within ceil(streams / N) clean runs (--full: all at once).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = crate::verify_state::rotation::DEFAULT_SLICE,
+        value_parser = clap::value_parser!(i64).range(1..),
+        conflicts_with_all = ["full", "archive"]
+    )]
+    pub slice: i64,
 
     #[command(flatten)]
     pub format: FormatArg,
@@ -400,6 +417,45 @@ pub struct ArchiveArgs {
     /// The directory the files go to (created if missing).
     #[arg(long, value_name = "DIR")]
     pub to: std::path::PathBuf,
+
+    #[command(flatten)]
+    pub format: FormatArg,
+}
+
+/// The retention policy of the maintenance step (`maintain`, `serve`): off unless both are
+/// given.
+#[derive(Debug, Args)]
+pub struct RetentionArgs {
+    /// Keep this many whole months before the current one in the database (`13months`) and
+    /// archive every older partition of the log, as `retrylog archive --keep` does; needs
+    /// `--archive-to` and the schema owner. Off by default.
+    #[arg(long = "keep", env = "RETRYLOG_KEEP", hide_env_values = true, value_name = "Nmonths",
+          value_parser = crate::archive::parse_keep, requires = "archive_to")]
+    pub keep_months: Option<u32>,
+
+    /// The directory the retention policy's archive files go to (created if missing).
+    #[arg(
+        long,
+        env = "RETRYLOG_ARCHIVE_TO",
+        hide_env_values = true,
+        value_name = "DIR",
+        requires = "keep_months"
+    )]
+    pub archive_to: Option<std::path::PathBuf>,
+}
+
+impl RetentionArgs {
+    /// The policy, when both flags are given.
+    pub fn retention(&self) -> Option<crate::maintain::Retention> {
+        crate::maintain::Retention::from_flags(self.keep_months, self.archive_to.clone())
+    }
+}
+
+/// `retrylog maintain`.
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     #[command(flatten)]
     pub format: FormatArg,
@@ -457,6 +513,9 @@ pub struct ServeArgs {
     #[arg(long, env = "RETRYLOG_VERIFY_EVERY", hide_env_values = true, value_name = "DURATION",
           value_parser = crate::config::parse_duration)]
     pub verify_every: Option<Duration>,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 
     /// How long an HTTP client may take to send a request's line and headers (from its first
     /// byte, or from the previous response on a kept-alive connection) before the connection

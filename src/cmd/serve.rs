@@ -1,5 +1,5 @@
 //! `retrylog serve`: the long-running service. Runs the recovery watchdog, the asynchronous
-//! projector, the leased partition maintenance, the HTTP API and (with `--verify-every`) a
+//! projector, the leased partition maintenance (with `--keep`, the archive too), the HTTP API and (with `--verify-every`) a
 //! scheduled verify until SIGINT or SIGTERM; then lets the transaction in flight (a retry, a
 //! projector batch, a request) finish and exits 0.
 //!
@@ -117,12 +117,28 @@ pub async fn run(
         }
         None => None,
     };
+    // The retention policy archives, which is the schema owner's job: a role that may not is
+    // told now, not at the first maintenance step.
+    let retention = args.retention.retention();
+    if let Some(retention) = &retention {
+        crate::archive::ensure_owner(&mut *pool.acquire().await?).await?;
+        tracing::info!(
+            "retrylog serve: keeping {} whole months before the current one; older partitions \
+             are archived to {} by the maintenance step",
+            retention.months,
+            retention.to.display()
+        );
+    }
     let settings = ProjectorSettings {
         batch_events: args.projector_batch,
         ..ProjectorSettings::default()
     };
     let projector = tokio::spawn(projector::run(sessions.clone(), settings, stopped.clone()));
-    let maintenance = tokio::spawn(crate::maintain::run(pool.clone(), stopped.clone()));
+    let maintenance = tokio::spawn(crate::maintain::run(
+        pool.clone(),
+        retention,
+        stopped.clone(),
+    ));
     let watchdog = if args.no_watchdog {
         tracing::info!("retrylog serve: running the retry_rollup projector only");
         None

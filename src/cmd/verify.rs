@@ -1,9 +1,10 @@
-//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify and
-//! the counts and outcomes (`--full`: every event, and the rollups too); exit 1 on any
-//! mismatch. With `--format
-//! json`, one object: `clean`, what was read (`scope`, `events`, `streams`, the txid and seq
-//! range, `verified_before`), what was `recorded`, and the `mismatches` (the rows the table
-//! shows). The run itself is `verify_state::run`.
+//! `retrylog verify`: recompute the hash chains of what is new since the last clean verify,
+//! the counts from the head rows of the streams walked and of the rotation's slice, and what is
+//! new of the rest (`--full`: every event, every target, every whole-log check, the rollups and
+//! the closed partitions' digests); exit 1 on any mismatch. With `--format json`, one object:
+//! `clean`, what was read (`scope`, `events`, `streams`, the txid and seq range,
+//! `verified_before`, the `rotation`'s slice), what was `recorded`, and the `mismatches` (the
+//! rows the table shows). The run itself is `verify_state::run`.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,7 +35,8 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ProgressBar::hidden()
     };
-    let run = verify_state::run(pool, scope, |done| progress.set_position(done)).await?;
+    let run = verify_state::run_sliced(pool, scope, args.slice, |done| progress.set_position(done))
+        .await?;
     progress.finish_and_clear();
     let report = &run.report;
 
@@ -49,12 +51,14 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Mismatch::Outcome(_) => "outcome",
             Mismatch::StreamHead(_) => "stream_head",
             Mismatch::ProjectionStuck { .. } => "projection_stuck",
+            Mismatch::PartitionDigest { .. } => "partition_digest",
         };
         rows.push(vec![
             target.map_or_else(
                 || {
                     Value::from(match mismatch {
                         Mismatch::Outcome(_) => "retry_outcome",
+                        Mismatch::PartitionDigest { partition, .. } => partition.as_str(),
                         _ => "retry_rollup",
                     })
                 },
@@ -83,6 +87,16 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 "last_seq": run.last_seq,
                 "verified_before": run.verified_before,
                 "standing_full_mismatches": run.standing_full_mismatches,
+                "rotation": run.rotation.map(|slice| json!({
+                    "after": slice.after.map(key),
+                    "through": slice.through.map(key),
+                    "streams": slice.streams,
+                    "streams_estimate": slice.streams_estimate,
+                    "size": slice.size,
+                    "runs_per_round": slice.runs_per_round(),
+                    "wraps": slice.through.is_none(),
+                    "rounds_before": run.rotation_rounds,
+                })),
                 "recorded": run.recorded,
                 "mismatches": rows.to_json(),
             });
@@ -106,6 +120,36 @@ pub async fn run(pool: &PgPool, args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A head-row key in JSON.
+fn key((job_id, stream): verify_state::rotation::Key) -> Value {
+    json!({ "job_id": job_id.to_string(), "stream": stream.to_string() })
+}
+
+/// How far the rotation is, in words: "counts and head rows of 20000 of ~266000 streams,
+/// from …; the whole round every 14 runs".
+fn rotation(run: &Run) -> String {
+    let Some(slice) = run.rotation else {
+        return String::new();
+    };
+    let from = match slice.after {
+        Some((job_id, stream)) => format!("after job {job_id} stream {stream}"),
+        None => "from the first".to_string(),
+    };
+    let to = if slice.through.is_none() {
+        " to the last (the round ends: the next run starts from the first)"
+    } else {
+        ""
+    };
+    format!(
+        "; counts and head rows of the streams walked and of {} of ~{} streams, {from}{to}; \
+         the whole round every {} runs ({} rounds done)",
+        slice.streams,
+        slice.streams_estimate.max(slice.streams),
+        slice.runs_per_round(),
+        run.rotation_rounds
+    )
+}
+
 /// What the run read and found, in a line.
 fn summary(run: &Run) -> String {
     let report = &run.report;
@@ -127,8 +171,11 @@ fn summary(run: &Run) -> String {
                 ),
             };
             format!(
-                "{} new events in {} streams since txid {}{seqs}{before}",
-                report.events, report.streams, run.since_txid
+                "{} new events in {} streams since txid {}{seqs}{before}{}",
+                report.events,
+                report.streams,
+                run.since_txid,
+                rotation(run)
             )
         }
     };
@@ -141,10 +188,18 @@ fn summary(run: &Run) -> String {
         )
     } else if report.is_clean() {
         format!(
-            "verify clean: checked {read}; every hash link, count and outcome matches{}",
+            "verify clean: checked {read}; {}",
             match run.scope {
-                Scope::Full => ", and every rollup",
-                Scope::New => " (verify --full also checks the rollups)",
+                Scope::Full => {
+                    "every hash link, count, head row, event id, outcome, rollup and closed \
+                     partition's digest matches"
+                }
+                Scope::New => {
+                    "every new hash link matches, every count checked its head row and every \
+                     head row checked its verified chain, and the new events' ids, outcomes \
+                     and open retries (verify --full also checks every target's, the whole \
+                     log's, the rollups and the digests)"
+                }
             }
         )
     } else {

@@ -436,3 +436,267 @@ async fn archive_is_refused_to_a_role_that_does_not_own_the_log(pool: PgPool) {
     assert_eq!(event_count(&pool).await, 10);
     assert_eq!(std::fs::read_dir(&*dir).unwrap().count(), 0);
 }
+
+/// `retrylog maintain` with extra flags: its run.
+async fn maintain(pool: &PgPool, extra: &[&str]) -> Run {
+    let mut args = vec!["maintain"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--format", "json"]);
+    retrylog(pool, &args).await
+}
+
+fn partition_of(month: DateTime<Utc>) -> String {
+    format!("retry_history_p{}", month.format("%Y%m%d"))
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_closed_months_digest_is_recorded_by_maintain_and_a_change_there_caught_by_full(
+    pool: PgPool,
+) {
+    three_months(&pool).await;
+    let run = maintain(&pool, &[]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let oldest = partition_of(month_start(&pool, 2).await);
+    assert!(
+        run.stderr
+            .contains(&format!("recorded the digest of closed partition {oldest}")),
+        "{run:#?}"
+    );
+    let events: i64 =
+        sqlx::query_scalar("SELECT events FROM retry_partition_digest WHERE partition = $1")
+            .bind(&oldest)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 5);
+    // Recorded once; the current month, not over, has none.
+    let again = maintain(&pool, &[]).await;
+    assert!(!again.stderr.contains("recorded the digest"), "{again:#?}");
+    let current: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM retry_partition_digest WHERE partition = $1)",
+    )
+    .bind(partition_of(month_start(&pool, 0).await))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!current);
+    assert_cli_verify_clean(&pool).await;
+    let full = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
+    assert_eq!(full.code, Some(0), "{full:#?}");
+
+    // Variant A1's second retry, the last of its stream, removed from the closed month
+    // together with everything that points at it: the chains that are left still link, the
+    // head row, event id and count say attempt 1. Only the digest remembers it.
+    crate::integrity::behind_the_guard(
+        &pool,
+        &format!(
+            "DELETE FROM retry_outcome WHERE seq IN (SELECT seq FROM retry_history
+                WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2);
+             DELETE FROM retry_event_id WHERE seq IN (SELECT seq FROM retry_history
+                WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2);
+             DELETE FROM retry_open WHERE job_variants_id = '{VARIANT_A1}';
+             DELETE FROM retry_history WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2;
+             UPDATE retry_stream_head s SET attempt = 1, hash = h.hash, last_seq = h.seq
+               FROM retry_history h
+              WHERE h.job_variants_id = '{VARIANT_A1}' AND h.attempt = 1
+                AND s.job_variants_id = '{VARIANT_A1}';
+             UPDATE jobs_variants SET retry_count = 1 WHERE job_variants_id = '{VARIANT_A1}';"
+        ),
+    )
+    .await;
+    let full = retrylog(&pool, &["verify", "--full", "--format", "json"]).await;
+    assert_eq!(full.code, Some(1), "{full:#?}");
+    let found = full.json();
+    let digest: Vec<&Value> = found["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["problem"] == "partition_digest")
+        .collect();
+    assert_eq!(digest.len(), 1, "{full:#?}");
+    assert_eq!(digest[0]["target"], Value::from(oldest.clone()));
+    let message = digest[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("says 5 events") && message.contains("it holds 4 events"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn maintain_with_a_retention_policy_archives_the_older_months_under_the_lease(pool: PgPool) {
+    three_months(&pool).await;
+    let dir = TempPath::dir("retention");
+    let to = dir.to_str().unwrap();
+
+    // The two flags go together.
+    let half = maintain(&pool, &["--keep", "1month"]).await;
+    assert_eq!(half.code, Some(2), "{half:#?}");
+    assert!(half.stderr.contains("--archive-to"), "{half:#?}");
+    let wrong = maintain(&pool, &["--keep", "13", "--archive-to", to]).await;
+    assert_eq!(wrong.code, Some(2), "{wrong:#?}");
+    assert!(
+        wrong.stderr.contains("is not a number of months"),
+        "{wrong:#?}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM retry_archive")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // While another instance holds the lease, nothing is archived.
+    sqlx::query(
+        "UPDATE retrylog_maintenance_lease
+            SET holder = 'serve elsewhere', expires_at = now() + interval '1 minute'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let held = maintain(&pool, &["--keep", "1month", "--archive-to", to]).await;
+    assert_eq!(held.code, Some(0), "{held:#?}");
+    assert!(
+        held.stderr
+            .contains("serve elsewhere holds the maintenance lease"),
+        "{held:#?}"
+    );
+    assert!(!archive_file(&dir, month_start(&pool, 2).await).exists());
+
+    // Keep one whole month before this one: the month before that is archived.
+    sqlx::query("UPDATE retrylog_maintenance_lease SET expires_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = maintain(&pool, &["--keep", "1month", "--archive-to", to]).await;
+    assert_eq!(run.code, Some(0), "{run:#?}");
+    let oldest = partition_of(month_start(&pool, 2).await);
+    assert!(
+        run.stderr
+            .contains(&format!("archived {oldest} (5 events) to ")),
+        "{run:#?}"
+    );
+    assert!(archive_file(&dir, month_start(&pool, 2).await).exists());
+    let (result, free): (String, bool) =
+        sqlx::query_as("SELECT last_result, expires_at <= now() FROM retrylog_maintenance_lease")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(result.contains(&format!("archived {oldest}")), "{result}");
+    assert!(free, "maintain gives the lease back when done");
+    assert_eq!(retry_count(&pool, job(JOB_A)).await, 6);
+    assert_cli_verify_clean(&pool).await;
+    let checked = retrylog(&pool, &["verify", "--archive", to]).await;
+    assert_eq!(checked.code, Some(0), "{checked:#?}");
+
+    // Nothing older is left: a second run archives nothing.
+    let again = maintain(&pool, &["--keep", "1month", "--archive-to", to]).await;
+    assert_eq!(again.code, Some(0), "{again:#?}");
+    assert!(!again.stderr.contains("archived"), "{again:#?}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_retention_policy_is_refused_to_a_role_that_does_not_own_the_log(pool: PgPool) {
+    three_months(&pool).await;
+    let operator = TestRole::create(&pool, &[Operator]).await;
+    let dir = TempPath::dir("retention-refused");
+    let run = retrylog_at(
+        &operator.url(&pool).await,
+        &[
+            "maintain",
+            "--keep",
+            "1month",
+            "--archive-to",
+            dir.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, Some(2), "{run:#?}");
+    assert!(
+        run.stderr.contains("archive needs the schema owner"),
+        "{run:#?}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM retry_archive")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_with_a_retention_policy_archives_in_its_maintenance_step(pool: PgPool) {
+    three_months(&pool).await;
+    let dir = TempPath::dir("serve-retention");
+    let to = dir.to_str().unwrap();
+    let serve = serve_command(
+        &pool,
+        &["--no-http", "--keep", "1month", "--archive-to", to],
+    )
+    .await
+    .spawn()
+    .unwrap();
+    // The first step runs at start.
+    let file = archive_file(&dir, month_start(&pool, 2).await);
+    for _ in 0..300 {
+        let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM retry_archive")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if archived > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop_serve(serve).await;
+    assert!(file.exists(), "{}", file.display());
+    let (holder, result): (String, String) =
+        sqlx::query_as("SELECT holder, last_result FROM retrylog_maintenance_lease")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(holder.starts_with("serve "), "{holder}");
+    let oldest = partition_of(month_start(&pool, 2).await);
+    assert!(
+        result.contains(&format!("digested {oldest}"))
+            && result.contains(&format!("archived {oldest}")),
+        "{result}"
+    );
+    assert_eq!(retry_count(&pool, job(JOB_A)).await, 6);
+    assert_cli_verify_clean(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn serve_with_a_retention_policy_refuses_to_start_under_a_role_that_does_not_own_the_log(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let operator = TestRole::create(&pool, &[Operator]).await;
+    let dir = TempPath::dir("serve-retention-refused");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_retrylog"))
+        .args([
+            "--database-url",
+            &operator.url(&pool).await,
+            "serve",
+            "--no-http",
+            "--keep",
+            "13months",
+            "--archive-to",
+            dir.to_str().unwrap(),
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("RETRYLOG_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(20), output)
+        .await
+        .expect("serve stops at once")
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("archive needs the schema owner"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,8 @@
-//! A verify that costs what is new (issue 23, item 3; src/verify_state.rs): a plain `verify`
+//! A verify that costs what is new (issue 23; src/verify_state/): a plain `verify`
 //! reads the events since the last clean one, continuing each stream from its verified head,
-//! plus every projection; `--full` reads everything. What each catches (docs/security.md),
+//! the counts and head rows of the streams walked and of a rotating slice of the others (every
+//! target within a round), and what is new of the rest, and no more of the log or the targets
+//! than that; `--full` reads everything. What each catches (docs/security.md),
 //! the position under real concurrent appenders and late commits, who may advance it, and
 //! `serve --verify-every` with its metrics.
 
@@ -569,4 +571,408 @@ async fn serve_verify_every_runs_on_schedule_and_the_metrics_move(pool: PgPool) 
     );
     drop(drain);
     stop_serve(serve).await;
+}
+
+/// Rows of the log read so far, by the server's own counters: sequential and index reads of
+/// every partition of retry_history.
+async fn log_rows_read(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::bigint
+           FROM pg_stat_user_tables
+          WHERE relid IN (SELECT relid FROM pg_partition_tree('retry_history'))",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A verify of `scope` on connections of its own, and the rows of the log it read: a
+/// connection's statistics reach the server's counters when its backend exits, which is
+/// awaited (the connections carry an application name to be found by).
+async fn rows_read_by(pool: &PgPool, scope: Scope) -> (verify_state::Run, i64) {
+    const NAME: &str = "retrylog verify under count";
+    let before = log_rows_read(pool).await;
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            pool.connect_options()
+                .as_ref()
+                .clone()
+                .application_name(NAME),
+        )
+        .await
+        .unwrap();
+    let run = verify_state::run(&own, scope, |_| {}).await.unwrap();
+    own.close().await;
+    for _ in 0..500 {
+        let alive: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+        )
+        .bind(NAME)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (run, log_rows_read(pool).await - before)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_plain_verify_reads_only_the_new_events_of_the_log_and_full_reads_them_all(pool: PgPool) {
+    pipeline(&pool).await;
+    lift_retry_limit(&pool).await;
+    for target in [
+        job(JOB_A),
+        variant(JOB_A, VARIANT_A1),
+        variant(JOB_A, VARIANT_A2),
+        job(JOB_B),
+    ] {
+        append_n(&pool, target, 150).await;
+    }
+    let (first, _) = rows_read_by(&pool, Scope::New).await;
+    assert!(first.is_clean(), "{:#?}", first.report);
+    assert_eq!(first.report.events, 600);
+    // The position is the cluster's xmin: a transaction of another database's test can hold
+    // it below these events for a while, and a plain verify reads every event above it (and
+    // skips those it walked). Verified again until the position passes them.
+    let last_txid: i64 = sqlx::query_scalar("SELECT max(txid)::text::bigint FROM retry_history")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    for _ in 0..600 {
+        if state(&pool).await.horizon > last_txid {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rows_read_by(&pool, Scope::New).await;
+    }
+    assert!(
+        state(&pool).await.horizon > last_txid,
+        "the position passed the log"
+    );
+    sqlx::raw_sql("ANALYZE").execute(&pool).await.unwrap();
+    // A verify also says whether the projector is stuck, which counts the events it has not
+    // applied yet: as `serve` would, it has applied them.
+    retrylog::projector::catch_up(&mut pool.acquire().await.unwrap(), 10_000)
+        .await
+        .unwrap();
+
+    append_n(&pool, variant(JOB_A, VARIANT_A1), 2).await;
+    append_n(&pool, variant(JOB_B, VARIANT_B1), 1).await;
+    let (plain, read) = rows_read_by(&pool, Scope::New).await;
+    assert!(plain.is_clean(), "{:#?}", plain.report);
+    assert_eq!((plain.report.events, plain.report.streams), (3, 2));
+    // The three new events, each read a few times (the walk, its event id, its outcome and
+    // open retry, the event it follows, the projector's lag) and a probe of every partition
+    // per lookup: tens of rows (about 60 when written), not the 603 of the log.
+    assert!(
+        read < 100,
+        "a plain verify read {read} rows of a log of 603"
+    );
+
+    let (full, read) = rows_read_by(&pool, Scope::Full).await;
+    assert!(full.is_clean(), "{:#?}", full.report);
+    assert_eq!(full.report.events, 603);
+    assert!(
+        read >= 603,
+        "a full verify read {read} rows of a log of 603"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_head_row_that_is_not_the_verified_chains_head_is_caught_by_a_plain_verify(pool: PgPool) {
+    pipeline(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    append_n(&pool, target, 3).await;
+    append_n(&pool, job(JOB_B), 1).await;
+    assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
+
+    // The head row and the count moved back together, as a hand that hides the last retry
+    // would: the counts agree with the head row, the verified chain does not.
+    behind_the_guard(
+        &pool,
+        &format!(
+            "UPDATE retry_stream_head SET attempt = 2,
+                    last_seq = (SELECT seq FROM retry_history
+                                 WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2)
+              WHERE job_id = '{JOB_A}' AND job_variants_id = '{VARIANT_A1}';
+             UPDATE jobs_variants SET retry_count = 2 WHERE job_variants_id = '{VARIANT_A1}'"
+        ),
+    )
+    .await;
+    let (code, found, _) = verify_json(&pool, &[]).await;
+    assert_eq!(code, Some(1), "{found:#?}");
+    assert_eq!(found["events"], 0, "{found:#?}");
+    let mismatches = found["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), 1, "{found:#?}");
+    assert_eq!(mismatches[0]["problem"], "stream_head");
+    let message = mismatches[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("retry_stream_head holds attempt 2")
+            && message.contains("the verified hash chain ends at attempt 3"),
+        "{message}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_new_events_missing_outcome_and_open_retry_are_caught_by_a_plain_verify(pool: PgPool) {
+    pipeline(&pool).await;
+    let target = variant(JOB_A, VARIANT_A1);
+    append_n(&pool, target, 1).await;
+    assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
+    let new = append_n(&pool, target, 1).await;
+    // The outcome the append recorded for attempt 1 and the open retry of attempt 2, gone.
+    behind_the_guard(
+        &pool,
+        &format!(
+            "DELETE FROM retry_outcome WHERE seq = (SELECT seq FROM retry_history
+                                                   WHERE job_variants_id = '{VARIANT_A1}'
+                                                     AND attempt = 1);
+             DELETE FROM retry_open WHERE seq = {}",
+            new[0].seq
+        ),
+    )
+    .await;
+    let (code, found, _) = verify_json(&pool, &[]).await;
+    assert_eq!(code, Some(1), "{found:#?}");
+    let messages: Vec<&str> = found["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("was followed by attempt 2") && m.contains("has no outcome")),
+        "{messages:#?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains(&format!(
+            "retry_open holds none, the log and the outcomes say seq {}",
+            new[0].seq
+        ))),
+        "{messages:#?}"
+    );
+}
+
+/// The problems of a verify's JSON, with the targets they name.
+fn problems(found: &Value) -> Vec<(String, String)> {
+    found["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["problem"].as_str().unwrap().to_string(),
+                m["target"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_count_changed_on_an_untouched_target_is_caught_within_one_round_and_at_once_by_full(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    // Four head rows, in key order: (A, job), (A, A1), (A, A2), (B, job); A3 and B1 have none.
+    for target in [
+        job(JOB_A),
+        variant(JOB_A, VARIANT_A1),
+        variant(JOB_A, VARIANT_A2),
+        job(JOB_B),
+    ] {
+        append_n(&pool, target, 1).await;
+    }
+    // A round of two slices of two: the first from the lowest key to (A, A1), the second
+    // from there to the end, where the cursor wraps.
+    let (code, first, _) = verify_json(&pool, &["--slice", "2"]).await;
+    assert_eq!(code, Some(0), "{first:#?}");
+    let rotation = &first["rotation"];
+    assert_eq!(rotation["after"], Value::Null, "{first:#?}");
+    assert_eq!(rotation["through"]["job_id"], JOB_A.to_string());
+    assert_eq!(rotation["through"]["stream"], VARIANT_A1.to_string());
+    assert_eq!(
+        (rotation["streams"].as_i64(), rotation["wraps"].as_bool()),
+        (Some(2), Some(false))
+    );
+    let (code, second, _) = verify_json(&pool, &["--slice", "2"]).await;
+    assert_eq!(code, Some(0), "{second:#?}");
+    let rotation = &second["rotation"];
+    assert_eq!(rotation["after"]["stream"], VARIANT_A1.to_string());
+    assert_eq!(
+        (rotation["streams"].as_i64(), rotation["wraps"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(rotation["rounds_before"], 0);
+    assert_eq!(state(&pool).await.rotation_rounds, 1);
+    assert_eq!(state(&pool).await.rotation_cursor(), None);
+
+    // Counts changed by hand on targets no new event touches, both in the second slice: B's
+    // (a head row) and B1's (none).
+    sqlx::query("UPDATE jobs SET retry_count = 7 WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs_variants SET retry_count = 3 WHERE job_variants_id = $1")
+        .bind(VARIANT_B1)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // The wrapped cursor starts the next round at the lowest key: that slice misses them…
+    let (code, third, _) = verify_json(&pool, &["--slice", "2"]).await;
+    assert_eq!(code, Some(0), "{third:#?}");
+    assert_eq!(third["rotation"]["after"], Value::Null, "{third:#?}");
+    assert_eq!(third["rotation"]["rounds_before"], 1);
+    // …the next, within the round, catches both; and, the cursor kept, so does the one after.
+    for _ in 0..2 {
+        let (code, found, _) = verify_json(&pool, &["--slice", "2"]).await;
+        assert_eq!(code, Some(1), "{found:#?}");
+        assert_eq!(
+            problems(&found),
+            [
+                ("count".to_string(), job(JOB_B).to_string()),
+                ("count".to_string(), variant(JOB_B, VARIANT_B1).to_string())
+            ],
+            "{found:#?}"
+        );
+        assert_eq!(found["rotation"]["after"]["stream"], VARIANT_A1.to_string());
+    }
+
+    // --full checks every target at once, whatever the cursor.
+    let (code, full, _) = verify_json(&pool, &["--full"]).await;
+    assert_eq!(code, Some(1), "{full:#?}");
+    assert_eq!(full["rotation"], Value::Null, "{full:#?}");
+    let counts: Vec<_> = problems(&full)
+        .into_iter()
+        .filter(|(problem, _)| problem == "count")
+        .collect();
+    assert_eq!(counts.len(), 2, "{full:#?}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_count_changed_on_a_target_a_new_event_touches_is_caught_whatever_the_slice(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    for target in [job(JOB_A), variant(JOB_A, VARIANT_A1), job(JOB_B)] {
+        append_n(&pool, target, 1).await;
+    }
+    assert_eq!(
+        retrylog(&pool, &["verify", "--slice", "1"]).await.code,
+        Some(0)
+    );
+    // B lies beyond the next slice of one; a new event of B's puts it in this run anyway.
+    sqlx::query("UPDATE jobs SET retry_count = 0 WHERE job_id = $1")
+        .bind(JOB_B)
+        .execute(&pool)
+        .await
+        .unwrap();
+    append_n(&pool, job(JOB_B), 1).await;
+    let (code, found, _) = verify_json(&pool, &["--slice", "1"]).await;
+    assert_eq!(code, Some(1), "{found:#?}");
+    assert_eq!(found["rotation"]["streams"], 1, "{found:#?}");
+    assert_eq!(
+        problems(&found),
+        [("count".to_string(), job(JOB_B).to_string())],
+        "{found:#?}"
+    );
+}
+
+/// Rows read so far of the tables holding a row per target or stream (the counts, the head
+/// rows, the verified heads, the opening balances, the archive bases).
+async fn target_rows_read(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0)), 0)::bigint
+           FROM pg_stat_user_tables
+          WHERE relname IN ('jobs', 'jobs_variants', 'retry_stream_head', 'verify_stream_head',
+                            'retry_opening_balance', 'retry_stream_base')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// A verify of `scope` with a slice of `slice` on connections of its own, and the rows of the
+/// per-target tables it read (as [`rows_read_by`] counts the log's).
+async fn target_rows_read_by(pool: &PgPool, scope: Scope, slice: i64) -> (verify_state::Run, i64) {
+    const NAME: &str = "retrylog verify under target count";
+    let before = target_rows_read(pool).await;
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(
+            pool.connect_options()
+                .as_ref()
+                .clone()
+                .application_name(NAME),
+        )
+        .await
+        .unwrap();
+    let run = verify_state::run_sliced(&own, scope, slice, |_| {})
+        .await
+        .unwrap();
+    own.close().await;
+    for _ in 0..500 {
+        let alive: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
+        )
+        .bind(NAME)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (run, target_rows_read(pool).await - before)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_plain_verify_reads_the_rows_of_its_slice_not_of_every_target(pool: PgPool) {
+    pipeline(&pool).await;
+    // 200 more jobs with one retry each: 200 head rows, verified heads and counts.
+    sqlx::query(
+        "INSERT INTO jobs (job_id)
+         SELECT ('1f000000-0000-4000-8000-' || lpad(n::text, 12, '0'))::uuid
+           FROM generate_series(1, 200) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for n in 1..=200u32 {
+        let id = uuid::Uuid::parse_str(&format!("1f000000-0000-4000-8000-{n:012}")).unwrap();
+        append_n(&pool, job(id), 1).await;
+    }
+    let (first, _) = target_rows_read_by(&pool, Scope::New, 5).await;
+    assert!(first.is_clean(), "{:#?}", first.report);
+    sqlx::raw_sql("ANALYZE").execute(&pool).await.unwrap();
+
+    // No new event (or a few, if the position lags): the slice of 5 and little else, whatever
+    // the 200 targets; a plain run reads by index only, so the tables' size does not decide.
+    let (plain, read) = target_rows_read_by(&pool, Scope::New, 5).await;
+    assert!(plain.is_clean(), "{:#?}", plain.report);
+    let slice = plain.rotation.expect("a plain run has a slice");
+    assert_eq!(slice.streams, 5, "{slice:?}");
+    assert!(slice.runs_per_round() >= 40, "{slice:?}");
+    // The slice's keys, then per key its head row, verified head, count and opening balance,
+    // and the walk's lookups: about ten rows per stream of the slice (about 50 when written).
+    assert!(
+        read < 100,
+        "a plain verify with a slice of 5 read {read} rows of the per-target tables (200 targets)"
+    );
+
+    let (full, read) = target_rows_read_by(&pool, Scope::Full, 5).await;
+    assert!(full.is_clean(), "{:#?}", full.report);
+    assert!(full.rotation.is_none());
+    assert!(
+        read >= 200,
+        "a full verify read {read} rows of the per-target tables (200 targets)"
+    );
 }

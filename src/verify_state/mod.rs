@@ -1,9 +1,11 @@
 //! What `verify` remembers (migration 0017), so that a plain `verify` costs what is new: the
 //! events appended since the last clean verify, each stream's chain continued from its
-//! verified head, plus the drift of the counts, the outcomes and the open retries; `verify
-//! --full` re-reads the whole log and also recomputes the rollups. Beside
-//! the flow (retry → store → projector → report/http): it reads the log and the projections
-//! and writes only its own state.
+//! verified head, plus drift checks that read what is new and the counts and head rows of the
+//! streams walked and of one slice of the others ([`drift`], [`rotation`]);
+//! `verify --full` re-reads the whole log, runs every whole-log drift check, recomputes the
+//! rollups and compares the closed partitions with their digests ([`digest`]). Beside the
+//! flow (retry → store → projector → report/http): it reads the log and the projections and
+//! writes only its own state.
 //!
 //! 1. **The position is a txid horizon.** Each run reads in one REPEATABLE READ snapshot whose
 //!    first statement takes the snapshot's xmin: every transaction below it has ended, so every
@@ -26,6 +28,10 @@
 //!    holding the lease row (`verify_lease`, taken when expired, renewed by each run): a row
 //!    with an expiry, which works through a transaction-mode pooler where a session lock does
 //!    not.
+
+pub mod digest;
+pub mod drift;
+pub mod rotation;
 
 use std::time::Duration;
 
@@ -65,13 +71,27 @@ pub struct State {
     pub mismatches: i32,
     /// What the last `--full` found, standing until a `--full` is clean.
     pub full_mismatches: i32,
+    /// The rotation's cursor: the last head-row key a clean plain run checked (job_id, then
+    /// stream); `None` starts from the lowest.
+    pub rotation_job_id: Option<uuid::Uuid>,
+    pub rotation_stream: Option<uuid::Uuid>,
+    /// Whole rounds of the rotation clean plain runs completed.
+    pub rotation_rounds: i64,
+}
+
+impl State {
+    /// The rotation's cursor as a key.
+    pub fn rotation_cursor(&self) -> Option<rotation::Key> {
+        self.rotation_job_id.zip(self.rotation_stream)
+    }
 }
 
 /// Reads the state.
 pub async fn load(conn: &mut PgConnection) -> Result<State, sqlx::Error> {
     sqlx::query_as(
         "SELECT horizon::text::bigint AS horizon, generation, events, verified_at,
-                full_verified_at, checked_at, mismatches, full_mismatches
+                full_verified_at, checked_at, mismatches, full_mismatches, rotation_job_id,
+                rotation_stream, rotation_rounds
            FROM verify_state",
     )
     .fetch_one(conn)
@@ -108,6 +128,11 @@ pub struct Run {
     /// For a plain run, the mismatches the last `--full` found in events verified before,
     /// which a plain run does not re-read: while any stand, a plain run is not clean.
     pub standing_full_mismatches: i32,
+    /// A plain run's slice of the rotation: the other streams whose counts and head rows it
+    /// checked (`None` for a full run, which checks them all).
+    pub rotation: Option<rotation::Slice>,
+    /// Whole rounds of the rotation completed before this run.
+    pub rotation_rounds: i64,
     /// The events walked, their streams, and what does not match.
     #[serde(flatten)]
     pub report: VerifyReport,
@@ -132,15 +157,23 @@ struct NewEvent {
 }
 
 /// The events a plain run reads: since the horizon and beyond their stream's head, grouped by
-/// stream in attempt order. Through the log's parent table by txid, whatever its layout.
+/// stream in attempt order. Through the log's parent table by txid, whatever its layout. Each
+/// event's head is one probe of `verify_stream_head`'s key (two cases: a job-level stream's
+/// NULL is indexable as `IS NULL`, not as `IS NOT DISTINCT FROM`), so the run reads no more
+/// heads than it has new events.
 fn new_events_sql() -> String {
     format!(
         "WITH new AS ({STORED_EVENTS} WHERE txid >= $1::bigint::text::xid8)
          SELECT new.*, v.attempt AS head_attempt, v.hash AS head_hash
            FROM new
-           LEFT JOIN verify_stream_head v
-             ON v.job_id = new.job_id
-            AND v.job_variants_id IS NOT DISTINCT FROM new.job_variants_id
+           LEFT JOIN LATERAL (
+                (SELECT v.attempt, v.hash FROM verify_stream_head v
+                  WHERE v.job_id = new.job_id AND v.job_variants_id = new.job_variants_id)
+                UNION ALL
+                (SELECT v.attempt, v.hash FROM verify_stream_head v
+                  WHERE new.job_variants_id IS NULL
+                    AND v.job_id = new.job_id AND v.job_variants_id IS NULL)
+                LIMIT 1) v ON true
           WHERE new.attempt > coalesce(v.attempt, 0)
           ORDER BY new.job_id, new.job_variants_id, new.attempt"
     )
@@ -167,10 +200,22 @@ pub async fn pending(conn: &mut PgConnection, scope: Scope) -> Result<i64, sqlx:
 }
 
 /// Verifies the log (all of it, or what is new) and the projections (the rollups on a full
-/// run only), then records the result if the role may. `progress` is called with the events walked so far.
+/// run only), then records the result if the role may; a plain run checks a slice of
+/// [`rotation::DEFAULT_SLICE`] streams besides those it walks. `progress` is called with the
+/// events walked so far.
 pub async fn run(
     pool: &PgPool,
     scope: Scope,
+    progress: impl FnMut(u64),
+) -> Result<Run, sqlx::Error> {
+    run_sliced(pool, scope, rotation::DEFAULT_SLICE, progress).await
+}
+
+/// [`run`], a plain run checking a slice of `slice` streams besides those it walks.
+pub async fn run_sliced(
+    pool: &PgPool,
+    scope: Scope,
+    slice_size: i64,
     mut progress: impl FnMut(u64),
 ) -> Result<Run, sqlx::Error> {
     let mut conn = pool.acquire().await?;
@@ -184,6 +229,13 @@ pub async fn run(
             .fetch_one(&mut *tx)
             .await?;
     let state = load(&mut tx).await?;
+    if scope == Scope::New {
+        // A plain run reads by index only, what is new and its slice: a table read whole is
+        // never its plan, though it may look cheaper while the table is small.
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     let since = match scope {
         Scope::New => state.horizon,
         Scope::Full => 0,
@@ -243,8 +295,29 @@ pub async fn run(
     }
     progress(walk.events);
 
-    // 3. The projections, in the same snapshot; the rollups only on a full run.
-    mismatches.extend(replay::projection_mismatches(&mut tx, scope == Scope::Full).await?);
+    // 3. The projections, in the same snapshot: on a full run every whole-log check, the
+    //    rollups and the closed partitions' digests; on a plain one the counts and head rows
+    //    of the streams just walked and of the rotation's next slice, and what is new.
+    let mut slice = None;
+    match scope {
+        Scope::Full => {
+            mismatches.extend(replay::projection_mismatches(&mut tx, true).await?);
+            mismatches.extend(digest::mismatches(&mut tx).await?);
+        }
+        Scope::New => {
+            let walked = drift::RunHeads {
+                job_ids: heads.iter().map(|h| h.target.job_id()).collect(),
+                job_variants_ids: heads.iter().map(|h| h.target.job_variants_id()).collect(),
+                attempts: heads.iter().map(|h| h.attempt).collect(),
+                hashes: heads.iter().map(|h| h.hash.clone()).collect(),
+                seqs: heads.iter().map(|h| h.seq).collect(),
+            };
+            let taken = rotation::take(&mut tx, state.rotation_cursor(), slice_size).await?;
+            mismatches.extend(drift::new_mismatches(&mut tx, since, &walked, &taken).await?);
+            slice = Some(taken);
+            mismatches.extend(replay::projection_stuck(&mut tx).await?);
+        }
+    }
     tx.rollback().await?;
 
     let mut report = VerifyReport {
@@ -263,7 +336,17 @@ pub async fn run(
     // session (src/connect/pooler.rs).
     drop(conn);
     let mut conn = pool.acquire().await?;
-    let recorded = record(&mut conn, scope, &state, up_to, &report, standing, &heads).await?;
+    let recorded = record(
+        &mut conn,
+        scope,
+        &state,
+        up_to,
+        &report,
+        standing,
+        &heads,
+        slice.as_ref(),
+    )
+    .await?;
     Ok(Run {
         scope,
         since_txid: since,
@@ -275,6 +358,8 @@ pub async fn run(
             Scope::Full => 0,
         },
         standing_full_mismatches: standing,
+        rotation: slice,
+        rotation_rounds: state.rotation_rounds,
         report,
         recorded,
     })
@@ -283,8 +368,10 @@ pub async fn run(
 /// Heads written per statement.
 const HEADS_PER_STATEMENT: usize = 10_000;
 
-/// Records a run: a clean one advances the position and the heads if no run recorded itself
-/// since it read the state; one with mismatches records them and keeps the position.
+/// Records a run: a clean one advances the position, the heads and (a plain one) the
+/// rotation's cursor if no run recorded itself since it read the state; one with mismatches
+/// records them and keeps the position and the cursor.
+#[allow(clippy::too_many_arguments)]
 async fn record(
     conn: &mut PgConnection,
     scope: Scope,
@@ -293,6 +380,7 @@ async fn record(
     report: &VerifyReport,
     standing: i32,
     heads: &[Head],
+    slice: Option<&rotation::Slice>,
 ) -> Result<Recorded, sqlx::Error> {
     let may_write: bool =
         sqlx::query_scalar("SELECT has_table_privilege('verify_state', 'UPDATE')")
@@ -327,13 +415,27 @@ async fn record(
                 verified_at = now(),
                 full_verified_at = CASE WHEN $3 THEN now() ELSE full_verified_at END,
                 checked_at = now(), mismatches = 0, full_mismatches = 0,
-                checked_by = session_user
+                checked_by = session_user,
+                rotation_job_id = CASE WHEN $5 THEN $6 ELSE rotation_job_id END,
+                rotation_stream = CASE WHEN $5 THEN $7 ELSE rotation_stream END,
+                rotation_rounds = rotation_rounds + CASE WHEN $5 AND $6 IS NULL THEN 1 ELSE 0 END
           WHERE generation = $2",
     )
     .bind(up_to)
     .bind(read.generation)
     .bind(scope == Scope::Full)
     .bind(report.events as i64)
+    .bind(slice.is_some())
+    .bind(
+        slice
+            .and_then(|s| s.next_cursor())
+            .map(|(job_id, _)| job_id),
+    )
+    .bind(
+        slice
+            .and_then(|s| s.next_cursor())
+            .map(|(_, stream)| stream),
+    )
     .execute(&mut *tx)
     .await?
     .rows_affected();
