@@ -494,9 +494,9 @@ async fn a_closed_months_digest_is_recorded_by_maintain_and_a_change_there_caugh
                 WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2);
              DELETE FROM retry_event_id WHERE seq IN (SELECT seq FROM retry_history
                 WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2);
-             DELETE FROM retry_open WHERE job_variants_id = '{VARIANT_A1}';
              DELETE FROM retry_history WHERE job_variants_id = '{VARIANT_A1}' AND attempt = 2;
-             UPDATE retry_stream_head s SET attempt = 1, hash = h.hash, last_seq = h.seq
+             UPDATE retry_stream_head s SET attempt = 1, hash = h.hash, last_seq = h.seq,
+                                            last_open = false
                FROM retry_history h
               WHERE h.job_variants_id = '{VARIANT_A1}' AND h.attempt = 1
                 AND s.job_variants_id = '{VARIANT_A1}';

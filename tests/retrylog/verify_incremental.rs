@@ -724,14 +724,15 @@ async fn a_new_events_missing_outcome_and_open_retry_are_caught_by_a_plain_verif
     append_n(&pool, target, 1).await;
     assert_eq!(retrylog(&pool, &["verify"]).await.code, Some(0));
     let new = append_n(&pool, target, 1).await;
-    // The outcome the append recorded for attempt 1 and the open retry of attempt 2, gone.
+    // The outcome the append recorded for attempt 1 and the open retry of attempt 2 (the
+    // head row's flag: retry_open is a view of it), gone.
     behind_the_guard(
         &pool,
         &format!(
             "DELETE FROM retry_outcome WHERE seq = (SELECT seq FROM retry_history
                                                    WHERE job_variants_id = '{VARIANT_A1}'
                                                      AND attempt = 1);
-             DELETE FROM retry_open WHERE seq = {}",
+             UPDATE retry_stream_head SET last_open = false WHERE last_seq = {}",
             new[0].seq
         ),
     )
