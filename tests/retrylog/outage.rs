@@ -35,6 +35,10 @@ async fn with_the_database_down_serve_answers_503_fast_and_is_ready_again_when_i
     let served = start_serve(&pool, &["--db-timeout", "2s"]).await;
     let addr = served.addr.clone();
     let _log_on_panic = served.log_on_panic();
+    // serve listens before its start-up is over, and the rest of it (the watchdog's settings)
+    // needs the database: a server gone then stops serve, which is not the outage this test
+    // is about. Its last start-up line says it is running.
+    served.wait_for_log("running the recovery watchdog").await;
     let (ready, _) = exchange(&addr, "/readyz", None, None).await;
     assert_eq!(status_of(&ready), 200, "{ready}");
     pool.close().await;

@@ -24,6 +24,22 @@ pub(crate) struct Served {
 }
 
 impl Served {
+    /// Waits (up to 30 s) until serve's log has a line containing `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.log.lock().unwrap().join("\n");
+            if log.contains(needle) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "serve never logged {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A guard that prints serve's log so far if the test panics while it lives: a failure
     /// that is serve's own (it stopped listening, say) then shows why.
     pub fn log_on_panic(&self) -> LogOnPanic {
