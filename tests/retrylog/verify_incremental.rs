@@ -586,29 +586,29 @@ async fn log_rows_read(pool: &PgPool) -> i64 {
     .unwrap()
 }
 
-/// A verify of `scope` on connections of its own, and the rows of the log it read: a
-/// connection's statistics reach the server's counters when its backend exits, which is
-/// awaited (the connections carry an application name to be found by).
-async fn rows_read_by(pool: &PgPool, scope: Scope) -> (verify_state::Run, i64) {
-    const NAME: &str = "retrylog verify under count";
-    let before = log_rows_read(pool).await;
-    let own = sqlx::postgres::PgPoolOptions::new()
+/// A pool of its own beside the test's, its connections named `name` (to be found by).
+async fn own_pool(pool: &PgPool, name: &str) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect_with(
             pool.connect_options()
                 .as_ref()
                 .clone()
-                .application_name(NAME),
+                .application_name(name),
         )
         .await
-        .unwrap();
-    let run = verify_state::run(&own, scope, |_| {}).await.unwrap();
+        .unwrap()
+}
+
+/// Closes `own` and waits until its backends are gone: a backend's statistics reach the
+/// server's counters for certain only when it exits (an idle one may hold them for seconds).
+async fn close_and_wait(pool: &PgPool, own: PgPool, name: &str) {
     own.close().await;
     for _ in 0..500 {
         let alive: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
         )
-        .bind(NAME)
+        .bind(name)
         .fetch_one(pool)
         .await
         .unwrap();
@@ -617,6 +617,15 @@ async fn rows_read_by(pool: &PgPool, scope: Scope) -> (verify_state::Run, i64) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A verify of `scope` on connections of its own, and the rows of the log it read.
+async fn rows_read_by(pool: &PgPool, scope: Scope) -> (verify_state::Run, i64) {
+    const NAME: &str = "retrylog verify under count";
+    let before = log_rows_read(pool).await;
+    let own = own_pool(pool, NAME).await;
+    let run = verify_state::run(&own, scope, |_| {}).await.unwrap();
+    close_and_wait(pool, own, NAME).await;
     (run, log_rows_read(pool).await - before)
 }
 
@@ -655,13 +664,17 @@ async fn a_plain_verify_reads_only_the_new_events_of_the_log_and_full_reads_them
     );
     sqlx::raw_sql("ANALYZE").execute(&pool).await.unwrap();
     // A verify also says whether the projector is stuck, which counts the events it has not
-    // applied yet: as `serve` would, it has applied them.
-    retrylog::projector::catch_up(&mut pool.acquire().await.unwrap(), 10_000)
+    // applied yet: as `serve` would, it has applied them. That and the new appends run on
+    // connections that exit before the count, so what they read is never counted as the
+    // verify's (the test's own pool may report its reads seconds later).
+    const WRITER: &str = "retrylog appends before the count";
+    let writer = own_pool(&pool, WRITER).await;
+    retrylog::projector::catch_up(&mut writer.acquire().await.unwrap(), 10_000)
         .await
         .unwrap();
-
-    append_n(&pool, variant(JOB_A, VARIANT_A1), 2).await;
-    append_n(&pool, variant(JOB_B, VARIANT_B1), 1).await;
+    append_n(&writer, variant(JOB_A, VARIANT_A1), 2).await;
+    append_n(&writer, variant(JOB_B, VARIANT_B1), 1).await;
+    close_and_wait(&pool, writer, WRITER).await;
     let (plain, read) = rows_read_by(&pool, Scope::New).await;
     assert!(plain.is_clean(), "{:#?}", plain.report);
     assert_eq!((plain.report.events, plain.report.streams), (3, 2));
@@ -920,33 +933,11 @@ async fn target_rows_read(pool: &PgPool) -> i64 {
 async fn target_rows_read_by(pool: &PgPool, scope: Scope, slice: i64) -> (verify_state::Run, i64) {
     const NAME: &str = "retrylog verify under target count";
     let before = target_rows_read(pool).await;
-    let own = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(
-            pool.connect_options()
-                .as_ref()
-                .clone()
-                .application_name(NAME),
-        )
-        .await
-        .unwrap();
+    let own = own_pool(pool, NAME).await;
     let run = verify_state::run_sliced(&own, scope, slice, |_| {})
         .await
         .unwrap();
-    own.close().await;
-    for _ in 0..500 {
-        let alive: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1)",
-        )
-        .bind(NAME)
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if !alive {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    close_and_wait(pool, own, NAME).await;
     (run, target_rows_read(pool).await - before)
 }
 
@@ -962,10 +953,14 @@ async fn a_plain_verify_reads_the_rows_of_its_slice_not_of_every_target(pool: Pg
     .execute(&pool)
     .await
     .unwrap();
+    // On connections that exit before anything is counted (see rows_read_by).
+    const WRITER: &str = "retrylog appends before the target count";
+    let writer = own_pool(&pool, WRITER).await;
     for n in 1..=200u32 {
         let id = uuid::Uuid::parse_str(&format!("1f000000-0000-4000-8000-{n:012}")).unwrap();
-        append_n(&pool, job(id), 1).await;
+        append_n(&writer, job(id), 1).await;
     }
+    close_and_wait(&pool, writer, WRITER).await;
     let (first, _) = target_rows_read_by(&pool, Scope::New, 5).await;
     assert!(first.is_clean(), "{:#?}", first.report);
     sqlx::raw_sql("ANALYZE").execute(&pool).await.unwrap();
