@@ -325,19 +325,25 @@ pub async fn outcome_problems(conn: &mut PgConnection) -> Result<Vec<OutcomeDrif
         .collect())
 }
 
+/// A target's open retry as `retry_open` holds it and as the log and the outcomes say it
+/// should be: (job_id, job_variants_id, the seq it holds, the seq it should hold).
+pub type OpenRow = (Uuid, Option<Uuid>, Option<i64>, Option<i64>);
+
 /// Rows of `retry_open` that differ from the latest undecided retry of each target.
 pub async fn open_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    /// (job_id, job_variants_id, the seq retry_open holds, the seq it should hold).
-    type Row = (Uuid, Option<Uuid>, Option<i64>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<OpenRow> = sqlx::query_as(
         "SELECT job_id, job_variants_id, stored_seq, expected_seq FROM retry_open_drift()
           ORDER BY 1, 2",
     )
     .fetch_all(conn)
     .await?;
+    Ok(open_drifts(rows))
+}
+
+/// [`OpenRow`]s that differ, as the mismatches verify reports (plain and `--full` alike).
+pub fn open_drifts(rows: Vec<OpenRow>) -> Vec<OutcomeDrift> {
     let seq = |seq: Option<i64>| seq.map_or("none".to_string(), |seq| format!("seq {seq}"));
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(|(job_id, job_variants_id, stored, expected)| OutcomeDrift {
             target: Some(Target::from_columns(job_id, job_variants_id)),
             problem: format!(
@@ -346,7 +352,7 @@ pub async fn open_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sq
                 seq(expected)
             ),
         })
-        .collect())
+        .collect()
 }
 
 /// Rows of the outcomes' report projection (`retry_outcome_rollup`,

@@ -197,8 +197,7 @@ pub async fn open_drift_since(
     conn: &mut PgConnection,
     since: i64,
 ) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    type Row = (Uuid, Option<Uuid>, Option<i64>, Option<i64>);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<crate::projection::OpenRow> = sqlx::query_as(
         "WITH touched AS (
              SELECT DISTINCT job_id,
                     coalesce(job_variants_id, '00000000-0000-0000-0000-000000000000') AS stream,
@@ -239,18 +238,7 @@ pub async fn open_drift_since(
     .bind(since)
     .fetch_all(conn)
     .await?;
-    let seq = |seq: Option<i64>| seq.map_or("none".to_string(), |seq| format!("seq {seq}"));
-    Ok(rows
-        .into_iter()
-        .map(|(job_id, job_variants_id, stored, expected)| OutcomeDrift {
-            target: Some(Target::from_columns(job_id, job_variants_id)),
-            problem: format!(
-                "retry_open holds {}, the log and the outcomes say {}",
-                seq(stored),
-                seq(expected)
-            ),
-        })
-        .collect())
+    Ok(crate::projection::open_drifts(rows))
 }
 
 /// Rows of (job_id, job_variants_id, problem) as drifts of their target.
