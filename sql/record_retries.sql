@@ -1,7 +1,11 @@
--- record_retries: the batch door. One call appends many retries, each by record_retry (the one
--- implementation of the rules: this function only reads the batch, orders the locks and names
--- the row of an error), in the caller's transaction. The Rust `store::append_many` and the
--- watchdog's batches call it; so can any client.
+-- record_retries: the batch door. One call appends many retries in the caller's transaction,
+-- each by the rules of record_retry (the one implementation of the rules). A batch whose every
+-- row record_retry would append as it stands (the common case: each target once, every row
+-- valid, under its limit) is appended in a few set statements by record_retries_set (below),
+-- which stores exactly what record_retry would; any other batch, and any refusal, goes row by
+-- row through record_retry itself, which says what is wrong. This function reads the batch,
+-- orders the locks and names the row of an error. The Rust `store::append_many`, the
+-- watchdog's batches and the bulk recover call it; so can any client.
 --
 -- Input: one jsonb array, `retries`, of at most 1000 objects. Each object has record_retry's
 -- parameter names as keys (job_id and reason required; the others optional, null or absent
@@ -61,6 +65,9 @@ DECLARE
     e_table    text;
     e_schema   text;
     message    text;
+    written    retry_history[];
+    uuid_form  constant text :=
+        '^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$';
 BEGIN
     -- 1. The batch's shape.
     IF retries IS NULL OR jsonb_typeof(retries) <> 'array' THEN
@@ -110,33 +117,69 @@ BEGIN
 
     BEGIN
         -- 2. Lock every target in the global order (see the header), before any append. A
-        --    target that does not exist locks nothing; its first row raises in step 3. The
-        --    casts raise on a malformed id, naming the first row of the value.
+        --    target that does not exist locks nothing; its first row raises in step 4. The
+        --    casts raise on a malformed id, naming the first row of the value (ids in the
+        --    canonical form cannot raise, so they skip the row-by-row cast).
         at := NULL;
-        FOR at, r IN
-            SELECT e.i - 1, e.r FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
-             ORDER BY e.i
-        LOOP
-            PERFORM (r ->> 'job_id')::uuid, (r ->> 'job_variants_id')::uuid;
-        END LOOP;
-        FOR lock_on IN
-            SELECT min(e.i) - 1 AS i, (e.r ->> 'job_id')::uuid AS job_id,
-                   (e.r ->> 'job_variants_id')::uuid AS job_variants_id
-              FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
-             WHERE e.r ->> 'job_id' IS NOT NULL
-             GROUP BY 2, 3
-             ORDER BY 2, 3 NULLS FIRST
-        LOOP
-            at := lock_on.i;
-            IF lock_on.job_variants_id IS NULL THEN
-                PERFORM 1 FROM jobs j WHERE j.job_id = lock_on.job_id FOR NO KEY UPDATE;
-            ELSE
-                PERFORM 1 FROM jobs_variants v
-                 WHERE v.job_variants_id = lock_on.job_variants_id FOR NO KEY UPDATE;
-            END IF;
-        END LOOP;
+        IF EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
+                    WHERE item ->> 'job_id' !~ uuid_form
+                       OR item ->> 'job_variants_id' !~ uuid_form)
+        THEN
+            FOR at, r IN
+                SELECT e.i - 1, e.r FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
+                 ORDER BY e.i
+            LOOP
+                PERFORM (r ->> 'job_id')::uuid, (r ->> 'job_variants_id')::uuid;
+            END LOOP;
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
+                        WHERE item ->> 'job_id' IS NOT NULL AND item ->> 'job_variants_id' IS NULL)
+        THEN
+            -- Variants only: one statement, the rows locked as they come out of the sort.
+            PERFORM 1 FROM jobs_variants v
+             WHERE v.job_variants_id IN (SELECT (e.item ->> 'job_variants_id')::uuid
+                                           FROM jsonb_array_elements(retries) e(item)
+                                          WHERE e.item ->> 'job_id' IS NOT NULL)
+             ORDER BY v.job_id, v.job_variants_id
+               FOR NO KEY UPDATE OF v;
+        ELSIF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
+                           WHERE item ->> 'job_variants_id' IS NOT NULL) THEN
+            -- Jobs only, the same way.
+            PERFORM 1 FROM jobs j
+             WHERE j.job_id IN (SELECT (e.item ->> 'job_id')::uuid
+                                  FROM jsonb_array_elements(retries) e(item))
+             ORDER BY j.job_id
+               FOR NO KEY UPDATE OF j;
+        ELSE
+            FOR lock_on IN
+                SELECT min(e.i) - 1 AS i, (e.r ->> 'job_id')::uuid AS job_id,
+                       (e.r ->> 'job_variants_id')::uuid AS job_variants_id
+                  FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
+                 WHERE e.r ->> 'job_id' IS NOT NULL
+                 GROUP BY 2, 3
+                 ORDER BY 2, 3 NULLS FIRST
+            LOOP
+                at := lock_on.i;
+                IF lock_on.job_variants_id IS NULL THEN
+                    PERFORM 1 FROM jobs j WHERE j.job_id = lock_on.job_id FOR NO KEY UPDATE;
+                ELSE
+                    PERFORM 1 FROM jobs_variants v
+                     WHERE v.job_variants_id = lock_on.job_variants_id FOR NO KEY UPDATE;
+                END IF;
+            END LOOP;
+        END IF;
 
-        -- 3. The appends, in the caller's order, each by the rules of record_retry.
+        -- 3. The set path (record_retries_set, below): the whole batch in a few statements
+        --    when every row is one record_retry would append as it stands; otherwise it has
+        --    written nothing, and step 4 appends row by row.
+        at := NULL;
+        written := record_retries_set(retries);
+        IF written IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM unnest(written);
+            RETURN;
+        END IF;
+
+        -- 4. The appends, in the caller's order, each by the rules of record_retry.
         FOR at, r IN
             SELECT e.i - 1, e.r FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
              ORDER BY e.i
@@ -203,4 +246,245 @@ LANGUAGE sql IMMUTABLE AS $$
                    CASE WHEN r ->> 'job_variants_id' ~ '^[0-9a-fA-F-]{32,36}$'
                         THEN r ->> 'job_variants_id'
                         ELSE retrylog_excerpt(r ->> 'job_variants_id') END AS variant) shown
+$$;
+
+-- record_retries_set: the batch in a few set statements instead of one record_retry per row,
+-- for the batch whose every row record_retry would accept as it stands. It returns the stored
+-- events in the order of the rows, or NULL when it declines: then it has written nothing and
+-- record_retries appends the rows one by one, so every refusal, every idempotent return and
+-- every rare case (two rows of one target, a stream without a head row but with events, a
+-- head row whose open retry was decided meanwhile) keeps record_retry's exact behaviour and
+-- message. It is no second implementation of the rules: each row it accepts is one that
+-- record_retry would append unchanged, and what it writes is what record_retry writes (the
+-- event, its hash chained to the head, the event id, the head row, the previous retry's
+-- retried_again outcome, the count), which verify checks like any other append.
+--
+-- It runs inside record_retries, after the targets are locked in the global order (so the
+-- target rows it reads cannot change under it), as the owner; EXECUTE is the owner's alone.
+-- A race it cannot settle in one statement (an event id taken by another target meanwhile, an
+-- open retry decided meanwhile) shows as fewer rows written than expected, and the block's
+-- subtransaction undoes the whole attempt before it declines.
+CREATE OR REPLACE FUNCTION record_retries_set(retries jsonb)
+RETURNS retry_history[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    detail_limit constant integer := 16384;
+    nil          constant uuid := '00000000-0000-0000-0000-000000000000';
+    genesis      constant bytea :=
+        '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea;
+    settings_limit integer;
+    may_force    boolean;
+    accepted     boolean;
+    written      retry_history[];
+    rows_given   integer;
+    heads_kept   integer;
+    heads_updated integer;
+    heads_new    integer;
+    ids_written  integer;
+    counted      integer;
+BEGIN
+    SELECT s.max_retries INTO settings_limit FROM retrylog_settings s;
+    -- As in record_retry: the operator capability or the owner (current_user here) may force.
+    may_force := pg_has_role(session_user, 'retrylog_operator', 'MEMBER')
+                 OR pg_has_role(session_user, current_user, 'MEMBER');
+    BEGIN
+        WITH given AS (
+            SELECT g.ord, g.job_id, g.job_variants_id, g.reason,
+                   coalesce(g.job_variants_id, nil) AS stream,
+                   nullif(btrim(g.step), '') AS step,
+                   nullif(btrim(g.from_status), '') AS from_status,
+                   nullif(btrim(g.to_status), '') AS to_status,
+                   coalesce(nullif(btrim(g.actor), ''), session_user::text) AS actor,
+                   coalesce(g.detail, '{}'::jsonb) AS detail,
+                   coalesce(g.occurred_at, now()) AS occurred_at,
+                   g.event_id IS NOT NULL AS event_given,
+                   coalesce(g.event_id, gen_random_uuid()) AS event_id,
+                   g.expected_attempt, g.max_retries,
+                   least(settings_limit, g.max_retries) AS retry_limit,
+                   coalesce(g.force, false) AS force
+              FROM ROWS FROM (jsonb_to_recordset(retries) AS (
+                       job_id uuid, job_variants_id uuid, event_id uuid, reason text,
+                       step text, actor text, from_status text, to_status text,
+                       occurred_at timestamptz, detail jsonb, expected_attempt integer,
+                       max_retries integer, force boolean))
+                   WITH ORDINALITY AS g(job_id, job_variants_id, event_id, reason, step,
+                                        actor, from_status, to_status, occurred_at, detail,
+                                        expected_attempt, max_retries, force, ord)
+        ),
+        -- Each row with its target's row (locked by record_retries), its head and what the
+        -- append would store.
+        batch AS (
+            SELECT g.*,
+                   coalesce(v.job_id = g.job_id, j.job_id IS NOT NULL) AS target_found,
+                   coalesce(v.status, j.status) AS cur_status,
+                   coalesce(v.retry_count, j.retry_count) AS cur_count,
+                   coalesce(g.step, v.current_step, j.current_step) AS stored_step,
+                   coalesce(g.from_status, v.status, j.status) AS stored_from_status,
+                   hd.job_id IS NOT NULL AS has_head,
+                   coalesce(hd.attempt, 0) + 1 AS attempt,
+                   coalesce(hd.hash, genesis) AS prev_hash,
+                   hd.last_recorded_at, hd.last_open, hd.last_seq, hd.last_occurred_at,
+                   hd.job_id IS NULL AND CASE
+                       WHEN g.job_variants_id IS NULL THEN EXISTS (
+                           SELECT 1 FROM retry_history h
+                            WHERE h.job_id = g.job_id AND h.job_variants_id IS NULL)
+                       ELSE EXISTS (
+                           SELECT 1 FROM retry_history h
+                            WHERE h.job_id = g.job_id
+                              AND h.job_variants_id = g.job_variants_id) END
+                       AS events_without_head,
+                   g.event_given AND EXISTS (
+                       SELECT 1 FROM retry_event_id k WHERE k.event_id = g.event_id)
+                       AS event_known
+              FROM given g
+              LEFT JOIN jobs j ON g.job_variants_id IS NULL AND j.job_id = g.job_id
+              LEFT JOIN jobs_variants v ON v.job_variants_id = g.job_variants_id
+              LEFT JOIN retry_stream_head hd ON hd.job_id = g.job_id AND hd.stream = g.stream
+        ),
+        -- Whether record_retry would append every row as it stands (its steps 1 to 7).
+        verdict AS (
+            SELECT count(*) = count(DISTINCT (b.job_id, b.stream))
+                   AND count(*) FILTER (WHERE b.event_given)
+                       = count(DISTINCT b.event_id) FILTER (WHERE b.event_given)
+                   AND coalesce(bool_and(
+                       b.job_id IS NOT NULL
+                       AND b.reason IN ('stuck', 'failed', 'manual_recovery')
+                       AND jsonb_typeof(b.detail) = 'object'
+                       AND octet_length(b.detail::text) <= detail_limit
+                       AND NOT jsonb_path_exists(b.detail, 'strict $.**{64}')
+                       AND coalesce(length(b.actor) <= 200, true)
+                       AND coalesce(length(b.to_status) <= 64, true)
+                       AND coalesce(length(b.detail ->> 'scenario') <= 200, true)
+                       AND coalesce(length(b.stored_step) <= 200, true)
+                       AND coalesce(length(b.stored_from_status) <= 64, true)
+                       AND concat(b.actor, b.to_status, b.detail ->> 'scenario', b.stored_step,
+                                  b.stored_from_status) !~ retrylog_refused_characters()
+                       AND isfinite(b.occurred_at)
+                       AND b.occurred_at >= timestamptz '2000-01-01 00:00:00+00'
+                       AND b.occurred_at <= now() + interval '5 minutes'
+                       AND coalesce(b.max_retries >= 0, true)
+                       AND (NOT b.force OR (b.reason = 'manual_recovery' AND may_force))
+                       AND b.target_found
+                       AND NOT b.event_known
+                       AND NOT b.events_without_head
+                       AND coalesce(b.expected_attempt = b.attempt, true)
+                       AND (b.force OR b.retry_limit IS NULL OR b.cur_count < b.retry_limit)),
+                       false) AS accepted
+              FROM batch b
+        ),
+        stored AS (
+            SELECT b.*,
+                   CASE WHEN b.retry_limit IS NOT NULL AND b.cur_count >= b.retry_limit
+                        THEN b.detail || jsonb_build_object('forced_past_limit', b.retry_limit)
+                        ELSE b.detail END AS stored_detail
+              FROM batch b, verdict
+             WHERE verdict.accepted
+        ),
+        -- The events in the order of the rows, so seq follows it.
+        appended AS (
+            INSERT INTO retry_history (
+                event_id, job_id, job_variants_id, reason, step, from_status, to_status,
+                attempt, actor, detail, occurred_at, recorded_at, db_role, hash)
+            SELECT s.event_id, s.job_id, s.job_variants_id, s.reason::retry_reason,
+                   s.stored_step, s.stored_from_status, s.to_status, s.attempt, s.actor,
+                   s.stored_detail, s.occurred_at,
+                   greatest(clock_timestamp(), s.last_recorded_at), session_user,
+                   retry_event_hash(s.prev_hash, retry_event_canonical_v2(
+                       s.event_id, s.job_id, s.job_variants_id, s.reason::retry_reason,
+                       s.stored_step, s.stored_from_status, s.to_status, s.attempt, s.actor,
+                       s.stored_detail, s.occurred_at, session_user))
+              FROM stored s
+             ORDER BY s.ord
+            RETURNING *
+        ),
+        events AS (
+            SELECT a AS event, s.ord, s.stream, s.event_given, s.has_head, s.last_open,
+                   s.last_seq, s.last_occurred_at
+              FROM appended a JOIN stored s ON s.event_id = a.event_id
+        ),
+        ids_generated AS (
+            INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+            SELECT (e.event).event_id, (e.event).job_id, (e.event).job_variants_id,
+                   (e.event).seq, (e.event).recorded_at
+              FROM events e WHERE NOT e.event_given
+            RETURNING 1
+        ),
+        ids_given AS (
+            INSERT INTO retry_event_id (event_id, job_id, job_variants_id, seq, recorded_at)
+            SELECT (e.event).event_id, (e.event).job_id, (e.event).job_variants_id,
+                   (e.event).seq, (e.event).recorded_at
+              FROM events e WHERE e.event_given
+            ON CONFLICT DO NOTHING
+            RETURNING 1
+        ),
+        -- Only if its open retry is as read: one decided meanwhile makes the count short.
+        heads_updated AS (
+            UPDATE retry_stream_head hd
+               SET attempt = (e.event).attempt, hash = (e.event).hash,
+                   last_seq = (e.event).seq, last_reason = (e.event).reason,
+                   last_step = (e.event).step, last_occurred_at = (e.event).occurred_at,
+                   last_recorded_at = (e.event).recorded_at, last_open = true
+              FROM events e
+             WHERE e.has_head AND hd.job_id = (e.event).job_id AND hd.stream = e.stream
+               AND hd.last_open = e.last_open
+            RETURNING 1
+        ),
+        heads_new AS (
+            INSERT INTO retry_stream_head (job_id, stream, job_variants_id, attempt, hash,
+                                           last_seq, last_reason, last_step, last_occurred_at,
+                                           last_recorded_at, last_open)
+            SELECT (e.event).job_id, e.stream, (e.event).job_variants_id, (e.event).attempt,
+                   (e.event).hash, (e.event).seq, (e.event).reason, (e.event).step,
+                   (e.event).occurred_at, (e.event).recorded_at, true
+              FROM events e WHERE NOT e.has_head
+            RETURNING 1
+        ),
+        outcomes AS (
+            INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_at, observed_by,
+                                       evidence)
+            SELECT e.last_seq, 'retried_again',
+                   greatest(e.last_occurred_at, (e.event).occurred_at),
+                   greatest(e.last_occurred_at, (e.event).occurred_at, clock_timestamp()),
+                   session_user,
+                   jsonb_build_object('next_seq', (e.event).seq, 'attempt', (e.event).attempt)
+              FROM events e WHERE e.has_head AND e.last_open
+            RETURNING 1
+        ),
+        jobs_counted AS (
+            UPDATE jobs j SET retry_count = j.retry_count + 1
+              FROM stored s
+             WHERE s.job_variants_id IS NULL AND j.job_id = s.job_id
+            RETURNING 1
+        ),
+        variants_counted AS (
+            UPDATE jobs_variants v SET retry_count = v.retry_count + 1
+              FROM stored s
+             WHERE v.job_variants_id = s.job_variants_id AND v.job_id = s.job_id
+            RETURNING 1
+        )
+        SELECT verdict.accepted,
+               (SELECT array_agg(e.event ORDER BY e.ord) FROM events e),
+               (SELECT count(*) FROM stored s WHERE s.has_head),
+               (SELECT count(*) FROM heads_updated),
+               (SELECT count(*) FROM heads_new),
+               (SELECT count(*) FROM ids_generated) + (SELECT count(*) FROM ids_given),
+               (SELECT count(*) FROM jobs_counted) + (SELECT count(*) FROM variants_counted)
+          INTO accepted, written, heads_kept, heads_updated, heads_new, ids_written, counted
+          FROM verdict;
+        IF NOT accepted THEN
+            RETURN NULL;
+        END IF;
+        rows_given := jsonb_array_length(retries);
+        IF heads_updated <> heads_kept OR heads_new <> rows_given - heads_kept
+           OR ids_written <> rows_given OR counted <> rows_given
+           OR coalesce(array_length(written, 1), 0) <> rows_given THEN
+            RAISE EXCEPTION 'record_retries_set: raced, declining' USING ERRCODE = 'RL0FB';
+        END IF;
+        RETURN written;
+    EXCEPTION WHEN OTHERS THEN
+        -- Anything the rows hold that record_retry would refuse, or a race: none of it
+        -- written (the block is a subtransaction); record_retry, row by row, says what.
+        RETURN NULL;
+    END;
+END
 $$;

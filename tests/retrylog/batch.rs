@@ -1,7 +1,9 @@
 //! The batch door, `record_retries` (SQL) and `store::append_many` (Rust): every refusal of
 //! record_retry names its row and writes nothing, rows of one target number consecutively in
 //! the caller's order, concurrent batches over the same targets neither deadlock nor leave
-//! gaps, the writer capability is the door's, and the largest accepted batch reads back.
+//! gaps, the writer capability is the door's, and the largest accepted batch reads back. The
+//! set path (`record_retries_set`) stores byte for byte what record_retry stores row by row,
+//! and declines every row that record_retry would not append as it stands.
 
 use chrono::{Duration, Utc};
 use retrylog::error::CallerMistake;
@@ -345,6 +347,7 @@ async fn concurrent_batches_over_the_same_targets_neither_deadlock_nor_leave_gap
     const BATCHES: usize = 10;
     let clients = clients(&pool, WRITERS as u32).await;
     let mut writers = Vec::new();
+    let mut appended = std::collections::HashMap::new();
     for writer in 0..WRITERS {
         // Every writer names the targets in another order (rotated, half of them reversed):
         // taken in the caller's order, these locks would deadlock.
@@ -353,7 +356,21 @@ async fn concurrent_batches_over_the_same_targets_neither_deadlock_nor_leave_gap
         if writer % 2 == 1 {
             mine.reverse();
         }
-        let batch: Vec<NewRetry> = mine.iter().chain(mine.iter()).map(|t| retry(*t)).collect();
+        // Three kinds of batch meet: every target twice (appended row by row), every target
+        // once (the set path, locking one target at a time), the variants once (the set
+        // path, locking them in one sorted statement).
+        let batch: Vec<NewRetry> = match writer % 3 {
+            0 => mine.iter().chain(mine.iter()).map(|t| retry(*t)).collect(),
+            1 => mine.iter().map(|t| retry(*t)).collect(),
+            _ => mine
+                .iter()
+                .filter(|t| t.job_variants_id().is_some())
+                .map(|t| retry(*t))
+                .collect(),
+        };
+        for target in &batch {
+            *appended.entry(target.target).or_insert(0) += BATCHES as i32;
+        }
         let pool = clients.pool.clone();
         writers.push(tokio::spawn(async move {
             for _ in 0..BATCHES {
@@ -372,8 +389,8 @@ async fn concurrent_batches_over_the_same_targets_neither_deadlock_nor_leave_gap
             .expect("no batch deadlocks or conflicts");
     }
     clients.close().await;
-    let each = (WRITERS * BATCHES * 2) as i32;
     for target in targets {
+        let each = appended[&target];
         assert_gapless(&pool, target, each).await;
         assert_eq!(retry_count(&pool, target).await, each);
     }
@@ -510,4 +527,272 @@ async fn the_largest_accepted_batches_read_back_through_history_reports_and_veri
     assert_verify_clean(&pool).await;
     let verified = retrylog(&pool, &["verify"]).await;
     assert_eq!(verified.code, Some(0), "{verified:#?}");
+}
+
+/// What an append leaves, without what differs between two runs of the same rows (seq,
+/// recorded_at, txid, observation times): the events of the current transaction, every head
+/// row, outcome and event id, and every count.
+async fn effects(conn: &mut sqlx::PgConnection) -> Value {
+    sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+             'events', (SELECT jsonb_agg(jsonb_build_array(
+                                 event_id, job_id, job_variants_id, reason, step, from_status,
+                                 to_status, attempt, actor, detail, occurred_at, db_role,
+                                 encode(hash, 'hex')) ORDER BY seq)
+                          FROM retry_history WHERE txid = pg_current_xact_id()),
+             'heads', (SELECT jsonb_agg(jsonb_build_array(
+                                job_id, stream, attempt, encode(hash, 'hex'), last_reason,
+                                last_step, last_occurred_at, last_open) ORDER BY job_id, stream)
+                         FROM retry_stream_head),
+             'outcomes', (SELECT jsonb_agg(jsonb_build_array(
+                                   seq, outcome, resolved_at, evidence -> 'attempt')
+                                   ORDER BY seq)
+                            FROM retry_outcome),
+             'event_ids', (SELECT jsonb_agg(jsonb_build_array(event_id, job_id, job_variants_id)
+                                            ORDER BY event_id)
+                             FROM retry_event_id),
+             'counts', (SELECT jsonb_agg(jsonb_build_array(t.job_id, t.variant, t.retry_count)
+                                         ORDER BY t.job_id, t.variant NULLS FIRST)
+                          FROM (SELECT job_id, NULL::uuid AS variant, retry_count FROM jobs
+                                UNION ALL
+                                SELECT job_id, job_variants_id, retry_count
+                                  FROM jobs_variants) t))",
+    )
+    .fetch_one(conn)
+    .await
+    .expect("the effects read")
+}
+
+/// `batch` through the set path (`record_retries_set`) in a transaction rolled back: its
+/// events (None when it declines) and what it left.
+async fn through_the_set_path(pool: &PgPool, batch: &Value) -> (Option<usize>, Value) {
+    let mut tx = pool.begin().await.unwrap();
+    let events: Option<i32> = sqlx::query_scalar("SELECT array_length(record_retries_set($1), 1)")
+        .bind(batch)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("record_retries_set answers or declines; it never raises");
+    let left = effects(&mut tx).await;
+    tx.rollback().await.unwrap();
+    (events.map(|n| n as usize), left)
+}
+
+/// `batch` row by row through record_retry, in a transaction rolled back: what it left.
+async fn through_record_retry(pool: &PgPool, batch: &Value) -> Value {
+    let mut tx = pool.begin().await.unwrap();
+    for row in batch.as_array().unwrap() {
+        sqlx::query(
+            "SELECT 1 FROM record_retry(
+                 job_id => ($1 ->> 'job_id')::uuid, reason => $1 ->> 'reason',
+                 job_variants_id => ($1 ->> 'job_variants_id')::uuid, step => $1 ->> 'step',
+                 actor => $1 ->> 'actor', detail => nullif($1 -> 'detail', 'null'),
+                 event_id => ($1 ->> 'event_id')::uuid,
+                 occurred_at => ($1 ->> 'occurred_at')::timestamptz,
+                 from_status => $1 ->> 'from_status', to_status => $1 ->> 'to_status',
+                 expected_attempt => ($1 ->> 'expected_attempt')::integer,
+                 max_retries => ($1 ->> 'max_retries')::integer,
+                 force => coalesce(($1 ->> 'force')::boolean, false))",
+        )
+        .bind(row)
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|error| panic!("record_retry appends {row}: {error}"));
+    }
+    let left = effects(&mut tx).await;
+    tx.rollback().await.unwrap();
+    left
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_set_path_stores_byte_for_byte_what_record_retry_stores_row_by_row(pool: PgPool) {
+    pipeline(&pool).await;
+    set_retry_limit(&pool, Some(3)).await;
+    // A1's, job A's and job B's last retries still open (the batch decides them), A2 at the
+    // limit with its retry decided by the watchdog's note, A3 and B1 with no history.
+    append_ok(&pool, &retry(variant(JOB_A, VARIANT_A1))).await;
+    a2_needs_intervention(&pool).await;
+    append_ok(&pool, &retry(job(JOB_A))).await;
+    append_n(&pool, job(JOB_B), 2).await;
+    let at = |minutes: i64| (Utc::now() - Duration::minutes(minutes)).to_rfc3339();
+    // Event ids and times given, so the hashes of both runs are comparable.
+    let batch = json!([
+        { "job_id": JOB_B, "job_variants_id": VARIANT_B1, "reason": "failed",
+          "event_id": Uuid::new_v4(), "occurred_at": at(9),
+          "detail": { "error": "CUDA error: out of memory", "nested": { "n": [1, 2.5, null] } } },
+        { "job_id": JOB_A, "job_variants_id": VARIANT_A1, "reason": "stuck",
+          "event_id": Uuid::new_v4(), "occurred_at": at(8), "actor": "  watchdog-2 ",
+          "step": "  ", "expected_attempt": 2 },
+        { "job_id": JOB_A, "reason": "stuck", "event_id": Uuid::new_v4(), "occurred_at": at(7),
+          "step": "segment", "from_status": "running", "to_status": "pending",
+          "max_retries": 5 },
+        { "job_id": JOB_B, "reason": "manual_recovery",
+          "event_id": Uuid::new_v4(), "occurred_at": at(6),
+          "detail": { "note": "disk replaced", "scenario": "manual" } },
+        { "job_id": JOB_A, "job_variants_id": VARIANT_A3, "reason": "failed",
+          "event_id": Uuid::new_v4(), "occurred_at": at(5), "detail": null },
+        { "job_id": JOB_A, "job_variants_id": VARIANT_A2, "reason": "manual_recovery",
+          "event_id": Uuid::new_v4(), "occurred_at": at(4), "force": true },
+    ]);
+    let before = effects(&mut pool.acquire().await.unwrap()).await;
+    let (events, by_set) = through_the_set_path(&pool, &batch).await;
+    assert_eq!(events, Some(6), "the set path takes this batch");
+    let by_rows = through_record_retry(&pool, &batch).await;
+    assert_eq!(by_set, by_rows);
+    // What the comparison stands on: each kind of row did what it should.
+    let stored = by_set["events"].as_array().unwrap();
+    assert_eq!(stored.len(), 6);
+    assert_eq!(stored[1][7], json!(2), "A1's second attempt");
+    assert_eq!(stored[1][8], json!("watchdog-2"), "the actor trimmed");
+    assert_eq!(
+        stored[1][4],
+        json!("generate"),
+        "a blank step is the target's current_step"
+    );
+    assert_eq!(
+        stored[3][9],
+        json!({ "note": "disk replaced", "scenario": "manual" })
+    );
+    assert_eq!(stored[4][9], json!({}), "a null detail is stored as {{}}");
+    assert_eq!(
+        stored[5][9],
+        json!({ "forced_past_limit": 3 }),
+        "A2 forced past the limit"
+    );
+    let retried_again = |effects: &Value| {
+        effects["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|outcome| outcome[1] == json!("retried_again"))
+            .count()
+    };
+    assert_eq!(
+        retried_again(&by_set) - retried_again(&before),
+        3,
+        "A1's, job A's and job B's open retries decided"
+    );
+
+    // Committed through the door (which takes the set path), it verifies.
+    let rows: Vec<i32> = sqlx::query_scalar("SELECT attempt FROM record_retries($1)")
+        .bind(&batch)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![1, 2, 2, 3, 1, 4]);
+    assert_verify_clean(&pool).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_set_path_declines_every_row_record_retry_would_not_append_as_it_stands(pool: PgPool) {
+    pipeline(&pool).await;
+    set_retry_limit(&pool, Some(3)).await;
+    append_n(&pool, job(JOB_B), 3).await;
+    let known = append_ok(&pool, &retry(job(JOB_A))).await.event_id;
+    let stranger = Uuid::new_v4();
+    let fine = json!({ "job_id": JOB_A, "job_variants_id": VARIANT_A3, "reason": "failed" });
+    let a2 = |more: Value| {
+        let mut row = json!({ "job_id": JOB_A, "job_variants_id": VARIANT_A2, "reason": "failed" });
+        row.as_object_mut()
+            .unwrap()
+            .extend(more.as_object().unwrap().clone());
+        row
+    };
+    let declined = [
+        (
+            "an unknown job",
+            json!({ "job_id": stranger, "reason": "stuck" }),
+        ),
+        (
+            "an unknown variant",
+            a2(json!({ "job_variants_id": stranger })),
+        ),
+        ("another job's variant", a2(json!({ "job_id": JOB_B }))),
+        (
+            "a missing job_id",
+            json!({ "job_variants_id": VARIANT_A2, "reason": "stuck" }),
+        ),
+        ("an unknown reason", a2(json!({ "reason": "bored" }))),
+        (
+            "the shared limit",
+            json!({ "job_id": JOB_B, "reason": "stuck" }),
+        ),
+        ("the caller's limit", a2(json!({ "max_retries": 0 }))),
+        ("a negative limit", a2(json!({ "max_retries": -1 }))),
+        ("force on a failed retry", a2(json!({ "force": true }))),
+        ("a detail not an object", a2(json!({ "detail": [1] }))),
+        (
+            "a detail too large",
+            a2(json!({ "detail": { "pad": "x".repeat(16 * 1024) } })),
+        ),
+        (
+            "a detail too deep",
+            a2(json!({ "detail": (0..64).fold(json!(1), |v, _| json!([v])) })),
+        ),
+        ("a control character", a2(json!({ "actor": "bell\u{7}" }))),
+        (
+            "a bidi override in the scenario",
+            a2(json!({ "detail": { "scenario": "a\u{202e}b" } })),
+        ),
+        (
+            "a long to_status",
+            a2(json!({ "to_status": "s".repeat(65) })),
+        ),
+        ("a long step", a2(json!({ "step": "s".repeat(201) }))),
+        (
+            "occurred_at in the future",
+            a2(json!({ "occurred_at": (Utc::now() + Duration::hours(1)).to_rfc3339() })),
+        ),
+        (
+            "occurred_at before 2000",
+            a2(json!({ "occurred_at": "1999-12-31T00:00:00Z" })),
+        ),
+        (
+            "occurred_at infinite",
+            a2(json!({ "occurred_at": "infinity" })),
+        ),
+        (
+            "occurred_at not a time",
+            a2(json!({ "occurred_at": "soon" })),
+        ),
+        (
+            "an expected attempt that is not next",
+            a2(json!({ "expected_attempt": 2 })),
+        ),
+        (
+            "an expected attempt of 0",
+            a2(json!({ "expected_attempt": 0 })),
+        ),
+        (
+            "a known event id",
+            json!({ "job_id": JOB_A, "reason": "stuck", "event_id": known }),
+        ),
+        (
+            "a known event id of another target",
+            a2(json!({ "event_id": known })),
+        ),
+        ("a second row of one target", fine.clone()),
+    ];
+    for (case, row) in declined {
+        let batch = json!([fine, row]);
+        let (events, left) = through_the_set_path(&pool, &batch).await;
+        assert_eq!(events, None, "{case}: the set path must decline {row}");
+        assert_eq!(
+            left["events"],
+            Value::Null,
+            "{case}: the declined batch wrote events"
+        );
+    }
+    // Two rows giving one new event id: record_retry appends the first and returns it for the
+    // second, which the set path leaves to it.
+    let id = Uuid::new_v4();
+    let twice = json!([a2(json!({ "event_id": id })), a2(json!({ "event_id": id }))]);
+    assert_eq!(through_the_set_path(&pool, &twice).await.0, None);
+    let before = snapshot(&pool).await;
+    let batch = json!([fine]);
+    assert_eq!(through_the_set_path(&pool, &batch).await.0, Some(1));
+    assert_eq!(
+        snapshot(&pool).await,
+        before,
+        "the set path's run was rolled back"
+    );
 }

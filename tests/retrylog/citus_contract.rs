@@ -63,6 +63,31 @@ const PER_EVENT_WITHOUT_JOB_ID: &[(&str, &str)] = &[(
 /// Statements that write several targets' rows: (function, table, reason).
 const MULTI_TARGET_WRITES: &[(&str, &str, &str)] = &[
     (
+        "record_retries_set",
+        "jobs",
+        "a batch's set path writes all its rows in one statement per table: on Citus a multi-shard write (two-phase commit) unless the batch names one job's targets",
+    ),
+    (
+        "record_retries_set",
+        "jobs_variants",
+        "a batch's set path writes all its rows in one statement per table: on Citus a multi-shard write (two-phase commit) unless the batch names one job's targets",
+    ),
+    (
+        "record_retries_set",
+        "retry_event_id",
+        "a batch's set path writes all its rows in one statement per table: on Citus a multi-shard write (two-phase commit) unless the batch names one job's targets",
+    ),
+    (
+        "record_retries_set",
+        "retry_history",
+        "a batch's set path writes all its rows in one statement per table: on Citus a multi-shard write (two-phase commit) unless the batch names one job's targets",
+    ),
+    (
+        "record_retries_set",
+        "retry_stream_head",
+        "a batch's set path writes all its rows in one statement per table: on Citus a multi-shard write (two-phase commit) unless the batch names one job's targets",
+    ),
+    (
         "retry_counts_apply",
         "jobs_variants",
         "finds the variant by job_variants_id alone: on Citus it must also match job_id, or record_retry cannot run as a distributed function",
