@@ -20,11 +20,14 @@
 //! 5. plan: each matched target expects the attempt after the one it was seen at (the
 //!    preview's, else this match's); a previewed target whose attempt moved, or that no longer
 //!    matches, is skipped, not forced;
-//! 6. execute the plan ([`execute`]): each target's recovery under a savepoint of its own,
-//!    through [`recover_expecting`] with its expected attempt, so a retry recorded between the
-//!    match and the target's lock is `record_retry`'s RL009 and a skip, not a second retry. A
-//!    refusal that belongs to the target (changed, not recoverable, gone) rolls back to its
-//!    savepoint and is a skip; anything else (a fault, a missing right) ends the request;
+//! 6. execute the plan ([`execute`]): lock the targets, then every recoverable one's state
+//!    change and `manual_recovery` event in one batch (`store::append_many`, the batch door
+//!    the watchdog uses), each event recorded only as its expected attempt, so a retry
+//!    recorded between the match and the lock is `record_retry`'s RL009 and a skip, not a
+//!    second retry. A refusal that belongs to the target (changed, not recoverable, gone) takes
+//!    it out of the batch, which is written again without it; anything else (a fault, a
+//!    missing right) ends the request. The event is the one a recovery by hand records
+//!    (`manual::recovery_event`), to the status it would choose;
 //! 7. store the result under the request id and commit: the events, the state changes and the
 //!    result land together, or (a fault anywhere) nothing does, and the request may be sent
 //!    again as it was.
@@ -33,15 +36,13 @@
 //! own connection while the first finishes (with a transaction per target, eight duplicates
 //! could take every connection of the pool and leave the first none to recover with), and a
 //! request is never half-done. The price: the recovered rows stay locked until the commit, so
-//! the pipeline's own update of one of them waits that long (a second or two for 500 targets,
-//! docs/performance.md); the watchdog skips locked rows. Targets are locked in id order, so two
-//! bulk requests over the same targets queue rather than deadlock.
+//! the pipeline's own update of one of them waits that long (a fraction of a second for 500
+//! targets, docs/performance.md); the watchdog skips locked rows. The jobs are locked, then the
+//! variants, each in id order, so two bulk requests over the same targets queue rather than
+//! deadlock.
 //!
 //! Each target's event id derives from the request id and the target, which also tells a bulk
 //! recovery's events apart in the log.
-//!
-//! The per-target step is [`execute`] alone: a batch path (`store::append_many`) replaces its
-//! body and keeps its input and output.
 
 use std::collections::{HashMap, HashSet};
 
@@ -51,12 +52,13 @@ use sqlx::{Acquire, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::manual::{
-    recover_expecting, ManualRecovery, ManualRecoveryError, ManualTarget, MAX_NOTE_CHARS,
+    default_to_status, recovery_event, Locked, ManualRecoveryError, MAX_NOTE_CHARS,
 };
 use crate::config::Steps;
 use crate::error::CallerMistake;
+use crate::event::{NewRetry, RetryEvent, Target};
 use crate::output::{event_rows, Format};
-use crate::store::AppendError;
+use crate::store::{self, AppendError, EVENT_COLUMNS};
 use crate::targets::{self, Filter, Kind, Position, Sort, StuckRule, TargetRow};
 
 /// The most targets one request recovers, and its `max` when none is given. A larger match is
@@ -511,72 +513,190 @@ pub enum Done {
     },
 }
 
-/// Recovers each planned target in `tx`, under a savepoint each: a target's refusal rolls
-/// back that target alone. The targets are locked in id order (two requests over the same
-/// targets queue, never deadlock); the answer has one [`Done`] per target, in the plan's
-/// order. An error that is not the target's ends the run, and the caller's transaction with
-/// it.
-///
-/// The only place a bulk recovery writes the targets: a batch path (one `store::append_many`
-/// for the targets that passed their checks) replaces this body, same signature.
+/// Recovers each planned target in `tx`, all of them appended in one batch (`record_retries`,
+/// through `store::append_many`): the targets are locked first (the jobs, then the variants,
+/// each in id order: two requests over the same targets queue, never deadlock), each one gone
+/// or not recoverable is a skip, the others' state changes and events are written together
+/// under a savepoint. A target the log refuses (a retry recorded since its match) is taken out
+/// and the rest written again, so one target's refusal never undoes the others. The answer
+/// has one [`Done`] per target, in the plan's order. An error that is not the target's ends
+/// the run, and the caller's transaction with it.
 pub async fn execute(
     tx: &mut Transaction<'_, Postgres>,
     plan: &[Planned],
     recovery: &Recovery,
     steps: &Steps,
 ) -> Result<Vec<Done>, BulkError> {
-    let mut order: Vec<usize> = (0..plan.len()).collect();
-    order.sort_by_key(|&i| plan[i].id);
+    let skipped = |error: &ManualRecoveryError| {
+        skip(error, recovery.previewed).map(|(reason, message)| Done::Skipped { reason, message })
+    };
     let mut done: Vec<Option<Done>> = vec![None; plan.len()];
-    for i in order {
-        let planned = &plan[i];
-        let request = ManualRecovery {
-            target: match planned.kind {
-                Kind::Job => ManualTarget::Job(planned.id),
-                Kind::Variant => ManualTarget::Variant(planned.id),
-            },
-            note: recovery.note.clone(),
-            actor: recovery.actor.clone(),
-            to_status: None,
-            event_id: Some(target_event_id(
-                &recovery.request_id,
-                planned.kind,
-                planned.id,
-            )),
+
+    // 1. Lock every planned row, reading the status the change replaces.
+    let mut locked: HashMap<Uuid, Locked> = HashMap::new();
+    for (kind, sql) in [
+        (
+            Kind::Job,
+            "SELECT job_id AS id, job_id, status, current_step FROM jobs
+              WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE",
+        ),
+        (
+            Kind::Variant,
+            "SELECT job_variants_id AS id, job_id, status, current_step FROM jobs_variants
+              WHERE job_variants_id = ANY($1) ORDER BY job_variants_id FOR UPDATE",
+        ),
+    ] {
+        let ids: Vec<Uuid> = plan
+            .iter()
+            .filter(|p| p.kind == kind)
+            .map(|p| p.id)
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let rows: Vec<(Uuid, Uuid, String, Option<String>)> =
+            sqlx::query_as(sql).bind(&ids).fetch_all(&mut **tx).await?;
+        for (id, job_id, status, current_step) in rows {
+            let row = Locked {
+                job_id,
+                status,
+                current_step,
+            };
+            locked.insert(id, row);
+        }
+    }
+
+    // 2. Each target: gone, recovered already (its event id is the request's, so only a
+    //    request run again finds one), not recoverable, or one to recover.
+    let event_ids: Vec<Uuid> = plan
+        .iter()
+        .map(|p| target_event_id(&recovery.request_id, p.kind, p.id))
+        .collect();
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM retry_history WHERE event_id = ANY($1)");
+    let mut earlier: HashMap<Uuid, RetryEvent> = sqlx::query_as(&sql)
+        .bind(&event_ids)
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .map(|event: RetryEvent| (event.event_id, event))
+        .collect();
+    let note = recovery.note.trim();
+    let mut pending: Vec<(usize, Target, String, NewRetry)> = Vec::new();
+    for (i, planned) in plan.iter().enumerate() {
+        let Some(row) = locked.get(&planned.id) else {
+            let gone = ManualRecoveryError::UnknownTarget {
+                kind: match planned.kind {
+                    Kind::Job => "job",
+                    Kind::Variant => "variant",
+                },
+                id: planned.id,
+            };
+            done[i] = skipped(&gone);
+            continue;
         };
-        let mut savepoint = tx.begin().await?;
-        let outcome = recover_expecting(
-            &mut savepoint,
-            &request,
-            steps,
-            Some(planned.expected_attempt),
-        )
-        .await;
-        done[i] = Some(match outcome {
-            Ok(recovered) => {
-                savepoint.commit().await?;
-                Done::Recovered(
-                    event_rows(&[recovered.event], Format::Json)
-                        .object(0)
-                        .expect("one event, one row"),
-                )
+        let target = match planned.kind {
+            Kind::Job => Target::Job { job_id: planned.id },
+            Kind::Variant => Target::Variant {
+                job_id: row.job_id,
+                job_variants_id: planned.id,
+            },
+        };
+        if let Some(event) = earlier
+            .remove(&event_ids[i])
+            .filter(|event| event.target() == target)
+        {
+            done[i] = Some(recovered(event));
+            continue;
+        }
+        match default_to_status(target, row, steps) {
+            Err(refused) => done[i] = skipped(&refused),
+            Ok(to_status) => {
+                let retry =
+                    recovery_event(target, row, to_status.to_string(), note, &recovery.actor)
+                        .with_event_id(event_ids[i])
+                        .with_expected_attempt(planned.expected_attempt);
+                pending.push((i, target, to_status.to_string(), retry));
             }
-            Err(error) => {
+        }
+    }
+
+    // 3. The state changes (the status, and `updated_at`, which re-triggers the pipeline) and
+    //    the events, under a savepoint: a target the log refuses is taken out, the rest again.
+    while !pending.is_empty() {
+        let mut savepoint = tx.begin().await?;
+        for (kind, sql) in [
+            (
+                Kind::Job,
+                "UPDATE jobs SET status = c.to_status, updated_at = now()
+                   FROM unnest($1::uuid[], $2::text[]) AS c(id, to_status)
+                  WHERE job_id = c.id",
+            ),
+            (
+                Kind::Variant,
+                "UPDATE jobs_variants SET status = c.to_status, updated_at = now()
+                   FROM unnest($1::uuid[], $2::text[]) AS c(id, to_status)
+                  WHERE job_variants_id = c.id",
+            ),
+        ] {
+            let (ids, statuses): (Vec<Uuid>, Vec<&str>) = pending
+                .iter()
+                .filter(|(i, ..)| plan[*i].kind == kind)
+                .map(|(i, _, to_status, _)| (plan[*i].id, to_status.as_str()))
+                .unzip();
+            if !ids.is_empty() {
+                sqlx::query(sql)
+                    .bind(&ids)
+                    .bind(&statuses)
+                    .execute(&mut *savepoint)
+                    .await?;
+            }
+        }
+        let batch: Vec<NewRetry> = pending.iter().map(|(.., retry)| retry.clone()).collect();
+        match store::append_many(&mut savepoint, &batch).await {
+            Ok(events) => {
+                savepoint.commit().await?;
+                for ((i, ..), event) in pending.drain(..).zip(events) {
+                    done[i] = Some(recovered(event));
+                }
+            }
+            Err(AppendError::Database(error)) => return Err(error.into()),
+            Err(refused) => {
                 savepoint.rollback().await?;
-                match skip(&error, recovery.previewed) {
-                    Some((reason, message)) => Done::Skipped { reason, message },
+                let row = refused.batch_row().filter(|row| *row < pending.len());
+                let error = ManualRecoveryError::Refused(refused);
+                let Some(row) = row else {
+                    // A refusal of the batch as a whole is not a target's: it ends the run.
+                    let (i, ..) = pending[0];
+                    return Err(BulkError::Target {
+                        kind: plan[i].kind,
+                        id: plan[i].id,
+                        source: error,
+                    });
+                };
+                let (i, ..) = pending.remove(row);
+                done[i] = match skipped(&error) {
+                    Some(skip) => Some(skip),
                     None => {
                         return Err(BulkError::Target {
-                            kind: planned.kind,
-                            id: planned.id,
+                            kind: plan[i].kind,
+                            id: plan[i].id,
                             source: error,
                         })
                     }
-                }
+                };
             }
-        });
+        }
     }
     Ok(done.into_iter().flatten().collect())
+}
+
+/// A recovered target's answer: its event, as `POST /api/v1/recover` answers it.
+fn recovered(event: RetryEvent) -> Done {
+    Done::Recovered(
+        event_rows(&[event], Format::Json)
+            .object(0)
+            .expect("one event, one row"),
+    )
 }
 
 /// A refusal that belongs to the target, as a skip; `None` for one that belongs to the

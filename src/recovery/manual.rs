@@ -151,10 +151,10 @@ impl From<AppendError> for ManualRecoveryError {
 
 /// The row of the target as the lock found it.
 #[derive(Debug, sqlx::FromRow)]
-struct Locked {
-    job_id: Uuid,
-    status: String,
-    current_step: Option<String>,
+pub(crate) struct Locked {
+    pub job_id: Uuid,
+    pub status: String,
+    pub current_step: Option<String>,
 }
 
 /// Recovers one target by hand in the caller's transaction (the numbered steps above); the
@@ -258,15 +258,8 @@ pub async fn recover_expecting(
         .execute(&mut **tx)
         .await?;
 
-    // 5. The event, past the limit: from_status is the one read under the lock (record_retry
-    //    would read the row as step 4 left it).
-    let mut retry = NewRetry::new(target, RetryReason::ManualRecovery, request.actor.clone())
-        .with_status_change(locked.status.clone(), to_status)
-        .with_detail(json!({ "note": note, "recovered_by_hand": true }))
-        .forced();
-    if let Some(step) = locked.current_step {
-        retry = retry.with_step(step);
-    }
+    // 5. The event, past the limit.
+    let mut retry = recovery_event(target, &locked, to_status, note, &request.actor);
     if let Some(event_id) = request.event_id {
         retry = retry.with_event_id(event_id);
     }
@@ -280,10 +273,30 @@ pub async fn recover_expecting(
     })
 }
 
+/// The event of a recovery by hand of `target`, locked as `locked`, to `to_status`: forced
+/// past the limit, its from_status the one read under the lock (record_retry would read the
+/// row as the state change left it), the note (already checked and trimmed) in its detail.
+pub(crate) fn recovery_event(
+    target: Target,
+    locked: &Locked,
+    to_status: String,
+    note: &str,
+    actor: &str,
+) -> NewRetry {
+    let mut retry = NewRetry::new(target, RetryReason::ManualRecovery, actor)
+        .with_status_change(locked.status.clone(), to_status)
+        .with_detail(json!({ "note": note, "recovered_by_hand": true }))
+        .forced();
+    if let Some(step) = &locked.current_step {
+        retry = retry.with_step(step.clone());
+    }
+    retry
+}
+
 /// The default change: a failed, running or done variant goes to `done` at its step (so the
 /// step re-runs, as the watchdog's `failed` scenario does; a done variant is touched); a
 /// running or failed job goes to `done` at the final step and back to `running` elsewhere.
-fn default_to_status(
+pub(crate) fn default_to_status(
     target: Target,
     locked: &Locked,
     steps: &Steps,
