@@ -346,7 +346,8 @@ BEGIN
             SELECT count(*) = count(DISTINCT (b.job_id, b.stream))
                    AND count(*) FILTER (WHERE b.event_given)
                        = count(DISTINCT b.event_id) FILTER (WHERE b.event_given)
-                   AND coalesce(bool_and(
+                   -- Each row's condition NULL-proof: bool_and skips a NULL.
+                   AND coalesce(bool_and(coalesce(
                        b.job_id IS NOT NULL
                        AND b.reason IN ('stuck', 'failed', 'manual_recovery')
                        AND jsonb_typeof(b.detail) = 'object'
@@ -368,8 +369,8 @@ BEGIN
                        AND NOT b.event_known
                        AND NOT b.events_without_head
                        AND coalesce(b.expected_attempt = b.attempt, true)
-                       AND (b.force OR b.retry_limit IS NULL OR b.cur_count < b.retry_limit)),
-                       false) AS accepted
+                       AND (b.force OR b.retry_limit IS NULL OR b.cur_count < b.retry_limit),
+                       false)), false) AS accepted
               FROM batch b
         ),
         stored AS (

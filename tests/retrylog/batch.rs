@@ -712,6 +712,7 @@ async fn the_set_path_declines_every_row_record_retry_would_not_append_as_it_sta
             json!({ "job_variants_id": VARIANT_A2, "reason": "stuck" }),
         ),
         ("an unknown reason", a2(json!({ "reason": "bored" }))),
+        ("no reason", a2(json!({ "reason": null }))),
         (
             "the shared limit",
             json!({ "job_id": JOB_B, "reason": "stuck" }),
