@@ -533,7 +533,7 @@ pub async fn execute(
     let mut done: Vec<Option<Done>> = vec![None; plan.len()];
 
     // 1. Lock every planned row, reading the status the change replaces.
-    let mut locked: HashMap<Uuid, Locked> = HashMap::new();
+    let mut locked: HashMap<(Kind, Uuid), Locked> = HashMap::new();
     for (kind, sql) in [
         (
             Kind::Job,
@@ -562,7 +562,7 @@ pub async fn execute(
                 status,
                 current_step,
             };
-            locked.insert(id, row);
+            locked.insert((kind, id), row);
         }
     }
 
@@ -581,9 +581,9 @@ pub async fn execute(
         .map(|event: RetryEvent| (event.event_id, event))
         .collect();
     let note = recovery.note.trim();
-    let mut pending: Vec<(usize, Target, String, NewRetry)> = Vec::new();
+    let mut pending: Vec<(usize, String, NewRetry)> = Vec::new();
     for (i, planned) in plan.iter().enumerate() {
-        let Some(row) = locked.get(&planned.id) else {
+        let Some(row) = locked.get(&(planned.kind, planned.id)) else {
             let gone = ManualRecoveryError::UnknownTarget {
                 kind: match planned.kind {
                     Kind::Job => "job",
@@ -615,7 +615,7 @@ pub async fn execute(
                     recovery_event(target, row, to_status.to_string(), note, &recovery.actor)
                         .with_event_id(event_ids[i])
                         .with_expected_attempt(planned.expected_attempt);
-                pending.push((i, target, to_status.to_string(), retry));
+                pending.push((i, to_status.to_string(), retry));
             }
         }
     }
@@ -641,7 +641,7 @@ pub async fn execute(
             let (ids, statuses): (Vec<Uuid>, Vec<&str>) = pending
                 .iter()
                 .filter(|(i, ..)| plan[*i].kind == kind)
-                .map(|(i, _, to_status, _)| (plan[*i].id, to_status.as_str()))
+                .map(|(i, to_status, _)| (plan[*i].id, to_status.as_str()))
                 .unzip();
             if !ids.is_empty() {
                 sqlx::query(sql)

@@ -5,6 +5,7 @@
 //! changed since the preview skipped, the rights each door needs, as real roles and tokens; and
 //! the Targets page's flow in Chromium: tick rows, preview, confirm, the result page.
 
+use retrylog::event::Target;
 use retrylog::grant::Capability::{Operator, Pipeline, Reader};
 use retrylog::recovery::bulk::{self, Done, Planned, Recovery};
 use retrylog::targets::Kind;
@@ -319,14 +320,45 @@ async fn a_target_retried_since_the_preview_is_skipped_not_forced(pool: PgPool) 
 async fn a_retry_between_the_match_and_the_lock_is_record_retrys_conflict_and_a_skip(pool: PgPool) {
     targets_log(&pool).await;
     // A1's last attempt is 2; a plan made before a third would expect 3. The third lands
-    // first: record_retry refuses attempt 3 again (RL009), and the target is skipped.
+    // first: record_retry refuses attempt 3 again (RL009), and the target is skipped. The
+    // plan's other targets, in the same batch, are recovered all the same: a variant, a job
+    // and one gone meanwhile.
     append_ok(&pool, &retry(variant(JOB_A, VARIANT_A1))).await;
-    let before = snapshot(&pool).await;
-    let plan = [Planned {
-        kind: Kind::Variant,
-        id: VARIANT_A1,
-        expected_attempt: 3,
-    }];
+    let next = |target: Target| {
+        let pool = pool.clone();
+        async move { attempts(&pool, target).await.last().copied().unwrap_or(0) + 1 }
+    };
+    let (b1, b) = (variant(JOB_B, VARIANT_B1), job(JOB_B));
+    let plan = [
+        Planned {
+            kind: Kind::Variant,
+            id: VARIANT_A1,
+            expected_attempt: 3,
+        },
+        Planned {
+            kind: Kind::Variant,
+            id: VARIANT_B1,
+            expected_attempt: next(b1).await,
+        },
+        Planned {
+            kind: Kind::Job,
+            id: JOB_B,
+            expected_attempt: next(b).await,
+        },
+        Planned {
+            kind: Kind::Variant,
+            id: Uuid::new_v4(),
+            expected_attempt: 1,
+        },
+    ];
+    let a1_row = || {
+        sqlx::query_as::<_, (String, chrono::DateTime<chrono::Utc>, i32)>(
+            "SELECT status, updated_at, retry_count FROM jobs_variants WHERE job_variants_id = $1",
+        )
+        .bind(VARIANT_A1)
+        .fetch_one(&pool)
+    };
+    let a1_before = a1_row().await.unwrap();
     let recovery = Recovery {
         note: "raced".into(),
         actor: "ops:test".into(),
@@ -340,20 +372,31 @@ async fn a_retry_between_the_match_and_the_lock_is_record_retrys_conflict_and_a_
         .unwrap();
     tx.commit().await.unwrap();
     match &done[..] {
-        [Done::Skipped { reason, message }] => {
+        [Done::Skipped { reason, message }, Done::Recovered(b1_event), Done::Recovered(b_event), Done::Skipped { reason: gone, .. }] =>
+        {
             assert_eq!(*reason, "changed");
             assert_eq!(
                 message,
                 "changed since it was matched: a retry was recorded meanwhile"
             );
+            assert_eq!(b1_event["attempt"], plan[1].expected_attempt);
+            assert_eq!(b1_event["reason"], "manual_recovery");
+            assert_eq!(b_event["attempt"], plan[2].expected_attempt);
+            assert_eq!(b_event["job_variants_id"], Value::Null);
+            assert_eq!(*gone, "gone");
         }
-        other => panic!("expected one skip, got {other:?}"),
+        other => panic!("expected a skip, two recoveries and a skip, got {other:?}"),
     }
     assert_eq!(
-        snapshot(&pool).await,
-        before,
-        "the target's savepoint rolled its state change back"
+        a1_row().await.unwrap(),
+        a1_before,
+        "A1's state change was rolled back with the refused batch"
     );
+    assert_eq!(
+        attempts(&pool, b1).await.last(),
+        Some(&plan[1].expected_attempt)
+    );
+    assert_verify_clean(&pool).await;
 }
 
 #[sqlx::test(migrations = false)]
