@@ -245,8 +245,7 @@ pub async fn load_log(
 /// it `verify` names every loaded retry followed by another as undecided.
 pub async fn outcomes_from_log(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql(
-        "WITH decided AS MATERIALIZED (SELECT seq FROM retry_outcome)
-         INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
          SELECT l.seq, 'retried_again', greatest(l.occurred_at, l.next_at), 'retrylog-bench',
                 jsonb_build_object('next_seq', l.next_seq, 'attempt', l.next_attempt)
            FROM (SELECT h.seq, h.occurred_at, lead(h.seq) OVER w AS next_seq,
@@ -254,8 +253,10 @@ pub async fn outcomes_from_log(pool: &PgPool) -> anyhow::Result<()> {
                    FROM retry_history h
                  WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)) l
           WHERE l.next_seq IS NOT NULL
-            -- Read once, before this statement's own inserts (a hashed subplan).
-            AND l.seq NOT IN (SELECT seq FROM decided);
+            -- An anti-join: the statement reads the outcomes as they were before its own
+            -- inserts. (NOT IN over a subquery is hashed only while the outcomes fit in
+            -- work_mem; past that, at a few hundred thousand, it rescans them per event.)
+            AND NOT EXISTS (SELECT 1 FROM retry_outcome o WHERE o.seq = l.seq);
          SELECT retry_open_rebuild();",
     )
     .execute(pool)
