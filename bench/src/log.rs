@@ -245,7 +245,8 @@ pub async fn load_log(
 /// it `verify` names every loaded retry followed by another as undecided.
 pub async fn outcomes_from_log(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql(
-        "INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
+        "WITH decided AS MATERIALIZED (SELECT seq FROM retry_outcome)
+         INSERT INTO retry_outcome (seq, outcome, resolved_at, observed_by, evidence)
          SELECT l.seq, 'retried_again', greatest(l.occurred_at, l.next_at), 'retrylog-bench',
                 jsonb_build_object('next_seq', l.next_seq, 'attempt', l.next_attempt)
            FROM (SELECT h.seq, h.occurred_at, lead(h.seq) OVER w AS next_seq,
@@ -253,10 +254,12 @@ pub async fn outcomes_from_log(pool: &PgPool) -> anyhow::Result<()> {
                    FROM retry_history h
                  WINDOW w AS (PARTITION BY h.job_id, h.job_variants_id ORDER BY h.attempt)) l
           WHERE l.next_seq IS NOT NULL
-            -- An anti-join: the statement reads the outcomes as they were before its own
-            -- inserts. (NOT IN over a subquery is hashed only while the outcomes fit in
-            -- work_mem; past that, at a few hundred thousand, it rescans them per event.)
-            AND NOT EXISTS (SELECT 1 FROM retry_outcome o WHERE o.seq = l.seq);
+            -- The outcomes as they were before this statement's inserts, read once: an
+            -- anti-join against the table itself may be planned (on an empty table) as a
+            -- rescan per event, which then reads every row this statement has inserted; and
+            -- NOT IN is hashed only while the outcomes fit in work_mem, a rescan per event
+            -- past that. An anti-join with the CTE is hashed, spilling if it must.
+            AND NOT EXISTS (SELECT 1 FROM decided d WHERE d.seq = l.seq);
          SELECT retry_open_rebuild();",
     )
     .execute(pool)
