@@ -25,7 +25,7 @@ DECLARE
         'retry_open_rebuild', 'retry_open_drift', 'retry_outcome_rollup_apply',
         'retry_outcome_rollup_reset', 'retry_outcome_rollup_drift', 'retry_outcome_problems',
         'retry_stream_head_drift', 'retry_stream_head_rebuild', 'retry_history_maintain',
-        'retry_open_write', 'record_retries_set'];
+        'retry_open_write', 'record_retries_set', 'record_retries_lock'];
     unpinned constant text[] := ARRAY[
         'retry_event_canonical', 'retry_event_canonical_v2', 'retry_event_hash',
         'retry_counts_apply', 'retry_counts_delta', 'retry_rollup_keyed', 'retry_rollup_cells_of',

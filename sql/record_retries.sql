@@ -32,12 +32,14 @@
 --     attempts in that order, each chained to the one before.
 --   * Deadlock-free against other batches and single appends: before any append, the call
 --     locks every target of the batch (the row record_retry locks: the job's for a job, the
---     variant's for a variant) in one global order, (job_id, job_variants_id) with the job
---     first, one target at a time. Two batches over overlapping targets therefore queue on the
---     first target they share and never hold each other's; record_retry then takes locks this
---     transaction already holds. The order of the appends (the caller's) is separate from the
---     order of the locks (global), which is how a stream keeps its events in the caller's
---     order.
+--     variant's for a variant) in one global order, the jobs by job_id, then the variants by
+--     job_variants_id (record_retries_lock, below; a bulk recovery locks in that order too).
+--     Two batches over overlapping targets therefore queue on the first target they share and
+--     never hold each other's; record_retry then takes locks this transaction already holds.
+--     The order of the appends (the caller's) is separate from the order of the locks
+--     (global), which is how a stream keeps its events in the caller's order. The set path
+--     takes the same locks inside its own subtransaction, so a batch it declines has released
+--     them before the row-by-row path takes them again, in the same order.
 --
 -- Installed by migrate like record_retry, after it (src/migrate.rs), under the same rules (see
 -- sql/record_retry.sql's header: CREATE OR REPLACE cannot change the signature; attributes
@@ -53,7 +55,6 @@ DECLARE
     rows_given integer;
     at         integer;        -- the row being read, locked or appended (for the error)
     bad        record;
-    lock_on    record;
     r          jsonb;
     ev         retry_history;
     e_state    text;
@@ -115,11 +116,9 @@ BEGIN
         END IF;
     END IF;
 
+    -- 2. The ids: a cast raises on a malformed one, naming the first row of the value (ids in
+    --    the canonical form cannot raise, so they skip the row-by-row cast).
     BEGIN
-        -- 2. Lock every target in the global order (see the header), before any append. A
-        --    target that does not exist locks nothing; its first row raises in step 4. The
-        --    casts raise on a malformed id, naming the first row of the value (ids in the
-        --    canonical form cannot raise, so they skip the row-by-row cast).
         at := NULL;
         IF EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
                     WHERE item ->> 'job_id' !~ uuid_form
@@ -132,46 +131,10 @@ BEGIN
                 PERFORM (r ->> 'job_id')::uuid, (r ->> 'job_variants_id')::uuid;
             END LOOP;
         END IF;
-        IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
-                        WHERE item ->> 'job_id' IS NOT NULL AND item ->> 'job_variants_id' IS NULL)
-        THEN
-            -- Variants only: one statement, the rows locked as they come out of the sort.
-            PERFORM 1 FROM jobs_variants v
-             WHERE v.job_variants_id IN (SELECT (e.item ->> 'job_variants_id')::uuid
-                                           FROM jsonb_array_elements(retries) e(item)
-                                          WHERE e.item ->> 'job_id' IS NOT NULL)
-             ORDER BY v.job_id, v.job_variants_id
-               FOR NO KEY UPDATE OF v;
-        ELSIF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(retries) e(item)
-                           WHERE item ->> 'job_variants_id' IS NOT NULL) THEN
-            -- Jobs only, the same way.
-            PERFORM 1 FROM jobs j
-             WHERE j.job_id IN (SELECT (e.item ->> 'job_id')::uuid
-                                  FROM jsonb_array_elements(retries) e(item))
-             ORDER BY j.job_id
-               FOR NO KEY UPDATE OF j;
-        ELSE
-            FOR lock_on IN
-                SELECT min(e.i) - 1 AS i, (e.r ->> 'job_id')::uuid AS job_id,
-                       (e.r ->> 'job_variants_id')::uuid AS job_variants_id
-                  FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
-                 WHERE e.r ->> 'job_id' IS NOT NULL
-                 GROUP BY 2, 3
-                 ORDER BY 2, 3 NULLS FIRST
-            LOOP
-                at := lock_on.i;
-                IF lock_on.job_variants_id IS NULL THEN
-                    PERFORM 1 FROM jobs j WHERE j.job_id = lock_on.job_id FOR NO KEY UPDATE;
-                ELSE
-                    PERFORM 1 FROM jobs_variants v
-                     WHERE v.job_variants_id = lock_on.job_variants_id FOR NO KEY UPDATE;
-                END IF;
-            END LOOP;
-        END IF;
 
-        -- 3. The set path (record_retries_set, below): the whole batch in a few statements
-        --    when every row is one record_retry would append as it stands; otherwise it has
-        --    written nothing, and step 4 appends row by row.
+        -- 3. The set path (record_retries_set, below): the whole batch in a few statements,
+        --    when every row is one record_retry would append as it stands. It locks the
+        --    targets itself; a batch it declines it has neither written nor kept locked.
         at := NULL;
         written := record_retries_set(retries);
         IF written IS NOT NULL THEN
@@ -179,7 +142,11 @@ BEGIN
             RETURN;
         END IF;
 
-        -- 4. The appends, in the caller's order, each by the rules of record_retry.
+        -- 4. Row by row. First every target locked in the global order (see the header); a
+        --    target that does not exist locks nothing, and its first row raises below.
+        PERFORM record_retries_lock(retries);
+
+        --    Then the appends, in the caller's order, each by the rules of record_retry.
         FOR at, r IN
             SELECT e.i - 1, e.r FROM jsonb_array_elements(retries) WITH ORDINALITY e(r, i)
              ORDER BY e.i
@@ -229,6 +196,28 @@ BEGIN
 END
 $$;
 
+-- record_retries_lock: locks every target the rows name (the row record_retry locks) in the
+-- global order of the header: the jobs by job_id, then the variants by job_variants_id, each
+-- set in one statement that locks the rows as they come out of its sort. A target that does
+-- not exist locks nothing. The ids are already known to cast (record_retries' step 2).
+CREATE OR REPLACE FUNCTION record_retries_lock(retries jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM jobs j
+     WHERE j.job_id IN (SELECT (e.item ->> 'job_id')::uuid
+                          FROM jsonb_array_elements(retries) e(item)
+                         WHERE e.item ->> 'job_variants_id' IS NULL)
+     ORDER BY j.job_id
+       FOR NO KEY UPDATE OF j;
+    PERFORM 1 FROM jobs_variants v
+     WHERE v.job_variants_id IN (SELECT (e.item ->> 'job_variants_id')::uuid
+                                   FROM jsonb_array_elements(retries) e(item))
+     ORDER BY v.job_variants_id
+       FOR NO KEY UPDATE OF v;
+END
+$$;
+
 -- The target a row names, as errors say it: `variant <id>`, `job <id>`, or what is missing.
 -- An id that does not look like a uuid is quoted through retrylog_excerpt, since a refused
 -- row may hold anything.
@@ -259,8 +248,8 @@ $$;
 -- event, its hash chained to the head, the event id, the head row, the previous retry's
 -- retried_again outcome, the count), which verify checks like any other append.
 --
--- It runs inside record_retries, after the targets are locked in the global order (so the
--- target rows it reads cannot change under it), as the owner; EXECUTE is the owner's alone.
+-- It runs inside record_retries, as the owner (EXECUTE is the owner's alone), and first locks
+-- the targets in the global order (so the target rows it reads cannot change under it).
 -- A race it cannot settle in one statement (an event id taken by another target meanwhile, an
 -- open retry decided meanwhile) shows as fewer rows written than expected, and the block's
 -- subtransaction undoes the whole attempt before it declines.
@@ -288,6 +277,10 @@ BEGIN
     may_force := pg_has_role(session_user, 'retrylog_operator', 'MEMBER')
                  OR pg_has_role(session_user, current_user, 'MEMBER');
     BEGIN
+        -- The locks inside this block: a declined batch leaves none behind, and the updates
+        -- below change rows this subtransaction locked (a row locked by an enclosing one and
+        -- updated here would need a multixact per row).
+        PERFORM record_retries_lock(retries);
         WITH given AS (
             SELECT g.ord, g.job_id, g.job_variants_id, g.reason,
                    coalesce(g.job_variants_id, nil) AS stream,
