@@ -198,21 +198,21 @@ $$;
 
 -- record_retries_lock: locks every target the rows name (the row record_retry locks) in the
 -- global order of the header: the jobs by job_id, then the variants by job_variants_id, each
--- set in one statement that locks the rows as they come out of its sort. A target that does
--- not exist locks nothing. The ids are already known to cast (record_retries' step 2).
+-- set in one statement that finds the rows by key and locks them as they come out of its
+-- sort. A target that does not exist locks nothing. The ids are already known to cast (record_retries' step 2).
 CREATE OR REPLACE FUNCTION record_retries_lock(retries jsonb)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM jobs j
-     WHERE j.job_id IN (SELECT (e.item ->> 'job_id')::uuid
-                          FROM jsonb_array_elements(retries) e(item)
-                         WHERE e.item ->> 'job_variants_id' IS NULL)
+     WHERE j.job_id = ANY ((SELECT array_agg((e.item ->> 'job_id')::uuid)
+                              FROM jsonb_array_elements(retries) e(item)
+                             WHERE e.item ->> 'job_variants_id' IS NULL)::uuid[])
      ORDER BY j.job_id
        FOR NO KEY UPDATE OF j;
     PERFORM 1 FROM jobs_variants v
-     WHERE v.job_variants_id IN (SELECT (e.item ->> 'job_variants_id')::uuid
-                                   FROM jsonb_array_elements(retries) e(item))
+     WHERE v.job_variants_id = ANY ((SELECT array_agg((e.item ->> 'job_variants_id')::uuid)
+                                       FROM jsonb_array_elements(retries) e(item))::uuid[])
      ORDER BY v.job_variants_id
        FOR NO KEY UPDATE OF v;
 END
@@ -320,19 +320,31 @@ BEGIN
                    hd.job_id IS NULL AND CASE
                        WHEN g.job_variants_id IS NULL THEN EXISTS (
                            SELECT 1 FROM retry_history h
-                            WHERE h.job_id = g.job_id AND h.job_variants_id IS NULL)
+                            WHERE h.job_id = g.job_id AND h.job_variants_id IS NULL OFFSET 0)
                        ELSE EXISTS (
                            SELECT 1 FROM retry_history h
                             WHERE h.job_id = g.job_id
-                              AND h.job_variants_id = g.job_variants_id) END
+                              AND h.job_variants_id = g.job_variants_id OFFSET 0) END
                        AS events_without_head,
+                   -- OFFSET 0: a probe per row, never the log or the ids read whole and hashed.
                    g.event_given AND EXISTS (
-                       SELECT 1 FROM retry_event_id k WHERE k.event_id = g.event_id)
+                       SELECT 1 FROM retry_event_id k WHERE k.event_id = g.event_id OFFSET 0)
                        AS event_known
               FROM given g
-              LEFT JOIN jobs j ON g.job_variants_id IS NULL AND j.job_id = g.job_id
-              LEFT JOIN jobs_variants v ON v.job_variants_id = g.job_variants_id
-              LEFT JOIN retry_stream_head hd ON hd.job_id = g.job_id AND hd.stream = g.stream
+              -- Each by its key, a probe per row (LIMIT 1 keeps it one: joined as tables, a
+              -- small pipeline table was read whole and hashed for every batch).
+              LEFT JOIN LATERAL (SELECT j.job_id, j.status, j.current_step, j.retry_count
+                                   FROM jobs j
+                                  WHERE g.job_variants_id IS NULL AND j.job_id = g.job_id
+                                  LIMIT 1) j ON true
+              LEFT JOIN LATERAL (SELECT v.job_id, v.status, v.current_step, v.retry_count
+                                   FROM jobs_variants v
+                                  WHERE v.job_variants_id = g.job_variants_id
+                                  LIMIT 1) v ON true
+              LEFT JOIN LATERAL (SELECT hd.*
+                                   FROM retry_stream_head hd
+                                  WHERE hd.job_id = g.job_id AND hd.stream = g.stream
+                                  LIMIT 1) hd ON true
         ),
         -- Whether record_retry would append every row as it stands (its steps 1 to 7).
         verdict AS (
@@ -421,6 +433,8 @@ BEGIN
               FROM events e
              WHERE e.has_head AND hd.job_id = (e.event).job_id AND hd.stream = e.stream
                AND hd.last_open = e.last_open
+               -- The batch's jobs by the key's first column: the head rows found by index.
+               AND hd.job_id = ANY ((SELECT array_agg((e2.event).job_id) FROM events e2)::uuid[])
             RETURNING 1
         ),
         heads_new AS (
@@ -444,16 +458,17 @@ BEGIN
               FROM events e WHERE e.has_head AND e.last_open
             RETURNING 1
         ),
+        -- By their keys, each target once (the verdict), its job checked there.
         jobs_counted AS (
             UPDATE jobs j SET retry_count = j.retry_count + 1
-              FROM stored s
-             WHERE s.job_variants_id IS NULL AND j.job_id = s.job_id
+             WHERE j.job_id = ANY ((SELECT array_agg(s.job_id) FROM stored s
+                                     WHERE s.job_variants_id IS NULL)::uuid[])
             RETURNING 1
         ),
         variants_counted AS (
             UPDATE jobs_variants v SET retry_count = v.retry_count + 1
-              FROM stored s
-             WHERE v.job_variants_id = s.job_variants_id AND v.job_id = s.job_id
+             WHERE v.job_variants_id = ANY ((SELECT array_agg(s.job_variants_id)
+                                               FROM stored s)::uuid[])
             RETURNING 1
         )
         SELECT verdict.accepted,
