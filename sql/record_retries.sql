@@ -243,10 +243,12 @@ $$;
 -- record_retries appends the rows one by one, so every refusal, every idempotent return and
 -- every rare case (two rows of one target, a stream without a head row but with events, a
 -- head row whose open retry was decided meanwhile) keeps record_retry's exact behaviour and
--- message. It is no second implementation of the rules: each row it accepts is one that
--- record_retry would append unchanged, and what it writes is what record_retry writes (the
--- event, its hash chained to the head, the event id, the head row, the previous retry's
--- retried_again outcome, the count), which verify checks like any other append.
+-- message. Its verdict restates record_retry's checks only to decide whether to decline (no
+-- message of its own); what it writes is what record_retry writes (the event, its hash chained
+-- to the head, the event id, the head row, the previous retry's retried_again outcome, the
+-- count), which verify checks like any other append. tests/retrylog/batch.rs holds the two
+-- together: the same rows both ways compared column by column, and every kind of row
+-- record_retry refuses declined here.
 --
 -- It runs inside record_retries, as the owner (EXECUTE is the owner's alone), and first locks
 -- the targets in the global order (so the target rows it reads cannot change under it).
