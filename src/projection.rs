@@ -311,18 +311,27 @@ impl std::fmt::Display for OutcomeDrift {
 /// Outcomes that contradict the log or the notes, and retries followed by another without an
 /// outcome (`retry_outcome_problems()`).
 pub async fn outcome_problems(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    let rows: Vec<(Option<Uuid>, Option<Uuid>, String)> = sqlx::query_as(
+    let rows: Vec<ProblemRow> = sqlx::query_as(
         "SELECT job_id, job_variants_id, problem FROM retry_outcome_problems() ORDER BY seq",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
+    Ok(problem_drifts(rows))
+}
+
+/// A problem a check found, as (job_id, job_variants_id, problem): job_id NULL for one that
+/// belongs to no target.
+pub type ProblemRow = (Option<Uuid>, Option<Uuid>, String);
+
+/// [`ProblemRow`]s as drifts of their targets: the one reading of every check that reports
+/// its problems as text.
+pub fn problem_drifts(rows: Vec<ProblemRow>) -> Vec<OutcomeDrift> {
+    rows.into_iter()
         .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
             target: job_id.map(|job_id| Target::from_columns(job_id, job_variants_id)),
             problem,
         })
-        .collect())
+        .collect()
 }
 
 /// A target's open retry as `retry_open` holds it and as the log and the outcomes say it

@@ -6,11 +6,13 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use crate::chain::{ChainWalk, StoredEvent, STORED_EVENTS};
 use crate::event::Target;
-use crate::projection::{self, CountDrift, OutcomeDrift, Projection, RollupDrift, PROJECTIONS};
+use crate::projection::{
+    self, problem_drifts, CountDrift, OutcomeDrift, ProblemRow, Projection, RollupDrift,
+    PROJECTIONS,
+};
 use crate::sqlstate;
 
 /// What a replay changed (or, in a dry run, would change).
@@ -114,18 +116,12 @@ pub async fn replay_projections(
 /// Head rows and event ids that differ from the log (`retry_stream_head_drift()`); the open
 /// retries' rebuild (`retry_open_rebuild()`) rebuilds them too.
 async fn stream_head_drift(conn: &mut PgConnection) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
+    let rows: Vec<ProblemRow> = sqlx::query_as(
         "SELECT job_id, job_variants_id, problem FROM retry_stream_head_drift() ORDER BY 1, 2, 3",
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
-            target: Some(Target::from_columns(job_id, job_variants_id)),
-            problem,
-        })
-        .collect())
+    Ok(problem_drifts(rows))
 }
 
 /// How many rebuild passes replay makes before it reports what still drifts.

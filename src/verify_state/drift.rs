@@ -30,8 +30,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::rotation::{self, Slice};
-use crate::event::Target;
-use crate::projection::OutcomeDrift;
+use crate::projection::{problem_drifts, OutcomeDrift, ProblemRow};
 use crate::replay::Mismatch;
 
 /// The run's verified heads, as columns: (job_id, job_variants_id, attempt, hash, seq).
@@ -79,7 +78,7 @@ pub async fn event_id_drift_since(
     conn: &mut PgConnection,
     since: i64,
 ) -> Result<Vec<OutcomeDrift>, sqlx::Error> {
-    let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(
+    let rows: Vec<ProblemRow> = sqlx::query_as(
         "SELECT h.job_id, h.job_variants_id,
                 CASE WHEN k.event_id IS NULL
                      THEN 'event seq ' || h.seq || ' (event_id ' || h.event_id
@@ -97,7 +96,7 @@ pub async fn event_id_drift_since(
     .bind(since)
     .fetch_all(conn)
     .await?;
-    Ok(drifts(rows))
+    Ok(problem_drifts(rows))
 }
 
 /// Check 3, outcomes: the outcomes recorded since the position, checked against the log and
@@ -181,13 +180,7 @@ pub async fn outcome_problems_since(
     .bind(since)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
-            target: job_id.map(|job_id| Target::from_columns(job_id, job_variants_id)),
-            problem,
-        })
-        .collect())
+    Ok(problem_drifts(rows))
 }
 
 /// Check 3, open retries: for each stream a new event or a new outcome touched, its
@@ -239,14 +232,4 @@ pub async fn open_drift_since(
     .fetch_all(conn)
     .await?;
     Ok(crate::projection::open_drifts(rows))
-}
-
-/// Rows of (job_id, job_variants_id, problem) as drifts of their target.
-pub(super) fn drifts(rows: Vec<(Uuid, Option<Uuid>, String)>) -> Vec<OutcomeDrift> {
-    rows.into_iter()
-        .map(|(job_id, job_variants_id, problem)| OutcomeDrift {
-            target: Some(Target::from_columns(job_id, job_variants_id)),
-            problem,
-        })
-        .collect()
 }

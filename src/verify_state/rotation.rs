@@ -16,9 +16,9 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::drift::{drifts, RunHeads};
+use super::drift::RunHeads;
 use crate::event::Target;
-use crate::projection::{CountDrift, OutcomeDrift};
+use crate::projection::{problem_drifts, CountDrift, OutcomeDrift, ProblemRow};
 
 /// Streams a plain verify re-checks per run besides those its new events touched: at about
 /// 25 µs a stream, half a second, whatever the log's size.
@@ -202,7 +202,7 @@ pub async fn head_drift(
     let op = slice.lower();
     // Per head row, the verified head is the furthest of the run's, the stored one and the
     // archive base (`greatest` skips NULLs).
-    let rows: Vec<(Uuid, Option<Uuid>, String)> = sqlx::query_as(&format!(
+    let rows: Vec<ProblemRow> = sqlx::query_as(&format!(
         "WITH run AS (
              SELECT r.job_id, coalesce(r.job_variants_id, '{NIL}') AS stream,
                     r.job_variants_id, r.attempt, r.hash, r.seq
@@ -276,7 +276,7 @@ pub async fn head_drift(
     .bind(&heads.seqs)
     .fetch_all(conn)
     .await?;
-    let mut found = drifts(rows);
+    let mut found = problem_drifts(rows);
     // A stream both walked and stored without a head row is found twice: once is enough.
     found.dedup_by(|a, b| a.target == b.target && a.problem == b.problem);
     Ok(found)
