@@ -408,6 +408,14 @@ pub const EVENT_COLUMNS: &[&str] = &[
     "hash",
 ];
 
+/// One event as the API answers a write that stored it: an object keyed by column name, the
+/// JSON row of [`event_rows`].
+pub fn event_object(event: RetryEvent) -> Value {
+    event_rows(&[event], Format::Json)
+        .object(0)
+        .expect("one event, one row")
+}
+
 /// Events as rows. The table is for people, so it leaves out the ids a target label already
 /// says and shortens the hash; JSON and CSV keep every column whole. `why` is each event's
 /// reason, step and detail in words ([`crate::why`]).

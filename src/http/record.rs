@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{body, Admin, ApiContext, Error};
 use crate::event::{NewRetry, RetryReason, Target};
-use crate::output::{event_rows, Format};
+use crate::output::event_object;
 use crate::{metrics, store};
 
 /// The body: `retrylog record`'s flags as JSON keys.
@@ -56,8 +56,5 @@ pub async fn record(
         Error::from(anyhow::Error::from(error))
     })?;
     tx.commit().await?;
-    let answer = event_rows(&[event], Format::Json)
-        .object(0)
-        .expect("one event, one row");
-    Ok((StatusCode::CREATED, Json(answer)))
+    Ok((StatusCode::CREATED, Json(event_object(event))))
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{body, Admin, ApiContext, Error};
 use crate::metrics;
-use crate::output::{event_rows, Format};
+use crate::output::event_object;
 use crate::recovery::{self, ManualRecovery, ManualTarget, Recovered};
 
 /// The body: `retrylog recover`'s flags as JSON keys.
@@ -79,8 +79,5 @@ pub async fn recover(
     } else {
         StatusCode::CREATED
     };
-    let answer = event_rows(&[recovered.event], Format::Json)
-        .object(0)
-        .expect("one event, one row");
-    Ok((status, Json(answer)))
+    Ok((status, Json(event_object(recovered.event))))
 }

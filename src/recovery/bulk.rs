@@ -57,7 +57,7 @@ use super::manual::{
 use crate::config::Steps;
 use crate::error::CallerMistake;
 use crate::event::{NewRetry, RetryEvent, Target};
-use crate::output::{event_rows, Format};
+use crate::output::event_object;
 use crate::store::{self, AppendError, EVENT_COLUMNS};
 use crate::targets::{self, Filter, Kind, Position, Sort, StuckRule, TargetRow};
 
@@ -692,11 +692,7 @@ pub async fn execute(
 
 /// A recovered target's answer: its event, as `POST /api/v1/recover` answers it.
 fn recovered(event: RetryEvent) -> Done {
-    Done::Recovered(
-        event_rows(&[event], Format::Json)
-            .object(0)
-            .expect("one event, one row"),
-    )
+    Done::Recovered(event_object(event))
 }
 
 /// A refusal that belongs to the target, as a skip; `None` for one that belongs to the
