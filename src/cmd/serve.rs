@@ -77,6 +77,14 @@ pub async fn run(
             limits.max_connections,
             limits.header_timeout
         );
+        if let Some(backlog) = http::effective_backlog().filter(|&backlog| backlog < http::BACKLOG)
+        {
+            tracing::info!(
+                "retrylog serve: the listen backlog is {backlog} (net.core.somaxconn): a burst \
+                 of more new connections than that loses some, which their clients retry a \
+                 second later; deploy/retrylog.sysctl.conf raises it"
+            );
+        }
         let ctx = ApiContext {
             pool: pool.clone(),
             read: read.cloned(),

@@ -48,7 +48,9 @@ use error::page_retrying;
 pub use error::Error;
 pub use openapi::DOCUMENT as OPENAPI;
 pub use pages::OverviewCache;
-pub use server::{listen, serve, Limits, DEFAULT_HEADER_TIMEOUT, RESERVED_FILES};
+pub use server::{
+    effective_backlog, listen, serve, Limits, BACKLOG, DEFAULT_HEADER_TIMEOUT, RESERVED_FILES,
+};
 
 use crate::config::Steps;
 use crate::error::CallerMistake;

@@ -84,10 +84,12 @@ impl Limits {
     }
 }
 
-/// The listen backlog: connections the kernel completes while the loop is busy or at the cap.
-/// The kernel caps it at `net.core.somaxconn` (4096 by default); past the backlog it drops
-/// connection attempts, which clients retry only after a second.
-const BACKLOG: u32 = 4096;
+/// The listen backlog asked for: connections the kernel completes while the loop is busy or at
+/// the cap. The kernel caps it at `net.core.somaxconn` (4096 by default). Past the backlog it
+/// drops connection attempts, which clients retry only after a second; a flood of stalled
+/// clients that `--header-timeout` closes together reconnects together, so the queue should
+/// hold the whole burst (deploy/retrylog.sysctl.conf raises the cap).
+pub const BACKLOG: u32 = 65535;
 
 /// Binds `addr` with [`BACKLOG`] (tokio's `bind` asks for 1024), address reuse as `bind` has.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -98,6 +100,14 @@ pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// The backlog the kernel gives [`listen`]: [`BACKLOG`] capped by `net.core.somaxconn`, or
+/// `None` where that setting cannot be read (not Linux).
+pub fn effective_backlog() -> Option<u32> {
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?;
+    let somaxconn: u32 = somaxconn.trim().parse().ok()?;
+    Some(somaxconn.min(BACKLOG))
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true; requests in flight finish (for at
