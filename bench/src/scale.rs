@@ -90,7 +90,7 @@ const CONNECTIONS: usize = 16;
 #[derive(Debug, Default)]
 struct Stage {
     events: u64,
-    appends_per_second: f64,
+    appends: Appends,
     history_p99: f64,
     trend_p99: f64,
     outcomes_p99: f64,
@@ -136,8 +136,20 @@ pub async fn run(connected: &Connected, args: ScaleArgs) -> anyhow::Result<ExitC
     line(
         "appends, 16 connections",
         "appends/s",
-        small.appends_per_second,
-        large.appends_per_second,
+        small.appends.per_second,
+        large.appends.per_second,
+    );
+    line(
+        "appends: WAL per append",
+        "bytes",
+        small.appends.wal_bytes,
+        large.appends.wal_bytes,
+    );
+    line(
+        "appends: blocks read from outside shared_buffers, per append",
+        "blocks",
+        small.appends.blocks_read,
+        large.appends.blocks_read,
     );
     line(
         "history of a variant, p99",
@@ -287,7 +299,7 @@ async fn measure(
             return Ok(None);
         }
         stage.disk = disk(&pool, stage.events).await?;
-        stage.appends_per_second = appends(&pool, args.append_seconds).await?;
+        stage.appends = appends(&pool, args.append_seconds).await?;
         stage.history_p99 = history_p99(&pool, args.runs).await?;
         stage.trend_p99 = trend_p99(&pool, args.runs).await?;
         stage.outcomes_p99 = ms(measure_outcomes(&pool, OutcomeGroupBy::Reason, args.runs)
@@ -395,8 +407,32 @@ async fn catch_up(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends per second over `seconds`, 16 connections appending to random variants.
-async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<f64> {
+/// What 16 connections appending to random variants did.
+#[derive(Debug, Default)]
+struct Appends {
+    per_second: f64,
+    /// WAL written while they ran (checkpoints' full pages included), per append.
+    wal_bytes: f64,
+    /// Blocks of the database read into shared_buffers (from the OS's cache or the disk),
+    /// per append: what the appends' pages missed in PostgreSQL's own cache.
+    blocks_read: f64,
+}
+
+/// The database's blocks read into shared_buffers so far, and the WAL position.
+async fn io_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT blks_read, (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8
+           FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The appending connections' `application_name`.
+const APPENDERS: &str = "retrylog-bench scale appends";
+
+/// 16 connections appending to random variants for `seconds`.
+async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
     sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
         .execute(pool)
         .await?;
@@ -408,10 +444,15 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<f64> {
     let variants = Arc::new(variants);
     let clients = sqlx::postgres::PgPoolOptions::new()
         .max_connections(CONNECTIONS as u32)
-        .connect_with((*pool.connect_options()).clone())
+        .connect_with(
+            (*pool.connect_options())
+                .clone()
+                .application_name(APPENDERS),
+        )
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    let (blocks_before, wal_before) = io_counters(pool).await?;
     let started = Instant::now();
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|worker| {
@@ -448,9 +489,27 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<f64> {
     for worker in workers {
         worker.await??;
     }
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let done = done.load(Ordering::Relaxed) as f64;
+    let per_second = done / started.elapsed().as_secs_f64();
+    // A backend reports its counters when it exits: the clients' are in once they are gone.
     clients.close().await;
-    Ok(rate)
+    let (blocks_after, wal_after) = loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let gone: bool = sqlx::query_scalar(
+            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1)",
+        )
+        .bind(APPENDERS)
+        .fetch_one(pool)
+        .await?;
+        if gone {
+            break io_counters(pool).await?;
+        }
+    };
+    Ok(Appends {
+        per_second,
+        wal_bytes: (wal_after - wal_before) as f64 / done,
+        blocks_read: (blocks_after - blocks_before) as f64 / done,
+    })
 }
 
 /// A random variant's history, `runs` times: the p99 in milliseconds.
