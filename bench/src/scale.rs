@@ -491,10 +491,19 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
     }
     let done = done.load(Ordering::Relaxed) as f64;
     let per_second = done / started.elapsed().as_secs_f64();
-    // A backend reports its counters when it exits: the clients' are in once they are gone.
+    let (_, wal_after) = io_counters(pool).await?;
+    // A backend reports its block counters when it exits. Closing the pool ends its
+    // connections, but one it was opening meanwhile may stay (at 10M one did, idle for
+    // minutes): after a second, what is left is ended, and the counters read once it is gone.
     clients.close().await;
-    let (blocks_after, wal_after) = loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(APPENDERS)
+    .execute(pool)
+    .await?;
+    loop {
         let gone: bool = sqlx::query_scalar(
             "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1)",
         )
@@ -502,9 +511,11 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
         .fetch_one(pool)
         .await?;
         if gone {
-            break io_counters(pool).await?;
+            break;
         }
-    };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (blocks_after, _) = io_counters(pool).await?;
     Ok(Appends {
         per_second,
         wal_bytes: (wal_after - wal_before) as f64 / done,
