@@ -493,8 +493,8 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
     let per_second = done / started.elapsed().as_secs_f64();
     let (_, wal_after) = io_counters(pool).await?;
     // A backend reports its block counters when it exits. Closing the pool ends its
-    // connections, but one it was opening meanwhile may stay (at 10M one did, idle for
-    // minutes): after a second, what is left is ended, and the counters read once it is gone.
+    // connections, yet at 10M one stayed, idle, for minutes (why was not found): after a
+    // second, what is left is ended, and the counters read once it is gone.
     clients.close().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     sqlx::query(
