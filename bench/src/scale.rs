@@ -498,14 +498,16 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
     clients.close().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE application_name = $1 AND datname = current_database()",
     )
     .bind(APPENDERS)
     .execute(pool)
     .await?;
     loop {
         let gone: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE application_name = $1)",
+            "SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+                                 WHERE application_name = $1 AND datname = current_database())",
         )
         .bind(APPENDERS)
         .fetch_one(pool)
