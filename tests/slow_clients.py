@@ -1,4 +1,4 @@
-"""A slow HTTP client for the suite's slow-client test (tests/retrylog/slow_clients.rs).
+"""A slow HTTP client for the slow-client tests (tests/slow_clients.rs).
 
 Holds COUNT connections to HOST:PORT, each of which sends a request line and then one header
 byte every GAP seconds, never finishing its headers; reopens every connection the server

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -325,7 +326,7 @@ pub async fn clients(pool: &PgPool, connections: u32) -> Clients {
     let options = (*pool.connect_options()).clone();
     let pool = PgPoolOptions::new()
         .max_connections(connections)
-        .acquire_timeout(std::time::Duration::from_secs(60))
+        .acquire_timeout(Duration::from_secs(60))
         .connect_with(options)
         .await
         .expect("the clients connect");
@@ -541,7 +542,7 @@ pub async fn stop_serve(serve: tokio::process::Child) -> std::process::Output {
         .status()
         .expect("kill runs");
     assert!(sent.success());
-    let output = tokio::time::timeout(std::time::Duration::from_secs(10), serve.wait_with_output())
+    let output = tokio::time::timeout(Duration::from_secs(10), serve.wait_with_output())
         .await
         .expect("serve exits within 10 s of SIGTERM")
         .unwrap();
@@ -659,4 +660,29 @@ pub async fn call(
         headers,
         json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
+}
+
+/// Polls `condition`, a boolean SQL expression, every 20 ms until it holds; fails naming
+/// `what` when it still does not after `deadline`.
+pub async fn wait_until(pool: &PgPool, condition: &str, deadline: Duration, what: &str) {
+    let until = Instant::now() + deadline;
+    loop {
+        let holds: bool = sqlx::query_scalar(&format!("SELECT {condition}"))
+            .fetch_one(pool)
+            .await
+            .unwrap_or_else(|error| panic!("checking that {what}: {error}"));
+        if holds {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The condition "`id` has `n` events".
+pub fn has_events(id: Uuid, n: usize) -> String {
+    format!(
+        "(SELECT count(*) FROM retry_history
+           WHERE job_variants_id = '{id}' OR (job_id = '{id}' AND job_variants_id IS NULL)) = {n}"
+    )
 }

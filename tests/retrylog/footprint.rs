@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::fixtures::*;
-use crate::recovery::{has_events, settings, wait_until, Watchdog, LISTENING};
+use crate::recovery::{settings, Watchdog, LISTENING};
 use crate::security::{assert_denied, TestRole};
+use crate::serving::{fail_at, first_sweep_done, seconds_to_retry};
 
 /// Starts `retrylog serve` on the test's database, named `instance`, sweeping every
 /// `sweep_every`, and waits until its first sweep retried the fixture's failed variant A2.
@@ -34,57 +35,6 @@ async fn start_serve(pool: &PgPool, instance: &str, sweep_every: &str) -> tokio:
         .expect("retrylog serve starts");
     first_sweep_done(pool).await;
     serve
-}
-
-/// Waits until a watchdog over the pipeline fixture retried its failed variant A2 (its first
-/// sweep).
-pub(crate) async fn first_sweep_done(pool: &PgPool) {
-    wait_until(
-        pool,
-        &has_events(VARIANT_A2, 1),
-        Duration::from_secs(10),
-        "the first sweep",
-    )
-    .await;
-}
-
-/// Waits (10 s at most) for the retry of `variant`; returns the seconds from the moment the
-/// pipeline's failure was written (`failed_at`, the server's clock) to the moment its retry
-/// was recorded (the server's clock too).
-pub(crate) async fn seconds_to_retry(
-    pool: &PgPool,
-    variant: Uuid,
-    failed_at: chrono::DateTime<chrono::Utc>,
-) -> f64 {
-    let retried = has_events(variant, 1);
-    wait_until(
-        pool,
-        &retried,
-        Duration::from_secs(10),
-        "the failure retried",
-    )
-    .await;
-    sqlx::query_scalar(
-        "SELECT extract(epoch FROM recorded_at - $2)::float8 FROM retry_history
-          WHERE job_variants_id = $1 ORDER BY attempt DESC LIMIT 1",
-    )
-    .bind(variant)
-    .bind(failed_at)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-/// The pipeline failing `variant`, as its workers do; returns when, on the server's clock.
-pub(crate) async fn fail_at(pool: &PgPool, variant: Uuid) -> chrono::DateTime<chrono::Utc> {
-    sqlx::query_scalar(
-        "UPDATE jobs_variants SET status = 'failed', updated_at = clock_timestamp()
-          WHERE job_variants_id = $1 RETURNING updated_at",
-    )
-    .bind(variant)
-    .fetch_one(pool)
-    .await
-    .unwrap()
 }
 
 #[sqlx::test(migrations = false)]

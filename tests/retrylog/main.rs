@@ -18,7 +18,9 @@
 //!
 //! - `fixtures`: the migrated database, the ids of `tests/fixtures/*.sql`, the doors tests
 //!   append through, snapshots that prove a refused append wrote nothing, and database names
-//!   of a test's own that are dropped when it ends.
+//!   of a test's own that are dropped when it ends; waiting for a condition of the database.
+//! - `serving`: a real `retrylog serve` over TCP: started with the tests' tokens, its log
+//!   kept, requests on fresh connections, its watchdog's first sweep and a failure's retry.
 //! - `temp` (`tests/common/temp.rs`): files and directories of a test's own, named
 //!   `retrylog-test-…` and removed when it ends.
 //! - `migrations`: an empty database, the counter-only era, running migrate again, a
@@ -68,8 +70,6 @@
 //!   and recover, the OpenAPI document, the base path; `serve`'s HTTP settings.
 //! - `sessions`: the dashboard's logins kept by the server: revoked by logout, expired by the
 //!   server, ended with their token's line; login CSRF; the Bearer scheme in any case.
-//! - `slow_clients`: a stalled request closed after `--header-timeout`; 20,000 stalled
-//!   connections (`tests/slow_clients.py`) while health, the API and the watchdog answer.
 //! - `doors`: the HTTP doors' exact answers: security headers, 409, `/metrics` behind a
 //!   token, `Sec-Fetch-Site: none`, `serve --no-http` listening nowhere.
 //! - `dashboard`: the pages in headless Chromium (WebDriver): the overview and its chart,
@@ -113,7 +113,10 @@
 //!   who may advance it, `serve --verify-every` and its metrics.
 //!
 //! `/metrics` is tested in a binary of its own, tests/metrics.rs, which includes `fixtures`:
-//! its process counters are asserted exactly, so no test of this binary may move them.
+//! its process counters are asserted exactly, so no test of this binary may move them. The
+//! slow-client floods are in tests/slow_clients.rs, which includes `fixtures` and `serving`:
+//! they time answers to the millisecond under 20,000 connections, so they run with no other
+//! test beside them.
 
 mod api;
 mod append;
@@ -153,8 +156,8 @@ mod replica;
 mod reports;
 mod screens;
 mod security;
+mod serving;
 mod sessions;
-mod slow_clients;
 #[path = "../common/standby.rs"]
 mod standby;
 mod targets;

@@ -10,7 +10,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::crash::Scratch;
 use crate::fixtures::*;
-use crate::slow_clients::{exchange, start_serve, status_of};
+use crate::serving::{exchange, start_serve, status_of};
 
 /// The `Retry-After` header of a response, if any.
 fn retry_after(response: &str) -> Option<&str> {

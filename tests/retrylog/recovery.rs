@@ -849,36 +849,11 @@ impl Watchdog {
     }
 }
 
-/// Polls `condition`, a boolean SQL expression, every 20 ms until it holds; fails naming
-/// `what` when it still does not after `deadline`.
-pub(crate) async fn wait_until(pool: &PgPool, condition: &str, deadline: Duration, what: &str) {
-    let until = Instant::now() + deadline;
-    loop {
-        let holds: bool = sqlx::query_scalar(&format!("SELECT {condition}"))
-            .fetch_one(pool)
-            .await
-            .unwrap_or_else(|error| panic!("checking that {what}: {error}"));
-        if holds {
-            return;
-        }
-        assert!(Instant::now() < until, "{what}: not within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A watchdog has LISTENed on the pipeline's channel: its listener's last statement is the
 /// LISTEN.
 pub(crate) const LISTENING: &str = "EXISTS (SELECT 1 FROM pg_stat_activity
                                  WHERE datname = current_database() AND state = 'idle'
                                    AND query ILIKE 'listen %')";
-
-/// The condition "`id` has `n` events".
-pub(crate) fn has_events(id: Uuid, n: usize) -> String {
-    format!(
-        "(SELECT count(*) FROM retry_history
-           WHERE job_variants_id = '{id}' OR (job_id = '{id}' AND job_variants_id IS NULL)) = {n}"
-    )
-}
 
 /// Loads `recovery_crowd.sql` and sets the shared limit to 3.
 async fn crowd(pool: &PgPool) {
