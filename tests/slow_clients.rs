@@ -26,42 +26,24 @@ mod temp;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 
 use tokio::sync::Semaphore;
 
 use crate::fixtures::*;
-use crate::serving::{fail_at, first_sweep_done, seconds_to_retry, start_serve, status_of};
+use crate::serving::{
+    fail_at, first_sweep_done, seconds_to_retry, start_serve, status_of, timed_exchange,
+};
 
-/// One timed GET of the flood test: its status code, how long the connection took to open
-/// and how long the whole exchange took. A connect near a second is the kernel's SYN
-/// retransmit (a dropped connection attempt); a slow answer on a quick connect is serve's or
-/// the machine's.
+/// One GET of the flood test: its status code, how long the connection took to open and how
+/// long the whole exchange took.
 async fn timed_probe(addr: &str, path: &str, token: Option<&str>) -> (u16, Duration, Duration) {
-    let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|error| panic!("connecting to serve at {addr} for {path}: {error}"));
-    let connected = started.elapsed();
-    let auth = token
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    let mut stream = stream;
-    let response = tokio::time::timeout(Duration::from_secs(30), async {
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{path} answered within 30 s"));
-    (status_of(&response), connected, started.elapsed())
+    let (response, connected, took) = timed_exchange(addr, path, token, None).await;
+    (status_of(&response), connected, took)
 }
 
 /// The kernel's counters that tell a dropped or retried connection attempt from a slow answer:

@@ -111,11 +111,25 @@ pub(crate) async fn exchange(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (String, Duration) {
+    let (answer, _, took) = timed_exchange(addr, path, token, body).await;
+    (answer, took)
+}
+
+/// [`exchange`], also saying how long the connection took to open: near a second is the
+/// kernel's retry of a dropped connection attempt; a slow answer on a quick connect is serve's
+/// (or the machine's).
+pub(crate) async fn timed_exchange(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (String, Duration, Duration) {
     let started = Instant::now();
-    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+    let (answer, connected) = tokio::time::timeout(Duration::from_secs(30), async {
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await
             .unwrap_or_else(|error| panic!("connecting to serve at {addr} for {path}: {error}"));
+        let connected = started.elapsed();
         let auth = token
             .map(|token| format!("Authorization: Bearer {token}\r\n"))
             .unwrap_or_default();
@@ -135,11 +149,11 @@ pub(crate) async fn exchange(
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();
-        response
+        (response, connected)
     })
     .await
     .unwrap_or_else(|_| panic!("{path} answered within 30 s"));
-    (answer, started.elapsed())
+    (answer, connected, started.elapsed())
 }
 
 /// A response's status code.
