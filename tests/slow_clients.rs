@@ -5,11 +5,12 @@
 //! runs out of open files.
 //!
 //! A test binary of its own: cargo runs test binaries one after another, so these run with no
-//! other test of the suite beside them, and one after the other (`ONE_AT_A_TIME`). The flood takes both cores of this machine kind (two
-//! client processes and serve), and its probes are timed to the millisecond: a browser or a
-//! private cluster's start beside it would time the machine, not serve. A slow probe prints
-//! where its time went (the connection's opening or the answer) and the kernel's counters
-//! that tell a dropped connection attempt from a slow answer.
+//! other test of the suite beside them, and one after the other (`ONE_AT_A_TIME`). The flood
+//! takes both cores of this machine kind (two client processes and serve), and its probes are
+//! timed to the millisecond: a browser or a private cluster's start beside it would time the
+//! machine, not serve. A slow probe prints where its time went (the connection's opening or
+//! the answer) and the kernel's counters that tell a dropped connection attempt from a slow
+//! answer.
 //!
 //! ```text
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test --test slow_clients
@@ -31,7 +32,6 @@ use std::time::Duration;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::process::Child;
-
 use tokio::sync::Semaphore;
 
 use crate::fixtures::*;
