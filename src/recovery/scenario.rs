@@ -106,6 +106,14 @@ impl Scenario {
                     AND array_position($1::text[], v.current_step)
                         >= array_position($1::text[], j.current_step)
                     AND v.updated_at <= now() - make_interval(secs => $2::float8)
+                    -- implied by the lateral; as a semi-join the plan finds the few variants
+                    -- with a sibling ahead at all (hashing every variant once, or probing
+                    -- each by job) before it runs the lateral's sort for each of them
+                    AND EXISTS (
+                        SELECT 1 FROM jobs_variants o
+                         WHERE o.job_id = v.job_id
+                           AND array_position($1::text[], o.current_step)
+                               > array_position($1::text[], v.current_step))
                     {NOT_NOTED_VARIANT} {scope}",
                 variant_columns(true)
             ),
