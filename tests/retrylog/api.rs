@@ -10,10 +10,11 @@ use retrylog::event::RetryReason;
 use retrylog::http::{self, ApiContext, Tokens};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 use crate::fixtures::*;
+use crate::serving::exchange;
 
 /// GET with the read token.
 async fn get(router: &Router, uri: &str) -> Answer {
@@ -846,21 +847,10 @@ async fn a_token_from_token_new_opens_the_api_of_a_running_serve(pool: PgPool) {
     })
     .await
     .expect("serve listens within 30 s");
-    let ask = |token: Option<String>| {
-        let addr = addr.clone();
-        async move {
-            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default();
-            let request = format!("GET /api/v1/reports/top-jobs HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
-        }
-    };
-    assert!(ask(Some(token)).await.starts_with("HTTP/1.1 200"));
-    assert!(ask(None).await.starts_with("HTTP/1.1 401"));
+    let path = "/api/v1/reports/top-jobs";
+    let (with_token, _) = exchange(&addr, path, Some(&token), None).await;
+    assert!(with_token.starts_with("HTTP/1.1 200"));
+    let (without, _) = exchange(&addr, path, None, None).await;
+    assert!(without.starts_with("HTTP/1.1 401"));
     stop_serve(serve).await;
 }

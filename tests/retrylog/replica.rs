@@ -15,9 +15,10 @@ use retrylog::http::{self, ApiContext, Tokens};
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::fixtures::*;
+use crate::serving::exchange;
 use crate::standby::{url, Pair};
 
 /// Both pools: the primary migrated with the pipeline fixture, the standby once it has
@@ -316,12 +317,7 @@ async fn the_read_commands_answer_from_the_standby_once_its_schema_is_current() 
 
 /// One GET to a running serve; the whole response, headers included.
 async fn get(addr: &str, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
+    exchange(addr, path, None, None).await.0
 }
 
 /// Starts a read on the standby that still sees `t`'s rows while the primary deletes and

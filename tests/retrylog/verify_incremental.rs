@@ -14,11 +14,12 @@ use retrylog::grant::Capability::{Operator, Reader, Writer};
 use retrylog::verify_state::{self, Recorded, Scope};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::fixtures::*;
 use crate::integrity::behind_the_guard;
 use crate::security::{assert_denied, TestRole};
+use crate::serving::exchange;
 
 /// `retrylog verify <extra> --format json` on the test's database: its exit code and object.
 async fn verify_json(pool: &PgPool, extra: &[&str]) -> (Option<i32>, Value, Run) {
@@ -471,13 +472,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// `GET /metrics` from a serve listening at `addr`.
 async fn scrape(addr: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let (response, _) = exchange(addr, "/metrics", None, None).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
 }
