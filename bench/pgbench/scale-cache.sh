@@ -32,15 +32,19 @@ SELECT h.* FROM bench_targets t
  WHERE t.n = :n ORDER BY h.attempt;
 PGB
 
+# Restarts the cluster with shared_buffers at $1, or at its default for "DEFAULT".
 restart() {
-    psql $U/postgres -qc "ALTER SYSTEM SET shared_buffers = '$1'"
+    if [ "$1" = DEFAULT ]; then
+        psql $U/postgres -qc "ALTER SYSTEM RESET shared_buffers"
+    else
+        psql $U/postgres -qc "ALTER SYSTEM SET shared_buffers = '$1'"
+    fi
     pg_ctlcluster --skip-systemctl-redirect "$CLUSTER" main restart
     until pg_isready -q -h 127.0.0.1 -p 5432; do sleep 0.5; done
 }
 
-# The database's blocks read into shared_buffers so far, the WAL position and the full-page
-# images written (the cluster's) (pgbench's
-# backends have reported their counters once they exited).
+# The database's blocks read into shared_buffers so far, and the cluster's WAL position and
+# full-page images written (pgbench's backends have reported their counters once they exited).
 counters() {
     psql $U/$DB -AtF' ' -c "SELECT blks_read, (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, wal_fpi
                               FROM pg_stat_database, pg_stat_wal WHERE datname = current_database()"
@@ -71,6 +75,4 @@ for setting in ${SETTINGS:-8GB 128MB 8GB 128MB}; do
         -v b=$((blocks1 - blocks0)) -v h="$history" \
         'BEGIN {printf "%s %.0f %.0f %.3f %.3f %s\n", s, t, w / n, f / n, b / n, h}'
 done
-psql $U/postgres -qc "ALTER SYSTEM RESET shared_buffers"
-pg_ctlcluster --skip-systemctl-redirect "$CLUSTER" main restart
-until pg_isready -q -h 127.0.0.1 -p 5432; do sleep 0.5; done
+restart DEFAULT
