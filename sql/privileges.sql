@@ -34,7 +34,7 @@ DECLARE
         'retrylog_refused_characters', 'retry_outcome_ttr_bucket', 'retry_open_expected',
         'retry_outcome_changes', 'retry_outcome_rollup_delta',
         'retry_outcome_recovery_time_delta', 'retry_stream_head_expected',
-        'record_retries_target', 'retry_archive_horizon'];
+        'record_retries_target', 'retry_archive_horizon', 'retrylog_event_id'];
     grants constant text[][] := ARRAY[
         ['record_retry', 'retrylog_writer'],
         ['record_retries', 'retrylog_writer'],

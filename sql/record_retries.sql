@@ -293,7 +293,7 @@ BEGIN
                    coalesce(g.detail, '{}'::jsonb) AS detail,
                    coalesce(g.occurred_at, now()) AS occurred_at,
                    g.event_id IS NOT NULL AS event_given,
-                   coalesce(g.event_id, gen_random_uuid()) AS event_id,
+                   coalesce(g.event_id, retrylog_event_id()) AS event_id,
                    g.expected_attempt, g.max_retries,
                    least(settings_limit, g.max_retries) AS retry_limit,
                    coalesce(g.force, false) AS force

@@ -35,6 +35,27 @@
 -- filled in (a defaulted step is checked like a given one), and so is detail.scenario, a key
 -- of the trend rollup. occurred_at lies between 2000-01-01 UTC and five minutes from now.
 
+-- retrylog_event_id: the id of an event whose caller gave none, for record_retry and
+-- record_retries. A UUID of version 7 (RFC 9562): its first 48 bits are the milliseconds of
+-- the clock, the other 74 random (gen_random_uuid's, with the version bits set to 7).
+-- Why not gen_random_uuid() itself: retry_event_id's key holds every event id of the log in
+-- one B-tree (the log's partitions cannot). A random key puts each append on a random leaf,
+-- and the first change to a page after a checkpoint writes the whole page to the WAL, so the
+-- larger the log, the more full pages an append writes (docs/scale.md). Ids in time order
+-- are inserted at the right edge of the key, onto the few leaves the last appends touched. A
+-- caller's own event ids are kept as given, of any version.
+CREATE OR REPLACE FUNCTION retrylog_event_id() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                     * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
+
 CREATE OR REPLACE FUNCTION record_retry(
     job_id           uuid,
     reason           text,
@@ -279,7 +300,7 @@ BEGIN
     END IF;
 
     -- 7. Append, its hash chained to the stream's previous event.
-    event_id    := coalesce(record_retry.event_id, gen_random_uuid());
+    event_id    := coalesce(record_retry.event_id, retrylog_event_id());
     step        := coalesce(step, cur_step);
     from_status := coalesce(from_status, cur_status);
     -- The defaults come from the target's row: checked by the same rule as a given value.

@@ -339,6 +339,64 @@ async fn a_duplicate_event_id_stores_one_event_and_returns_the_first(pool: PgPoo
     assert_verify_clean(&pool).await;
 }
 
+/// The milliseconds since the epoch a version-7 UUID carries; fails on any other version.
+fn v7_millis(id: Uuid) -> u64 {
+    assert_eq!(id.get_version_num(), 7, "{id} is not a version-7 UUID");
+    let (seconds, nanos) = id.get_timestamp().expect("a v7 UUID has a time").to_unix();
+    seconds * 1000 + u64::from(nanos) / 1_000_000
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_event_id_the_append_generates_is_time_ordered_and_a_callers_is_kept_as_given(
+    pool: PgPool,
+) {
+    pipeline(&pool).await;
+    let start = Utc::now().timestamp_millis() as u64;
+    let mut ids = Vec::new();
+    for target in [
+        variant(JOB_A, VARIANT_A1),
+        job(JOB_A),
+        variant(JOB_B, VARIANT_B1),
+    ] {
+        ids.push(append_ok(&pool, &retry(target)).await.event_id);
+        // Each id in a millisecond of its own, so their order is the appends' order.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    // The batch door generates them the same way.
+    let mut tx = pool.begin().await.unwrap();
+    let batch = store::append_many(
+        &mut tx,
+        &[
+            retry(variant(JOB_A, VARIANT_A2)),
+            retry(variant(JOB_B, VARIANT_B1)),
+        ],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let end = Utc::now().timestamp_millis() as u64;
+
+    let millis: Vec<u64> = ids.iter().map(|id| v7_millis(*id)).collect();
+    assert!(millis.windows(2).all(|pair| pair[0] < pair[1]), "{ids:?}");
+    for event in &batch {
+        let at = v7_millis(event.event_id);
+        assert!(at >= millis[2] && at <= end, "{}", event.event_id);
+    }
+    assert!(millis[0] >= start, "{ids:?} from {start}");
+    // Their random part differs where their milliseconds do not.
+    assert_ne!(batch[0].event_id, batch[1].event_id);
+
+    // A caller's own id, of any version, is stored as given.
+    let given = Uuid::new_v4();
+    let event = append_ok(
+        &pool,
+        &retry(variant(JOB_A, VARIANT_A1)).with_event_id(given),
+    )
+    .await;
+    assert_eq!(event.event_id, given);
+    assert_verify_clean(&pool).await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn resending_an_append_with_its_event_id_returns_it_past_its_expected_attempt_and_limit(
     pool: PgPool,
