@@ -146,6 +146,12 @@ pub async fn run(connected: &Connected, args: ScaleArgs) -> anyhow::Result<ExitC
         large.appends.wal_bytes,
     );
     line(
+        "appends: full-page images per append",
+        "pages",
+        small.appends.full_pages,
+        large.appends.full_pages,
+    );
+    line(
         "appends: blocks read from outside shared_buffers, per append",
         "blocks",
         small.appends.blocks_read,
@@ -413,16 +419,20 @@ struct Appends {
     per_second: f64,
     /// WAL written while they ran (checkpoints' full pages included), per append.
     wal_bytes: f64,
+    /// Whole pages written to the WAL (a page's first change since the checkpoint the run
+    /// starts with), per append: the share of the WAL that grows with the log.
+    full_pages: f64,
     /// Blocks of the database read into shared_buffers (from the OS's cache or the disk),
     /// per append: what the appends' pages missed in PostgreSQL's own cache.
     blocks_read: f64,
 }
 
-/// The database's blocks read into shared_buffers so far, and the WAL position.
-async fn io_counters(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+/// The database's blocks read into shared_buffers so far, the WAL position, and the
+/// cluster's full-page images written so far (a backend reports those when it exits).
+async fn io_counters(pool: &PgPool) -> anyhow::Result<(i64, i64, i64)> {
     Ok(sqlx::query_as(
-        "SELECT blks_read, (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8
-           FROM pg_stat_database WHERE datname = current_database()",
+        "SELECT blks_read, (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8, wal_fpi
+           FROM pg_stat_database, pg_stat_wal WHERE datname = current_database()",
     )
     .fetch_one(pool)
     .await?)
@@ -452,7 +462,11 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let (blocks_before, wal_before) = io_counters(pool).await?;
+    // Both stages start alike, right after a checkpoint, when an append's first change to
+    // each page writes it whole: otherwise each starts wherever its load left the
+    // checkpoints (a run at 300k and 3M wrote 7 kB and 30 kB of WAL an append).
+    sqlx::query("CHECKPOINT").execute(pool).await?;
+    let (blocks_before, wal_before, fpi_before) = io_counters(pool).await?;
     let started = Instant::now();
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|worker| {
@@ -491,7 +505,7 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
     }
     let done = done.load(Ordering::Relaxed) as f64;
     let per_second = done / started.elapsed().as_secs_f64();
-    let (_, wal_after) = io_counters(pool).await?;
+    let (_, wal_after, _) = io_counters(pool).await?;
     // A backend reports its block counters when it exits. Closing the pool ends its
     // connections, yet at 10M one stayed, idle, for minutes (why was not found): after a
     // second, what is left is ended, and the counters read once it is gone.
@@ -517,10 +531,11 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (blocks_after, _) = io_counters(pool).await?;
+    let (blocks_after, _, fpi_after) = io_counters(pool).await?;
     Ok(Appends {
         per_second,
         wal_bytes: (wal_after - wal_before) as f64 / done,
+        full_pages: (fpi_after - fpi_before) as f64 / done,
         blocks_read: (blocks_after - blocks_before) as f64 / done,
     })
 }
