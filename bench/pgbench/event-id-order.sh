@@ -9,22 +9,15 @@
 # images), reset to the server's own setting at the end.
 #   SCALE_DB (retrylog_bench), ROUNDS (2), RUN_SECONDS (45), COMPRESSION ("off").
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 U=postgres://postgres@127.0.0.1:5432
 DB=${SCALE_DB:-retrylog_bench}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-psql $U/$DB -q <<'SQL'
-UPDATE retrylog_settings SET max_retries = NULL;
-DROP TABLE IF EXISTS bench_targets;
-CREATE TABLE bench_targets AS
-  SELECT row_number() OVER ()::int AS n, job_id, job_variants_id
-    FROM (SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000) v;
-ALTER TABLE bench_targets ADD PRIMARY KEY (n);
-ANALYZE bench_targets;
-SQL
+psql $U/$DB -q -f "$HERE/scale-targets.sql"
 
-# The one append of both runs; EVENT_ID is the id's expression.
+# The one append of both runs; $1 is the event id's expression.
 append() {
     cat <<PGB
 \set n random(1, 10000)

@@ -8,20 +8,13 @@
 # images per append, and the head row's HOT updates of all its updates.
 #   SCALE_DB (retrylog_bench), ROUNDS (2), RUN_SECONDS (45).
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 U=postgres://postgres@127.0.0.1:5432
 DB=${SCALE_DB:-retrylog_bench}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-psql $U/$DB -q <<'SQL'
-UPDATE retrylog_settings SET max_retries = NULL;
-DROP TABLE IF EXISTS bench_targets;
-CREATE TABLE bench_targets AS
-  SELECT row_number() OVER ()::int AS n, job_id, job_variants_id
-    FROM (SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000) v;
-ALTER TABLE bench_targets ADD PRIMARY KEY (n);
-ANALYZE bench_targets;
-SQL
+psql $U/$DB -q -f "$HERE/scale-targets.sql"
 cat > "$WORK/append.pgb" <<'PGB'
 \set n random(1, 10000)
 BEGIN;

@@ -16,15 +16,7 @@ CLUSTER=$(ls /etc/postgresql | sort -V | tail -1)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-psql $U/$DB -q <<'SQL'
-UPDATE retrylog_settings SET max_retries = NULL;
-DROP TABLE IF EXISTS bench_targets;
-CREATE TABLE bench_targets AS
-  SELECT row_number() OVER ()::int AS n, job_id, job_variants_id
-    FROM (SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000) v;
-ALTER TABLE bench_targets ADD PRIMARY KEY (n);
-ANALYZE bench_targets;
-SQL
+psql $U/$DB -q -f "$HERE/scale-targets.sql"
 cat > "$WORK/history.pgb" <<'PGB'
 \set n random(1, 10000)
 SELECT h.* FROM bench_targets t
