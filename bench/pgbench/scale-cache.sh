@@ -8,15 +8,8 @@
 # and p99 latency).
 #   Restarts this machine's own cluster (pg_ctlcluster), and resets shared_buffers at the end.
 #   SCALE_DB (retrylog_bench), SETTINGS ("8GB 128MB 8GB 128MB"), WARM (20), RUN_SECONDS (60).
-set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd)
-U=postgres://postgres@127.0.0.1:5432
-DB=${SCALE_DB:-retrylog_bench}
+. "$(dirname "$0")/kept-log.sh"
 CLUSTER=$(ls /etc/postgresql | sort -V | tail -1)
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-
-psql $U/$DB -q -f "$HERE/scale-targets.sql"
 cat > "$WORK/history.pgb" <<'PGB'
 \set n random(1, 10000)
 SELECT h.* FROM bench_targets t

@@ -1,6 +1,6 @@
--- The targets the scripts that run on a kept scale log append to (scale-cache.sh,
--- event-id-order.sh, head-hot.sh): 10,000 random variants numbered 1..10000 for pgbench's
--- `random(1, 10000)`, with the retry limit lifted so that none is refused.
+-- The targets the scripts that run on a kept scale log append to (kept-log.sh runs it for
+-- them): 10,000 random variants numbered 1..10000 for pgbench's `random(1, 10000)`, with the
+-- retry limit lifted so that none is refused.
 UPDATE retrylog_settings SET max_retries = NULL;
 DROP TABLE IF EXISTS bench_targets;
 CREATE TABLE bench_targets AS
