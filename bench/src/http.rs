@@ -164,6 +164,7 @@ async fn measure(
             .expect("valid steps"),
         base_path: String::new(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     };
     let listener = api::listen("127.0.0.1:0".parse()?)?;
     let addr = listener.local_addr()?.to_string();

@@ -19,6 +19,7 @@
 //! the page, with an unbounded `count(*)`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -31,6 +32,7 @@ use sqlx::PgPool;
 use retrylog::cli::{FormatArg, TargetsArgs};
 use retrylog::config::Steps;
 use retrylog::connect::Connected;
+use retrylog::targets::{StuckCensus, StuckRule};
 
 use crate::database::{fresh_database, in_bench_database, print_server};
 use crate::figures::{figure_table, median, ms, percentile, thousands, Goal, Line, Unit};
@@ -209,11 +211,27 @@ async fn measure(
         .parse()
         .expect("valid steps");
 
+    // The stuck census the Targets page reads (`retrylog::targets::census`), taken before
+    // the pages are timed, as a server that shows them has; the time it takes is its own line.
+    let census = Arc::new(StuckCensus::default());
+    let rule = StuckRule {
+        steps: steps.clone(),
+        stuck_after: targets_args("state=stuck", None)?.filter.stuck_after,
+    };
+    let started = Instant::now();
+    let stuck = census.get(&pool, &rule).await?.len();
+    let census_took = started.elapsed();
+    eprintln!(
+        "retrylog-bench: the stuck census found {} targets in {:.2} s",
+        thousands(stuck as f64),
+        census_took.as_secs_f64()
+    );
+
     let progress = progress::spinner();
     let mut figures = Vec::new();
     for &(query, naive_condition) in CASES {
         progress.set_message(format!("targets page: {}", label(query)));
-        figures.push(measure_case(&pool, &steps, args, query, naive_condition).await?);
+        figures.push(measure_case(&pool, &steps, &census, args, query, naive_condition).await?);
     }
     progress.finish_and_clear();
     pool.close().await;
@@ -330,6 +348,7 @@ fn label(query: &str) -> &str {
 async fn measure_case(
     pool: &PgPool,
     steps: &Steps,
+    census: &Arc<StuckCensus>,
     args: &TargetsBenchArgs,
     query: &'static str,
     naive_condition: &str,
@@ -337,14 +356,19 @@ async fn measure_case(
     use retrylog::cmd::targets::{count_text, listing};
     // The cursor of the later page, by following `next`; untimed (it also warms the cache).
     let first_args = targets_args(query, None)?;
-    let first = listing(pool, &first_args, steps).await?;
+    let first = listing(pool, &first_args, steps, Some(census)).await?;
     let count = count_text(&first);
     let mut cursor = first.next.clone();
     for _ in 2..args.later_page {
         let Some(next) = cursor else { break };
-        cursor = listing(pool, &targets_args(query, Some(&next))?, steps)
-            .await?
-            .next;
+        cursor = listing(
+            pool,
+            &targets_args(query, Some(&next))?,
+            steps,
+            Some(census),
+        )
+        .await?
+        .next;
     }
     let later_args = cursor
         .as_deref()
@@ -356,7 +380,7 @@ async fn measure_case(
         let mut samples = Vec::new();
         for _ in 0..runs {
             let started = Instant::now();
-            listing(pool, &page, steps).await?;
+            listing(pool, &page, steps, Some(census)).await?;
             samples.push(started.elapsed());
         }
         anyhow::Ok([
@@ -406,8 +430,8 @@ async fn naive(
             "(t.job_id, h.job_variants_id) IN (SELECT s.job_id, s.job_variants_id FROM ({}) s)
              OR (h.job_variants_id IS NULL AND (t.job_id) IN (SELECT s.job_id FROM ({}) s
                                                             WHERE s.job_variants_id IS NULL))",
-            retrylog::recovery::Scenario::candidates_sql(),
-            retrylog::recovery::Scenario::candidates_sql()
+            retrylog::recovery::Scenario::candidates_sql(false),
+            retrylog::recovery::Scenario::candidates_sql(false)
         )
     } else {
         // Binds $1 and $2 for the stuck case's sake: given a use here so both have a type.

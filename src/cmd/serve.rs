@@ -92,6 +92,7 @@ pub async fn run(
             steps: args.watchdog.steps.clone(),
             base_path: args.base_path.clone(),
             overview_cache: Default::default(),
+            stuck_census: Default::default(),
         };
         let app = http::app(ctx);
         Some(tokio::spawn(http::serve(

@@ -3,6 +3,7 @@
 //! answer with the same [`listing`].
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -10,7 +11,7 @@ use sqlx::PgPool;
 use crate::cli::{FilterArgs, TargetsArgs, TargetsCommand};
 use crate::config::Steps;
 use crate::output::{Format, Rows};
-use crate::targets::{self, Filter, Page, Position, StuckRule, COUNT_BOUND};
+use crate::targets::{self, Filter, Page, Position, Stuck, StuckCensus, StuckRule, COUNT_BOUND};
 use crate::window::{TimeSpec, WindowError};
 
 /// The columns of a row, in order.
@@ -29,7 +30,7 @@ pub const COLUMNS: &[&str] = &[
 
 pub async fn run(pool: &PgPool, command: TargetsCommand) -> anyhow::Result<ExitCode> {
     let args = &command.args;
-    let page = listing(pool, args, &command.steps).await?;
+    let page = listing(pool, args, &command.steps, None).await?;
     match args.format {
         Format::Json => {
             println!("{}", serde_json::to_string_pretty(&to_json(&page))?);
@@ -84,8 +85,14 @@ pub fn filter(args: &FilterArgs) -> Result<Filter, WindowError> {
     })
 }
 
-/// The page the flags ask for; `steps` are the watchdog's, for `--state stuck`.
-pub async fn listing(pool: &PgPool, args: &TargetsArgs, steps: &Steps) -> anyhow::Result<Page> {
+/// The page the flags ask for; `steps` are the watchdog's, for `--state stuck`, which reads
+/// `census` when given (a server's) and otherwise detects now.
+pub async fn listing(
+    pool: &PgPool,
+    args: &TargetsArgs,
+    steps: &Steps,
+    census: Option<&Arc<StuckCensus>>,
+) -> anyhow::Result<Page> {
     let filter = filter(&args.filter)?;
     let position = match (&args.after, &args.before) {
         (Some(after), _) => Position::After(after.clone()),
@@ -96,8 +103,16 @@ pub async fn listing(pool: &PgPool, args: &TargetsArgs, steps: &Steps) -> anyhow
         steps: steps.clone(),
         stuck_after: args.filter.stuck_after,
     };
+    let stuck = match census {
+        Some(census) => Stuck::Census {
+            rule: &stuck,
+            census,
+            pool,
+        },
+        None => Stuck::Detect(&stuck),
+    };
     let mut conn = pool.acquire().await?;
-    targets::page(&mut conn, &filter, &stuck, args.sort, &position, args.limit).await
+    targets::page(&mut conn, &filter, stuck, args.sort, &position, args.limit).await
 }
 
 /// "1,234", or "more than 1,000" past the bound.
@@ -153,11 +168,15 @@ pub fn rows(page: &Page, format: Format) -> Rows {
 
 /// `--format json` and the API's answer: the rows and how to go on.
 pub fn to_json(page: &Page) -> Value {
-    json!({
+    let mut json = json!({
         "rows": rows(page, Format::Json).to_json(),
         "next": page.next,
         "previous": page.previous,
         "count": page.count,
         "count_exact": page.count_exact,
-    })
+    });
+    if let Some(at) = page.stuck_as_of {
+        json["stuck_as_of"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    }
+    json
 }

@@ -54,6 +54,7 @@ pub use server::{
 
 use crate::config::Steps;
 use crate::error::CallerMistake;
+use crate::targets::StuckCensus;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -70,6 +71,9 @@ pub struct ApiContext {
     pub base_path: String,
     /// The overview's top lists, reused for a few seconds (`Default::default()`).
     pub overview_cache: Arc<OverviewCache>,
+    /// The stuck targets the Targets page reads, renewed while they are read
+    /// (`Default::default()`; `crate::targets::census`).
+    pub stuck_census: Arc<StuckCensus>,
 }
 
 impl ApiContext {

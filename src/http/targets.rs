@@ -17,6 +17,8 @@ pub async fn targets(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, Error> {
     let args: TargetsArgs = flags::parse(&params)?;
-    let page = read_retrying(|| targets::listing(ctx.reads(), &args, &ctx.steps)).await?;
+    let page =
+        read_retrying(|| targets::listing(ctx.reads(), &args, &ctx.steps, Some(&ctx.stuck_census)))
+            .await?;
     Ok(Json(targets::to_json(&page)))
 }

@@ -59,7 +59,7 @@ use crate::error::CallerMistake;
 use crate::event::{NewRetry, RetryEvent, Target};
 use crate::output::event_object;
 use crate::store::{self, AppendError, EVENT_COLUMNS};
-use crate::targets::{self, Filter, Kind, Position, Sort, StuckRule, TargetRow};
+use crate::targets::{self, Filter, Kind, Position, Sort, Stuck, StuckRule, TargetRow};
 
 /// The most targets one request recovers, and its `max` when none is given. A larger match is
 /// refused with its count: narrow the filter (by `since`/`until`, `step`, `kind`) and send
@@ -447,7 +447,15 @@ async fn matching(
     } else {
         Sort::RetryCount
     };
-    let page = targets::page(conn, filter, stuck, sort, &Position::First, max).await?;
+    let page = targets::page(
+        conn,
+        filter,
+        Stuck::Detect(stuck),
+        sort,
+        &Position::First,
+        max,
+    )
+    .await?;
     if page.next.is_some() {
         let count = if page.count_exact {
             page.count.to_string()

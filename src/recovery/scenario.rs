@@ -164,17 +164,19 @@ impl Scenario {
         format!("{} ORDER BY {order} LIMIT $4", self.sql(scope))
     }
 
-    /// Every target some scenario would pick up now, as `(job_id, job_variants_id)` rows
-    /// (`job_variants_id` NULL for a job), over `$1` (the steps) and `$2` (stuck_after in
+    /// Every target some scenario would pick up now, as `(job_id, job_variants_id,
+    /// retry_count)` rows (`job_variants_id` NULL for a job), over `$1` (the steps) and `$2` (stuck_after in
     /// seconds): the targets page's `stuck` state, the detection's own conditions without
-    /// its order and batch limit, so the two cannot disagree.
-    pub fn candidates_sql() -> String {
+    /// its order and batch limit, so the two cannot disagree. When `scoped`, only among the
+    /// jobs of `$3` (uuid[]), as a scoped detection reads them.
+    pub fn candidates_sql(scoped: bool) -> String {
+        let scope = if scoped { "AND j.job_id = ANY($3)" } else { "" };
         Scenario::ALL
             .iter()
             .map(|scenario| {
                 format!(
-                    "SELECT c.job_id, c.job_variants_id FROM ({}) c",
-                    scenario.sql("")
+                    "SELECT c.job_id, c.job_variants_id, c.retry_count FROM ({}) c",
+                    scenario.sql(scope)
                 )
             })
             .collect::<Vec<_>>()

@@ -704,6 +704,7 @@ async fn a_base_path_moves_everything_under_it_and_every_answer_has_a_csp(pool: 
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: "/retrylog".into(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     };
     let api = http::app(ctx);
     let ready = call(&api, "/retrylog/readyz", None, None, &[]).await;

@@ -41,6 +41,7 @@ pub(crate) async fn serve(pool: &PgPool) -> Served {
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

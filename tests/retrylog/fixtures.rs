@@ -617,6 +617,7 @@ pub fn router(pool: &PgPool, with_tokens: bool) -> Router {
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     };
     http::app(ctx)
 }

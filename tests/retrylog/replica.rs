@@ -73,6 +73,7 @@ fn router(primary: &PgPool, standby: &PgPool) -> axum::Router {
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     })
 }
 

@@ -26,6 +26,7 @@ fn router_with(pool: &PgPool, tokens: &Path) -> Router {
         steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
         base_path: String::new(),
         overview_cache: Default::default(),
+        stuck_census: Default::default(),
     })
 }
 

@@ -564,6 +564,22 @@ async fn past_the_count_bound_every_filter_pages_the_rows_computed_from_the_log(
         ),
         ("min_retries=2", "v.retry_count >= 2"),
         ("kind=variant&min_retries=1", "true"),
+        // The failed scenario's candidates (the job runs at a managed step), read from the
+        // census a statement's worth at a time; narrowed, the count reads them too.
+        (
+            "state=stuck",
+            "v.status = 'failed'
+             AND NOT EXISTS (SELECT 1 FROM retry_intervention i
+                              WHERE i.job_variants_id = v.job_variants_id
+                                AND i.retry_count = v.retry_count)",
+        ),
+        (
+            "state=stuck&step=prepare",
+            "v.status = 'failed' AND h.step = 'prepare'
+             AND NOT EXISTS (SELECT 1 FROM retry_intervention i
+                              WHERE i.job_variants_id = v.job_variants_id
+                                AND i.retry_count = v.retry_count)",
+        ),
         ("q=oom", "h.detail->>'error' ILIKE '%oom%'"),
         (
             "q=oom&state=failed&step=generate",
@@ -576,6 +592,10 @@ async fn past_the_count_bound_every_filter_pages_the_rows_computed_from_the_log(
         for (sort, order) in [("last_retry", last_retry), ("retry_count", retry_count)] {
             let query = format!("{query}&sort={sort}");
             let expected = by_hand(&pool, condition, order).await;
+            if query.starts_with("state=stuck") {
+                // More than a page of 400, so each page reads several statements' worth.
+                assert!(expected.len() > 400, "{query}: {}", expected.len());
+            }
             let exact = expected.len() <= 1_000;
             walked += usize::from(!exact);
             let first = call(
@@ -595,5 +615,123 @@ async fn past_the_count_bound_every_filter_pages_the_rows_computed_from_the_log(
         }
     }
     // Both ways were read: past the bound (the index walk) and within it (the sorted set).
-    assert!((6..=14).contains(&walked), "{walked} of 20 past the bound");
+    assert!((6..=14).contains(&walked), "{walked} of 24 past the bound");
+}
+
+/// The served Targets page reads `state=stuck` from a census shared by its requests
+/// (`retrylog::targets::census`): each row it shows is stuck now (a target that moved since
+/// the census is checked, dropped and forgotten), a target stuck only after the census waits
+/// for the next one, which a renewal in the background brings; `retrylog targets` detects
+/// for itself. The page and the API say when the census was taken.
+#[sqlx::test(migrations = false)]
+async fn a_served_stuck_page_reads_a_census_and_shows_only_what_is_stuck_now(pool: PgPool) {
+    use std::time::Duration;
+
+    use retrylog::http::ApiContext;
+    use retrylog::targets::StuckCensus;
+
+    targets_log(&pool).await;
+    let served = |census: StuckCensus| {
+        retrylog::http::app(ApiContext {
+            pool: pool.clone(),
+            read: None,
+            tokens: None,
+            steps: retrylog::config::DEFAULT_STEPS.parse().unwrap(),
+            base_path: String::new(),
+            overview_cache: Default::default(),
+            stuck_census: Arc::new(census),
+        })
+    };
+    let stuck = async |router: &axum::Router| {
+        let answer = call(router, "/api/v1/targets?state=stuck", None, None, &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        (
+            ids(&answer.json),
+            answer.json["count"].clone(),
+            answer.json["stuck_as_of"].as_str().unwrap().to_string(),
+        )
+    };
+    let idle_a1 = async |interval: &str| {
+        sqlx::query(&format!(
+            "UPDATE jobs_variants SET updated_at = now() - interval '{interval}'
+              WHERE job_variants_id = $1"
+        ))
+        .bind(VARIANT_A1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+
+    // A census kept for an hour, never renewed.
+    let router = served(StuckCensus::with_ages(
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    ));
+    let (rows, count, as_of) = stuck(&router).await;
+    assert_eq!((rows, count), (vec![VARIANT_A1], json!(1)));
+    // A1 moved: the census still names it; the page checks it, drops it and forgets it.
+    idle_a1("0 seconds").await;
+    let (rows, count, moved_as_of) = stuck(&router).await;
+    assert_eq!((rows, count), (vec![], json!(0)));
+    assert_eq!(moved_as_of, as_of, "the same census");
+    // A1 idle again: stuck now, but the census has forgotten it and is not renewed.
+    idle_a1("1 hour").await;
+    let (rows, _, still_as_of) = stuck(&router).await;
+    assert_eq!(rows, Vec::<Uuid>::new());
+    assert_eq!(still_as_of, as_of);
+    // The command detects for itself.
+    let run = retrylog(&pool, &["targets", "--state", "stuck", "--format", "json"]).await;
+    assert_eq!(ids(&run.json()), vec![VARIANT_A1], "{run:#?}");
+    // The dashboard's page says when its census was taken.
+    let request = axum::http::Request::builder()
+        .uri("/targets?state=stuck")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(router.clone(), request)
+        .await
+        .unwrap();
+    let html = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let html = String::from_utf8(html.to_vec()).unwrap();
+    let shown_as_of = chrono::DateTime::parse_from_rfc3339(&as_of)
+        .unwrap()
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    assert!(
+        html.contains(&format!("stuck as detected at {shown_as_of}")),
+        "{html}"
+    );
+
+    // A census renewed after every read: A1 moves and is dropped, then idles again, and a
+    // renewal in the background finds it.
+    let router = served(StuckCensus::with_ages(
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    ));
+    let (rows, _, first_as_of) = stuck(&router).await;
+    assert_eq!(rows, vec![VARIANT_A1]);
+    idle_a1("0 seconds").await;
+    assert_eq!(stuck(&router).await.0, Vec::<Uuid>::new());
+    idle_a1("1 hour").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows, _, renewed_as_of) = stuck(&router).await;
+        if rows == vec![VARIANT_A1] {
+            assert!(
+                renewed_as_of > first_as_of,
+                "{renewed_as_of} after {first_as_of}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal found A1 within 30 s (census of {renewed_as_of})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Another page than stuck has no census time.
+    let answer = call(&router, "/api/v1/targets?state=failed", None, None, &[]).await;
+    assert_eq!(answer.json.get("stuck_as_of"), None, "{}", answer.json);
 }

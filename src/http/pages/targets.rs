@@ -33,6 +33,8 @@ struct Page {
     filters: Vec<(String, String)>,
     /// "12", or "more than 1,000".
     count: String,
+    /// With `state=stuck`: when the stuck targets were detected (UTC, to the second).
+    stuck_as_of: Option<String>,
     /// The Previous and Next links, with every filter.
     previous: Option<String>,
     next: Option<String>,
@@ -69,8 +71,9 @@ pub async fn page(
         Ok(args) => args,
         Err(error) => return error_page(&ctx, &viewer, error),
     };
-    let listing =
-        crate::connect::read_retrying(|| targets::listing(ctx.reads(), &args, &ctx.steps));
+    let listing = crate::connect::read_retrying(|| {
+        targets::listing(ctx.reads(), &args, &ctx.steps, Some(&ctx.stuck_census))
+    });
     let listing = match listing.await {
         Ok(listing) => listing,
         Err(error) => return error_page(&ctx, &viewer, error.into()),
@@ -133,6 +136,9 @@ pub async fn page(
             .cloned()
             .collect(),
         count: targets::count_text(&listing),
+        stuck_as_of: listing
+            .stuck_as_of
+            .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string()),
         previous: listing.previous.as_deref().map(|c| link("before", c)),
         next: listing.next.as_deref().map(|c| link("after", c)),
     };

@@ -24,13 +24,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use std::sync::Arc;
+
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::config::Steps;
 use crate::error::CallerMistake;
 use crate::event::RetryReason;
-use crate::recovery::Scenario;
+
+pub mod census;
+pub use census::StuckCensus;
 
 /// Matches are counted exactly up to this many; beyond it the count says "more than".
 pub const COUNT_BOUND: i64 = 1_000;
@@ -134,7 +138,7 @@ pub struct Filter {
 }
 
 /// What `stuck` needs to know: the watchdog's steps and its stuck_after.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StuckRule {
     pub steps: Steps,
     pub stuck_after: std::time::Duration,
@@ -249,6 +253,14 @@ impl TargetRow {
         crate::why::why(reason, self.last_step.as_deref(), &self.last_detail)
     }
 
+    /// Its stream key: the variant's id, or the nil uuid for a job's own retries.
+    fn stream(&self) -> Uuid {
+        match self.kind.as_str() {
+            "job" => Uuid::nil(),
+            _ => self.id,
+        }
+    }
+
     fn cursor(&self, sort: Sort) -> Cursor {
         match sort {
             Sort::LastRetry => Cursor::LastRetry {
@@ -275,6 +287,9 @@ pub struct Page {
     pub count: i64,
     /// False when there are more than [`COUNT_BOUND`] (`count` is then the bound).
     pub count_exact: bool,
+    /// For `state=stuck`: when the stuck targets were detected (a census's time, or now).
+    /// The rows are stuck now; the count is the detection's.
+    pub stuck_as_of: Option<DateTime<Utc>>,
 }
 
 /// The page of targets `filter` keeps, in `sort` order, at `position`.
@@ -287,7 +302,7 @@ pub struct Page {
 pub async fn page(
     conn: &mut PgConnection,
     filter: &Filter,
-    stuck: &StuckRule,
+    stuck: Stuck<'_>,
     sort: Sort,
     position: &Position,
     limit: i64,
@@ -307,21 +322,105 @@ pub async fn page(
             .into());
         }
     }
-    let cursor = cursor.map(|(_, cursor)| cursor);
-
-    // `stuck` is the watchdog's detection over the whole pipeline: read once per page, its
-    // targets then bound to both statements.
-    let stuck = match filter.state {
-        Some(State::Stuck) => Some(stuck_targets(conn, stuck).await?),
-        _ => None,
+    let at = At {
+        sort,
+        cursor: cursor.map(|(_, cursor)| cursor),
+        forward,
+        position,
+        limit,
     };
     let text_index = match &filter.q {
         Some(_) => text_index(conn).await?,
         None => false,
     };
+    if filter.state != Some(State::Stuck) {
+        return read(conn, filter, text_index, &at).await;
+    }
+    let (census, shared) = match stuck {
+        Stuck::Detect(rule) => (Arc::new(census::Census::take(conn, rule).await?), None),
+        Stuck::Census { rule, census, pool } => {
+            (census.get(pool, rule).await?, Some((census, rule)))
+        }
+    };
+    let recheck = shared.map(|(_, rule)| rule);
+    let (mut page, gone) = census::read(conn, filter, text_index, &census, &at, recheck).await?;
+    if let Some((shared, _)) = shared {
+        if !gone.is_empty() {
+            shared.forget(&census, &gone).await;
+        }
+    }
+    page.stuck_as_of = Some(census.taken_at);
+    Ok(page)
+}
+
+/// Where `state=stuck` takes its targets from.
+#[derive(Debug, Clone, Copy)]
+pub enum Stuck<'a> {
+    /// The watchdog's detection, run for this page: `retrylog targets`, a bulk recovery.
+    Detect(&'a StuckRule),
+    /// A census shared by a server's requests ([`StuckCensus`]), taken on `pool`; the rows
+    /// a page shows are checked again.
+    Census {
+        rule: &'a StuckRule,
+        census: &'a Arc<StuckCensus>,
+        pool: &'a PgPool,
+    },
+}
+
+/// Which page, in which order: what [`page`] was asked, its cursor checked.
+struct At<'a> {
+    sort: Sort,
+    cursor: Option<&'a Cursor>,
+    /// A next page (descending), or a previous one (read ascending, then turned).
+    forward: bool,
+    position: &'a Position,
+    limit: i64,
+}
+
+impl At<'_> {
+    /// The page of `rows` (read in the page's direction, at most `limit + 1`), with its
+    /// cursors and the count given.
+    fn page(&self, mut rows: Vec<TargetRow>, counted: i64) -> Page {
+        let sort = self.sort;
+        let more = rows.len() as i64 > self.limit;
+        rows.truncate(self.limit as usize);
+        let (next, previous) = if self.forward {
+            let previous = match self.position {
+                Position::After(_) => rows.first().map(|row| row.cursor(sort)),
+                _ => None,
+            };
+            let next = more
+                .then(|| rows.last().map(|row| row.cursor(sort)))
+                .flatten();
+            (next, previous)
+        } else {
+            rows.reverse();
+            let previous = more
+                .then(|| rows.first().map(|row| row.cursor(sort)))
+                .flatten();
+            (rows.last().map(|row| row.cursor(sort)), previous)
+        };
+        Page {
+            rows,
+            next: next.map(|cursor| cursor.encode()),
+            previous: previous.map(|cursor| cursor.encode()),
+            count: counted.min(COUNT_BOUND),
+            count_exact: counted <= COUNT_BOUND,
+            stuck_as_of: None,
+        }
+    }
+}
+
+/// [`page`] for every state but `stuck`.
+async fn read(
+    conn: &mut PgConnection,
+    filter: &Filter,
+    text_index: bool,
+    at: &At<'_>,
+) -> Result<Page, anyhow::Error> {
     let reads = Reads {
         filter,
-        stuck: stuck.as_ref(),
+        stuck: None,
         text_index,
     };
     let driver = reads.driver();
@@ -331,19 +430,31 @@ pub async fn page(
     reads.push_where(&mut count, driver, None);
     count.push(" LIMIT ").push_bind(COUNT_BOUND + 1).push(") m");
     let counted: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
-    let count_exact = counted <= COUNT_BOUND;
 
-    // Every match was in the driving set: read it again and sort. Else walk the order; but
-    // the stuck candidates, already in hand, are always the smaller read (as a condition on
-    // a walk, the planner probed the whole list per head row).
-    let walk = if (count_exact && driver != Driver::Head) || driver == Driver::Stuck {
+    // Every match was in the driving set: read it again and sort. Else walk the order.
+    let walk = if counted <= COUNT_BOUND && driver != Driver::Head {
         driver
     } else {
-        match sort {
+        match at.sort {
             Sort::LastRetry => Driver::Head,
             Sort::RetryCount => Driver::Targets,
         }
     };
+    let mut query = rows_query(&reads, walk, at.cursor.map(|cursor| (cursor, at.forward)));
+    query.push(order_by(at.sort, at.forward, ""));
+    query.push(" LIMIT ").push_bind(at.limit + 1);
+    query.push(") p").push(order_by(at.sort, at.forward, "p."));
+    let rows: Vec<TargetRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+    Ok(at.page(rows, counted))
+}
+
+/// The rows `walk` reads, from the cursor, before their ORDER BY and LIMIT; the caller
+/// closes the inner query with `) p`.
+fn rows_query<'q>(
+    reads: &Reads<'_>,
+    walk: Driver,
+    cursor: Option<(&Cursor, bool)>,
+) -> QueryBuilder<'q, Postgres> {
     let mut query = QueryBuilder::<Postgres>::new(
         "SELECT p.*,
                 (SELECT h.detail FROM retry_history h
@@ -357,37 +468,46 @@ pub async fn page(
                         s.last_occurred_at AS last_retry_at, s.last_recorded_at",
     );
     reads.push_from(&mut query, walk);
-    reads.push_where(&mut query, walk, cursor.map(|cursor| (cursor, forward)));
-    query.push(order_by(sort, forward, ""));
-    query.push(" LIMIT ").push_bind(limit + 1);
-    query.push(") p").push(order_by(sort, forward, "p."));
-    let mut rows: Vec<TargetRow> = query.build_query_as().fetch_all(&mut *conn).await?;
-    let more = rows.len() as i64 > limit;
-    rows.truncate(limit as usize);
-    let (next, previous) = if forward {
-        let previous = match position {
-            Position::After(_) => rows.first().map(|row| row.cursor(sort)),
-            _ => None,
-        };
-        let next = more
-            .then(|| rows.last().map(|row| row.cursor(sort)))
-            .flatten();
-        (next, previous)
-    } else {
-        rows.reverse();
-        let previous = more
-            .then(|| rows.first().map(|row| row.cursor(sort)))
-            .flatten();
-        (rows.last().map(|row| row.cursor(sort)), previous)
-    };
+    reads.push_where(&mut query, walk, cursor);
+    query
+}
 
-    Ok(Page {
-        rows,
-        next: next.map(|cursor| cursor.encode()),
-        previous: previous.map(|cursor| cursor.encode()),
-        count: counted.min(COUNT_BOUND),
-        count_exact,
-    })
+/// Of `targets` (some stuck ones), the rows the rest of `filter` keeps, in `sort` order.
+async fn rows_among(
+    conn: &mut PgConnection,
+    filter: &Filter,
+    text_index: bool,
+    targets: &StuckTargets,
+    sort: Sort,
+) -> Result<Vec<TargetRow>, sqlx::Error> {
+    let reads = Reads {
+        filter,
+        stuck: Some(targets),
+        text_index,
+    };
+    let mut query = rows_query(&reads, Driver::Stuck, None);
+    query.push(") p").push(order_by(sort, true, "p."));
+    query.build_query_as().fetch_all(&mut *conn).await
+}
+
+/// Of `targets`, how many the rest of `filter` keeps, up to `bound + 1`.
+async fn count_among(
+    conn: &mut PgConnection,
+    filter: &Filter,
+    text_index: bool,
+    targets: &StuckTargets,
+    bound: i64,
+) -> Result<i64, sqlx::Error> {
+    let reads = Reads {
+        filter,
+        stuck: Some(targets),
+        text_index,
+    };
+    let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
+    reads.push_from(&mut count, Driver::Stuck);
+    reads.push_where(&mut count, Driver::Stuck, None);
+    count.push(" LIMIT ").push_bind(bound + 1).push(") m");
+    count.build_query_scalar().fetch_one(&mut *conn).await
 }
 
 /// The sort key's ORDER BY (over `t` and `s`, or the page's `p.` columns): descending for a
@@ -411,29 +531,11 @@ fn order_by(sort: Sort, forward: bool, page: &str) -> String {
 /// The stream key of a job's own retries (`retry_stream_head.stream`, `retry_open.stream`).
 const JOB_STREAM: &str = "'00000000-0000-0000-0000-000000000000'::uuid";
 
-/// The targets some scenario of the watchdog would pick up now, as (job_id, stream) pairs.
+/// Some of the stuck targets, as (job_id, stream) pairs: what one statement reads of a census.
 #[derive(Debug, Default)]
 struct StuckTargets {
     job_ids: Vec<Uuid>,
     streams: Vec<Uuid>,
-}
-
-/// [`Scenario::candidates_sql`] with the watchdog's steps ($1) and stuck_after ($2).
-async fn stuck_targets(
-    conn: &mut PgConnection,
-    stuck: &StuckRule,
-) -> Result<StuckTargets, sqlx::Error> {
-    let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as(&format!(
-        "SELECT DISTINCT c.job_id, coalesce(c.job_variants_id, {JOB_STREAM})
-           FROM ({}) c",
-        Scenario::candidates_sql()
-    ))
-    .bind(stuck.steps.names().to_vec())
-    .bind(stuck.stuck_after.as_secs_f64())
-    .fetch_all(&mut *conn)
-    .await?;
-    let (job_ids, streams) = pairs.into_iter().unzip();
-    Ok(StuckTargets { job_ids, streams })
 }
 
 /// Whether the log has the trigram index on the text `q` searches (migration 0020 creates it
@@ -769,15 +871,8 @@ impl Reads<'_> {
                                      AND i.retry_count = t.retry_count OFFSET 0)",
                 );
             }
-            State::Stuck => {
-                let stuck = self.stuck.expect("stuck targets read for state=stuck");
-                query
-                    .push(" AND (s.job_id, s.stream) IN (SELECT * FROM unnest(")
-                    .push_bind(stuck.job_ids.clone())
-                    .push("::uuid[], ")
-                    .push_bind(stuck.streams.clone())
-                    .push("::uuid[]))");
-            }
+            // The driver's own rows: some of the stuck targets (`census::read`).
+            State::Stuck => {}
         }
     }
 }
