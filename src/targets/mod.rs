@@ -863,9 +863,16 @@ impl Reads<'_> {
                 );
             }
             // An open note: the limit noted the target at the count it still has.
+            // The first EXISTS, on the head row alone (any note of the stream), is checked
+            // as a walk reads each head row, before the target's row is probed: most streams
+            // have no note at all.
             State::NeedsIntervention => {
                 query.push(
                     " AND EXISTS (SELECT 1 FROM retry_intervention i
+                                   WHERE i.job_id = s.job_id
+                                     AND i.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
+                                   OFFSET 0)
+                      AND EXISTS (SELECT 1 FROM retry_intervention i
                                    WHERE i.job_id = s.job_id
                                      AND i.job_variants_id IS NOT DISTINCT FROM s.job_variants_id
                                      AND i.retry_count = t.retry_count OFFSET 0)",
