@@ -31,11 +31,23 @@ async fn pair() -> (Pair, PgPool, PgPool) {
         .await
         .unwrap();
     pipeline(&primary).await;
-    let standby = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(clusters.standby.clone())
-        .await
-        .unwrap();
+    // The standby cancels any read that holds up replay (max_standby_streaming_delay = 0),
+    // the statements a new connection runs too, while it replays the cleanup that follows the
+    // migrations: connecting is tried again then, as the product's reads are.
+    let mut attempts = 0;
+    let standby = loop {
+        match PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(clusters.standby.clone())
+            .await
+        {
+            Ok(standby) => break standby,
+            Err(error) if retrylog::connect::is_recovery_conflict(&error) && attempts < 5 => {
+                attempts += 1;
+            }
+            Err(error) => panic!("connecting to the standby: {error}"),
+        }
+    };
     replayed(&primary, &standby).await;
     (clusters, primary, standby)
 }
