@@ -112,7 +112,16 @@ pub async fn listing(
         None => Stuck::Detect(&stuck),
     };
     let mut conn = pool.acquire().await?;
-    targets::page(&mut conn, &filter, stuck, args.sort, &position, args.limit).await
+    targets::page(
+        &mut conn,
+        Some(pool),
+        &filter,
+        stuck,
+        args.sort,
+        &position,
+        args.limit,
+    )
+    .await
 }
 
 /// "1,234", or "more than 1,000" past the bound.

@@ -449,6 +449,7 @@ async fn matching(
     };
     let page = targets::page(
         conn,
+        None,
         filter,
         Stuck::Detect(stuck),
         sort,

@@ -299,8 +299,12 @@ pub struct Page {
 /// rows in last-retry order. When that set held every match (the count is exact), the page
 /// reads the same set and sorts what matched; otherwise there are more than the bound, and
 /// the page walks its order's index from the cursor until the page is full.
+///
+/// With `spare`, a pool, a page whose rows do not depend on its count reads the two at once,
+/// the count on an idle connection of the pool when it has one.
 pub async fn page(
     conn: &mut PgConnection,
+    spare: Option<&PgPool>,
     filter: &Filter,
     stuck: Stuck<'_>,
     sort: Sort,
@@ -334,7 +338,7 @@ pub async fn page(
         None => false,
     };
     if filter.state != Some(State::Stuck) {
-        return read(conn, filter, text_index, &at).await;
+        return read(conn, spare, filter, text_index, &at).await;
     }
     let (census, shared) = match stuck {
         Stuck::Detect(rule) => (Arc::new(census::Census::take(conn, rule).await?), None),
@@ -414,6 +418,7 @@ impl At<'_> {
 /// [`page`] for every state but `stuck`.
 async fn read(
     conn: &mut PgConnection,
+    spare: Option<&PgPool>,
     filter: &Filter,
     text_index: bool,
     at: &At<'_>,
@@ -424,22 +429,52 @@ async fn read(
         text_index,
     };
     let driver = reads.driver();
+    // The walk of the order, unless the count turns out exact (then the driving set held
+    // every match: it is read again and sorted).
+    let ordered = match at.sort {
+        Sort::LastRetry => Driver::Head,
+        Sort::RetryCount => Driver::Targets,
+    };
+    // Whatever the count, the page walks the order when the driving set is the order's own.
+    if driver == ordered || driver == Driver::Head {
+        if let Some(mut other) = spare.and_then(PgPool::try_acquire) {
+            let (counted, rows) = tokio::try_join!(
+                count(&mut other, &reads, driver),
+                ordered_rows(conn, &reads, ordered, at),
+            )?;
+            return Ok(at.page(rows, counted));
+        }
+    }
+    let counted = count(conn, &reads, driver).await?;
+    let walk = if counted <= COUNT_BOUND && driver != Driver::Head {
+        driver
+    } else {
+        ordered
+    };
+    let rows = ordered_rows(conn, &reads, walk, at).await?;
+    Ok(at.page(rows, counted))
+}
 
+/// How many targets `driver`'s statement keeps, up to one past the bound.
+async fn count(
+    conn: &mut PgConnection,
+    reads: &Reads<'_>,
+    driver: Driver,
+) -> Result<i64, sqlx::Error> {
     let mut count = QueryBuilder::<Postgres>::new("SELECT count(*) FROM (SELECT 1");
     reads.push_from(&mut count, driver, None);
     reads.push_where(&mut count, driver, None);
     count.push(" LIMIT ").push_bind(COUNT_BOUND + 1).push(") m");
-    let counted: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
+    count.build_query_scalar().fetch_one(&mut *conn).await
+}
 
-    // Every match was in the driving set: read it again and sort. Else walk the order.
-    let walk = if counted <= COUNT_BOUND && driver != Driver::Head {
-        driver
-    } else {
-        match at.sort {
-            Sort::LastRetry => Driver::Head,
-            Sort::RetryCount => Driver::Targets,
-        }
-    };
+/// The rows of the page `at`, walking `walk`.
+async fn ordered_rows(
+    conn: &mut PgConnection,
+    reads: &Reads<'_>,
+    walk: Driver,
+    at: &At<'_>,
+) -> Result<Vec<TargetRow>, sqlx::Error> {
     let cursor = at.cursor.map(|cursor| (cursor, at.forward));
     let rows = if (walk, at.sort) == (Driver::Targets, Sort::RetryCount) {
         // In count order, the first `most` targets from the cursor are sorted before anything
@@ -449,19 +484,18 @@ async fn read(
         let mut most = Some((at.limit + 1) * 4);
         loop {
             let walk = Driver::TargetsInOrder { most };
-            let rows = walk_rows(conn, &reads, walk, at).await?;
+            let rows = walk_rows(conn, reads, walk, at).await?;
             let Some(read) = most else { break rows };
-            if rows.len() as i64 > at.limit
-                || targets_from(conn, &reads, cursor, read).await? < read
+            if rows.len() as i64 > at.limit || targets_from(conn, reads, cursor, read).await? < read
             {
                 break rows;
             }
             most = (read < (at.limit + 1) * 256).then_some(read * 8);
         }
     } else {
-        walk_rows(conn, &reads, walk, at).await?
+        walk_rows(conn, reads, walk, at).await?
     };
-    Ok(at.page(rows, counted))
+    Ok(rows)
 }
 
 /// The rows of the page `at`, walking `walk`.
