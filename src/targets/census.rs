@@ -11,11 +11,12 @@
 //! takes a census itself.
 //!
 //! What a page shows stays true now: the rows a page is about to return are checked against
-//! the detection again, scoped to their jobs (`still_stuck`); a row no longer stuck is
-//! forgotten by the census and the page read again without it. What a census cannot show is
-//! a target that became stuck after it was taken: it appears at the next renewal. The page
-//! says when its census was taken (`Page::stuck_as_of`), and its count is the census's.
-//! `retrylog targets` and a bulk recovery detect for themselves, every time.
+//! the detection again, scoped to their jobs (`no_longer_stuck`); a row no longer stuck is
+//! not shown, the page reads on past it, and the census forgets it. What a census cannot
+//! show is a target that became stuck after it was taken, or one retried since (its place in
+//! the order moved): it appears at the next renewal. The page says when its census was taken
+//! (`Page::stuck_as_of`), and its count is the census's. `retrylog targets` and a bulk
+//! recovery take a census of their own for each page, unshared.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
