@@ -431,7 +431,8 @@ BEGIN
                SET attempt = (e.event).attempt, hash = (e.event).hash,
                    last_seq = (e.event).seq, last_reason = (e.event).reason,
                    last_step = (e.event).step, last_occurred_at = (e.event).occurred_at,
-                   last_recorded_at = (e.event).recorded_at, last_open = true
+                   last_recorded_at = (e.event).recorded_at, last_open = true,
+                   last_scenario = (e.event).detail ->> 'scenario'
               FROM events e
              WHERE e.has_head AND hd.job_id = (e.event).job_id AND hd.stream = e.stream
                AND hd.last_open = e.last_open
@@ -442,10 +443,11 @@ BEGIN
         heads_new AS (
             INSERT INTO retry_stream_head (job_id, stream, job_variants_id, attempt, hash,
                                            last_seq, last_reason, last_step, last_occurred_at,
-                                           last_recorded_at, last_open)
+                                           last_recorded_at, last_open, last_scenario)
             SELECT (e.event).job_id, e.stream, (e.event).job_variants_id, (e.event).attempt,
                    (e.event).hash, (e.event).seq, (e.event).reason, (e.event).step,
-                   (e.event).occurred_at, (e.event).recorded_at, true
+                   (e.event).occurred_at, (e.event).recorded_at, true,
+                   (e.event).detail ->> 'scenario'
               FROM events e WHERE NOT e.has_head
             RETURNING 1
         ),

@@ -359,7 +359,7 @@ BEGIN
            SET attempt = ev.attempt, hash = ev.hash, last_seq = ev.seq,
                last_reason = ev.reason, last_step = ev.step,
                last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at,
-               last_open = true
+               last_open = true, last_scenario = ev.detail ->> 'scenario'
          WHERE hd.job_id = ev.job_id AND hd.stream = head_stream
            AND hd.last_open = was_open;
         IF NOT FOUND THEN
@@ -371,7 +371,7 @@ BEGIN
                SET attempt = ev.attempt, hash = ev.hash, last_seq = ev.seq,
                    last_reason = ev.reason, last_step = ev.step,
                    last_occurred_at = ev.occurred_at, last_recorded_at = ev.recorded_at,
-                   last_open = true
+                   last_open = true, last_scenario = ev.detail ->> 'scenario'
              WHERE hd.job_id = ev.job_id AND hd.stream = head_stream;
         END IF;
         IF was_open THEN
@@ -384,9 +384,10 @@ BEGIN
     ELSE
         INSERT INTO retry_stream_head (job_id, stream, job_variants_id, attempt, hash, last_seq,
                                        last_reason, last_step, last_occurred_at,
-                                       last_recorded_at, last_open)
+                                       last_recorded_at, last_open, last_scenario)
         VALUES (ev.job_id, head_stream, ev.job_variants_id, ev.attempt, ev.hash, ev.seq,
-                ev.reason, ev.step, ev.occurred_at, ev.recorded_at, true);
+                ev.reason, ev.step, ev.occurred_at, ev.recorded_at, true,
+                ev.detail ->> 'scenario');
     END IF;
 
     -- 8. The retry_count projection, inline: the count changes in the event's transaction.

@@ -7,7 +7,8 @@
 -- retrylog installs this file (CREATE OR REPLACE) on every migrate, after record_retry.
 
 -- What retry_stream_head should hold: each stream's last event, in the log or, for a stream
--- whose events were all archived, its base (retry_stream_base, migration 0019). last_open, the
+-- whose events were all archived, its base (retry_stream_base, migration 0019; a base keeps no
+-- detail, so its last_scenario is NULL, which the archive sets on the head row). last_open, the
 -- open state of the last retry (migration 0021), is false here: it derives from the outcomes
 -- too, and retry_open_expected()/retry_open_drift() (projections/retry_outcomes.sql) are where
 -- it is computed and compared, through the retry_open view.
@@ -17,13 +18,13 @@ LANGUAGE sql STABLE AS $$
     SELECT DISTINCT ON (h.job_id, h.job_variants_id)
            h.job_id, coalesce(h.job_variants_id, '00000000-0000-0000-0000-000000000000'),
            h.job_variants_id, h.attempt, h.hash, h.seq, h.reason, h.step, h.occurred_at,
-           h.recorded_at, false
+           h.recorded_at, false, h.scenario
       FROM (SELECT l.job_id, l.job_variants_id, l.attempt, l.hash, l.seq, l.reason, l.step,
-                   l.occurred_at, l.recorded_at
+                   l.occurred_at, l.recorded_at, l.detail ->> 'scenario' AS scenario
               FROM retry_history l
             UNION ALL
             SELECT b.job_id, b.job_variants_id, b.attempt, b.hash, b.last_seq, b.last_reason,
-                   b.last_step, b.last_occurred_at, b.last_recorded_at
+                   b.last_step, b.last_occurred_at, b.last_recorded_at, NULL
               FROM retry_stream_base b) h
      ORDER BY h.job_id, h.job_variants_id, h.attempt DESC, h.seq DESC
 $$;
@@ -39,14 +40,14 @@ LANGUAGE sql STABLE AS $$
            || ', the log says '
            || coalesce('attempt ' || e.attempt || ' (seq ' || e.last_seq || ')', 'no event')
            || CASE WHEN s.attempt = e.attempt AND s.last_seq = e.last_seq
-                   THEN ' with other values (hash, reason, step or times)' ELSE '' END
+                   THEN ' with other values (hash, reason, step, scenario or times)' ELSE '' END
       FROM retry_stream_head s
       FULL JOIN retry_stream_head_expected() e ON (s.job_id, s.stream) = (e.job_id, e.stream)
      WHERE (s.job_variants_id, s.attempt, s.hash, s.last_seq, s.last_reason, s.last_step,
-            s.last_occurred_at, s.last_recorded_at)
+            s.last_occurred_at, s.last_recorded_at, s.last_scenario)
            IS DISTINCT FROM
            (e.job_variants_id, e.attempt, e.hash, e.last_seq, e.last_reason, e.last_step,
-            e.last_occurred_at, e.last_recorded_at)
+            e.last_occurred_at, e.last_recorded_at, e.last_scenario)
     UNION ALL
     SELECT coalesce(h.job_id, k.job_id), coalesce(h.job_variants_id, k.job_variants_id),
            CASE WHEN h.seq IS NULL

@@ -345,6 +345,17 @@ async fn record_and_drop(
         .execute(&mut *tx)
         .await?;
     }
+    // A head row whose last retry is now archived keeps what its base keeps: no detail, so no
+    // scenario (retry_stream_head_expected()).
+    sqlx::query(
+        "UPDATE retry_stream_head hd SET last_scenario = NULL
+           FROM retry_stream_base b
+          WHERE b.archive = $1 AND (hd.job_id, hd.stream, hd.last_seq) = (b.job_id, b.stream, b.last_seq)
+            AND hd.last_scenario IS NOT NULL",
+    )
+    .bind(&partition.name)
+    .execute(&mut *tx)
+    .await?;
     // The archived retries' outcomes and notes went into the file: they leave with them. The
     // append-only guards are lifted for this transaction only (the owner's right; the other
     // sessions wait on the lock until it commits).

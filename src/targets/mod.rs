@@ -909,6 +909,12 @@ impl Reads<'_> {
         if let Some(step) = &filter.step {
             query.push(" AND s.last_step = ").push_bind(step.clone());
         }
+        // The head row keeps its last retry's `detail.scenario` (migration 0024).
+        if let Some(scenario) = &filter.scenario {
+            query
+                .push(" AND s.last_scenario = ")
+                .push_bind(scenario.clone());
+        }
         if let Some(reason) = filter.reason {
             query
                 .push(" AND s.last_reason = ")
@@ -931,11 +937,6 @@ impl Reads<'_> {
             " AND EXISTS (SELECT 1 FROM retry_history h
                            WHERE h.seq = s.last_seq AND h.recorded_at = s.last_recorded_at",
         );
-        if let Some(scenario) = &filter.scenario {
-            query
-                .push(" AND h.detail->>'scenario' = ")
-                .push_bind(scenario.clone());
-        }
         if let Some(actor) = &filter.actor {
             query.push(" AND h.actor = ").push_bind(actor.clone());
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use retrylog::event::Target;
 use retrylog::store::AppendError;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::fixtures::*;
 
@@ -768,5 +769,37 @@ async fn an_unpartitioned_log_migrates_onward_into_partitions_and_verifies_clean
         matches!(refused, AppendError::EventIdReused(_)),
         "{refused}"
     );
+    assert_verify_clean(&pool).await;
+}
+
+/// Migration 0024 on a log the release before it wrote: each head row gets its last
+/// retry's `detail.scenario` from the log, and verify's head-row check is clean.
+#[sqlx::test(migrations = false)]
+async fn the_head_rows_scenario_is_filled_from_the_log_by_its_migration(pool: PgPool) {
+    crate::targets::targets_log(&pool).await;
+    // Before 0024: no such column, no record of the migration.
+    load(
+        &pool,
+        "ALTER TABLE retry_stream_head DROP COLUMN last_scenario;
+         DELETE FROM _sqlx_migrations WHERE version = 24;",
+    )
+    .await;
+    retrylog::migrate::run(&pool)
+        .await
+        .expect("0024 applies to the log");
+    let scenarios: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT stream, last_scenario FROM retry_stream_head WHERE stream <> $1 ORDER BY stream",
+    )
+    .bind(Uuid::nil())
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut expected = vec![
+        (VARIANT_A1, Some("lagging".to_string())),
+        (VARIANT_A2, Some("failed".to_string())),
+        (VARIANT_B1, None),
+    ];
+    expected.sort();
+    assert_eq!(scenarios, expected);
     assert_verify_clean(&pool).await;
 }

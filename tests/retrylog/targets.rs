@@ -739,3 +739,67 @@ async fn a_served_stuck_page_reads_a_census_and_shows_only_what_is_stuck_now(poo
     let answer = call(&router, "/api/v1/targets?state=failed", None, None, &[]).await;
     assert_eq!(answer.json.get("stuck_as_of"), None, "{}", answer.json);
 }
+
+/// `scenario` reads the head row's copy of its last retry's `detail.scenario` (migration
+/// 0024): both doors write it, verify's head-row check names a wrong one and the rebuild puts
+/// it back.
+#[sqlx::test(migrations = false)]
+async fn the_scenario_filter_reads_the_head_row_which_verify_holds_to_the_log(pool: PgPool) {
+    targets_log(&pool).await;
+    let router = router(&pool, true);
+    let scenario = async |name: &str| {
+        let answer = call(
+            &router,
+            &format!("/api/v1/targets?scenario={name}"),
+            Some(READER),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        ids(&answer.json)
+    };
+    let head_scenario = async |stream: Uuid| -> Option<String> {
+        sqlx::query_scalar("SELECT last_scenario FROM retry_stream_head WHERE stream = $1")
+            .bind(stream)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // record_retry wrote A1's; B1's last retry has none.
+    assert_eq!(head_scenario(VARIANT_A1).await.as_deref(), Some("lagging"));
+    assert_eq!(head_scenario(VARIANT_B1).await, None);
+    assert_eq!(scenario("lagging").await, vec![VARIANT_A1]);
+    // The batch door writes it too.
+    sqlx::query("SELECT * FROM record_retries($1)")
+        .bind(
+            json!([{ "job_id": JOB_B, "job_variants_id": VARIANT_B1, "reason": "stuck",
+                       "actor": "watchdog-2", "detail": { "scenario": "stale" } }]),
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(head_scenario(VARIANT_B1).await.as_deref(), Some("stale"));
+    assert_eq!(scenario("stale").await, vec![VARIANT_B1]);
+    // A head row that says another scenario than its event is drift, and rebuilt from the log.
+    sqlx::query("UPDATE retry_stream_head SET last_scenario = 'stale' WHERE stream = $1")
+        .bind(VARIANT_A1)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let drift: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT job_variants_id, problem FROM retry_stream_head_drift() ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].0, VARIANT_A1);
+    assert!(drift[0].1.contains("scenario"), "{drift:?}");
+    let wrong: i64 = sqlx::query_scalar("SELECT retry_stream_head_rebuild()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(wrong, 1);
+    assert_eq!(head_scenario(VARIANT_A1).await.as_deref(), Some("lagging"));
+    assert_eq!(scenario("lagging").await, vec![VARIANT_A1]);
+}
