@@ -11,8 +11,9 @@
 //! `retry_outcome`.
 //!
 //! A target's last retry is its stream's head row (`retry_stream_head`: seq, attempt, reason,
-//! step, time), read by key, with the event itself (its detail and actor) fetched by seq from
-//! its partition; the log is never scanned. The stuck candidates are read once per page.
+//! step, scenario, time), read by key, with the event itself (its detail and actor) fetched by
+//! seq from its partition; the log is never scanned. The stuck targets come from a census of
+//! the detection ([`census`]), read a few at a time in the page's order.
 //!
 //! Paging is by keyset, never by offset: a page asks for the rows after (or before) the sort key
 //! of the row it ended on, so a page costs the same however deep it is, and rows appended
@@ -20,12 +21,12 @@
 //! someone pages moves to the front of the last-retry order (its key changed): it is shown at
 //! most once.
 
+use std::sync::Arc;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -301,7 +302,9 @@ pub struct Page {
 /// the page walks its order's index from the cursor until the page is full.
 ///
 /// With `spare`, a pool, a page whose rows do not depend on its count reads the two at once,
-/// the count on an idle connection of the pool when it has one.
+/// the count on an idle connection of the pool when it has one. `state=stuck` reads the
+/// targets of a census instead (`stuck`: one taken now, or a server's shared one), a few at a
+/// time in the page's order ([`census`]).
 pub async fn page(
     conn: &mut PgConnection,
     spare: Option<&PgPool>,
