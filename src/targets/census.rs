@@ -2,7 +2,7 @@
 //! once and shared by a server's requests for a while, instead of run for every page.
 //!
 //! The detection reads every variant of every running job (`Scenario::candidates_sql`): on
-//! 100,000 jobs × 4 variants it takes seconds, which an operator paging through the stuck
+//! 100,000 jobs × 4 variants it takes over a second, which an operator paging through the stuck
 //! targets would pay on every page. `serve` keeps one census per process
 //! ([`StuckCensus`], in the HTTP context): a page of `state=stuck` reads the targets of a
 //! census younger than [`USED_FOR`], and a census older than [`RENEWED_AFTER`] is renewed in
