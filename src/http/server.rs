@@ -173,6 +173,7 @@ pub async fn serve(
                 // Dropping the connection closes its socket.
                 _ = evicted => tracing::debug!("HTTP connection closed to make room"),
             }
+            // The select has dropped the connection, and with it the socket.
             open.remove(id);
         });
     }
@@ -202,17 +203,23 @@ struct OpenState {
     next_id: u64,
     /// By id: the connection's requests in flight, and its eviction.
     connections: BTreeMap<u64, (Arc<AtomicUsize>, oneshot::Sender<()>)>,
+    /// Connections evicted whose task has not closed the socket yet: each still holds a file,
+    /// so each still counts against the cap. Without them a flood of stalled clients, each
+    /// new one evicting an old one, had the loop accept faster than the evicted tasks ran,
+    /// and the process ran out of files (EMFILE) above the cap it had computed.
+    closing: usize,
 }
 
 impl OpenConnections {
-    /// Returns once fewer than `cap` connections are open, evicting the oldest connection
-    /// without a request in flight if that makes room.
+    /// Returns once fewer than `cap` connections hold a socket, evicting the oldest
+    /// connection without a request in flight if that makes room; the room counts once the
+    /// evicted connection's socket is closed.
     async fn make_room(&self, cap: usize) {
         loop {
             let notified = self.changed.notified();
             {
                 let mut state = self.state.lock().expect("never poisoned");
-                if state.connections.len() < cap {
+                if state.connections.len() + state.closing < cap {
                     return;
                 }
                 let idle = state
@@ -222,9 +229,9 @@ impl OpenConnections {
                     .map(|(id, _)| *id);
                 if let Some(id) = idle {
                     if let Some((_, evict)) = state.connections.remove(&id) {
+                        state.closing += 1;
                         let _ = evict.send(());
                     }
-                    return;
                 }
             }
             notified.await;
@@ -242,12 +249,13 @@ impl OpenConnections {
         (id, busy, evicted)
     }
 
+    /// A connection's socket is closed: it was open (it ended by itself), or evicted.
     fn remove(&self, id: u64) {
-        self.state
-            .lock()
-            .expect("never poisoned")
-            .connections
-            .remove(&id);
+        let mut state = self.state.lock().expect("never poisoned");
+        if state.connections.remove(&id).is_none() {
+            state.closing -= 1;
+        }
+        drop(state);
         self.changed.notify_one();
     }
 }
