@@ -163,33 +163,41 @@ impl Census {
         Census::of(self.rule.clone(), self.taken_at, self.taken, members)
     }
 
-    /// The members `filter`'s kind and ids keep, in the page's order from its cursor.
-    fn walk(&self, filter: &Filter, at: &At<'_>) -> Vec<&Member> {
-        let order = match at.sort {
+    /// The members `filter`'s kind and ids keep, in `sort` order (descending).
+    fn kept(&self, filter: &Filter, sort: Sort) -> Vec<&Member> {
+        let order = match sort {
             Sort::LastRetry => &self.by_last_retry,
             Sort::RetryCount => &self.by_retry_count,
         };
-        let members = order.iter().map(|&i| &self.members[i as usize]);
-        let kept = |member: &&Member| {
-            filter.kind.is_none_or(|kind| member.kind() == kind)
-                && (filter.ids.is_empty() || filter.ids.contains(&member.id()))
-        };
-        match (at.cursor, at.forward) {
-            (None, _) => members.filter(kept).collect(),
-            // Descending: the keys below the cursor.
-            (Some(cursor), true) => members
-                .filter(|member| compare(&member.key(at.sort), cursor) == Ordering::Less)
-                .filter(kept)
-                .collect(),
-            // A previous page: the keys above the cursor, nearest first.
-            (Some(cursor), false) => members
-                .filter(|member| compare(&member.key(at.sort), cursor) == Ordering::Greater)
-                .filter(kept)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect(),
-        }
+        order
+            .iter()
+            .map(|&i| &self.members[i as usize])
+            .filter(|member| {
+                filter.kind.is_none_or(|kind| member.kind() == kind)
+                    && (filter.ids.is_empty() || filter.ids.contains(&member.id()))
+            })
+            .collect()
+    }
+}
+
+/// Of `kept` (descending), those of the page `at`, in the order it reads them: from the top,
+/// the keys below its cursor, or (a previous page) the keys above it, nearest first.
+fn from_cursor<'c>(kept: &[&'c Member], at: &At<'_>) -> Vec<&'c Member> {
+    let Some(cursor) = at.cursor else {
+        return kept.to_vec();
+    };
+    let place = |member: &&&Member| compare(&member.key(at.sort), cursor);
+    if at.forward {
+        kept.iter()
+            .filter(|member| place(member) == Ordering::Less)
+            .copied()
+            .collect()
+    } else {
+        kept.iter()
+            .rev()
+            .filter(|member| place(member) == Ordering::Greater)
+            .copied()
+            .collect()
     }
 }
 
@@ -213,7 +221,8 @@ pub(super) async fn read(
     recheck: Option<&StuckRule>,
 ) -> Result<(Page, HashSet<(Uuid, Uuid)>), sqlx::Error> {
     let wanted = at.limit as usize + 1;
-    let members = census.walk(filter, at);
+    let kept_by_kind = census.kept(filter, at.sort);
+    let members = from_cursor(&kept_by_kind, at);
     let mut rows = Vec::new();
     let mut gone = HashSet::new();
     let mut read = 0;
@@ -225,7 +234,7 @@ pub(super) async fn read(
             rows_among(conn, filter, text_index, &targets(some), at.sort)
                 .await?
                 .into_iter()
-                .map(|row| ((row.job_id, row.stream()), row))
+                .map(|row| (row.target(), row))
                 .collect();
         let mut kept = Vec::new();
         for member in some {
@@ -238,24 +247,15 @@ pub(super) async fn read(
             }
         }
         if let Some(rule) = recheck {
-            let shown: Vec<(Uuid, Uuid)> =
-                kept.iter().map(|row| (row.job_id, row.stream())).collect();
+            let shown: Vec<(Uuid, Uuid)> = kept.iter().map(TargetRow::target).collect();
             let moved = no_longer_stuck(conn, rule, &shown).await?;
-            kept.retain(|row| !moved.contains(&(row.job_id, row.stream())));
+            kept.retain(|row| !moved.contains(&row.target()));
             gone.extend(moved);
         }
         rows.extend(kept);
         per_read = (per_read * 2).min(MOST_PER_READ);
     }
 
-    let everything = census.walk(
-        filter,
-        &At {
-            cursor: None,
-            forward: true,
-            ..*at
-        },
-    );
     let narrowed = filter.step.is_some()
         || filter.reason.is_some()
         || filter.scenario.is_some()
@@ -266,7 +266,7 @@ pub(super) async fn read(
         || filter.q.is_some();
     let counted = if narrowed {
         let mut counted = 0;
-        for some in everything.chunks(MOST_PER_READ) {
+        for some in kept_by_kind.chunks(MOST_PER_READ) {
             if counted > COUNT_BOUND {
                 break;
             }
@@ -281,7 +281,7 @@ pub(super) async fn read(
         }
         counted
     } else {
-        everything
+        kept_by_kind
             .iter()
             .filter(|member| !gone.contains(&member.target()))
             .count() as i64

@@ -254,11 +254,12 @@ impl TargetRow {
         crate::why::why(reason, self.last_step.as_deref(), &self.last_detail)
     }
 
-    /// Its stream key: the variant's id, or the nil uuid for a job's own retries.
-    fn stream(&self) -> Uuid {
+    /// Its stream, as (job_id, stream key): the variant's id, or the nil uuid for a job's
+    /// own retries.
+    fn target(&self) -> (Uuid, Uuid) {
         match self.kind.as_str() {
-            "job" => Uuid::nil(),
-            _ => self.id,
+            "job" => (self.job_id, Uuid::nil()),
+            _ => (self.job_id, self.id),
         }
     }
 
@@ -661,15 +662,13 @@ struct Reads<'a> {
 }
 
 impl Reads<'_> {
-    /// The smallest set the filter names, in this order: the stuck candidates and the open
-    /// notes (a few thousand at most), the text index, a status, the open retries, the
+    /// The smallest set the filter names (`stuck` reads a census instead), in this order: the
+    /// open notes (a few thousand at most), the text index, a status, the open retries, the
     /// retries that gave up, the targets retried at least `min_retries` times; else the head
     /// rows.
     fn driver(&self) -> Driver {
-        match self.filter.state {
-            Some(State::Stuck) => return Driver::Stuck,
-            Some(State::NeedsIntervention) => return Driver::Notes,
-            _ => {}
+        if self.filter.state == Some(State::NeedsIntervention) {
+            return Driver::Notes;
         }
         if self.filter.q.is_some() && self.text_index {
             return Driver::Text;
@@ -719,18 +718,16 @@ impl Reads<'_> {
             }
             Driver::Status(status) => {
                 query.push(" FROM (");
-                let mut first = true;
+                let mut union = query.separated(" UNION ALL ");
                 for (_, table, stream) in self.tables() {
-                    if !first {
-                        query.push(" UNION ALL ");
-                    }
-                    first = false;
-                    query.push(format!(
+                    union.push(format!(
                         "SELECT job_id, {stream} AS stream FROM {table}
                           WHERE status = '{status}' AND retry_count > 0"
                     ));
                     if let Some(min) = self.filter.min_retries {
-                        query.push(" AND retry_count >= ").push_bind(min);
+                        union
+                            .push_unseparated(" AND retry_count >= ")
+                            .push_bind_unseparated(min);
                     }
                 }
                 query.push(") d");
@@ -781,12 +778,8 @@ impl Reads<'_> {
         }
         // The target of the head row, by primary key.
         query.push(" CROSS JOIN LATERAL (");
-        let mut first = true;
+        let mut union = query.separated(" UNION ALL ");
         for (kind, table, _) in self.tables() {
-            if !first {
-                query.push(" UNION ALL ");
-            }
-            first = false;
             let (id, by) = match kind {
                 Kind::Job => ("job_id", "s.job_variants_id IS NULL AND job_id = s.job_id"),
                 Kind::Variant => (
@@ -794,7 +787,7 @@ impl Reads<'_> {
                     "s.job_variants_id IS NOT NULL AND job_variants_id = s.job_variants_id",
                 ),
             };
-            query.push(format!(
+            union.push(format!(
                 "SELECT '{kind}'::text AS kind, {id} AS id, job_id, status, current_step,
                         retry_count FROM {table} WHERE {by}"
             ));
@@ -817,17 +810,13 @@ impl Reads<'_> {
     /// planner flattens the union and pushes the conditions on `t` into each table, reading
     /// each in retry-count order from its own index and merging the two.
     fn push_targets(&self, query: &mut QueryBuilder<'_, Postgres>) {
-        let mut first = true;
+        let mut union = query.separated(" UNION ALL ");
         for (kind, table, stream) in self.tables() {
-            if !first {
-                query.push(" UNION ALL ");
-            }
-            first = false;
             let id = match kind {
                 Kind::Job => "job_id",
                 Kind::Variant => "job_variants_id",
             };
-            query.push(format!(
+            union.push(format!(
                 "SELECT '{kind}'::text AS kind, {id} AS id, job_id, {stream} AS stream, status,
                         current_step, retry_count
                    FROM {table}"
