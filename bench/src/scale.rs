@@ -10,6 +10,12 @@
 //! or the log. Verify is measured twice: `--full` right after the load (every event, every
 //! whole-log check, the closed month's digest), which records the position; then, after the
 //! appends, a plain verify, which reads the events appended since and one row per target.
+//!
+//! The appends have a baseline at each stage, the real "before" at that size: the twin
+//! database (`twin.rs`, no retrylog object) is given a copy of the stage's pipeline tables,
+//! and the same 16 connections run the bare counter `UPDATE` there on the same variants, right
+//! after a checkpoint as the appends do. Its own large/small line says how much of the
+//! appends' slowdown the pipeline's tables bring with their size, whatever records the retry.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use clap::Args;
+use futures::TryStreamExt;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::Value;
@@ -39,6 +46,7 @@ use crate::log::{load_log, outcomes_from_log};
 use crate::reports::outcomes::measure_outcomes;
 use crate::reports::realistic_log::realistic_log;
 use crate::reports::WINDOW_DAYS;
+use crate::twin::{fresh_twin, release_twin};
 use crate::ACTOR;
 
 /// `retrylog-bench scale`.
@@ -91,6 +99,8 @@ const CONNECTIONS: usize = 16;
 struct Stage {
     events: u64,
     appends: Appends,
+    /// The bare counter UPDATE on a copy of the stage's pipeline tables, without retrylog.
+    baseline: Appends,
     history_p99: f64,
     trend_p99: f64,
     outcomes_p99: f64,
@@ -115,7 +125,13 @@ pub async fn run(connected: &Connected, args: ScaleArgs) -> anyhow::Result<ExitC
         connected,
         "retrylog-bench scale",
         args.keep,
-        async |options| measure(connected, options, &args).await,
+        async |options| {
+            let twin = fresh_twin(connected, options).await?;
+            let measured = measure(connected, options, &twin, &args).await;
+            twin.close().await;
+            release_twin(connected, args.keep).await;
+            measured
+        },
     )
     .await?;
     let Some(stages) = stages else {
@@ -156,6 +172,30 @@ pub async fn run(connected: &Connected, args: ScaleArgs) -> anyhow::Result<ExitC
         "blocks",
         small.appends.blocks_read,
         large.appends.blocks_read,
+    );
+    line(
+        "baseline: bare counter UPDATE, 16 connections, no retrylog",
+        "updates/s",
+        small.baseline.per_second,
+        large.baseline.per_second,
+    );
+    line(
+        "baseline: WAL per update",
+        "bytes",
+        small.baseline.wal_bytes,
+        large.baseline.wal_bytes,
+    );
+    line(
+        "baseline: full-page images per update",
+        "pages",
+        small.baseline.full_pages,
+        large.baseline.full_pages,
+    );
+    line(
+        "appends ÷ baseline",
+        "×",
+        small.appends.per_second / small.baseline.per_second,
+        large.appends.per_second / large.baseline.per_second,
     );
     line(
         "history of a variant, p99",
@@ -231,6 +271,7 @@ fn round(value: f64) -> f64 {
 async fn measure(
     connected: &Connected,
     options: &PgConnectOptions,
+    twin: &PgPool,
     args: &ScaleArgs,
 ) -> anyhow::Result<Option<Vec<Stage>>> {
     let pool = fresh_database(connected, options).await?;
@@ -305,7 +346,16 @@ async fn measure(
             return Ok(None);
         }
         stage.disk = disk(&pool, stage.events).await?;
-        stage.appends = appends(&pool, args.append_seconds).await?;
+        let variants: Arc<Vec<(uuid::Uuid, uuid::Uuid)>> = Arc::new(
+            sqlx::query_as(
+                "SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000",
+            )
+            .fetch_all(&pool)
+            .await?,
+        );
+        copy_pipeline(&pool, twin).await?;
+        stage.baseline = drive(twin, Work::BareUpdate, &variants, args.append_seconds).await?;
+        stage.appends = drive(&pool, Work::Append, &variants, args.append_seconds).await?;
         stage.history_p99 = history_p99(&pool, args.runs).await?;
         stage.trend_p99 = trend_p99(&pool, args.runs).await?;
         stage.outcomes_p99 = ms(measure_outcomes(&pool, OutcomeGroupBy::Reason, args.runs)
@@ -413,7 +463,8 @@ async fn catch_up(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What 16 connections appending to random variants did.
+/// What 16 connections appending to random variants (or updating their counters) did, per
+/// transaction.
 #[derive(Debug, Default)]
 struct Appends {
     per_second: f64,
@@ -438,20 +489,74 @@ async fn io_counters(pool: &PgPool) -> anyhow::Result<(i64, i64, i64)> {
     .await?)
 }
 
-/// The appending connections' `application_name`.
+/// The appending (or updating) connections' `application_name`.
 const APPENDERS: &str = "retrylog-bench scale appends";
 
-/// 16 connections appending to random variants for `seconds`.
-async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
-    sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
-        .execute(pool)
+/// Replaces the twin's pipeline tables with a copy of the bench database's, rows and counts
+/// as they are, so the baseline updates tables of the stage's size.
+async fn copy_pipeline(from: &PgPool, twin: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("TRUNCATE jobs, jobs_variants")
+        .execute(twin)
         .await?;
-    let variants: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
-        "SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000",
-    )
-    .fetch_all(pool)
-    .await?;
-    let variants = Arc::new(variants);
+    for (table, columns) in [
+        (
+            "jobs",
+            "job_id, status, current_step, created_at, updated_at, retry_count",
+        ),
+        (
+            "jobs_variants",
+            "job_variants_id, job_id, creation_order, status, current_step, created_at, \
+             updated_at, retry_count",
+        ),
+    ] {
+        let mut source = from.acquire().await?;
+        let mut target = twin.acquire().await?;
+        let mut rows = source
+            .copy_out_raw(&format!(
+                "COPY {table} ({columns}) TO STDOUT (FORMAT binary)"
+            ))
+            .await?;
+        let mut sink = target
+            .copy_in_raw(&format!(
+                "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+            ))
+            .await?;
+        while let Some(chunk) = rows.try_next().await? {
+            sink.send(chunk).await?;
+        }
+        sink.finish().await?;
+    }
+    sqlx::query("VACUUM ANALYZE jobs, jobs_variants")
+        .execute(twin)
+        .await?;
+    Ok(())
+}
+
+/// What the 16 connections do to each variant, one transaction each.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// `store::append` of a stuck retry, in the bench database.
+    Append,
+    /// The counter-only change, `retry_count + 1`, in the twin.
+    BareUpdate,
+}
+
+/// The pipeline's counter-only change, as the twin runs it.
+const BARE_UPDATE: &str = "UPDATE jobs_variants SET retry_count = retry_count + 1
+                            WHERE job_variants_id = $2 AND job_id = $1";
+
+/// 16 connections doing `work` to `variants` in turn for `seconds`, in `pool`'s database.
+async fn drive(
+    pool: &PgPool,
+    work: Work,
+    variants: &Arc<Vec<(uuid::Uuid, uuid::Uuid)>>,
+    seconds: f64,
+) -> anyhow::Result<Appends> {
+    if let Work::Append = work {
+        sqlx::query("UPDATE retrylog_settings SET max_retries = NULL")
+            .execute(pool)
+            .await?;
+    }
     let clients = sqlx::postgres::PgPoolOptions::new()
         .max_connections(CONNECTIONS as u32)
         .connect_with(
@@ -481,16 +586,28 @@ async fn appends(pool: &PgPool, seconds: f64) -> anyhow::Result<Appends> {
                 while !stop.load(Ordering::Relaxed) {
                     let (job_id, job_variants_id) = variants[i % variants.len()];
                     i += CONNECTIONS;
-                    let retry = NewRetry::new(
-                        Target::Variant {
-                            job_id,
-                            job_variants_id,
-                        },
-                        RetryReason::Stuck,
-                        ACTOR,
-                    );
                     let mut tx = clients.begin().await?;
-                    retrylog::store::append(&mut tx, &retry).await?;
+                    match work {
+                        Work::Append => {
+                            let retry = NewRetry::new(
+                                Target::Variant {
+                                    job_id,
+                                    job_variants_id,
+                                },
+                                RetryReason::Stuck,
+                                ACTOR,
+                            );
+                            retrylog::store::append(&mut tx, &retry).await?;
+                        }
+                        Work::BareUpdate => {
+                            let updated = sqlx::query(BARE_UPDATE)
+                                .bind(job_id)
+                                .bind(job_variants_id)
+                                .execute(&mut *tx)
+                                .await?;
+                            anyhow::ensure!(updated.rows_affected() == 1, "no variant updated");
+                        }
+                    }
                     tx.commit().await?;
                     done.fetch_add(1, Ordering::Relaxed);
                 }

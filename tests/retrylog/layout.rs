@@ -219,6 +219,13 @@ async fn every_page_fits_a_desktop_and_a_phone_in_light_and_dark(pool: PgPool) {
         ("overview", "/".to_string(), false, true),
         ("alerts", "/alerts".to_string(), true, true),
         ("targets", "/targets".to_string(), false, true),
+        // Read from the stuck census: the line saying when it was taken.
+        (
+            "targets-stuck",
+            "/targets?state=stuck".to_string(),
+            false,
+            false,
+        ),
         ("target-job", format!("/targets/job/{JOB_A}"), false, true),
         (
             "target-variant",
