@@ -934,7 +934,7 @@ impl Reads<'_> {
         }
         if let Some(q) = &filter.q {
             query
-                .push(format!(" AND {} ILIKE ", detail_text("h")))
+                .push(format!(" AND {}", text_matches("h")))
                 .push_bind(substring_pattern(q));
         }
         query.push(" OFFSET 0)");
@@ -950,7 +950,7 @@ impl Reads<'_> {
         if let (Some(q), Driver::Text) = (&filter.q, driver) {
             // The driver's own rows: the text index finds them.
             query
-                .push(format!(" AND {} ILIKE ", detail_text("hq")))
+                .push(format!(" AND {}", text_matches("hq")))
                 .push_bind(substring_pattern(q));
         }
         let Some(state) = filter.state else {
@@ -1016,13 +1016,18 @@ fn substring_pattern(q: &str) -> String {
     )
 }
 
-/// The text `q` searches in the retry `alias`: its `detail.error`, `detail.message` and
-/// `detail.note` joined by a space (what `concat_ws(' ', …)` gives), written with immutable
-/// operators only so that an index can hold it (migration 0020, `retry_history_detail_text`).
-fn detail_text(alias: &str) -> String {
+/// The condition that the retry `alias`'s text matches the ILIKE pattern bound right after
+/// it. The text is its `detail.error`, `detail.message` and `detail.note` joined by a space
+/// (what `concat_ws(' ', …)` gives), written with immutable operators only so that an index
+/// can hold it (migration 0020, `retry_history_detail_text`). A retry without any of the
+/// three keys has no text, which no `q` matches (an empty `q` is no filter): the index leaves
+/// those out (migration 0025), and the condition says so first, so that the planner may read
+/// the index for it.
+fn text_matches(alias: &str) -> String {
     format!(
-        "substr(coalesce(' ' || ({alias}.detail->>'error'), '')
-                || coalesce(' ' || ({alias}.detail->>'message'), '')
-                || coalesce(' ' || ({alias}.detail->>'note'), ''), 2)"
+        "{alias}.detail ?| ARRAY['error', 'message', 'note']
+         AND substr(coalesce(' ' || ({alias}.detail->>'error'), '')
+                    || coalesce(' ' || ({alias}.detail->>'message'), '')
+                    || coalesce(' ' || ({alias}.detail->>'note'), ''), 2) ILIKE "
     )
 }

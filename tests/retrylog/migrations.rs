@@ -803,3 +803,56 @@ async fn the_head_rows_scenario_is_filled_from_the_log_by_its_migration(pool: Pg
     assert_eq!(scenarios, expected);
     assert_verify_clean(&pool).await;
 }
+
+/// Migration 0025 on a log whose trigram index (migration 0020) held every retry: the index
+/// is built again holding only the retries with text, and the search finds the same rows.
+#[sqlx::test(migrations = false)]
+async fn the_text_index_is_rebuilt_partial_by_its_migration(pool: PgPool) {
+    crate::targets::targets_log(&pool).await;
+    let predicate = async || -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT pg_get_expr(indpred, indrelid) FROM pg_index
+              WHERE indexrelid = 'retry_history_detail_text'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    // Before 0025: the index as 0020 made it, on every retry.
+    load(
+        &pool,
+        "DROP INDEX retry_history_detail_text;
+         CREATE INDEX retry_history_detail_text ON retry_history USING gin (
+             (substr(coalesce(' ' || (detail->>'error'), '')
+                     || coalesce(' ' || (detail->>'message'), '')
+                     || coalesce(' ' || (detail->>'note'), ''), 2)) gin_trgm_ops);
+         DELETE FROM _sqlx_migrations WHERE version = 25;",
+    )
+    .await;
+    assert_eq!(predicate().await, None);
+    retrylog::migrate::run(&pool)
+        .await
+        .expect("0025 applies to the log");
+    let after = predicate().await.expect("a partial index");
+    assert!(after.contains("?|") && after.contains("note"), "{after}");
+    // Every partition has it.
+    let partitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_partition_tree('retry_history') WHERE isleaf")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_partition_tree('retry_history_detail_text') WHERE isleaf",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(indexes, partitions);
+    let found = retrylog(&pool, &["targets", "--q", "rerun", "--format", "json"]).await;
+    assert_eq!(
+        found.json()["rows"][0]["id"],
+        serde_json::json!(JOB_B.to_string()),
+        "{found:#?}"
+    );
+    assert_verify_clean(&pool).await;
+}

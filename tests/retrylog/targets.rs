@@ -740,6 +740,92 @@ async fn a_served_stuck_page_reads_a_census_and_shows_only_what_is_stuck_now(poo
     assert_eq!(answer.json.get("stuck_as_of"), None, "{}", answer.json);
 }
 
+/// The trigram index of `q` holds only the retries that have text to search (migration
+/// 0025): a retry whose detail has no `error`, `message` or `note`, as the watchdog's have
+/// not, writes nothing into it, and the search still finds by the index what it found before.
+#[sqlx::test(migrations = false)]
+async fn the_text_index_holds_only_the_retries_with_text(pool: PgPool) {
+    targets_log(&pool).await;
+    let indexed: bool =
+        sqlx::query_scalar("SELECT to_regclass('retry_history_detail_text') IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(indexed, "pg_trgm is installed here, so the index is");
+    // The entries waiting in the index's pending list, where every insert goes first (no
+    // vacuum runs during the test to move them on).
+    let pending = async || -> i64 {
+        sqlx::query_scalar(
+            "SELECT sum((pgstatginindex(relid)).pending_tuples)::int8
+               FROM pg_partition_tree('retry_history_detail_text') WHERE isleaf",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Three of the fixture's six retries have text: job A's error, job B's note, B1's message.
+    assert_eq!(pending().await, 3);
+    let a3 = variant(JOB_A, VARIANT_A3);
+    for detail in [
+        json!({"scenario": "lagging", "idle_seconds": 900}),
+        json!({}),
+        json!({"errors": "not one of the three keys"}),
+    ] {
+        append_ok(&pool, &retry(a3).with_detail(detail)).await;
+    }
+    assert_eq!(
+        pending().await,
+        3,
+        "retries without text are not in the index"
+    );
+    // (A3 is at the limit of 3 now.)
+    append_ok(
+        &pool,
+        &retry(variant(JOB_B, VARIANT_B1)).with_detail(json!({"message": "disk quota exceeded"})),
+    )
+    .await;
+    assert_eq!(pending().await, 4);
+    // The search finds what has text.
+    let router = router(&pool, true);
+    for (query, expected) in [("q=quota", vec![VARIANT_B1]), ("q=oom", vec![JOB_A])] {
+        let answer = call(
+            &router,
+            &format!("/api/v1/targets?{query}"),
+            Some(READER),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(ids(&answer.json), expected, "{query}: {}", answer.json);
+    }
+    // The search's condition (as `targets::text_matches` writes it) lets the planner read
+    // the partial index: the seq scan a table this small would get is turned off.
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT seq FROM retry_history h
+          WHERE h.detail ?| ARRAY['error', 'message', 'note']
+            AND substr(coalesce(' ' || (h.detail->>'error'), '')
+                       || coalesce(' ' || (h.detail->>'message'), '')
+                       || coalesce(' ' || (h.detail->>'note'), ''), 2) ILIKE '%quota%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter()
+            .any(|line| line.contains("detail_text") || line.contains("substr_idx")),
+        "the search's condition reads the partial index: {plan:#?}"
+    );
+}
+
 /// `scenario` reads the head row's copy of its last retry's `detail.scenario` (migration
 /// 0024): both doors write it, verify's head-row check names a wrong one and the rebuild puts
 /// it back.
