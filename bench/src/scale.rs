@@ -94,6 +94,10 @@ impl ScaleArgs {
 /// Appending connections.
 const CONNECTIONS: usize = 16;
 
+/// The variants the appends and the baseline take in turn (all of them, in a smaller
+/// pipeline): more than either changes in its seconds (10,000 until 2026-12-07).
+const VARIANTS: i64 = 100_000;
+
 /// Every figure of one stage.
 #[derive(Debug, Default)]
 struct Stage {
@@ -346,10 +350,15 @@ async fn measure(
             return Ok(None);
         }
         stage.disk = disk(&pool, stage.events).await?;
+        // Enough variants that neither side comes back to one within its seconds: a retry
+        // in a large pipeline is nearly always the first change to its target's pages since
+        // the last checkpoint, and a baseline that changed each variant twice in the same
+        // seconds would pay for half of its pages' first touches.
         let variants: Arc<Vec<(uuid::Uuid, uuid::Uuid)>> = Arc::new(
             sqlx::query_as(
-                "SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT 10000",
+                "SELECT job_id, job_variants_id FROM jobs_variants ORDER BY random() LIMIT $1",
             )
+            .bind(VARIANTS)
             .fetch_all(&pool)
             .await?,
         );
