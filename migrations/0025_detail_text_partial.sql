@@ -4,7 +4,7 @@
 -- matches (an empty `q` is no filter), yet each of their appends wrote an empty entry into
 -- the index's pending list: 166 bytes of WAL an append, about 8% of one, and the watchdog's
 -- retries, most of a pipeline's, carry none of the three keys (their detail is the scenario
--- and its facts). The search names the same condition (`targets::text_matches`), so the
+-- and its facts). The search names the same condition (`targets::push_text_match`), so the
 -- planner still reads this index for it.
 --
 -- Where pg_trgm was not installed there is no index, and nothing to do. Otherwise the index

@@ -858,13 +858,7 @@ impl Reads<'_> {
         cursor: Option<(&Cursor, bool)>,
     ) {
         if let Some((Cursor::RetryCount { c, id }, forward)) = cursor {
-            let beyond = if forward { "<" } else { ">" };
-            query
-                .push(format!(" AND (t.retry_count, t.id) {beyond} ("))
-                .push_bind(*c)
-                .push(", ")
-                .push_bind(*id)
-                .push(")");
+            push_past(query, "t.retry_count, t.id", forward, *c, *id);
         }
         if let Some(min) = self.filter.min_retries {
             query.push(" AND t.retry_count >= ").push_bind(min);
@@ -889,13 +883,7 @@ impl Reads<'_> {
         let filter = self.filter;
         query.push(" WHERE t.retry_count > 0");
         if let Some((Cursor::LastRetry { t, n }, forward)) = cursor {
-            let beyond = if forward { "<" } else { ">" };
-            query
-                .push(format!(" AND (s.last_occurred_at, s.last_seq) {beyond} ("))
-                .push_bind(*t)
-                .push(", ")
-                .push_bind(*n)
-                .push(")");
+            push_past(query, "s.last_occurred_at, s.last_seq", forward, *t, *n);
         }
         self.push_target_conditions(query, cursor);
         if let Some(step) = &filter.step {
@@ -932,10 +920,9 @@ impl Reads<'_> {
         if let Some(actor) = &filter.actor {
             query.push(" AND h.actor = ").push_bind(actor.clone());
         }
-        if let Some(q) = &filter.q {
-            query
-                .push(format!(" AND {}", text_matches("h")))
-                .push_bind(substring_pattern(q));
+        // With the text index driving, its row `hq` is this one, and is checked below.
+        if let Some(q) = filter.q.as_ref().filter(|_| driver != Driver::Text) {
+            push_text_match(query, "h", q);
         }
         query.push(" OFFSET 0)");
         if driver == Driver::GaveUp {
@@ -949,9 +936,7 @@ impl Reads<'_> {
         };
         if let (Some(q), Driver::Text) = (&filter.q, driver) {
             // The driver's own rows: the text index finds them.
-            query
-                .push(format!(" AND {}", text_matches("hq")))
-                .push_bind(substring_pattern(q));
+            push_text_match(query, "hq", q);
         }
         let Some(state) = filter.state else {
             return;
@@ -1016,18 +1001,41 @@ fn substring_pattern(q: &str) -> String {
     )
 }
 
-/// The condition that the retry `alias`'s text matches the ILIKE pattern bound right after
-/// it. The text is its `detail.error`, `detail.message` and `detail.note` joined by a space
-/// (what `concat_ws(' ', …)` gives), written with immutable operators only so that an index
-/// can hold it (migration 0020, `retry_history_detail_text`). A retry without any of the
-/// three keys has no text, which no `q` matches (an empty `q` is no filter): the index leaves
-/// those out (migration 0025), and the condition says so first, so that the planner may read
-/// the index for it.
-fn text_matches(alias: &str) -> String {
-    format!(
-        "{alias}.detail ?| ARRAY['error', 'message', 'note']
-         AND substr(coalesce(' ' || ({alias}.detail->>'error'), '')
-                    || coalesce(' ' || ({alias}.detail->>'message'), '')
-                    || coalesce(' ' || ({alias}.detail->>'note'), ''), 2) ILIKE "
-    )
+/// ` AND` the condition that the retry `alias`'s text holds `q`, case-insensitively. The text
+/// is its `detail.error`, `detail.message` and `detail.note` joined by a space (what
+/// `concat_ws(' ', …)` gives), written with immutable operators only so that an index can hold
+/// it (migration 0020, `retry_history_detail_text`). A retry without any of the three keys has
+/// no text, which no `q` matches (an empty `q` is no filter): the index leaves those out
+/// (migration 0025), and the condition says so first, so that the planner may read the index
+/// for it.
+fn push_text_match(query: &mut QueryBuilder<'_, Postgres>, alias: &str, q: &str) {
+    query
+        .push(format!(
+            " AND {alias}.detail ?| ARRAY['error', 'message', 'note']
+              AND substr(coalesce(' ' || ({alias}.detail->>'error'), '')
+                         || coalesce(' ' || ({alias}.detail->>'message'), '')
+                         || coalesce(' ' || ({alias}.detail->>'note'), ''), 2) ILIKE "
+        ))
+        .push_bind(substring_pattern(q));
+}
+
+/// ` AND (columns) < (a, b)` going forward in a descending order, `>` going back: the rows
+/// past a cursor's two keys.
+fn push_past<'q, A, B>(
+    query: &mut QueryBuilder<'q, Postgres>,
+    columns: &str,
+    forward: bool,
+    a: A,
+    b: B,
+) where
+    A: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+    B: 'q + sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>,
+{
+    let beyond = if forward { "<" } else { ">" };
+    query
+        .push(format!(" AND ({columns}) {beyond} ("))
+        .push_bind(a)
+        .push(", ")
+        .push_bind(b)
+        .push(")");
 }
