@@ -37,7 +37,7 @@ use uuid::Uuid;
 use retrylog::cli::FormatArg;
 use retrylog::cmd::exit;
 use retrylog::connect::Connected;
-use retrylog::event::{NewRetry, RetryReason, Target};
+use retrylog::event::{NewRetry, RetryReason};
 use retrylog::store;
 
 use crate::database::{fresh_database, in_bench_database, print_server, timed_verify};
@@ -46,7 +46,7 @@ use crate::pipeline::{insert_pipeline_rows, PipelineRows, VARIANTS_PER_JOB};
 use crate::replay::{self, ReplayFigure};
 use crate::slices::{count_commits, open_pool, SliceArgs};
 use crate::twin::{fresh_twin, holds_retrylog_objects, release_twin, twin_options};
-use crate::{progress, ACTOR};
+use crate::{progress, stuck_retry, ACTOR};
 
 mod wal;
 
@@ -385,25 +385,13 @@ async fn transaction(pool: PgPool, approach: Approach, targets: Targets) -> anyh
                 .into_iter()
                 .map(|row| {
                     let (job_id, job_variants_id) = targets[row];
-                    let target = Target::Variant {
-                        job_id,
-                        job_variants_id,
-                    };
-                    NewRetry::new(target, RetryReason::Stuck, ACTOR)
+                    stuck_retry(job_id, job_variants_id)
                 })
                 .collect();
             store::append_many(&mut tx, &batch).await?;
         }
         Approach::Append => {
-            let retry = NewRetry::new(
-                Target::Variant {
-                    job_id,
-                    job_variants_id,
-                },
-                RetryReason::Stuck,
-                ACTOR,
-            );
-            store::append(&mut tx, &retry).await?;
+            store::append(&mut tx, &stuck_retry(job_id, job_variants_id)).await?;
         }
         Approach::BareUpdate => {
             sqlx::query(BARE_UPDATE)

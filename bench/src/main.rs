@@ -54,6 +54,15 @@ use retrylog::connect::{self, ConnectSettings, DatabaseUse};
 /// The actor of every event the benchmarks append, and the watchdog's instance name.
 pub const ACTOR: &str = "retrylog-bench";
 
+/// A stuck retry of one variant, as the benchmarks append them.
+pub fn stuck_retry(job_id: uuid::Uuid, job_variants_id: uuid::Uuid) -> retrylog::event::NewRetry {
+    let target = retrylog::event::Target::Variant {
+        job_id,
+        job_variants_id,
+    };
+    retrylog::event::NewRetry::new(target, retrylog::event::RetryReason::Stuck, ACTOR)
+}
+
 /// Measure retrylog against hand-written baselines, in a scratch database.
 ///
 /// Every figure is printed beside a baseline measured in the same run, with the ratio and the

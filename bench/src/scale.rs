@@ -34,7 +34,6 @@ use sqlx::PgPool;
 use retrylog::cli::FormatArg;
 use retrylog::cmd::exit;
 use retrylog::connect::Connected;
-use retrylog::event::{NewRetry, RetryReason, Target};
 use retrylog::output::Rows;
 use retrylog::report::{self, Bucket, GroupBy, OutcomeGroupBy, TrendQuery};
 use retrylog::verify_state::Scope;
@@ -46,8 +45,8 @@ use crate::log::{load_log, outcomes_from_log};
 use crate::reports::outcomes::measure_outcomes;
 use crate::reports::realistic_log::realistic_log;
 use crate::reports::WINDOW_DAYS;
+use crate::stuck_retry;
 use crate::twin::{fresh_twin, release_twin};
-use crate::ACTOR;
 
 /// `retrylog-bench scale`.
 #[derive(Debug, Args)]
@@ -598,14 +597,7 @@ async fn drive(
                     let mut tx = clients.begin().await?;
                     match work {
                         Work::Append => {
-                            let retry = NewRetry::new(
-                                Target::Variant {
-                                    job_id,
-                                    job_variants_id,
-                                },
-                                RetryReason::Stuck,
-                                ACTOR,
-                            );
+                            let retry = stuck_retry(job_id, job_variants_id);
                             retrylog::store::append(&mut tx, &retry).await?;
                         }
                         Work::BareUpdate => {
