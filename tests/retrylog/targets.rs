@@ -183,28 +183,14 @@ async fn every_filter_of_the_api_gives_the_rows_computed_by_hand(pool: PgPool) {
     targets_log(&pool).await;
     let router = router(&pool, true);
     for (query, expected) in cases() {
-        let answer = call(
-            &router,
-            &format!("/api/v1/targets?{query}"),
-            Some(READER),
-            None,
-            &[],
-        )
-        .await;
+        let answer = targets_as_reader(&router, query).await;
         assert_eq!(answer.status, 200, "{query}: {}", answer.json);
         assert_eq!(ids(&answer.json), expected, "{query}");
         assert_eq!(answer.json["count"], json!(expected.len()), "{query}");
         assert_eq!(answer.json["count_exact"], json!(true), "{query}");
     }
     // A row in full: every id whole, the last retry's reason, outcome and time.
-    let answer = call(
-        &router,
-        "/api/v1/targets?state=gave_up",
-        Some(READER),
-        None,
-        &[],
-    )
-    .await;
+    let answer = targets_as_reader(&router, "state=gave_up").await;
     assert_eq!(
         answer.json["rows"][0],
         json!({
@@ -248,6 +234,18 @@ async fn every_filter_of_the_command_gives_the_same_rows_as_the_api(pool: PgPool
         Some("kind,id,job_id,status,step,retry_count,last_reason,last_outcome,last_retry_at,why")
     );
     assert_eq!(run.stdout.lines().count(), 2, "{run:#?}");
+}
+
+/// `GET /api/v1/targets?{query}` as the reader.
+async fn targets_as_reader(router: &axum::Router, query: &str) -> Answer {
+    call(
+        router,
+        &format!("/api/v1/targets?{query}"),
+        Some(READER),
+        None,
+        &[],
+    )
+    .await
 }
 
 /// Pages `query` forward with `limit`, then back from the last page with the `previous`
@@ -322,14 +320,7 @@ async fn a_malformed_cursor_or_limit_is_refused_naming_the_parameter(pool: PgPoo
         ("since=soon", "since"),
         (&format!("after={next}&before={next}"), "before"),
     ] {
-        let answer = call(
-            &router,
-            &format!("/api/v1/targets?{query}"),
-            Some(READER),
-            None,
-            &[],
-        )
-        .await;
+        let answer = targets_as_reader(&router, query).await;
         assert_eq!(answer.status, 400, "{query}: {}", answer.json);
         let error = answer.json["error"].as_str().unwrap();
         // API errors name query parameters, never the CLI's flags.
@@ -602,14 +593,7 @@ async fn past_the_count_bound_every_filter_pages_the_rows_computed_from_the_log(
             }
             let exact = expected.len() <= 1_000;
             walked += usize::from(!exact);
-            let first = call(
-                &router,
-                &format!("/api/v1/targets?{query}"),
-                Some(READER),
-                None,
-                &[],
-            )
-            .await;
+            let first = targets_as_reader(&router, &query).await;
             assert_eq!(first.json["count_exact"], json!(exact), "{query}");
             let count = expected.len().min(1_000);
             assert_eq!(first.json["count"], json!(count), "{query}");
@@ -792,17 +776,10 @@ async fn the_text_index_holds_only_the_retries_with_text(pool: PgPool) {
     // The search finds what has text.
     let router = router(&pool, true);
     for (query, expected) in [("q=quota", vec![VARIANT_B1]), ("q=oom", vec![JOB_A])] {
-        let answer = call(
-            &router,
-            &format!("/api/v1/targets?{query}"),
-            Some(READER),
-            None,
-            &[],
-        )
-        .await;
+        let answer = targets_as_reader(&router, query).await;
         assert_eq!(ids(&answer.json), expected, "{query}: {}", answer.json);
     }
-    // The search's condition (as `targets::text_matches` writes it) lets the planner read
+    // The search's condition (as `targets::push_text_match` writes it) lets the planner read
     // the partial index: the seq scan a table this small would get is turned off.
     let mut conn = pool.acquire().await.unwrap();
     sqlx::query("SET enable_seqscan = off")
@@ -834,14 +811,7 @@ async fn the_scenario_filter_reads_the_head_row_which_verify_holds_to_the_log(po
     targets_log(&pool).await;
     let router = router(&pool, true);
     let scenario = async |name: &str| {
-        let answer = call(
-            &router,
-            &format!("/api/v1/targets?scenario={name}"),
-            Some(READER),
-            None,
-            &[],
-        )
-        .await;
+        let answer = targets_as_reader(&router, &format!("scenario={name}")).await;
         assert_eq!(answer.status, 200, "{}", answer.json);
         ids(&answer.json)
     };
